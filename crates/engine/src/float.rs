@@ -1,0 +1,320 @@
+//! The float reference engine: runs any [`Graph`] in f32.
+
+use crate::EngineError;
+use crate::gemm::{View, sgemm};
+use crate::window::{Geometry, im2col, pool_geometry, pool_plane};
+use rayon::prelude::*;
+use tessera_model::import::broadcast_apply;
+use tessera_model::ir::{Conv, Graph, Op};
+use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
+
+/// Check that `inputs` match the graph's declared inputs.
+pub fn check_inputs<T>(g: &Graph, inputs: &[Tensor<T>]) -> Result<(), EngineError> {
+    if inputs.len() != g.inputs.len() {
+        return Err(EngineError::Input(format!(
+            "the model takes {} inputs, {} were given",
+            g.inputs.len(),
+            inputs.len()
+        )));
+    }
+    for (t, &id) in inputs.iter().zip(&g.inputs) {
+        let want = g.shape(id);
+        if t.shape() != want {
+            let name = g.values.get(id).map(|v| v.name.as_str()).unwrap_or("?");
+            if t.len() == want.iter().product::<usize>() {
+                continue; // same element count: accepted and reshaped by the caller
+            }
+            return Err(EngineError::Input(format!(
+                "input '{name}' must have shape {want:?}, got {:?}",
+                t.shape()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Run the graph in f32 and return its outputs.
+pub fn run_f32(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+    check_inputs(g, inputs)?;
+    let last = g.last_uses();
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
+    for (t, &id) in inputs.iter().zip(&g.inputs) {
+        vals[id] = Some(t.clone().reshape(g.shape(id).to_vec())?);
+    }
+    for (k, n) in g.nodes.iter().enumerate() {
+        let ins: Vec<&Tensor> = n
+            .inputs
+            .iter()
+            .map(|&i| {
+                vals[i].as_ref().ok_or_else(|| {
+                    EngineError::Internal(format!("value {i} missing at node '{}'", n.name))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let out_shape = g.shape(n.output).to_vec();
+        let y = eval_node(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+        vals[n.output] = Some(y);
+        for &i in &n.inputs {
+            if last[i] == k {
+                vals[i] = None;
+            }
+        }
+    }
+    g.outputs
+        .iter()
+        .map(|&o| {
+            vals[o]
+                .clone()
+                .ok_or_else(|| EngineError::Internal("output not computed".into()))
+        })
+        .collect()
+}
+
+fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EngineError> {
+    Ok(match op {
+        Op::Constant(t) => t.clone(),
+        Op::Conv(c) => conv_f32(ins[0], c, out_shape)?,
+        Op::Dense(d) => {
+            let x = ins[0];
+            let (n, k) = (x.shape()[0], x.shape()[1]);
+            let m = d.weight.shape()[0];
+            let mut out = vec![0f32; n * m];
+            if let Some(b) = &d.bias {
+                for row in out.chunks_mut(m) {
+                    row.copy_from_slice(b.data());
+                }
+            }
+            let beta = if d.bias.is_some() { 1.0 } else { 0.0 };
+            sgemm(
+                n,
+                k,
+                m,
+                1.0,
+                View::rows(x.data(), k),
+                View::transposed(d.weight.data(), k),
+                beta,
+                &mut out,
+            );
+            Tensor::new(out_shape.to_vec(), out)?
+        }
+        Op::MatMul => matmul_f32(ins[0], ins[1], out_shape)?,
+        Op::Gemm(gm) => {
+            let (a, b) = (ins[0], ins[1]);
+            let (m, n) = (out_shape[0], out_shape[1]);
+            let k = if gm.trans_a {
+                a.shape()[0]
+            } else {
+                a.shape()[1]
+            };
+            let av = if gm.trans_a {
+                View::transposed(a.data(), m)
+            } else {
+                View::rows(a.data(), k)
+            };
+            let bv = if gm.trans_b {
+                View::transposed(b.data(), k)
+            } else {
+                View::rows(b.data(), n)
+            };
+            let mut out = match ins.get(2) {
+                Some(c) => {
+                    let map = broadcast_index_map(c.shape(), out_shape);
+                    map.iter().map(|&i| gm.beta * c.data()[i]).collect()
+                }
+                None => vec![0f32; m * n],
+            };
+            sgemm(m, k, n, gm.alpha, av, bv, 1.0, &mut out);
+            Tensor::new(out_shape.to_vec(), out)?
+        }
+        Op::Binary {
+            op,
+            constant,
+            constant_first,
+        } => match constant {
+            Some(c) if *constant_first => broadcast_apply(c, ins[0], |a, b| op.apply(a, b))?,
+            Some(c) => broadcast_apply(ins[0], c, |a, b| op.apply(a, b))?,
+            None => broadcast_apply(ins[0], ins[1], |a, b| op.apply(a, b))?,
+        },
+        Op::Relu => ins[0].map(|&v| v.max(0.0)),
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            let x = ins[0];
+            let g = pool_geometry(p, x.shape(), out_shape);
+            let plane_in = g.h * g.w;
+            let plane_out = g.oh * g.ow;
+            let mut out = vec![0f32; out_shape.iter().product()];
+            let is_max = matches!(op, Op::MaxPool(_));
+            let include = p.count_include_pad;
+            out.par_chunks_mut(plane_out.max(1))
+                .enumerate()
+                .for_each(|(pl, o)| {
+                    let xs = &x.data()[pl * plane_in..(pl + 1) * plane_in];
+                    if is_max {
+                        pool_plane(xs, &g, f32::NEG_INFINITY, f32::max, |a, _, _| a, o);
+                    } else {
+                        pool_plane(
+                            xs,
+                            &g,
+                            0f32,
+                            |a, v| a + v,
+                            |a, v, pd| a / (if include { pd } else { v }).max(1) as f32,
+                            o,
+                        );
+                    }
+                });
+            Tensor::new(out_shape.to_vec(), out)?
+        }
+        Op::GlobalAvgPool => {
+            let x = ins[0];
+            let hw = x.shape()[2] * x.shape()[3];
+            let out = x
+                .data()
+                .chunks(hw.max(1))
+                .map(|c| c.iter().sum::<f32>() / hw.max(1) as f32)
+                .collect();
+            Tensor::new(out_shape.to_vec(), out)?
+        }
+        Op::Reshape => ins[0].clone().reshape(out_shape.to_vec())?,
+        Op::Softmax { axis, coerce_2d } => softmax(ins[0], *axis, *coerce_2d)?,
+    })
+}
+
+/// Geometry of a conv over `in_shape` producing `out_shape`.
+pub fn conv_geometry(c: &Conv, in_shape: &[usize], out_shape: &[usize]) -> Geometry {
+    let ws = c.weight.shape();
+    Geometry {
+        h: in_shape[2],
+        w: in_shape[3],
+        k: [ws[2], ws[3]],
+        s: c.strides,
+        p: c.pads,
+        d: c.dilations,
+        oh: out_shape[2],
+        ow: out_shape[3],
+    }
+}
+
+fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineError> {
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let co = out_shape[1];
+    let g = conv_geometry(c, x.shape(), out_shape);
+    let groups = c.groups;
+    let (cig, cog) = (ci / groups, co / groups);
+    let kk = cig * g.k[0] * g.k[1];
+    let npos = g.oh * g.ow;
+    let mut out = vec![0f32; n * co * npos];
+    let mut col = Vec::new();
+    for b in 0..n {
+        for gr in 0..groups {
+            let xin =
+                &x.data()[(b * ci + gr * cig) * g.h * g.w..(b * ci + (gr + 1) * cig) * g.h * g.w];
+            let colv: &[f32] = if g.is_pointwise() {
+                xin
+            } else {
+                im2col(xin, cig, &g, &mut col);
+                &col
+            };
+            let w = &c.weight.data()[gr * cog * kk..(gr + 1) * cog * kk];
+            let o = &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
+            if let Some(bias) = &c.bias {
+                for (j, row) in o.chunks_mut(npos.max(1)).enumerate() {
+                    row.fill(bias.data()[gr * cog + j]);
+                }
+            }
+            sgemm(
+                cog,
+                kk,
+                npos,
+                1.0,
+                View::rows(w, kk),
+                View::rows(colv, npos),
+                if c.bias.is_some() { 1.0 } else { 0.0 },
+                o,
+            );
+        }
+    }
+    Ok(Tensor::new(out_shape.to_vec(), out)?)
+}
+
+fn matmul_f32(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor, EngineError> {
+    let a2: Vec<usize> = if a.shape().len() == 1 {
+        vec![1, a.shape()[0]]
+    } else {
+        a.shape().to_vec()
+    };
+    let b2: Vec<usize> = if b.shape().len() == 1 {
+        vec![b.shape()[0], 1]
+    } else {
+        b.shape().to_vec()
+    };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let n = b2[b2.len() - 1];
+    let ab = &a2[..a2.len() - 2];
+    let bb = &b2[..b2.len() - 2];
+    let batch = broadcast_shapes(ab, bb)?;
+    let ma = broadcast_index_map(ab, &batch);
+    let mb = broadcast_index_map(bb, &batch);
+    let mut out = vec![0f32; ma.len() * m * n];
+    for (t, (&ia, &ib)) in ma.iter().zip(&mb).enumerate() {
+        let av = View::rows(&a.data()[ia * m * k..(ia + 1) * m * k], k);
+        let bv = View::rows(&b.data()[ib * k * n..(ib + 1) * k * n], n);
+        sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            av,
+            bv,
+            0.0,
+            &mut out[t * m * n..(t + 1) * m * n],
+        );
+    }
+    Ok(Tensor::new(out_shape.to_vec(), out)?)
+}
+
+/// Numerically stable softmax.
+pub fn softmax(x: &Tensor, axis: usize, coerce_2d: bool) -> Result<Tensor, EngineError> {
+    let s = x.shape();
+    let (outer, len, inner) = if coerce_2d {
+        (
+            s[..axis].iter().product::<usize>(),
+            s[axis..].iter().product::<usize>(),
+            1,
+        )
+    } else {
+        (
+            s[..axis].iter().product(),
+            s[axis],
+            s[axis + 1..].iter().product(),
+        )
+    };
+    let mut out = x.data().to_vec();
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| o * len * inner + j * inner + i;
+            let mx = (0..len)
+                .map(|j| out[at(j)])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for j in 0..len {
+                let e = (out[at(j)] - mx).exp();
+                out[at(j)] = e;
+                sum += e;
+            }
+            for j in 0..len {
+                out[at(j)] /= sum;
+            }
+        }
+    }
+    Ok(Tensor::new(s.to_vec(), out)?)
+}
+
+/// Index of the largest element (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

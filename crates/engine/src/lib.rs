@@ -1,0 +1,79 @@
+//! tessera's reference engines.
+//!
+//! * [`float`]: runs any imported graph in f32 (the accuracy reference).
+//! * [`quant`]: the exact fixed-point integer semantics every private scheme must reproduce bit
+//!   for bit, with width tracking.
+//! * [`train`]: a small SGD trainer for dense networks (the demo's self-made model).
+//!
+//! Convolutions run as im2col + blocked GEMM (`matrixmultiply`), split over all cores with rayon.
+
+#![warn(missing_docs)]
+
+pub mod float;
+pub mod gemm;
+pub mod quant;
+pub mod train;
+pub mod window;
+
+pub use float::{argmax, run_f32};
+pub use quant::{QuantConfig, QuantModel};
+
+/// Everything that can go wrong running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A model problem (shapes, structure).
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    /// The caller's input does not fit the model.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// The op cannot run in this engine.
+    #[error("node '{node}': {detail}")]
+    Unsupported {
+        /// Node name.
+        node: String,
+        /// Why.
+        detail: String,
+    },
+    /// An integer left its range.
+    #[error("integer overflow: {0}")]
+    Overflow(String),
+    /// A value needed more bits than the configured bound.
+    #[error(
+        "node '{node}' needs {bits} signed bits, over the bound of {bound}; lower the fractional bits or raise --max-bits"
+    )]
+    WidthExceeded {
+        /// Node name.
+        node: String,
+        /// Bits needed.
+        bits: u32,
+        /// The bound.
+        bound: u32,
+    },
+    /// A failure at a named node.
+    #[error("node '{node}': {source}")]
+    At {
+        /// Node name.
+        node: String,
+        /// Cause.
+        source: Box<EngineError>,
+    },
+    /// A bug in tessera.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Attach the node name.
+    pub fn at(self, node: &str) -> Self {
+        match self {
+            e @ (EngineError::At { .. }
+            | EngineError::Unsupported { .. }
+            | EngineError::WidthExceeded { .. }) => e,
+            e => EngineError::At {
+                node: node.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+}

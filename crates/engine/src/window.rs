@@ -1,0 +1,117 @@
+//! Sliding-window helpers shared by the float and integer engines: im2col and pooling.
+
+use tessera_model::ir::Pool;
+
+/// Geometry of a 2-D window over one NCHW image.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel (h, w).
+    pub k: [usize; 2],
+    /// Strides.
+    pub s: [usize; 2],
+    /// Pads (top, left, bottom, right).
+    pub p: [usize; 4],
+    /// Dilations.
+    pub d: [usize; 2],
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl Geometry {
+    /// True when the window is a plain 1×1, stride-1, unpadded pass (im2col is the identity).
+    pub fn is_pointwise(&self) -> bool {
+        self.k == [1, 1] && self.s == [1, 1] && self.p == [0; 4]
+    }
+}
+
+/// Unfold `cin` channels of one image (`x`: `cin·h·w`) into columns `[cin·kh·kw, oh·ow]`;
+/// padded positions read `T::default()` (zero).
+pub fn im2col<T: Copy + Default + Send + Sync>(
+    x: &[T],
+    cin: usize,
+    g: &Geometry,
+    out: &mut Vec<T>,
+) {
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let n = g.oh * g.ow;
+    out.clear();
+    out.resize(cin * kh * kw * n, T::default());
+    for c in 0..cin {
+        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let row = ((c * kh + ki) * kw + kj) * n;
+                let dst = &mut out[row..row + n];
+                for oy in 0..g.oh {
+                    let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    for (ox, d) in drow.iter_mut().enumerate() {
+                        let ix = (ox * g.s[1] + kj * g.d[1]) as isize - g.p[1] as isize;
+                        if ix >= 0 && (ix as usize) < g.w {
+                            *d = src[ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pool one channel plane: for each output position, fold the valid input values with `step`,
+/// then `finish(acc, valid_count, padded_count)`.
+pub fn pool_plane<T: Copy, A: Copy, O>(
+    x: &[T],
+    g: &Geometry,
+    init: A,
+    step: impl Fn(A, T) -> A,
+    finish: impl Fn(A, usize, usize) -> O,
+    out: &mut [O],
+) {
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let mut acc = init;
+            let mut valid = 0usize;
+            let mut padded = 0usize;
+            for ki in 0..g.k[0] {
+                let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                let in_pad_y = iy >= -(g.p[0] as isize) && iy < (g.h + g.p[2]) as isize;
+                for kj in 0..g.k[1] {
+                    let ix = (ox * g.s[1] + kj * g.d[1]) as isize - g.p[1] as isize;
+                    let in_pad_x = ix >= -(g.p[1] as isize) && ix < (g.w + g.p[3]) as isize;
+                    if in_pad_y && in_pad_x {
+                        padded += 1;
+                    }
+                    if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
+                        acc = step(acc, x[iy as usize * g.w + ix as usize]);
+                        valid += 1;
+                    }
+                }
+            }
+            out[oy * g.ow + ox] = finish(acc, valid, padded);
+        }
+    }
+}
+
+/// Geometry of a pool over an input of `in_shape` (NCHW) producing `out_shape`.
+pub fn pool_geometry(p: &Pool, in_shape: &[usize], out_shape: &[usize]) -> Geometry {
+    Geometry {
+        h: in_shape[2],
+        w: in_shape[3],
+        k: p.kernel,
+        s: p.strides,
+        p: p.pads,
+        d: p.dilations,
+        oh: out_shape[2],
+        ow: out_shape[3],
+    }
+}

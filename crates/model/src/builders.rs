@@ -1,0 +1,292 @@
+//! Seeded builders for the networks the private-inference literature measures.
+//!
+//! Weights are random (He-uniform, seeded), so these networks are for cost and exactness
+//! measurements, not accuracy. Layer shapes follow the papers; where a paper leaves a choice open
+//! the choice made here is stated on the builder.
+
+use crate::ModelError;
+use crate::builder::GraphBuilder;
+use crate::ir::{Graph, ValueId};
+
+/// A named network builder.
+pub struct NetworkSpec {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One line on what it is.
+    pub about: &'static str,
+    /// Build it from a seed.
+    pub build: fn(u64) -> Result<Graph, ModelError>,
+}
+
+/// Every builder, by name.
+pub const NETWORKS: &[NetworkSpec] = &[
+    NetworkSpec {
+        name: "dash-a",
+        about: "Dash MNIST net A: MLP 784-128-128-10",
+        build: dash_a,
+    },
+    NetworkSpec {
+        name: "dash-b",
+        about: "Dash MNIST net B: 4 small convs, FC 40-100-10",
+        build: dash_b,
+    },
+    NetworkSpec {
+        name: "dash-c",
+        about: "Dash MNIST net C: Conv(1→5,k4,s2), FC 845-100-10",
+        build: dash_c,
+    },
+    NetworkSpec {
+        name: "dash-d",
+        about: "Dash MNIST net D: Conv(1→16,k6,s2) ×2, FC 256-100-10",
+        build: dash_d,
+    },
+    NetworkSpec {
+        name: "f-small",
+        about: "CIFAR net F-small (BCM+19): 8 convs 32/64/128, FC 128→10",
+        build: f_small,
+    },
+    NetworkSpec {
+        name: "f",
+        about: "CIFAR net F (MiniONN, pooling as stride-2 convs): 9 convs, FC 144→10",
+        build: f_net,
+    },
+    NetworkSpec {
+        name: "resnet18-32",
+        about: "ResNet-18 for CIFAR (32×32, 10 classes)",
+        build: |s| resnet18(32, 10, s),
+    },
+    NetworkSpec {
+        name: "resnet18-64",
+        about: "ResNet-18 for TinyImageNet (64×64, 200 classes)",
+        build: |s| resnet18(64, 200, s),
+    },
+    NetworkSpec {
+        name: "resnet32-32",
+        about: "ResNet-32 for CIFAR (32×32, 10 classes)",
+        build: |s| resnet32(32, 10, s),
+    },
+    NetworkSpec {
+        name: "resnet32-64",
+        about: "ResNet-32 for TinyImageNet (64×64, 200 classes)",
+        build: |s| resnet32(64, 200, s),
+    },
+    NetworkSpec {
+        name: "vgg16-32",
+        about: "VGG-16 for CIFAR (32×32, no FC ReLUs, FC 512→10)",
+        build: |s| vgg16(32, 10, s),
+    },
+    NetworkSpec {
+        name: "vgg16-64",
+        about: "VGG-16 for TinyImageNet (64×64, FC 2048→200)",
+        build: |s| vgg16(64, 200, s),
+    },
+];
+
+/// Look up a builder by name.
+pub fn find(name: &str) -> Option<&'static NetworkSpec> {
+    NETWORKS.iter().find(|n| n.name.eq_ignore_ascii_case(name))
+}
+
+fn mnist_input(b: &mut GraphBuilder) -> Result<ValueId, ModelError> {
+    b.input("input", vec![1, 1, 28, 28])
+}
+
+fn head(
+    b: &mut GraphBuilder,
+    mut x: ValueId,
+    hidden: &[usize],
+    classes: usize,
+) -> Result<ValueId, ModelError> {
+    x = b.flatten(x)?;
+    for &h in hidden {
+        x = b.dense(x, h)?;
+        x = b.relu(x)?;
+    }
+    b.dense(x, classes)
+}
+
+/// Dash net A: MLP 784-128-128-10.
+pub fn dash_a(seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new("dash-a", seed);
+    let x = mnist_input(&mut b)?;
+    let y = head(&mut b, x, &[128, 128], 10)?;
+    b.finish(vec![y])
+}
+
+/// Dash net B: Conv(1→5,k5), Conv(5→5,k3,s3), Conv(5→10,k3), Conv(10→10,k3,s3), FC 40-100-10;
+/// no padding, ReLU after every layer but the last.
+pub fn dash_b(seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new("dash-b", seed);
+    let mut x = mnist_input(&mut b)?;
+    for (c, k, s) in [(5, 5, 1), (5, 3, 3), (10, 3, 1), (10, 3, 3)] {
+        x = b.conv(x, c, k, s, 0)?;
+        x = b.relu(x)?;
+    }
+    let y = head(&mut b, x, &[100], 10)?;
+    b.finish(vec![y])
+}
+
+/// Dash net C: Conv(1→5,k4,s2), FC 845-100-10.
+pub fn dash_c(seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new("dash-c", seed);
+    let mut x = mnist_input(&mut b)?;
+    x = b.conv(x, 5, 4, 2, 0)?;
+    x = b.relu(x)?;
+    let y = head(&mut b, x, &[100], 10)?;
+    b.finish(vec![y])
+}
+
+/// Dash net D: Conv(1→16,k6,s2), Conv(16→16,k6,s2), FC 256-100-10.
+pub fn dash_d(seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new("dash-d", seed);
+    let mut x = mnist_input(&mut b)?;
+    for _ in 0..2 {
+        x = b.conv(x, 16, 6, 2, 0)?;
+        x = b.relu(x)?;
+    }
+    let y = head(&mut b, x, &[100], 10)?;
+    b.finish(vec![y])
+}
+
+/// CIFAR "F-small": 3×3 convs with channels 32, 32, 32 (s2), 64, 64, 64 (s2), 128, 128 and FC 128→10.
+/// Unpadded, except the stride-2 convs (padding 1): 32→30→28→14→12→10→5→3→1, which gives the
+/// published 128 features into the classifier.
+pub fn f_small(seed: u64) -> Result<Graph, ModelError> {
+    cifar_chain(
+        "f-small",
+        &[
+            (32, 3, 1, 0),
+            (32, 3, 1, 0),
+            (32, 3, 2, 1),
+            (64, 3, 1, 0),
+            (64, 3, 1, 0),
+            (64, 3, 2, 1),
+            (128, 3, 1, 0),
+            (128, 3, 1, 0),
+        ],
+        seed,
+    )
+}
+
+/// CIFAR "F" (MiniONN with pooling replaced by stride-2 convs): seven 3×3 convs of 64 channels
+/// (the third and sixth with stride 2), 1×1 conv 64, 1×1 conv 16, FC 144→10. Unpadded except the
+/// stride-2 convs (padding 1): 32→30→28→14→12→10→5→3, so 16·3·3 = 144 features as published.
+pub fn f_net(seed: u64) -> Result<Graph, ModelError> {
+    cifar_chain(
+        "f",
+        &[
+            (64, 3, 1, 0),
+            (64, 3, 1, 0),
+            (64, 3, 2, 1),
+            (64, 3, 1, 0),
+            (64, 3, 1, 0),
+            (64, 3, 2, 1),
+            (64, 3, 1, 0),
+            (64, 1, 1, 0),
+            (16, 1, 1, 0),
+        ],
+        seed,
+    )
+}
+
+fn cifar_chain(
+    name: &str,
+    convs: &[(usize, usize, usize, usize)],
+    seed: u64,
+) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new(name, seed);
+    let mut x = b.input("input", vec![1, 3, 32, 32])?;
+    for &(c, k, s, p) in convs {
+        x = b.conv(x, c, k, s, p)?;
+        x = b.relu(x)?;
+    }
+    let y = head(&mut b, x, &[], 10)?;
+    b.finish(vec![y])
+}
+
+fn basic_block(
+    b: &mut GraphBuilder,
+    x: ValueId,
+    planes: usize,
+    stride: usize,
+) -> Result<ValueId, ModelError> {
+    let c_in = b.shape(x).get(1).copied().unwrap_or(0);
+    let mut y = b.conv(x, planes, 3, stride, 1)?;
+    y = b.relu(y)?;
+    y = b.conv(y, planes, 3, 1, 1)?;
+    let short = if stride != 1 || c_in != planes {
+        b.conv(x, planes, 1, stride, 0)?
+    } else {
+        x
+    };
+    let s = b.add(y, short)?;
+    b.relu(s)
+}
+
+fn resnet(
+    name: &str,
+    hw: usize,
+    classes: usize,
+    stem: usize,
+    stages: &[(usize, usize)],
+    seed: u64,
+) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new(name, seed);
+    let x = b.input("input", vec![1, 3, hw, hw])?;
+    let mut x = b.conv(x, stem, 3, 1, 1)?;
+    x = b.relu(x)?;
+    for (i, &(planes, blocks)) in stages.iter().enumerate() {
+        for j in 0..blocks {
+            let stride = if i > 0 && j == 0 { 2 } else { 1 };
+            x = basic_block(&mut b, x, planes, stride)?;
+        }
+    }
+    x = b.global_avg_pool(x)?;
+    let y = head(&mut b, x, &[], classes)?;
+    b.finish(vec![y])
+}
+
+/// ResNet-18 in its CIFAR form (3×3 stem, no stem pooling), 1×1 projection shortcuts.
+pub fn resnet18(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> {
+    resnet(
+        &format!("resnet18-{hw}"),
+        hw,
+        classes,
+        64,
+        &[(64, 2), (128, 2), (256, 2), (512, 2)],
+        seed,
+    )
+}
+
+/// ResNet-32 for CIFAR: 16-channel stem, three stages of five basic blocks (16, 32, 64 channels).
+pub fn resnet32(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> {
+    resnet(
+        &format!("resnet32-{hw}"),
+        hw,
+        classes,
+        16,
+        &[(16, 5), (32, 5), (64, 5)],
+        seed,
+    )
+}
+
+/// VGG-16 in its CIFAR form: 13 3×3 convs with 2×2 max pooling, one FC classifier (no FC ReLUs).
+pub fn vgg16(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new(&format!("vgg16-{hw}"), seed);
+    let mut x = b.input("input", vec![1, 3, hw, hw])?;
+    for stage in [
+        &[64, 64][..],
+        &[128, 128],
+        &[256, 256, 256],
+        &[512, 512, 512],
+        &[512, 512, 512],
+    ] {
+        for &c in stage {
+            x = b.conv(x, c, 3, 1, 1)?;
+            x = b.relu(x)?;
+        }
+        x = b.max_pool(x, 2, 2)?;
+    }
+    let y = head(&mut b, x, &[], classes)?;
+    b.finish(vec![y])
+}

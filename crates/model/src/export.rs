@@ -1,0 +1,234 @@
+//! [`Graph`] → ONNX (opset 13) export, so builder networks can be fed to any ONNX tool.
+
+use crate::ModelError;
+use crate::ir::{Graph, Op, Pool};
+use crate::proto::*;
+use crate::tensor::Tensor;
+use prost::Message;
+use std::collections::HashSet;
+
+/// The opset version tessera writes.
+pub const EXPORT_OPSET: i64 = 13;
+
+fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
+    TensorProto {
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: data_type::FLOAT,
+        name: name.to_string(),
+        raw_data: t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INTS,
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attr_type::FLOAT,
+        f: v,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| Dimension {
+                            dim_value: Some(d as i64),
+                            dim_param: None,
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}
+
+fn window_attrs(p: &Pool) -> Vec<AttributeProto> {
+    vec![
+        ints("kernel_shape", &p.kernel),
+        ints("strides", &p.strides),
+        ints("pads", &p.pads),
+        ints("dilations", &p.dilations),
+        int("ceil_mode", i64::from(p.ceil_mode)),
+    ]
+}
+
+/// Encode a graph as ONNX bytes.
+pub fn export_model(g: &Graph) -> Result<Vec<u8>, ModelError> {
+    g.validate()?;
+    // Unique value names.
+    let mut seen = HashSet::new();
+    let names: Vec<String> = g
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let base = if v.name.is_empty() {
+                format!("v{i}")
+            } else {
+                v.name.clone()
+            };
+            if seen.insert(base.clone()) {
+                base
+            } else {
+                format!("{base}__{i}")
+            }
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    for (k, n) in g.nodes.iter().enumerate() {
+        let out = names[n.output].clone();
+        let mut input: Vec<String> = n.inputs.iter().map(|&i| names[i].clone()).collect();
+        let pfx = format!("{}_{k}", n.name);
+        let (op_type, attribute): (&str, Vec<AttributeProto>) = match &n.op {
+            Op::Constant(t) => {
+                inits.push(tensor_proto(&out, t));
+                continue;
+            }
+            Op::Conv(c) => {
+                inits.push(tensor_proto(&format!("{pfx}_W"), &c.weight));
+                input.push(format!("{pfx}_W"));
+                if let Some(b) = &c.bias {
+                    inits.push(tensor_proto(&format!("{pfx}_B"), b));
+                    input.push(format!("{pfx}_B"));
+                }
+                let ws = c.weight.shape();
+                let attrs = vec![
+                    ints("kernel_shape", &ws[2..]),
+                    ints("strides", &c.strides),
+                    ints("pads", &c.pads),
+                    ints("dilations", &c.dilations),
+                    int("group", c.groups as i64),
+                ];
+                ("Conv", attrs)
+            }
+            Op::Dense(d) => {
+                inits.push(tensor_proto(&format!("{pfx}_W"), &d.weight));
+                input.push(format!("{pfx}_W"));
+                if let Some(b) = &d.bias {
+                    inits.push(tensor_proto(&format!("{pfx}_B"), b));
+                    input.push(format!("{pfx}_B"));
+                }
+                ("Gemm", vec![int("transB", 1)])
+            }
+            Op::MatMul => ("MatMul", vec![]),
+            Op::Gemm(gm) => (
+                "Gemm",
+                vec![
+                    float("alpha", gm.alpha),
+                    float("beta", gm.beta),
+                    int("transA", i64::from(gm.trans_a)),
+                    int("transB", i64::from(gm.trans_b)),
+                ],
+            ),
+            Op::Binary {
+                op,
+                constant,
+                constant_first,
+            } => {
+                if let Some(c) = constant {
+                    let cname = format!("{pfx}_C");
+                    inits.push(tensor_proto(&cname, c));
+                    if *constant_first {
+                        input.insert(0, cname);
+                    } else {
+                        input.push(cname);
+                    }
+                }
+                (op.onnx_name(), vec![])
+            }
+            Op::Relu => ("Relu", vec![]),
+            Op::MaxPool(p) => ("MaxPool", window_attrs(p)),
+            Op::AvgPool(p) => {
+                let mut a = window_attrs(p);
+                a.push(int("count_include_pad", i64::from(p.count_include_pad)));
+                ("AveragePool", a)
+            }
+            Op::GlobalAvgPool => ("GlobalAveragePool", vec![]),
+            Op::Reshape => {
+                let shape = g.shape(n.output);
+                let sname = format!("{pfx}_shape");
+                inits.push(TensorProto {
+                    dims: vec![shape.len() as i64],
+                    data_type: data_type::INT64,
+                    name: sname.clone(),
+                    int64_data: shape.iter().map(|&d| d as i64).collect(),
+                    ..Default::default()
+                });
+                input.push(sname);
+                ("Reshape", vec![])
+            }
+            Op::Softmax { axis, coerce_2d } => {
+                let rank = n.inputs.first().map(|&i| g.shape(i).len()).unwrap_or(0);
+                if *coerce_2d && *axis + 1 != rank {
+                    return Err(ModelError::Invalid(format!(
+                        "node '{}': an opset<13 Softmax over several axes cannot be written at opset {EXPORT_OPSET}",
+                        n.name
+                    )));
+                }
+                ("Softmax", vec![int("axis", *axis as i64)])
+            }
+        };
+        nodes.push(NodeProto {
+            input,
+            output: vec![out],
+            name: n.name.clone(),
+            op_type: op_type.into(),
+            attribute,
+            ..Default::default()
+        });
+    }
+    let graph = GraphProto {
+        node: nodes,
+        name: g.name.clone(),
+        initializer: inits,
+        input: g
+            .inputs
+            .iter()
+            .map(|&i| value_info(&names[i], g.shape(i)))
+            .collect(),
+        output: g
+            .outputs
+            .iter()
+            .map(|&i| value_info(&names[i], g.shape(i)))
+            .collect(),
+        value_info: vec![],
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: EXPORT_OPSET,
+        }],
+        producer_name: "tessera".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: String::new(),
+        graph: Some(graph),
+    };
+    Ok(model.encode_to_vec())
+}

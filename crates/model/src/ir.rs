@@ -1,0 +1,556 @@
+//! tessera's typed intermediate representation of a network.
+//!
+//! A [`Graph`] is a list of single-output [`Node`]s in execution (topological) order over
+//! [`ValueId`]s, every value with a static shape. Constant operands that the integer semantics
+//! must treat specially (weights, biases, normalisation constants) live inside the op; a
+//! [`Op::Constant`] node only appears where a general, float-only op consumes a constant.
+
+use crate::ModelError;
+use crate::tensor::{Tensor, broadcast_shapes, numel};
+
+/// Index of a value in [`Graph::values`].
+pub type ValueId = usize;
+
+/// A value: its name (from the ONNX file, or generated) and static shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueInfo {
+    /// Name of the value.
+    pub name: String,
+    /// Static shape.
+    pub shape: Vec<usize>,
+}
+
+/// One operation with a single output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Node name (from the ONNX file, or generated).
+    pub name: String,
+    /// What the node computes.
+    pub op: Op,
+    /// Variable inputs.
+    pub inputs: Vec<ValueId>,
+    /// The output value.
+    pub output: ValueId,
+}
+
+/// 2-D convolution over NCHW with constant weights `[C_out, C_in/groups, kh, kw]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv {
+    /// Weights `[C_out, C_in/groups, kh, kw]`.
+    pub weight: Tensor,
+    /// Bias `[C_out]`, if any.
+    pub bias: Option<Tensor>,
+    /// Strides (h, w).
+    pub strides: [usize; 2],
+    /// Padding (top, left, bottom, right), resolved from `pads`/`auto_pad`.
+    pub pads: [usize; 4],
+    /// Dilations (h, w).
+    pub dilations: [usize; 2],
+    /// Groups (1 = dense, C_in = depthwise).
+    pub groups: usize,
+}
+
+/// Fully connected layer `y[n, m] = Σ_k x[n, k]·W[m, k] + b[m]` with constant weights `[M, K]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dense {
+    /// Weights `[M, K]` (output-major).
+    pub weight: Tensor,
+    /// Bias `[M]`, if any.
+    pub bias: Option<Tensor>,
+}
+
+/// General matrix product `alpha·A'·B' + beta·C` with variable operands (float engine only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemm {
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of C.
+    pub beta: f32,
+    /// Transpose A.
+    pub trans_a: bool,
+    /// Transpose B.
+    pub trans_b: bool,
+}
+
+/// 2-D max or average pooling window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    /// Window (h, w).
+    pub kernel: [usize; 2],
+    /// Strides (h, w).
+    pub strides: [usize; 2],
+    /// Padding (top, left, bottom, right).
+    pub pads: [usize; 4],
+    /// Dilations (h, w).
+    pub dilations: [usize; 2],
+    /// Average pooling: count padded positions in the divisor.
+    pub count_include_pad: bool,
+    /// Output size rounds up (ONNX `ceil_mode`); windows then may run past the end padding.
+    pub ceil_mode: bool,
+}
+
+/// Elementwise arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// a + b
+    Add,
+    /// a − b
+    Sub,
+    /// a · b
+    Mul,
+    /// a / b
+    Div,
+}
+
+impl BinOp {
+    /// Apply to floats.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+        }
+    }
+    /// ONNX op name.
+    pub fn onnx_name(self) -> &'static str {
+        match self {
+            BinOp::Add => "Add",
+            BinOp::Sub => "Sub",
+            BinOp::Mul => "Mul",
+            BinOp::Div => "Div",
+        }
+    }
+}
+
+/// What a node computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A constant tensor (only feeds float-only general ops).
+    Constant(Tensor),
+    /// Convolution with constant weights.
+    Conv(Conv),
+    /// Fully connected layer with constant weights (input `[N, K]`).
+    Dense(Dense),
+    /// Numpy-style (batched, broadcasting) matrix product of two variables (float engine only).
+    MatMul,
+    /// General Gemm over variables; inputs A, B and optionally C (float engine only).
+    Gemm(Gemm),
+    /// Elementwise op with broadcasting. With `constant`, the node has one variable input and
+    /// the constant is the right operand (`x op c`), or the left one when `constant_first`.
+    Binary {
+        /// The operation.
+        op: BinOp,
+        /// Constant operand, if any.
+        constant: Option<Tensor>,
+        /// The constant is the left operand.
+        constant_first: bool,
+    },
+    /// max(x, 0).
+    Relu,
+    /// Max pooling.
+    MaxPool(Pool),
+    /// Average pooling.
+    AvgPool(Pool),
+    /// Mean over the spatial dimensions, output `[N, C, 1, 1]`.
+    GlobalAvgPool,
+    /// Same data, the output value's shape (Flatten and Reshape both become this).
+    Reshape,
+    /// Softmax along `axis` (final layer only). `coerce_2d`: opset < 13 semantics (flatten
+    /// to 2-D at `axis` and normalise over everything after it).
+    Softmax {
+        /// Axis, non-negative.
+        axis: usize,
+        /// Opset < 13 semantics.
+        coerce_2d: bool,
+    },
+}
+
+impl Op {
+    /// Short name for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Constant(_) => "Constant",
+            Op::Conv(_) => "Conv",
+            Op::Dense(_) => "Dense",
+            Op::MatMul => "MatMul",
+            Op::Gemm(_) => "Gemm",
+            Op::Binary { op, .. } => op.onnx_name(),
+            Op::Relu => "Relu",
+            Op::MaxPool(_) => "MaxPool",
+            Op::AvgPool(_) => "AveragePool",
+            Op::GlobalAvgPool => "GlobalAveragePool",
+            Op::Reshape => "Reshape",
+            Op::Softmax { .. } => "Softmax",
+        }
+    }
+}
+
+/// A network: values, inputs, outputs and nodes in execution order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Graph {
+    /// Name of the network.
+    pub name: String,
+    /// Every value.
+    pub values: Vec<ValueInfo>,
+    /// Runtime inputs.
+    pub inputs: Vec<ValueId>,
+    /// Outputs.
+    pub outputs: Vec<ValueId>,
+    /// Nodes in execution order.
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Shape of a value.
+    pub fn shape(&self, v: ValueId) -> &[usize] {
+        self.values
+            .get(v)
+            .map(|x| x.shape.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Check internal consistency: ids in range, every input defined before use, shapes
+    /// consistent with each op. Engines call this before running an untrusted graph.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let mut defined = vec![false; self.values.len()];
+        for &i in &self.inputs {
+            *defined
+                .get_mut(i)
+                .ok_or_else(|| ModelError::Invalid(format!("input id {i} out of range")))? = true;
+        }
+        for n in &self.nodes {
+            for &i in &n.inputs {
+                if !defined.get(i).copied().unwrap_or(false) {
+                    return Err(ModelError::Invalid(format!(
+                        "node '{}' reads value {i} before it is defined",
+                        n.name
+                    )));
+                }
+            }
+            let shapes: Vec<&[usize]> = n.inputs.iter().map(|&i| self.shape(i)).collect();
+            let expect = infer_shape(&n.op, &shapes, &n.name)?;
+            let out = self.values.get(n.output).ok_or_else(|| {
+                ModelError::Invalid(format!("node '{}' output out of range", n.name))
+            })?;
+            // Reshape's output shape is given, not inferred: check only the element count.
+            if matches!(n.op, Op::Reshape) {
+                if numel(&out.shape)? != numel(shapes.first().copied().unwrap_or(&[]))? {
+                    return Err(ModelError::Invalid(format!(
+                        "reshape '{}' changes the element count",
+                        n.name
+                    )));
+                }
+            } else if expect != out.shape {
+                return Err(ModelError::Invalid(format!(
+                    "node '{}' ({}) yields shape {:?} but its output is declared {:?}",
+                    n.name,
+                    n.op.kind(),
+                    expect,
+                    out.shape
+                )));
+            }
+            defined[n.output] = true;
+        }
+        for &o in &self.outputs {
+            if !defined.get(o).copied().unwrap_or(false) {
+                return Err(ModelError::Invalid(format!("output {o} is never computed")));
+            }
+        }
+        Ok(())
+    }
+
+    /// For each value, the index of the last node that reads it (`usize::MAX` for outputs).
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.values.len()];
+        for (k, n) in self.nodes.iter().enumerate() {
+            for &i in &n.inputs {
+                if let Some(l) = last.get_mut(i) {
+                    *l = k;
+                }
+            }
+        }
+        for &o in &self.outputs {
+            if let Some(l) = last.get_mut(o) {
+                *l = usize::MAX;
+            }
+        }
+        last
+    }
+
+    /// Number of nodes that read each value.
+    pub fn consumer_counts(&self) -> Vec<usize> {
+        let mut c = vec![0usize; self.values.len()];
+        for n in &self.nodes {
+            for &i in &n.inputs {
+                if let Some(x) = c.get_mut(i) {
+                    *x += 1;
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Output size of a sliding window along one axis (explicit pads), or an error.
+pub fn window_out(
+    input: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    ceil_mode: bool,
+    what: &str,
+) -> Result<usize, ModelError> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return Err(ModelError::Shape(format!(
+            "{what}: kernel, stride and dilation must be positive"
+        )));
+    }
+    let span = dilation * (kernel - 1) + 1;
+    let padded = input + pad_begin + pad_end;
+    if padded < span {
+        return Err(ModelError::Shape(format!(
+            "{what}: window of span {span} does not fit the padded input of size {padded}"
+        )));
+    }
+    let num = padded - span;
+    let mut out = if ceil_mode {
+        num.div_ceil(stride)
+    } else {
+        num / stride
+    } + 1;
+    // ONNX rule: with ceil mode, the last window must start inside the input or its left pad.
+    if ceil_mode && (out - 1) * stride >= input + pad_begin {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// Shape an op yields for the given input shapes.
+pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, ModelError> {
+    let arity = |n: usize| -> Result<(), ModelError> {
+        if ins.len() == n {
+            Ok(())
+        } else {
+            Err(ModelError::Invalid(format!(
+                "node '{node}' ({}) needs {n} variable inputs, has {}",
+                op.kind(),
+                ins.len()
+            )))
+        }
+    };
+    let rank4 = |s: &[usize]| -> Result<[usize; 4], ModelError> {
+        <[usize; 4]>::try_from(s).map_err(|_| {
+            ModelError::Shape(format!(
+                "node '{node}' ({}) needs an NCHW input, got shape {s:?}",
+                op.kind()
+            ))
+        })
+    };
+    let out = match op {
+        Op::Constant(t) => {
+            arity(0)?;
+            t.shape().to_vec()
+        }
+        Op::Conv(c) => {
+            arity(1)?;
+            let [n, ci, h, w] = rank4(ins[0])?;
+            let ws = c.weight.shape();
+            let [co, cig, kh, kw] = <[usize; 4]>::try_from(ws).map_err(|_| {
+                ModelError::Shape(format!("node '{node}': conv weight must be 4-D"))
+            })?;
+            if c.groups == 0 || ci % c.groups != 0 || co % c.groups != 0 || cig * c.groups != ci {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': conv with {ci} input channels, weight {ws:?} and groups {} do not agree",
+                    c.groups
+                )));
+            }
+            if let Some(b) = &c.bias {
+                if b.shape() != [co] {
+                    return Err(ModelError::Shape(format!(
+                        "node '{node}': bias must have shape [{co}]"
+                    )));
+                }
+            }
+            let oh = window_out(
+                h,
+                c.pads[0],
+                c.pads[2],
+                kh,
+                c.strides[0],
+                c.dilations[0],
+                false,
+                node,
+            )?;
+            let ow = window_out(
+                w,
+                c.pads[1],
+                c.pads[3],
+                kw,
+                c.strides[1],
+                c.dilations[1],
+                false,
+                node,
+            )?;
+            vec![n, co, oh, ow]
+        }
+        Op::Dense(d) => {
+            arity(1)?;
+            let [n, k] = <[usize; 2]>::try_from(ins[0]).map_err(|_| {
+                ModelError::Shape(format!(
+                    "node '{node}': dense layer needs a 2-D input, got {:?}",
+                    ins[0]
+                ))
+            })?;
+            let ws = d.weight.shape();
+            if ws.len() != 2 || ws[1] != k {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': dense weight {ws:?} does not take {k} inputs"
+                )));
+            }
+            if let Some(b) = &d.bias {
+                if b.shape() != [ws[0]] {
+                    return Err(ModelError::Shape(format!(
+                        "node '{node}': bias must have shape [{}]",
+                        ws[0]
+                    )));
+                }
+            }
+            vec![n, ws[0]]
+        }
+        Op::MatMul => {
+            arity(2)?;
+            matmul_shape(ins[0], ins[1], node)?
+        }
+        Op::Gemm(g) => {
+            if ins.len() != 2 && ins.len() != 3 {
+                arity(3)?;
+            }
+            let (a, b) = (ins[0], ins[1]);
+            if a.len() != 2 || b.len() != 2 {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': Gemm needs 2-D A and B"
+                )));
+            }
+            let (m, ka) = if g.trans_a {
+                (a[1], a[0])
+            } else {
+                (a[0], a[1])
+            };
+            let (kb, nn) = if g.trans_b {
+                (b[1], b[0])
+            } else {
+                (b[0], b[1])
+            };
+            if ka != kb {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': Gemm inner dimensions {ka} and {kb} differ"
+                )));
+            }
+            if let Some(c) = ins.get(2) {
+                let bc = broadcast_shapes(&[m, nn], c)?;
+                if bc != [m, nn] {
+                    return Err(ModelError::Shape(format!(
+                        "node '{node}': Gemm C {c:?} does not broadcast to [{m}, {nn}]"
+                    )));
+                }
+            }
+            vec![m, nn]
+        }
+        Op::Binary { constant, .. } => match constant {
+            Some(c) => {
+                arity(1)?;
+                broadcast_shapes(ins[0], c.shape())?
+            }
+            None => {
+                arity(2)?;
+                broadcast_shapes(ins[0], ins[1])?
+            }
+        },
+        Op::Relu => {
+            arity(1)?;
+            ins[0].to_vec()
+        }
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            arity(1)?;
+            let [n, c, h, w] = rank4(ins[0])?;
+            let oh = window_out(
+                h,
+                p.pads[0],
+                p.pads[2],
+                p.kernel[0],
+                p.strides[0],
+                p.dilations[0],
+                p.ceil_mode,
+                node,
+            )?;
+            let ow = window_out(
+                w,
+                p.pads[1],
+                p.pads[3],
+                p.kernel[1],
+                p.strides[1],
+                p.dilations[1],
+                p.ceil_mode,
+                node,
+            )?;
+            vec![n, c, oh, ow]
+        }
+        Op::GlobalAvgPool => {
+            arity(1)?;
+            let [n, c, _, _] = rank4(ins[0])?;
+            vec![n, c, 1, 1]
+        }
+        Op::Reshape => {
+            arity(1)?;
+            ins[0].to_vec()
+        }
+        Op::Softmax { axis, .. } => {
+            arity(1)?;
+            if *axis >= ins[0].len().max(1) {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': softmax axis {axis} out of range"
+                )));
+            }
+            ins[0].to_vec()
+        }
+    };
+    numel(&out)?;
+    Ok(out)
+}
+
+/// Numpy matmul shape rule.
+pub fn matmul_shape(a: &[usize], b: &[usize], node: &str) -> Result<Vec<usize>, ModelError> {
+    if a.is_empty() || b.is_empty() {
+        return Err(ModelError::Shape(format!(
+            "node '{node}': MatMul of a scalar"
+        )));
+    }
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
+    let (m, k1) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k1 != k2 {
+        return Err(ModelError::Shape(format!(
+            "node '{node}': MatMul of {a:?} by {b:?}: inner dimensions differ"
+        )));
+    }
+    let mut out = broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(out)
+}

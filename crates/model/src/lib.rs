@@ -1,0 +1,53 @@
+//! tessera's model layer: a typed IR for the networks every scheme runs, ONNX import and export
+//! (protobuf handled by `prost`), static shape inference, network statistics, and seeded builders
+//! for the networks the literature measures.
+//!
+//! Nothing here executes a network; the engines live in `tessera-engine`.
+
+#![warn(missing_docs)]
+
+pub mod builder;
+pub mod builders;
+pub mod export;
+pub mod import;
+pub mod ir;
+pub mod proto;
+pub mod stats;
+pub mod tensor;
+
+pub use builder::GraphBuilder;
+pub use import::{ImportOptions, import_model, load_model};
+pub use ir::{BinOp, Conv, Dense, Gemm, Graph, Node, Op, Pool, ValueId, ValueInfo};
+pub use tensor::Tensor;
+
+/// Everything that can go wrong reading, building or checking a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The bytes are not a valid ONNX protobuf message.
+    #[error("not a valid ONNX file: {0} (is the file truncated or not an .onnx model?)")]
+    Decode(String),
+    /// An operator or attribute outside what tessera supports.
+    #[error("node '{node}' (op {op}): {detail}")]
+    Unsupported {
+        /// Node name.
+        node: String,
+        /// ONNX op type.
+        op: String,
+        /// What is unsupported and what is.
+        detail: String,
+    },
+    /// A graph that is structurally wrong (dangling reference, missing value, …).
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    /// Shapes that do not fit together.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
