@@ -1,1 +1,917 @@
-fn main() {}
+//! `tessera`: confidential neural-network inference on hardware its users do not trust.
+
+mod table;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use table::Table;
+use tessera_data::{Dataset, load_input, load_mnist_dir, synth};
+use tessera_engine::gemm::{View, dgemm, sgemm};
+use tessera_engine::quant::{NodeWidth, QuantConfig, QuantModel, merge_widths, static_widths};
+use tessera_engine::train::{TrainConfig, train_mlp};
+use tessera_engine::{argmax, run_f32};
+use tessera_model::stats::stats;
+use tessera_model::{Graph, ImportOptions, builders, load_model};
+use tessera_schemes::{Plain, SCHEMES, Scheme, Summary, summarize};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Confidential neural-network inference on untrusted hardware", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct QuantArgs {
+    /// Fractional bits f of the fixed-point format (values are integers at scale 2^f).
+    #[arg(long, default_value_t = tessera_engine::quant::DEFAULT_FRAC_BITS)]
+    frac_bits: u32,
+    /// Reject any integer (activation or accumulator) wider than this many signed bits.
+    #[arg(long)]
+    max_bits: Option<u32>,
+}
+
+impl QuantArgs {
+    fn config(&self) -> QuantConfig {
+        QuantConfig {
+            frac_bits: self.frac_bits,
+            max_bits: self.max_bits,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a model's layers: op, output shape, parameters, MACs, ReLUs and worst-case integer widths.
+    Inspect {
+        /// An ONNX file, or the name of a built-in network (see `tessera build --list`).
+        model: String,
+        /// Largest |input| assumed for the worst-case integer widths.
+        #[arg(long, default_value_t = 255.0)]
+        input_range: f32,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one input through a model under a scheme and print the prediction and its costs.
+    Run {
+        /// An ONNX file, or a built-in network name.
+        model: String,
+        /// Input: FILE.pb (ONNX TensorProto), FILE.npy, FILE.png, or IDXFILE:INDEX (an MNIST idx image).
+        #[arg(long)]
+        input: String,
+        /// Protection scheme.
+        #[arg(long, default_value = "plain")]
+        scheme: String,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy of float vs quantized execution on a data set, with per-layer integer widths.
+    Eval {
+        /// An ONNX file, or a built-in network name.
+        model: String,
+        /// Data set: mnist[:N] (MNIST test set from --data) or glyphs[:N] (generated).
+        #[arg(long, default_value = "mnist")]
+        dataset: String,
+        /// Directory holding t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz].
+        #[arg(long, default_value = "../shared/data/mnist-t10k")]
+        data: PathBuf,
+        /// Scheme whose outputs are checked against the integer reference.
+        #[arg(long, default_value = "plain")]
+        scheme: String,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a built-in literature network (seeded random weights) as ONNX.
+    Build {
+        /// Network name.
+        name: Option<String>,
+        /// Output file.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Weight seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// List the networks.
+        #[arg(long)]
+        list: bool,
+    },
+    /// The main job: train a model on generated data, run private inference under every scheme
+    /// that works, and end with one table comparing their costs. Needs nothing outside the repository.
+    Demo {
+        /// Test images per scheme.
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        /// Use this ONNX model (with --data for MNIST) instead of the self-trained one.
+        #[arg(long)]
+        model: Option<String>,
+        /// MNIST directory, used with --model.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the reference engines (release builds only give meaningful figures).
+    Bench {
+        /// mnist-8 ONNX file (skipped when absent).
+        #[arg(long, default_value = "../shared/data/onnx-mnist-8/model.onnx")]
+        mnist8: PathBuf,
+        /// Repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::EngineError),
+    #[error(transparent)]
+    Data(#[from] tessera_data::DataError),
+    #[error(transparent)]
+    Scheme(#[from] tessera_schemes::SchemeError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Inspect {
+            model,
+            input_range,
+            quant,
+            json,
+        } => inspect(&model, input_range, &quant, json),
+        Cmd::Run {
+            model,
+            input,
+            scheme,
+            quant,
+            json,
+        } => run(&model, &input, &scheme, &quant, json),
+        Cmd::Eval {
+            model,
+            dataset,
+            data,
+            scheme,
+            quant,
+            json,
+        } => eval(&model, &dataset, &data, &scheme, &quant, json),
+        Cmd::Build {
+            name,
+            output,
+            seed,
+            list,
+        } => build(name, output, seed, list),
+        Cmd::Demo {
+            n,
+            model,
+            data,
+            quant,
+            json,
+        } => demo(n, model, data, &quant, json),
+        Cmd::Bench { mnist8, reps, json } => bench(&mnist8, reps, json),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// An ONNX path, or a built-in network name.
+fn resolve_model(spec: &str) -> Result<Graph> {
+    let p = Path::new(spec);
+    if p.exists() {
+        return Ok(load_model(p, &ImportOptions::default())?);
+    }
+    if let Some(n) = builders::find(spec) {
+        return Ok((n.build)(1)?);
+    }
+    Err(CliError::Usage(format!(
+        "'{spec}' is neither an existing ONNX file nor a built-in network ({})",
+        builders::NETWORKS
+            .iter()
+            .map(|n| n.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+fn make_scheme(name: &str, g: &Graph, cfg: QuantConfig) -> Result<Box<dyn Scheme>> {
+    match name {
+        "plain" => Ok(Box::new(Plain::new(g, cfg)?)),
+        other => Err(CliError::Usage(format!(
+            "unknown scheme '{other}'; this build offers: {}",
+            SCHEMES.join(", ")
+        ))),
+    }
+}
+
+fn progress(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| CliError::Usage(e.to_string()))?
+    );
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} G", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.1} k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Result<()> {
+    let g = resolve_model(spec)?;
+    let st = stats(&g);
+    let widths = QuantModel::new(&g, quant.config()).and_then(|q| static_widths(&q, input_range));
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            name: &'a str,
+            stats: &'a tessera_model::stats::NetStats,
+            frac_bits: u32,
+            worst_case_widths: Option<Vec<NodeWidth>>,
+            integer_semantics_error: Option<String>,
+        }
+        let (w, e) = match widths {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        return print_json(&Out {
+            name: &g.name,
+            stats: &st,
+            frac_bits: quant.frac_bits,
+            worst_case_widths: w,
+            integer_semantics_error: e,
+        });
+    }
+    println!(
+        "model {} — inputs {:?}, outputs {:?}",
+        g.name,
+        g.inputs.iter().map(|&i| g.shape(i)).collect::<Vec<_>>(),
+        g.outputs.iter().map(|&i| g.shape(i)).collect::<Vec<_>>()
+    );
+    let mut t = Table::new(&[
+        "node",
+        "op",
+        "output shape",
+        "params",
+        "MACs",
+        "ReLUs",
+        "out bits",
+        "acc bits",
+    ]);
+    let wv = widths.as_ref().ok();
+    for (i, l) in st.layers.iter().enumerate() {
+        let w = wv.and_then(|w| w.get(i + 1));
+        t.row(vec![
+            l.name.clone(),
+            l.op.clone(),
+            format!("{:?}", l.shape),
+            human(l.params),
+            human(l.macs),
+            human(l.relus),
+            w.map_or("-".into(), |w| w.out_bits().to_string()),
+            w.map_or("-".into(), |w| w.acc_bits().to_string()),
+        ]);
+    }
+    t.row(vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        human(st.params),
+        human(st.macs),
+        st.relus.to_string(),
+        String::new(),
+        String::new(),
+    ]);
+    println!("{}", t.render());
+    match widths {
+        Ok(_) => println!(
+            "integer widths: worst case for |input| ≤ {input_range} at f = {} (signed bits; `eval` reports the widths real data reach)",
+            quant.frac_bits
+        ),
+        Err(e) => println!("integer semantics: not available for this model: {e}"),
+    }
+    Ok(())
+}
+
+fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {
+    let g = resolve_model(spec)?;
+    let x = load_input(input)?;
+    let float = run_f32(&g, std::slice::from_ref(&x))?;
+    let f0 = float
+        .first()
+        .ok_or_else(|| CliError::Usage("the model has no output".into()))?;
+    let mut s = make_scheme(scheme, &g, quant.config())?;
+    let r = s.infer(&x)?;
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            scheme: &'a str,
+            class: usize,
+            output: &'a [f32],
+            exact_output: &'a [i64],
+            frac_bits: u32,
+            float_output: &'a [f32],
+            float_class: usize,
+            cost: &'a tessera_schemes::Cost,
+        }
+        return print_json(&Out {
+            scheme,
+            class: r.class,
+            output: r.output.data(),
+            exact_output: r.exact.data(),
+            frac_bits: quant.frac_bits,
+            float_output: f0.data(),
+            float_class: argmax(f0.data()),
+            cost: &r.cost,
+        });
+    }
+    println!(
+        "scheme {scheme}: class {} (float engine: class {})",
+        r.class,
+        argmax(f0.data())
+    );
+    let mut t = Table::new(&["index", "scheme output", "exact integer", "float"]);
+    for (i, ((o, e), f)) in r
+        .output
+        .data()
+        .iter()
+        .zip(r.exact.data())
+        .zip(f0.data())
+        .enumerate()
+        .take(20)
+    {
+        t.row(vec![
+            i.to_string(),
+            format!("{o:.4}"),
+            e.to_string(),
+            format!("{f:.4}"),
+        ]);
+    }
+    println!("{}", t.render());
+    println!(
+        "latency {:.3} ms, {} B up, {} B down, {} rounds, {} B stored",
+        r.cost.latency.as_secs_f64() * 1e3,
+        r.cost.bytes_up,
+        r.cost.bytes_down,
+        r.cost.rounds,
+        r.cost.stored_bytes
+    );
+    Ok(())
+}
+
+fn parse_dataset(spec: &str, dir: &Path) -> Result<Dataset> {
+    let (name, n) = match spec.split_once(':') {
+        Some((a, b)) => (
+            a,
+            Some(b.parse::<usize>().map_err(|_| {
+                CliError::Usage(format!("'{b}' is not a count in --dataset {spec}"))
+            })?),
+        ),
+        None => (spec, None),
+    };
+    let mut d = match name {
+        "mnist" => load_mnist_dir(dir)?,
+        "glyphs" => synth::glyphs(n.unwrap_or(2000), 2),
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown data set '{other}'; use mnist[:N] or glyphs[:N]"
+            )));
+        }
+    };
+    if let Some(n) = n {
+        d.truncate(n);
+    }
+    Ok(d)
+}
+
+#[derive(Serialize)]
+struct EvalReport {
+    model: String,
+    images: usize,
+    frac_bits: u32,
+    float_correct: usize,
+    quantized_correct: usize,
+    agreement: usize,
+    scheme: Summary,
+    widths: Vec<NodeWidth>,
+}
+
+fn evaluate(
+    g: &Graph,
+    d: &Dataset,
+    scheme: &str,
+    cfg: QuantConfig,
+    show: bool,
+) -> Result<EvalReport> {
+    use rayon::prelude::*;
+    let qm = QuantModel::new(g, cfg)?;
+    let pb = if show {
+        progress(d.count as u64, "reference")
+    } else {
+        ProgressBar::hidden()
+    };
+    let refs: Vec<(usize, tessera_model::Tensor<i64>, Vec<NodeWidth>)> = (0..d.count)
+        .into_par_iter()
+        .map(|i| -> Result<_> {
+            let x = d
+                .image(i)
+                .ok_or_else(|| CliError::Usage(format!("image {i} missing")))?;
+            let f = argmax(
+                run_f32(g, std::slice::from_ref(&x))?
+                    .first()
+                    .map(|t| t.data())
+                    .unwrap_or(&[]),
+            );
+            let r = qm.run(&[x])?;
+            pb.inc(1);
+            let out = r
+                .outputs
+                .into_iter()
+                .next()
+                .ok_or_else(|| CliError::Usage("no output".into()))?;
+            Ok((f, out, r.widths))
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let mut s = make_scheme(scheme, g, cfg)?;
+    let pb = if show {
+        progress(d.count as u64, scheme)
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut runs = Vec::with_capacity(d.count);
+    for i in 0..d.count {
+        let x = d
+            .image(i)
+            .ok_or_else(|| CliError::Usage(format!("image {i} missing")))?;
+        runs.push(s.infer(&x)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let exact: Vec<_> = refs.iter().map(|r| r.1.clone()).collect();
+    let summary = summarize(
+        s.as_ref(),
+        &runs,
+        Some(&d.labels),
+        &exact,
+        scheme != "plain",
+    );
+    let mut widths = Vec::new();
+    let (mut fc, mut qc, mut agree) = (0, 0, 0);
+    for (i, (f, out, w)) in refs.iter().enumerate() {
+        let q = argmax(qm.dequantize(out).data());
+        let y = d.labels.get(i).map(|&l| usize::from(l));
+        fc += usize::from(Some(*f) == y);
+        qc += usize::from(Some(q) == y);
+        agree += usize::from(*f == q);
+        merge_widths(&mut widths, w);
+    }
+    Ok(EvalReport {
+        model: g.name.clone(),
+        images: d.count,
+        frac_bits: cfg.frac_bits,
+        float_correct: fc,
+        quantized_correct: qc,
+        agreement: agree,
+        scheme: summary,
+        widths,
+    })
+}
+
+fn pct(a: usize, n: usize) -> String {
+    format!("{:.2}%", 100.0 * a as f64 / n.max(1) as f64)
+}
+
+fn eval(
+    spec: &str,
+    dataset: &str,
+    dir: &Path,
+    scheme: &str,
+    quant: &QuantArgs,
+    json: bool,
+) -> Result<()> {
+    let g = resolve_model(spec)?;
+    let d = parse_dataset(dataset, dir)?;
+    let r = evaluate(&g, &d, scheme, quant.config(), !json)?;
+    if json {
+        return print_json(&r);
+    }
+    println!("{} on {} images (f = {}):", r.model, r.images, r.frac_bits);
+    println!(
+        "  float top-1       {} ({})",
+        r.float_correct,
+        pct(r.float_correct, r.images)
+    );
+    println!(
+        "  quantized top-1   {} ({})",
+        r.quantized_correct,
+        pct(r.quantized_correct, r.images)
+    );
+    println!(
+        "  float/quantized top-1 agreement {} ({})",
+        r.agreement,
+        pct(r.agreement, r.images)
+    );
+    println!(
+        "  scheme {}: {} of {} outputs bit-exact with the integer reference, median latency {:.3} ms",
+        r.scheme.scheme, r.scheme.exact_matches, r.images, r.scheme.latency_ms_median
+    );
+    let mut t = Table::new(&["node", "op", "out bits", "acc bits"]);
+    for w in &r.widths {
+        t.row(vec![
+            w.name.clone(),
+            w.op.clone(),
+            w.out_bits().to_string(),
+            w.acc_bits().to_string(),
+        ]);
+    }
+    println!("largest signed integer widths reached:\n{}", t.render());
+    Ok(())
+}
+
+fn build(name: Option<String>, output: Option<PathBuf>, seed: u64, list: bool) -> Result<()> {
+    if list || name.is_none() {
+        let mut t = Table::new(&["name", "ReLUs", "MACs", "description"]);
+        for n in builders::NETWORKS {
+            let g = (n.build)(seed)?;
+            let s = stats(&g);
+            t.row(vec![
+                n.name.into(),
+                s.relus.to_string(),
+                human(s.macs),
+                n.about.into(),
+            ]);
+        }
+        println!("{}", t.render());
+        return Ok(());
+    }
+    let name = name.unwrap_or_default();
+    let spec = builders::find(&name).ok_or_else(|| {
+        CliError::Usage(format!(
+            "no built-in network '{name}'; see `tessera build --list`"
+        ))
+    })?;
+    let g = (spec.build)(seed)?;
+    let bytes = tessera_model::export::export_model(&g)?;
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{name}.onnx")));
+    write_atomic(&out, &bytes)?;
+    println!(
+        "wrote {} ({} bytes, {} ReLUs)",
+        out.display(),
+        bytes.len(),
+        stats(&g).relus
+    );
+    Ok(())
+}
+
+/// Write via a temporary file and rename, so a failure leaves no half-written file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp-tessera");
+    let io = |source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        CliError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    })
+}
+
+fn demo(
+    n: usize,
+    model: Option<String>,
+    data: Option<PathBuf>,
+    quant: &QuantArgs,
+    json: bool,
+) -> Result<()> {
+    let (g, test) = match model {
+        Some(spec) => {
+            let g = resolve_model(&spec)?;
+            let dir = data.unwrap_or_else(|| PathBuf::from("../shared/data/mnist-t10k"));
+            let mut d = load_mnist_dir(&dir)?;
+            d.truncate(n);
+            (g, d)
+        }
+        None => {
+            let train = synth::glyphs(6000, 11);
+            let mut test = synth::glyphs(n, 12);
+            test.truncate(n);
+            let cfg = TrainConfig::default();
+            let pb = if json {
+                ProgressBar::hidden()
+            } else {
+                progress(cfg.epochs as u64, "training")
+            };
+            let t0 = Instant::now();
+            let g = train_mlp(
+                &train.pixels,
+                &train.labels,
+                &[1, 1, synth::SIDE, synth::SIDE],
+                10,
+                &cfg,
+                |e, loss| {
+                    pb.set_message(format!("loss {loss:.3}"));
+                    pb.set_position(e as u64 + 1);
+                },
+            )?;
+            pb.finish_and_clear();
+            if !json {
+                println!(
+                    "trained {} (dense {}-{}-10) on 6,000 generated glyph images in {:.1} s",
+                    g.name,
+                    synth::SIDE * synth::SIDE,
+                    cfg.hidden
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join("-"),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            (g, test)
+        }
+    };
+    let mut rows = Vec::new();
+    for &scheme in SCHEMES {
+        let r = evaluate(&g, &test, scheme, quant.config(), !json)?;
+        if !json {
+            println!(
+                "{scheme}: float top-1 {}, quantized top-1 {}, {} of {} bit-exact with the integer reference",
+                pct(r.float_correct, r.images),
+                pct(r.quantized_correct, r.images),
+                r.scheme.exact_matches,
+                r.images
+            );
+        }
+        rows.push(r.scheme);
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&[
+        "scheme",
+        "hides from untrusted side",
+        "top-1",
+        "bit-exact",
+        "latency ms (median)",
+        "bytes up",
+        "bytes down",
+        "rounds",
+        "stored B",
+        "trusted share",
+    ]);
+    for s in &rows {
+        t.row(vec![
+            s.scheme.clone(),
+            s.protects.clone(),
+            s.correct.map_or("-".into(), |c| pct(c, s.inferences)),
+            format!("{}/{}", s.exact_matches, s.inferences),
+            format!("{:.3}", s.latency_ms_median),
+            human(s.bytes_up),
+            human(s.bytes_down),
+            s.rounds.to_string(),
+            human(s.stored_bytes),
+            s.trusted_share
+                .map_or("-".into(), |x| format!("{:.1}%", 100.0 * x)),
+        ]);
+    }
+    println!("\n{}", t.render());
+    println!("schemes not yet in this build: tee, asym, gc, lhe, attested, 2pc (see the issues)");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BenchRow {
+    what: String,
+    engine: String,
+    median_ms: f64,
+    per_second: f64,
+    /// Multiply-accumulates per second (billions).
+    gmacs: f64,
+    /// gmacs over the raw GEMM ceiling of the same precision measured in the same run.
+    ratio_to_gemm: f64,
+}
+
+fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(tessera_schemes::median(&mut v))
+}
+
+fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
+    use rayon::prelude::*;
+    let mut rows = Vec::new();
+    let batch = 256usize;
+    // Ceiling: the blocked GEMM alone on a large square product, f32 (float engine) and f64
+    // (the integer engine's exact path).
+    let n = 1024usize;
+    let a32: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32).collect();
+    let mut c32 = vec![0f32; n * n];
+    let ms32 = time_median(reps, || {
+        sgemm(
+            n,
+            n,
+            n,
+            1.0,
+            View::rows(&a32, n),
+            View::rows(&a32, n),
+            0.0,
+            &mut c32,
+        );
+        Ok(())
+    })?;
+    let a64: Vec<f64> = a32.iter().map(|&v| f64::from(v)).collect();
+    let mut c64 = vec![0f64; n * n];
+    let ms64 = time_median(reps, || {
+        dgemm(
+            n,
+            n,
+            n,
+            1.0,
+            View::rows(&a64, n),
+            View::rows(&a64, n),
+            0.0,
+            &mut c64,
+        );
+        Ok(())
+    })?;
+    let macs = (n * n * n) as f64;
+    let ceil32 = macs / ms32 / 1e6;
+    let ceil64 = macs / ms64 / 1e6;
+    let mut row = |what: String, engine: &str, ms: f64, items: f64, macs_per_item: f64| {
+        let gmacs = macs_per_item * items / ms / 1e6;
+        let ceil = if engine == "float" { ceil32 } else { ceil64 };
+        rows.push(BenchRow {
+            what,
+            engine: engine.into(),
+            median_ms: ms,
+            per_second: items / ms * 1e3,
+            gmacs,
+            ratio_to_gemm: gmacs / ceil,
+        });
+    };
+    row(format!("GEMM {n}³ f32 (ceiling)"), "float", ms32, 1.0, macs);
+    row(
+        format!("GEMM {n}³ f64 (ceiling)"),
+        "integer",
+        ms64,
+        1.0,
+        macs,
+    );
+    if mnist8.exists() {
+        let g = load_model(mnist8, &ImportOptions::default())?;
+        let qm = QuantModel::new(&g, QuantConfig::default())?;
+        let imgs: Vec<_> = synth_images(&g, batch);
+        let ms = time_median(reps, || {
+            imgs.par_iter()
+                .try_for_each(|x| run_f32(&g, std::slice::from_ref(x)).map(|_| ()))?;
+            Ok(())
+        })?;
+        let m8 = stats(&g).macs as f64;
+        row(
+            format!("mnist-8, {batch} images"),
+            "float",
+            ms,
+            batch as f64,
+            m8,
+        );
+        let ms = time_median(reps, || {
+            imgs.par_iter()
+                .try_for_each(|x| qm.run(std::slice::from_ref(x)).map(|_| ()))?;
+            Ok(())
+        })?;
+        row(
+            format!("mnist-8, {batch} images"),
+            "integer",
+            ms,
+            batch as f64,
+            m8,
+        );
+    } else if !json {
+        println!(
+            "mnist-8 skipped: {} not found (pass --mnist8 FILE)",
+            mnist8.display()
+        );
+    }
+    for name in ["resnet18-32", "vgg16-32"] {
+        let g = resolve_model(name)?;
+        let qm = QuantModel::new(&g, QuantConfig::default())?;
+        let x = synth_images(&g, 1)
+            .pop()
+            .ok_or_else(|| CliError::Usage("no input".into()))?;
+        let ms = time_median(reps, || {
+            run_f32(&g, std::slice::from_ref(&x))
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
+        let mm = stats(&g).macs as f64;
+        row(format!("{name}, 1 image"), "float", ms, 1.0, mm);
+        let ms = time_median(reps, || {
+            qm.run(std::slice::from_ref(&x))
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
+        row(format!("{name}, 1 image"), "integer", ms, 1.0, mm);
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&[
+        "workload",
+        "engine",
+        "median ms",
+        "per second",
+        "GMAC/s",
+        "of GEMM ceiling",
+    ]);
+    for r in &rows {
+        t.row(vec![
+            r.what.clone(),
+            r.engine.clone(),
+            format!("{:.2}", r.median_ms),
+            format!("{:.1}", r.per_second),
+            format!("{:.2}", r.gmacs),
+            format!("{:.0}%", 100.0 * r.ratio_to_gemm),
+        ]);
+    }
+    println!(
+        "{}\n({} threads, median of {reps} runs)",
+        t.render(),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+/// Deterministic pseudo-images (values 0..255) shaped like the model's input.
+fn synth_images(g: &Graph, n: usize) -> Vec<tessera_model::Tensor> {
+    let shape = g
+        .inputs
+        .first()
+        .map(|&i| g.shape(i).to_vec())
+        .unwrap_or_default();
+    let len: usize = shape.iter().product();
+    (0..n)
+        .filter_map(|k| {
+            let data = (0..len)
+                .map(|i| ((i * 7919 + k * 104_729) % 256) as f32)
+                .collect();
+            tessera_model::Tensor::new(shape.clone(), data).ok()
+        })
+        .collect()
+}

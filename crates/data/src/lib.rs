@@ -104,19 +104,19 @@ pub fn load_png(path: &Path) -> Result<Tensor, DataError> {
 /// Load a model input from a file spec: `FILE.pb`, `FILE.npy`, `FILE.png`, or `IDXFILE:N` (image
 /// N of an MNIST idx image file, 0-based, as a `[1, 1, rows, cols]` tensor of values 0..=255).
 pub fn load_input(spec: &str) -> Result<Tensor, DataError> {
-    if let Some((file, idx)) = spec.rsplit_once(':') {
-        if let Ok(i) = idx.parse::<usize>() {
-            let images = load_idx_images(Path::new(file))?;
-            return images.image(i).ok_or_else(|| {
-                fmt_err(
-                    Path::new(file),
-                    format!(
-                        "image index {i} is out of range (the file holds {} images)",
-                        images.count
-                    ),
-                )
-            });
-        }
+    if let Some((file, idx)) = spec.rsplit_once(':')
+        && let Ok(i) = idx.parse::<usize>()
+    {
+        let images = load_idx_images(Path::new(file))?;
+        return images.image(i).ok_or_else(|| {
+            fmt_err(
+                Path::new(file),
+                format!(
+                    "image index {i} is out of range (the file holds {} images)",
+                    images.count
+                ),
+            )
+        });
     }
     let path = Path::new(spec);
     let ext = path

@@ -34,7 +34,9 @@ pub fn parse_npy(b: &[u8]) -> Result<Tensor, String> {
         .ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     let descr = field(header, "descr").ok_or("header has no 'descr'")?;
-    let descr = descr.get(1..4).ok_or("bad 'descr'")?;
+    // 'descr' is a quoted byte-order character followed by the type code, e.g. '<f4' or '|u1'.
+    let _order = descr.get(1..2).ok_or("bad 'descr'")?;
+    let descr = descr.get(2..4).ok_or("bad 'descr'")?;
     let fortran = field(header, "fortran_order").ok_or("header has no 'fortran_order'")?;
     if fortran.starts_with("True") {
         return Err("Fortran-order arrays are not supported; save with C order".into());

@@ -45,6 +45,7 @@ macro_rules! par_gemm {
         /// `C (m×n, row-major) = alpha·A·B + beta·C` for `A` m×k and `B` k×n views.
         ///
         /// Panics only on internal misuse (views shorter than their shapes); callers size them.
+        #[allow(clippy::too_many_arguments)] // the BLAS gemm signature
         pub fn $name(
             m: usize,
             k: usize,

@@ -5,7 +5,7 @@ use crate::gemm::{View, sgemm};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tessera_model::ir::{Dense, Graph, Op};
+use tessera_model::ir::{BinOp, Dense, Graph, Op};
 use tessera_model::{GraphBuilder, ModelError, Tensor};
 
 /// Training settings.
@@ -30,8 +30,8 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            hidden: vec![64],
-            epochs: 4,
+            hidden: vec![128],
+            epochs: 12,
             batch: 32,
             lr: 0.05,
             momentum: 0.9,
@@ -194,17 +194,20 @@ pub fn train_mlp(
         }
         progress(epoch, loss_sum / n as f32);
     }
-    // Export: fold the input scale into the first layer.
+    // Export. The input scale stays a separate constant multiply: folding 1/255 into the first
+    // layer would shrink its weights below the fixed-point resolution.
     let mut b = GraphBuilder::new("glyph-mlp", cfg.seed);
     let inp = b.input("input", input_shape.to_vec())?;
-    let mut v = b.flatten(inp)?;
+    let scale = Op::Binary {
+        op: BinOp::Mul,
+        constant: Some(Tensor::new(vec![], vec![cfg.input_scale])?),
+        constant_first: false,
+    };
+    let scaled = b.push("normalize", scale, vec![inp], "")?;
+    let mut v = b.flatten(scaled)?;
     let nl = layers.len();
     for (li, l) in layers.into_iter().enumerate() {
-        let scale = if li == 0 { cfg.input_scale } else { 1.0 };
-        let weight = Tensor::new(
-            vec![l.fan_out, l.fan_in],
-            l.w.iter().map(|w| w * scale).collect(),
-        )?;
+        let weight = Tensor::new(vec![l.fan_out, l.fan_in], l.w)?;
         let bias = Some(Tensor::vector(l.b));
         v = b.push(
             &format!("fc{li}"),

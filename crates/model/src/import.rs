@@ -543,21 +543,20 @@ impl Importer {
         let a = self.need(cx, 0)?;
         let mut b = self.need(cx, 1)?;
         // Opset < 7 "legacy" broadcast: B aligns with A starting at `axis`.
-        if self.opset < 7 && cx.int("broadcast", 0)? == 1 {
-            if let Some(axis) = cx.attr("axis").map(|a| a.i) {
-                let ra = self.val_shape(&a).len() as i64;
-                let bs = self.val_shape(&b);
-                let axis = if axis < 0 { axis + ra } else { axis };
-                let trailing = ra - axis - bs.len() as i64;
-                if axis < 0 || trailing < 0 {
-                    return Err(
-                        cx.unsupported("legacy broadcast axis does not fit the operand ranks")
-                    );
-                }
-                let mut ns = bs.clone();
-                ns.extend(std::iter::repeat_n(1, trailing as usize));
-                b = self.reshape_to(cx, b, ns, "")?;
+        if self.opset < 7
+            && cx.int("broadcast", 0)? == 1
+            && let Some(axis) = cx.attr("axis").map(|a| a.i)
+        {
+            let ra = self.val_shape(&a).len() as i64;
+            let bs = self.val_shape(&b);
+            let axis = if axis < 0 { axis + ra } else { axis };
+            let trailing = ra - axis - bs.len() as i64;
+            if axis < 0 || trailing < 0 {
+                return Err(cx.unsupported("legacy broadcast axis does not fit the operand ranks"));
             }
+            let mut ns = bs.clone();
+            ns.extend(std::iter::repeat_n(1, trailing as usize));
+            b = self.reshape_to(cx, b, ns, "")?;
         }
         Ok(match (a, b) {
             (Val::Const(x), Val::Const(y)) => {
@@ -619,12 +618,12 @@ impl Importer {
             )));
         }
         let kernel = [ws[2], ws[3]];
-        if let Some(k) = cx.ints("kernel_shape")? {
-            if to_usizes(&k).as_deref() != Some(&kernel[..]) {
-                return Err(cx.unsupported(format!(
-                    "kernel_shape {k:?} disagrees with the weight shape {ws:?}"
-                )));
-            }
+        if let Some(k) = cx.ints("kernel_shape")?
+            && to_usizes(&k).as_deref() != Some(&kernel[..])
+        {
+            return Err(cx.unsupported(format!(
+                "kernel_shape {k:?} disagrees with the weight shape {ws:?}"
+            )));
         }
         let strides = cx.pair("strides", 1)?;
         let dilations = cx.pair("dilations", 1)?;
@@ -1024,14 +1023,14 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
     let mut g = imp.b.finish(outputs)?;
     let counts = g.consumer_counts();
     for s in softmax {
-        if let Some(id) = g.values.iter().position(|v| v.name == s) {
-            if !g.outputs.contains(&id) || counts.get(id).copied().unwrap_or(0) > 0 {
-                return Err(ModelError::Unsupported {
+        if let Some(id) = g.values.iter().position(|v| v.name == s)
+            && (!g.outputs.contains(&id) || counts.get(id).copied().unwrap_or(0) > 0)
+        {
+            return Err(ModelError::Unsupported {
                     node: s,
                     op: "Softmax".into(),
                     detail: "Softmax is supported only as the final layer (its output must be a graph output, read by no other node)".into(),
                 });
-            }
         }
     }
     fold_channel_constants(&mut g)?;

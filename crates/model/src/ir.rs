@@ -293,6 +293,7 @@ impl Graph {
 }
 
 /// Output size of a sliding window along one axis (explicit pads), or an error.
+#[allow(clippy::too_many_arguments)] // one scalar per ONNX window parameter, named at every call site
 pub fn window_out(
     input: usize,
     pad_begin: usize,
@@ -367,12 +368,12 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
                     c.groups
                 )));
             }
-            if let Some(b) = &c.bias {
-                if b.shape() != [co] {
-                    return Err(ModelError::Shape(format!(
-                        "node '{node}': bias must have shape [{co}]"
-                    )));
-                }
+            if let Some(b) = &c.bias
+                && b.shape() != [co]
+            {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': bias must have shape [{co}]"
+                )));
             }
             let oh = window_out(
                 h,
@@ -410,13 +411,13 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
                     "node '{node}': dense weight {ws:?} does not take {k} inputs"
                 )));
             }
-            if let Some(b) = &d.bias {
-                if b.shape() != [ws[0]] {
-                    return Err(ModelError::Shape(format!(
-                        "node '{node}': bias must have shape [{}]",
-                        ws[0]
-                    )));
-                }
+            if let Some(b) = &d.bias
+                && b.shape() != [ws[0]]
+            {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': bias must have shape [{}]",
+                    ws[0]
+                )));
             }
             vec![n, ws[0]]
         }

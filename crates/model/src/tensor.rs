@@ -138,11 +138,11 @@ pub fn broadcast_index_map(src: &[usize], out: &[usize]) -> Vec<usize> {
     let st = strides(src);
     // effective stride per output dim (0 where broadcast)
     let mut eff = vec![0usize; r];
-    for i in 0..r {
+    for (i, e) in eff.iter_mut().enumerate() {
         if i + src.len() >= r {
             let j = i + src.len() - r;
             if src[j] != 1 {
-                eff[i] = st[j];
+                *e = st[j];
             }
         }
     }

@@ -1,1 +1,205 @@
+//! tessera's protection schemes behind one interface, and the cost report they all fill in.
+//!
+//! Every scheme runs one inference on one input and reports the same measured costs, so a user
+//! can compare schemes on their own model: latency, bytes each way, rounds, bytes stored ahead of
+//! time, and the share of the multiply-accumulates that ran on the trusted side.
+//!
+//! Schemes so far: `plain` (the integer reference, no protection). Each later scheme (`tee`,
+//! `asym`, `gc`, `lhe`, `attested`, `2pc`) adds a type implementing [`Scheme`].
 
+#![warn(missing_docs)]
+
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tessera_engine::quant::{QuantConfig, QuantModel};
+use tessera_engine::{EngineError, argmax};
+use tessera_model::Tensor;
+use tessera_model::stats::stats;
+
+/// Costs of one inference, measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cost {
+    /// Wall time from input to prediction.
+    pub latency: Duration,
+    /// Bytes sent by the data owner's side (client or enclave) to untrusted parties.
+    pub bytes_up: u64,
+    /// Bytes received back.
+    pub bytes_down: u64,
+    /// Round trips between parties.
+    pub rounds: u64,
+    /// Bytes of precomputed material stored for this inference (garbled circuits, HE keys, …).
+    pub stored_bytes: u64,
+    /// Multiply-accumulates run on the trusted side.
+    pub trusted_macs: u64,
+    /// All multiply-accumulates of the inference.
+    pub total_macs: u64,
+}
+
+/// The result of one private inference.
+#[derive(Clone, Debug)]
+pub struct Inference {
+    /// The model output in real units (dequantized logits or probabilities).
+    pub output: Tensor,
+    /// The exact integer output at scale 2^f (the value every scheme must reproduce).
+    pub exact: Tensor<i64>,
+    /// Argmax of the output.
+    pub class: usize,
+    /// What it cost.
+    pub cost: Cost,
+}
+
+/// Errors of a scheme.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemeError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The scheme cannot run this model or input.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A way of running a model privately.
+pub trait Scheme {
+    /// Scheme name as used on the command line.
+    fn name(&self) -> &'static str;
+    /// What the untrusted side learns, in one line.
+    fn protects(&self) -> &'static str;
+    /// Run one inference.
+    fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError>;
+}
+
+/// The names of the schemes this build offers.
+pub const SCHEMES: &[&str] = &["plain"];
+
+/// `plain`: the integer reference in one process, no protection. Every other scheme's output is
+/// checked against it bit for bit.
+pub struct Plain {
+    model: QuantModel,
+    macs: u64,
+}
+
+impl Plain {
+    /// Quantize `graph` with `cfg`.
+    pub fn new(graph: &tessera_model::Graph, cfg: QuantConfig) -> Result<Self, SchemeError> {
+        Ok(Self {
+            macs: stats(graph).macs,
+            model: QuantModel::new(graph, cfg)?,
+        })
+    }
+}
+
+impl Scheme for Plain {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    fn protects(&self) -> &'static str {
+        "nothing (reference)"
+    }
+    fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
+        let t0 = Instant::now();
+        let run = self.model.run(std::slice::from_ref(input))?;
+        let exact = run
+            .outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| SchemeError::Unsupported("the model has no output".into()))?;
+        let output = self.model.dequantize(&exact);
+        let class = argmax(output.data());
+        let cost = Cost {
+            latency: t0.elapsed(),
+            trusted_macs: 0,
+            total_macs: self.macs,
+            ..Cost::default()
+        };
+        Ok(Inference {
+            output,
+            exact,
+            class,
+            cost,
+        })
+    }
+}
+
+/// Aggregated costs of a scheme over many inferences (medians).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Scheme name.
+    pub scheme: String,
+    /// What it hides from the untrusted side.
+    pub protects: String,
+    /// Inferences run.
+    pub inferences: usize,
+    /// Correct top-1 predictions, when labels were known.
+    pub correct: Option<usize>,
+    /// Inferences whose exact integer output equals the plain reference bit for bit.
+    pub exact_matches: usize,
+    /// Median latency in milliseconds.
+    pub latency_ms_median: f64,
+    /// Median bytes up per inference.
+    pub bytes_up: u64,
+    /// Median bytes down per inference.
+    pub bytes_down: u64,
+    /// Median rounds per inference.
+    pub rounds: u64,
+    /// Median stored bytes per inference.
+    pub stored_bytes: u64,
+    /// Trusted share of the multiply-accumulates (0..1), `None` where no trusted part exists.
+    pub trusted_share: Option<f64>,
+}
+
+/// Median of a list (upper median; 0 for empty).
+pub fn median<T: Copy + PartialOrd + Default>(v: &mut [T]) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// Summarise a scheme's inferences.
+pub fn summarize(
+    scheme: &dyn Scheme,
+    runs: &[Inference],
+    labels: Option<&[u8]>,
+    reference: &[Tensor<i64>],
+    has_trusted_part: bool,
+) -> Summary {
+    let mut lat: Vec<f64> = runs
+        .iter()
+        .map(|r| r.cost.latency.as_secs_f64() * 1e3)
+        .collect();
+    let mut up: Vec<u64> = runs.iter().map(|r| r.cost.bytes_up).collect();
+    let mut down: Vec<u64> = runs.iter().map(|r| r.cost.bytes_down).collect();
+    let mut rounds: Vec<u64> = runs.iter().map(|r| r.cost.rounds).collect();
+    let mut stored: Vec<u64> = runs.iter().map(|r| r.cost.stored_bytes).collect();
+    let (tm, am) = runs.iter().fold((0u64, 0u64), |(t, a), r| {
+        (t + r.cost.trusted_macs, a + r.cost.total_macs)
+    });
+    Summary {
+        scheme: scheme.name().into(),
+        protects: scheme.protects().into(),
+        inferences: runs.len(),
+        correct: labels.map(|l| {
+            runs.iter()
+                .zip(l)
+                .filter(|(r, y)| r.class == usize::from(**y))
+                .count()
+        }),
+        exact_matches: runs
+            .iter()
+            .zip(reference)
+            .filter(|(r, e)| r.exact.data() == e.data())
+            .count(),
+        latency_ms_median: median(&mut lat),
+        bytes_up: median(&mut up),
+        bytes_down: median(&mut down),
+        rounds: median(&mut rounds),
+        stored_bytes: median(&mut stored),
+        trusted_share: if has_trusted_part && am > 0 {
+            Some(tm as f64 / am as f64)
+        } else {
+            None
+        },
+    }
+}
