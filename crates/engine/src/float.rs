@@ -80,7 +80,7 @@ fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, En
             let m = d.weight.shape()[0];
             let mut out = vec![0f32; n * m];
             if let Some(b) = &d.bias {
-                for row in out.chunks_mut(m) {
+                for row in out.chunks_mut(m.max(1)) {
                     row.copy_from_slice(b.data());
                 }
             }

@@ -49,8 +49,10 @@ use serde::Serialize;
 use tessera_model::ir::{BinOp, Graph, Op};
 use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
 
-/// Default fractional bits. Chosen as the smallest `f` for which mnist-8's quantized top-1
-/// agrees with float top-1 on ≥ 99.9% of the MNIST test set (see the engine's tests).
+/// Default fractional bits. On mnist-8 over the 10,000 MNIST test images, float/quantized top-1
+/// agreement is 99.87% at f = 5, 99.92% at f = 6, 99.96% at f = 7 and 99.98% at f = 8, with the
+/// widest accumulator at 25, 27, 29 and 31 signed bits. f = 8 keeps a margin for models with
+/// smaller weights; a scheme that needs narrow integers (gc's CRT range) can pass a smaller f.
 pub const DEFAULT_FRAC_BITS: u32 = 8;
 
 /// Largest magnitude an f64 holds exactly for every integer up to it.

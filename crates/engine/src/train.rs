@@ -68,6 +68,11 @@ pub fn train_mlp(
             x.len()
         )));
     }
+    if classes == 0 || d == 0 || cfg.hidden.contains(&0) {
+        return Err(ModelError::Invalid(
+            "every layer of the trained network needs at least one unit".into(),
+        ));
+    }
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let mut dims = vec![d];
     dims.extend(&cfg.hidden);

@@ -11,7 +11,7 @@ use crate::ModelError;
 use crate::builder::GraphBuilder;
 use crate::ir::{BinOp, Conv, Dense, Gemm, Graph, Op, Pool, ValueId};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, attr_type, data_type};
-use crate::tensor::{Tensor, broadcast_index_map, broadcast_shapes, numel};
+use crate::tensor::{MAX_ELEMENTS, Tensor, broadcast_index_map, broadcast_shapes, numel};
 use prost::Message;
 use std::collections::HashMap;
 
@@ -260,7 +260,9 @@ impl Ctx<'_> {
             None => Ok([default; 2]),
             Some(v) => {
                 let v = to_usizes(&v).ok_or_else(|| {
-                    self.unsupported(format!("attribute '{name}' must be positive"))
+                    self.unsupported(format!(
+                        "attribute '{name}' must hold positive values of at most 2^31"
+                    ))
                 })?;
                 <[usize; 2]>::try_from(v.as_slice()).map_err(|_| {
                     self.unsupported(format!(
@@ -273,8 +275,12 @@ impl Ctx<'_> {
     }
 }
 
+/// Window attribute values as sizes: non-negative and at most 2^31 ([`MAX_ELEMENTS`]), so that
+/// window arithmetic on them cannot overflow.
 fn to_usizes(v: &[i64]) -> Option<Vec<usize>> {
-    v.iter().map(|&x| usize::try_from(x).ok()).collect()
+    v.iter()
+        .map(|&x| usize::try_from(x).ok().filter(|&u| u <= MAX_ELEMENTS))
+        .collect()
 }
 
 /// Resolve pads for a 2-D window from `auto_pad`/`pads`: (top, left, bottom, right).
@@ -291,7 +297,7 @@ fn resolve_pads(
             None => Ok([0; 4]),
             Some(p) => {
                 let p = to_usizes(&p)
-                    .ok_or_else(|| cx.unsupported("negative pads are not supported"))?;
+                    .ok_or_else(|| cx.unsupported("pads must be non-negative and at most 2^31"))?;
                 <[usize; 4]>::try_from(p.as_slice()).map_err(|_| {
                     cx.unsupported(format!(
                         "pads has {} values; only 2-D windows (4 pads) are supported",
@@ -549,9 +555,13 @@ impl Importer {
         {
             let ra = self.val_shape(&a).len() as i64;
             let bs = self.val_shape(&b);
-            let axis = if axis < 0 { axis + ra } else { axis };
-            let trailing = ra - axis - bs.len() as i64;
-            if axis < 0 || trailing < 0 {
+            let axis = if axis < 0 {
+                axis.saturating_add(ra)
+            } else {
+                axis
+            };
+            let trailing = (ra - axis.clamp(0, ra)) - bs.len() as i64;
+            if axis < 0 || axis > ra || trailing < 0 {
                 return Err(cx.unsupported("legacy broadcast axis does not fit the operand ranks"));
             }
             let mut ns = bs.clone();
@@ -982,11 +992,12 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
         let mut shape = Vec::with_capacity(dims.len());
         for (i, d) in dims.iter().enumerate() {
             match d.dim_value {
-                Some(v) if v > 0 => shape.push(v as usize),
+                // An explicit 0 is a static, zero-sized dimension (ONNX semantics), not a batch.
+                Some(v) if v >= 0 => shape.push(v as usize),
                 _ if i == 0 => shape.push(opts.batch),
                 _ => {
                     return Err(ModelError::Invalid(format!(
-                        "input '{}' has a symbolic or zero dimension at axis {i}; tessera needs static shapes (only the batch axis may be symbolic)",
+                        "input '{}' has a symbolic or negative dimension at axis {i}; tessera needs static shapes (only the batch axis may be symbolic)",
                         inp.name
                     )));
                 }
