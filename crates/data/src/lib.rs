@@ -152,7 +152,11 @@ pub fn shared_data(rel: &str) -> Option<std::path::PathBuf> {
             p.display()
         );
     }
-    eprintln!(
+    // Written to the stderr handle directly: the test harness captures `eprintln!` of passing
+    // tests, and a skip must be visible.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIP: shared test data {} is absent (it lives beside the repository as ../shared/data)",
         p.display()
     );
