@@ -1,0 +1,431 @@
+//! The exact sign of a CRT-encoded signed value, the bit × residue product, and ReLU.
+//!
+//! # Sign: prime-only mixed-radix conversion, 2 last (DESIGN §2.1)
+//!
+//! The input is the k residue wires of x over the first k primes (wire i mod pᵢ, p₁ = 2), i.e.
+//! the residues of u = x mod M. Write u in mixed radix with the radices in the order
+//! r₁, …, r_k = 3, 5, 7, …, p_k, 2:
+//!
+//! ```text
+//! u = a₁ + a₂·r₁ + a₃·r₁r₂ + … + a_k·(r₁⋯r_{k−1}),     0 ≤ aᵢ < rᵢ
+//! ```
+//!
+//! The last weight is r₁⋯r_{k−1} = M/2 and a_k ∈ {0, 1}, while the lower terms sum to at most
+//! M/2 − 1, so a_k = 1 ⇔ u ≥ M/2 ⇔ x < 0: **the last digit is the sign bit**.
+//!
+//! The digits come out one at a time. Keep one wire per radix, wⱼ = (current quotient) mod rⱼ.
+//! At step i the digit is aᵢ = wᵢ; for every later radix rⱼ the quotient becomes
+//! (u − aᵢ)/rᵢ, i.e. wⱼ ← (wⱼ − aᵢ)·rᵢ⁻¹ mod rⱼ. Only the aᵢ term needs a gate: one projection
+//! mod rᵢ → mod rⱼ with φ(a) = −a·rᵢ⁻¹ mod rⱼ, and wⱼ·rᵢ⁻¹ + φ(aᵢ) is free. After step k − 1 the
+//! mod-2 wire holds a_k. Every wire is prime; no composite modulus appears.
+//!
+//! Cost: Σᵢ (rᵢ − 1)(k − i) ciphertexts — 126 at k = 7, **194 at k = 8**, 284 at k = 9
+//! (asserted in the tests against the cost backend and the real garbler).
+//!
+//! # Bit × residue: lift to a prime P ≥ 2p
+//!
+//! For a mod-2 wire β and a mod-p wire x, β·x mod p is computed with projections only: let P be
+//! the smallest prime ≥ 2p (P ≤ 251 is required). Lift x to mod P (φ(a) = a, p − 1
+//! ciphertexts) and β to mod P as p·β (1 ciphertext), add: z = x + p·β ∈ [0, 2p) exactly (no
+//! wrap mod P), which determines (β, x). Then project z mod P → mod p with φ(z) = z − p for
+//! z ≥ p and 0 otherwise (P − 1 ciphertexts). Total **p + P − 1** ciphertexts. A dedicated
+//! mixed-modulus half gate would cost about p + 1 and is future work.
+//!
+//! # ReLU
+//!
+//! relu(x) = (1 − sign(x))·x residue by residue: 1 − s is free (s + 1 mod 2), then one bit ×
+//! residue product per prime. At k = 8: 194 + 239 = 433 ciphertexts.
+
+use super::Backend;
+use crate::GarbleError;
+use crate::cost::GarbleCost;
+use crate::crt::{MAX_CRT_PRIMES, inverse_mod_prime};
+use crate::gadget::CostBackend;
+use crate::modulus::{MAX_MODULUS, Modulus};
+
+/// Checks that `residues` are wires over the first k primes (2, 3, 5, … in order), 1 ≤ k ≤
+/// [`MAX_CRT_PRIMES`]; returns the moduli.
+fn crt_moduli<B: Backend>(b: &B, residues: &[B::Wire]) -> Result<Vec<Modulus>, GarbleError> {
+    if residues.is_empty() || residues.len() > MAX_CRT_PRIMES {
+        return Err(GarbleError::ResidueCount {
+            expected: residues.len().clamp(1, MAX_CRT_PRIMES),
+            got: residues.len(),
+        });
+    }
+    let moduli = Modulus::first_primes(residues.len())?;
+    for (w, m) in residues.iter().zip(&moduli) {
+        let got = b.modulus_of(w);
+        if got != *m {
+            return Err(GarbleError::ModulusMismatch {
+                expected: m.q(),
+                got: got.q(),
+            });
+        }
+    }
+    Ok(moduli)
+}
+
+/// The sign bit of a CRT-encoded signed value: a mod-2 wire that is 1 iff x < 0. `residues` are
+/// the wires of x mod 2, 3, 5, …, p_k (in that order). See the module docs for the circuit.
+pub fn sign<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<B::Wire, GarbleError> {
+    crt_moduli(b, residues)?;
+    // Radix order 3, 5, …, p_k, 2.
+    let mut wires: Vec<B::Wire> = residues.iter().skip(1).cloned().collect();
+    let two = residues
+        .first()
+        .ok_or(GarbleError::Internal("no mod-2 residue"))?;
+    wires.push(two.clone());
+
+    for i in 0..wires.len().saturating_sub(1) {
+        let (head, tail) = wires.split_at_mut(i + 1);
+        let digit = head
+            .last()
+            .ok_or(GarbleError::Internal("empty digit slice"))?
+            .clone();
+        let ri = u64::from(b.modulus_of(&digit).q());
+        for w in tail.iter_mut() {
+            let mj = b.modulus_of(w);
+            let rj = u64::from(mj.q());
+            let inv = inverse_mod_prime(ri, rj)
+                .ok_or(GarbleError::Internal("radices are not coprime"))?;
+            // φ(a) = −a·rᵢ⁻¹ mod rⱼ, for a ∈ 0..rᵢ.
+            let phi: Vec<u16> = (0..ri)
+                .map(|a| ((rj - a % rj) % rj * inv % rj) as u16)
+                .collect();
+            let correction = b.project(&digit, mj, &phi)?;
+            let scaled = b.mul_const(w, inv)?;
+            *w = b.add(&scaled, &correction)?;
+        }
+    }
+    wires.pop().ok_or(GarbleError::Internal("no sign wire"))
+}
+
+/// The smallest prime P ≥ 2p that is a supported modulus.
+fn lift_modulus(p: Modulus) -> Result<Modulus, GarbleError> {
+    let start = 2 * u64::from(p.q());
+    (start..=u64::from(MAX_MODULUS))
+        .find_map(|c| Modulus::new(c).ok())
+        .ok_or(GarbleError::UnsupportedModulus(start))
+}
+
+/// β·x mod p for a mod-2 wire β and a mod-p wire x, with three projections (p + P − 1
+/// ciphertexts, P the smallest prime ≥ 2p; see the module docs).
+pub fn mul_bit<B: Backend>(b: &mut B, bit: &B::Wire, x: &B::Wire) -> Result<B::Wire, GarbleError> {
+    let mb = b.modulus_of(bit);
+    if mb.q() != 2 {
+        return Err(GarbleError::ModulusMismatch {
+            expected: 2,
+            got: mb.q(),
+        });
+    }
+    let mp = b.modulus_of(x);
+    let p = u16::from(mp.q());
+    let big = lift_modulus(mp)?;
+    let lifted_x = b.project(x, big, &(0..p).collect::<Vec<u16>>())?;
+    let lifted_bit = b.project(bit, big, &[0, p])?;
+    let z = b.add(&lifted_x, &lifted_bit)?;
+    let phi: Vec<u16> = (0..u16::from(big.q()))
+        .map(|z| if (p..2 * p).contains(&z) { z - p } else { 0 })
+        .collect();
+    b.project(&z, mp, &phi)
+}
+
+/// ReLU of a CRT-encoded signed value: the residue wires of max(x, 0).
+pub fn relu<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<Vec<B::Wire>, GarbleError> {
+    let s = sign(b, residues)?;
+    let positive = b.add_const(&s, 1)?;
+    residues.iter().map(|x| mul_bit(b, &positive, x)).collect()
+}
+
+/// The garbled size of [`sign`] over the first k primes.
+pub fn sign_cost(k: usize) -> Result<GarbleCost, GarbleError> {
+    let mut c = CostBackend::default();
+    sign(&mut c, &Modulus::first_primes(k)?)?;
+    Ok(c.cost)
+}
+
+/// The garbled size of [`relu`] over the first k primes.
+pub fn relu_cost(k: usize) -> Result<GarbleCost, GarbleError> {
+    let mut c = CostBackend::default();
+    relu(&mut c, &Modulus::first_primes(k)?)?;
+    Ok(c.cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crt::CrtBasis;
+    use crate::gadget::{EvalBackend, GarbleBackend, PlainBackend, PlainWire};
+    use crate::gate::{Evaluator, Garbler};
+    use crate::label::Seed;
+    use proptest::prelude::*;
+
+    fn basis(k: usize) -> CrtBasis {
+        CrtBasis::first_primes(k).expect("basis")
+    }
+
+    fn plain_wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
+        b.encode(x)
+            .expect("in range")
+            .iter()
+            .zip(b.moduli())
+            .map(|(&r, &m)| PlainWire::new(m, u64::from(r)))
+            .collect()
+    }
+
+    fn plain_sign(b: &CrtBasis, x: i64) -> u8 {
+        sign(&mut PlainBackend, &plain_wires(b, x))
+            .expect("sign")
+            .value()
+    }
+
+    fn plain_relu(b: &CrtBasis, x: i64) -> i64 {
+        let out: Vec<u8> = relu(&mut PlainBackend, &plain_wires(b, x))
+            .expect("relu")
+            .iter()
+            .map(|w| w.value())
+            .collect();
+        b.decode(&out).expect("valid")
+    }
+
+    /// Garbles `circuit` over the basis, evaluates it on x and decodes the output residues.
+    fn garbled<F, G>(b: &CrtBasis, x: i64, seed: [u8; 32], garble: F, eval: G) -> Vec<u8>
+    where
+        F: Fn(&mut GarbleBackend, &[crate::Label]) -> Vec<crate::Label>,
+        G: Fn(&mut EvalBackend, &[crate::Label]) -> Vec<crate::Label>,
+    {
+        let mut g = GarbleBackend::new(Garbler::new(&Seed::from_bytes(seed)));
+        let zeros: Vec<_> = b
+            .moduli()
+            .iter()
+            .map(|&m| g.garbler_mut().input_wire(m))
+            .collect();
+        let out_zeros = garble(&mut g, &zeros);
+        let (mut garbler, tables) = g.into_parts();
+        let labels: Vec<_> = zeros
+            .iter()
+            .zip(b.encode(x).expect("in range"))
+            .map(|(z, r)| garbler.encode(z, u64::from(r)).expect("encode"))
+            .collect();
+        let mut e = EvalBackend::new(Evaluator::new(garbler.hash_key()), tables);
+        let out = eval(&mut e, &labels);
+        e.finish().expect("every table used");
+        out_zeros
+            .iter()
+            .zip(&out)
+            .map(|(z, l)| garbler.decode(z, l).expect("valid label"))
+            .collect()
+    }
+
+    fn garbled_sign(b: &CrtBasis, x: i64, seed: [u8; 32]) -> u8 {
+        let out = garbled(
+            b,
+            x,
+            seed,
+            |g, w| vec![sign(g, w).expect("garble")],
+            |e, w| vec![sign(e, w).expect("evaluate")],
+        );
+        out[0]
+    }
+
+    fn garbled_relu(b: &CrtBasis, x: i64, seed: [u8; 32]) -> i64 {
+        let out = garbled(
+            b,
+            x,
+            seed,
+            |g, w| relu(g, w).expect("garble"),
+            |e, w| relu(e, w).expect("evaluate"),
+        );
+        b.decode(&out).expect("valid")
+    }
+
+    fn basis_and_value() -> impl Strategy<Value = (usize, i64)> {
+        (7usize..=9).prop_flat_map(|k| {
+            let b = basis(k);
+            (Just(k), b.min_value()..=b.max_value())
+        })
+    }
+
+    #[test]
+    fn sign_is_exact_on_whole_small_bases() {
+        for k in 1..=5 {
+            let b = basis(k);
+            for x in b.min_value()..=b.max_value() {
+                assert_eq!(plain_sign(&b, x), u8::from(x < 0), "k = {k}, x = {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn sign_is_exact_near_zero_and_at_the_range_ends() {
+        for k in 7..=9 {
+            let b = basis(k);
+            let ranges = [
+                -5_000..=5_000,
+                b.min_value()..=b.min_value() + 2_000,
+                b.max_value() - 2_000..=b.max_value(),
+            ];
+            for x in ranges.into_iter().flatten() {
+                assert_eq!(plain_sign(&b, x), u8::from(x < 0), "k = {k}, x = {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn relu_is_exact_on_whole_small_bases() {
+        for k in 1..=4 {
+            let b = basis(k);
+            for x in b.min_value()..=b.max_value() {
+                assert_eq!(plain_relu(&b, x), x.max(0), "k = {k}, x = {x}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn sign_matches_plain_comparison((k, x) in basis_and_value()) {
+            prop_assert_eq!(plain_sign(&basis(k), x), u8::from(x < 0));
+        }
+
+        #[test]
+        fn relu_matches_max_with_zero((k, x) in basis_and_value()) {
+            prop_assert_eq!(plain_relu(&basis(k), x), x.max(0));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        #[test]
+        fn garbled_sign_matches_plaintext((k, x) in basis_and_value(), seed: [u8; 32]) {
+            let b = basis(k);
+            prop_assert_eq!(garbled_sign(&b, x, seed), plain_sign(&b, x));
+        }
+
+        #[test]
+        fn garbled_relu_matches_plaintext((k, x) in basis_and_value(), seed: [u8; 32]) {
+            let b = basis(k);
+            prop_assert_eq!(garbled_relu(&b, x, seed), plain_relu(&b, x));
+        }
+    }
+
+    #[test]
+    fn garbled_gadgets_at_the_edges() {
+        for k in 7..=9 {
+            let b = basis(k);
+            for x in [b.min_value(), -1, 0, 1, b.max_value()] {
+                assert_eq!(garbled_sign(&b, x, [k as u8; 32]), u8::from(x < 0));
+                assert_eq!(garbled_relu(&b, x, [k as u8; 32]), x.max(0));
+            }
+        }
+    }
+
+    /// Σᵢ (rᵢ − 1)(k − i) over the radices 3, 5, …, p_k, 2.
+    fn sign_formula(k: usize) -> u64 {
+        let primes = Modulus::first_primes(k).expect("primes");
+        primes
+            .iter()
+            .skip(1)
+            .enumerate()
+            .map(|(i, m)| (u64::from(m.q()) - 1) * (k - 1 - i) as u64)
+            .sum()
+    }
+
+    #[test]
+    fn ciphertext_counts() {
+        let expected_sign = [(7, 126), (8, 194), (9, 284)];
+        for (k, want) in expected_sign {
+            let c = sign_cost(k).expect("cost");
+            assert_eq!(c.ciphertexts, want, "sign, k = {k}");
+            assert_eq!(c.ciphertexts, sign_formula(k));
+            assert_eq!(c.bytes, 16 * want);
+        }
+        // ReLU adds p + P − 1 per prime (P the smallest prime ≥ 2p).
+        let expected_relu = [(7, 126 + 180), (8, 194 + 239), (9, 284 + 308)];
+        for (k, want) in expected_relu {
+            let c = relu_cost(k).expect("cost");
+            assert_eq!(c.ciphertexts, want, "relu, k = {k}");
+            let products: u64 = Modulus::first_primes(k)
+                .expect("primes")
+                .iter()
+                .map(|&m| {
+                    let big = lift_modulus(m).expect("lift");
+                    u64::from(m.q()) + u64::from(big.q()) - 1
+                })
+                .sum();
+            assert_eq!(c.ciphertexts, sign_formula(k) + products);
+        }
+    }
+
+    #[test]
+    fn the_real_garbler_produces_what_the_cost_backend_counts() {
+        for k in 7..=9 {
+            let b = basis(k);
+            let mut g = GarbleBackend::new(Garbler::new(&Seed::from_bytes([1; 32])));
+            let zeros: Vec<_> = b
+                .moduli()
+                .iter()
+                .map(|&m| g.garbler_mut().input_wire(m))
+                .collect();
+            sign(&mut g, &zeros).expect("garble");
+            let after_sign = g.garbler_mut().cost();
+            assert_eq!(
+                after_sign.ciphertexts,
+                sign_cost(k).expect("cost").ciphertexts
+            );
+            assert_eq!(after_sign.gates, sign_cost(k).expect("cost").gates);
+            relu(&mut g, &zeros).expect("garble");
+            let total = g.garbler_mut().cost().ciphertexts;
+            assert_eq!(
+                total - after_sign.ciphertexts,
+                relu_cost(k).expect("cost").ciphertexts
+            );
+            let stored: usize = g.tables().iter().map(|t| t.rows().len()).sum();
+            assert_eq!(stored as u64, total);
+        }
+    }
+
+    #[test]
+    fn wrong_inputs_are_errors() {
+        let b = basis(7);
+        let mut w = plain_wires(&b, 5);
+        assert!(matches!(
+            sign(&mut PlainBackend, &[]),
+            Err(GarbleError::ResidueCount { .. })
+        ));
+        w.swap(1, 2);
+        assert!(matches!(
+            sign(&mut PlainBackend, &w),
+            Err(GarbleError::ModulusMismatch {
+                expected: 3,
+                got: 5
+            })
+        ));
+        let m7 = Modulus::new(7).expect("prime");
+        let x = PlainWire::new(m7, 3);
+        assert!(matches!(
+            mul_bit(&mut PlainBackend, &x, &x),
+            Err(GarbleError::ModulusMismatch {
+                expected: 2,
+                got: 7
+            })
+        ));
+        let big = PlainWire::new(Modulus::new(127).expect("prime"), 3);
+        let bit = PlainWire::new(Modulus::new(2).expect("prime"), 1);
+        assert!(matches!(
+            mul_bit(&mut PlainBackend, &bit, &big),
+            Err(GarbleError::UnsupportedModulus(254))
+        ));
+        for v in 0..7 {
+            for beta in 0..2 {
+                let out = mul_bit(
+                    &mut PlainBackend,
+                    &PlainWire::new(Modulus::new(2).expect("prime"), beta),
+                    &PlainWire::new(m7, v),
+                )
+                .expect("product");
+                assert_eq!(u64::from(out.value()), beta * v);
+            }
+        }
+    }
+}
