@@ -22,10 +22,12 @@
 //! never reused in a garbling, even when one wire feeds many gates.
 
 use crate::GarbleError;
+use crate::batch::ProjectionBatch;
 use crate::cost::GarbleCost;
 use crate::hash::{Hasher, Tweak};
 use crate::label::{Delta, Label, Seed};
 use crate::modulus::Modulus;
+use crate::tensor::LabelTensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::collections::BTreeMap;
@@ -93,7 +95,7 @@ impl ProjectionTable {
 }
 
 /// Checks φ: exactly p values, each below q.
-fn check_phi(p: Modulus, q: Modulus, phi: &[u8]) -> Result<(), GarbleError> {
+pub(crate) fn check_phi(p: Modulus, q: Modulus, phi: &[u8]) -> Result<(), GarbleError> {
     if phi.len() != usize::from(p.q()) {
         return Err(GarbleError::ProjectionLength {
             expected: usize::from(p.q()),
@@ -305,6 +307,61 @@ impl Garbler {
     }
 }
 
+impl Garbler {
+    /// Fresh input wires mod q of the given shape: their zero-labels (the same CSPRNG draws as
+    /// that many calls of [`Garbler::input_wire`]).
+    pub fn input_tensor(
+        &mut self,
+        q: Modulus,
+        shape: &[usize],
+    ) -> Result<LabelTensor, GarbleError> {
+        LabelTensor::random(q, shape, &mut self.rng)
+    }
+
+    /// The labels of `values` on wires whose zero-labels are `zero` (one value per label).
+    pub fn encode_tensor(
+        &mut self,
+        zero: &LabelTensor,
+        values: &[i64],
+    ) -> Result<LabelTensor, GarbleError> {
+        let mut out = zero.clone();
+        let delta = self.delta(zero.modulus()).clone();
+        out.add_delta_times(&delta, values)?;
+        Ok(out)
+    }
+
+    /// Reserves `count` consecutive gate numbers; returns the first.
+    fn reserve_gates(&mut self, count: usize) -> Result<u64, GarbleError> {
+        let base = self.next_gate;
+        self.next_gate = crate::batch::end_gate(base, count)?;
+        Ok(base)
+    }
+
+    /// Garbles φ: Z_p → Z_q on every wire of `a0` at once (see [`crate::batch`]): gate i is
+    /// exactly what [`Garbler::projection`] would garble for label i, numbered from this
+    /// garbler's counter. Returns the tables and the output zero-labels.
+    pub fn projection_batch(
+        &mut self,
+        a0: &LabelTensor,
+        q: Modulus,
+        phi: &[u8],
+    ) -> Result<(ProjectionBatch, LabelTensor), GarbleError> {
+        check_phi(a0.modulus(), q, phi)?;
+        let delta_p = self.delta(a0.modulus()).clone();
+        let delta_q = self.delta(q).clone();
+        let base = self.reserve_gates(a0.len())?;
+        crate::batch::garble_projection_batch(
+            &self.hasher,
+            base,
+            a0,
+            &delta_p,
+            &delta_q,
+            phi,
+            &mut self.cost,
+        )
+    }
+}
+
 impl std::fmt::Debug for Garbler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Garbler")
@@ -333,6 +390,15 @@ impl Evaluator {
     /// Evaluates one projection gate.
     pub fn projection(&mut self, table: &ProjectionTable, a: &Label) -> Result<Label, GarbleError> {
         evaluate_projection(&self.hasher, table, a, &mut self.cost)
+    }
+
+    /// Evaluates a batch of projection gates, one per label of `a`.
+    pub fn projection_batch(
+        &mut self,
+        tables: &ProjectionBatch,
+        a: &LabelTensor,
+    ) -> Result<LabelTensor, GarbleError> {
+        crate::batch::evaluate_projection_batch(&self.hasher, tables, a, &mut self.cost)
     }
 
     /// What evaluation has cost so far (gates and hash calls).

@@ -37,6 +37,7 @@ use crate::label::{Label, digits_from_words, words_of};
 use crate::modulus::Modulus;
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use zeroize::Zeroize;
 
 type Block = aes::Block;
 
@@ -153,6 +154,78 @@ impl Hasher {
             .collect()
     }
 
+    /// The raw output blocks (h₀, h₁) of H(label, tweak) mod `out` for labels given as compressed
+    /// blocks mod `input` (h₁ is unused, zero, when q = 2): the same function as
+    /// [`Hasher::hash_batch`] before expansion, with two AES calls over the whole batch.
+    pub(crate) fn hash_blocks_raw(
+        &self,
+        input: Modulus,
+        inputs: &[(u128, Tweak)],
+        out: Modulus,
+        cost: &mut GarbleCost,
+    ) -> Vec<[u128; 2]> {
+        let b = output_blocks(out);
+        let mut ys: Vec<Block> = inputs
+            .iter()
+            .map(|(x, _)| Array::from(x.to_le_bytes()))
+            .collect();
+        self.aes.encrypt_blocks(&mut ys);
+        let mut zs: Vec<Block> = Vec::with_capacity(inputs.len() * b);
+        for ((_, tweak), y) in inputs.iter().zip(&ys) {
+            let y = u128::from_le_bytes(y.0);
+            for j in (0u8..).take(b) {
+                zs.push(Array::from((y ^ tweak.block(j, input, out)).to_le_bytes()));
+            }
+        }
+        self.aes.encrypt_blocks(&mut zs);
+        self.record_blocks(input, inputs);
+        let calls = inputs.len() as u64;
+        cost.hash_calls += calls;
+        cost.aes_blocks += calls * (1 + b as u64);
+        ys.iter()
+            .zip(zs.chunks_exact(b))
+            .map(|(y, z)| {
+                let y = u128::from_le_bytes(y.0);
+                let mut h = [0u128; 2];
+                for (hj, zj) in h.iter_mut().zip(z) {
+                    *hj = u128::from_le_bytes(zj.0) ^ y;
+                }
+                h
+            })
+            .collect()
+    }
+
+    /// [`Hasher::hash_blocks_raw`] expanded digit-wise into `dst` (`out.digits()` bytes per
+    /// input, in order). Errors when `dst` is not exactly `inputs.len() · out.digits()` long.
+    pub(crate) fn hash_blocks_into(
+        &self,
+        input: Modulus,
+        inputs: &[(u128, Tweak)],
+        out: Modulus,
+        dst: &mut [u8],
+        cost: &mut GarbleCost,
+    ) -> Result<(), crate::GarbleError> {
+        let n = out.digits();
+        if dst.len() != inputs.len() * n {
+            return Err(crate::GarbleError::Internal("hash output buffer length"));
+        }
+        let mut hs = self.hash_blocks_raw(input, inputs, out, cost);
+        for (h, d) in hs.iter().zip(dst.chunks_exact_mut(n)) {
+            expand_into(out, *h, d);
+        }
+        hs.zeroize();
+        Ok(())
+    }
+
+    /// Test builds record every hashed (input modulus, input block, tweak); others do nothing.
+    #[cfg_attr(not(test), allow(unused_variables))]
+    fn record_blocks(&self, input: Modulus, inputs: &[(u128, Tweak)]) {
+        #[cfg(test)]
+        if let Ok(mut log) = self.log.lock() {
+            log.extend(inputs.iter().map(|&(x, tweak)| (input.q(), x, tweak)));
+        }
+    }
+
     /// Test builds record every hashed (input modulus, input block, tweak); others do nothing.
     #[cfg_attr(not(test), allow(unused_variables))]
     fn record(&self, inputs: &[(&Label, Tweak)]) {
@@ -189,6 +262,52 @@ fn expand(out: Modulus, h: [u128; 2]) -> Label {
         digits_from_words(out, &mut words, label.digits_mut());
     }
     label
+}
+
+/// For every byte b: the u64 whose byte i (little-endian) is bit i of b.
+static BIT_SPREAD: [u64; 256] = spread_table();
+
+const fn spread_table() -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut v = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            v |= (((b >> i) & 1) as u64) << (8 * i);
+            i += 1;
+        }
+        table[b] = v;
+        b += 1;
+    }
+    table
+}
+
+/// The bits of `x` as digits mod 2: bit i to `dst[i]` (for the first `dst.len()` ≤ 128 bits).
+pub(crate) fn spread_bits(x: u128, dst: &mut [u8]) {
+    // Byte j of x gives digits 8j..8j+8, bit i of the byte as digit 8j + i.
+    for (d, byte) in dst.chunks_mut(8).zip(x.to_le_bytes()) {
+        let spread = BIT_SPREAD[usize::from(byte)].to_le_bytes();
+        for (di, &si) in d.iter_mut().zip(&spread) {
+            *di = si;
+        }
+    }
+}
+
+/// [`expand`] written into a digit slice (its first `out.digits()` bytes).
+fn expand_into(out: Modulus, h: [u128; 2], dst: &mut [u8]) {
+    let [h0, h1] = h;
+    if out.q() == 2 {
+        spread_bits(h0, dst);
+    } else {
+        let (lo, hi) = (words_of(h0), words_of(h1));
+        let mut words = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
+        let mut digits = [0u8; crate::modulus::MAX_DIGITS];
+        digits_from_words(out, &mut words, &mut digits);
+        for (d, &e) in dst.iter_mut().zip(&digits) {
+            *d = e;
+        }
+    }
 }
 
 #[cfg(test)]

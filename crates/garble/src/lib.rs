@@ -11,6 +11,10 @@
 //! - [`gate`]: the projection gate with row reduction, the [`Garbler`] and the [`Evaluator`].
 //! - [`cost`]: ciphertext, byte, hash-call and AES-block counters.
 //! - [`crt`]: CRT encoding of signed integers over the first k primes ([`CrtBasis`]).
+//! - [`tensor`]: [`LabelTensor`], many labels of one modulus label-major; free arithmetic and
+//!   public-weight matrix products over labels (a GEMM).
+//! - [`batch`]: projection gates over a whole [`LabelTensor`] at once ([`ProjectionBatch`]),
+//!   batched AES and rayon-parallel.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
 //!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8).
@@ -48,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cost;
 pub mod crt;
 pub mod gadget;
@@ -55,7 +60,9 @@ pub mod gate;
 pub mod hash;
 pub mod label;
 pub mod modulus;
+pub mod tensor;
 
+pub use batch::ProjectionBatch;
 pub use cost::GarbleCost;
 pub use crt::CrtBasis;
 pub use gadget::{Backend, CostBackend, EvalBackend, GarbleBackend, PlainBackend, PlainWire};
@@ -63,6 +70,7 @@ pub use gate::{Evaluator, Garbler, ProjectionTable};
 pub use hash::{Hasher, Tweak};
 pub use label::{Delta, Label, Seed};
 pub use modulus::Modulus;
+pub use tensor::LabelTensor;
 
 /// Errors of garbling and evaluation. Everything that can come from a peer or a file is checked
 /// and reported with one of these, never a panic.
@@ -168,6 +176,14 @@ pub enum GarbleError {
         /// Residues the basis has.
         expected: usize,
         /// Residues given.
+        got: usize,
+    },
+    /// A tensor (or a list of constants, weights or tables) with the wrong number of elements.
+    #[error("expected {expected} elements, got {got}")]
+    ShapeMismatch {
+        /// Elements expected.
+        expected: usize,
+        /// Elements given.
         got: usize,
     },
     /// The evaluator ran out of garbled tables: the garbled material is shorter than the circuit.

@@ -1,0 +1,586 @@
+//! Projection gates over a whole [`LabelTensor`]: one gate per label, all with the same φ.
+//!
+//! The gate construction is exactly that of [`crate::gate`] (row reduction, tweak = (gate, row)),
+//! so gate i of a batch with base number b is bit-for-bit the gate a [`crate::Garbler`] would
+//! garble one at a time as gate b + i. What changes is the execution:
+//!
+//! - **Batched AES**: the labels of a chunk of gates are compressed and hashed together, so the
+//!   two AES passes of the hash run over thousands of blocks per call instead of p.
+//! - **Parallel**: chunks run on rayon's pool. Each gate's tweak depends only on its index, never
+//!   on the chunking or on the thread that runs it, so the output is the same for every thread
+//!   count and no tweak is used twice as long as the base numbers of batches do not overlap
+//!   ([`crate::Garbler::projection_batch`] reserves them from its counter).
+//!
+//! Tables are stored flat: gate i's rows 1..p are `(p − 1) × digits(q)` digits at offset
+//! `i · (p − 1) · digits(q)`.
+
+use crate::GarbleError;
+use crate::cost::GarbleCost;
+use crate::gate::ProjectionTable;
+use crate::hash::{Hasher, Tweak, spread_bits};
+use crate::label::{Delta, Label};
+use crate::modulus::Modulus;
+use crate::tensor::{LabelTensor, add_digits, block_of, neg_digits};
+use rayon::prelude::*;
+use zeroize::Zeroize;
+
+/// Hash calls per parallel chunk: large enough to keep AES pipelined, small enough to spread
+/// over the threads and stay in cache.
+const HASHES_PER_CHUNK: usize = 4096;
+
+/// The garbled tables of `count` projection gates φ: Z_p → Z_q numbered base, base + 1, ….
+/// Public: sent to the evaluator.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProjectionBatch {
+    base_gate: u64,
+    input: Modulus,
+    output: Modulus,
+    count: usize,
+    rows: Vec<u8>,
+}
+
+impl ProjectionBatch {
+    /// A batch from its parts, checked (use this on data from a peer or a file):
+    /// `count · (p − 1) · digits(q)` digits, each below q, and gate numbers that do not overflow.
+    pub fn new(
+        base_gate: u64,
+        input: Modulus,
+        output: Modulus,
+        count: usize,
+        rows: Vec<u8>,
+    ) -> Result<Self, GarbleError> {
+        let per_gate = (usize::from(input.q()) - 1) * output.digits();
+        let expected = count
+            .checked_mul(per_gate)
+            .ok_or(GarbleError::Internal("table size overflows usize"))?;
+        if rows.len() != expected {
+            return Err(GarbleError::DigitCount {
+                q: output.q(),
+                expected,
+                got: rows.len(),
+            });
+        }
+        crate::tensor::check_digits(output, &rows)?;
+        end_gate(base_gate, count)?;
+        Ok(Self {
+            base_gate,
+            input,
+            output,
+            count,
+            rows,
+        })
+    }
+
+    /// The number of the first gate.
+    pub fn base_gate(&self) -> u64 {
+        self.base_gate
+    }
+
+    /// The input modulus p.
+    pub fn input(&self) -> Modulus {
+        self.input
+    }
+
+    /// The output modulus q.
+    pub fn output(&self) -> Modulus {
+        self.output
+    }
+
+    /// The number of gates.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the batch has no gate.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// All rows, flat (see the module docs).
+    pub fn as_digits(&self) -> &[u8] {
+        &self.rows
+    }
+
+    /// Gate i as a single [`ProjectionTable`], if there is one.
+    pub fn table(&self, i: usize) -> Option<ProjectionTable> {
+        let n = self.output.digits();
+        let per_gate = (usize::from(self.input.q()) - 1) * n;
+        let rows = self.rows.chunks_exact(per_gate).nth(i)?;
+        let labels: Option<Vec<Label>> = rows
+            .chunks_exact(n)
+            .map(|r| Label::from_digits(self.output, r).ok())
+            .collect();
+        let gate = self.base_gate.checked_add(u64::try_from(i).ok()?)?;
+        ProjectionTable::new(gate, self.input, self.output, labels?).ok()
+    }
+}
+
+impl std::fmt::Debug for ProjectionBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionBatch")
+            .field("base_gate", &self.base_gate)
+            .field("p", &self.input.q())
+            .field("q", &self.output.q())
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// base + count, checked: the gate numbers base..base + count must all exist.
+pub(crate) fn end_gate(base: u64, count: usize) -> Result<u64, GarbleError> {
+    u64::try_from(count)
+        .ok()
+        .and_then(|c| base.checked_add(c))
+        .ok_or(GarbleError::GatesExhausted)
+}
+
+fn gate_number(base: u64, i: usize) -> Result<u64, GarbleError> {
+    end_gate(base, i)
+}
+
+/// Garbles one projection gate φ per label of `a0` (zero-labels mod p), numbered
+/// `base_gate + i`: returns the tables and the output zero-labels (mod `delta_q`'s modulus,
+/// shape of `a0`). The caller must not reuse the numbers base_gate..base_gate + len in this
+/// garbling — use [`crate::Garbler::projection_batch`].
+pub fn garble_projection_batch(
+    hasher: &Hasher,
+    base_gate: u64,
+    a0: &LabelTensor,
+    delta_p: &Delta,
+    delta_q: &Delta,
+    phi: &[u8],
+    cost: &mut GarbleCost,
+) -> Result<(ProjectionBatch, LabelTensor), GarbleError> {
+    let p = a0.modulus();
+    let q = delta_q.modulus();
+    if delta_p.modulus() != p {
+        return Err(GarbleError::ModulusMismatch {
+            expected: p.q(),
+            got: delta_p.modulus().q(),
+        });
+    }
+    crate::gate::check_phi(p, q, phi)?;
+    let count = a0.len();
+    end_gate(base_gate, count)?;
+    let (pq, np, nq) = (usize::from(p.q()), p.digits(), q.digits());
+
+    // φ(x)·Δ_q for every x, once per layer.
+    let mut phi_delta = vec![0u8; pq * nq];
+    for (dst, &v) in phi_delta.chunks_exact_mut(nq).zip(phi) {
+        dst.copy_from_slice(&delta_q.times(u64::from(v)).digits()[..nq]);
+    }
+    let dp = &delta_p.as_label().digits()[..np];
+    // The same, compressed (used when q = 2, where adding labels is XOR of blocks).
+    let mut phi_blocks: Vec<u128> = phi_delta
+        .chunks_exact(nq)
+        .map(|d| block_of(q.q(), d))
+        .collect();
+
+    let mut rows = vec![0u8; count * (pq - 1) * nq];
+    let mut c0s = LabelTensor::zeros(q, a0.shape())?;
+    let chunk = (HASHES_PER_CHUNK / pq).max(1);
+    let costs: Result<Vec<GarbleCost>, GarbleError> = a0
+        .as_digits()
+        .par_chunks(chunk * np)
+        .zip(rows.par_chunks_mut(chunk * (pq - 1) * nq))
+        .zip(c0s.digits_mut().par_chunks_mut(chunk * nq))
+        .enumerate()
+        .map(|(ci, ((a_chunk, rows_chunk), c0_chunk))| {
+            let mut cost = GarbleCost::default();
+            let first = ci * chunk;
+            let m = a_chunk.len() / np;
+            // All p labels A₀ + x·Δ_p of every gate of the chunk, compressed, with their tweaks.
+            let mut inputs = Vec::with_capacity(m * pq);
+            let mut label = [0u8; crate::modulus::MAX_DIGITS];
+            for (k, a) in a_chunk.chunks_exact(np).enumerate() {
+                let gate = gate_number(base_gate, first + k)?;
+                let l = &mut label[..np];
+                l.copy_from_slice(a);
+                for x in 0..pq {
+                    if x > 0 {
+                        add_digits(p.q(), l, dp);
+                    }
+                    let row = u32::from(l.first().copied().unwrap_or(0));
+                    inputs.push((block_of(p.q(), l), Tweak { gate, row }));
+                }
+            }
+            label.zeroize();
+            if q.q() == 2 {
+                // Mod 2 every label op is an XOR of compressed blocks: work on blocks and
+                // spread the bits into digits only when storing.
+                let mut hs = hasher.hash_blocks_raw(p, &inputs, q, &mut cost);
+                for ((a, hk), (tab, c0)) in a_chunk.chunks_exact(np).zip(hs.chunks_exact(pq)).zip(
+                    rows_chunk
+                        .chunks_exact_mut((pq - 1) * nq)
+                        .zip(c0_chunk.chunks_exact_mut(nq)),
+                ) {
+                    let colour = usize::from(a.first().copied().unwrap_or(0));
+                    let x_star = (pq - colour) % pq;
+                    let (h0, pd0) = hk
+                        .get(x_star)
+                        .zip(phi_blocks.get(x_star))
+                        .ok_or(GarbleError::Internal("row 0 is missing"))?;
+                    let c0b = h0[0] ^ pd0;
+                    spread_bits(c0b, c0);
+                    for (x, (h, pd)) in hk.iter().zip(&phi_blocks).enumerate() {
+                        let r = (colour + x) % pq;
+                        if r == 0 {
+                            continue;
+                        }
+                        let slot = tab
+                            .chunks_exact_mut(nq)
+                            .nth(r - 1)
+                            .ok_or(GarbleError::Internal("row out of range"))?;
+                        spread_bits(h[0] ^ c0b ^ pd, slot);
+                    }
+                    cost.add_table(pq as u64 - 1);
+                }
+                hs.zeroize();
+                return Ok(cost);
+            }
+            let mut hashes = vec![0u8; m * pq * nq];
+            hasher.hash_blocks_into(p, &inputs, q, &mut hashes, &mut cost)?;
+            for ((a, hs), (tab, c0)) in a_chunk
+                .chunks_exact(np)
+                .zip(hashes.chunks_exact(pq * nq))
+                .zip(
+                    rows_chunk
+                        .chunks_exact_mut((pq - 1) * nq)
+                        .zip(c0_chunk.chunks_exact_mut(nq)),
+                )
+            {
+                let colour = usize::from(a.first().copied().unwrap_or(0));
+                // Row reduction: C₀ = −(H(A_{x*}, row 0) + φ(x*)·Δ_q), x* = −colour(A₀).
+                let x_star = (pq - colour) % pq;
+                let h0 = hs
+                    .chunks_exact(nq)
+                    .nth(x_star)
+                    .ok_or(GarbleError::Internal("row 0 is missing"))?;
+                let pd0 = phi_delta
+                    .chunks_exact(nq)
+                    .nth(x_star)
+                    .ok_or(GarbleError::Internal("row 0 is missing"))?;
+                c0.copy_from_slice(h0);
+                add_digits(q.q(), c0, pd0);
+                neg_digits(q.q(), c0);
+                for (x, (h, pd)) in hs
+                    .chunks_exact(nq)
+                    .zip(phi_delta.chunks_exact(nq))
+                    .enumerate()
+                {
+                    let r = (colour + x) % pq;
+                    if r == 0 {
+                        continue;
+                    }
+                    let slot = tab
+                        .chunks_exact_mut(nq)
+                        .nth(r - 1)
+                        .ok_or(GarbleError::Internal("row out of range"))?;
+                    slot.copy_from_slice(h);
+                    add_digits(q.q(), slot, c0);
+                    add_digits(q.q(), slot, pd);
+                }
+                cost.add_table(pq as u64 - 1);
+            }
+            hashes.zeroize();
+            Ok(cost)
+        })
+        .collect();
+    for c in costs? {
+        *cost += c;
+    }
+    phi_delta.zeroize();
+    phi_blocks.zeroize();
+    // Built here, so every digit is below q: no need to scan 16·(p − 1) bytes per gate again.
+    let batch = ProjectionBatch {
+        base_gate,
+        input: p,
+        output: q,
+        count,
+        rows,
+    };
+    Ok((batch, c0s))
+}
+
+/// Evaluates every gate of `tables` on the matching label of `a`: label i of the result is
+/// C₀ᵢ + φ(xᵢ)·Δ_q for aᵢ = A₀ᵢ + xᵢ·Δ_p. Errors when the moduli or the counts differ.
+pub fn evaluate_projection_batch(
+    hasher: &Hasher,
+    tables: &ProjectionBatch,
+    a: &LabelTensor,
+    cost: &mut GarbleCost,
+) -> Result<LabelTensor, GarbleError> {
+    let (p, q) = (tables.input, tables.output);
+    if a.modulus() != p {
+        return Err(GarbleError::ModulusMismatch {
+            expected: p.q(),
+            got: a.modulus().q(),
+        });
+    }
+    if a.len() != tables.count {
+        return Err(GarbleError::ShapeMismatch {
+            expected: tables.count,
+            got: a.len(),
+        });
+    }
+    let (pq, np, nq) = (usize::from(p.q()), p.digits(), q.digits());
+    let base_gate = tables.base_gate;
+    let mut out = LabelTensor::zeros(q, a.shape())?;
+    let chunk = HASHES_PER_CHUNK;
+    let costs: Result<Vec<GarbleCost>, GarbleError> = a
+        .as_digits()
+        .par_chunks(chunk * np)
+        .zip(tables.rows.par_chunks(chunk * (pq - 1) * nq))
+        .zip(out.digits_mut().par_chunks_mut(chunk * nq))
+        .enumerate()
+        .map(|(ci, ((a_chunk, tab_chunk), out_chunk))| {
+            let mut cost = GarbleCost::default();
+            let first = ci * chunk;
+            let inputs: Result<Vec<(u128, Tweak)>, GarbleError> = a_chunk
+                .chunks_exact(np)
+                .enumerate()
+                .map(|(k, l)| {
+                    let row = u32::from(l.first().copied().unwrap_or(0));
+                    let gate = gate_number(base_gate, first + k)?;
+                    Ok((block_of(p.q(), l), Tweak { gate, row }))
+                })
+                .collect();
+            let inputs = inputs?;
+            if q.q() == 2 {
+                let hs = hasher.hash_blocks_raw(p, &inputs, q, &mut cost);
+                for ((o, (h, (_, tweak))), tab) in out_chunk
+                    .chunks_exact_mut(nq)
+                    .zip(hs.iter().zip(&inputs))
+                    .zip(tab_chunk.chunks_exact((pq - 1) * nq))
+                {
+                    let mut v = h[0];
+                    if tweak.row > 0 {
+                        let r = usize::try_from(tweak.row).unwrap_or(usize::MAX);
+                        let ct = tab
+                            .chunks_exact(nq)
+                            .nth(r - 1)
+                            .ok_or(GarbleError::Internal("colour out of range"))?;
+                        v ^= block_of(2, ct);
+                    }
+                    spread_bits(v, o);
+                    cost.gates += 1;
+                }
+                return Ok(cost);
+            }
+            hasher.hash_blocks_into(p, &inputs, q, out_chunk, &mut cost)?;
+            for ((o, (_, tweak)), tab) in out_chunk
+                .chunks_exact_mut(nq)
+                .zip(&inputs)
+                .zip(tab_chunk.chunks_exact((pq - 1) * nq))
+            {
+                // o holds H(a, (gate, r)); the result is ct_r − H, or −H for row 0.
+                neg_digits(q.q(), o);
+                if tweak.row > 0 {
+                    let r = usize::try_from(tweak.row).unwrap_or(usize::MAX);
+                    let ct = tab
+                        .chunks_exact(nq)
+                        .nth(r - 1)
+                        .ok_or(GarbleError::Internal("colour out of range"))?;
+                    add_digits(q.q(), o, ct);
+                }
+                cost.gates += 1;
+            }
+            Ok(cost)
+        })
+        .collect();
+    for c in costs? {
+        *cost += c;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Evaluator, Garbler, Seed};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+    use std::collections::HashSet;
+
+    const SMALL_PRIMES: [u64; 9] = [2, 3, 5, 7, 11, 13, 17, 19, 23];
+
+    fn m(q: u64) -> Modulus {
+        Modulus::new(q).expect("prime")
+    }
+
+    fn prime() -> impl Strategy<Value = Modulus> {
+        prop::sample::select(SMALL_PRIMES.to_vec()).prop_map(m)
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+    }
+
+    /// A batch garbles exactly the gates a one-at-a-time garbler produces from the same seed,
+    /// for every thread count, and evaluates to the same labels, which decode to φ(x).
+    fn check_batch_equals_singles(
+        p: Modulus,
+        q: Modulus,
+        seed: [u8; 32],
+        count: usize,
+        threads: usize,
+    ) -> Result<(), TestCaseError> {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let phi: Vec<u8> = (0..p.q()).map(|_| rng.random_range(0..q.q())).collect();
+        let xs: Vec<i64> = (0..count)
+            .map(|_| rng.random_range(0..i64::from(p.q())))
+            .collect();
+
+        // One at a time.
+        let mut g1 = Garbler::new(&Seed::from_bytes(seed));
+        let warm = g1.input_wire(p);
+        g1.projection(&warm, q, &phi).expect("garble");
+        let zeros: Vec<Label> = (0..count).map(|_| g1.input_wire(p)).collect();
+        let singles: Vec<(ProjectionTable, Label)> = zeros
+            .iter()
+            .map(|z| g1.projection(z, q, &phi).expect("garble"))
+            .collect();
+
+        // Batched, on a pool of `threads` threads.
+        let mut g2 = Garbler::new(&Seed::from_bytes(seed));
+        let warm2 = g2.input_wire(p);
+        g2.projection(&warm2, q, &phi).expect("garble");
+        let a0 = g2.input_tensor(p, &[count]).expect("shape");
+        prop_assert_eq!(&a0.to_labels(), &zeros);
+        let (tables, c0) = pool(threads)
+            .install(|| g2.projection_batch(&a0, q, &phi))
+            .expect("garble");
+        prop_assert_eq!(tables.len(), count);
+        prop_assert_eq!(tables.base_gate(), 1);
+        prop_assert_eq!(g1.cost(), g2.cost());
+        for (i, (t, c)) in singles.iter().enumerate() {
+            prop_assert_eq!(&tables.table(i).expect("gate"), t);
+            prop_assert_eq!(&c0.label(i).expect("label"), c);
+        }
+
+        // Evaluation: batch = singles, and decodes to φ(x).
+        let x = g2.encode_tensor(&a0, &xs).expect("encode");
+        let mut e1 = Evaluator::new(g1.hash_key());
+        let mut e2 = Evaluator::new(g2.hash_key());
+        let out = pool(threads)
+            .install(|| e2.projection_batch(&tables, &x))
+            .expect("evaluate");
+        for (i, (t, c)) in singles.iter().enumerate() {
+            let xi = x.label(i).expect("label");
+            let one = e1.projection(t, &xi).expect("evaluate");
+            let got = out.label(i).expect("label");
+            prop_assert_eq!(&got, &one);
+            let want = phi[usize::try_from(xs[i]).expect("small")];
+            prop_assert_eq!(g2.decode(c, &got).expect("valid"), want);
+        }
+        prop_assert_eq!(e1.cost(), e2.cost());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn batch_equals_one_at_a_time(
+            p in prime(),
+            q in prime(),
+            seed: [u8; 32],
+            count in 0usize..300,
+            threads in 1usize..4,
+        ) {
+            check_batch_equals_singles(p, q, seed, count, threads)?;
+        }
+    }
+
+    /// Every (p, q) pair of the CRT primes, the q = 2 fast path included, on 1 and 2 threads.
+    #[test]
+    fn batch_equals_one_at_a_time_for_every_prime_pair() {
+        for (i, &p) in SMALL_PRIMES.iter().enumerate() {
+            for (j, &q) in SMALL_PRIMES.iter().enumerate() {
+                let seed = [(i * 9 + j) as u8; 32];
+                check_batch_equals_singles(m(p), m(q), seed, 40, 1 + (i + j) % 2)
+                    .expect("batch = singles");
+            }
+        }
+    }
+
+    /// Three batches and single gates interleaved, fan-out included: no tweak is used twice by
+    /// the garbler, the evaluator hashes only pairs the garbler hashed, and 1 or 2 threads give
+    /// the same bytes.
+    #[test]
+    fn no_tweak_is_reused_across_batches_and_singles() {
+        let run = |threads: usize| {
+            pool(threads).install(|| {
+                let mut g = Garbler::new(&Seed::from_bytes([7; 32]));
+                let a0 = g.input_tensor(m(5), &[1000]).expect("shape");
+                let (t1, c1) = g.projection_batch(&a0, m(3), &[0, 1, 2, 0, 1]).expect("g");
+                // The same wires again (fan-out), then a single gate, then a chained batch.
+                let (t2, _) = g.projection_batch(&a0, m(2), &[0, 1, 0, 1, 1]).expect("g");
+                let one = a0.label(3).expect("label");
+                let (t3, _) = g.projection(&one, m(7), &[0, 1, 2, 3, 4]).expect("g");
+                let (t4, _) = g.projection_batch(&c1, m(5), &[4, 0, 2]).expect("g");
+                (g, vec![t1, t2, t4], t3)
+            })
+        };
+        let (g, batches, single) = run(2);
+        let (_, batches1, single1) = run(1);
+        assert_eq!(batches, batches1);
+        assert_eq!(single, single1);
+        assert_eq!(
+            batches.iter().map(|b| b.base_gate()).collect::<Vec<_>>(),
+            [0, 1000, 2001]
+        );
+        assert_eq!(single.gate(), 2000);
+        let log = g.hasher().log.lock().expect("log").clone();
+        assert_eq!(log.len() as u64, g.cost().hash_calls);
+        let tweaks: HashSet<_> = log.iter().map(|&(_, _, t)| t).collect();
+        assert_eq!(tweaks.len(), log.len(), "a tweak was used twice");
+        assert_eq!(g.cost().gates, 3001);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let mut g = Garbler::new(&Seed::from_bytes([1; 32]));
+        let a0 = g.input_tensor(m(5), &[4]).expect("shape");
+        assert!(matches!(
+            g.projection_batch(&a0, m(3), &[0, 1, 2]),
+            Err(GarbleError::ProjectionLength { .. })
+        ));
+        let (tables, _) = g.projection_batch(&a0, m(3), &[0, 1, 2, 0, 1]).expect("g");
+        let mut e = Evaluator::new(g.hash_key());
+        let wrong = g.input_tensor(m(7), &[4]).expect("shape");
+        assert!(matches!(
+            e.projection_batch(&tables, &wrong),
+            Err(GarbleError::ModulusMismatch { .. })
+        ));
+        let short = g.input_tensor(m(5), &[3]).expect("shape");
+        assert!(matches!(
+            e.projection_batch(&tables, &short),
+            Err(GarbleError::ShapeMismatch {
+                expected: 4,
+                got: 3
+            })
+        ));
+        // Tables from a peer are checked.
+        let rows = tables.as_digits().to_vec();
+        assert!(ProjectionBatch::new(0, m(5), m(3), 4, rows.clone()).is_ok());
+        assert!(matches!(
+            ProjectionBatch::new(0, m(5), m(3), 5, rows.clone()),
+            Err(GarbleError::DigitCount { .. })
+        ));
+        let mut bad = rows.clone();
+        bad[9] = 3;
+        assert!(matches!(
+            ProjectionBatch::new(0, m(5), m(3), 4, bad),
+            Err(GarbleError::DigitOutOfRange { q: 3, digit: 3 })
+        ));
+        assert!(matches!(
+            ProjectionBatch::new(u64::MAX - 2, m(5), m(3), 4, rows),
+            Err(GarbleError::GatesExhausted)
+        ));
+        assert!(tables.table(4).is_none());
+    }
+}

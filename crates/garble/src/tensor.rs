@@ -1,0 +1,550 @@
+//! [`LabelTensor`]: many labels of one modulus, stored structure-of-arrays (DESIGN §2.1).
+//!
+//! # Layout
+//!
+//! A tensor of `len` labels mod q keeps one flat `Vec<u8>` of `len × n` digits, n = digits(q),
+//! **label-major**: the n digits of label i are bytes `i·n .. (i+1)·n`. Unlike [`Label`] (a fixed
+//! 128-byte array), no byte is wasted on unused digits, and a layer's labels form an
+//! `len × n` matrix, which is what makes public-weight layers a GEMM ([`LabelTensor::matmul_public`]).
+//! The shape is logical only (its product is `len`).
+//!
+//! # Invariant
+//!
+//! Every digit is below q. Constructors from outside data ([`LabelTensor::from_digits`],
+//! [`LabelTensor::from_labels`]) check it, and every operation keeps it, so arithmetic on a tensor
+//! never sees an out-of-range digit.
+
+use crate::GarbleError;
+use crate::label::{Delta, Label};
+use crate::modulus::Modulus;
+use rand::Rng;
+use rayon::prelude::*;
+use zeroize::Zeroize;
+
+/// `len` labels mod one prime q, label-major (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LabelTensor {
+    modulus: Modulus,
+    shape: Vec<usize>,
+    digits: Vec<u8>,
+}
+
+/// The number of elements of `shape`, or an error when the product overflows.
+fn shape_len(shape: &[usize]) -> Result<usize, GarbleError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or(GarbleError::Internal("tensor shape overflows usize"))
+}
+
+impl LabelTensor {
+    /// All-zero labels mod q of the given shape.
+    pub fn zeros(modulus: Modulus, shape: &[usize]) -> Result<Self, GarbleError> {
+        let len = shape_len(shape)?;
+        let bytes = len
+            .checked_mul(modulus.digits())
+            .ok_or(GarbleError::Internal("tensor size overflows usize"))?;
+        Ok(Self {
+            modulus,
+            shape: shape.to_vec(),
+            digits: vec![0; bytes],
+        })
+    }
+
+    /// Labels with uniform random digits (the garbler's zero-labels). Draws the digits in the same
+    /// order as `len` calls of [`Label::random`], so a tensor and a loop of single labels from the
+    /// same CSPRNG state agree.
+    pub fn random<R: Rng + ?Sized>(
+        modulus: Modulus,
+        shape: &[usize],
+        rng: &mut R,
+    ) -> Result<Self, GarbleError> {
+        let mut t = Self::zeros(modulus, shape)?;
+        let q = modulus.q();
+        for d in &mut t.digits {
+            *d = rng.random_range(0..q);
+        }
+        Ok(t)
+    }
+
+    /// A tensor from its flat digits (label-major). Checked: `len × n` digits, each below q; safe
+    /// on data from a peer or a file.
+    pub fn from_digits(
+        modulus: Modulus,
+        shape: &[usize],
+        digits: Vec<u8>,
+    ) -> Result<Self, GarbleError> {
+        let len = shape_len(shape)?;
+        let expected = len
+            .checked_mul(modulus.digits())
+            .ok_or(GarbleError::Internal("tensor size overflows usize"))?;
+        if digits.len() != expected {
+            return Err(GarbleError::DigitCount {
+                q: modulus.q(),
+                expected,
+                got: digits.len(),
+            });
+        }
+        check_digits(modulus, &digits)?;
+        Ok(Self {
+            modulus,
+            shape: shape.to_vec(),
+            digits,
+        })
+    }
+
+    /// A tensor holding `labels` in order. Errors unless every label is mod q and there are
+    /// exactly as many labels as the shape has elements.
+    pub fn from_labels(
+        modulus: Modulus,
+        shape: &[usize],
+        labels: &[Label],
+    ) -> Result<Self, GarbleError> {
+        let len = shape_len(shape)?;
+        if labels.len() != len {
+            return Err(GarbleError::ShapeMismatch {
+                expected: len,
+                got: labels.len(),
+            });
+        }
+        let mut t = Self::zeros(modulus, shape)?;
+        let n = modulus.digits();
+        for (dst, label) in t.digits.chunks_exact_mut(n).zip(labels) {
+            if label.modulus() != modulus {
+                return Err(GarbleError::ModulusMismatch {
+                    expected: modulus.q(),
+                    got: label.modulus().q(),
+                });
+            }
+            dst.copy_from_slice(label.digits());
+        }
+        Ok(t)
+    }
+
+    /// The modulus q.
+    pub fn modulus(&self) -> Modulus {
+        self.modulus
+    }
+
+    /// The logical shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The number of labels.
+    pub fn len(&self) -> usize {
+        self.digits.len() / self.modulus.digits()
+    }
+
+    /// Whether the tensor holds no label.
+    pub fn is_empty(&self) -> bool {
+        self.digits.is_empty()
+    }
+
+    /// The flat digits, label-major (`len × digits(q)` bytes).
+    pub fn as_digits(&self) -> &[u8] {
+        &self.digits
+    }
+
+    /// The digits of label `i`, if there is one.
+    pub fn label_digits(&self, i: usize) -> Option<&[u8]> {
+        self.digits.chunks_exact(self.modulus.digits()).nth(i)
+    }
+
+    /// Label `i` as a [`Label`], if there is one.
+    pub fn label(&self, i: usize) -> Option<Label> {
+        let d = self.label_digits(i)?;
+        Label::from_digits(self.modulus, d).ok()
+    }
+
+    /// All labels, in order.
+    pub fn to_labels(&self) -> Vec<Label> {
+        (0..self.len()).filter_map(|i| self.label(i)).collect()
+    }
+
+    /// The same labels under another shape with the same number of elements.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self, GarbleError> {
+        let len = shape_len(shape)?;
+        if len != self.len() {
+            return Err(GarbleError::ShapeMismatch {
+                expected: self.len(),
+                got: len,
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    pub(crate) fn digits_mut(&mut self) -> &mut [u8] {
+        &mut self.digits
+    }
+
+    fn check_same(&self, other: &Self) -> Result<(), GarbleError> {
+        if self.modulus != other.modulus {
+            return Err(GarbleError::ModulusMismatch {
+                expected: self.modulus.q(),
+                got: other.modulus.q(),
+            });
+        }
+        if self.len() != other.len() {
+            return Err(GarbleError::ShapeMismatch {
+                expected: self.len(),
+                got: other.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `self + other`, label by label (free). The result has `self`'s shape.
+    pub fn try_add(&self, other: &Self) -> Result<Self, GarbleError> {
+        self.check_same(other)?;
+        let mut out = self.clone();
+        add_digits(self.modulus.q(), &mut out.digits, &other.digits);
+        Ok(out)
+    }
+
+    /// `self − other`, label by label (free).
+    pub fn try_sub(&self, other: &Self) -> Result<Self, GarbleError> {
+        self.check_same(other)?;
+        let mut out = self.clone();
+        sub_digits(self.modulus.q(), &mut out.digits, &other.digits);
+        Ok(out)
+    }
+
+    /// `−self` (free).
+    pub fn neg(&self) -> Self {
+        let mut out = self.clone();
+        neg_digits(self.modulus.q(), &mut out.digits);
+        out
+    }
+
+    /// `k · self` for a public constant k (reduced mod q; free).
+    pub fn mul_scalar(&self, k: i64) -> Self {
+        let q = self.modulus.q();
+        let k = reduce_i64(k, q);
+        let mut out = self.clone();
+        for d in &mut out.digits {
+            // d, k < q ≤ 251: the product is below 2^16 and the remainder below q.
+            *d = ((u16::from(*d) * u16::from(k)) % u16::from(q)) as u8;
+        }
+        out
+    }
+
+    /// Garbler side: label i += kᵢ·Δ_q (a public constant per label, e.g. a bias, encoded into
+    /// the zero-labels). `k` must hold one constant per label.
+    pub fn add_delta_times(&mut self, delta: &Delta, k: &[i64]) -> Result<(), GarbleError> {
+        if delta.modulus() != self.modulus {
+            return Err(GarbleError::ModulusMismatch {
+                expected: self.modulus.q(),
+                got: delta.modulus().q(),
+            });
+        }
+        if k.len() != self.len() {
+            return Err(GarbleError::ShapeMismatch {
+                expected: self.len(),
+                got: k.len(),
+            });
+        }
+        let q = self.modulus.q();
+        let n = self.modulus.digits();
+        let delta = &delta.as_label().digits()[..n];
+        for (label, &ki) in self.digits.chunks_exact_mut(n).zip(k) {
+            let ki = u16::from(reduce_i64(ki, q));
+            for (d, &e) in label.iter_mut().zip(delta) {
+                // d + k·e < q + (q − 1)² < 2^16.
+                *d = ((u16::from(*d) + ki * u16::from(e)) % u16::from(q)) as u8;
+            }
+        }
+        Ok(())
+    }
+
+    /// `W · x` for public integer weights W (`rows × x.len()`, row-major): output label r is
+    /// Σⱼ W[r][j]·xⱼ mod q, digit by digit, a `rows`-label tensor of shape `[rows]`. With
+    /// x = A + v·Δ this is (W·A) + (W·v)·Δ: a dense or (im2col'd) conv layer over labels is free.
+    ///
+    /// # Exactness bound
+    ///
+    /// Weights are reduced to w ∈ [0, q) first (exact: everything is mod q). Each digit product is
+    /// then at most (q − 1)², and the sums are kept in `u32` accumulators, reduced mod q once at
+    /// the end. The accumulator stays below 2^32 as long as a row has at most
+    /// ⌊(2^32 − 1 − q) / (q − 1)²⌋ non-zero weights — about 8.8 million for q = 23 and 68,000 for
+    /// q = 251; rows longer than that are reduced mod q every that many terms, so the result is
+    /// exact for every length.
+    pub fn matmul_public(
+        weights: &[i64],
+        rows: usize,
+        x: &LabelTensor,
+    ) -> Result<LabelTensor, GarbleError> {
+        let n_in = x.len();
+        let expected = rows
+            .checked_mul(n_in)
+            .ok_or(GarbleError::Internal("weight matrix size overflows usize"))?;
+        if weights.len() != expected {
+            return Err(GarbleError::ShapeMismatch {
+                expected,
+                got: weights.len(),
+            });
+        }
+        let m = x.modulus;
+        let q8 = m.q();
+        let q = u32::from(q8);
+        let n = m.digits();
+        let mut out = LabelTensor::zeros(m, &[rows])?;
+        if n_in == 0 || rows == 0 {
+            return Ok(out);
+        }
+        let w: Vec<u32> = weights
+            .iter()
+            .map(|&k| u32::from(reduce_i64(k, q8)))
+            .collect();
+        let sq = (q - 1) * (q - 1);
+        let max_terms = ((u32::MAX - q) / sq.max(1)) as usize;
+        out.digits
+            .par_chunks_mut(n)
+            .zip(w.par_chunks(n_in))
+            .for_each(|(o, wr)| {
+                let mut acc = [0u32; crate::modulus::MAX_DIGITS];
+                let acc = &mut acc[..n];
+                let mut terms = 0usize;
+                for (&wj, xj) in wr.iter().zip(x.digits.chunks_exact(n)) {
+                    if wj == 0 {
+                        continue;
+                    }
+                    for (a, &d) in acc.iter_mut().zip(xj) {
+                        *a += wj * u32::from(d);
+                    }
+                    terms += 1;
+                    if terms == max_terms {
+                        for a in acc.iter_mut() {
+                            *a %= q;
+                        }
+                        terms = 0;
+                    }
+                }
+                for (d, a) in o.iter_mut().zip(acc.iter()) {
+                    // The remainder is below q ≤ 251.
+                    *d = (a % q) as u8;
+                }
+            });
+        Ok(out)
+    }
+}
+
+impl Zeroize for LabelTensor {
+    fn zeroize(&mut self) {
+        self.digits.zeroize();
+    }
+}
+
+impl std::fmt::Debug for LabelTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabelTensor")
+            .field("q", &self.modulus.q())
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors unless every digit is below q. A branch-free maximum first (it vectorizes), the
+/// offending digit looked up only on failure.
+pub(crate) fn check_digits(modulus: Modulus, digits: &[u8]) -> Result<(), GarbleError> {
+    let max = digits.iter().fold(0u8, |m, &d| m.max(d));
+    if max < modulus.q() {
+        return Ok(());
+    }
+    let bad = digits
+        .iter()
+        .copied()
+        .find(|&d| d >= modulus.q())
+        .unwrap_or(max);
+    Err(GarbleError::DigitOutOfRange {
+        q: modulus.q(),
+        digit: bad,
+    })
+}
+
+/// k mod q in [0, q).
+pub(crate) fn reduce_i64(k: i64, q: u8) -> u8 {
+    // The Euclidean remainder is in [0, q), q ≤ 251.
+    k.rem_euclid(i64::from(q)) as u8
+}
+
+/// `a += b` digit-wise mod q (digits below q).
+pub(crate) fn add_digits(q: u8, a: &mut [u8], b: &[u8]) {
+    let q = u16::from(q);
+    for (d, &e) in a.iter_mut().zip(b) {
+        let t = u16::from(*d) + u16::from(e);
+        *d = (t - q * u16::from(t >= q)) as u8;
+    }
+}
+
+/// `a −= b` digit-wise mod q (digits below q).
+pub(crate) fn sub_digits(q: u8, a: &mut [u8], b: &[u8]) {
+    let q = u16::from(q);
+    for (d, &e) in a.iter_mut().zip(b) {
+        let t = u16::from(*d) + q - u16::from(e);
+        *d = (t - q * u16::from(t >= q)) as u8;
+    }
+}
+
+/// `a = −a` digit-wise mod q (digits below q).
+pub(crate) fn neg_digits(q: u8, a: &mut [u8]) {
+    let q = u16::from(q);
+    for d in a.iter_mut() {
+        let t = q - u16::from(*d);
+        *d = (t - q * u16::from(t >= q)) as u8;
+    }
+}
+
+/// The compressed block Σ dᵢ·qⁱ of a label's digits (as [`Label::to_block`]).
+pub(crate) fn block_of(q: u8, digits: &[u8]) -> u128 {
+    if q == 2 {
+        // Eight 0/1 digits at a time: with v = Σ bᵢ·2^(8i), the product v·0x0102040810204080
+        // puts bᵢ at bit 56 + i and nothing else in the top byte (all partial products land on
+        // distinct bit positions, so there are no carries).
+        let mut x = 0u128;
+        for (j, c) in digits.chunks(8).take(16).enumerate() {
+            let mut bytes = [0u8; 8];
+            for (b, &d) in bytes.iter_mut().zip(c) {
+                *b = d & 1;
+            }
+            let packed = u64::from_le_bytes(bytes).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+            x |= u128::from(packed) << (8 * j);
+        }
+        return x;
+    }
+    let q = u128::from(q);
+    digits.iter().rev().fold(0u128, |acc, &d| {
+        acc.wrapping_mul(q).wrapping_add(u128::from(d))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    fn modulus() -> impl Strategy<Value = Modulus> {
+        prop::sample::select(vec![2u64, 3, 5, 7, 11, 13, 17, 19, 23, 251])
+            .prop_map(|q| Modulus::new(q).expect("prime"))
+    }
+
+    proptest! {
+        #[test]
+        fn tensor_ops_equal_label_ops(m in modulus(), seed: u64, k: i64, len in 0usize..20) {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let a = LabelTensor::random(m, &[len], &mut rng).expect("shape");
+            let b = LabelTensor::random(m, &[len], &mut rng).expect("shape");
+            let delta = Delta::random(m, &mut rng);
+            let ks: Vec<i64> = (0..len).map(|_| rng.random_range(-1000i64..1000)).collect();
+            let (la, lb) = (a.to_labels(), b.to_labels());
+            prop_assert_eq!(la.len(), len);
+            let kq = k.rem_euclid(i64::from(m.q())) as u64;
+            let sum = a.try_add(&b).expect("same");
+            let diff = a.try_sub(&b).expect("same");
+            let neg = a.neg();
+            let scaled = a.mul_scalar(k);
+            let mut enc = a.clone();
+            enc.add_delta_times(&delta, &ks).expect("same");
+            for i in 0..len {
+                prop_assert_eq!(sum.label(i).expect("in"), la[i].try_add(&lb[i]).expect("same"));
+                prop_assert_eq!(diff.label(i).expect("in"), la[i].try_sub(&lb[i]).expect("same"));
+                prop_assert_eq!(neg.label(i).expect("in"), la[i].neg());
+                prop_assert_eq!(scaled.label(i).expect("in"), la[i].mul_scalar(kq));
+                let ki = ks[i].rem_euclid(i64::from(m.q())) as u64;
+                prop_assert_eq!(enc.label(i).expect("in"), delta.encode(&la[i], ki).expect("same"));
+            }
+            // Compression agrees with the single-label form.
+            for (i, l) in la.iter().enumerate() {
+                prop_assert_eq!(block_of(m.q(), a.label_digits(i).expect("in")), l.to_block());
+            }
+            // Round trip through labels and digits.
+            let back = LabelTensor::from_labels(m, &[len], &la).expect("labels");
+            prop_assert_eq!(&back, &a);
+            let back = LabelTensor::from_digits(m, &[len], a.as_digits().to_vec()).expect("digits");
+            prop_assert_eq!(&back, &a);
+        }
+
+        #[test]
+        fn matmul_equals_label_arithmetic(
+            m in modulus(),
+            seed: u64,
+            rows in 0usize..6,
+            n_in in 0usize..12,
+        ) {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let x = LabelTensor::random(m, &[n_in], &mut rng).expect("shape");
+            let w: Vec<i64> = (0..rows * n_in)
+                .map(|_| match rng.random_range(0..4) {
+                    0 => 0,
+                    1 => i64::MAX - rng.random_range(0..5),
+                    2 => i64::MIN + rng.random_range(0..5),
+                    _ => rng.random_range(-300i64..300),
+                })
+                .collect();
+            let y = LabelTensor::matmul_public(&w, rows, &x).expect("shapes");
+            prop_assert_eq!(y.len(), rows);
+            let lx = x.to_labels();
+            for r in 0..rows {
+                let mut acc = Label::zero(m);
+                for j in 0..n_in {
+                    let k = w[r * n_in + j].rem_euclid(i64::from(m.q())) as u64;
+                    acc = acc.try_add(&lx[j].mul_scalar(k)).expect("same");
+                }
+                prop_assert_eq!(y.label(r).expect("in"), acc);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_is_exact_past_the_accumulator_bound() {
+        // q = 251, 150,000 terms of the largest product: more than one u32 accumulator holds.
+        let m = Modulus::new(251).expect("prime");
+        let n_in = 150_000;
+        let x = LabelTensor::from_digits(m, &[n_in], vec![250; n_in * m.digits()]).expect("x");
+        let w = vec![-1i64; n_in];
+        let y = LabelTensor::matmul_public(&w, 1, &x).expect("shapes");
+        // Σ 250·250 = n_in · 62,500 mod 251, with 250 ≡ −1: n_in mod 251.
+        let expect = (n_in % 251) as u8;
+        assert!(y.as_digits().iter().all(|&d| d == expect));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let m3 = Modulus::new(3).expect("prime");
+        let m5 = Modulus::new(5).expect("prime");
+        assert!(matches!(
+            LabelTensor::from_digits(m3, &[2], vec![0; 159]),
+            Err(GarbleError::DigitCount { .. })
+        ));
+        let mut bad = vec![0; 160];
+        bad[17] = 3;
+        assert!(matches!(
+            LabelTensor::from_digits(m3, &[2], bad),
+            Err(GarbleError::DigitOutOfRange { q: 3, digit: 3 })
+        ));
+        let a = LabelTensor::zeros(m3, &[2, 3]).expect("shape");
+        let b = LabelTensor::zeros(m5, &[2, 3]).expect("shape");
+        assert!(matches!(
+            a.try_add(&b),
+            Err(GarbleError::ModulusMismatch { .. })
+        ));
+        let c = LabelTensor::zeros(m3, &[5]).expect("shape");
+        assert!(matches!(
+            a.try_sub(&c),
+            Err(GarbleError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            LabelTensor::matmul_public(&[1, 2, 3], 2, &a),
+            Err(GarbleError::ShapeMismatch { .. })
+        ));
+        assert!(a.clone().reshape(&[6]).is_ok());
+        assert!(a.reshape(&[7]).is_err());
+        assert!(matches!(
+            LabelTensor::zeros(m3, &[usize::MAX, 2]),
+            Err(GarbleError::Internal(_))
+        ));
+    }
+}
