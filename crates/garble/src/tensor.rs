@@ -259,7 +259,7 @@ impl LabelTensor {
     }
 
     /// `W · x` for public integer weights W (`rows × x.len()`, row-major): output label r is
-    /// Σⱼ W[r][j]·xⱼ mod q, digit by digit, a `rows`-label tensor of shape `[rows]`. With
+    /// Σ_j W(r, j)·x_j mod q, digit by digit, a `rows`-label tensor of shape `[rows]`. With
     /// x = A + v·Δ this is (W·A) + (W·v)·Δ: a dense or (im2col'd) conv layer over labels is free.
     ///
     /// # Exactness bound

@@ -45,7 +45,10 @@ use crate::modulus::{MAX_MODULUS, Modulus};
 
 /// Checks that `residues` are wires over the first k primes (2, 3, 5, … in order), 1 ≤ k ≤
 /// [`MAX_CRT_PRIMES`]; returns the moduli.
-fn crt_moduli<B: Backend>(b: &B, residues: &[B::Wire]) -> Result<Vec<Modulus>, GarbleError> {
+pub(super) fn crt_moduli<B: Backend>(
+    b: &B,
+    residues: &[B::Wire],
+) -> Result<Vec<Modulus>, GarbleError> {
     if residues.is_empty() || residues.len() > MAX_CRT_PRIMES {
         return Err(GarbleError::ResidueCount {
             expected: residues.len().clamp(1, MAX_CRT_PRIMES),

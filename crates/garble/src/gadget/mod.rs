@@ -17,11 +17,14 @@
 //! construction; the evaluator still checks each table against the gate it expects (moduli)
 //! and reports missing or left-over tables as errors, since the tables come from a peer.
 //!
-//! The gadgets themselves are in [`activation`]: the exact sign of a CRT-encoded value and ReLU.
+//! The gadgets themselves are in [`activation`] (the exact sign of a CRT-encoded value and ReLU)
+//! and [`scale`] (rescaling by 2^l with round half up, and the max of two values).
 
 pub mod activation;
+pub mod scale;
 
 pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
+pub use scale::{max2, max2_cost, rescale_pow2, rescale_pow2_cost};
 
 use crate::GarbleError;
 use crate::cost::GarbleCost;
