@@ -15,6 +15,8 @@
 //!   public-weight matrix products over labels (a GEMM).
 //! - [`batch`]: projection gates over a whole [`LabelTensor`] at once ([`ProjectionBatch`]),
 //!   batched AES and rayon-parallel.
+//! - [`output`]: the garbler's output check ([`OutputDecoder`]): 16-byte digests of every valid
+//!   output label, constant-time decoding, any other label rejected.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
 //!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8).
@@ -36,8 +38,8 @@
 //! - **A malicious evaluator** can deviate arbitrarily; garbling does not keep its result
 //!   correct, but it cannot forge a valid label for a value it did not compute (it would have to
 //!   guess Δ_q). The garbler decodes returned labels with [`label::decode`], which fails on any
-//!   label that is not A₀ + x·Δ_q, so a cheat is detected, not accepted (the full check against
-//!   a hash of every valid output label is planned with the output decoder).
+//!   label that is not A₀ + x·Δ_q, so a cheat is detected, not accepted; [`OutputDecoder`] does the
+//!   same against 16-byte digests of every valid output label, holding no label or Δ.
 //! - **Assumptions**: AES-128 behaves as a random permutation under a public key, and the
 //!   construction in [`hash`] is correlation robust for the arithmetic correlations
 //!   A + k·Δ_p (stated there). Moduli are prime so that k·Δ_p is uniform for every k ≠ 0; the
@@ -60,6 +62,7 @@ pub mod gate;
 pub mod hash;
 pub mod label;
 pub mod modulus;
+pub mod output;
 pub mod tensor;
 
 pub use batch::ProjectionBatch;
@@ -70,6 +73,7 @@ pub use gate::{Evaluator, Garbler, ProjectionTable};
 pub use hash::{Hasher, Tweak};
 pub use label::{Delta, Label, Seed};
 pub use modulus::Modulus;
+pub use output::OutputDecoder;
 pub use tensor::LabelTensor;
 
 /// Errors of garbling and evaluation. Everything that can come from a peer or a file is checked
@@ -195,6 +199,20 @@ pub enum GarbleError {
     /// The 2^64 gate numbers of one garbling are used up.
     #[error("gate numbers exhausted")]
     GatesExhausted,
+    /// A returned output label that matches none of the valid labels of its output wire.
+    #[error("returned label for output {index} matches no valid output label")]
+    InvalidOutputLabel {
+        /// The output's index in the decoder.
+        index: usize,
+    },
+    /// An output index the decoder does not hold.
+    #[error("output {index} does not exist (the decoder holds {outputs})")]
+    UnknownOutput {
+        /// The index asked for.
+        index: usize,
+        /// Outputs registered.
+        outputs: usize,
+    },
     /// A broken internal invariant (a bug, reported instead of a panic).
     #[error("internal error: {0}")]
     Internal(&'static str),
