@@ -17,6 +17,9 @@
 //!   batched AES and rayon-parallel.
 //! - [`output`]: the garbler's output check ([`OutputDecoder`]): 16-byte digests of every valid
 //!   output label, constant-time decoding, any other label rejected.
+//! - [`store`]: garbled material on disk — a versioned, checksummed stream written and read one
+//!   bounded chunk at a time ([`StreamWriter`], [`StreamReader`]); truncation or damage is an
+//!   error.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
 //!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8).
@@ -55,6 +58,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod circuit;
 pub mod cost;
 pub mod crt;
 pub mod gadget;
@@ -63,6 +67,7 @@ pub mod hash;
 pub mod label;
 pub mod modulus;
 pub mod output;
+pub mod store;
 pub mod tensor;
 
 pub use batch::ProjectionBatch;
@@ -74,6 +79,9 @@ pub use hash::{Hasher, Tweak};
 pub use label::{Delta, Label, Seed};
 pub use modulus::Modulus;
 pub use output::OutputDecoder;
+pub use store::{
+    Chunk, LabelPart, MaterialKind, StreamHeader, StreamReader, StreamTotals, StreamWriter,
+};
 pub use tensor::LabelTensor;
 
 /// Errors of garbling and evaluation. Everything that can come from a peer or a file is checked
@@ -212,6 +220,30 @@ pub enum GarbleError {
         index: usize,
         /// Outputs registered.
         outputs: usize,
+    },
+    /// Reading or writing garbled material failed in the operating system (disk full, permission,
+    /// …); the message is the system's.
+    #[error("I/O error on garbled material: {0}")]
+    StreamIo(String),
+    /// A file that is not garbled material of a version this build reads.
+    #[error("{0}")]
+    StreamFormat(String),
+    /// Garbled material that ends early: the file was cut short (an interrupted copy or write).
+    #[error("garbled material is truncated: {0}; copy or garble it again")]
+    StreamTruncated(String),
+    /// Garbled material whose bytes are damaged or inconsistent (a checksum or a field is wrong).
+    #[error("garbled material is corrupt: {0}; copy or garble it again")]
+    StreamCorrupt(String),
+    /// A chunk longer than the reader (or writer) accepts.
+    #[error(
+        "a chunk of garbled material holds {len} bytes, above the limit of {max}: the file is \
+         corrupt, or was written with a larger chunk size (raise the reader's limit)"
+    )]
+    ChunkTooLarge {
+        /// The chunk's length.
+        len: u64,
+        /// The limit.
+        max: u64,
     },
     /// A broken internal invariant (a bug, reported instead of a panic).
     #[error("internal error: {0}")]
