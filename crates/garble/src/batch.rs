@@ -374,14 +374,15 @@ pub fn evaluate_projection_batch(
                 .zip(tab_chunk.chunks_exact((pq - 1) * nq))
             {
                 // o holds H(a, (gate, r)); the result is ct_r − H, or −H for row 0.
-                neg_digits(q.q(), o);
                 if tweak.row > 0 {
                     let r = usize::try_from(tweak.row).unwrap_or(usize::MAX);
                     let ct = tab
                         .chunks_exact(nq)
                         .nth(r - 1)
                         .ok_or(GarbleError::Internal("colour out of range"))?;
-                    add_digits(q.q(), o, ct);
+                    subtract_from(q.q(), o, ct);
+                } else {
+                    neg_digits(q.q(), o);
                 }
                 cost.gates += 1;
             }
@@ -392,6 +393,15 @@ pub fn evaluate_projection_batch(
         *cost += c;
     }
     Ok(out)
+}
+
+/// `a = b − a` digit-wise mod q (digits below q): −a then + b in one pass.
+fn subtract_from(q: u8, a: &mut [u8], b: &[u8]) {
+    let q = u16::from(q);
+    for (d, &e) in a.iter_mut().zip(b) {
+        let t = u16::from(e) + q - u16::from(*d);
+        *d = (t - q * u16::from(t >= q)) as u8;
+    }
 }
 
 #[cfg(test)]

@@ -286,9 +286,16 @@ const fn spread_table() -> [u64; 256] {
 /// The bits of `x` as digits mod 2: bit i to `dst[i]` (for the first `dst.len()` ≤ 128 bits).
 pub(crate) fn spread_bits(x: u128, dst: &mut [u8]) {
     // Byte j of x gives digits 8j..8j+8, bit i of the byte as digit 8j + i.
-    for (d, byte) in dst.chunks_mut(8).zip(x.to_le_bytes()) {
+    let bytes = x.to_le_bytes();
+    let full = dst.len() / 8;
+    let mut chunks = dst.chunks_exact_mut(8);
+    for (d, &byte) in (&mut chunks).zip(&bytes) {
+        d.copy_from_slice(&BIT_SPREAD[usize::from(byte)].to_le_bytes());
+    }
+    let tail = chunks.into_remainder();
+    if let Some(&byte) = bytes.get(full) {
         let spread = BIT_SPREAD[usize::from(byte)].to_le_bytes();
-        for (di, &si) in d.iter_mut().zip(&spread) {
+        for (di, &si) in tail.iter_mut().zip(&spread) {
             *di = si;
         }
     }

@@ -413,9 +413,27 @@ pub(crate) fn block_of(q: u8, digits: &[u8]) -> u128 {
         }
         return x;
     }
-    let q = u128::from(q);
-    digits.iter().rev().fold(0u128, |acc, &d| {
-        acc.wrapping_mul(q).wrapping_add(u128::from(d))
+    // Eight digits at a time, SWAR: pairs of bytes become 16-bit lanes d₀ + q·d₁, pairs of
+    // those 32-bit lanes (·q²), then one u64 (·q⁴). Even for bytes up to 255 no lane overflows
+    // (255·251 + 255 < 2^16, (2^16 − 1)·251² + 2^16 − 1 < 2^32, (2^32 − 1)·251⁴ + 2^32 − 1
+    // < 2^64), so every group is exact and the wrapping Horner over groups (base q⁸) equals the
+    // digit-by-digit wrapping Horner.
+    let q1 = u64::from(q);
+    let q2 = q1 * q1;
+    let q4 = q2 * q2;
+    let q8 = u128::from(q4 * q4);
+    let group = |c: &[u8]| -> u64 {
+        let mut bytes = [0u8; 8];
+        for (b, &d) in bytes.iter_mut().zip(c) {
+            *b = d;
+        }
+        let v = u64::from_le_bytes(bytes);
+        let v = (v & 0x00ff_00ff_00ff_00ff) + ((v >> 8) & 0x00ff_00ff_00ff_00ff) * q1;
+        let v = (v & 0x0000_ffff_0000_ffff) + ((v >> 16) & 0x0000_ffff_0000_ffff) * q2;
+        (v & 0xffff_ffff) + (v >> 32) * q4
+    };
+    digits.chunks(8).rev().fold(0u128, |acc, c| {
+        acc.wrapping_mul(q8).wrapping_add(u128::from(group(c)))
     })
 }
 
