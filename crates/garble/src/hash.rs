@@ -105,7 +105,7 @@ impl Hasher {
             self.aes.encrypt_block(&mut z);
             *hj = u128::from_le_bytes(z.0) ^ y;
         }
-        self.record(&[(label, tweak)]);
+        self.record(&[(label.modulus(), label.to_block(), tweak)]);
         cost.hash_calls += 1;
         cost.aes_blocks += 1 + b as u64;
         expand(out, h)
@@ -118,39 +118,13 @@ impl Hasher {
         out: Modulus,
         cost: &mut GarbleCost,
     ) -> Vec<Label> {
-        let b = output_blocks(out);
-        let mut ys: Vec<Block> = inputs
+        let items: Vec<(Modulus, u128, Tweak)> = inputs
             .iter()
-            .map(|(label, _)| Array::from(label.to_block().to_le_bytes()))
+            .map(|(label, tweak)| (label.modulus(), label.to_block(), *tweak))
             .collect();
-        self.aes.encrypt_blocks(&mut ys);
-
-        let mut zs: Vec<Block> = Vec::with_capacity(inputs.len() * b);
-        for ((label, tweak), y) in inputs.iter().zip(&ys) {
-            let y = u128::from_le_bytes(y.0);
-            for j in (0u8..).take(b) {
-                let t = tweak.block(j, label.modulus(), out);
-                zs.push(Array::from((y ^ t).to_le_bytes()));
-            }
-        }
-        self.aes.encrypt_blocks(&mut zs);
-
-        self.record(inputs);
-
-        let calls = inputs.len() as u64;
-        cost.hash_calls += calls;
-        cost.aes_blocks += calls * (1 + b as u64);
-
-        ys.iter()
-            .zip(zs.chunks_exact(b))
-            .map(|(y, z)| {
-                let y = u128::from_le_bytes(y.0);
-                let mut h = [0u128; 2];
-                for (hj, zj) in h.iter_mut().zip(z) {
-                    *hj = u128::from_le_bytes(zj.0) ^ y;
-                }
-                expand(out, h)
-            })
+        self.raw_batch(&items, out, cost)
+            .into_iter()
+            .map(|h| expand(out, h))
             .collect()
     }
 
@@ -164,22 +138,35 @@ impl Hasher {
         out: Modulus,
         cost: &mut GarbleCost,
     ) -> Vec<[u128; 2]> {
+        let items: Vec<(Modulus, u128, Tweak)> =
+            inputs.iter().map(|&(x, tweak)| (input, x, tweak)).collect();
+        self.raw_batch(&items, out, cost)
+    }
+
+    /// The hash core over (input modulus, compressed label, tweak) items: y = π(x), then
+    /// hⱼ = π(y ⊕ T(tweak, j)) ⊕ y, one AES call per round over the whole batch.
+    fn raw_batch(
+        &self,
+        items: &[(Modulus, u128, Tweak)],
+        out: Modulus,
+        cost: &mut GarbleCost,
+    ) -> Vec<[u128; 2]> {
         let b = output_blocks(out);
-        let mut ys: Vec<Block> = inputs
+        let mut ys: Vec<Block> = items
             .iter()
-            .map(|(x, _)| Array::from(x.to_le_bytes()))
+            .map(|(_, x, _)| Array::from(x.to_le_bytes()))
             .collect();
         self.aes.encrypt_blocks(&mut ys);
-        let mut zs: Vec<Block> = Vec::with_capacity(inputs.len() * b);
-        for ((_, tweak), y) in inputs.iter().zip(&ys) {
+        let mut zs: Vec<Block> = Vec::with_capacity(items.len() * b);
+        for ((input, _, tweak), y) in items.iter().zip(&ys) {
             let y = u128::from_le_bytes(y.0);
             for j in (0u8..).take(b) {
-                zs.push(Array::from((y ^ tweak.block(j, input, out)).to_le_bytes()));
+                zs.push(Array::from((y ^ tweak.block(j, *input, out)).to_le_bytes()));
             }
         }
         self.aes.encrypt_blocks(&mut zs);
-        self.record_blocks(input, inputs);
-        let calls = inputs.len() as u64;
+        self.record(items);
+        let calls = items.len() as u64;
         cost.hash_calls += calls;
         cost.aes_blocks += calls * (1 + b as u64);
         ys.iter()
@@ -219,23 +206,10 @@ impl Hasher {
 
     /// Test builds record every hashed (input modulus, input block, tweak); others do nothing.
     #[cfg_attr(not(test), allow(unused_variables))]
-    fn record_blocks(&self, input: Modulus, inputs: &[(u128, Tweak)]) {
+    fn record(&self, items: &[(Modulus, u128, Tweak)]) {
         #[cfg(test)]
         if let Ok(mut log) = self.log.lock() {
-            log.extend(inputs.iter().map(|&(x, tweak)| (input.q(), x, tweak)));
-        }
-    }
-
-    /// Test builds record every hashed (input modulus, input block, tweak); others do nothing.
-    #[cfg_attr(not(test), allow(unused_variables))]
-    fn record(&self, inputs: &[(&Label, Tweak)]) {
-        #[cfg(test)]
-        if let Ok(mut log) = self.log.lock() {
-            log.extend(
-                inputs
-                    .iter()
-                    .map(|(label, tweak)| (label.modulus().q(), label.to_block(), *tweak)),
-            );
+            log.extend(items.iter().map(|&(m, x, tweak)| (m.q(), x, tweak)));
         }
     }
 }

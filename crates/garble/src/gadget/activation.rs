@@ -68,6 +68,38 @@ pub(super) fn crt_moduli<B: Backend>(
     Ok(moduli)
 }
 
+/// One step of prime-only mixed-radix conversion: wire `i` holds the current digit aᵢ (mod rᵢ);
+/// every later wire wⱼ becomes the residue of (v − aᵢ)/rᵢ mod rⱼ, i.e. wⱼ·rᵢ⁻¹ + φ(aᵢ) with
+/// φ(a) = −a·rᵢ⁻¹ mod rⱼ (one projection of rᵢ − 1 ciphertexts per later wire). Returns aᵢ.
+pub(super) fn mixed_radix_step<B: Backend>(
+    b: &mut B,
+    wires: &mut [B::Wire],
+    i: usize,
+) -> Result<B::Wire, GarbleError> {
+    if i >= wires.len() {
+        return Err(GarbleError::Internal("mixed-radix step past the last wire"));
+    }
+    let (head, tail) = wires.split_at_mut(i + 1);
+    let digit = head
+        .last()
+        .ok_or(GarbleError::Internal("empty digit slice"))?
+        .clone();
+    let ri = u64::from(b.modulus_of(&digit).q());
+    for w in tail.iter_mut() {
+        let mj = b.modulus_of(w);
+        let rj = u64::from(mj.q());
+        let inv =
+            inverse_mod_prime(ri, rj).ok_or(GarbleError::Internal("radices are not coprime"))?;
+        let phi: Vec<u16> = (0..ri)
+            .map(|a| ((rj - a % rj) % rj * inv % rj) as u16)
+            .collect();
+        let correction = b.project(&digit, mj, &phi)?;
+        let scaled = b.mul_const(w, inv)?;
+        *w = b.add(&scaled, &correction)?;
+    }
+    Ok(digit)
+}
+
 /// The sign bit of a CRT-encoded signed value: a mod-2 wire that is 1 iff x < 0. `residues` are
 /// the wires of x mod 2, 3, 5, …, p_k (in that order). See the module docs for the circuit.
 pub fn sign<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<B::Wire, GarbleError> {
@@ -80,25 +112,7 @@ pub fn sign<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<B::Wire, Garb
     wires.push(two.clone());
 
     for i in 0..wires.len().saturating_sub(1) {
-        let (head, tail) = wires.split_at_mut(i + 1);
-        let digit = head
-            .last()
-            .ok_or(GarbleError::Internal("empty digit slice"))?
-            .clone();
-        let ri = u64::from(b.modulus_of(&digit).q());
-        for w in tail.iter_mut() {
-            let mj = b.modulus_of(w);
-            let rj = u64::from(mj.q());
-            let inv = inverse_mod_prime(ri, rj)
-                .ok_or(GarbleError::Internal("radices are not coprime"))?;
-            // φ(a) = −a·rᵢ⁻¹ mod rⱼ, for a ∈ 0..rᵢ.
-            let phi: Vec<u16> = (0..ri)
-                .map(|a| ((rj - a % rj) % rj * inv % rj) as u16)
-                .collect();
-            let correction = b.project(&digit, mj, &phi)?;
-            let scaled = b.mul_const(w, inv)?;
-            *w = b.add(&scaled, &correction)?;
-        }
+        mixed_radix_step(b, &mut wires, i)?;
     }
     wires.pop().ok_or(GarbleError::Internal("no sign wire"))
 }

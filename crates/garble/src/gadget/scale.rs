@@ -39,7 +39,7 @@
 //! it costs one [`super::relu`]. Precondition: a − b ∈ [−M/2, M/2) (e.g. |a|, |b| < M/4).
 
 use super::Backend;
-use super::activation::{crt_moduli, relu};
+use super::activation::{crt_moduli, mixed_radix_step, relu};
 use crate::GarbleError;
 use crate::cost::GarbleCost;
 use crate::crt::inverse_mod_prime;
@@ -56,25 +56,8 @@ fn odd_parity<B: Backend>(
     let mut wires = odd.to_vec();
     let mut parity: Option<B::Wire> = None;
     for i in 0..wires.len() {
-        let (head, tail) = wires.split_at_mut(i + 1);
-        let digit = head
-            .last()
-            .ok_or(GarbleError::Internal("empty digit slice"))?
-            .clone();
+        let digit = mixed_radix_step(b, &mut wires, i)?;
         let ri = u64::from(b.modulus_of(&digit).q());
-        for w in tail.iter_mut() {
-            let mj = b.modulus_of(w);
-            let rj = u64::from(mj.q());
-            let inv = inverse_mod_prime(ri, rj)
-                .ok_or(GarbleError::Internal("radices are not coprime"))?;
-            // The quotient (v − aᵢ)/rᵢ mod rⱼ: wⱼ·rᵢ⁻¹ + φ(aᵢ), φ(a) = −a·rᵢ⁻¹ mod rⱼ.
-            let phi: Vec<u16> = (0..ri)
-                .map(|a| ((rj - a % rj) % rj * inv % rj) as u16)
-                .collect();
-            let correction = b.project(&digit, mj, &phi)?;
-            let scaled = b.mul_const(w, inv)?;
-            *w = b.add(&scaled, &correction)?;
-        }
         let phi: Vec<u16> = (0..ri).map(|a| (a % 2) as u16).collect();
         let bit = b.project(&digit, two, &phi)?;
         parity = Some(match parity {
