@@ -1,27 +1,39 @@
 //! Throughput of the garbling engine against the fixed-key AES ceiling (no criterion: medians of
-//! a few repetitions, printed as a table). Run with `cargo bench -p tessera-garble`.
+//! a few repetitions, printed as tables). Run with `cargo bench -p tessera-garble`; name sections
+//! to run only those: `cargo bench -p tessera-garble -- gates gadgets matmul`.
 
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use std::hint::black_box;
 use std::time::Instant;
+use tessera_garble::gadget::{
+    Backend, LayerEvalBackend, LayerGarbleBackend, relu, relu_cost, rescale_pow2, rescale_pow2_cost,
+};
 use tessera_garble::hash::output_blocks;
-use tessera_garble::{Evaluator, Garbler, LabelTensor, Modulus, Seed};
+use tessera_garble::{CrtBasis, Evaluator, Garbler, LabelTensor, Modulus, Seed};
 
-const REPS: usize = 7;
+const REPS: usize = 5;
 
-/// Median seconds of `REPS` runs of `f` (after one warm-up run).
-fn median_secs(mut f: impl FnMut()) -> f64 {
-    f();
+/// Median seconds of `REPS` timed runs of `run` (after one warm-up), each on a fresh `setup()`.
+fn median_secs<S, R>(mut setup: impl FnMut() -> S, mut run: impl FnMut(S) -> R) -> f64 {
+    black_box(run(setup()));
     let mut t: Vec<f64> = (0..REPS)
         .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
+            let s = setup();
+            let start = Instant::now();
+            black_box(run(s));
+            start.elapsed().as_secs_f64()
         })
         .collect();
     t.sort_by(f64::total_cmp);
     t[REPS / 2]
+}
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    match r {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Fixed-key AES blocks per second on the current thread, in batches of `batch` blocks.
@@ -29,146 +41,238 @@ fn aes_rate(batch: usize) -> f64 {
     let aes = Aes128::new(&Array::from([7u8; 16]));
     let total = 1 << 23;
     let mut blocks = vec![Array::from([1u8; 16]); batch];
-    let secs = median_secs(|| {
-        for _ in 0..total / batch {
-            aes.encrypt_blocks(&mut blocks);
-        }
-        black_box(&blocks);
-    });
+    let secs = median_secs(
+        || (),
+        |()| {
+            for _ in 0..total / batch {
+                aes.encrypt_blocks(&mut blocks);
+            }
+        },
+    );
     (total / batch * batch) as f64 / secs
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-        Ok(p) => p,
-        Err(e) => panic!("thread pool: {e}"),
-    }
+    ok(rayon::ThreadPoolBuilder::new().num_threads(threads).build())
 }
 
 fn m(q: u64) -> Modulus {
-    match Modulus::new(q) {
-        Ok(m) => m,
-        Err(e) => panic!("{e}"),
-    }
+    ok(Modulus::new(q))
 }
 
-fn main() {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let one = pool(1);
-    let all = pool(threads);
-    let (c8, c1024) = one.install(|| (aes_rate(8), aes_rate(1024)));
-    println!("tessera-garble benchmark: medians of {REPS} runs, {threads} threads available");
-    println!(
-        "fixed-key AES-128, 1 core: batch 8: {:.1} M blocks/s; batch 1024: {:.1} M blocks/s (ceiling)",
-        c8 / 1e6,
-        c1024 / 1e6
-    );
+fn gates(ceiling: f64, threads: usize) {
+    let (one, all) = (pool(1), pool(threads));
     for qv in [2u64, 3] {
         let q = m(qv);
         let b = (1 + output_blocks(q)) as f64;
         println!();
         println!(
-            "projection gates p -> q = {qv}: {b} AES blocks per hash; per gate: garble {b}p, evaluate {b}"
+            "projection gates p -> q = {qv}: {b} AES blocks per hash; garble hashes p labels per gate, evaluate 1"
         );
-        println!(
-            "'AES%' = AES blocks/s the gates need / (1-core batch-1024 ceiling x threads used)"
-        );
+        println!("AES% = AES blocks/s the gates need / (1-core ceiling x threads used)");
         println!(
             "{:>3} {:>7} | {:>12} {:>6} | {:>12} {:>6} | {:>12} {:>6} | {:>12} {:>6}",
             "p",
             "gates",
             "garble 1t/s",
             "AES%",
-            "garble Nt/s",
+            format!("garble {threads}t/s"),
             "AES%",
             "eval 1t/s",
             "AES%",
-            "eval Nt/s",
+            format!("eval {threads}t/s"),
             "AES%"
         );
         for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23] {
             let pm = m(p);
-            let gates = 16_384usize;
+            let count = 16_384usize;
             let mut g = Garbler::new(&Seed::from_bytes([p as u8; 32]));
-            let a0 = match g.input_tensor(pm, &[gates]) {
-                Ok(t) => t,
-                Err(e) => panic!("{e}"),
-            };
+            let a0 = ok(g.input_tensor(pm, &[count]));
             let phi: Vec<u8> = (0..p).map(|x| u8::from(x * 2 >= p)).collect();
-            let values: Vec<i64> = (0..gates as i64).map(|i| i % p as i64).collect();
-            let x = match g.encode_tensor(&a0, &values) {
-                Ok(t) => t,
-                Err(e) => panic!("{e}"),
-            };
+            let values: Vec<i64> = (0..count as i64).map(|i| i % p as i64).collect();
+            let x = ok(g.encode_tensor(&a0, &values));
             let mut row = vec![];
-            let mut tables = None;
-            for (pl, nthreads) in [(&one, 1usize), (&all, threads)] {
-                let secs = pl.install(|| {
-                    median_secs(|| {
-                        tables = Some(match g.projection_batch(&a0, q, &phi) {
-                            Ok(t) => t,
-                            Err(e) => panic!("{e}"),
-                        });
-                    })
-                });
-                let rate = gates as f64 / secs;
-                row.push((rate, rate * b * p as f64 / (c1024 * nthreads as f64)));
+            for (pl, n) in [(&one, 1usize), (&all, threads)] {
+                let secs =
+                    pl.install(|| median_secs(|| (), |()| ok(g.projection_batch(&a0, q, &phi))));
+                let rate = count as f64 / secs;
+                row.push((rate, rate * b * p as f64 / (ceiling * n as f64)));
             }
-            let Some((tables, _)) = tables else {
-                panic!("no tables")
-            };
+            let (tables, _) = ok(g.projection_batch(&a0, q, &phi));
             let mut e = Evaluator::new(g.hash_key());
-            for (pl, nthreads) in [(&one, 1usize), (&all, threads)] {
-                let secs = pl.install(|| {
-                    median_secs(|| {
-                        black_box(match e.projection_batch(&tables, &x) {
-                            Ok(t) => t,
-                            Err(e) => panic!("{e}"),
-                        });
-                    })
-                });
-                let rate = gates as f64 / secs;
-                row.push((rate, rate * b / (c1024 * nthreads as f64)));
+            for (pl, n) in [(&one, 1usize), (&all, threads)] {
+                let secs =
+                    pl.install(|| median_secs(|| (), |()| ok(e.projection_batch(&tables, &x))));
+                let rate = count as f64 / secs;
+                row.push((rate, rate * b / (ceiling * n as f64)));
             }
-            print!("{p:>3} {gates:>7}");
+            print!("{p:>3} {count:>7}");
             for (rate, frac) in row {
                 print!(" | {:>10.3}M {:>5.1}%", rate / 1e6, frac * 100.0);
             }
             println!();
         }
     }
+}
+
+type Gadget<B> = fn(&mut B, &[<B as Backend>::Wire]) -> Vec<<B as Backend>::Wire>;
+
+/// Values per second of a gadget over a layer of `count` values, garbled and evaluated
+/// layer-wise on every core: (garble/s, evaluate/s).
+fn gadget_rate(
+    k: usize,
+    count: usize,
+    garble: Gadget<LayerGarbleBackend>,
+    eval: Gadget<LayerEvalBackend>,
+) -> (f64, f64) {
+    let basis = ok(CrtBasis::first_primes(k));
+    let seed = Seed::from_bytes([k as u8; 32]);
+    let inputs = |g: &mut Garbler| -> Vec<LabelTensor> {
+        basis
+            .moduli()
+            .iter()
+            .map(|&q| ok(g.input_tensor(q, &[count])))
+            .collect()
+    };
+    let g_secs = median_secs(
+        || {
+            let mut g = Garbler::new(&seed);
+            let zeros = inputs(&mut g);
+            (LayerGarbleBackend::new(g), zeros)
+        },
+        |(mut b, zeros)| garble(&mut b, &zeros),
+    );
+    let mut g = Garbler::new(&seed);
+    let zeros = inputs(&mut g);
+    let mut b = LayerGarbleBackend::new(g);
+    garble(&mut b, &zeros);
+    let (mut g, batches) = b.into_parts();
+    // Value i is (i − count/2)·37: both signs, well inside every range.
+    let labels: Vec<LabelTensor> = zeros
+        .iter()
+        .map(|z| {
+            let q = i64::from(z.modulus().q());
+            let v: Vec<i64> = (0..count as i64)
+                .map(|i| ((i - count as i64 / 2) * 37).rem_euclid(q))
+                .collect();
+            ok(g.encode_tensor(z, &v))
+        })
+        .collect();
+    let key = g.hash_key();
+    let e_secs = median_secs(
+        || LayerEvalBackend::new(Evaluator::new(key), batches.clone()),
+        |mut e| eval(&mut e, &labels),
+    );
+    (count as f64 / g_secs, count as f64 / e_secs)
+}
+
+fn relu_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(relu(b, w))
+}
+fn relu_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(relu(b, w))
+}
+fn rescale_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2(b, w, RESCALE_BITS))
+}
+fn rescale_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2(b, w, RESCALE_BITS))
+}
+
+/// The rescale measured: by 2^8, the integer engine's default fraction bits.
+const RESCALE_BITS: u32 = 8;
+
+fn gadgets(threads: usize) {
+    let count = 4096;
     println!();
-    println!("matmul_public (label-MACs/s; one label-MAC = digits(q) digit multiply-adds)");
+    println!(
+        "CRT gadgets over a layer of {count} values (LayerGarbleBackend / LayerEvalBackend, {threads} threads); ct = ciphertexts per value"
+    );
+    println!(
+        "{:>2} {:<22} | {:>6} | {:>12} | {:>12}",
+        "k", "gadget", "ct", "garble/s", "evaluate/s"
+    );
+    for k in [7usize, 8, 9] {
+        let rows: [(String, u64, Gadget<_>, Gadget<_>); 2] = [
+            (
+                "ReLU (exact sign)".into(),
+                ok(relu_cost(k)).ciphertexts,
+                relu_g,
+                relu_e,
+            ),
+            (
+                format!("rescale 2^{RESCALE_BITS}, halvings"),
+                ok(rescale_pow2_cost(k, RESCALE_BITS)).ciphertexts,
+                rescale_g,
+                rescale_e,
+            ),
+        ];
+        for (name, ct, g, e) in rows {
+            let (gr, er) = gadget_rate(k, count, g, e);
+            println!("{k:>2} {name:<22} | {ct:>6} | {gr:>12.0} | {er:>12.0}");
+        }
+    }
+}
+
+fn matmul(threads: usize) {
+    let (one, all) = (pool(1), pool(threads));
+    println!();
+    println!(
+        "matmul_public, free layer arithmetic (label-MACs/s; one label-MAC = digits(q) digit multiply-adds)"
+    );
     println!(
         "{:>3} {:>6} {:>6} | {:>14} | {:>14}",
-        "q", "rows", "n_in", "1 thread", "all threads"
+        "q",
+        "rows",
+        "n_in",
+        "1 thread",
+        format!("{threads} threads")
     );
     for q in [2u64, 3, 7, 23] {
         let qm = m(q);
         let (rows, n_in) = (128usize, 1152usize);
         let mut g = Garbler::new(&Seed::from_bytes([9; 32]));
-        let x = match g.input_tensor(qm, &[n_in]) {
-            Ok(t) => t,
-            Err(e) => panic!("{e}"),
-        };
+        let x = ok(g.input_tensor(qm, &[n_in]));
         let w: Vec<i64> = (0..rows * n_in).map(|i| (i as i64 * 37) % 15 - 7).collect();
-        let mut rates = vec![];
-        for pl in [&one, &all] {
-            let secs = pl.install(|| {
-                median_secs(|| {
-                    black_box(match LabelTensor::matmul_public(&w, rows, &x) {
-                        Ok(t) => t,
-                        Err(e) => panic!("{e}"),
-                    });
-                })
-            });
-            rates.push((rows * n_in) as f64 / secs);
-        }
+        let rates: Vec<f64> = [&one, &all]
+            .iter()
+            .map(|pl| {
+                let secs = pl.install(|| {
+                    median_secs(|| (), |()| ok(LabelTensor::matmul_public(&w, rows, &x)))
+                });
+                (rows * n_in) as f64 / secs
+            })
+            .collect();
         println!(
             "{q:>3} {rows:>6} {n_in:>6} | {:>12.1}M | {:>12.1}M   ({} digits/label)",
             rates[0] / 1e6,
             rates[1] / 1e6,
             qm.digits()
         );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (c64, c1024) = pool(1).install(|| (aes_rate(64), aes_rate(1024)));
+    println!("tessera-garble benchmark: medians of {REPS} runs, {threads} threads available");
+    println!(
+        "fixed-key AES-128, 1 core: batch 64: {:.1} M blocks/s; batch 1024: {:.1} M blocks/s (the ceiling)",
+        c64 / 1e6,
+        c1024 / 1e6
+    );
+    if want("gates") {
+        gates(c1024, threads);
+    }
+    if want("gadgets") {
+        gadgets(threads);
+    }
+    if want("matmul") {
+        matmul(threads);
     }
 }

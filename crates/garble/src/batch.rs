@@ -17,9 +17,9 @@
 use crate::GarbleError;
 use crate::cost::GarbleCost;
 use crate::gate::ProjectionTable;
-use crate::hash::{Hasher, Tweak, spread_bits};
+use crate::hash::{Hasher, Tweak, expand_into, spread_bits};
 use crate::label::{Delta, Label};
-use crate::modulus::Modulus;
+use crate::modulus::{MAX_DIGITS, Modulus};
 use crate::tensor::{LabelTensor, add_digits, block_of, neg_digits};
 use rayon::prelude::*;
 use zeroize::Zeroize;
@@ -27,6 +27,9 @@ use zeroize::Zeroize;
 /// Hash calls per parallel chunk: large enough to keep AES pipelined, small enough to spread
 /// over the threads and stay in cache.
 const HASHES_PER_CHUNK: usize = 4096;
+
+/// Hash calls per AES step inside a chunk: the step's inputs and hash outputs live on the stack.
+const HASHES_PER_STEP: usize = 256;
 
 /// The garbled tables of `count` projection gates φ: Z_p → Z_q numbered base, base + 1, ….
 /// Public: sent to the evaluator.
@@ -179,6 +182,8 @@ pub fn garble_projection_batch(
     let mut rows = vec![0u8; count * (pq - 1) * nq];
     let mut c0s = LabelTensor::zeros(q, a0.shape())?;
     let chunk = (HASHES_PER_CHUNK / pq).max(1);
+    // Gates per AES step: their p hashes each fit the step's stack buffers.
+    let step = (HASHES_PER_STEP / pq).max(1);
     let costs: Result<Vec<GarbleCost>, GarbleError> = a0
         .as_digits()
         .par_chunks(chunk * np)
@@ -187,102 +192,49 @@ pub fn garble_projection_batch(
         .enumerate()
         .map(|(ci, ((a_chunk, rows_chunk), c0_chunk))| {
             let mut cost = GarbleCost::default();
-            let first = ci * chunk;
-            let m = a_chunk.len() / np;
-            // All p labels A₀ + x·Δ_p of every gate of the chunk, compressed, with their tweaks.
-            let mut inputs = Vec::with_capacity(m * pq);
-            let mut label = [0u8; crate::modulus::MAX_DIGITS];
-            for (k, a) in a_chunk.chunks_exact(np).enumerate() {
-                let gate = gate_number(base_gate, first + k)?;
-                let l = &mut label[..np];
-                l.copy_from_slice(a);
-                for x in 0..pq {
-                    if x > 0 {
-                        add_digits(p.q(), l, dp);
+            let mut items = [(0u128, 0u128); HASHES_PER_STEP];
+            let mut hs = [[0u128; 2]; HASHES_PER_STEP];
+            let mut label = [0u8; MAX_DIGITS];
+            let steps = a_chunk
+                .chunks(step * np)
+                .zip(rows_chunk.chunks_mut(step * (pq - 1) * nq))
+                .zip(c0_chunk.chunks_mut(step * nq));
+            for (si, ((a_step, rows_step), c0_step)) in steps.enumerate() {
+                // All p labels A₀ + x·Δ_p of every gate of the step, compressed, with tweaks.
+                let first = ci * chunk + si * step;
+                let gates = a_step.chunks_exact(np);
+                let used = gates.len() * pq;
+                for (k, (a, its)) in gates.zip(items.chunks_exact_mut(pq)).enumerate() {
+                    let gate = gate_number(base_gate, first + k)?;
+                    let l = label
+                        .get_mut(..np)
+                        .ok_or(GarbleError::Internal("label width"))?;
+                    l.copy_from_slice(a);
+                    for (x, item) in its.iter_mut().enumerate() {
+                        if x > 0 {
+                            add_digits(p.q(), l, dp);
+                        }
+                        let row = u32::from(l.first().copied().unwrap_or(0));
+                        *item = (block_of(p.q(), l), Tweak { gate, row }.block(p, q));
                     }
-                    let row = u32::from(l.first().copied().unwrap_or(0));
-                    inputs.push((block_of(p.q(), l), Tweak { gate, row }));
+                }
+                let (items, hs) = (items.get(..used), hs.get_mut(..used));
+                let (items, hs) = items.zip(hs).ok_or(GarbleError::Internal("step size"))?;
+                hasher.hash_raw(items, q, hs, &mut cost);
+                let tables = rows_step
+                    .chunks_exact_mut((pq - 1) * nq)
+                    .zip(c0_step.chunks_exact_mut(nq));
+                for ((a, hk), (tab, c0)) in
+                    a_step.chunks_exact(np).zip(hs.chunks_exact(pq)).zip(tables)
+                {
+                    let colour = usize::from(a.first().copied().unwrap_or(0));
+                    garble_rows(q, colour, hk, &phi_delta, &phi_blocks, tab, c0)?;
+                    cost.add_table(pq as u64 - 1);
                 }
             }
             label.zeroize();
-            if q.q() == 2 {
-                // Mod 2 every label op is an XOR of compressed blocks: work on blocks and
-                // spread the bits into digits only when storing.
-                let mut hs = hasher.hash_blocks_raw(p, &inputs, q, &mut cost);
-                for ((a, hk), (tab, c0)) in a_chunk.chunks_exact(np).zip(hs.chunks_exact(pq)).zip(
-                    rows_chunk
-                        .chunks_exact_mut((pq - 1) * nq)
-                        .zip(c0_chunk.chunks_exact_mut(nq)),
-                ) {
-                    let colour = usize::from(a.first().copied().unwrap_or(0));
-                    let x_star = (pq - colour) % pq;
-                    let (h0, pd0) = hk
-                        .get(x_star)
-                        .zip(phi_blocks.get(x_star))
-                        .ok_or(GarbleError::Internal("row 0 is missing"))?;
-                    let c0b = h0[0] ^ pd0;
-                    spread_bits(c0b, c0);
-                    for (x, (h, pd)) in hk.iter().zip(&phi_blocks).enumerate() {
-                        let r = (colour + x) % pq;
-                        if r == 0 {
-                            continue;
-                        }
-                        let slot = tab
-                            .chunks_exact_mut(nq)
-                            .nth(r - 1)
-                            .ok_or(GarbleError::Internal("row out of range"))?;
-                        spread_bits(h[0] ^ c0b ^ pd, slot);
-                    }
-                    cost.add_table(pq as u64 - 1);
-                }
-                hs.zeroize();
-                return Ok(cost);
-            }
-            let mut hashes = vec![0u8; m * pq * nq];
-            hasher.hash_blocks_into(p, &inputs, q, &mut hashes, &mut cost)?;
-            for ((a, hs), (tab, c0)) in a_chunk
-                .chunks_exact(np)
-                .zip(hashes.chunks_exact(pq * nq))
-                .zip(
-                    rows_chunk
-                        .chunks_exact_mut((pq - 1) * nq)
-                        .zip(c0_chunk.chunks_exact_mut(nq)),
-                )
-            {
-                let colour = usize::from(a.first().copied().unwrap_or(0));
-                // Row reduction: C₀ = −(H(A_{x*}, row 0) + φ(x*)·Δ_q), x* = −colour(A₀).
-                let x_star = (pq - colour) % pq;
-                let h0 = hs
-                    .chunks_exact(nq)
-                    .nth(x_star)
-                    .ok_or(GarbleError::Internal("row 0 is missing"))?;
-                let pd0 = phi_delta
-                    .chunks_exact(nq)
-                    .nth(x_star)
-                    .ok_or(GarbleError::Internal("row 0 is missing"))?;
-                c0.copy_from_slice(h0);
-                add_digits(q.q(), c0, pd0);
-                neg_digits(q.q(), c0);
-                for (x, (h, pd)) in hs
-                    .chunks_exact(nq)
-                    .zip(phi_delta.chunks_exact(nq))
-                    .enumerate()
-                {
-                    let r = (colour + x) % pq;
-                    if r == 0 {
-                        continue;
-                    }
-                    let slot = tab
-                        .chunks_exact_mut(nq)
-                        .nth(r - 1)
-                        .ok_or(GarbleError::Internal("row out of range"))?;
-                    slot.copy_from_slice(h);
-                    add_digits(q.q(), slot, c0);
-                    add_digits(q.q(), slot, pd);
-                }
-                cost.add_table(pq as u64 - 1);
-            }
-            hashes.zeroize();
+            items.zeroize();
+            hs.zeroize();
             Ok(cost)
         })
         .collect();
@@ -335,57 +287,54 @@ pub fn evaluate_projection_batch(
         .enumerate()
         .map(|(ci, ((a_chunk, tab_chunk), out_chunk))| {
             let mut cost = GarbleCost::default();
-            let first = ci * chunk;
-            let inputs: Result<Vec<(u128, Tweak)>, GarbleError> = a_chunk
-                .chunks_exact(np)
-                .enumerate()
-                .map(|(k, l)| {
+            let mut items = [(0u128, 0u128); HASHES_PER_STEP];
+            let mut hs = [[0u128; 2]; HASHES_PER_STEP];
+            let steps = a_chunk
+                .chunks(HASHES_PER_STEP * np)
+                .zip(tab_chunk.chunks(HASHES_PER_STEP * (pq - 1) * nq))
+                .zip(out_chunk.chunks_mut(HASHES_PER_STEP * nq));
+            for (si, ((a_step, tab_step), out_step)) in steps.enumerate() {
+                let first = ci * chunk + si * HASHES_PER_STEP;
+                let labels = a_step.chunks_exact(np);
+                let used = labels.len();
+                for (k, (l, item)) in labels.zip(items.iter_mut()).enumerate() {
                     let row = u32::from(l.first().copied().unwrap_or(0));
                     let gate = gate_number(base_gate, first + k)?;
-                    Ok((block_of(p.q(), l), Tweak { gate, row }))
-                })
-                .collect();
-            let inputs = inputs?;
-            if q.q() == 2 {
-                let hs = hasher.hash_blocks_raw(p, &inputs, q, &mut cost);
-                for ((o, (h, (_, tweak))), tab) in out_chunk
+                    *item = (block_of(p.q(), l), Tweak { gate, row }.block(p, q));
+                }
+                let (items, hs) = (items.get(..used), hs.get_mut(..used));
+                let (items, hs) = items.zip(hs).ok_or(GarbleError::Internal("step size"))?;
+                hasher.hash_raw(items, q, hs, &mut cost);
+                let gates = out_step
                     .chunks_exact_mut(nq)
-                    .zip(hs.iter().zip(&inputs))
-                    .zip(tab_chunk.chunks_exact((pq - 1) * nq))
-                {
-                    let mut v = h[0];
-                    if tweak.row > 0 {
-                        let r = usize::try_from(tweak.row).unwrap_or(usize::MAX);
-                        let ct = tab
-                            .chunks_exact(nq)
-                            .nth(r - 1)
-                            .ok_or(GarbleError::Internal("colour out of range"))?;
-                        v ^= block_of(2, ct);
+                    .zip(a_step.chunks_exact(np))
+                    .zip(hs.iter())
+                    .zip(tab_step.chunks_exact((pq - 1) * nq));
+                for (((o, l), h), tab) in gates {
+                    // The result is ct_r − H(a, (gate, r)), or −H for row 0.
+                    let r = usize::from(l.first().copied().unwrap_or(0));
+                    let ct = match r {
+                        0 => None,
+                        r => Some(
+                            tab.chunks_exact(nq)
+                                .nth(r - 1)
+                                .ok_or(GarbleError::Internal("colour out of range"))?,
+                        ),
+                    };
+                    if q.q() == 2 {
+                        spread_bits(h[0] ^ ct.map_or(0, |ct| block_of(2, ct)), o);
+                    } else {
+                        expand_into(q, *h, o);
+                        match ct {
+                            Some(ct) => subtract_from(q.q(), o, ct),
+                            None => neg_digits(q.q(), o),
+                        }
                     }
-                    spread_bits(v, o);
                     cost.gates += 1;
                 }
-                return Ok(cost);
             }
-            hasher.hash_blocks_into(p, &inputs, q, out_chunk, &mut cost)?;
-            for ((o, (_, tweak)), tab) in out_chunk
-                .chunks_exact_mut(nq)
-                .zip(&inputs)
-                .zip(tab_chunk.chunks_exact((pq - 1) * nq))
-            {
-                // o holds H(a, (gate, r)); the result is ct_r − H, or −H for row 0.
-                if tweak.row > 0 {
-                    let r = usize::try_from(tweak.row).unwrap_or(usize::MAX);
-                    let ct = tab
-                        .chunks_exact(nq)
-                        .nth(r - 1)
-                        .ok_or(GarbleError::Internal("colour out of range"))?;
-                    subtract_from(q.q(), o, ct);
-                } else {
-                    neg_digits(q.q(), o);
-                }
-                cost.gates += 1;
-            }
+            items.zeroize();
+            hs.zeroize();
             Ok(cost)
         })
         .collect();
@@ -393,6 +342,68 @@ pub fn evaluate_projection_batch(
         *cost += c;
     }
     Ok(out)
+}
+
+/// The table rows and output zero-label of one gate from its p hashes `hk` (in order of x) and
+/// the input zero-label's colour: C₀ = −(H(A_{x*}, row 0) + φ(x*)·Δ_q) with x* = −colour (row
+/// reduction), and row r = colour + x ≠ 0 is H(Aₓ, (gate, r)) + C₀ + φ(x)·Δ_q. Mod 2 every step
+/// is an XOR of compressed blocks, spread into digits only when stored.
+fn garble_rows(
+    q: Modulus,
+    colour: usize,
+    hk: &[[u128; 2]],
+    phi_delta: &[u8],
+    phi_blocks: &[u128],
+    tab: &mut [u8],
+    c0: &mut [u8],
+) -> Result<(), GarbleError> {
+    let (pq, nq) = (hk.len(), q.digits());
+    let x_star = (pq - colour % pq) % pq;
+    let missing = || GarbleError::Internal("row 0 is missing");
+    if q.q() == 2 {
+        let (h0, pd0) = hk
+            .get(x_star)
+            .zip(phi_blocks.get(x_star))
+            .ok_or_else(missing)?;
+        let c0b = h0[0] ^ pd0;
+        spread_bits(c0b, c0);
+        for ((x, h), pd) in hk.iter().enumerate().zip(phi_blocks) {
+            let r = (colour + x) % pq;
+            if let Some(slot) = r
+                .checked_sub(1)
+                .and_then(|i| tab.chunks_exact_mut(nq).nth(i))
+            {
+                spread_bits(h[0] ^ c0b ^ pd, slot);
+            }
+        }
+        return Ok(());
+    }
+    let h0 = hk.get(x_star).ok_or_else(missing)?;
+    let pd0 = phi_delta.chunks_exact(nq).nth(x_star).ok_or_else(missing)?;
+    expand_into(q, *h0, c0);
+    add_digits(q.q(), c0, pd0);
+    neg_digits(q.q(), c0);
+    for ((x, h), pd) in hk.iter().enumerate().zip(phi_delta.chunks_exact(nq)) {
+        let r = (colour + x) % pq;
+        if let Some(slot) = r
+            .checked_sub(1)
+            .and_then(|i| tab.chunks_exact_mut(nq).nth(i))
+        {
+            expand_into(q, *h, slot);
+            add2_digits(q.q(), slot, c0, pd);
+        }
+    }
+    Ok(())
+}
+
+/// `a += b + c` digit-wise mod q (digits below q), in one pass.
+fn add2_digits(q: u8, a: &mut [u8], b: &[u8], c: &[u8]) {
+    let q = u16::from(q);
+    for ((d, &e), &f) in a.iter_mut().zip(b).zip(c) {
+        let t = u16::from(*d) + u16::from(e) + u16::from(f);
+        let t = t - q * u16::from(t >= q);
+        *d = (t - q * u16::from(t >= q)) as u8;
+    }
 }
 
 /// `a = b − a` digit-wise mod q (digits below q): −a then + b in one pass.

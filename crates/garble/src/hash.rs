@@ -13,13 +13,15 @@
 //!    Each hⱼ is the TCCR hash of Guo, Katz, Wang and Yu (S&P 2020), π(π(x) ⊕ i) ⊕ π(x), with
 //!    tweak i = T(τ, j); the b output blocks share the one evaluation of π(x).
 //! 4. Expand to n = ⌊128 / log2 q⌋ digits mod q: for q = 2, b = 1 and digit i is bit i of h₀
-//!    (exactly uniform). For odd q, b = 2 and the digits are the n low base-q digits of the
-//!    256-bit integer N = h₀ + 2^128·h₁, i.e. of N mod q^n. If N is uniform, the statistical
-//!    distance of N mod q^n from uniform is below q^n / 2^256 ≤ 2^128 / 2^256 = 2^−128.
+//!    (exactly uniform). For odd q, b = 2: with N = h₀ + 2^128·h₁, the digits are the n base-q
+//!    digits of I = ⌊N·q^n / 2^256⌋ in a fixed order (see [`expand_into`]). If N is uniform, the
+//!    statistical distance of I from uniform on [0, q^n) is below q^n / 2^256 ≤ 2^−128.
 //!
-//! Cost: 1 + b AES blocks per call (2 for q = 2, 3 otherwise). [`Hasher::hash_batch`] encrypts all
-//! the π(x) of a batch in one call and then all the π(y ⊕ T) in another, so the AES backend works
-//! on many blocks at a time (AES-NI/VAES pipelines 8 or more).
+//! Cost: 1 + b AES blocks per call (2 for q = 2, 3 otherwise). The batched core
+//! ([`Hasher::hash_raw`]) encrypts the π(x) of 64 calls in one AES pass and their π(y ⊕ T) in
+//! another, on stack buffers, so AES-NI pipelines many blocks and nothing is allocated. The
+//! expansion multiplies the 256-bit fraction N / 2^256 by q^s ≤ 2^16 to peel off 16-bit pieces
+//! and splits all pieces into digits in parallel 16-bit lanes: no long division.
 //!
 //! # Security assumption
 //!
@@ -33,7 +35,7 @@
 //! rows in one garbling share a pad even when one label feeds several gates.
 
 use crate::cost::GarbleCost;
-use crate::label::{Label, digits_from_words, words_of};
+use crate::label::Label;
 use crate::modulus::Modulus;
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
@@ -52,11 +54,11 @@ pub struct Tweak {
 }
 
 impl Tweak {
-    /// The 128-bit tweak block T(τ, j) for output block j, input modulus p and output modulus q.
-    fn block(self, j: u8, p: Modulus, q: Modulus) -> u128 {
+    /// The 128-bit tweak block T(τ, 0) for input modulus p and output modulus q; T(τ, j) is this
+    /// block with j in bits 96..104.
+    pub(crate) fn block(self, p: Modulus, q: Modulus) -> u128 {
         u128::from(self.gate)
             | (u128::from(self.row) << 64)
-            | (u128::from(j) << 96)
             | (u128::from(p.q()) << 104)
             | (u128::from(q.q()) << 112)
     }
@@ -67,6 +69,10 @@ impl Tweak {
 pub fn output_blocks(q: Modulus) -> usize {
     if q.q() == 2 { 1 } else { 2 }
 }
+
+/// Hash calls per AES pass of [`Hasher::hash_raw`]: enough to keep the AES pipeline full, small
+/// enough for the stack.
+const AES_BATCH: usize = 64;
 
 /// The tweakable hash of one garbling: fixed-key AES-128 under a public key.
 pub struct Hasher {
@@ -95,19 +101,10 @@ impl Hasher {
 
     /// H(label, tweak) as a label mod `out` (one call; see [`Hasher::hash_batch`] for many).
     pub fn hash(&self, label: &Label, tweak: Tweak, out: Modulus, cost: &mut GarbleCost) -> Label {
-        let b = output_blocks(out);
-        let mut y = Array::from(label.to_block().to_le_bytes());
-        self.aes.encrypt_block(&mut y);
-        let y = u128::from_le_bytes(y.0);
-        let mut h = [0u128; 2];
-        for (j, hj) in (0u8..).zip(h.iter_mut()).take(b) {
-            let mut z = Array::from((y ^ tweak.block(j, label.modulus(), out)).to_le_bytes());
-            self.aes.encrypt_block(&mut z);
-            *hj = u128::from_le_bytes(z.0) ^ y;
-        }
-        self.record(&[(label.modulus(), label.to_block(), tweak)]);
-        cost.hash_calls += 1;
-        cost.aes_blocks += 1 + b as u64;
+        let mut h = [[0u128; 2]];
+        let item = [(label.to_block(), tweak.block(label.modulus(), out))];
+        self.hash_raw(&item, out, &mut h, cost);
+        let [h] = h;
         expand(out, h)
     }
 
@@ -118,98 +115,73 @@ impl Hasher {
         out: Modulus,
         cost: &mut GarbleCost,
     ) -> Vec<Label> {
-        let items: Vec<(Modulus, u128, Tweak)> = inputs
+        let items: Vec<(u128, u128)> = inputs
             .iter()
-            .map(|(label, tweak)| (label.modulus(), label.to_block(), *tweak))
+            .map(|(label, tweak)| (label.to_block(), tweak.block(label.modulus(), out)))
             .collect();
-        self.raw_batch(&items, out, cost)
-            .into_iter()
-            .map(|h| expand(out, h))
-            .collect()
+        let mut hs = vec![[0u128; 2]; items.len()];
+        self.hash_raw(&items, out, &mut hs, cost);
+        let labels = hs.iter().map(|&h| expand(out, h)).collect();
+        hs.zeroize();
+        labels
     }
 
-    /// The raw output blocks (h₀, h₁) of H(label, tweak) mod `out` for labels given as compressed
-    /// blocks mod `input` (h₁ is unused, zero, when q = 2): the same function as
-    /// [`Hasher::hash_batch`] before expansion, with two AES calls over the whole batch.
-    pub(crate) fn hash_blocks_raw(
+    /// The hash core before expansion: for every item (x, T) — a compressed input label and its
+    /// tweak block from [`Tweak::block`] — writes (h₀, h₁) with y = π(x), hⱼ = π(y ⊕ T ⊕ j·2^96) ⊕ y
+    /// to `dst` (h₁ is zero when `out` is 2). AES runs over [`AES_BATCH`] items at a time, on the
+    /// stack; nothing is allocated. Items beyond `dst.len()` are not hashed.
+    pub(crate) fn hash_raw(
         &self,
-        input: Modulus,
-        inputs: &[(u128, Tweak)],
+        items: &[(u128, u128)],
         out: Modulus,
+        dst: &mut [[u128; 2]],
         cost: &mut GarbleCost,
-    ) -> Vec<[u128; 2]> {
-        let items: Vec<(Modulus, u128, Tweak)> =
-            inputs.iter().map(|&(x, tweak)| (input, x, tweak)).collect();
-        self.raw_batch(&items, out, cost)
-    }
-
-    /// The hash core over (input modulus, compressed label, tweak) items: y = π(x), then
-    /// hⱼ = π(y ⊕ T(tweak, j)) ⊕ y, one AES call per round over the whole batch.
-    fn raw_batch(
-        &self,
-        items: &[(Modulus, u128, Tweak)],
-        out: Modulus,
-        cost: &mut GarbleCost,
-    ) -> Vec<[u128; 2]> {
+    ) {
         let b = output_blocks(out);
-        let mut ys: Vec<Block> = items
-            .iter()
-            .map(|(_, x, _)| Array::from(x.to_le_bytes()))
-            .collect();
-        self.aes.encrypt_blocks(&mut ys);
-        let mut zs: Vec<Block> = Vec::with_capacity(items.len() * b);
-        for ((input, _, tweak), y) in items.iter().zip(&ys) {
-            let y = u128::from_le_bytes(y.0);
-            for j in (0u8..).take(b) {
-                zs.push(Array::from((y ^ tweak.block(j, *input, out)).to_le_bytes()));
+        let mut ys = [Block::default(); AES_BATCH];
+        let mut zs = [Block::default(); 2 * AES_BATCH];
+        for (chunk, dst) in items.chunks(AES_BATCH).zip(dst.chunks_mut(AES_BATCH)) {
+            let m = chunk.len().min(dst.len());
+            for (y, (x, _)) in ys.iter_mut().zip(chunk) {
+                *y = Array::from(x.to_le_bytes());
             }
-        }
-        self.aes.encrypt_blocks(&mut zs);
-        self.record(items);
-        let calls = items.len() as u64;
-        cost.hash_calls += calls;
-        cost.aes_blocks += calls * (1 + b as u64);
-        ys.iter()
-            .zip(zs.chunks_exact(b))
-            .map(|(y, z)| {
+            self.aes.encrypt_blocks(&mut ys[..m]);
+            for (z, (y, (_, t))) in zs.chunks_exact_mut(b).zip(ys.iter().zip(chunk)) {
                 let y = u128::from_le_bytes(y.0);
-                let mut h = [0u128; 2];
+                for (j, zj) in (0u128..).zip(z) {
+                    *zj = Array::from((y ^ t ^ (j << 96)).to_le_bytes());
+                }
+            }
+            self.aes.encrypt_blocks(&mut zs[..m * b]);
+            for (h, (y, z)) in dst.iter_mut().zip(ys.iter().zip(zs.chunks_exact(b))) {
+                let y = u128::from_le_bytes(y.0);
+                *h = [0; 2];
                 for (hj, zj) in h.iter_mut().zip(z) {
                     *hj = u128::from_le_bytes(zj.0) ^ y;
                 }
-                h
-            })
-            .collect()
+            }
+            self.record(&chunk[..m]);
+            cost.hash_calls += m as u64;
+            cost.aes_blocks += m as u64 * (1 + b as u64);
+        }
+        for block in ys.iter_mut().chain(zs.iter_mut()) {
+            block.0.zeroize();
+        }
     }
 
-    /// [`Hasher::hash_blocks_raw`] expanded digit-wise into `dst` (`out.digits()` bytes per
-    /// input, in order). Errors when `dst` is not exactly `inputs.len() · out.digits()` long.
-    pub(crate) fn hash_blocks_into(
-        &self,
-        input: Modulus,
-        inputs: &[(u128, Tweak)],
-        out: Modulus,
-        dst: &mut [u8],
-        cost: &mut GarbleCost,
-    ) -> Result<(), crate::GarbleError> {
-        let n = out.digits();
-        if dst.len() != inputs.len() * n {
-            return Err(crate::GarbleError::Internal("hash output buffer length"));
-        }
-        let mut hs = self.hash_blocks_raw(input, inputs, out, cost);
-        for (h, d) in hs.iter().zip(dst.chunks_exact_mut(n)) {
-            expand_into(out, *h, d);
-        }
-        hs.zeroize();
-        Ok(())
-    }
-
-    /// Test builds record every hashed (input modulus, input block, tweak); others do nothing.
+    /// Test builds record every hashed (input modulus, input block, tweak), read back from the
+    /// tweak block; others do nothing.
     #[cfg_attr(not(test), allow(unused_variables))]
-    fn record(&self, items: &[(Modulus, u128, Tweak)]) {
+    fn record(&self, items: &[(u128, u128)]) {
         #[cfg(test)]
         if let Ok(mut log) = self.log.lock() {
-            log.extend(items.iter().map(|&(m, x, tweak)| (m.q(), x, tweak)));
+            log.extend(items.iter().map(|&(x, t)| {
+                let tweak = Tweak {
+                    gate: t as u64,
+                    row: (t >> 64) as u32,
+                };
+                ((t >> 104) as u8, x, tweak)
+            }));
         }
     }
 }
@@ -225,16 +197,7 @@ impl std::fmt::Debug for Hasher {
 /// Expands the hash output blocks to a label mod q (step 4 of the construction).
 fn expand(out: Modulus, h: [u128; 2]) -> Label {
     let mut label = Label::zero(out);
-    let [h0, h1] = h;
-    if out.q() == 2 {
-        for (i, d) in label.digits_mut().iter_mut().enumerate() {
-            *d = ((h0 >> i) & 1) as u8;
-        }
-    } else {
-        let (lo, hi) = (words_of(h0), words_of(h1));
-        let mut words = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
-        digits_from_words(out, &mut words, label.digits_mut());
-    }
+    expand_into(out, h, label.digits_mut());
     label
 }
 
@@ -275,26 +238,131 @@ pub(crate) fn spread_bits(x: u128, dst: &mut [u8]) {
     }
 }
 
-/// [`expand`] written into a digit slice (its first `out.digits()` bytes).
-fn expand_into(out: Modulus, h: [u128; 2], dst: &mut [u8]) {
+/// Step 4 of the construction: the n digits mod `out` of the hash output (h₀, h₁), written to
+/// the first n bytes of `dst`.
+pub(crate) fn expand_into(out: Modulus, h: [u128; 2], dst: &mut [u8]) {
+    match out.q() {
+        2 => spread_bits(h[0], dst),
+        3 => expand_const::<3>(h, dst),
+        5 => expand_const::<5>(h, dst),
+        7 => expand_const::<7>(h, dst),
+        11 => expand_const::<11>(h, dst),
+        13 => expand_const::<13>(h, dst),
+        17 => expand_const::<17>(h, dst),
+        19 => expand_const::<19>(h, dst),
+        23 => expand_const::<23>(h, dst),
+        q => expand_odd(pieces_for(u64::from(q)), h, dst),
+    }
+}
+
+/// How [`expand_odd`] cuts the n digits mod q into pieces of at most 16 bits.
+#[derive(Clone, Copy)]
+struct Pieces {
+    q: u16,
+    /// Digits per piece: the largest s with q^s ≤ 2^16.
+    s: usize,
+    /// q^s.
+    pow: u64,
+    /// Pieces: ⌈n / s⌉ ≤ [`MAX_PIECES`].
+    count: usize,
+    /// Digits of the last piece, n − (count − 1)·s, and q to that power.
+    last_s: usize,
+    last_pow: u64,
+}
+
+/// The most pieces any odd prime q ≤ 251 needs (12, at q = 41); lanes of the digit loop.
+const MAX_PIECES: usize = 16;
+
+/// The most digits per piece: 10, at q = 3 (3^10 ≤ 2^16 < 3^11); smaller for larger q.
+const MAX_SPLIT: usize = 10;
+
+/// [`Pieces`] of an odd prime q ≤ 251 (usable at compile time).
+const fn pieces_for(q: u64) -> Pieces {
+    let mut n = 0usize;
+    let mut pow: u128 = 1;
+    while let Some(next) = pow.checked_mul(q as u128) {
+        pow = next;
+        n += 1;
+    }
+    let mut s = 0usize;
+    let mut piece = 1u64;
+    while piece * q <= 1 << 16 {
+        piece *= q;
+        s += 1;
+    }
+    let count = n.div_ceil(s);
+    let last_s = n - (count - 1) * s;
+    let mut last_pow = 1u64;
+    let mut i = 0;
+    while i < last_s {
+        last_pow *= q;
+        i += 1;
+    }
+    Pieces {
+        q: q as u16,
+        s,
+        pow: piece,
+        count,
+        last_s,
+        last_pow,
+    }
+}
+
+fn expand_const<const Q: u64>(h: [u128; 2], dst: &mut [u8]) {
+    expand_odd(const { pieces_for(Q) }, h, dst);
+}
+
+/// Expansion to an odd prime q: with f = (h₀ + 2^128·h₁) / 2^256 ∈ [0, 1), the integer
+/// I = ⌊f·q^n⌋ < q^n, written as n base-q digits. Its distance from uniform on Z_q^n is at most
+/// q^n / 2^256 ≤ 2^−128 for uniform hash output.
+///
+/// I is produced 16 bits at a time, most significant piece first: piece j is the integer part of
+/// f·q^s (then f keeps the fractional part), the last piece uses q^last_s, so the pieces are
+/// exactly I's base-q^s digits. Each piece is then split into s base-q digits in 16-bit lanes, all
+/// pieces at once (the loop vectorises); digit t of piece j goes to position t·count + j (pieces
+/// that have no digit t, only the short last one, are skipped). Any fixed bijection between I and
+/// the digit vector keeps the distribution; this one is cheap.
+#[inline(always)]
+fn expand_odd(p: Pieces, h: [u128; 2], dst: &mut [u8]) {
     let [h0, h1] = h;
-    if out.q() == 2 {
-        spread_bits(h0, dst);
-    } else {
-        let (lo, hi) = (words_of(h0), words_of(h1));
-        let mut words = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
-        let mut digits = [0u8; crate::modulus::MAX_DIGITS];
-        digits_from_words(out, &mut words, &mut digits);
-        for (d, &e) in dst.iter_mut().zip(&digits) {
-            *d = e;
+    let mut f = [h0 as u64, (h0 >> 64) as u64, h1 as u64, (h1 >> 64) as u64];
+    let mut lanes = [0u16; MAX_PIECES];
+    for (j, lane) in lanes.iter_mut().enumerate().take(p.count) {
+        let m = if j + 1 == p.count { p.last_pow } else { p.pow };
+        let mut carry = 0u64;
+        for limb in f.iter_mut() {
+            // limb·m + carry < 2^64·2^16: exact in u128; the new carry is below m ≤ 2^16.
+            let t = u128::from(*limb) * u128::from(m) + u128::from(carry);
+            *limb = t as u64;
+            carry = (t >> 64) as u64;
         }
+        *lane = carry as u16;
+    }
+    let mut split = [[0u8; MAX_PIECES]; MAX_SPLIT];
+    for row in split.iter_mut().take(p.s) {
+        // All lanes at once (a fixed-width loop over 16-bit lanes: it vectorises).
+        for (d, lane) in row.iter_mut().zip(lanes.iter_mut()) {
+            let quo = *lane / p.q;
+            // The remainder is below q ≤ 251.
+            *d = (*lane - quo * p.q) as u8;
+            *lane = quo;
+        }
+    }
+    let mut rest = dst;
+    for (t, row) in split.iter().take(p.s).enumerate() {
+        let count = if t < p.last_s { p.count } else { p.count - 1 };
+        let (head, tail) = rest.split_at_mut(count.min(rest.len()));
+        for (o, &d) in head.iter_mut().zip(row) {
+            *o = d;
+        }
+        rest = tail;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha20Rng;
 
     fn m(q: u64) -> Modulus {
@@ -406,6 +474,74 @@ mod tests {
                     (k - total * p).abs() < 5.0 * sigma,
                     "q = {q}, digit {v}: {k} of {total}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_fit_the_lanes_for_every_prime() {
+        for m in Modulus::first_primes(54)
+            .expect("primes")
+            .into_iter()
+            .skip(1)
+        {
+            let p = pieces_for(u64::from(m.q()));
+            assert!(p.count <= MAX_PIECES && p.s <= MAX_SPLIT, "q = {m}");
+            assert!(
+                p.pow <= 1 << 16 && p.last_s >= 1 && p.last_s <= p.s,
+                "q = {m}"
+            );
+            assert_eq!((p.count - 1) * p.s + p.last_s, m.digits(), "q = {m}");
+        }
+    }
+
+    /// The expansion equals its definition computed the slow way: the base-q digits of
+    /// ⌊N·q^n / 2^256⌋, most significant first, taken one at a time from the 256-bit fraction,
+    /// then placed as the docs of [`expand_odd`] say.
+    #[test]
+    fn odd_expansion_matches_its_definition() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        for q in [3u64, 5, 7, 11, 13, 17, 19, 23, 29, 41, 251] {
+            let m = m(q);
+            let p = pieces_for(q);
+            for _ in 0..40 {
+                let h: [u128; 2] = [rng.random(), rng.random()];
+                // Most significant digit first: multiply the fraction by q, keep the carry.
+                let mut f = [
+                    h[0] as u32,
+                    (h[0] >> 32) as u32,
+                    (h[0] >> 64) as u32,
+                    (h[0] >> 96) as u32,
+                    h[1] as u32,
+                    (h[1] >> 32) as u32,
+                    (h[1] >> 64) as u32,
+                    (h[1] >> 96) as u32,
+                ];
+                let msd_first: Vec<u8> = (0..m.digits())
+                    .map(|_| {
+                        let mut carry = 0u64;
+                        for w in f.iter_mut() {
+                            let t = u64::from(*w) * q + carry;
+                            *w = t as u32;
+                            carry = t >> 32;
+                        }
+                        carry as u8
+                    })
+                    .collect();
+                let mut want = Vec::new();
+                for t in 0..p.s {
+                    for j in 0..p.count {
+                        let len = if j + 1 == p.count { p.last_s } else { p.s };
+                        if t < len {
+                            // Digit t (least significant first) of piece j.
+                            want.push(msd_first[j * p.s + len - 1 - t]);
+                        }
+                    }
+                }
+                let mut got = [0u8; 128];
+                expand_into(m, h, &mut got);
+                assert_eq!(&got[..m.digits()], &want[..], "q = {q}");
+                assert!(got[m.digits()..].iter().all(|&d| d == 0));
             }
         }
     }

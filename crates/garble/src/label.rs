@@ -194,10 +194,10 @@ impl Label {
 /// Fills `out` with the n low base-q digits (q odd) of the integer N whose little-endian 32-bit
 /// words are `words`, and leaves ⌊N / q^n⌋ in `words`.
 ///
-/// This is the hot spot of hashing to an odd modulus (about a hundred divisions per label), so
-/// the CRT primes 3..=23 get copies specialised at compile time: every divisor there is a
-/// constant, which the compiler turns into a multiply and shift. All copies run the same
-/// algorithm and give the same result.
+/// Used to decompress blocks ([`Label::from_block`]); the hash expands its output differently
+/// (see [`crate::hash`]). The CRT primes 3..=23 get copies specialised at compile time: every
+/// divisor there is a constant, which the compiler turns into a multiply and shift. All copies
+/// run the same algorithm and give the same result.
 pub(crate) fn digits_from_words(modulus: Modulus, words: &mut [u32], out: &mut [u8; MAX_DIGITS]) {
     match modulus.q() {
         3 => digits_const::<3>(words, out),

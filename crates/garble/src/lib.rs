@@ -22,7 +22,9 @@
 //!   error.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
-//!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8).
+//!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8);
+//!   the layer backends ([`gadget::LayerGarbleBackend`], [`gadget::LayerEvalBackend`]) run the same
+//!   gadgets over whole [`LabelTensor`]s, one batched multi-core projection per gate of the gadget.
 //!
 //! # Threat model
 //!

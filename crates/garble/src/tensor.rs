@@ -398,42 +398,44 @@ pub(crate) fn neg_digits(q: u8, a: &mut [u8]) {
 
 /// The compressed block Σ dᵢ·qⁱ of a label's digits (as [`Label::to_block`]).
 pub(crate) fn block_of(q: u8, digits: &[u8]) -> u128 {
-    if q == 2 {
-        // Eight 0/1 digits at a time: with v = Σ bᵢ·2^(8i), the product v·0x0102040810204080
-        // puts bᵢ at bit 56 + i and nothing else in the top byte (all partial products land on
-        // distinct bit positions, so there are no carries).
-        let mut x = 0u128;
-        for (j, c) in digits.chunks(8).take(16).enumerate() {
-            let mut bytes = [0u8; 8];
-            for (b, &d) in bytes.iter_mut().zip(c) {
-                *b = d & 1;
-            }
-            let packed = u64::from_le_bytes(bytes).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-            x |= u128::from(packed) << (8 * j);
-        }
-        return x;
+    // Groups of eight digits, least significant first; the short group (if any) is the top one.
+    let chunks = digits.chunks_exact(8);
+    let mut top = [0u8; 8];
+    for (t, &d) in top.iter_mut().zip(chunks.remainder()) {
+        *t = d;
     }
-    // Eight digits at a time, SWAR: pairs of bytes become 16-bit lanes d₀ + q·d₁, pairs of
-    // those 32-bit lanes (·q²), then one u64 (·q⁴). Even for bytes up to 255 no lane overflows
-    // (255·251 + 255 < 2^16, (2^16 − 1)·251² + 2^16 − 1 < 2^32, (2^32 − 1)·251⁴ + 2^32 − 1
-    // < 2^64), so every group is exact and the wrapping Horner over groups (base q⁸) equals the
-    // digit-by-digit wrapping Horner.
+    let word = |c: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or_default());
+    if q == 2 {
+        // With v = Σ bᵢ·2^(8i) (bᵢ ∈ {0, 1}), the product v·0x0102040810204080 puts bᵢ at bit
+        // 56 + i and nothing else in the top byte (all partial products land on distinct bit
+        // positions, so there are no carries).
+        let pack = |v: u64| (v & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        let top_shift = 8 * chunks.len();
+        let low = chunks
+            .enumerate()
+            .fold(0u128, |x, (j, c)| x | u128::from(pack(word(c))) << (8 * j));
+        return low
+            | u128::from(pack(u64::from_le_bytes(top)))
+                .checked_shl(top_shift as u32)
+                .unwrap_or(0);
+    }
+    // SWAR per group: pairs of bytes become 16-bit lanes d₀ + q·d₁, pairs of those 32-bit lanes
+    // (·q²), then one u64 (·q⁴). Even for bytes up to 255 no lane overflows (255·251 + 255 <
+    // 2^16, (2^16 − 1)·251² + 2^16 − 1 < 2^32, (2^32 − 1)·251⁴ + 2^32 − 1 < 2^64), so every group
+    // is exact and the wrapping Horner over groups (base q⁸) equals the digit-by-digit one.
     let q1 = u64::from(q);
     let q2 = q1 * q1;
     let q4 = q2 * q2;
     let q8 = u128::from(q4 * q4);
-    let group = |c: &[u8]| -> u64 {
-        let mut bytes = [0u8; 8];
-        for (b, &d) in bytes.iter_mut().zip(c) {
-            *b = d;
-        }
-        let v = u64::from_le_bytes(bytes);
+    let group = |v: u64| -> u64 {
         let v = (v & 0x00ff_00ff_00ff_00ff) + ((v >> 8) & 0x00ff_00ff_00ff_00ff) * q1;
         let v = (v & 0x0000_ffff_0000_ffff) + ((v >> 16) & 0x0000_ffff_0000_ffff) * q2;
         (v & 0xffff_ffff) + (v >> 32) * q4
     };
-    digits.chunks(8).rev().fold(0u128, |acc, c| {
-        acc.wrapping_mul(q8).wrapping_add(u128::from(group(c)))
+    let top = u128::from(group(u64::from_le_bytes(top)));
+    chunks.rev().fold(top, |acc, c| {
+        acc.wrapping_mul(q8)
+            .wrapping_add(u128::from(group(word(c))))
     })
 }
 

@@ -12,6 +12,9 @@
 //!   same order with the [`Evaluator`].
 //! - [`CostBackend`]: wires are just moduli; projections count p − 1 ciphertexts each (row
 //!   reduction), so a gadget's size is known without garbling.
+//! - [`LayerGarbleBackend`] and [`LayerEvalBackend`] ([`layer`]): wires are [`crate::LabelTensor`]s,
+//!   one residue of a whole layer of values, so each projection is one batched, multi-core
+//!   [`crate::ProjectionBatch`].
 //!
 //! Because garbler and evaluator run the same definition, they agree on gate order by
 //! construction; the evaluator still checks each table against the gate it expects (moduli)
@@ -21,9 +24,11 @@
 //! and [`scale`] (rescaling by 2^l with round half up, and the max of two values).
 
 pub mod activation;
+pub mod layer;
 pub mod scale;
 
 pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
+pub use layer::{LayerEvalBackend, LayerGarbleBackend};
 pub use scale::{max2, max2_cost, rescale_pow2, rescale_pow2_cost};
 
 use crate::GarbleError;
