@@ -36,7 +36,9 @@ fn demo_runs_from_the_repository_alone() {
 
 #[test]
 fn every_command_has_help() {
-    for c in ["inspect", "run", "eval", "build", "demo", "bench"] {
+    for c in [
+        "inspect", "run", "eval", "build", "demo", "bench", "enclave", "client", "relay", "attest",
+    ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");
     }
@@ -121,4 +123,118 @@ fn run_and_eval_mnist8() {
         "12",
     ]);
     assert!(!ok && err.contains("signed bits"), "{err}");
+}
+
+/// `tessera enclave` and `tessera client` as separate processes (through `tessera relay`, the
+/// untrusted host), bit-exact with `tessera run --scheme plain`.
+#[test]
+fn enclave_and_client_processes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("tessera-cli-enclave-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("dash-a.onnx");
+    let (ok, _, err) = tessera(&["build", "dash-a", "-o", model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let input = dir.join("x.npy");
+    let x = tessera_model::Tensor::new(
+        vec![1, 1, 28, 28],
+        (0..784u32)
+            .map(|i| ((i * 37) % 256) as f32 / 255.0)
+            .collect(),
+    )
+    .unwrap();
+    std::fs::write(&input, tessera_data::npy::to_npy(&x)).unwrap();
+
+    let spawn_reading = |args: &[&str], want: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let l = lines
+                .next()
+                .expect("the process printed its address")
+                .unwrap();
+            if let Some(a) = l.strip_prefix(want) {
+                break a.split_whitespace().next().unwrap().to_string();
+            }
+            seen.push(l);
+        };
+        (child, addr, seen)
+    };
+    let state = dir.join("state");
+    let (mut enclave, addr, seen) = spawn_reading(
+        &[
+            "enclave",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        "listening on ",
+    );
+    let measurement = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("measurement "))
+        .expect("the enclave prints its measurement")
+        .to_string();
+    let (mut relay, raddr, _) = spawn_reading(
+        &["relay", "--listen", "127.0.0.1:0", "--to", &addr],
+        "relaying ",
+    );
+    let (ok, out, err) = tessera(&[
+        "client",
+        "--connect",
+        &raddr,
+        "--input",
+        input.to_str().unwrap(),
+        "--allow-simulated",
+        "--measurement",
+        &measurement,
+        "--json",
+    ]);
+    let (ok2, plain, err2) = tessera(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ]);
+    // A client that pins another measurement is refused.
+    let (bad, _, bad_err) = tessera(&[
+        "client",
+        "--connect",
+        &addr,
+        "--input",
+        input.to_str().unwrap(),
+        "--allow-simulated",
+        "--measurement",
+        &"00".repeat(48),
+    ]);
+    let _ = enclave.kill();
+    let _ = relay.kill();
+    let _ = enclave.wait();
+    let _ = relay.wait();
+    assert!(ok, "client failed: {err}");
+    assert!(ok2, "run failed: {err2}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("client --json");
+    let p: serde_json::Value = serde_json::from_str(&plain).expect("run --json");
+    assert_eq!(
+        v["exact_output"], p["exact_output"],
+        "bit-exact with the reference"
+    );
+    assert!(
+        v["attestation"].as_str().unwrap().contains("SIMULATED"),
+        "{v}"
+    );
+    assert!(!bad, "a wrong measurement must be refused");
+    assert!(bad_err.contains("measurement"), "{bad_err}");
+    let (ok, _, err) = tessera(&["client", "--input", "x.npy"]);
+    assert!(!ok && err.contains("--allow-simulated"), "{err}");
 }

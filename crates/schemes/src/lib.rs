@@ -4,8 +4,9 @@
 //! can compare schemes on their own model: latency, bytes each way, rounds, bytes stored ahead of
 //! time, and the share of the multiply-accumulates that ran on the trusted side.
 //!
-//! Schemes so far: `plain` (the integer reference, no protection). Each later scheme (`tee`,
-//! `asym`, `gc`, `lhe`, `attested`, `2pc`) adds a type implementing [`Scheme`].
+//! Schemes so far: `plain` (the integer reference, no protection) and `tee` (the whole model
+//! in an enclave, reached over an attested channel). Each later scheme (`asym`, `gc`, `lhe`,
+//! `attested`, `2pc`) adds a type implementing [`Scheme`].
 
 #![warn(missing_docs)]
 
@@ -33,6 +34,9 @@ pub struct Cost {
     pub trusted_macs: u64,
     /// All multiply-accumulates of the inference.
     pub total_macs: u64,
+    /// Modeled time of the trusted part inside a real TEE (from the runtime's cost model), where
+    /// the scheme has one. A model, never added to `latency`.
+    pub modeled_tee: Option<Duration>,
 }
 
 /// The result of one private inference.
@@ -57,6 +61,9 @@ pub enum SchemeError {
     /// The scheme cannot run this model or input.
     #[error("{0}")]
     Unsupported(String),
+    /// The runtime (transport, enclave, attestation) failed.
+    #[error(transparent)]
+    Runtime(#[from] tessera_runtime::RuntimeError),
 }
 
 /// A way of running a model privately.
@@ -69,8 +76,11 @@ pub trait Scheme {
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError>;
 }
 
+mod tee;
+pub use tee::{Tee, TeeOptions};
+
 /// The names of the schemes this build offers.
-pub const SCHEMES: &[&str] = &["plain"];
+pub const SCHEMES: &[&str] = &["plain", "tee"];
 
 /// `plain`: the integer reference in one process, no protection. Every other scheme's output is
 /// checked against it bit for bit.
@@ -146,6 +156,8 @@ pub struct Summary {
     pub stored_bytes: u64,
     /// Trusted share of the multiply-accumulates (0..1), `None` where no trusted part exists.
     pub trusted_share: Option<f64>,
+    /// Median modeled TEE time in milliseconds, where the scheme has a trusted part.
+    pub modeled_tee_ms_median: Option<f64>,
 }
 
 /// Median of a list (upper median; 0 for empty).
@@ -173,6 +185,10 @@ pub fn summarize(
     let mut down: Vec<u64> = runs.iter().map(|r| r.cost.bytes_down).collect();
     let mut rounds: Vec<u64> = runs.iter().map(|r| r.cost.rounds).collect();
     let mut stored: Vec<u64> = runs.iter().map(|r| r.cost.stored_bytes).collect();
+    let mut modeled: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.cost.modeled_tee.map(|d| d.as_secs_f64() * 1e3))
+        .collect();
     let (tm, am) = runs.iter().fold((0u64, 0u64), |(t, a), r| {
         (t + r.cost.trusted_macs, a + r.cost.total_macs)
     });
@@ -200,6 +216,11 @@ pub fn summarize(
             Some(tm as f64 / am as f64)
         } else {
             None
+        },
+        modeled_tee_ms_median: if modeled.is_empty() {
+            None
+        } else {
+            Some(median(&mut modeled))
         },
     }
 }

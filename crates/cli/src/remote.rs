@@ -1,0 +1,299 @@
+//! Commands for parties on separate machines: `enclave`, `client`, `relay`, `attest`.
+
+use crate::{CliError, QuantArgs, Result, print_json};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Instant;
+use tessera_data::load_input;
+use tessera_engine::argmax;
+use tessera_runtime::enclave::{
+    Enclave, EnclaveConfig, Mode, SIMULATED_WARNING, hex, serve_enclave,
+};
+use tessera_runtime::{AttestedClient, ChannelOptions, Profile};
+
+/// `tessera enclave`.
+#[derive(Args)]
+pub struct EnclaveArgs {
+    /// The ONNX model to load (measured byte for byte).
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    listen: String,
+    /// Evidence: sim (software key, NO security), snp or tdx (Linux configfs-tsm).
+    #[arg(long, default_value = "sim")]
+    mode: String,
+    /// Directory for the simulated platform key and sealed state.
+    #[arg(long, default_value = "tessera-enclave-state")]
+    state: PathBuf,
+    /// Cost profile of the modeled TEE: sgx1, sgx2 or cvm.
+    #[arg(long, default_value = "sgx1")]
+    profile: String,
+    /// EPC budget in MB for the cost model (default: the profile's, 93 MB for sgx1).
+    #[arg(long)]
+    epc_mb: Option<u64>,
+    /// Most clients served at once.
+    #[arg(long, default_value_t = 64)]
+    max_clients: usize,
+    /// Print the measurement and exit without serving.
+    #[arg(long)]
+    measure_only: bool,
+    #[command(flatten)]
+    quant: QuantArgs,
+}
+
+/// `tessera client`.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Enclave (or relay) address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    connect: String,
+    /// Input: FILE.pb, FILE.npy, FILE.png or IDXFILE:INDEX.
+    #[arg(long)]
+    input: String,
+    /// Attestation policy (JSON). Without it, only --allow-simulated evidence is accepted.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Accept evidence from a simulated TEE (no security; development only).
+    #[arg(long)]
+    allow_simulated: bool,
+    /// Expected enclave measurement (hex), added to the policy.
+    #[arg(long)]
+    measurement: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tessera relay`.
+#[derive(Args)]
+pub struct RelayArgs {
+    /// Address to listen on for clients.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// The enclave's address.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    to: String,
+}
+
+/// `tessera attest`.
+#[derive(Subcommand)]
+pub enum AttestCmd {
+    /// Verify a piece of evidence (an SNP report, an SGX or TDX quote, or a tessera evidence
+    /// file) against a policy and print what it proves.
+    Verify(VerifyArgs),
+}
+
+/// `tessera attest verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Evidence file: a raw SEV-SNP report (binary or hex), an SGX or TDX quote, or a tessera
+    /// evidence file.
+    evidence: PathBuf,
+    /// Policy (JSON): allowed kinds, measurements, accepted TCB statuses, minimum SNP TCB.
+    /// Default: a strict policy (real TEEs only, TCB status UpToDate).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// DCAP collateral (JSON) for an SGX or TDX quote.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// SEV-SNP certificates: a VCEK (DER or PEM, optionally followed by ASK and ARK), a
+    /// certificate table, or a directory of such files.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// Verification time (RFC 3339 or Unix seconds); default now. Collateral outside its
+    /// validity window at this time is rejected.
+    #[arg(long)]
+    at: Option<String>,
+    /// Accept simulated evidence (no security).
+    #[arg(long)]
+    allow_simulated: bool,
+}
+
+fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
+    let mode = Mode::parse(&a.mode).map_err(usage)?;
+    let mut profile = Profile::by_name(&a.profile).ok_or_else(|| {
+        usage(format!(
+            "unknown profile '{}': use sgx1, sgx2 or cvm",
+            a.profile
+        ))
+    })?;
+    if let Some(mb) = a.epc_mb {
+        profile = profile.with_epc(mb.saturating_mul(1_000_000));
+    }
+    let model_onnx = std::fs::read(&a.model).map_err(|source| CliError::Io {
+        path: a.model.display().to_string(),
+        source,
+    })?;
+    Ok(EnclaveConfig {
+        mode,
+        state_dir: a.state.clone(),
+        model_onnx,
+        quant: a.quant.config(),
+        profile,
+        binary: None,
+        channel: ChannelOptions::default(),
+    })
+}
+
+/// Run the enclave until killed.
+pub fn enclave(a: &EnclaveArgs) -> Result<()> {
+    let cfg = enclave_config(a)?;
+    if cfg.mode == Mode::Sim {
+        eprintln!("{SIMULATED_WARNING}");
+    }
+    if a.measure_only {
+        println!("{}", hex(&cfg.measurement().map_err(usage)?));
+        return Ok(());
+    }
+    let profile = cfg.profile;
+    let enclave = Enclave::start(cfg).map_err(usage)?;
+    let fp = enclave.footprint();
+    println!("measurement {}", hex(enclave.measurement()));
+    println!(
+        "model working set {:.1} MB ({:.1} MB weights) against an EPC budget of {} ({} profile){}",
+        fp.working_set() as f64 / 1e6,
+        fp.weight_bytes as f64 / 1e6,
+        if profile.epc_bytes == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            format!("{:.0} MB", profile.epc_bytes as f64 / 1e6)
+        },
+        profile.name,
+        if fp.working_set() > profile.epc_bytes {
+            ": every inference will page"
+        } else {
+            ""
+        }
+    );
+    if enclave.restored_identity() {
+        println!("TLS identity restored from sealed state");
+    }
+    let listener = TcpListener::bind(&a.listen)
+        .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let server = serve_enclave(enclave, listener, a.max_clients).map_err(usage)?;
+    println!("listening on {}", server.addr());
+    server.wait();
+    Ok(())
+}
+
+/// Send one input to an enclave and print the prediction.
+pub fn client(a: &ClientArgs) -> Result<()> {
+    let mut policy = match &a.policy {
+        Some(p) => tessera_attest::Policy::load(p).map_err(usage)?,
+        None if a.allow_simulated => tessera_attest::Policy::simulated_dev(),
+        None => {
+            return Err(usage(
+                "give --policy FILE (expected measurements, TCB, allowed TEE kinds), or \
+                 --allow-simulated to talk to a simulated enclave (no security)",
+            ));
+        }
+    };
+    if a.allow_simulated {
+        policy.allow_simulated = true;
+    }
+    if let Some(m) = &a.measurement {
+        policy.measurements.push(m.to_lowercase());
+    }
+    let x = load_input(&a.input)?;
+    let stream = TcpStream::connect(&a.connect)
+        .map_err(|e| usage(format!("cannot connect to {}: {e}", a.connect)))?;
+    let _ = stream.set_nodelay(true);
+    let t0 = Instant::now();
+    let mut c =
+        AttestedClient::connect(stream, &policy, ChannelOptions::default()).map_err(usage)?;
+    let setup = t0.elapsed();
+    let claims_line = tessera_attest::describe(c.claims());
+    let t1 = Instant::now();
+    let out = c.infer(&x).map_err(usage)?;
+    let latency = t1.elapsed();
+    let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+    let output: Vec<f32> = out
+        .exact
+        .data()
+        .iter()
+        .map(|&v| (v as f64 * scale) as f32)
+        .collect();
+    let class = argmax(&output);
+    let (up, down, rounds) = c.counters().snapshot();
+    if a.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            class: usize,
+            output: &'a [f32],
+            exact_output: &'a [i64],
+            frac_bits: u32,
+            attestation: &'a str,
+            setup_ms: f64,
+            latency_ms: f64,
+            tee: &'a tessera_runtime::TeeCost,
+            bytes_up: u64,
+            bytes_down: u64,
+            rounds: u64,
+        }
+        return print_json(&Out {
+            class,
+            output: &output,
+            exact_output: out.exact.data(),
+            frac_bits: out.frac_bits,
+            attestation: &claims_line,
+            setup_ms: setup.as_secs_f64() * 1e3,
+            latency_ms: latency.as_secs_f64() * 1e3,
+            tee: &out.tee,
+            bytes_up: up,
+            bytes_down: down,
+            rounds,
+        });
+    }
+    println!("{claims_line}");
+    println!("class {class}");
+    println!(
+        "attested channel set up in {:.1} ms; inference {:.3} ms (enclave compute {:.3} ms measured, {:.3} ms modeled in {}); {up} B up, {down} B down, {rounds} rounds in all",
+        setup.as_secs_f64() * 1e3,
+        latency.as_secs_f64() * 1e3,
+        out.tee.measured_ns as f64 / 1e6,
+        out.tee.modeled_ns as f64 / 1e6,
+        out.tee.profile,
+    );
+    Ok(())
+}
+
+/// Forward bytes between clients and an enclave.
+pub fn relay(a: &RelayArgs) -> Result<()> {
+    let to =
+        a.to.parse()
+            .map_err(|e| usage(format!("--to {}: {e}", a.to)))?;
+    let listener = TcpListener::bind(&a.listen)
+        .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let server = tessera_runtime::relay::relay(listener, to, None).map_err(usage)?;
+    println!("relaying {} -> {to}", server.addr());
+    server.wait();
+    Ok(())
+}
+
+/// `tessera attest …`.
+pub fn attest(c: &AttestCmd, json: bool) -> Result<()> {
+    match c {
+        AttestCmd::Verify(a) => {
+            let args = tessera_attest::cli::VerifyArgs {
+                evidence: a.evidence.clone(),
+                policy: a.policy.clone(),
+                collateral: a.collateral.clone(),
+                certs: a.certs.clone(),
+                at: a.at.clone(),
+                allow_simulated: a.allow_simulated,
+            };
+            let claims = tessera_attest::cli::verify_cmd(&args).map_err(usage)?;
+            if json {
+                return print_json(&claims.to_json());
+            }
+            println!("{}", tessera_attest::describe(&claims));
+            Ok(())
+        }
+    }
+}

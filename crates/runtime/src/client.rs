@@ -1,0 +1,158 @@
+//! The client side of an attested channel to an enclave.
+
+use crate::RuntimeError;
+use crate::channel::{Channel, ChannelOptions, Role};
+use crate::cost::TeeCost;
+use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, TensorMsg};
+use crate::tls;
+use crate::transport::{Counters, Transport};
+use rand::RngCore;
+use std::sync::Arc;
+use std::time::SystemTime;
+use subtle::ConstantTimeEq;
+use tessera_attest::{Claims, Evidence, Policy};
+use tessera_model::Tensor;
+
+/// A verified, TLS-protected channel to one enclave.
+pub struct AttestedClient {
+    ch: Channel,
+    claims: Claims,
+}
+
+/// The enclave's answer to one inference.
+#[derive(Clone, Debug)]
+pub struct EnclaveOutput {
+    /// Integer output at scale 2^frac_bits.
+    pub exact: Tensor<i64>,
+    /// Fractional bits.
+    pub frac_bits: u32,
+    /// The enclave's measured and modeled costs.
+    pub tee: TeeCost,
+}
+
+impl AttestedClient {
+    /// Handshake, request evidence for a fresh nonce, verify it against `policy` (at the current
+    /// time), check that it binds the nonce and the certificate offered, then start TLS pinned to
+    /// that certificate.
+    pub fn connect<T: Transport + 'static>(
+        raw: T,
+        policy: &Policy,
+        opts: ChannelOptions,
+    ) -> Result<Self, RuntimeError> {
+        Self::connect_at(raw, policy, opts, SystemTime::now())
+    }
+
+    /// [`AttestedClient::connect`] with an explicit verification time.
+    pub fn connect_at<T: Transport + 'static>(
+        raw: T,
+        policy: &Policy,
+        opts: ChannelOptions,
+        now: SystemTime,
+    ) -> Result<Self, RuntimeError> {
+        let mut ch = Channel::new(raw, opts)?;
+        ch.handshake(Role::Client, &[Role::Enclave])?;
+        let mut nonce = [0u8; 32];
+        rand::rng().fill_bytes(&mut nonce);
+        ch.send(&ClientMsg::Attest { nonce })?;
+        let (evidence, cert) = match ch.recv::<EnclaveMsg>()? {
+            EnclaveMsg::Evidence { evidence, cert } => (evidence, cert),
+            _ => {
+                let e = RuntimeError::Protocol("expected evidence from the enclave".into());
+                ch.send_error(&e.to_string());
+                return Err(e);
+            }
+        };
+        let claims = match verify_binding(&evidence, &cert, &nonce, policy, now) {
+            Ok(c) => c,
+            Err(e) => {
+                ch.send_error(&format!("attestation rejected: {e}"));
+                return Err(e);
+            }
+        };
+        let (seq_out, seq_in, peer) = ch.position();
+        let (io, counters) = ch.into_parts()?;
+        let conn =
+            rustls::ClientConnection::new(tls::pinned_client_config(&cert)?, tls::server_name()?)
+                .map_err(|e| RuntimeError::Tls(format!("starting TLS: {e}")))?;
+        let mut stream = rustls::StreamOwned::new(conn, io);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| RuntimeError::Tls(format!("TLS handshake with the enclave: {e}")))?;
+        }
+        let mut ch = Channel::from_parts(Box::new(stream), counters, opts)?;
+        ch.continue_from(seq_out, seq_in, peer);
+        Ok(Self { ch, claims })
+    }
+
+    /// What the evidence established.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// Bytes and rounds so far on this connection (encrypted bytes, as on the wire).
+    pub fn counters(&self) -> Arc<Counters> {
+        self.ch.counters()
+    }
+
+    /// Run one inference in the enclave.
+    pub fn infer(&mut self, input: &Tensor) -> Result<EnclaveOutput, RuntimeError> {
+        self.ch.send(&ClientMsg::Infer(TensorMsg {
+            shape: input.shape().iter().map(|&d| d as u32).collect(),
+            data: input.data().to_vec(),
+        }))?;
+        match self.ch.recv::<EnclaveMsg>()? {
+            EnclaveMsg::Output {
+                shape,
+                exact,
+                frac_bits,
+                tee,
+            } => {
+                let shape = shape.iter().map(|&d| d as usize).collect();
+                let exact = Tensor::new(shape, exact).map_err(|e| {
+                    RuntimeError::Malformed(format!("the enclave's output tensor: {e}"))
+                })?;
+                Ok(EnclaveOutput {
+                    exact,
+                    frac_bits,
+                    tee,
+                })
+            }
+            _ => Err(RuntimeError::Protocol(
+                "expected an output from the enclave".into(),
+            )),
+        }
+    }
+
+    /// Ask the enclave to describe itself.
+    pub fn info(&mut self) -> Result<EnclaveInfo, RuntimeError> {
+        self.ch.send(&ClientMsg::Info)?;
+        match self.ch.recv::<EnclaveMsg>()? {
+            EnclaveMsg::Info(i) => Ok(i),
+            _ => Err(RuntimeError::Protocol("expected the enclave's info".into())),
+        }
+    }
+}
+
+/// Verify `evidence` against `policy` and check that its report data is
+/// `SHA-512(nonce ‖ cert)`.
+pub fn verify_binding(
+    evidence: &[u8],
+    cert: &[u8],
+    nonce: &[u8],
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<Claims, RuntimeError> {
+    let ev = Evidence::decode(evidence)?;
+    let claims = tessera_attest::verify(&ev, policy, now)?;
+    let want = tessera_attest::report_data(nonce, cert);
+    if !bool::from(claims.report_data.ct_eq(&want)) {
+        return Err(RuntimeError::Attestation(
+            "the evidence does not bind this connection's nonce and certificate: it was \
+             replayed from another connection or the certificate was substituted"
+                .into(),
+        ));
+    }
+    Ok(claims)
+}

@@ -1,0 +1,497 @@
+//! The enclave: the trusted process that holds the model, proves what it runs, and serves
+//! inference over attested TLS channels.
+//!
+//! # Threat model (the `tee` scheme)
+//!
+//! Trusted: the TEE hardware and its vendor's attestation keys (or, in `sim` mode, nothing: a
+//! simulated enclave gives no security and says so everywhere), and this process's code as
+//! measured. Untrusted: the host OS and operator, the network, every relay between client and
+//! enclave, and other clients. The host can drop, delay, reorder or replay bytes, start the
+//! enclave with other files, and read everything outside the enclave.
+//!
+//! What holds: a client talks only to an enclave whose evidence carries an accepted measurement
+//! (enclave binary + model + enclave policy) and binds, through the report data
+//! `SHA-512(nonce ‖ certificate)`, both the client's fresh nonce and the TLS certificate it then
+//! pins; so the host can neither replay old evidence nor terminate TLS itself, and sees only
+//! ciphertext. Sealed state (the TLS identity key) is encrypted under a key derived from the
+//! platform secret and the measurement: another measurement cannot read it. Out of scope: side
+//! channels (page-fault, cache, timing) of real TEEs, denial of service by the host.
+//!
+//! # One connection
+//!
+//! hello ↔ hello (version), client → `Attest{nonce}`, enclave → `Evidence{evidence, cert}`,
+//! then TLS 1.3 on the same stream, then any number of `Infer` → `Output` exchanges.
+
+use crate::RuntimeError;
+use crate::channel::{Channel, ChannelOptions, Role};
+use crate::cost::{Footprint, Profile, TeeCost, model_request};
+use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, TensorMsg};
+use crate::seal;
+use crate::tls::Identity;
+use crate::transport::Transport;
+use serde::Serialize;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+use tessera_attest::{Evidence, TeeKind};
+use tessera_engine::quant::{QuantConfig, QuantModel};
+use tessera_model::Tensor;
+use tessera_model::import::{ImportOptions, import_model};
+
+/// How the enclave obtains evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Software platform key on disk. No security: for development and tests only.
+    Sim,
+    /// AMD SEV-SNP confidential VM (configfs-tsm).
+    Snp,
+    /// Intel TDX confidential VM (configfs-tsm).
+    Tdx,
+}
+
+impl Mode {
+    /// Parse `sim`, `snp` or `tdx`.
+    pub fn parse(s: &str) -> Result<Self, RuntimeError> {
+        match s {
+            "sim" => Ok(Mode::Sim),
+            "snp" => Ok(Mode::Snp),
+            "tdx" => Ok(Mode::Tdx),
+            _ => Err(RuntimeError::Config(format!(
+                "unknown enclave mode {s:?}: use sim, snp or tdx"
+            ))),
+        }
+    }
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sim => "sim",
+            Mode::Snp => "snp",
+            Mode::Tdx => "tdx",
+        }
+    }
+}
+
+/// The line every simulated enclave prints and reports.
+pub const SIMULATED_WARNING: &str = "WARNING: SIMULATED TEE: no hardware protection; evidence is signed by a software key on disk \
+     and proves nothing. Use only for development and tests.";
+
+/// What the enclave's measurement covers besides its binary and model.
+#[derive(Clone, Debug, Serialize)]
+pub struct EnclavePolicy {
+    /// Protocol version.
+    pub protocol: u16,
+    /// Evidence mode.
+    pub mode: &'static str,
+    /// Fractional bits.
+    pub frac_bits: u32,
+    /// Bound on integer widths.
+    pub max_bits: Option<u32>,
+}
+
+/// How to start an enclave.
+#[derive(Clone, Debug)]
+pub struct EnclaveConfig {
+    /// Evidence mode.
+    pub mode: Mode,
+    /// Directory for the platform key (sim) and sealed state.
+    pub state_dir: PathBuf,
+    /// The model, ONNX bytes (measured as given).
+    pub model_onnx: Vec<u8>,
+    /// Integer semantics.
+    pub quant: QuantConfig,
+    /// Cost profile of the modeled TEE.
+    pub profile: Profile,
+    /// The enclave binary's bytes for the measurement; `None`: this process's executable.
+    pub binary: Option<Vec<u8>>,
+    /// Channel limits.
+    pub channel: ChannelOptions,
+}
+
+enum Platform {
+    Sim(Box<tessera_attest::sim::PlatformKey>),
+    Tsm,
+}
+
+/// A started enclave (shareable between connection threads).
+pub struct Enclave {
+    mode: Mode,
+    measurement: [u8; 48],
+    identity: Identity,
+    platform: Platform,
+    model: QuantModel,
+    name: String,
+    input_shape: Vec<usize>,
+    footprint: Footprint,
+    profile: Profile,
+    channel: ChannelOptions,
+    restored: bool,
+}
+
+/// The measurement of an enclave binary running `model_onnx` under `policy`.
+pub fn measurement_of(binary: &[u8], model_onnx: &[u8], policy: &EnclavePolicy) -> [u8; 48] {
+    let policy = serde_json::to_vec(policy).unwrap_or_default();
+    tessera_attest::measure(&[binary, model_onnx, &policy])
+}
+
+/// This process's executable, for the measurement.
+pub fn own_binary() -> Result<Vec<u8>, RuntimeError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| RuntimeError::Io(format!("locating this executable: {e}")))?;
+    std::fs::read(&exe).map_err(|e| RuntimeError::Io(format!("reading {}: {e}", exe.display())))
+}
+
+impl EnclaveConfig {
+    /// The measurement policy of this configuration.
+    pub fn policy(&self) -> EnclavePolicy {
+        EnclavePolicy {
+            protocol: crate::channel::PROTOCOL_VERSION,
+            mode: self.mode.name(),
+            frac_bits: self.quant.frac_bits,
+            max_bits: self.quant.max_bits,
+        }
+    }
+
+    /// The measurement an enclave started with this configuration will report.
+    pub fn measurement(&self) -> Result<[u8; 48], RuntimeError> {
+        let own;
+        let bin = match &self.binary {
+            Some(b) => b.as_slice(),
+            None => {
+                own = own_binary()?;
+                own.as_slice()
+            }
+        };
+        Ok(measurement_of(bin, &self.model_onnx, &self.policy()))
+    }
+}
+
+impl Enclave {
+    /// Load the model, measure, restore or create the sealed identity.
+    pub fn start(cfg: EnclaveConfig) -> Result<Arc<Self>, RuntimeError> {
+        let measurement = cfg.measurement()?;
+        let graph = import_model(&cfg.model_onnx, &ImportOptions::default())?;
+        let model = QuantModel::new(&graph, cfg.quant)?;
+        let input_shape = graph
+            .inputs
+            .first()
+            .map(|&v| graph.shape(v).to_vec())
+            .ok_or_else(|| RuntimeError::Config("the model has no input".into()))?;
+        let footprint = Footprint::of(&graph);
+        let (platform, identity, restored) = match cfg.mode {
+            Mode::Sim => {
+                let key = tessera_attest::sim::PlatformKey::load_or_create(
+                    &cfg.state_dir.join("platform.key"),
+                )?;
+                let (identity, restored) = sealed_identity(&cfg.state_dir, &key, &measurement)?;
+                (Platform::Sim(Box::new(key)), identity, restored)
+            }
+            Mode::Snp | Mode::Tdx => (Platform::Tsm, Identity::generate()?, false),
+        };
+        Ok(Arc::new(Self {
+            mode: cfg.mode,
+            measurement,
+            identity,
+            platform,
+            model,
+            name: graph.name.clone(),
+            input_shape,
+            footprint,
+            profile: cfg.profile,
+            channel: cfg.channel,
+            restored,
+        }))
+    }
+
+    /// The measurement.
+    pub fn measurement(&self) -> &[u8; 48] {
+        &self.measurement
+    }
+
+    /// Whether the TLS identity was restored from sealed state.
+    pub fn restored_identity(&self) -> bool {
+        self.restored
+    }
+
+    /// The TLS certificate (DER).
+    pub fn cert(&self) -> &[u8] {
+        self.identity.cert()
+    }
+
+    /// Whether the TEE is simulated.
+    pub fn simulated(&self) -> bool {
+        self.mode == Mode::Sim
+    }
+
+    /// The memory footprint of the loaded model.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint
+    }
+
+    /// Describe the enclave.
+    pub fn info(&self) -> EnclaveInfo {
+        EnclaveInfo {
+            mode: self.mode.name().into(),
+            simulated: self.simulated(),
+            measurement: hex(&self.measurement),
+            model: self.name.clone(),
+            input_shape: self.input_shape.iter().map(|&d| d as u32).collect(),
+            frac_bits: self.model.config().frac_bits,
+            profile: self.profile.name.into(),
+        }
+    }
+
+    /// Evidence binding `nonce` and this enclave's certificate.
+    pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, RuntimeError> {
+        let rd = tessera_attest::report_data(nonce, self.identity.cert());
+        match &self.platform {
+            Platform::Sim(k) => Ok(k.attest(&self.measurement, &rd)),
+            Platform::Tsm => {
+                let e = tessera_attest::tsm::collect(&rd)?;
+                let want = if self.mode == Mode::Snp {
+                    TeeKind::SevSnp
+                } else {
+                    TeeKind::Tdx
+                };
+                if e.kind != want {
+                    return Err(RuntimeError::Config(format!(
+                        "configfs-tsm produced {} evidence but the enclave runs in {} mode",
+                        e.kind,
+                        self.mode.name()
+                    )));
+                }
+                Ok(e)
+            }
+        }
+    }
+
+    /// Run one inference; the input's shape must be the model's.
+    pub fn infer(&self, input: &TensorMsg) -> Result<(Tensor<i64>, TeeCost), RuntimeError> {
+        let shape: Vec<usize> = input.shape.iter().map(|&d| d as usize).collect();
+        if shape != self.input_shape {
+            return Err(RuntimeError::BadRequest(format!(
+                "input shape {shape:?} does not match the model's {:?}",
+                self.input_shape
+            )));
+        }
+        let t = Tensor::new(shape, input.data.clone())
+            .map_err(|e| RuntimeError::BadRequest(format!("input tensor: {e}")))?;
+        let t0 = Instant::now();
+        let run = self.model.run(std::slice::from_ref(&t))?;
+        let measured = t0.elapsed();
+        let out = run
+            .outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| RuntimeError::Config("the model has no output".into()))?;
+        // One receive and one send inside the enclave per request.
+        Ok((
+            out,
+            model_request(&self.profile, &self.footprint, measured, 2),
+        ))
+    }
+
+    /// Serve one client connection to its end. Returns when the client closes; an error is
+    /// reported to the client and returned.
+    pub fn serve(&self, raw: Box<dyn Transport>) -> Result<(), RuntimeError> {
+        let mut ch = Channel::new(raw, self.channel)?;
+        ch.handshake(Role::Enclave, &[Role::Client])?;
+        let nonce = match ch.recv::<ClientMsg>()? {
+            ClientMsg::Attest { nonce } => nonce,
+            other => {
+                let e = RuntimeError::Protocol(format!(
+                    "expected an attestation request first, got {}",
+                    msg_name(&other)
+                ));
+                ch.send_error(&e.to_string());
+                return Err(e);
+            }
+        };
+        let evidence = match self.evidence(&nonce) {
+            Ok(e) => e,
+            Err(e) => {
+                ch.send_error(&format!("the enclave cannot produce evidence: {e}"));
+                return Err(e);
+            }
+        };
+        ch.send(&EnclaveMsg::Evidence {
+            evidence: evidence.encode(),
+            cert: self.identity.cert().to_vec(),
+        })?;
+        let (seq_out, seq_in, peer) = ch.position();
+        let (io, counters) = ch.into_parts()?;
+        let conn = rustls::ServerConnection::new(self.identity.server_config()?)
+            .map_err(|e| RuntimeError::Tls(format!("starting TLS: {e}")))?;
+        let tls = rustls::StreamOwned::new(conn, io);
+        let mut ch = Channel::from_parts(Box::new(tls), counters, self.channel)?;
+        ch.continue_from(seq_out, seq_in, peer);
+        loop {
+            let msg = match ch.recv::<ClientMsg>() {
+                Ok(m) => m,
+                Err(RuntimeError::Closed(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let reply = match msg {
+                ClientMsg::Infer(t) => match self.infer(&t) {
+                    Ok((out, tee)) => EnclaveMsg::Output {
+                        shape: out.shape().iter().map(|&d| d as u32).collect(),
+                        exact: out.data().to_vec(),
+                        frac_bits: self.model.config().frac_bits,
+                        tee,
+                    },
+                    Err(e) => {
+                        ch.send_error(&e.to_string());
+                        return Err(e);
+                    }
+                },
+                ClientMsg::Info => EnclaveMsg::Info(self.info()),
+                ClientMsg::Attest { .. } => {
+                    let e = RuntimeError::Protocol("a second attestation request".into());
+                    ch.send_error(&e.to_string());
+                    return Err(e);
+                }
+            };
+            ch.send(&reply)?;
+        }
+    }
+}
+
+fn msg_name(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Attest { .. } => "Attest",
+        ClientMsg::Infer(_) => "Infer",
+        ClientMsg::Info => "Info",
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Restore the TLS identity sealed for this measurement, or create and seal a new one.
+fn sealed_identity(
+    dir: &std::path::Path,
+    key: &tessera_attest::sim::PlatformKey,
+    measurement: &[u8; 48],
+) -> Result<(Identity, bool), RuntimeError> {
+    let path = sealed_identity_path(dir, measurement);
+    let seal_key = key.seal_key(measurement);
+    if path.exists() {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| RuntimeError::Io(format!("reading {}: {e}", path.display())))?;
+        let plain = seal::unseal(&seal_key, measurement, &bytes)?;
+        return Ok((Identity::from_bytes(&plain)?, true));
+    }
+    let id = Identity::generate()?;
+    let sealed = seal::seal(&seal_key, measurement, &id.to_bytes())?;
+    seal::write_atomic(&path, &sealed)?;
+    Ok((id, false))
+}
+
+/// Where the identity sealed for `measurement` lives.
+pub fn sealed_identity_path(dir: &std::path::Path, measurement: &[u8; 48]) -> PathBuf {
+    dir.join("sealed")
+        .join(format!("{}.identity", hex(&measurement[..16])))
+}
+
+/// A running TCP server; dropping it stops accepting (connections in progress finish).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Block until the server stops (never, unless stopped from another thread).
+    pub fn wait(mut self) {
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Accept connections on `listener` and run `handle` on each in its own thread, at most
+/// `max_conns` at a time (an extra connection is told the server is busy and closed).
+pub fn serve_tcp<F>(
+    listener: TcpListener,
+    max_conns: usize,
+    handle: F,
+) -> Result<ServerHandle, RuntimeError>
+where
+    F: Fn(TcpStream) -> Result<(), RuntimeError> + Send + Sync + 'static,
+{
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RuntimeError::Io(format!("listening address: {e}")))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let handle = Arc::new(handle);
+    let active = Arc::new(AtomicUsize::new(0));
+    let join = std::thread::Builder::new()
+        .name("tessera-accept".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                if active.load(Ordering::SeqCst) >= max_conns {
+                    if let Ok(mut ch) = Channel::new(stream, ChannelOptions::default()) {
+                        ch.send_error("the server is busy: too many connections; retry later");
+                    }
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let h = handle.clone();
+                let a = active.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("tessera-conn".into())
+                    .spawn(move || {
+                        let peer = stream.peer_addr().ok();
+                        if let Err(e) = h(stream)
+                            && !matches!(e, RuntimeError::Closed(_))
+                        {
+                            eprintln!("connection {peer:?}: {e}");
+                        }
+                        a.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .map_err(|e| RuntimeError::Io(format!("starting the accept thread: {e}")))?;
+    Ok(ServerHandle {
+        addr,
+        stop,
+        join: Some(join),
+    })
+}
+
+/// Serve `enclave` on `listener`.
+pub fn serve_enclave(
+    enclave: Arc<Enclave>,
+    listener: TcpListener,
+    max_conns: usize,
+) -> Result<ServerHandle, RuntimeError> {
+    serve_tcp(listener, max_conns, move |s| enclave.serve(Box::new(s)))
+}

@@ -1,0 +1,71 @@
+//! Messages between a client and an enclave (the `tee` service).
+
+use crate::cost::TeeCost;
+use serde::{Deserialize, Serialize};
+
+/// A tensor on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TensorMsg {
+    /// Dimensions.
+    pub shape: Vec<u32>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// Client to enclave.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Ask for evidence bound to this fresh nonce and the enclave's TLS certificate.
+    Attest {
+        /// 32 random bytes.
+        nonce: [u8; 32],
+    },
+    /// Run the loaded model on one input.
+    Infer(TensorMsg),
+    /// Describe the enclave.
+    Info,
+}
+
+/// What the enclave says about itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnclaveInfo {
+    /// `sim`, `snp` or `tdx`.
+    pub mode: String,
+    /// Whether the TEE is simulated (no security).
+    pub simulated: bool,
+    /// Measurement, hex.
+    pub measurement: String,
+    /// Model name.
+    pub model: String,
+    /// Expected input shape.
+    pub input_shape: Vec<u32>,
+    /// Fractional bits of the integer semantics.
+    pub frac_bits: u32,
+    /// Cost profile.
+    pub profile: String,
+}
+
+/// Enclave to client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum EnclaveMsg {
+    /// Evidence (an encoded `tessera_attest::Evidence`) and the certificate it binds.
+    Evidence {
+        /// Encoded evidence.
+        evidence: Vec<u8>,
+        /// The enclave's TLS certificate, DER.
+        cert: Vec<u8>,
+    },
+    /// The model's exact integer output.
+    Output {
+        /// Output dimensions.
+        shape: Vec<u32>,
+        /// Integer output at scale 2^frac_bits.
+        exact: Vec<i64>,
+        /// Fractional bits.
+        frac_bits: u32,
+        /// Measured and modeled TEE costs of the request.
+        tee: TeeCost,
+    },
+    /// Answer to `Info`.
+    Info(EnclaveInfo),
+}
