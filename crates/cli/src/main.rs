@@ -141,6 +141,16 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Check the worker's compute device: run every kernel (label matmul mod p, AES, float GEMM)
+    /// on random inputs and compare with the CPU reference.
+    Selftest {
+        /// cpu, or cuda (needs a build with `--features cuda` and a GPU).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Time the reference engines (release builds only give meaningful figures).
     Bench {
         /// mnist-8 ONNX file (skipped when absent).
@@ -214,6 +224,7 @@ fn main() {
             json,
         } => demo(n, model, data, &quant, json),
         Cmd::Bench { mnist8, reps, json } => bench(&mnist8, reps, json),
+        Cmd::Selftest { device, seed } => selftest(&device, seed),
         Cmd::Enclave(a) => remote::enclave(&a),
         Cmd::Client(a) => remote::client(&a),
         Cmd::Relay(a) => remote::relay(&a),
@@ -223,6 +234,31 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+fn selftest(device: &str, seed: u64) -> Result<()> {
+    let usage = |e: tessera_cuda::CudaError| CliError::Usage(e.to_string());
+    let dev = tessera_cuda::Device::open(device.parse().map_err(usage)?).map_err(usage)?;
+    println!("device: {}", dev.describe());
+    let checks = tessera_cuda::selftest::run(&dev, seed).map_err(usage)?;
+    let mut t = Table::new(&["kernel", "result", "detail"]);
+    let mut failed = 0;
+    for c in &checks {
+        failed += usize::from(!c.ok);
+        t.row(vec![
+            c.name.clone(),
+            if c.ok { "ok" } else { "MISMATCH" }.into(),
+            c.detail.clone(),
+        ]);
+    }
+    println!("{}", t.render());
+    if failed > 0 {
+        return Err(CliError::Usage(format!(
+            "{failed} of {} kernel checks differ from the CPU reference",
+            checks.len()
+        )));
+    }
+    Ok(())
 }
 
 /// An ONNX path, or a built-in network name.

@@ -38,6 +38,7 @@ fn demo_runs_from_the_repository_alone() {
 fn every_command_has_help() {
     for c in [
         "inspect", "run", "eval", "build", "demo", "bench", "enclave", "client", "relay", "attest",
+        "selftest",
     ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");
@@ -237,4 +238,20 @@ fn enclave_and_client_processes() {
     assert!(bad_err.contains("measurement"), "{bad_err}");
     let (ok, _, err) = tessera(&["client", "--input", "x.npy"]);
     assert!(!ok && err.contains("--allow-simulated"), "{err}");
+}
+
+#[test]
+fn selftest_cpu_and_a_clear_cuda_error() {
+    let (ok, out, err) = tessera(&["selftest", "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("AES-128") && !out.contains("MISMATCH"),
+        "{out}"
+    );
+    let (ok, out, err) = tessera(&["selftest", "--device", "cuda"]);
+    if ok {
+        assert!(out.contains("cuda"), "{out}");
+    } else {
+        assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
+    }
 }
