@@ -275,4 +275,106 @@ fn main() {
     if want("matmul") {
         matmul(threads);
     }
+    if want("networks") {
+        networks(threads);
+    }
+}
+
+/// Whole networks through [`tessera_garble::network`]: garble into a file, evaluate from it,
+/// on every core; k from the widths the engine measures on the inputs (no margin).
+fn networks(threads: usize) {
+    use tessera_engine::quant::merge_widths;
+    use tessera_engine::{QuantConfig, QuantModel};
+    use tessera_garble::network::{NetworkCircuit, decode, encode_input, evaluate, garble};
+    use tessera_model::{Graph, Tensor};
+
+    let mut cases: Vec<(String, Graph, Vec<Tensor>)> = Vec::new();
+    if let Some(dir) = tessera_data::shared_data("onnx-mnist-8") {
+        let g = ok(tessera_model::load_model(
+            &dir.join("model.onnx"),
+            &tessera_model::ImportOptions::default(),
+        ));
+        let xs = (0..3)
+            .map(|i| {
+                ok(tessera_data::load_pb(
+                    &dir.join(format!("test_data_set_{i}/input_0.pb")),
+                ))
+            })
+            .collect();
+        cases.push(("mnist-8".into(), g, xs));
+    }
+    let g = ok(tessera_model::builders::f_small(5));
+    let shape = g.shape(g.inputs[0]).to_vec();
+    let n: usize = shape.iter().product();
+    let xs = (0..3u32)
+        .map(|s| {
+            let d = (0..n as u32)
+                .map(|i| {
+                    ((i.wrapping_mul(2_654_435_761) ^ s.wrapping_mul(97)) % 256) as f32 / 256.0
+                })
+                .collect();
+            ok(Tensor::new(shape.clone(), d))
+        })
+        .collect();
+    cases.push(("f-small".into(), g, xs));
+    println!();
+    println!(
+        "Whole networks, f = 4, {threads} threads, material streamed to a file and read back (median of 3):"
+    );
+    println!(
+        "| network | k | gates | ciphertexts | garbled bytes | garble | evaluate | decode check |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let path =
+        std::env::temp_dir().join(format!("tessera-garble-bench-{}.bin", std::process::id()));
+    for (name, g, xs) in cases {
+        let cfg = QuantConfig {
+            frac_bits: 4,
+            max_bits: None,
+        };
+        let qm = ok(QuantModel::new(&g, cfg));
+        let mut widths = Vec::new();
+        let mut qs = Vec::new();
+        let mut wants = Vec::new();
+        for x in &xs {
+            let q = ok(qm.quantize_inputs(std::slice::from_ref(x)));
+            let run = ok(qm.run_int(&q));
+            merge_widths(&mut widths, &run.widths);
+            wants.push(run.outputs[0].clone());
+            qs.push(q[0].clone());
+        }
+        let c = ok(NetworkCircuit::compile(&g, cfg, 2));
+        let k = ok(c.primes_needed(&widths, 0));
+        let c = ok(c.with_primes(k));
+        let public = c.public();
+        let cost = ok(c.cost());
+        let mut gs = Vec::new();
+        let mut es = Vec::new();
+        let mut bytes = 0;
+        let mut exact = true;
+        for (i, (q, want)) in qs.iter().zip(&wants).enumerate() {
+            let start = Instant::now();
+            let file = ok(std::fs::File::create(&path));
+            let secrets = ok(garble(&c, &Seed::from_bytes([i as u8; 32]), file));
+            gs.push(start.elapsed().as_secs_f64());
+            bytes = secrets.material_bytes();
+            let inputs = ok(encode_input(&secrets, q));
+            let start = Instant::now();
+            let out = ok(evaluate(&public, ok(std::fs::File::open(&path)), &inputs));
+            es.push(start.elapsed().as_secs_f64());
+            exact &= ok(decode(&secrets, &out)) == *want;
+        }
+        gs.sort_by(f64::total_cmp);
+        es.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {k} | {} | {} | {:.1} MB | {:.2} s | {:.2} s | {} |",
+            cost.gates,
+            cost.ciphertexts,
+            bytes as f64 / 1e6,
+            gs[1],
+            es[1],
+            if exact { "bit-exact" } else { "MISMATCH" }
+        );
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -20,6 +20,9 @@
 //! - [`store`]: garbled material on disk — a versioned, checksummed stream written and read one
 //!   bounded chunk at a time ([`StreamWriter`], [`StreamReader`]); truncation or damage is an
 //!   error.
+//! - [`network`]: whole quantized CNNs compiled from a model graph ([`NetworkCircuit`]), garbled
+//!   into a stream ([`garble`]), evaluated from it ([`evaluate`]) and decoded ([`decode`]); its
+//!   leakage (the weights) is stated there.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
 //!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8);
@@ -68,6 +71,7 @@ pub mod gate;
 pub mod hash;
 pub mod label;
 pub mod modulus;
+pub mod network;
 pub mod output;
 pub mod store;
 pub mod tensor;
@@ -80,6 +84,10 @@ pub use gate::{Evaluator, Garbler, ProjectionTable};
 pub use hash::{Hasher, Tweak};
 pub use label::{Delta, Label, Seed};
 pub use modulus::Modulus;
+pub use network::{
+    GarbleSecrets, InputLabels, LayerCost, NetworkCircuit, OutputLabels, decode, encode_input,
+    evaluate, garble, garble_with_progress,
+};
 pub use output::OutputDecoder;
 pub use store::{
     Chunk, LabelPart, MaterialKind, StreamHeader, StreamReader, StreamTotals, StreamWriter,
@@ -247,6 +255,27 @@ pub enum GarbleError {
         /// The limit.
         max: u64,
     },
+    /// A graph node the network circuit cannot garble.
+    #[error("node {node}: {detail}")]
+    Unsupported {
+        /// The node's name.
+        node: String,
+        /// What is not supported, and why.
+        detail: String,
+    },
+    /// Garbling needs the circuit's garbled constants (biases), but this is the evaluator's
+    /// public form of the circuit.
+    #[error(
+        "this circuit has no constants (it is the evaluator's public form): garble the circuit \
+         compiled from the model"
+    )]
+    MissingConstants,
+    /// Labels or material of another garbling.
+    #[error(
+        "labels and garbled material belong to different garblings (a garbling serves exactly one \
+         inference: garble again)"
+    )]
+    GarblingMismatch,
     /// A broken internal invariant (a bug, reported instead of a panic).
     #[error("internal error: {0}")]
     Internal(&'static str),

@@ -77,6 +77,7 @@ use crate::batch::ProjectionBatch;
 use crate::label::Label;
 use crate::modulus::Modulus;
 use crate::tensor::{LabelTensor, block_of};
+use rayon::prelude::*;
 use std::io::{ErrorKind, Read, Write};
 use zeroize::Zeroize;
 
@@ -299,10 +300,16 @@ impl<W: Write> StreamWriter<W> {
             self.buf.extend_from_slice(&gate.to_le_bytes());
             self.buf.extend_from_slice(&[p.q(), q.q(), 0, 0]);
             self.buf.extend_from_slice(&(k as u32).to_le_bytes());
-            for row in rows.chunks_exact(n) {
-                self.buf
-                    .extend_from_slice(&block_of(q.q(), row).to_le_bytes());
-            }
+            // Packing digits into blocks costs far more than the copy: spread it over the cores.
+            let at = self.buf.len();
+            self.buf.resize(at + rows.len() / n * BLOCK, 0);
+            self.buf
+                .get_mut(at..)
+                .ok_or(GarbleError::Internal("chunk buffer"))?
+                .par_chunks_mut(BLOCK)
+                .zip(rows.par_chunks_exact(n))
+                .with_min_len(1024)
+                .for_each(|(dst, row)| dst.copy_from_slice(&block_of(q.q(), row).to_le_bytes()));
             self.end_chunk()?;
             self.totals.gates = self
                 .totals
@@ -846,19 +853,28 @@ fn blocks_to_digits(
     count: usize,
 ) -> Result<Vec<u8>, GarbleError> {
     let n = q.digits();
-    let mut digits = Vec::with_capacity(count.saturating_mul(n));
-    for b in blocks.chunks_exact(BLOCK) {
-        let mut a = [0u8; BLOCK];
-        a.copy_from_slice(b);
-        let mut label = Label::from_block(q, u128::from_le_bytes(a)).map_err(|_| {
-            corrupt(format!(
-                "chunk {seq} holds a 16-byte block that is no label mod {}",
-                q.q()
-            ))
+    let blocks = blocks
+        .get(..count.saturating_mul(BLOCK))
+        .ok_or_else(|| corrupt(format!("chunk {seq} holds fewer blocks than its count")))?;
+    let mut digits = vec![0u8; count.saturating_mul(n)];
+    // Unpacking a block into digits is a base conversion: spread it over the cores.
+    digits
+        .par_chunks_mut(n)
+        .zip(blocks.par_chunks_exact(BLOCK))
+        .with_min_len(1024)
+        .try_for_each(|(d, b)| {
+            let mut a = [0u8; BLOCK];
+            a.copy_from_slice(b);
+            let mut label = Label::from_block(q, u128::from_le_bytes(a)).map_err(|_| {
+                corrupt(format!(
+                    "chunk {seq} holds a 16-byte block that is no label mod {}",
+                    q.q()
+                ))
+            })?;
+            d.copy_from_slice(label.digits());
+            label.zeroize();
+            a.zeroize();
+            Ok(())
         })?;
-        digits.extend_from_slice(label.digits());
-        label.zeroize();
-        a.zeroize();
-    }
     Ok(digits)
 }
