@@ -3,8 +3,9 @@
 # Sourced by demo.sh and test.sh; safe to run again (only missing packages are installed).
 set -euo pipefail
 
-# Debian packages the build or the tests need (none yet beyond a C compiler for -sys crates).
-APT_PACKAGES=(gcc pkg-config)
+# Debian packages the build or the tests need: a C compiler and pkg-config for -sys crates, the TSS2
+# libraries for tss-esapi, and a software TPM (swtpm) plus tpm2-tools for the attested scheme.
+APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
