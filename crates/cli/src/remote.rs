@@ -5,11 +5,12 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use tessera_data::load_input;
 use tessera_engine::argmax;
 use tessera_runtime::enclave::{
-    Enclave, EnclaveConfig, Mode, SIMULATED_WARNING, hex, serve_enclave,
+    Backend, Enclave, EnclaveConfig, Mode, SIMULATED_WARNING, hex, serve_enclave,
 };
 use tessera_runtime::{AttestedClient, ChannelOptions, Profile};
 
@@ -39,8 +40,38 @@ pub struct EnclaveArgs {
     /// Print the measurement and exit without serving.
     #[arg(long)]
     measure_only: bool,
+    /// Scheme: tee (the enclave runs the model) or gc (the enclave garbles, a worker evaluates).
+    #[arg(long, default_value = "tee")]
+    scheme: String,
+    /// gc: the worker's address (`tessera worker`).
+    #[arg(long)]
+    worker: Option<String>,
+    /// gc: garblings kept ready on the worker.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
+    /// gc: number of CRT primes (default: the smallest that holds the worst case for
+    /// --input-range).
+    #[arg(long)]
+    primes: Option<usize>,
+    /// gc: largest |input| assumed when choosing the number of CRT primes.
+    #[arg(long, default_value_t = 255.0)]
+    input_range: f32,
     #[command(flatten)]
     quant: QuantArgs,
+}
+
+/// `tessera worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Address to listen on for enclaves.
+    #[arg(long, default_value = "127.0.0.1:7200")]
+    listen: String,
+    /// Where garbled material is stored (one file per garbling, deleted after use).
+    #[arg(long, default_value = "tessera-worker-store")]
+    store: PathBuf,
+    /// Compute device: cpu, or cuda (needs a build with `--features cuda` and a GPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// `tessera client`.
@@ -130,6 +161,45 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         path: a.model.display().to_string(),
         source,
     })?;
+    let backend = match a.scheme.as_str() {
+        "tee" => Backend(None),
+        "gc" => {
+            let addr = a.worker.as_deref().ok_or_else(|| {
+                usage("--scheme gc needs --worker ADDR (a running `tessera worker`)")
+            })?;
+            let connect = || {
+                TcpStream::connect(addr)
+                    .map_err(|e| usage(format!("cannot connect to the worker at {addr}: {e}")))
+            };
+            let g =
+                tessera_model::import_model(&model_onnx, &tessera_model::ImportOptions::default())?;
+            let opts = tessera_gc::GcOptions {
+                quant: a.quant.config(),
+                primes: a.primes,
+                input_range: a.input_range,
+                margin_bits: 0,
+                pool: a.pool,
+            };
+            eprintln!(
+                "gc: compiling the circuit and garbling {} inferences ahead",
+                a.pool.max(1)
+            );
+            let b = tessera_gc::GcBackend::start(
+                &g,
+                &opts,
+                connect()?,
+                connect()?,
+                ChannelOptions::default(),
+            )
+            .map_err(usage)?;
+            Backend(Some(Arc::new(b)))
+        }
+        other => {
+            return Err(usage(format!(
+                "the enclave serves --scheme tee or gc, not '{other}'"
+            )));
+        }
+    };
     Ok(EnclaveConfig {
         mode,
         state_dir: a.state.clone(),
@@ -138,7 +208,34 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         profile,
         binary: None,
         channel: ChannelOptions::default(),
+        backend,
     })
+}
+
+/// Run a worker until killed.
+pub fn worker(a: &WorkerArgs) -> Result<()> {
+    let kind: tessera_cuda::DeviceKind = a.device.parse().map_err(usage)?;
+    let dev = tessera_cuda::Device::open(kind).map_err(usage)?;
+    println!("device: {}", dev.describe());
+    if kind == tessera_cuda::DeviceKind::Cuda {
+        println!(
+            "note: the gc evaluator's gates and label GEMMs still run on the CPU threads; the GPU kernels are checked by `tessera selftest --device cuda`"
+        );
+    }
+    let listener = TcpListener::bind(&a.listen)
+        .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let server = tessera_gc::serve_worker_tcp(
+        listener,
+        tessera_gc::WorkerOptions {
+            store: a.store.clone(),
+            channel: ChannelOptions::default(),
+            misbehave: tessera_gc::Misbehave::Honest,
+        },
+    )
+    .map_err(usage)?;
+    println!("worker listening on {}", server.addr());
+    server.wait();
+    Ok(())
 }
 
 /// Run the enclave until killed.

@@ -3,7 +3,7 @@
 use crate::RuntimeError;
 use crate::channel::{Channel, ChannelOptions, Role};
 use crate::cost::TeeCost;
-use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, TensorMsg};
+use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, OffloadCost, TensorMsg};
 use crate::tls;
 use crate::transport::{Counters, Transport};
 use rand::RngCore;
@@ -28,6 +28,8 @@ pub struct EnclaveOutput {
     pub frac_bits: u32,
     /// The enclave's measured and modeled costs.
     pub tee: TeeCost,
+    /// What the enclave offloaded to an untrusted worker, if anything.
+    pub offload: Option<OffloadCost>,
 }
 
 impl AttestedClient {
@@ -108,6 +110,7 @@ impl AttestedClient {
                 exact,
                 frac_bits,
                 tee,
+                offload,
             } => {
                 let shape = shape.iter().map(|&d| d as usize).collect();
                 let exact = Tensor::new(shape, exact).map_err(|e| {
@@ -117,6 +120,7 @@ impl AttestedClient {
                     exact,
                     frac_bits,
                     tee,
+                    offload,
                 })
             }
             _ => Err(RuntimeError::Protocol(

@@ -25,7 +25,7 @@
 use crate::RuntimeError;
 use crate::channel::{Channel, ChannelOptions, Role};
 use crate::cost::{Footprint, Profile, TeeCost, model_request};
-use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, TensorMsg};
+use crate::protocol::{ClientMsg, EnclaveInfo, EnclaveMsg, OffloadCost, TensorMsg};
 use crate::seal;
 use crate::tls::Identity;
 use crate::transport::Transport;
@@ -78,11 +78,37 @@ impl Mode {
 pub const SIMULATED_WARNING: &str = "WARNING: SIMULATED TEE: no hardware protection; evidence is signed by a software key on disk \
      and proves nothing. Use only for development and tests.";
 
+/// Work the enclave hands to an untrusted worker instead of running the model itself (the `gc`
+/// and `asym` schemes implement it; without one the enclave runs the model, the `tee` scheme).
+pub trait InferBackend: Send + Sync {
+    /// The scheme's name, part of the enclave's measured policy.
+    fn scheme(&self) -> &'static str;
+    /// Run one inference on a float input of the model's input shape.
+    fn infer(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), RuntimeError>;
+    /// The enclave's working set while serving (for the cost model).
+    fn footprint(&self) -> Footprint;
+}
+
+/// An optional backend in a configuration.
+#[derive(Clone, Default)]
+pub struct Backend(pub Option<Arc<dyn InferBackend>>);
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(b) => write!(f, "Backend({})", b.scheme()),
+            None => f.write_str("Backend(local)"),
+        }
+    }
+}
+
 /// What the enclave's measurement covers besides its binary and model.
 #[derive(Clone, Debug, Serialize)]
 pub struct EnclavePolicy {
     /// Protocol version.
     pub protocol: u16,
+    /// The scheme served (`tee`, `gc`, `asym`).
+    pub scheme: &'static str,
     /// Evidence mode.
     pub mode: &'static str,
     /// Fractional bits.
@@ -108,6 +134,8 @@ pub struct EnclaveConfig {
     pub binary: Option<Vec<u8>>,
     /// Channel limits.
     pub channel: ChannelOptions,
+    /// Work offloaded to an untrusted worker; none: the enclave runs the model (`tee`).
+    pub backend: Backend,
 }
 
 enum Platform {
@@ -128,6 +156,7 @@ pub struct Enclave {
     profile: Profile,
     channel: ChannelOptions,
     restored: bool,
+    backend: Backend,
 }
 
 /// The measurement of an enclave binary running `model_onnx` under `policy`.
@@ -148,6 +177,7 @@ impl EnclaveConfig {
     pub fn policy(&self) -> EnclavePolicy {
         EnclavePolicy {
             protocol: crate::channel::PROTOCOL_VERSION,
+            scheme: self.backend.0.as_ref().map_or("tee", |b| b.scheme()),
             mode: self.mode.name(),
             frac_bits: self.quant.frac_bits,
             max_bits: self.quant.max_bits,
@@ -179,7 +209,10 @@ impl Enclave {
             .first()
             .map(|&v| graph.shape(v).to_vec())
             .ok_or_else(|| RuntimeError::Config("the model has no input".into()))?;
-        let footprint = Footprint::of(&graph);
+        let footprint = match &cfg.backend.0 {
+            Some(b) => b.footprint(),
+            None => Footprint::of(&graph),
+        };
         let (platform, identity, restored) = match cfg.mode {
             Mode::Sim => {
                 let key = tessera_attest::sim::PlatformKey::load_or_create(
@@ -202,6 +235,7 @@ impl Enclave {
             profile: cfg.profile,
             channel: cfg.channel,
             restored,
+            backend: cfg.backend,
         }))
     }
 
@@ -240,6 +274,7 @@ impl Enclave {
             input_shape: self.input_shape.iter().map(|&d| d as u32).collect(),
             frac_bits: self.model.config().frac_bits,
             profile: self.profile.name.into(),
+            scheme: self.backend.0.as_ref().map_or("tee", |b| b.scheme()).into(),
         }
     }
 
@@ -268,7 +303,10 @@ impl Enclave {
     }
 
     /// Run one inference; the input's shape must be the model's.
-    pub fn infer(&self, input: &TensorMsg) -> Result<(Tensor<i64>, TeeCost), RuntimeError> {
+    pub fn infer(
+        &self,
+        input: &TensorMsg,
+    ) -> Result<(Tensor<i64>, TeeCost, Option<OffloadCost>), RuntimeError> {
         let shape: Vec<usize> = input.shape.iter().map(|&d| d as usize).collect();
         if shape != self.input_shape {
             return Err(RuntimeError::BadRequest(format!(
@@ -279,6 +317,16 @@ impl Enclave {
         let t = Tensor::new(shape, input.data.clone())
             .map_err(|e| RuntimeError::BadRequest(format!("input tensor: {e}")))?;
         let t0 = Instant::now();
+        if let Some(b) = &self.backend.0 {
+            let (out, off) = b.infer(&t)?;
+            // The enclave's own time excludes the worker's; two more sends/receives (to and from
+            // the worker) per online round.
+            let own = t0
+                .elapsed()
+                .saturating_sub(std::time::Duration::from_nanos(off.worker_ns));
+            let tee = model_request(&self.profile, &self.footprint, own, 2 + 2 * off.rounds);
+            return Ok((out, tee, Some(off)));
+        }
         let run = self.model.run(std::slice::from_ref(&t))?;
         let measured = t0.elapsed();
         let out = run
@@ -290,6 +338,7 @@ impl Enclave {
         Ok((
             out,
             model_request(&self.profile, &self.footprint, measured, 2),
+            None,
         ))
     }
 
@@ -335,11 +384,12 @@ impl Enclave {
             };
             let reply = match msg {
                 ClientMsg::Infer(t) => match self.infer(&t) {
-                    Ok((out, tee)) => EnclaveMsg::Output {
+                    Ok((out, tee, offload)) => EnclaveMsg::Output {
                         shape: out.shape().iter().map(|&d| d as u32).collect(),
                         exact: out.data().to_vec(),
                         frac_bits: self.model.config().frac_bits,
                         tee,
+                        offload,
                     },
                     Err(e) => {
                         ch.send_error(&e.to_string());

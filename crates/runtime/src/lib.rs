@@ -95,6 +95,9 @@ pub enum RuntimeError {
     /// A bad configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// The scheme's offloaded work failed (for `gc`: a worker that cheated or erred).
+    #[error("{0}")]
+    Backend(String),
     /// The model could not be loaded.
     #[error(transparent)]
     Model(#[from] tessera_model::ModelError),

@@ -43,6 +43,32 @@ pub struct EnclaveInfo {
     pub frac_bits: u32,
     /// Cost profile.
     pub profile: String,
+    /// The scheme served (`tee`, `gc`, `asym`).
+    pub scheme: String,
+}
+
+/// What an enclave that offloads work to an untrusted worker (`gc`, `asym`) spent on it for
+/// one request.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffloadCost {
+    /// The scheme (`gc`, `asym`).
+    pub scheme: String,
+    /// Online bytes enclave → worker.
+    pub bytes_to_worker: u64,
+    /// Online bytes worker → enclave.
+    pub bytes_from_worker: u64,
+    /// Online round trips enclave ↔ worker.
+    pub rounds: u64,
+    /// Bytes the worker stored ahead of time for this request (garbled material).
+    pub stored_bytes: u64,
+    /// Offline time the enclave spent preparing this request (garbling), nanoseconds.
+    pub offline_ns: u64,
+    /// Time the worker computed, nanoseconds (as the worker reports it).
+    pub worker_ns: u64,
+    /// Bytes the enclave keeps per prepared request (seeds, offsets, output digests).
+    pub enclave_bytes_kept: u64,
+    /// Multiply-accumulates run in the enclave.
+    pub trusted_macs: u64,
 }
 
 /// Enclave to client.
@@ -65,6 +91,8 @@ pub enum EnclaveMsg {
         frac_bits: u32,
         /// Measured and modeled TEE costs of the request.
         tee: TeeCost,
+        /// What the enclave offloaded to an untrusted worker, if anything.
+        offload: Option<OffloadCost>,
     },
     /// Answer to `Info`.
     Info(EnclaveInfo),

@@ -45,6 +45,7 @@ fn config(g: &Graph, dir: &std::path::Path) -> EnclaveConfig {
             deadline: Some(Duration::from_secs(20)),
             ..ChannelOptions::default()
         },
+        backend: Default::default(),
     }
 }
 

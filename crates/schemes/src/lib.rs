@@ -5,8 +5,9 @@
 //! time, and the share of the multiply-accumulates that ran on the trusted side.
 //!
 //! Schemes so far: `plain` (the integer reference, no protection) and `tee` (the whole model
-//! in an enclave, reached over an attested channel). Each later scheme (`asym`, `gc`, `lhe`,
-//! `attested`, `2pc`) adds a type implementing [`Scheme`].
+//! in an enclave, reached over an attested channel) and `gc` (the enclave garbles, an untrusted
+//! worker evaluates). Each later scheme (`asym`, `lhe`, `attested`, `2pc`) adds a type
+//! implementing [`Scheme`].
 
 #![warn(missing_docs)]
 
@@ -76,11 +77,14 @@ pub trait Scheme {
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError>;
 }
 
+mod gc;
 mod tee;
+pub use gc::Gc;
 pub use tee::{Tee, TeeOptions};
+pub use tessera_gc::GcOptions;
 
 /// The names of the schemes this build offers.
-pub const SCHEMES: &[&str] = &["plain", "tee"];
+pub const SCHEMES: &[&str] = &["plain", "tee", "gc"];
 
 /// `plain`: the integer reference in one process, no protection. Every other scheme's output is
 /// checked against it bit for bit.

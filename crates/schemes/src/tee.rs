@@ -61,6 +61,7 @@ impl Tee {
             profile: opts.profile,
             binary: None,
             channel: ChannelOptions::default(),
+            backend: Default::default(),
         })?;
         let measurement = *enclave.measurement();
         let listener = TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,106 @@
+//! The `gc` scheme (Dash, DESIGN §2.1): the enclave garbles the quantized network — a fresh
+//! garbling per inference — and streams the garbled material to an untrusted worker, which
+//! stores it; online, the enclave sends the input's labels in one message, the worker evaluates
+//! and returns the output labels in one message, and the enclave decodes and checks them.
+//!
+//! # Threat model
+//!
+//! Trusted: the enclave (garbler; see `tessera_runtime::enclave` for the TEE's own threat model)
+//! and the client. Untrusted and possibly malicious: the worker, its storage and the network
+//! between it and the enclave.
+//!
+//! * **Confidentiality of data.** The worker sees garbled tables and one label per wire; under
+//!   the garbling's security (the tweakable correlation-robust hash, prime moduli for every
+//!   Δ-carrying wire) these reveal nothing about the input, the activations or the output. Each
+//!   garbling is used for exactly one input: labels of two inputs under one garbling would reveal
+//!   Δ, so the enclave forgets a garbling's secrets once its input is encoded.
+//! * **Integrity.** The enclave accepts an output only when every output label is one of the two
+//!   (or p) valid labels of its wire, checked against keyed digests the worker never sees; a
+//!   worker that flips table bits, swaps or replays labels, evaluates an old garbling or returns
+//!   random labels produces an error, never a wrong prediction (with probability 1 − 2^−λ per
+//!   label, λ ≥ 120).
+//! * **What the worker learns by design**: the architecture, k, and the weights of the linear
+//!   layers (they are public multipliers of the free operations; see `tessera_garble::network`).
+//!   Biases and added constants are garbled and stay hidden. The worker receives the model with
+//!   biases and added constants zeroed ([`public_model`]) and compiles the same circuit.
+//! * Messages between enclave and worker travel on a plain framed channel (sequence numbers,
+//!   size limits, deadlines): they carry nothing secret, and tampering is caught by the output
+//!   check. Denial of service by the worker is out of scope.
+
+#![warn(missing_docs)]
+
+mod backend;
+mod messages;
+mod worker;
+
+pub use backend::{GcBackend, GcOptions, GcStats};
+pub use messages::{FromWorker, ToWorker};
+pub use worker::{Misbehave, WorkerOptions, serve_worker, serve_worker_tcp};
+
+use tessera_model::Graph;
+use tessera_model::ir::{BinOp, Op};
+
+/// Errors of the gc scheme.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Garbling, evaluation or decoding failed (for decoding: the worker cheated or erred).
+    #[error(transparent)]
+    Garble(#[from] tessera_garble::GarbleError),
+    /// Transport.
+    #[error(transparent)]
+    Runtime(#[from] tessera_runtime::RuntimeError),
+    /// The model.
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::EngineError),
+    /// Storage on the worker.
+    #[error("worker storage {path}: {reason}")]
+    Store {
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer broke the protocol.
+    #[error("gc protocol: {0}")]
+    Protocol(String),
+}
+
+impl From<GcError> for tessera_runtime::RuntimeError {
+    fn from(e: GcError) -> Self {
+        match e {
+            GcError::Runtime(r) => r,
+            other => tessera_runtime::RuntimeError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// The model as the worker may see it: every bias and every added or subtracted constant set to
+/// zero (they become garbled constants), weights and multipliers kept (the worker learns them by
+/// design). Compiling this graph gives the same circuit structure as the full one.
+pub fn public_model(g: &Graph) -> Graph {
+    let mut out = g.clone();
+    for n in &mut out.nodes {
+        match &mut n.op {
+            Op::Conv(c) => {
+                if let Some(b) = c.bias.as_mut() {
+                    b.data_mut().iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+            Op::Dense(d) => {
+                if let Some(b) = d.bias.as_mut() {
+                    b.data_mut().iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+            Op::Binary {
+                op: BinOp::Add | BinOp::Sub,
+                constant: Some(c),
+                ..
+            } => c.data_mut().iter_mut().for_each(|v| *v = 0.0),
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,60 @@
+//! Messages between the enclave (garbler) and the worker (evaluator).
+
+use serde::{Deserialize, Serialize};
+
+/// Enclave → worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The model the worker compiles its public circuit from ([`crate::public_model`], ONNX),
+    /// with the fixed-point parameters and the number of CRT primes.
+    Setup {
+        /// ONNX bytes of the public model.
+        model_onnx: Vec<u8>,
+        /// Fractional bits.
+        frac_bits: u32,
+        /// CRT primes k.
+        primes: u32,
+    },
+    /// A piece of one garbling's material, in order; `last` closes it.
+    Material {
+        /// The enclave's number for this garbling (its file on the worker).
+        slot: u64,
+        /// Bytes of the material stream.
+        data: Vec<u8>,
+        /// Whether this is the last piece.
+        last: bool,
+    },
+    /// Evaluate the stored garbling `slot` on these input labels (then delete it).
+    Evaluate {
+        /// Which garbling.
+        slot: u64,
+        /// Serialized input labels.
+        labels: Vec<u8>,
+    },
+}
+
+/// Worker → enclave.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The circuit is compiled; the worker computes on `device`.
+    Ready {
+        /// What the worker computes on.
+        device: String,
+    },
+    /// A garbling is stored.
+    Stored {
+        /// Which.
+        slot: u64,
+        /// Its size on the worker's disk.
+        bytes: u64,
+    },
+    /// The output labels of an evaluation.
+    Output {
+        /// Which garbling was evaluated.
+        slot: u64,
+        /// Serialized output labels.
+        labels: Vec<u8>,
+        /// Time the evaluation took on the worker, nanoseconds.
+        eval_ns: u64,
+    },
+}

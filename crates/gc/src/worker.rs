@@ -1,0 +1,210 @@
+//! The worker: stores garbled material and evaluates it on request.
+
+use crate::GcError;
+use crate::messages::{FromWorker, ToWorker};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tessera_engine::quant::QuantConfig;
+use tessera_garble::network::{InputLabels, NetworkCircuit, evaluate};
+use tessera_model::{ImportOptions, import_model};
+use tessera_runtime::RuntimeError;
+use tessera_runtime::channel::{Channel, ChannelOptions, Role};
+use tessera_runtime::enclave::{ServerHandle, serve_tcp};
+
+/// Deliberate misbehaviour, for tests of the enclave's checks (a malicious worker).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Misbehave {
+    /// Behave.
+    #[default]
+    Honest,
+    /// Flip one bit in the middle of the stored garbled material before evaluating.
+    FlipTableBit,
+    /// Answer every request with the output labels of the previous one.
+    ReplayPreviousOutput,
+    /// Evaluate the previously used garbling again instead of the requested one.
+    EvaluateOldGarbling,
+    /// Return random bytes in place of the output labels' digits.
+    RandomLabels,
+}
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Where garbled material is stored (one file per garbling, deleted after use).
+    pub store: PathBuf,
+    /// Channel limits.
+    pub channel: ChannelOptions,
+    /// For tests: misbehave on purpose.
+    pub misbehave: Misbehave,
+}
+
+fn store_err(path: &Path, e: impl std::fmt::Display) -> GcError {
+    GcError::Store {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+struct Session<'a> {
+    opts: &'a WorkerOptions,
+    circuit: Option<NetworkCircuit>,
+    writing: Option<(u64, std::io::BufWriter<std::fs::File>, PathBuf, u64)>,
+    previous: Option<(u64, Vec<u8>)>,
+}
+
+impl Session<'_> {
+    fn path(&self, slot: u64, part: bool) -> PathBuf {
+        self.opts
+            .store
+            .join(format!("{slot:016x}.{}", if part { "part" } else { "gc" }))
+    }
+
+    fn handle(&mut self, msg: ToWorker) -> Result<Option<FromWorker>, GcError> {
+        match msg {
+            ToWorker::Setup {
+                model_onnx,
+                frac_bits,
+                primes,
+            } => {
+                let g = import_model(&model_onnx, &ImportOptions::default())?;
+                let cfg = QuantConfig {
+                    frac_bits,
+                    max_bits: None,
+                };
+                let c = NetworkCircuit::compile(&g, cfg, primes as usize)?.public();
+                self.circuit = Some(c);
+                Ok(Some(FromWorker::Ready {
+                    device: format!(
+                        "cpu ({} threads)",
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    ),
+                }))
+            }
+            ToWorker::Material { slot, data, last } => {
+                if self.writing.as_ref().is_some_and(|w| w.0 != slot) {
+                    return Err(GcError::Protocol(
+                        "material of a new garbling before the previous one was complete".into(),
+                    ));
+                }
+                if self.writing.is_none() {
+                    std::fs::create_dir_all(&self.opts.store)
+                        .map_err(|e| store_err(&self.opts.store, e))?;
+                    let p = self.path(slot, true);
+                    let f = std::fs::File::create(&p).map_err(|e| store_err(&p, e))?;
+                    self.writing = Some((slot, std::io::BufWriter::new(f), p, 0));
+                }
+                let Some((_, w, p, n)) = self.writing.as_mut() else {
+                    return Err(GcError::Protocol("no garbling open".into()));
+                };
+                w.write_all(&data).map_err(|e| store_err(p, e))?;
+                *n += data.len() as u64;
+                if !last {
+                    return Ok(None);
+                }
+                let Some((slot, w, p, n)) = self.writing.take() else {
+                    return Err(GcError::Protocol("no garbling open".into()));
+                };
+                let f = w.into_inner().map_err(|e| store_err(&p, e.error()))?;
+                f.sync_all().map_err(|e| store_err(&p, e))?;
+                let done = self.path(slot, false);
+                std::fs::rename(&p, &done).map_err(|e| store_err(&done, e))?;
+                Ok(Some(FromWorker::Stored { slot, bytes: n }))
+            }
+            ToWorker::Evaluate { slot, labels } => {
+                let circuit = self
+                    .circuit
+                    .as_ref()
+                    .ok_or_else(|| GcError::Protocol("evaluate before setup".into()))?;
+                let t0 = Instant::now();
+                let mut use_slot = slot;
+                if self.opts.misbehave == Misbehave::EvaluateOldGarbling
+                    && let Some((old, _)) = &self.previous
+                {
+                    use_slot = *old;
+                }
+                let path = self.path(use_slot, false);
+                let input = InputLabels::from_bytes(&labels)?;
+                let out = if self.opts.misbehave == Misbehave::FlipTableBit {
+                    let mut material = std::fs::read(&path).map_err(|e| store_err(&path, e))?;
+                    let mid = material.len() / 2;
+                    if let Some(b) = material.get_mut(mid) {
+                        *b ^= 0x10;
+                    }
+                    evaluate(circuit, material.as_slice(), &input)?
+                } else {
+                    // Streamed from disk: the material never has to fit in memory.
+                    let f = std::fs::File::open(&path).map_err(|e| store_err(&path, e))?;
+                    evaluate(circuit, f, &input)?
+                };
+                let mut bytes = out.to_bytes()?;
+                if self.opts.misbehave != Misbehave::EvaluateOldGarbling {
+                    let _ = std::fs::remove_file(&path);
+                }
+                match self.opts.misbehave {
+                    Misbehave::ReplayPreviousOutput => {
+                        if let Some((_, prev)) = &self.previous {
+                            bytes = prev.clone();
+                        }
+                    }
+                    Misbehave::RandomLabels => {
+                        // Keep the container (so it parses), randomize the label digits.
+                        let n = bytes.len();
+                        for b in bytes.iter_mut().skip(n / 4).take(n / 2) {
+                            *b = rand::random();
+                        }
+                    }
+                    _ => {}
+                }
+                self.previous = Some((slot, bytes.clone()));
+                Ok(Some(FromWorker::Output {
+                    slot,
+                    labels: bytes,
+                    eval_ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
+                }))
+            }
+        }
+    }
+}
+
+/// Serve one enclave connection until it closes.
+pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcError> {
+    ch.handshake(Role::Worker, &[Role::Enclave])?;
+    let mut s = Session {
+        opts,
+        circuit: None,
+        writing: None,
+        previous: None,
+    };
+    let result = loop {
+        let msg = match ch.recv::<ToWorker>() {
+            Ok(m) => m,
+            Err(RuntimeError::Closed(_)) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        match s.handle(msg) {
+            Ok(Some(reply)) => ch.send(&reply)?,
+            Ok(None) => {}
+            Err(e) => {
+                ch.send_error(&e.to_string());
+                break Err(e);
+            }
+        }
+    };
+    if let Some((_, _, p, _)) = s.writing.take() {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+/// Serve enclaves on `listener`, each connection in its own thread.
+pub fn serve_worker_tcp(
+    listener: TcpListener,
+    opts: WorkerOptions,
+) -> Result<ServerHandle, RuntimeError> {
+    serve_tcp(listener, 64, move |stream| {
+        let mut ch = Channel::new(stream, opts.channel)?;
+        serve_worker(&mut ch, &opts).map_err(RuntimeError::from)
+    })
+}

@@ -1,0 +1,133 @@
+//! `gc` (Dash): the enclave garbles the quantized network for every inference, an untrusted
+//! worker evaluates it. All parties local (the embedded default): a worker thread storing
+//! garbled material under the system's temporary directory, an enclave (simulated) garbling in
+//! the background into a pool of ready garblings, and a client over attested TLS — the full
+//! protocol on loopback TCP.
+
+use crate::{Cost, Inference, Scheme, SchemeError};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_engine::argmax;
+use tessera_gc::{GcBackend, GcOptions, Misbehave, WorkerOptions, serve_worker_tcp};
+use tessera_model::Tensor;
+use tessera_model::export::export_model;
+use tessera_model::stats::stats;
+use tessera_runtime::enclave::{
+    Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
+};
+use tessera_runtime::{AttestedClient, ChannelOptions, RuntimeError};
+
+/// The `gc` scheme with every party in this process.
+pub struct Gc {
+    _worker: ServerHandle,
+    _enclave: ServerHandle,
+    backend: Arc<GcBackend>,
+    client: AttestedClient,
+    macs: u64,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
+    move |e| SchemeError::Runtime(RuntimeError::Io(format!("{what}: {e}")))
+}
+
+impl Gc {
+    /// Start a worker, an enclave garbling `graph`, and connect to it.
+    pub fn new(graph: &tessera_model::Graph, opts: GcOptions) -> Result<Self, SchemeError> {
+        let store = std::env::temp_dir().join(format!("tessera-gc-store-{}", std::process::id()));
+        let worker = serve_worker_tcp(
+            TcpListener::bind("127.0.0.1:0").map_err(io("binding the worker port"))?,
+            WorkerOptions {
+                store,
+                channel: ChannelOptions::default(),
+                misbehave: Misbehave::Honest,
+            },
+        )?;
+        let off = TcpStream::connect(worker.addr()).map_err(io("connecting to the worker"))?;
+        let on = TcpStream::connect(worker.addr()).map_err(io("connecting to the worker"))?;
+        let _ = on.set_nodelay(true);
+        let backend = Arc::new(
+            GcBackend::start(graph, &opts, off, on, ChannelOptions::default())
+                .map_err(|e| SchemeError::Runtime(e.into()))?,
+        );
+        let model_onnx =
+            export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
+        let enclave = Enclave::start(EnclaveConfig {
+            mode: Mode::Sim,
+            state_dir: std::env::temp_dir().join("tessera-sim-enclave"),
+            model_onnx,
+            quant: opts.quant,
+            profile: tessera_runtime::cost::SGX1,
+            binary: None,
+            channel: ChannelOptions::default(),
+            backend: Backend(Some(backend.clone())),
+        })?;
+        let measurement = *enclave.measurement();
+        let server = serve_enclave(
+            enclave,
+            TcpListener::bind("127.0.0.1:0").map_err(io("binding the enclave port"))?,
+            16,
+        )?;
+        let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
+        let _ = stream.set_nodelay(true);
+        let mut policy = tessera_attest::Policy::simulated_dev();
+        policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
+        let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
+        Ok(Self {
+            _worker: worker,
+            _enclave: server,
+            backend,
+            client,
+            macs: stats(graph).macs,
+        })
+    }
+
+    /// Wait until a garbling is ready (so that a measured inference is online time only).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), SchemeError> {
+        self.backend
+            .wait_ready(timeout)
+            .map_err(|e| SchemeError::Runtime(e.into()))
+    }
+
+    /// Figures of the garbling (k, bytes per inference, enclave memory, garbling time).
+    pub fn stats(&self) -> tessera_gc::GcStats {
+        self.backend.stats()
+    }
+}
+
+impl Scheme for Gc {
+    fn name(&self) -> &'static str {
+        "gc"
+    }
+    fn protects(&self) -> &'static str {
+        "data and activations (weights visible to the worker); cheating detected"
+    }
+    fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
+        let _ = self.backend.wait_ready(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let out = self.client.infer(input)?;
+        let latency = t0.elapsed();
+        let off = out.offload.clone().unwrap_or_default();
+        let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+        let output = out.exact.map(|&v| (v as f64 * scale) as f32);
+        let class = argmax(output.data());
+        Ok(Inference {
+            output,
+            exact: out.exact,
+            class,
+            cost: Cost {
+                latency,
+                bytes_up: off.bytes_to_worker,
+                bytes_down: off.bytes_from_worker,
+                rounds: off.rounds,
+                stored_bytes: off.stored_bytes,
+                trusted_macs: off.trusted_macs,
+                total_macs: self.macs,
+                modeled_tee: Some(
+                    latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
+                        + Duration::from_nanos(out.tee.modeled_ns),
+                ),
+            },
+        })
+    }
+}
