@@ -161,6 +161,14 @@ enum Cmd {
         /// Repetitions per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Benchmark the gc scheme on these networks instead (comma-separated: mnist-8 or an
+        /// ONNX path, dash-a..dash-d, f-small, f): garbling time, garbled bytes, online
+        /// latency and bytes.
+        #[arg(long, value_delimiter = ',')]
+        gc: Vec<String>,
+        /// Fractional bits for --gc.
+        #[arg(long, default_value_t = 4)]
+        gc_frac_bits: u32,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -225,7 +233,19 @@ fn main() {
             quant,
             json,
         } => demo(n, model, data, &quant, json),
-        Cmd::Bench { mnist8, reps, json } => bench(&mnist8, reps, json),
+        Cmd::Bench {
+            mnist8,
+            reps,
+            gc,
+            gc_frac_bits,
+            json,
+        } => {
+            if gc.is_empty() {
+                bench(&mnist8, reps, json)
+            } else {
+                bench_gc(&gc, &mnist8, reps, gc_frac_bits, json)
+            }
+        }
         Cmd::Selftest { device, seed } => selftest(&device, seed),
         Cmd::Enclave(a) => remote::enclave(&a),
         Cmd::Client(a) => remote::client(&a),
@@ -237,6 +257,28 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Show the background garbler's progress until the first garbling is ready.
+fn garble_bar(b: &tessera_gc::GcBackend) {
+    let pb = progress(1, "garbling");
+    loop {
+        let p = b.progress();
+        if p.garbled > 0 {
+            break;
+        }
+        if p.steps_total > 0 {
+            pb.set_length(p.steps_total as u64);
+            pb.set_position(p.steps_done as u64);
+        }
+        if b.wait_ready(std::time::Duration::from_millis(200)).is_err() {
+            break;
+        }
+        if b.progress().garbled > 0 {
+            break;
+        }
+    }
+    pb.finish_and_clear();
 }
 
 fn selftest(device: &str, seed: u64) -> Result<()> {
@@ -299,6 +341,14 @@ fn make_scheme(name: &str, g: &Graph, cfg: QuantConfig) -> Result<Box<dyn Scheme
                     ..GcOptions::default()
                 },
             )?;
+            garble_bar(t.backend());
+            let st = t.stats();
+            eprintln!(
+                "gc: k = {} CRT primes, {} of garbled material per inference, the enclave keeps {} per garbling",
+                st.primes,
+                human(st.material_bytes),
+                human(st.kept_bytes)
+            );
             Ok(Box::new(t))
         }
         other => Err(CliError::Usage(format!(
@@ -854,6 +904,151 @@ fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         v.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(tessera_schemes::median(&mut v))
+}
+
+#[derive(Serialize)]
+struct GcBenchRow {
+    network: String,
+    primes: usize,
+    relus: u64,
+    garble_ms: f64,
+    garbled_bytes: u64,
+    online_ms: f64,
+    online_bytes_up: u64,
+    online_bytes_down: u64,
+    /// (inputs + outputs) × k × 16 B, DESIGN §2.1's estimate of online bytes.
+    online_bytes_formula: u64,
+    enclave_bytes_kept: u64,
+    rounds: u64,
+    exact: bool,
+    threads: usize,
+}
+
+fn bench_gc(nets: &[String], mnist8: &Path, reps: usize, f: u32, json: bool) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let cfg = QuantConfig {
+        frac_bits: f,
+        max_bits: None,
+    };
+    let mut rows = Vec::new();
+    for name in nets {
+        let (g, x, range) = if name == "mnist-8" {
+            if !mnist8.exists() {
+                eprintln!("skipping mnist-8: {} not found", mnist8.display());
+                continue;
+            }
+            let g = load_model(mnist8, &ImportOptions::default())?;
+            let dir = mnist8.parent().unwrap_or(Path::new("."));
+            let x = tessera_data::load_pb(&dir.join("test_data_set_0/input_0.pb"))?;
+            (g, x, 255.0)
+        } else {
+            let g = resolve_model(name)?;
+            let shape = g
+                .inputs
+                .first()
+                .map(|&v| g.shape(v).to_vec())
+                .ok_or_else(|| CliError::Usage(format!("{name} has no input")))?;
+            let n: usize = shape.iter().product();
+            let x = tessera_model::Tensor::new(
+                shape,
+                (0..n)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                    .collect(),
+            )?;
+            (g, x, 1.0)
+        };
+        if !json {
+            eprintln!("gc bench: {name}: compiling and garbling…");
+        }
+        let mut s = Gc::new(
+            &g,
+            GcOptions {
+                quant: cfg,
+                input_range: range,
+                pool: 1,
+                overlap: false,
+                ..GcOptions::default()
+            },
+        )?;
+        let reference = QuantModel::new(&g, cfg)?
+            .run(std::slice::from_ref(&x))?
+            .outputs
+            .into_iter()
+            .next();
+        let mut online = Vec::new();
+        let mut last = None;
+        let mut exact = true;
+        for _ in 0..reps.max(1) {
+            s.wait_ready(std::time::Duration::from_secs(7200))?;
+            let r = s.infer(&x)?;
+            exact &= reference
+                .as_ref()
+                .is_some_and(|e| e.data() == r.exact.data());
+            online.push(r.cost.latency.as_secs_f64() * 1e3);
+            last = Some(r.cost);
+        }
+        let st = s.stats();
+        let c = last.unwrap_or_default();
+        let inputs = x.len() as u64;
+        let outputs = reference.as_ref().map_or(0, |o| o.len() as u64);
+        rows.push(GcBenchRow {
+            network: name.clone(),
+            primes: st.primes,
+            relus: stats(&g).relus,
+            garble_ms: st.garble_ms,
+            garbled_bytes: st.material_bytes,
+            online_ms: tessera_schemes::median(&mut online),
+            online_bytes_up: c.bytes_up,
+            online_bytes_down: c.bytes_down,
+            online_bytes_formula: (inputs + outputs) * st.primes as u64 * 16,
+            enclave_bytes_kept: st.kept_bytes,
+            rounds: c.rounds,
+            exact,
+            threads,
+        });
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&[
+        "network",
+        "k",
+        "garble ms",
+        "garbled B",
+        "online ms",
+        "online B up/down",
+        "vs formula",
+        "enclave keeps",
+        "rounds",
+        "bit-exact",
+    ]);
+    for r in &rows {
+        t.row(vec![
+            r.network.clone(),
+            r.primes.to_string(),
+            format!("{:.0}", r.garble_ms),
+            human(r.garbled_bytes),
+            format!("{:.0}", r.online_ms),
+            format!(
+                "{} / {}",
+                human(r.online_bytes_up),
+                human(r.online_bytes_down)
+            ),
+            format!(
+                "{:.2}×",
+                (r.online_bytes_up + r.online_bytes_down) as f64
+                    / r.online_bytes_formula.max(1) as f64
+            ),
+            human(r.enclave_bytes_kept),
+            r.rounds.to_string(),
+            r.exact.to_string(),
+        ]);
+    }
+    println!("{}", t.render());
+    println!(
+        "{threads} threads; online = input labels to the worker, evaluation, output labels back, decode"
+    );
+    Ok(())
 }
 
 fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {

@@ -179,6 +179,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 input_range: a.input_range,
                 margin_bits: 0,
                 pool: a.pool,
+                overlap: true,
             };
             eprintln!(
                 "gc: compiling the circuit and garbling {} inferences ahead",
@@ -192,7 +193,9 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 ChannelOptions::default(),
             )
             .map_err(usage)?;
-            Backend(Some(Arc::new(b)))
+            let b = Arc::new(b);
+            crate::garble_bar(&b);
+            Backend(Some(b))
         }
         other => {
             return Err(usage(format!(
@@ -329,6 +332,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             setup_ms: f64,
             latency_ms: f64,
             tee: &'a tessera_runtime::TeeCost,
+            offload: &'a Option<tessera_runtime::protocol::OffloadCost>,
             bytes_up: u64,
             bytes_down: u64,
             rounds: u64,
@@ -342,6 +346,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             setup_ms: setup.as_secs_f64() * 1e3,
             latency_ms: latency.as_secs_f64() * 1e3,
             tee: &out.tee,
+            offload: &out.offload,
             bytes_up: up,
             bytes_down: down,
             rounds,
@@ -349,6 +354,17 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     }
     println!("{claims_line}");
     println!("class {class}");
+    if let Some(o) = &out.offload {
+        println!(
+            "{}: worker computed {:.3} ms; online enclave<->worker {} B up, {} B down, {} round(s); {} B stored on the worker for this inference",
+            o.scheme,
+            o.worker_ns as f64 / 1e6,
+            o.bytes_to_worker,
+            o.bytes_from_worker,
+            o.rounds,
+            o.stored_bytes
+        );
+    }
     println!(
         "attested channel set up in {:.1} ms; inference {:.3} ms (enclave compute {:.3} ms measured, {:.3} ms modeled in {}); {up} B up, {down} B down, {rounds} rounds in all",
         setup.as_secs_f64() * 1e3,

@@ -38,7 +38,7 @@ fn demo_runs_from_the_repository_alone() {
 fn every_command_has_help() {
     for c in [
         "inspect", "run", "eval", "build", "demo", "bench", "enclave", "client", "relay", "attest",
-        "selftest",
+        "selftest", "worker",
     ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");
@@ -130,8 +130,6 @@ fn run_and_eval_mnist8() {
 /// untrusted host), bit-exact with `tessera run --scheme plain`.
 #[test]
 fn enclave_and_client_processes() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let dir = std::env::temp_dir().join(format!("tessera-cli-enclave-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("dash-a.onnx");
@@ -147,29 +145,8 @@ fn enclave_and_client_processes() {
     .unwrap();
     std::fs::write(&input, tessera_data::npy::to_npy(&x)).unwrap();
 
-    let spawn_reading = |args: &[&str], want: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawns");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let addr = loop {
-            let l = lines
-                .next()
-                .expect("the process printed its address")
-                .unwrap();
-            if let Some(a) = l.strip_prefix(want) {
-                break a.split_whitespace().next().unwrap().to_string();
-            }
-            seen.push(l);
-        };
-        (child, addr, seen)
-    };
     let state = dir.join("state");
-    let (mut enclave, addr, seen) = spawn_reading(
+    let (mut enclave, addr, seen) = spawn_until(
         &[
             "enclave",
             model.to_str().unwrap(),
@@ -185,7 +162,7 @@ fn enclave_and_client_processes() {
         .find_map(|l| l.strip_prefix("measurement "))
         .expect("the enclave prints its measurement")
         .to_string();
-    let (mut relay, raddr, _) = spawn_reading(
+    let (mut relay, raddr, _) = spawn_until(
         &["relay", "--listen", "127.0.0.1:0", "--to", &addr],
         "relaying ",
     );
@@ -254,4 +231,122 @@ fn selftest_cpu_and_a_clear_cuda_error() {
     } else {
         assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
     }
+}
+
+/// Spawn `tessera ARGS` and read its stdout until a line starts with `want`; returns the child
+/// (the caller kills and waits for it), the rest of that line's first word, and the lines
+/// before it.
+#[allow(clippy::zombie_processes)]
+fn spawn_until(args: &[&str], want: &str) -> (std::process::Child, String, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawns");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let l = lines
+            .next()
+            .unwrap_or_else(|| panic!("{args:?} ended before printing {want:?}: {seen:?}"))
+            .unwrap();
+        if let Some(a) = l.strip_prefix(want) {
+            let a = a.split_whitespace().next().unwrap_or("").to_string();
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, a, seen);
+        }
+        seen.push(l);
+    }
+}
+
+/// gc with the worker and the enclave as separate processes, bit-exact with `run`.
+#[test]
+fn gc_worker_and_enclave_processes() {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-gc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("dash-c.onnx");
+    let (ok, _, err) = tessera(&["build", "dash-c", "-o", model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let input = dir.join("x.npy");
+    let x = tessera_model::Tensor::new(
+        vec![1, 1, 28, 28],
+        (0..784u32)
+            .map(|i| ((i * 13) % 256) as f32 / 255.0)
+            .collect(),
+    )
+    .unwrap();
+    std::fs::write(&input, tessera_data::npy::to_npy(&x)).unwrap();
+    let store = dir.join("store");
+    let (mut worker, waddr, _) = spawn_until(
+        &[
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        "worker listening on ",
+    );
+    let state = dir.join("state");
+    let (mut enclave, eaddr, seen) = spawn_until(
+        &[
+            "enclave",
+            model.to_str().unwrap(),
+            "--scheme",
+            "gc",
+            "--worker",
+            &waddr,
+            "--pool",
+            "1",
+            "--input-range",
+            "1",
+            "--frac-bits",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        "listening on ",
+    );
+    let m = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("measurement "))
+        .expect("measurement printed")
+        .to_string();
+    let (ok, out, err) = tessera(&[
+        "client",
+        "--connect",
+        &eaddr,
+        "--input",
+        input.to_str().unwrap(),
+        "--allow-simulated",
+        "--measurement",
+        &m,
+        "--json",
+    ]);
+    let (ok2, plain, err2) = tessera(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--frac-bits",
+        "4",
+        "--json",
+    ]);
+    let _ = enclave.kill();
+    let _ = worker.kill();
+    let _ = enclave.wait();
+    let _ = worker.wait();
+    assert!(ok, "client: {err}");
+    assert!(ok2, "run: {err2}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(v["exact_output"], p["exact_output"]);
+    assert_eq!(v["offload"]["scheme"], "gc", "{v}");
+    assert_eq!(v["offload"]["rounds"], 1, "{v}");
 }

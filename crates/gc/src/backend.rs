@@ -5,14 +5,14 @@ use crate::messages::{FromWorker, ToWorker};
 use crate::{GcError, public_model};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tessera_engine::quant::{QuantConfig, QuantModel, static_widths};
 use tessera_garble::Seed;
 use tessera_garble::network::{
-    GarbleSecrets, NetworkCircuit, OutputLabels, decode, encode_input, garble,
+    GarbleSecrets, NetworkCircuit, OutputLabels, decode, encode_input, garble_with_progress,
 };
 use tessera_model::export::export_model;
 use tessera_model::{Graph, Tensor};
@@ -36,6 +36,10 @@ pub struct GcOptions {
     pub margin_bits: u32,
     /// Garblings kept ready on the worker.
     pub pool: usize,
+    /// Garble the next inference while one is being evaluated (the deployment default: the
+    /// enclave and the worker are different machines). Off for benchmarks on one machine, so
+    /// that online time is not shared with garbling.
+    pub overlap: bool,
 }
 
 impl Default for GcOptions {
@@ -46,6 +50,7 @@ impl Default for GcOptions {
             input_range: 255.0,
             margin_bits: 0,
             pool: 2,
+            overlap: true,
         }
     }
 }
@@ -74,6 +79,7 @@ struct Ready {
 
 struct Pool {
     ready: VecDeque<Ready>,
+    in_flight: usize,
     error: Option<String>,
     garble_ns: Vec<u64>,
     material: u64,
@@ -84,6 +90,21 @@ struct Shared {
     pool: Mutex<Pool>,
     changed: Condvar,
     stop: AtomicBool,
+    /// Progress of the garbling under way: steps done, steps in all, garblings finished.
+    steps_done: AtomicUsize,
+    steps_total: AtomicUsize,
+    garbled: AtomicUsize,
+}
+
+/// Progress of the background garbler, for a progress bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GarbleProgress {
+    /// Circuit steps done in the garbling under way.
+    pub steps_done: usize,
+    /// Steps of one garbling.
+    pub steps_total: usize,
+    /// Garblings finished so far.
+    pub garbled: usize,
 }
 
 /// The gc scheme's enclave side. See the crate documentation.
@@ -131,12 +152,14 @@ fn setup(
     model_onnx: &[u8],
     frac_bits: u32,
     primes: usize,
+    namespace: u64,
 ) -> Result<String, GcError> {
     ch.handshake(Role::Enclave, &[Role::Worker])?;
     ch.send(&ToWorker::Setup {
         model_onnx: model_onnx.to_vec(),
         frac_bits,
         primes: primes as u32,
+        namespace,
     })?;
     match ch.recv::<FromWorker>()? {
         FromWorker::Ready { device } => Ok(device),
@@ -147,14 +170,22 @@ fn setup(
 }
 
 /// Garble one inference's circuit into the worker's store.
-fn prepare(circuit: &NetworkCircuit, ch: &mut Channel, slot: u64) -> Result<Ready, GcError> {
+fn prepare(
+    circuit: &NetworkCircuit,
+    ch: &mut Channel,
+    slot: u64,
+    sh: &Shared,
+) -> Result<Ready, GcError> {
     let t0 = Instant::now();
     let mut sink = MaterialSink {
         ch,
         slot,
         buf: Vec::with_capacity(PIECE),
     };
-    let secrets = garble(circuit, &Seed::from_os(), &mut sink)?;
+    let secrets = garble_with_progress(circuit, &Seed::from_os(), &mut sink, |done, total| {
+        sh.steps_done.store(done, Ordering::Relaxed);
+        sh.steps_total.store(total, Ordering::Relaxed);
+    })?;
     let data = std::mem::take(&mut sink.buf);
     ch.send(&ToWorker::Material {
         slot,
@@ -198,11 +229,13 @@ impl GcBackend {
         let public = export_model(&public_model(graph))?;
         let mut off = Channel::new(offline, channel)?;
         let mut on = Channel::new(online, channel)?;
-        let device = setup(&mut off, &public, opts.quant.frac_bits, primes)?;
-        setup(&mut on, &public, opts.quant.frac_bits, primes)?;
+        let namespace: u64 = rand::random();
+        let device = setup(&mut off, &public, opts.quant.frac_bits, primes, namespace)?;
+        setup(&mut on, &public, opts.quant.frac_bits, primes, namespace)?;
         let shared = Arc::new(Shared {
             pool: Mutex::new(Pool {
                 ready: VecDeque::new(),
+                in_flight: 0,
                 error: None,
                 garble_ns: Vec::new(),
                 material: 0,
@@ -210,9 +243,13 @@ impl GcBackend {
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
+            steps_done: AtomicUsize::new(0),
+            steps_total: AtomicUsize::new(0),
+            garbled: AtomicUsize::new(0),
         });
         let sh = shared.clone();
         let target = opts.pool.max(1);
+        let overlap = opts.overlap;
         let refill = std::thread::Builder::new()
             .name("tessera-gc-garbler".into())
             .spawn(move || {
@@ -220,7 +257,9 @@ impl GcBackend {
                 loop {
                     {
                         let Ok(mut p) = sh.pool.lock() else { return };
-                        while p.ready.len() >= target && !sh.stop.load(Ordering::SeqCst) {
+                        while (p.ready.len() >= target || (!overlap && p.in_flight > 0))
+                            && !sh.stop.load(Ordering::SeqCst)
+                        {
                             p = match sh.changed.wait(p) {
                                 Ok(p) => p,
                                 Err(_) => return,
@@ -231,7 +270,9 @@ impl GcBackend {
                         return;
                     }
                     slot += 1;
-                    let r = prepare(&circuit, &mut off, slot);
+                    let r = prepare(&circuit, &mut off, slot, &sh);
+                    sh.garbled
+                        .fetch_add(usize::from(r.is_ok()), Ordering::Relaxed);
                     let Ok(mut p) = sh.pool.lock() else { return };
                     match r {
                         Ok(ready) => {
@@ -290,6 +331,15 @@ impl GcBackend {
         }
     }
 
+    /// Progress of the background garbler.
+    pub fn progress(&self) -> GarbleProgress {
+        GarbleProgress {
+            steps_done: self.shared.steps_done.load(Ordering::Relaxed),
+            steps_total: self.shared.steps_total.load(Ordering::Relaxed),
+            garbled: self.shared.garbled.load(Ordering::Relaxed),
+        }
+    }
+
     /// Wait up to `timeout` until the pool holds a garbling (for benchmarks that separate
     /// offline from online time).
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), GcError> {
@@ -321,6 +371,9 @@ impl GcBackend {
             .wait_while(p, |p| p.ready.is_empty() && p.error.is_none())
             .map_err(|_| GcError::Protocol("pool lock poisoned".into()))?;
         let r = p.ready.pop_front();
+        if r.is_some() {
+            p.in_flight += 1;
+        }
         self.shared.changed.notify_all();
         match (r, &p.error) {
             (Some(r), _) => Ok(r),
@@ -330,6 +383,15 @@ impl GcBackend {
     }
 
     fn infer_gc(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), GcError> {
+        let r = self.infer_once(input);
+        if let Ok(mut p) = self.shared.pool.lock() {
+            p.in_flight = p.in_flight.saturating_sub(1);
+        }
+        self.shared.changed.notify_all();
+        r
+    }
+
+    fn infer_once(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), GcError> {
         let x = self
             .quant
             .quantize_inputs(std::slice::from_ref(input))?

@@ -33,7 +33,7 @@ mod backend;
 mod messages;
 mod worker;
 
-pub use backend::{GcBackend, GcOptions, GcStats};
+pub use backend::{GarbleProgress, GcBackend, GcOptions, GcStats};
 pub use messages::{FromWorker, ToWorker};
 pub use worker::{Misbehave, WorkerOptions, serve_worker, serve_worker_tcp};
 

@@ -14,6 +14,9 @@ pub enum ToWorker {
         frac_bits: u32,
         /// CRT primes k.
         primes: u32,
+        /// The enclave's namespace for garbling files on the worker (both of its connections
+        /// send the same one), so that several enclaves can share a worker.
+        namespace: u64,
     },
     /// A piece of one garbling's material, in order; `last` closes it.
     Material {

@@ -50,15 +50,18 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> GcError {
 struct Session<'a> {
     opts: &'a WorkerOptions,
     circuit: Option<NetworkCircuit>,
+    namespace: u64,
     writing: Option<(u64, std::io::BufWriter<std::fs::File>, PathBuf, u64)>,
     previous: Option<(u64, Vec<u8>)>,
 }
 
 impl Session<'_> {
     fn path(&self, slot: u64, part: bool) -> PathBuf {
-        self.opts
-            .store
-            .join(format!("{slot:016x}.{}", if part { "part" } else { "gc" }))
+        self.opts.store.join(format!(
+            "{:016x}-{slot:016x}.{}",
+            self.namespace,
+            if part { "part" } else { "gc" }
+        ))
     }
 
     fn handle(&mut self, msg: ToWorker) -> Result<Option<FromWorker>, GcError> {
@@ -67,7 +70,9 @@ impl Session<'_> {
                 model_onnx,
                 frac_bits,
                 primes,
+                namespace,
             } => {
+                self.namespace = namespace;
                 let g = import_model(&model_onnx, &ImportOptions::default())?;
                 let cfg = QuantConfig {
                     frac_bits,
@@ -174,6 +179,7 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
     let mut s = Session {
         opts,
         circuit: None,
+        namespace: 0,
         writing: None,
         previous: None,
     };

@@ -20,11 +20,22 @@ use tessera_runtime::{AttestedClient, ChannelOptions, RuntimeError};
 
 /// The `gc` scheme with every party in this process.
 pub struct Gc {
-    _worker: ServerHandle,
+    // Dropped in this order: the client, the enclave, the garbler, the worker, its files.
+    client: AttestedClient,
     _enclave: ServerHandle,
     backend: Arc<GcBackend>,
-    client: AttestedClient,
+    _worker: ServerHandle,
+    _store: StoreDir,
     macs: u64,
+}
+
+/// The embedded worker's folder, removed when the scheme is dropped.
+struct StoreDir(std::path::PathBuf);
+
+impl Drop for StoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
@@ -34,11 +45,15 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
 impl Gc {
     /// Start a worker, an enclave garbling `graph`, and connect to it.
     pub fn new(graph: &tessera_model::Graph, opts: GcOptions) -> Result<Self, SchemeError> {
-        let store = std::env::temp_dir().join(format!("tessera-gc-store-{}", std::process::id()));
+        let store = std::env::temp_dir().join(format!(
+            "tessera-gc-store-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let worker = serve_worker_tcp(
             TcpListener::bind("127.0.0.1:0").map_err(io("binding the worker port"))?,
             WorkerOptions {
-                store,
+                store: store.clone(),
                 channel: ChannelOptions::default(),
                 misbehave: Misbehave::Honest,
             },
@@ -74,6 +89,7 @@ impl Gc {
         policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
         let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
         Ok(Self {
+            _store: StoreDir(store),
             _worker: worker,
             _enclave: server,
             backend,
@@ -87,6 +103,11 @@ impl Gc {
         self.backend
             .wait_ready(timeout)
             .map_err(|e| SchemeError::Runtime(e.into()))
+    }
+
+    /// The enclave's garbling backend (for progress and figures).
+    pub fn backend(&self) -> &GcBackend {
+        &self.backend
     }
 
     /// Figures of the garbling (k, bytes per inference, enclave memory, garbling time).
