@@ -1,0 +1,122 @@
+//! The `asym` scheme (AsymML): the linear layers of a network are split between a small trusted
+//! enclave and a fast untrusted worker by a low-rank decomposition of their inputs.
+//!
+//! # The scheme
+//!
+//! For the input `X` of every Conv and Dense layer — the network input included — the enclave
+//! computes a low-rank part and a residual, `X = U·V + R`:
+//!
+//! * a conv input is decomposed **per sample** as the matrix `M ∈ ℝ^{C×HW}` (channels ×
+//!   positions), AsymML's view: a convolution mixes channels linearly, so `U` (`C × k`) folds into
+//!   the weights, `W' = W·U` gives `k` virtual input channels, and the enclave computes
+//!   `conv(V, W')` — `k/C` of the layer's multiply-adds plus the fold;
+//! * a dense input is decomposed as the **batch** matrix `N × K` (per sample it is a vector, which
+//!   has no low-rank structure to exploit); at batch 1 every dense layer therefore stays in the
+//!   enclave.
+//!
+//! The worker receives only `R` and returns `L(R) = conv(R, W) + b`; the enclave adds its
+//! low-rank part, applies every non-linear op (ReLU, pooling, residual additions, softmax), and
+//! decomposes the next layer's input. The last linear layer (the classifier head) runs entirely
+//! in the enclave. Because `U·V + R = X` holds up to float rounding, the output equals the unsplit
+//! model whatever the rank: the rank only moves work (and information) between the two sides.
+//! The decomposition is a randomized range finder with subspace iterations and an exact small
+//! eigen-solve ([`decompose`]); rank by schedule (start 2, doubling, cap 32), fixed, or by an
+//! energy threshold (`‖R‖²/‖X‖² ≤ τ`, per sample). Training ([`Trainer`]) follows the same
+//! split: the worker computes the input gradient and the residual's weight gradient, the enclave
+//! the low-rank weight gradient `Σ U·wgrad(V, G)` and the loss.
+//!
+//! # Threat model and leakage
+//!
+//! The enclave is trusted for confidentiality and integrity; the worker and the host are not.
+//! The worker holds the model's weights (AsymML protects the data, not the model). What crosses:
+//!
+//! * **Forward, to the worker:** every residual `R`. `R` is *not* encrypted or blinded: it is
+//!   the part of each activation outside its top-`k` channel subspace — edges and fine texture
+//!   of the input image at the first layer. `‖R‖²/‖X‖²` (reported per layer) is the fraction of
+//!   the activation's energy the worker sees; at τ = 0.1 that is up to 10%. The raw input never
+//!   reaches the worker (its first layer is split at rank ≥ 1 or kept in the enclave), but an
+//!   input with little energy outside a few components is still partly visible. The optional
+//!   Gaussian noise σ on `R` (3LegRace's DP variant) blurs it, at the price of exactness.
+//! * **Forward, from the worker:** `L(R)`. An untrusted worker can return anything: the enclave
+//!   checks shapes and finiteness, but nothing here verifies the arithmetic (no Freivalds check as
+//!   in Slalom); a malicious worker can corrupt the output, not learn more.
+//! * **Training:** the upstream gradient `G = ∂ℓ/∂Y` of every split layer goes to the worker in
+//!   the clear (as in AsymML), and the worker learns every weight update. Gradients carry
+//!   information about the batch's inputs and labels (gradient-inversion attacks); this scheme
+//!   does not hide them. The loss, the labels and the head's gradients stay in the enclave.
+//! * Shapes, ranks per layer and timing are visible to the host.
+//!
+//! # API for the runtime
+//!
+//! [`Plan::new`] places every layer; [`Plan::worker_layers`] is what the worker must hold. The
+//! enclave drives a pass with [`infer`] (or [`Trainer::step`]) through a [`WorkerLink`];
+//! [`LocalWorker`] is the in-process worker, and its functions [`worker_linear`] /
+//! [`worker_backward`] are what a remote worker runs. [`enclave_split`] and [`enclave_combine`]
+//! expose the two halves of one split layer for a runtime that wants to overlap them.
+
+#![warn(missing_docs)]
+
+pub mod decompose;
+pub mod enclave;
+pub mod kernels;
+pub mod plan;
+pub mod train;
+pub mod worker;
+
+pub use decompose::{DecompOptions, LowRank, RankSpec, decompose};
+pub use enclave::{
+    Inference, LayerRun, LowRankState, Pending, enclave_combine, enclave_split, infer,
+};
+pub use plan::{
+    AsymOptions, EnclaveReason, LinearKind, LinearLayer, Placement, Plan, RankRule, WorkerLayer,
+    WorkerOp, rebatch,
+};
+pub use train::{StepReport, TrainOptions, Trainer};
+pub use worker::{LocalWorker, WorkerGrads, WorkerLink, worker_backward, worker_linear};
+
+/// Everything that can go wrong in the asym scheme.
+#[derive(Debug, thiserror::Error)]
+pub enum AsymError {
+    /// A model problem.
+    #[error(transparent)]
+    Model(#[from] tessera_model::ModelError),
+    /// An engine problem.
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::EngineError),
+    /// Shapes that do not fit.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// The caller's input does not fit.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// Invalid options.
+    #[error("invalid options: {0}")]
+    Options(String),
+    /// An op or graph the scheme cannot run.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The enclave and the worker disagree (wrong layer, missing state, bad reply).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A failure at a named node.
+    #[error("node '{node}': {source}")]
+    At {
+        /// Node name.
+        node: String,
+        /// Cause.
+        source: Box<AsymError>,
+    },
+}
+
+impl AsymError {
+    /// Attach a node name.
+    pub fn at(self, node: &str) -> Self {
+        match self {
+            e @ AsymError::At { .. } => e,
+            e => AsymError::At {
+                node: node.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+}

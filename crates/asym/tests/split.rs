@@ -1,0 +1,460 @@
+//! The split equals the unsplit float model; training through it tracks unsplit training.
+
+use tessera_asym::{
+    AsymError, AsymOptions, DecompOptions, LocalWorker, Placement, Plan, RankRule, TrainOptions,
+    Trainer, WorkerGrads, WorkerLink, infer, rebatch,
+};
+use tessera_data::{load_pb, shared_data};
+use tessera_engine::run_f32;
+use tessera_model::ir::Op;
+use tessera_model::{Graph, GraphBuilder, ImportOptions, Tensor, builders, load_model};
+
+fn rand_input(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * scale
+        })
+        .collect();
+    Tensor::new(shape.to_vec(), data).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let scale = b.data().iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0f32, f32::max)
+}
+
+fn split_vs_float(g: &Graph, x: &Tensor, opts: &AsymOptions) -> (f32, tessera_asym::Inference) {
+    let plan = Plan::new(g, opts).unwrap();
+    let mut w = LocalWorker::new(plan.worker_layers());
+    let got = infer(&plan, x, Some(&mut w), 0).unwrap();
+    let want = run_f32(g, std::slice::from_ref(x)).unwrap();
+    (max_rel(&got.outputs[0], &want[0]), got)
+}
+
+fn rules() -> Vec<AsymOptions> {
+    [
+        RankRule::Schedule { start: 2, cap: 32 },
+        RankRule::Fixed(3),
+        RankRule::Energy {
+            threshold: 0.1,
+            max_rank: 32,
+        },
+    ]
+    .into_iter()
+    .map(|rank| AsymOptions {
+        rank,
+        // Split every layer that can be split, profitable or not: these tests check exactness.
+        skip_unprofitable: false,
+        ..AsymOptions::default()
+    })
+    .collect()
+}
+
+#[test]
+fn mnist8_split_matches_reference() {
+    let Some(dir) = shared_data("onnx-mnist-8") else {
+        return;
+    };
+    let g = load_model(&dir.join("model.onnx"), &ImportOptions::default()).unwrap();
+    let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind()).collect();
+    eprintln!("mnist-8 ops: {kinds:?}");
+    for opts in rules() {
+        for set in 0..3 {
+            let d = dir.join(format!("test_data_set_{set}"));
+            let x = load_pb(&d.join("input_0.pb")).unwrap();
+            let want = load_pb(&d.join("output_0.pb")).unwrap();
+            let (rel, got) = split_vs_float(&g, &x, &opts);
+            assert!(
+                rel <= 1e-4,
+                "{:?} set {set}: split vs float {rel}",
+                opts.rank
+            );
+            let r = max_rel(&got.outputs[0], &want);
+            assert!(
+                r <= 1e-4,
+                "{:?} set {set}: split vs reference {r}",
+                opts.rank
+            );
+            assert!(got.layers.iter().any(|l| l.placement == "split"));
+            assert_eq!(got.layers.last().map(|l| l.placement), Some("head"));
+        }
+    }
+}
+
+#[test]
+fn builder_networks_split_match_float() {
+    for name in ["dash-b", "dash-c", "dash-d", "resnet18-32"] {
+        let g = (builders::find(name).unwrap().build)(3).unwrap();
+        let shape = g.shape(g.inputs[0]).to_vec();
+        let x = rand_input(&shape, 11, 1.0);
+        for opts in rules() {
+            let (rel, got) = split_vs_float(&g, &x, &opts);
+            assert!(rel <= 1e-4, "{name} {:?}: {rel}", opts.rank);
+            let split = got.layers.iter().filter(|l| l.placement == "split").count();
+            assert!(split > 0 || name == "dash-c", "{name}: nothing split");
+        }
+    }
+}
+
+#[test]
+fn batched_split_matches_float_and_splits_dense_layers() {
+    let g = rebatch(&builders::dash_d(5).unwrap(), 6).unwrap();
+    let x = rand_input(&[6, 1, 28, 28], 2, 1.0);
+    for opts in rules() {
+        let (rel, got) = split_vs_float(&g, &x, &opts);
+        assert!(rel <= 1e-4, "{:?}: {rel}", opts.rank);
+        // The hidden dense layer (batch 6) is split at batch > rank.
+        if matches!(opts.rank, RankRule::Fixed(3)) {
+            assert!(got.layers.iter().filter(|l| l.placement == "split").count() >= 1);
+        }
+    }
+}
+
+#[test]
+fn energy_rule_meets_its_threshold_and_reports_trusted_share() {
+    let g = builders::resnet18(32, 10, 1).unwrap();
+    let x = rand_input(&[1, 3, 32, 32], 4, 1.0);
+    let opts = AsymOptions {
+        rank: RankRule::Energy {
+            threshold: 0.1,
+            max_rank: 64,
+        },
+        ..AsymOptions::default()
+    };
+    let (_, got) = split_vs_float(&g, &x, &opts);
+    for l in &got.layers {
+        if l.placement == "split" {
+            assert!(
+                l.residual_energy <= 0.1 + 1e-6 || l.rank_max == 64,
+                "{}: energy {} at rank {}",
+                l.name,
+                l.residual_energy,
+                l.rank_max
+            );
+            assert!(l.untrusted_macs == l.unsplit_macs && l.trusted_macs > 0);
+        }
+    }
+}
+
+/// A worker wrapper that records what the enclave sends.
+struct Spy {
+    inner: LocalWorker,
+    seen: Vec<(usize, Tensor)>,
+}
+
+impl WorkerLink for Spy {
+    fn linear(&mut self, layer: usize, residual: Tensor, keep: bool) -> Result<Tensor, AsymError> {
+        self.seen.push((layer, residual.clone()));
+        self.inner.linear(layer, residual, keep)
+    }
+    fn backward(&mut self, l: usize, g: &Tensor, i: bool) -> Result<WorkerGrads, AsymError> {
+        self.inner.backward(l, g, i)
+    }
+    fn apply_update(&mut self, l: usize, w: &[f32], b: Option<&[f32]>) -> Result<(), AsymError> {
+        self.inner.apply_update(l, w, b)
+    }
+}
+
+#[test]
+fn raw_input_never_reaches_the_worker_and_noise_blurs_residuals() {
+    let g = builders::vgg16(32, 10, 2).unwrap();
+    let x = rand_input(&[1, 3, 32, 32], 9, 255.0);
+    let plan = Plan::new(&g, &AsymOptions::default()).unwrap();
+    assert!(matches!(
+        plan.layers().last().unwrap().placement,
+        Placement::Enclave(tessera_asym::EnclaveReason::Head)
+    ));
+    let mut spy = Spy {
+        inner: LocalWorker::new(plan.worker_layers()),
+        seen: Vec::new(),
+    };
+    infer(&plan, &x, Some(&mut spy), 0).unwrap();
+    let (l0, r0) = &spy.seen[0];
+    assert_eq!(*l0, 0, "the first conv is split");
+    let e: f32 =
+        r0.data().iter().map(|v| v * v).sum::<f32>() / x.data().iter().map(|v| v * v).sum::<f32>();
+    assert!(e < 0.5, "the first residual keeps {e} of the input energy");
+    assert_ne!(r0.data(), x.data());
+    // Noise: output changes, stays finite.
+    let noisy = Plan::new(
+        &g,
+        &AsymOptions {
+            noise_sigma: 0.5,
+            ..AsymOptions::default()
+        },
+    )
+    .unwrap();
+    let mut w = LocalWorker::new(noisy.worker_layers());
+    let a = infer(&noisy, &x, Some(&mut w), 0).unwrap();
+    let b = run_f32(&g, std::slice::from_ref(&x)).unwrap();
+    assert!(a.outputs[0].data().iter().all(|v| v.is_finite()));
+    assert!(max_rel(&a.outputs[0], &b[0]) > 1e-4);
+}
+
+#[test]
+fn bad_peers_and_options_are_errors() {
+    let g = builders::dash_d(1).unwrap();
+    assert!(matches!(
+        Plan::new(
+            &g,
+            &AsymOptions {
+                rank: RankRule::Fixed(0),
+                ..AsymOptions::default()
+            }
+        ),
+        Err(AsymError::Options(_))
+    ));
+    let plan = Plan::new(
+        &g,
+        &AsymOptions {
+            skip_unprofitable: false,
+            ..AsymOptions::default()
+        },
+    )
+    .unwrap();
+    struct Liar;
+    impl WorkerLink for Liar {
+        fn linear(&mut self, _: usize, r: Tensor, _: bool) -> Result<Tensor, AsymError> {
+            Ok(r)
+        }
+        fn backward(&mut self, _: usize, _: &Tensor, _: bool) -> Result<WorkerGrads, AsymError> {
+            Err(AsymError::Protocol("no".into()))
+        }
+        fn apply_update(
+            &mut self,
+            _: usize,
+            _: &[f32],
+            _: Option<&[f32]>,
+        ) -> Result<(), AsymError> {
+            Ok(())
+        }
+    }
+    let x = rand_input(&[1, 1, 28, 28], 1, 1.0);
+    assert!(infer(&plan, &x, Some(&mut Liar), 0).is_err());
+    assert!(infer(&plan, &x, None, 0).is_err());
+    let mut w = LocalWorker::new(plan.worker_layers());
+    assert!(infer(&plan, &rand_input(&[1, 1, 27, 28], 1, 1.0), Some(&mut w), 0).is_err());
+    let mut nan = x.clone();
+    nan.data_mut()[3] = f32::NAN;
+    assert!(infer(&plan, &nan, Some(&mut w), 0).is_err());
+    assert!(w.linear(99, x.clone(), false).is_err());
+    assert!(w.backward(0, &x, true).is_err());
+}
+
+/// Small CNN for the tracking tests: conv-relu-pool, conv-relu, dense-relu, dense.
+fn small_cnn(batch: usize, seed: u64) -> Graph {
+    let mut b = GraphBuilder::new("small-cnn", seed);
+    let mut x = b.input("input", vec![batch, 2, 12, 12]).unwrap();
+    x = b.conv(x, 6, 3, 1, 1).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.max_pool(x, 2, 2).unwrap();
+    x = b.conv(x, 8, 3, 1, 0).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.flatten(x).unwrap();
+    x = b.dense(x, 16).unwrap();
+    x = b.relu(x).unwrap();
+    let y = b.dense(x, 4).unwrap();
+    b.finish(vec![y]).unwrap()
+}
+
+fn weights(g: &Graph) -> Vec<f32> {
+    g.nodes
+        .iter()
+        .flat_map(|n| match &n.op {
+            Op::Conv(c) => [c.weight.data(), c.bias.as_ref().unwrap().data()].concat(),
+            Op::Dense(d) => [d.weight.data(), d.bias.as_ref().unwrap().data()].concat(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn split_training_tracks_unsplit_training() {
+    let batch = 8;
+    let g = small_cnn(batch, 21);
+    for rank in [
+        RankRule::Fixed(1),
+        RankRule::Schedule { start: 2, cap: 32 },
+        RankRule::Energy {
+            threshold: 0.2,
+            max_rank: 8,
+        },
+    ] {
+        let split = AsymOptions {
+            rank,
+            decomp: DecompOptions::default(),
+            skip_unprofitable: false,
+            ..AsymOptions::default()
+        };
+        let mut a = Trainer::new(
+            &g,
+            TrainOptions {
+                lr: 0.05,
+                momentum: 0.9,
+                split: None,
+            },
+        )
+        .unwrap();
+        let mut b = Trainer::new(
+            &g,
+            TrainOptions {
+                lr: 0.05,
+                momentum: 0.9,
+                split: Some(split),
+            },
+        )
+        .unwrap();
+        assert!(
+            b.plan()
+                .layers()
+                .iter()
+                .filter(|l| matches!(l.placement, Placement::Split(_)))
+                .count()
+                >= 1
+        );
+        let mut w = LocalWorker::new(b.plan().worker_layers());
+        let mut la = Vec::new();
+        for step in 0..6 {
+            let x = rand_input(&[batch, 2, 12, 12], 100 + step, 1.0);
+            let labels: Vec<usize> = (0..batch).map(|i| (i * 7 + step as usize) % 4).collect();
+            let ra = a.step(&x, &labels, None).unwrap();
+            let rb = b.step(&x, &labels, Some(&mut w)).unwrap();
+            assert!(
+                (ra.loss - rb.loss).abs() <= 1e-4 * ra.loss.abs().max(1.0),
+                "{rank:?} step {step}: {} vs {}",
+                ra.loss,
+                rb.loss
+            );
+            la.push(ra.loss);
+        }
+        let (wa, wb) = (weights(a.graph()), weights(b.graph()));
+        let scale = wa.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = wa
+            .iter()
+            .zip(&wb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff <= 1e-4 * scale,
+            "{rank:?}: weights drift {diff} (scale {scale})"
+        );
+        assert!(la.iter().all(|l| l.is_finite()));
+    }
+}
+
+#[test]
+fn resnet_block_training_tracks_unsplit() {
+    // Residual additions and global pooling in the backward pass.
+    let mut b = GraphBuilder::new("mini-res", 3);
+    let x = b.input("input", vec![4, 3, 8, 8]).unwrap();
+    let y = b.conv(x, 8, 3, 1, 1).unwrap();
+    let y = b.relu(y).unwrap();
+    let z = b.conv(y, 8, 3, 1, 1).unwrap();
+    let s = b.add(z, y).unwrap();
+    let s = b.relu(s).unwrap();
+    let p = b.global_avg_pool(s).unwrap();
+    let f = b.flatten(p).unwrap();
+    let o = b.dense(f, 3).unwrap();
+    let g = b.finish(vec![o]).unwrap();
+    let mut a = Trainer::new(
+        &g,
+        TrainOptions {
+            split: None,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    let mut t = Trainer::new(&g, TrainOptions::default()).unwrap();
+    let mut w = LocalWorker::new(t.plan().worker_layers());
+    for step in 0..4 {
+        let x = rand_input(&[4, 3, 8, 8], step, 1.0);
+        let labels = [0, 1, 2, 1];
+        let ra = a.step(&x, &labels, None).unwrap();
+        let rb = t.step(&x, &labels, Some(&mut w)).unwrap();
+        assert!(
+            (ra.loss - rb.loss).abs() <= 1e-4,
+            "{} vs {}",
+            ra.loss,
+            rb.loss
+        );
+    }
+    let (wa, wb) = (weights(a.graph()), weights(t.graph()));
+    let diff = wa
+        .iter()
+        .zip(&wb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-4, "drift {diff}");
+}
+
+#[test]
+fn unsplit_gradients_match_finite_differences() {
+    // lr = 1, momentum 0: w_after = w − g.
+    let g = small_cnn(3, 5);
+    let x = rand_input(&[3, 2, 12, 12], 8, 1.0);
+    let labels = [1, 3, 0];
+    let mut t = Trainer::new(
+        &g,
+        TrainOptions {
+            lr: 1.0,
+            momentum: 0.0,
+            split: None,
+        },
+    )
+    .unwrap();
+    let before = weights(t.graph());
+    t.step(&x, &labels, None).unwrap();
+    let grad: Vec<f32> = before
+        .iter()
+        .zip(weights(t.graph()))
+        .map(|(a, b)| a - b)
+        .collect();
+    let loss_at = |delta: f32, idx: usize| -> f32 {
+        let mut gg = g.clone();
+        let mut seen = 0;
+        for n in &mut gg.nodes {
+            let parts: Vec<&mut Tensor> = match &mut n.op {
+                Op::Conv(c) => vec![&mut c.weight, c.bias.as_mut().unwrap()],
+                Op::Dense(d) => vec![&mut d.weight, d.bias.as_mut().unwrap()],
+                _ => continue,
+            };
+            for p in parts {
+                if idx >= seen && idx < seen + p.len() {
+                    p.data_mut()[idx - seen] += delta;
+                }
+                seen += p.len();
+            }
+        }
+        let mut tr = Trainer::new(
+            &gg,
+            TrainOptions {
+                lr: 0.0,
+                momentum: 0.0,
+                split: None,
+            },
+        )
+        .unwrap();
+        tr.step(&x, &labels, None).unwrap().loss
+    };
+    let eps = 1e-2;
+    for idx in [0, 17, 60, 100, 170, 300, 500, 700, grad.len() - 1] {
+        let fd = (loss_at(eps, idx) - loss_at(-eps, idx)) / (2.0 * eps);
+        assert!(
+            (fd - grad[idx]).abs() <= 2e-3 + 0.05 * fd.abs(),
+            "param {idx}: analytic {} vs numeric {fd}",
+            grad[idx]
+        );
+    }
+}
