@@ -60,6 +60,7 @@ pub mod decompose;
 pub mod enclave;
 pub mod kernels;
 pub mod plan;
+pub mod service;
 pub mod train;
 pub mod worker;
 

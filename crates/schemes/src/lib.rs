@@ -6,8 +6,9 @@
 //!
 //! Schemes so far: `plain` (the integer reference, no protection) and `tee` (the whole model
 //! in an enclave, reached over an attested channel) and `gc` (the enclave garbles, an untrusted
-//! worker evaluates). Each later scheme (`asym`, `lhe`, `attested`, `2pc`) adds a type
-//! implementing [`Scheme`].
+//! worker evaluates) and `asym` (low-rank split: the enclave keeps the low-rank part of every
+//! linear layer's input, a worker computes on the residual). Each later scheme (`lhe`,
+//! `attested`, `2pc`) adds a type implementing [`Scheme`].
 
 #![warn(missing_docs)]
 
@@ -75,16 +76,24 @@ pub trait Scheme {
     fn protects(&self) -> &'static str;
     /// Run one inference.
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError>;
+    /// Whether the scheme reproduces the integer reference bit for bit (false: a float scheme,
+    /// equal to the float engine within rounding).
+    fn exact(&self) -> bool {
+        true
+    }
 }
 
+mod asym;
 mod gc;
 mod tee;
+pub use asym::Asym;
 pub use gc::Gc;
 pub use tee::{Tee, TeeOptions};
+pub use tessera_asym::AsymOptions;
 pub use tessera_gc::GcOptions;
 
 /// The names of the schemes this build offers.
-pub const SCHEMES: &[&str] = &["plain", "tee", "gc"];
+pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym"];
 
 /// `plain`: the integer reference in one process, no protection. Every other scheme's output is
 /// checked against it bit for bit.
@@ -148,6 +157,8 @@ pub struct Summary {
     pub correct: Option<usize>,
     /// Inferences whose exact integer output equals the plain reference bit for bit.
     pub exact_matches: usize,
+    /// Whether the scheme computes the integer semantics (false: float, like `asym`).
+    pub exact_semantics: bool,
     /// Median latency in milliseconds.
     pub latency_ms_median: f64,
     /// Median bytes up per inference.
@@ -211,6 +222,7 @@ pub fn summarize(
             .zip(reference)
             .filter(|(r, e)| r.exact.data() == e.data())
             .count(),
+        exact_semantics: scheme.exact(),
         latency_ms_median: median(&mut lat),
         bytes_up: median(&mut up),
         bytes_down: median(&mut down),

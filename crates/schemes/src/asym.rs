@@ -1,0 +1,125 @@
+//! `asym` (AsymML): the enclave decomposes the input of every linear layer into a low-rank part
+//! it keeps and a residual it sends to an untrusted worker, and applies every non-linear layer
+//! itself. All parties local (the embedded default): a worker thread on loopback TCP and a
+//! simulated enclave reached over attested TLS. A float scheme: its output equals the float
+//! engine's within 1e-4 relative, not the integer reference bit for bit.
+
+use crate::{Cost, Inference, Scheme, SchemeError};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_asym::AsymOptions;
+use tessera_asym::service::{AsymBackend, serve_asym_worker_tcp};
+use tessera_engine::argmax;
+use tessera_engine::quant::QuantConfig;
+use tessera_model::Tensor;
+use tessera_model::export::export_model;
+use tessera_model::stats::stats;
+use tessera_runtime::enclave::{
+    Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
+};
+use tessera_runtime::{AttestedClient, ChannelOptions, RuntimeError};
+
+/// The `asym` scheme with every party in this process.
+pub struct Asym {
+    client: AttestedClient,
+    _enclave: ServerHandle,
+    _worker: ServerHandle,
+    macs: u64,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
+    move |e| SchemeError::Runtime(RuntimeError::Io(format!("{what}: {e}")))
+}
+
+impl Asym {
+    /// Start a worker and an enclave splitting `graph` with `opts`, and connect to it.
+    pub fn new(
+        graph: &tessera_model::Graph,
+        cfg: QuantConfig,
+        opts: &AsymOptions,
+    ) -> Result<Self, SchemeError> {
+        let worker = serve_asym_worker_tcp(
+            TcpListener::bind("127.0.0.1:0").map_err(io("binding the worker port"))?,
+            ChannelOptions::default(),
+        )?;
+        let stream = TcpStream::connect(worker.addr()).map_err(io("connecting to the worker"))?;
+        let _ = stream.set_nodelay(true);
+        let backend = AsymBackend::start(
+            graph,
+            opts,
+            cfg.frac_bits,
+            stream,
+            ChannelOptions::default(),
+        )
+        .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
+        let model_onnx =
+            export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
+        let enclave = Enclave::start(EnclaveConfig {
+            mode: Mode::Sim,
+            state_dir: std::env::temp_dir().join("tessera-sim-enclave"),
+            model_onnx,
+            quant: cfg,
+            profile: tessera_runtime::cost::SGX1,
+            binary: None,
+            channel: ChannelOptions::default(),
+            backend: Backend(Some(Arc::new(backend))),
+        })?;
+        let measurement = *enclave.measurement();
+        let server = serve_enclave(
+            enclave,
+            TcpListener::bind("127.0.0.1:0").map_err(io("binding the enclave port"))?,
+            16,
+        )?;
+        let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
+        let _ = stream.set_nodelay(true);
+        let mut policy = tessera_attest::Policy::simulated_dev();
+        policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
+        let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
+        Ok(Self {
+            client,
+            _enclave: server,
+            _worker: worker,
+            macs: stats(graph).macs,
+        })
+    }
+}
+
+impl Scheme for Asym {
+    fn name(&self) -> &'static str {
+        "asym"
+    }
+    fn protects(&self) -> &'static str {
+        "data up to the residual's share of its energy (float scheme)"
+    }
+    fn exact(&self) -> bool {
+        false
+    }
+    fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
+        let t0 = Instant::now();
+        let out = self.client.infer(input)?;
+        let latency = t0.elapsed();
+        let off = out.offload.clone().unwrap_or_default();
+        let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+        let output = out.exact.map(|&v| (v as f64 * scale) as f32);
+        let class = argmax(output.data());
+        Ok(Inference {
+            output,
+            exact: out.exact,
+            class,
+            cost: Cost {
+                latency,
+                bytes_up: off.bytes_to_worker,
+                bytes_down: off.bytes_from_worker,
+                rounds: off.rounds,
+                stored_bytes: 0,
+                trusted_macs: off.trusted_macs,
+                total_macs: self.macs,
+                modeled_tee: Some(
+                    latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
+                        + Duration::from_nanos(out.tee.modeled_ns),
+                ),
+            },
+        })
+    }
+}
