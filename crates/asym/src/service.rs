@@ -14,7 +14,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tessera_model::export::export_model;
-use tessera_model::stats::stats;
 use tessera_model::{Graph, ImportOptions, Tensor, import_model};
 use tessera_runtime::channel::{Channel, Role};
 use tessera_runtime::cost::Footprint;
@@ -239,7 +238,6 @@ pub struct AsymBackend {
     frac_bits: u32,
     ch: Mutex<Channel>,
     step: AtomicU64,
-    macs: u64,
     footprint: Footprint,
 }
 
@@ -273,7 +271,6 @@ impl AsymBackend {
         }
         Ok(Self {
             footprint: Footprint::of(graph),
-            macs: stats(graph).macs,
             frac_bits,
             plan,
             ch: Mutex::new(ch),

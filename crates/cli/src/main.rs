@@ -2,6 +2,7 @@
 
 mod remote;
 mod table;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -135,6 +136,9 @@ enum Cmd {
     Client(remote::ClientArgs),
     /// The untrusted worker of the gc scheme: stores garbled material, evaluates it on request.
     Worker(remote::WorkerArgs),
+    /// Train a small CNN through the asym split (or whole, as in a TEE) and report held-out
+    /// accuracy, time, and the trusted share of the work.
+    Train(train_cmd::TrainArgs),
     /// Forward clients' bytes to an enclave (the untrusted host's role); sees only ciphertext.
     Relay(remote::RelayArgs),
     /// Attestation evidence tools.
@@ -252,6 +256,7 @@ fn main() {
         Cmd::Enclave(a) => remote::enclave(&a),
         Cmd::Client(a) => remote::client(&a),
         Cmd::Worker(a) => remote::worker(&a),
+        Cmd::Train(a) => train_cmd::train(&a),
         Cmd::Relay(a) => remote::relay(&a),
         Cmd::Attest { cmd, json } => remote::attest(&cmd, json),
     };

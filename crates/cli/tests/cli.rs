@@ -38,7 +38,7 @@ fn demo_runs_from_the_repository_alone() {
 fn every_command_has_help() {
     for c in [
         "inspect", "run", "eval", "build", "demo", "bench", "enclave", "client", "relay", "attest",
-        "selftest", "worker",
+        "selftest", "worker", "train",
     ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");
@@ -349,4 +349,36 @@ fn gc_worker_and_enclave_processes() {
     assert_eq!(v["exact_output"], p["exact_output"]);
     assert_eq!(v["offload"]["scheme"], "gc", "{v}");
     assert_eq!(v["offload"]["rounds"], 1, "{v}");
+}
+
+#[test]
+fn train_through_the_split_and_whole() {
+    let mut acc = Vec::new();
+    for scheme in ["asym", "tee"] {
+        let (ok, out, err) = tessera(&[
+            "train",
+            "--scheme",
+            scheme,
+            "--dataset",
+            "glyphs",
+            "--epochs",
+            "1",
+            "--limit",
+            "2048",
+            "--lr",
+            "0.05",
+            "--json",
+        ]);
+        assert!(ok, "{scheme}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        acc.push(v["test_accuracy"].as_f64().unwrap());
+        if scheme == "asym" {
+            assert!(v["trusted_share_forward"].as_f64().unwrap() < 1.0, "{v}");
+        }
+    }
+    assert!(acc[0] > 0.5 && acc[1] > 0.5, "{acc:?}");
+    assert!(
+        (acc[0] - acc[1]).abs() < 0.05,
+        "split tracks unsplit: {acc:?}"
+    );
 }
