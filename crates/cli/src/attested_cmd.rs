@@ -185,10 +185,7 @@ pub fn run_agent(cmd: AgentCmd) -> Result<(), String> {
                 "trusted_eks": [hex::encode(agent.ek_public().as_bytes())],
                 "boot_pcrs": boot,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&out).map_err(err)?
-            );
+            println!("{}", serde_json::to_string_pretty(&out).map_err(err)?);
             Ok(())
         }
         AgentCmd::Run {

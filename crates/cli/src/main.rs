@@ -36,6 +36,10 @@ struct QuantArgs {
     /// Reject any integer (activation or accumulator) wider than this many signed bits.
     #[arg(long)]
     max_bits: Option<u32>,
+    /// gc: number of CRT primes k (default: the smallest that holds the worst case for inputs
+    /// up to 255; a smaller k is exact only for inputs whose values stay in its range).
+    #[arg(long)]
+    gc_primes: Option<usize>,
 }
 
 impl QuantArgs {
@@ -332,7 +336,8 @@ fn resolve_model(spec: &str) -> Result<Graph> {
     )))
 }
 
-fn make_scheme(name: &str, g: &Graph, cfg: QuantConfig) -> Result<Box<dyn Scheme>> {
+fn make_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<Box<dyn Scheme>> {
+    let cfg = quant.config();
     match name {
         "plain" => Ok(Box::new(Plain::new(g, cfg)?)),
         "tee" => {
@@ -350,6 +355,7 @@ fn make_scheme(name: &str, g: &Graph, cfg: QuantConfig) -> Result<Box<dyn Scheme
                 g,
                 GcOptions {
                     quant: cfg,
+                    primes: quant.gc_primes,
                     ..GcOptions::default()
                 },
             )?;
@@ -483,7 +489,7 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
     let f0 = float
         .first()
         .ok_or_else(|| CliError::Usage("the model has no output".into()))?;
-    let mut s = make_scheme(scheme, &g, quant.config())?;
+    let mut s = make_scheme(scheme, &g, quant)?;
     let r = s.infer(&x)?;
     if json {
         #[derive(Serialize)]
@@ -589,9 +595,10 @@ fn evaluate(
     g: &Graph,
     d: &Dataset,
     scheme: &str,
-    cfg: QuantConfig,
+    quant: &QuantArgs,
     show: bool,
 ) -> Result<EvalReport> {
+    let cfg = quant.config();
     use rayon::prelude::*;
     let qm = QuantModel::new(g, cfg)?;
     let pb = if show {
@@ -622,7 +629,7 @@ fn evaluate(
         })
         .collect::<Result<_>>()?;
     pb.finish_and_clear();
-    let mut s = make_scheme(scheme, g, cfg)?;
+    let mut s = make_scheme(scheme, g, quant)?;
     let pb = if show {
         progress(d.count as u64, scheme)
     } else {
@@ -681,7 +688,7 @@ fn eval(
 ) -> Result<()> {
     let g = resolve_model(spec)?;
     let d = parse_dataset(dataset, dir)?;
-    let r = evaluate(&g, &d, scheme, quant.config(), !json)?;
+    let r = evaluate(&g, &d, scheme, quant, !json)?;
     if json {
         return print_json(&r);
     }
@@ -839,7 +846,7 @@ fn demo(
         } else {
             &test
         };
-        let r = evaluate(&g, data, scheme, quant.config(), !json)?;
+        let r = evaluate(&g, data, scheme, quant, !json)?;
         if !json {
             println!(
                 "{scheme}: float top-1 {}, quantized top-1 {}, {} of {} bit-exact with the integer reference",

@@ -49,10 +49,6 @@ pub struct EnclaveArgs {
     /// gc: garblings kept ready on the worker.
     #[arg(long, default_value_t = 2)]
     pool: usize,
-    /// gc: number of CRT primes (default: the smallest that holds the worst case for
-    /// --input-range).
-    #[arg(long)]
-    primes: Option<usize>,
     /// gc: largest |input| assumed when choosing the number of CRT primes.
     #[arg(long, default_value_t = 255.0)]
     input_range: f32,
@@ -175,7 +171,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 tessera_model::import_model(&model_onnx, &tessera_model::ImportOptions::default())?;
             let opts = tessera_gc::GcOptions {
                 quant: a.quant.config(),
-                primes: a.primes,
+                primes: a.quant.gc_primes,
                 input_range: a.input_range,
                 margin_bits: 0,
                 pool: a.pool,
