@@ -1,0 +1,177 @@
+//! Training time, `attested` vs `tee`, on the same model and data.
+//!
+//! - `attested`: the host trains with all CPU cores (what `run_host_job` does after the keys
+//!   are released).
+//! - `tee`: the same training on one thread, as the enclave process would run it (measured),
+//!   and the modeled SGX1 time: the measured time plus, per epoch, the EPC paging and ECALL
+//!   cost of `tessera_runtime::cost` for the training working set (data set, weights, momentum
+//!   and gradients, one mini-batch of activations, 8 MiB fixed).
+//!
+//! Run: `cargo bench -p tessera-attested --bench training` (release). Prints a markdown table.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tessera_attested::dataset::{load_breast_cancer, load_mnist, standardize};
+use tessera_attested::flow::split;
+use tessera_attested::host::train;
+use tessera_attested::{JobSpec, Output, PlainDataset, Stakeholder, TrainSpec};
+use tessera_runtime::cost::{Footprint, SGX1, model_request};
+
+fn shared(rel: &str) -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("TESSERA_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+        });
+    let p = base.join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        let _ = writeln!(std::io::stderr(), "SKIP {rel}: absent at {}", p.display());
+        None
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn job(spec: TrainSpec) -> JobSpec {
+    JobSpec {
+        id: "bench".into(),
+        dataset: "bench".into(),
+        train: spec,
+        outputs: [
+            (Output::TrainedModel, Stakeholder::ModelOwner),
+            (Output::Predictions, Stakeholder::DataOwner),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// The training working set in the enclave.
+fn footprint(data: &PlainDataset, spec: &TrainSpec) -> Footprint {
+    let mut dims = vec![data.features_per_row()];
+    dims.extend(&spec.hidden);
+    dims.push(data.classes);
+    let params: usize = dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+    let acts: usize = dims.iter().sum::<usize>() * spec.batch;
+    let data_bytes = data.features.len() * 4 + data.labels.len();
+    Footprint {
+        // Weights, momentum and gradients, f32.
+        weight_bytes: (params * 4 * 3) as u64,
+        // The data set plus one mini-batch of activations and their gradients.
+        activation_bytes: (data_bytes + acts * 4 * 2) as u64,
+    }
+}
+
+fn run(name: &str, data: &PlainDataset, spec: TrainSpec, reps: usize) {
+    let j = job(spec.clone());
+    let mut host = Vec::new();
+    let mut tee = Vec::new();
+    let mut threads = 0;
+    for _ in 0..reps {
+        let (_, _, t, n) = train(&j, data, 0, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        threads = n;
+        host.push(t);
+        let (_, _, t, _) = train(&j, data, 1, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        tee.push(t);
+    }
+    let (h, t) = (median(host), median(tee));
+    let fp = footprint(data, &spec);
+    // One "request" per epoch: a pass sweeps the whole working set.
+    let per_epoch = model_request(&SGX1, &fp, Duration::ZERO, 0);
+    let modeled = t + Duration::from_nanos(per_epoch.modeled_ns) * spec.epochs as u32;
+    println!(
+        "| {name} | {} | {:?} × {} ep, batch {} | {:.3} s ({threads} thr) | {:.3} s | {:.3} s (ws {:.1} MB, {} pages/epoch) | {:.2}× | {:.2}× |",
+        data.rows(),
+        spec.hidden,
+        spec.epochs,
+        spec.batch,
+        h.as_secs_f64(),
+        t.as_secs_f64(),
+        modeled.as_secs_f64(),
+        fp.working_set() as f64 / 1e6,
+        per_epoch.page_ins + per_epoch.page_outs,
+        t.as_secs_f64() / h.as_secs_f64(),
+        modeled.as_secs_f64() / h.as_secs_f64(),
+    );
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: measure only under
+    // `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with `cargo bench` (release)");
+        return;
+    }
+    println!(
+        "| data | train rows | model | attested (host, all cores) | tee measured (1 thread) | tee modeled SGX1 | measured ratio | modeled ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    if let Some(dir) = shared("mnist-t10k") {
+        let all = load_mnist(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let (train_set, _) = split(all, 8_000, 1).unwrap_or_else(|e| panic!("{e}"));
+        let spec = TrainSpec {
+            hidden: vec![64],
+            epochs: 3,
+            batch: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            input_scale: 1.0 / 255.0,
+            seed: 1,
+        };
+        run("MNIST t10k (8k train)", &train_set, spec, 5);
+        // A wider network and more epochs, closer to a real job.
+        let spec = TrainSpec {
+            hidden: vec![256, 128],
+            epochs: 3,
+            batch: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            input_scale: 1.0 / 255.0,
+            seed: 1,
+        };
+        run("MNIST t10k (8k train)", &train_set, spec, 3);
+        // Larger batches give the parallel GEMM more rows per call.
+        let spec = TrainSpec {
+            hidden: vec![256, 128],
+            epochs: 3,
+            batch: 256,
+            lr: 0.1,
+            momentum: 0.9,
+            input_scale: 1.0 / 255.0,
+            seed: 1,
+        };
+        run("MNIST t10k (8k train)", &train_set, spec, 3);
+        // A network whose training working set (≈ 100 MB) exceeds SGX1's 93 MB EPC.
+        let spec = TrainSpec {
+            hidden: vec![2048, 2048],
+            epochs: 1,
+            batch: 256,
+            lr: 0.05,
+            momentum: 0.9,
+            input_scale: 1.0 / 255.0,
+            seed: 1,
+        };
+        run("MNIST t10k (8k train)", &train_set, spec, 3);
+    }
+    if let Some(path) = shared("sklearn-datasets/breast_cancer.csv") {
+        let all = load_breast_cancer(&path).unwrap_or_else(|e| panic!("{e}"));
+        let (mut tr, mut te) = split(all, 455, 2).unwrap_or_else(|e| panic!("{e}"));
+        standardize(&mut tr, &mut te);
+        let spec = TrainSpec {
+            hidden: vec![16],
+            epochs: 40,
+            batch: 16,
+            lr: 0.01,
+            momentum: 0.9,
+            input_scale: 1.0,
+            seed: 1,
+        };
+        run("breast cancer (455 train)", &tr, spec, 5);
+    }
+}

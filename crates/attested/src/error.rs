@@ -1,0 +1,106 @@
+//! The crate's error type. Every message says what was wrong and, where there is one, what to do.
+
+use crate::policy::Stakeholder;
+
+/// Errors of the `attested` scheme.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestedError {
+    /// A stakeholder policy or job file is malformed or unusable.
+    #[error("policy {origin}: {reason}")]
+    PolicyFile {
+        /// Where it came from (a path or a description).
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A stakeholder has not consented to the job (its policy is missing, or does not name the
+    /// job).
+    #[error(
+        "job {job:?} rejected: the {stakeholder} has not consented ({reason}); submit a {stakeholder} policy that lists the job"
+    )]
+    MissingConsent {
+        /// The job.
+        job: String,
+        /// Whose consent is missing.
+        stakeholder: Stakeholder,
+        /// Why it counts as missing.
+        reason: String,
+    },
+    /// The stakeholders' policies cannot all hold at once, or the broker does not satisfy one.
+    #[error("job {job:?} rejected by the {stakeholder}'s policy: {reason}")]
+    PolicyConflict {
+        /// The job.
+        job: String,
+        /// Whose policy fails.
+        stakeholder: Stakeholder,
+        /// What fails.
+        reason: String,
+    },
+    /// The training host's attestation failed; the key was not released.
+    #[error("host attestation rejected, no key released: {0}")]
+    Attestation(#[from] tessera_tpm::VerifyError),
+    /// The host agent failed to talk to its TPM.
+    #[error("host agent: {0}")]
+    Agent(#[from] tessera_tpm::AgentError),
+    /// The enclave runtime (channel, sealing, inference enclave) failed.
+    #[error("enclave runtime: {0}")]
+    Runtime(#[from] tessera_runtime::RuntimeError),
+    /// The broker's (simulated) TEE evidence was refused by a stakeholder.
+    #[error("broker enclave attestation rejected: {0}")]
+    BrokerEvidence(String),
+    /// An encrypted dataset or model is malformed, was modified, reordered or truncated, or
+    /// the key is wrong.
+    #[error("encrypted {what}: {reason}")]
+    Ciphertext {
+        /// Which object (e.g. "dataset chunk 3 of 8").
+        what: String,
+        /// What was detected.
+        reason: String,
+    },
+    /// A key wrap (to the broker or to the attested host) failed.
+    #[error("key wrap: {0}")]
+    KeyWrap(String),
+    /// The broker has no sealed key, job or dataset of that name.
+    #[error("{0}")]
+    NotFound(String),
+    /// The peer answered something out of protocol, or reported an error.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Data (CSV, MNIST, tensors) is malformed.
+    #[error("data: {0}")]
+    Data(String),
+    /// Training or model export failed.
+    #[error("training: {0}")]
+    Training(String),
+    /// A file could not be read or written.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// swtpm (the software TPM for local runs) is not installed or did not start.
+    #[error("{0}")]
+    Swtpm(String),
+    /// The operating system's random generator failed.
+    #[error("random number generator: {0}")]
+    Random(String),
+}
+
+impl AttestedError {
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        AttestedError::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Fills `buf` from the operating system's random generator.
+pub(crate) fn random(buf: &mut [u8]) -> Result<(), AttestedError> {
+    getrandom::fill(buf).map_err(|e| AttestedError::Random(e.to_string()))
+}
