@@ -170,6 +170,8 @@ pub fn serve_asym_worker(ch: &mut Channel) -> Result<(), AsymError> {
                 let layers = plan.worker_layers();
                 let n = layers.len() as u64;
                 worker = Some(LocalWorker::new(layers));
+                ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))
+                    .map_err(rt)?;
                 FromAsymWorker::Ready { layers: n }
             }
             ToAsymWorker::Linear { layer, residual } => {
@@ -262,7 +264,10 @@ impl AsymBackend {
         })
         .map_err(rt)?;
         match ch.recv::<FromAsymWorker>().map_err(rt)? {
-            FromAsymWorker::Ready { .. } => {}
+            FromAsymWorker::Ready { .. } => {
+                ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))
+                    .map_err(rt)?;
+            }
             _ => {
                 return Err(AsymError::Protocol(
                     "the worker did not confirm setup".into(),

@@ -36,7 +36,7 @@ use tessera_runtime::enclave::{
 };
 use tessera_runtime::seal::{seal, unseal, write_atomic};
 use tessera_runtime::{Channel, ChannelOptions, Role, RuntimeError};
-use tessera_tpm::{AgentIdentity, Challenge, PendingAttestation, Verifier};
+use tessera_tpm::{AgentIdentity, Challenge, PendingAttestation, Verifier, VerifyError};
 use zeroize::Zeroizing;
 
 use crate::dataset::{Key, decrypt_model, key_from};
@@ -459,7 +459,31 @@ impl Broker {
             verifier,
             pending,
         } = session;
-        let verdict = verifier.verify(pending, evidence)?;
+        let verdict = match verifier.verify(pending, evidence) {
+            Ok(v) => v,
+            // Name whose allow-list refused the entry (the allow-lists are in the order of
+            // `accepted.stakeholders`).
+            Err(VerifyError::EntryNotAllowed {
+                index,
+                allow_list,
+                reason,
+            }) => {
+                return Err(match accepted.stakeholders.iter().nth(allow_list) {
+                    Some((who, name)) => AttestedError::NotAllowed {
+                        index,
+                        stakeholder: *who,
+                        name: name.clone(),
+                        reason,
+                    },
+                    None => AttestedError::Attestation(VerifyError::EntryNotAllowed {
+                        index,
+                        allow_list,
+                        reason,
+                    }),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let job = &accepted.job;
         let prefix = host_binding(&job.id, &[0u8; 32]);
         let bind = verdict.binding.as_slice();
@@ -692,7 +716,7 @@ impl BrokerClient {
     fn expect_ok(&mut self, req: &Request) -> Result<String, AttestedError> {
         match self.call(req)? {
             Reply::Accepted { message } => Ok(message),
-            Reply::Rejected { reason } => Err(AttestedError::Protocol(format!(
+            Reply::Rejected { reason } => Err(AttestedError::Refused(format!(
                 "the broker refused: {reason}"
             ))),
             _ => Err(AttestedError::Protocol(

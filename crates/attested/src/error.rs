@@ -16,7 +16,7 @@ pub enum AttestedError {
     /// A stakeholder has not consented to the job (its policy is missing, or does not name the
     /// job).
     #[error(
-        "job {job:?} rejected: the {stakeholder} has not consented ({reason}); submit a {stakeholder} policy that lists the job"
+        "job {job:?} rejected: the {stakeholder} has not consented ({reason}); the {stakeholder} must submit a policy that lists the job"
     )]
     MissingConsent {
         /// The job.
@@ -39,6 +39,20 @@ pub enum AttestedError {
     /// The training host's attestation failed; the key was not released.
     #[error("host attestation rejected, no key released: {0}")]
     Attestation(#[from] tessera_tpm::VerifyError),
+    /// An IMA log entry that one stakeholder's allow-list does not accept; no key was released.
+    #[error(
+        "host attestation rejected, no key released: IMA allow-list check failed: entry {index} rejected by the {stakeholder}'s allow-list ({name}): {reason}"
+    )]
+    NotAllowed {
+        /// The entry's index in the IMA log.
+        index: usize,
+        /// Whose allow-list refused it.
+        stakeholder: Stakeholder,
+        /// That stakeholder's name.
+        name: String,
+        /// Why.
+        reason: tessera_tpm::EntryRejection,
+    },
     /// The host agent failed to talk to its TPM.
     #[error("host agent: {0}")]
     Agent(#[from] tessera_tpm::AgentError),
@@ -66,6 +80,9 @@ pub enum AttestedError {
     /// The peer answered something out of protocol, or reported an error.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The broker refused a request; its reason.
+    #[error("{0}")]
+    Refused(String),
     /// Data (CSV, MNIST, tensors) is malformed.
     #[error("data: {0}")]
     Data(String),

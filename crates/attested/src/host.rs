@@ -101,7 +101,7 @@ pub fn run_host_job(
     })? {
         Reply::Challenge { challenge } => challenge,
         Reply::Rejected { reason } => {
-            return Err(AttestedError::Protocol(format!(
+            return Err(AttestedError::Refused(format!(
                 "the broker refused the job: {reason}"
             )));
         }
@@ -121,7 +121,7 @@ pub fn run_host_job(
             model_key,
         } => (job, quote_hash, dataset_key, model_key),
         Reply::Rejected { reason } => {
-            return Err(AttestedError::Protocol(format!(
+            return Err(AttestedError::Refused(format!(
                 "the broker rejected this host: {reason}"
             )));
         }

@@ -308,9 +308,10 @@ impl JobSpec {
 pub struct AcceptedJob {
     /// The job.
     pub job: JobSpec,
-    /// What the training host must prove (trusted EKs, boot PCRs, every allow-list).
+    /// What the training host must prove (trusted EKs, boot PCRs, every allow-list: one per
+    /// stakeholder, in the order of [`AcceptedJob::stakeholders`]).
     pub attestation: AttestationPolicy,
-    /// The stakeholders' names, by role.
+    /// The stakeholders' names, by role (in [`Stakeholder::ALL`] order).
     pub stakeholders: BTreeMap<Stakeholder, String>,
 }
 

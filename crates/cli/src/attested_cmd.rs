@@ -120,10 +120,11 @@ pub fn run_broker(cmd: BrokerCmd) -> Result<(), String> {
             let listener = std::net::TcpListener::bind(&listen)
                 .map_err(|e| format!("listening on {listen}: {e}"))?;
             let svc = b.start_inference(&job, &enc, listener).map_err(err)?;
+            let m = hex::encode(svc.measurement);
             println!(
-                "inference enclave for job {job} on {listen}, measurement {} (SIMULATED TEE); \
-                 connect with `tessera client --measurement …`",
-                hex::encode(svc.measurement)
+                "inference enclave for job {job} on {listen}, measurement {m} (SIMULATED TEE); \
+                 the data owner connects with `tessera client --connect {listen} \
+                 --allow-simulated --measurement {m} --input FILE`"
             );
             svc.server.wait();
             Ok(())

@@ -1045,7 +1045,7 @@ fn bench_gc(nets: &[String], mnist8: &Path, reps: usize, f: u32, json: bool) -> 
         let c = last.unwrap_or_default();
         let inputs = x.len() as u64;
         let outputs = reference.as_ref().map_or(0, |o| o.len() as u64);
-        rows.push(GcBenchRow {
+        let row = GcBenchRow {
             network: name.clone(),
             primes: st.primes,
             relus: stats(&g).relus,
@@ -1059,7 +1059,20 @@ fn bench_gc(nets: &[String], mnist8: &Path, reps: usize, f: u32, json: bool) -> 
             rounds: c.rounds,
             exact,
             threads,
-        });
+        };
+        eprintln!(
+            "gc bench: {}: k = {}, garble {:.0} ms, {} B garbled, online {:.0} ms, {} B up / {} B down, {} round(s), bit-exact {}",
+            row.network,
+            row.primes,
+            row.garble_ms,
+            row.garbled_bytes,
+            row.online_ms,
+            row.online_bytes_up,
+            row.online_bytes_down,
+            row.rounds,
+            row.exact
+        );
+        rows.push(row);
     }
     if json {
         return print_json(&rows);

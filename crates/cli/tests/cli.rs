@@ -37,8 +37,23 @@ fn demo_runs_from_the_repository_alone() {
 #[test]
 fn every_command_has_help() {
     for c in [
-        "inspect", "run", "eval", "build", "demo", "bench", "enclave", "client", "relay", "attest",
-        "selftest", "worker", "train", "broker", "agent", "stakeholder", "attested-demo",
+        "inspect",
+        "run",
+        "eval",
+        "build",
+        "demo",
+        "bench",
+        "enclave",
+        "client",
+        "relay",
+        "attest",
+        "selftest",
+        "worker",
+        "train",
+        "broker",
+        "agent",
+        "stakeholder",
+        "attested-demo",
     ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");

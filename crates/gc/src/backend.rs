@@ -113,7 +113,7 @@ pub struct GcBackend {
     quant: QuantModel,
     online: Mutex<Channel>,
     shared: Arc<Shared>,
-    refill: Option<JoinHandle<()>>,
+    refill: Mutex<Option<JoinHandle<()>>>,
     device: String,
     footprint: Footprint,
 }
@@ -161,7 +161,10 @@ fn setup(
         primes: primes as u32,
         namespace,
     })?;
-    match ch.recv::<FromWorker>()? {
+    let ready = ch.recv::<FromWorker>()?;
+    // Garbling and evaluating a large network can take long; the pool can sit idle.
+    ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))?;
+    match ready {
         FromWorker::Ready { device } => Ok(device),
         _ => Err(GcError::Protocol(
             "the worker did not confirm the setup".into(),
@@ -302,7 +305,7 @@ impl GcBackend {
             quant,
             online: Mutex::new(on),
             shared,
-            refill: Some(refill),
+            refill: Mutex::new(Some(refill)),
             device,
             footprint,
         })
@@ -457,12 +460,21 @@ impl InferBackend for GcBackend {
     }
 }
 
-impl Drop for GcBackend {
-    fn drop(&mut self) {
+impl GcBackend {
+    /// Stop garbling ahead (waits for a garbling under way to finish). Inferences after this
+    /// use only the garblings already ready.
+    pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
-        if let Some(j) = self.refill.take() {
+        let handle = self.refill.lock().ok().and_then(|mut r| r.take());
+        if let Some(j) = handle {
             let _ = j.join();
         }
+    }
+}
+
+impl Drop for GcBackend {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

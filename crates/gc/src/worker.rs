@@ -51,6 +51,7 @@ struct Session<'a> {
     opts: &'a WorkerOptions,
     circuit: Option<NetworkCircuit>,
     namespace: u64,
+    idle: bool,
     writing: Option<(u64, std::io::BufWriter<std::fs::File>, PathBuf, u64)>,
     previous: Option<(u64, Vec<u8>)>,
 }
@@ -80,6 +81,8 @@ impl Session<'_> {
                 };
                 let c = NetworkCircuit::compile(&g, cfg, primes as usize)?.public();
                 self.circuit = Some(c);
+                // Set up: the enclave may stay silent for long between garblings.
+                self.idle = true;
                 Ok(Some(FromWorker::Ready {
                     device: format!(
                         "cpu ({} threads)",
@@ -180,6 +183,7 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
         opts,
         circuit: None,
         namespace: 0,
+        idle: false,
         writing: None,
         previous: None,
     };
@@ -189,7 +193,11 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
             Err(RuntimeError::Closed(_)) => break Ok(()),
             Err(e) => break Err(e.into()),
         };
-        match s.handle(msg) {
+        let r = s.handle(msg);
+        if std::mem::take(&mut s.idle) {
+            ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))?;
+        }
+        match r {
             Ok(Some(reply)) => ch.send(&reply)?,
             Ok(None) => {}
             Err(e) => {

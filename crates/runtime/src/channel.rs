@@ -26,6 +26,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// that a silent peer does not hold a thread forever.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 
+/// Deadline for reads on an established session waiting for the peer's next request or a long
+/// computation (a garbling, a large model): an idle peer is dropped after this long.
+pub const IDLE_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// Who is speaking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {

@@ -85,6 +85,8 @@ impl AttestedClient {
         }
         let mut ch = Channel::from_parts(Box::new(stream), counters, opts)?;
         ch.continue_from(seq_out, seq_in, peer);
+        // The enclave may compute for long (a garbling, a large model) before it answers.
+        ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
         Ok(Self { ch, claims })
     }
 

@@ -376,6 +376,8 @@ impl Enclave {
         let tls = rustls::StreamOwned::new(conn, io);
         let mut ch = Channel::from_parts(Box::new(tls), counters, self.channel)?;
         ch.continue_from(seq_out, seq_in, peer);
+        // Attested: from now on a client may stay idle between requests.
+        ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
         loop {
             let msg = match ch.recv::<ClientMsg>() {
                 Ok(m) => m,

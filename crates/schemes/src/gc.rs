@@ -29,6 +29,14 @@ pub struct Gc {
     macs: u64,
 }
 
+impl Drop for Gc {
+    fn drop(&mut self) {
+        // Stop the garbler before the worker's folder goes (the enclave may outlive this
+        // handle for a moment and still hold the backend).
+        self.backend.shutdown();
+    }
+}
+
 /// The embedded worker's folder, removed when the scheme is dropped.
 struct StoreDir(std::path::PathBuf);
 
