@@ -7,18 +7,14 @@
 use crate::{Cost, Inference, Scheme, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tessera_asym::AsymOptions;
 use tessera_asym::service::{AsymBackend, serve_asym_worker_tcp};
-use tessera_engine::argmax;
 use tessera_engine::quant::QuantConfig;
 use tessera_model::Tensor;
-use tessera_model::export::export_model;
 use tessera_model::stats::stats;
-use tessera_runtime::enclave::{
-    Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
-};
-use tessera_runtime::{AttestedClient, ChannelOptions, RuntimeError};
+use tessera_runtime::enclave::{Backend, ServerHandle};
+use tessera_runtime::{AttestedClient, ChannelOptions};
 
 /// The `asym` scheme with every party in this process.
 pub struct Asym {
@@ -28,9 +24,7 @@ pub struct Asym {
     macs: u64,
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
-    move |e| SchemeError::Runtime(RuntimeError::Io(format!("{what}: {e}")))
-}
+use crate::embedded::io;
 
 impl Asym {
     /// Start a worker and an enclave splitting `graph` with `opts`, and connect to it.
@@ -53,29 +47,13 @@ impl Asym {
             ChannelOptions::default(),
         )
         .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
-        let model_onnx =
-            export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
-        let enclave = Enclave::start(EnclaveConfig {
-            mode: Mode::Sim,
-            state_dir: std::env::temp_dir().join("tessera-sim-enclave"),
-            model_onnx,
-            quant: cfg,
-            profile: tessera_runtime::cost::SGX1,
-            binary: None,
-            channel: ChannelOptions::default(),
-            backend: Backend(Some(Arc::new(backend))),
-        })?;
-        let measurement = *enclave.measurement();
-        let server = serve_enclave(
-            enclave,
-            TcpListener::bind("127.0.0.1:0").map_err(io("binding the enclave port"))?,
-            16,
+        let (server, client) = crate::embedded::start(
+            graph,
+            cfg,
+            tessera_runtime::cost::SGX1,
+            std::env::temp_dir().join("tessera-sim-enclave"),
+            Backend(Some(Arc::new(backend))),
         )?;
-        let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
-        let _ = stream.set_nodelay(true);
-        let mut policy = tessera_attest::Policy::simulated_dev();
-        policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
-        let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
         Ok(Self {
             client,
             _enclave: server,
@@ -100,26 +78,15 @@ impl Scheme for Asym {
         let out = self.client.infer(input)?;
         let latency = t0.elapsed();
         let off = out.offload.clone().unwrap_or_default();
-        let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
-        let output = out.exact.map(|&v| (v as f64 * scale) as f32);
-        let class = argmax(output.data());
-        Ok(Inference {
-            output,
-            exact: out.exact,
-            class,
-            cost: Cost {
-                latency,
-                bytes_up: off.bytes_to_worker,
-                bytes_down: off.bytes_from_worker,
-                rounds: off.rounds,
-                stored_bytes: 0,
-                trusted_macs: off.trusted_macs,
-                total_macs: self.macs,
-                modeled_tee: Some(
-                    latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
-                        + Duration::from_nanos(out.tee.modeled_ns),
-                ),
-            },
-        })
+        let cost = Cost {
+            bytes_up: off.bytes_to_worker,
+            bytes_down: off.bytes_from_worker,
+            rounds: off.rounds,
+            stored_bytes: 0,
+            trusted_macs: off.trusted_macs,
+            total_macs: self.macs,
+            ..Cost::default()
+        };
+        Ok(crate::embedded::inference(out, latency, cost))
     }
 }

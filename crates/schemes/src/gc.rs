@@ -8,15 +8,11 @@ use crate::{Cost, Inference, Scheme, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_engine::argmax;
 use tessera_gc::{GcBackend, GcOptions, Misbehave, WorkerOptions, serve_worker_tcp};
 use tessera_model::Tensor;
-use tessera_model::export::export_model;
 use tessera_model::stats::stats;
-use tessera_runtime::enclave::{
-    Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
-};
-use tessera_runtime::{AttestedClient, ChannelOptions, RuntimeError};
+use tessera_runtime::enclave::{Backend, ServerHandle};
+use tessera_runtime::{AttestedClient, ChannelOptions};
 
 /// The `gc` scheme with every party in this process.
 pub struct Gc {
@@ -46,9 +42,7 @@ impl Drop for StoreDir {
     }
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
-    move |e| SchemeError::Runtime(RuntimeError::Io(format!("{what}: {e}")))
-}
+use crate::embedded::io;
 
 impl Gc {
     /// Start a worker, an enclave garbling `graph`, and connect to it.
@@ -73,29 +67,13 @@ impl Gc {
             GcBackend::start(graph, &opts, off, on, ChannelOptions::default())
                 .map_err(|e| SchemeError::Runtime(e.into()))?,
         );
-        let model_onnx =
-            export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
-        let enclave = Enclave::start(EnclaveConfig {
-            mode: Mode::Sim,
-            state_dir: std::env::temp_dir().join("tessera-sim-enclave"),
-            model_onnx,
-            quant: opts.quant,
-            profile: tessera_runtime::cost::SGX1,
-            binary: None,
-            channel: ChannelOptions::default(),
-            backend: Backend(Some(backend.clone())),
-        })?;
-        let measurement = *enclave.measurement();
-        let server = serve_enclave(
-            enclave,
-            TcpListener::bind("127.0.0.1:0").map_err(io("binding the enclave port"))?,
-            16,
+        let (server, client) = crate::embedded::start(
+            graph,
+            opts.quant,
+            tessera_runtime::cost::SGX1,
+            std::env::temp_dir().join("tessera-sim-enclave"),
+            Backend(Some(backend.clone())),
         )?;
-        let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
-        let _ = stream.set_nodelay(true);
-        let mut policy = tessera_attest::Policy::simulated_dev();
-        policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
-        let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
         Ok(Self {
             _store: StoreDir(store),
             _worker: worker,
@@ -137,26 +115,15 @@ impl Scheme for Gc {
         let out = self.client.infer(input)?;
         let latency = t0.elapsed();
         let off = out.offload.clone().unwrap_or_default();
-        let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
-        let output = out.exact.map(|&v| (v as f64 * scale) as f32);
-        let class = argmax(output.data());
-        Ok(Inference {
-            output,
-            exact: out.exact,
-            class,
-            cost: Cost {
-                latency,
-                bytes_up: off.bytes_to_worker,
-                bytes_down: off.bytes_from_worker,
-                rounds: off.rounds,
-                stored_bytes: off.stored_bytes,
-                trusted_macs: off.trusted_macs,
-                total_macs: self.macs,
-                modeled_tee: Some(
-                    latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
-                        + Duration::from_nanos(out.tee.modeled_ns),
-                ),
-            },
-        })
+        let cost = Cost {
+            bytes_up: off.bytes_to_worker,
+            bytes_down: off.bytes_from_worker,
+            rounds: off.rounds,
+            stored_bytes: off.stored_bytes,
+            trusted_macs: off.trusted_macs,
+            total_macs: self.macs,
+            ..Cost::default()
+        };
+        Ok(crate::embedded::inference(out, latency, cost))
     }
 }

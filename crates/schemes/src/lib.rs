@@ -84,6 +84,7 @@ pub trait Scheme {
 }
 
 mod asym;
+mod embedded;
 mod gc;
 mod tee;
 pub use asym::Asym;

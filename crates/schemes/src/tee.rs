@@ -4,16 +4,13 @@
 //! those of the real protocol, but a simulated TEE gives no security.
 
 use crate::{Cost, Inference, Scheme, SchemeError};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-use tessera_engine::argmax;
+use std::time::Instant;
 use tessera_engine::quant::QuantConfig;
 use tessera_model::Tensor;
-use tessera_model::export::export_model;
 use tessera_model::stats::stats;
-use tessera_runtime::enclave::{Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave};
-use tessera_runtime::{AttestedClient, ChannelOptions, Profile, RuntimeError};
+use tessera_runtime::enclave::ServerHandle;
+use tessera_runtime::{AttestedClient, Profile};
 
 /// Options of the embedded `tee` scheme.
 #[derive(Clone, Debug)]
@@ -51,28 +48,8 @@ impl Tee {
         let state_dir = opts
             .state_dir
             .unwrap_or_else(|| std::env::temp_dir().join("tessera-sim-enclave"));
-        let model_onnx =
-            export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
-        let enclave = Enclave::start(EnclaveConfig {
-            mode: Mode::Sim,
-            state_dir,
-            model_onnx,
-            quant: cfg,
-            profile: opts.profile,
-            binary: None,
-            channel: ChannelOptions::default(),
-            backend: Default::default(),
-        })?;
-        let measurement = *enclave.measurement();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| RuntimeError::Io(format!("binding a loopback port: {e}")))?;
-        let server = serve_enclave(enclave, listener, 64)?;
-        let stream = TcpStream::connect(server.addr())
-            .map_err(|e| RuntimeError::Io(format!("connecting to the enclave: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let mut policy = tessera_attest::Policy::simulated_dev();
-        policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
-        let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
+        let (server, client) =
+            crate::embedded::start(graph, cfg, opts.profile, state_dir, Default::default())?;
         Ok(Self {
             _server: server,
             client,
@@ -100,28 +77,14 @@ impl Scheme for Tee {
         let out = self.client.infer(input)?;
         let latency = t0.elapsed();
         let (s1, r1, n1) = counters.snapshot();
-        let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
-        let output = out.exact.map(|&v| (v as f64 * scale) as f32);
-        let class = argmax(output.data());
-        Ok(Inference {
-            output,
-            exact: out.exact,
-            class,
-            cost: Cost {
-                latency,
-                bytes_up: s1 - s0,
-                bytes_down: r1 - r0,
-                rounds: n1 - n0,
-                stored_bytes: 0,
-                trusted_macs: self.macs,
-                total_macs: self.macs,
-                // The client-side latency minus the enclave's measured compute is the channel;
-                // the modeled TEE time replaces the compute part.
-                modeled_tee: Some(
-                    latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
-                        + Duration::from_nanos(out.tee.modeled_ns),
-                ),
-            },
-        })
+        let cost = Cost {
+            bytes_up: s1 - s0,
+            bytes_down: r1 - r0,
+            rounds: n1 - n0,
+            trusted_macs: self.macs,
+            total_macs: self.macs,
+            ..Cost::default()
+        };
+        Ok(crate::embedded::inference(out, latency, cost))
     }
 }

@@ -1,0 +1,69 @@
+//! What the embedded enclave schemes (`tee`, `gc`, `asym`) share: a simulated enclave on
+//! loopback reached over attested TLS, and turning its answer into an [`Inference`].
+
+use crate::{Cost, Inference, SchemeError};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+use tessera_engine::argmax;
+use tessera_engine::quant::QuantConfig;
+use tessera_model::export::export_model;
+use tessera_runtime::enclave::{
+    Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
+};
+use tessera_runtime::{AttestedClient, ChannelOptions, EnclaveOutput, Profile, RuntimeError};
+
+/// A loopback error with what was being done.
+pub(crate) fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
+    move |e| SchemeError::Runtime(RuntimeError::Io(format!("{what}: {e}")))
+}
+
+/// Start a simulated enclave holding `graph` (running it, or driving `backend`) and connect an
+/// attested client that pins its measurement.
+pub(crate) fn start(
+    graph: &tessera_model::Graph,
+    cfg: QuantConfig,
+    profile: Profile,
+    state_dir: std::path::PathBuf,
+    backend: Backend,
+) -> Result<(ServerHandle, AttestedClient), SchemeError> {
+    let model_onnx = export_model(graph).map_err(|e| SchemeError::Unsupported(e.to_string()))?;
+    let enclave = Enclave::start(EnclaveConfig {
+        mode: Mode::Sim,
+        state_dir,
+        model_onnx,
+        quant: cfg,
+        profile,
+        binary: None,
+        channel: ChannelOptions::default(),
+        backend,
+    })?;
+    let measurement = *enclave.measurement();
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback port"))?;
+    let server = serve_enclave(enclave, listener, 64)?;
+    let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
+    let _ = stream.set_nodelay(true);
+    let mut policy = tessera_attest::Policy::simulated_dev();
+    policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
+    let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
+    Ok((server, client))
+}
+
+/// The enclave's answer as an [`Inference`]: dequantized output, argmax, and `cost` completed
+/// with the latency and the modeled TEE time (the client-side latency with the enclave's
+/// measured compute replaced by its modeled time).
+pub(crate) fn inference(out: EnclaveOutput, latency: Duration, mut cost: Cost) -> Inference {
+    let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+    let output = out.exact.map(|&v| (v as f64 * scale) as f32);
+    let class = argmax(output.data());
+    cost.latency = latency;
+    cost.modeled_tee = Some(
+        latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
+            + Duration::from_nanos(out.tee.modeled_ns),
+    );
+    Inference {
+        output,
+        exact: out.exact,
+        class,
+        cost,
+    }
+}
