@@ -378,12 +378,21 @@ impl Enclave {
         ch.continue_from(seq_out, seq_in, peer);
         // Attested: from now on a client may stay idle between requests.
         ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
+        let mut first = true;
         loop {
             let msg = match ch.recv::<ClientMsg>() {
                 Ok(m) => m,
                 Err(RuntimeError::Closed(_)) => return Ok(()),
+                // A client that refuses the evidence says so in a plain frame and leaves; that
+                // frame then arrives where the TLS handshake should be.
+                Err(e) if first => {
+                    return Err(RuntimeError::Closed(format!(
+                        "the client left before completing TLS, as it does when it refuses the evidence ({e})"
+                    )));
+                }
                 Err(e) => return Err(e),
             };
+            first = false;
             let reply = match msg {
                 ClientMsg::Infer(t) => match self.infer(&t) {
                     Ok((out, tee, offload)) => EnclaveMsg::Output {
