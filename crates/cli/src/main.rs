@@ -194,6 +194,10 @@ enum Cmd {
         /// Fractional bits for --gc.
         #[arg(long, default_value_t = 4)]
         gc_frac_bits: u32,
+        /// --gc: choose k from the widths the benchmark input actually reaches plus this many
+        /// bits of margin, instead of the worst case for every input in range.
+        #[arg(long)]
+        gc_measured_margin: Option<u32>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -263,12 +267,13 @@ fn main() {
             reps,
             gc,
             gc_frac_bits,
+            gc_measured_margin,
             json,
         } => {
             if gc.is_empty() {
                 bench(&mnist8, reps, json)
             } else {
-                bench_gc(&gc, &mnist8, reps, gc_frac_bits, json)
+                bench_gc(&gc, &mnist8, reps, gc_frac_bits, gc_measured_margin, json)
             }
         }
         Cmd::Selftest { device, seed } => selftest(&device, seed),
@@ -978,7 +983,14 @@ struct GcBenchRow {
     threads: usize,
 }
 
-fn bench_gc(nets: &[String], mnist8: &Path, reps: usize, f: u32, json: bool) -> Result<()> {
+fn bench_gc(
+    nets: &[String],
+    mnist8: &Path,
+    reps: usize,
+    f: u32,
+    measured_margin: Option<u32>,
+    json: bool,
+) -> Result<()> {
     let threads = rayon::current_num_threads();
     let cfg = QuantConfig {
         frac_bits: f,
@@ -1014,11 +1026,24 @@ fn bench_gc(nets: &[String], mnist8: &Path, reps: usize, f: u32, json: bool) -> 
         if !json {
             eprintln!("gc bench: {name}: compiling and garbling…");
         }
+        let primes = match measured_margin {
+            Some(m) => {
+                let run = QuantModel::new(&g, cfg)?.run(std::slice::from_ref(&x))?;
+                let c = tessera_garble::NetworkCircuit::compile(&g, cfg, 2)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                Some(
+                    c.primes_needed(&run.widths, m)
+                        .map_err(|e| CliError::Usage(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let mut s = Gc::new(
             &g,
             GcOptions {
                 quant: cfg,
                 input_range: range,
+                primes,
                 pool: 1,
                 overlap: false,
                 ..GcOptions::default()
