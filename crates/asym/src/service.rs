@@ -113,6 +113,26 @@ pub enum ToAsymWorker {
         layer: u64,
         /// The residual.
         residual: TensorMsg,
+        /// Keep the residual for the backward pass (training).
+        keep: bool,
+    },
+    /// Training: gradients of split layer `layer` from the upstream gradient.
+    Backward {
+        /// Layer id.
+        layer: u64,
+        /// ∂ℓ/∂output of the layer.
+        grad_out: TensorMsg,
+        /// Also return ∂ℓ/∂input.
+        input_grad: bool,
+    },
+    /// Training: apply a step to the worker's copy of the layer's weights.
+    Update {
+        /// Layer id.
+        layer: u64,
+        /// Step for the weights.
+        weight_step: Vec<f32>,
+        /// Step for the bias.
+        bias_step: Option<Vec<f32>>,
     },
 }
 
@@ -131,6 +151,17 @@ pub enum FromAsymWorker {
         /// Worker time, nanoseconds.
         ns: u64,
     },
+    /// Gradients of a `Backward` request.
+    Grads {
+        /// ∂ℓ/∂input, when asked for.
+        input: Option<TensorMsg>,
+        /// Weight gradient of the residual part.
+        weight: TensorMsg,
+        /// Bias gradient.
+        bias: Option<TensorMsg>,
+    },
+    /// An `Update` was applied.
+    Updated,
 }
 
 fn to_msg(t: &Tensor) -> TensorMsg {
@@ -147,6 +178,18 @@ fn from_msg(m: TensorMsg) -> Result<Tensor, AsymError> {
 
 fn rt(e: RuntimeError) -> AsymError {
     AsymError::Protocol(e.to_string())
+}
+
+fn layer_id(layer: u64) -> Result<usize, AsymError> {
+    usize::try_from(layer).map_err(|_| AsymError::Protocol("layer id too large".into()))
+}
+
+/// Pass a result on, or tell the enclave what failed before returning the error.
+fn reply_or_report<T>(ch: &mut Channel, r: Result<T, AsymError>) -> Result<T, AsymError> {
+    if let Err(e) = &r {
+        ch.send_error(&e.to_string());
+    }
+    r
 }
 
 /// Serve one enclave on `ch` until it closes.
@@ -174,42 +217,75 @@ pub fn serve_asym_worker(ch: &mut Channel) -> Result<(), AsymError> {
                     .map_err(rt)?;
                 FromAsymWorker::Ready { layers: n }
             }
-            ToAsymWorker::Linear { layer, residual } => {
+            ToAsymWorker::Linear {
+                layer,
+                residual,
+                keep,
+            } => {
                 let w = worker
                     .as_mut()
                     .ok_or_else(|| AsymError::Protocol("a layer request before setup".into()))?;
                 let t0 = Instant::now();
-                let layer = usize::try_from(layer)
-                    .map_err(|_| AsymError::Protocol("layer id too large".into()))?;
-                let out = match w.linear(layer, from_msg(residual)?, false) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        ch.send_error(&e.to_string());
-                        return Err(e);
-                    }
-                };
+                let out = w.linear(layer_id(layer)?, from_msg(residual)?, keep);
+                let out = reply_or_report(ch, out)?;
                 FromAsymWorker::Output {
                     tensor: to_msg(&out),
                     ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
                 }
+            }
+            ToAsymWorker::Backward {
+                layer,
+                grad_out,
+                input_grad,
+            } => {
+                let w = worker
+                    .as_mut()
+                    .ok_or_else(|| AsymError::Protocol("a backward request before setup".into()))?;
+                let g = w.backward(layer_id(layer)?, &from_msg(grad_out)?, input_grad);
+                let g = reply_or_report(ch, g)?;
+                FromAsymWorker::Grads {
+                    input: g.input.as_ref().map(to_msg),
+                    weight: to_msg(&g.weight),
+                    bias: g.bias.as_ref().map(to_msg),
+                }
+            }
+            ToAsymWorker::Update {
+                layer,
+                weight_step,
+                bias_step,
+            } => {
+                let w = worker
+                    .as_mut()
+                    .ok_or_else(|| AsymError::Protocol("an update before setup".into()))?;
+                let r = w.apply_update(layer_id(layer)?, &weight_step, bias_step.as_deref());
+                reply_or_report(ch, r)?;
+                FromAsymWorker::Updated
             }
         };
         ch.send(&reply).map_err(rt)?;
     }
 }
 
-/// A [`WorkerLink`] over a channel (inference only).
-struct ChannelLink<'a> {
+/// A [`WorkerLink`] over a channel: the enclave's view of a worker process.
+pub struct ChannelLink<'a> {
     ch: &'a mut Channel,
     worker_ns: &'a AtomicU64,
 }
 
+impl<'a> ChannelLink<'a> {
+    /// Drive the worker on `ch` (set up with [`setup_worker`]); worker time adds to `worker_ns`.
+    pub fn new(ch: &'a mut Channel, worker_ns: &'a AtomicU64) -> Self {
+        Self { ch, worker_ns }
+    }
+}
+
 impl WorkerLink for ChannelLink<'_> {
-    fn linear(&mut self, layer: usize, residual: Tensor, _keep: bool) -> Result<Tensor, AsymError> {
+    fn linear(&mut self, layer: usize, residual: Tensor, keep: bool) -> Result<Tensor, AsymError> {
         self.ch
             .send(&ToAsymWorker::Linear {
                 layer: layer as u64,
                 residual: to_msg(&residual),
+                keep,
             })
             .map_err(rt)?;
         match self.ch.recv::<FromAsymWorker>().map_err(rt)? {
@@ -220,17 +296,80 @@ impl WorkerLink for ChannelLink<'_> {
             _ => Err(AsymError::Protocol("expected a layer output".into())),
         }
     }
-    fn backward(&mut self, _: usize, _: &Tensor, _: bool) -> Result<WorkerGrads, AsymError> {
-        Err(AsymError::Protocol(
-            "training through a remote worker is not supported yet; train with the worker in \
-             this process (tessera train --scheme asym)"
-                .into(),
-        ))
+    fn backward(
+        &mut self,
+        layer: usize,
+        grad_out: &Tensor,
+        input_grad: bool,
+    ) -> Result<WorkerGrads, AsymError> {
+        self.ch
+            .send(&ToAsymWorker::Backward {
+                layer: layer as u64,
+                grad_out: to_msg(grad_out),
+                input_grad,
+            })
+            .map_err(rt)?;
+        match self.ch.recv::<FromAsymWorker>().map_err(rt)? {
+            FromAsymWorker::Grads {
+                input,
+                weight,
+                bias,
+            } => Ok(WorkerGrads {
+                input: input.map(from_msg).transpose()?,
+                weight: from_msg(weight)?,
+                bias: bias.map(from_msg).transpose()?,
+            }),
+            _ => Err(AsymError::Protocol("expected gradients".into())),
+        }
     }
-    fn apply_update(&mut self, _: usize, _: &[f32], _: Option<&[f32]>) -> Result<(), AsymError> {
-        Err(AsymError::Protocol(
-            "training through a remote worker is not supported yet".into(),
-        ))
+    fn apply_update(
+        &mut self,
+        layer: usize,
+        weight_step: &[f32],
+        bias_step: Option<&[f32]>,
+    ) -> Result<(), AsymError> {
+        self.ch
+            .send(&ToAsymWorker::Update {
+                layer: layer as u64,
+                weight_step: weight_step.to_vec(),
+                bias_step: bias_step.map(<[f32]>::to_vec),
+            })
+            .map_err(rt)?;
+        match self.ch.recv::<FromAsymWorker>().map_err(rt)? {
+            FromAsymWorker::Updated => Ok(()),
+            _ => Err(AsymError::Protocol(
+                "expected an update confirmation".into(),
+            )),
+        }
+    }
+}
+
+/// Connect to a worker on `stream` and send it `graph` and the split options; returns the
+/// channel to drive it with [`ChannelLink`].
+pub fn setup_worker<T: Transport + 'static>(
+    graph: &Graph,
+    opts: &AsymOptions,
+    stream: T,
+    channel: ChannelOptions,
+) -> Result<Channel, AsymError> {
+    let mut ch = Channel::new(stream, channel).map_err(rt)?;
+    ch.handshake(Role::Enclave, &[Role::Worker]).map_err(rt)?;
+    let model_onnx = export_model(graph)
+        .map_err(|e| AsymError::Protocol(format!("exporting the model: {e}")))?;
+    ch.send(&ToAsymWorker::Setup {
+        model_onnx,
+        options: OptionsMsg::from(opts),
+    })
+    .map_err(rt)?;
+    match ch.recv::<FromAsymWorker>().map_err(rt)? {
+        FromAsymWorker::Ready { .. } => {
+            ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))
+                .map_err(rt)?;
+            Ok(ch)
+        }
+        _ => Err(AsymError::Protocol(
+            "the worker did not confirm setup".into(),
+        )),
     }
 }
 
@@ -254,26 +393,7 @@ impl AsymBackend {
         channel: ChannelOptions,
     ) -> Result<Self, AsymError> {
         let plan = Plan::new(graph, opts)?;
-        let mut ch = Channel::new(stream, channel).map_err(rt)?;
-        ch.handshake(Role::Enclave, &[Role::Worker]).map_err(rt)?;
-        let model_onnx = export_model(graph)
-            .map_err(|e| AsymError::Protocol(format!("exporting the model: {e}")))?;
-        ch.send(&ToAsymWorker::Setup {
-            model_onnx,
-            options: OptionsMsg::from(opts),
-        })
-        .map_err(rt)?;
-        match ch.recv::<FromAsymWorker>().map_err(rt)? {
-            FromAsymWorker::Ready { .. } => {
-                ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))
-                    .map_err(rt)?;
-            }
-            _ => {
-                return Err(AsymError::Protocol(
-                    "the worker did not confirm setup".into(),
-                ));
-            }
-        }
+        let ch = setup_worker(graph, opts, stream, channel)?;
         Ok(Self {
             footprint: Footprint::of(graph),
             frac_bits,
@@ -304,10 +424,7 @@ impl InferBackend for AsymBackend {
         let (s0, r0, n0) = counters.snapshot();
         let worker_ns = AtomicU64::new(0);
         let step = self.step.fetch_add(1, Ordering::Relaxed);
-        let mut link = ChannelLink {
-            ch: &mut ch,
-            worker_ns: &worker_ns,
-        };
+        let mut link = ChannelLink::new(&mut ch, &worker_ns);
         let run = crate::enclave::infer(&self.plan, input, Some(&mut link), step).map_err(err)?;
         let (s1, r1, n1) = counters.snapshot();
         let out = run

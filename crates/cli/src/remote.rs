@@ -68,6 +68,10 @@ pub struct WorkerArgs {
     /// Compute device: cpu, or cuda (needs a build with `--features cuda` and a GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Which scheme's worker: gc (stores and evaluates garbled material) or asym (computes
+    /// linear layers on residuals, for inference and training).
+    #[arg(long, default_value = "gc")]
+    scheme: String,
 }
 
 /// `tessera client`.
@@ -223,6 +227,20 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     }
     let listener = TcpListener::bind(&a.listen)
         .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    if a.scheme == "asym" {
+        let server =
+            tessera_asym::service::serve_asym_worker_tcp(listener, ChannelOptions::default())
+                .map_err(usage)?;
+        println!("worker listening on {}", server.addr());
+        server.wait();
+        return Ok(());
+    }
+    if a.scheme != "gc" {
+        return Err(usage(format!(
+            "the worker serves --scheme gc or asym, not '{}'",
+            a.scheme
+        )));
+    }
     let server = tessera_gc::serve_worker_tcp(
         listener,
         tessera_gc::WorkerOptions {

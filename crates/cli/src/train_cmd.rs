@@ -49,6 +49,9 @@ pub struct TrainArgs {
     /// Stop after this many training images per epoch (quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// asym: a worker process (`tessera worker --scheme asym`) instead of worker threads here.
+    #[arg(long)]
+    worker: Option<String>,
     /// Write the trained model (ONNX, batch 1) here.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -129,7 +132,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         ));
     }
     let batch = a.batch.max(1);
-    let split = match a.scheme.as_str() {
+    let split_opts = match a.scheme.as_str() {
         "asym" => Some(AsymOptions {
             rank: match (a.rank, a.energy) {
                 (Some(_), Some(_)) => return Err(usage("give --rank or --energy, not both")),
@@ -157,11 +160,29 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         TrainOptions {
             lr: a.lr,
             momentum: a.momentum,
-            split,
+            split: split_opts.clone(),
         },
     )
     .map_err(usage)?;
     let mut worker = LocalWorker::new(t.plan().worker_layers());
+    let worker_ns = std::sync::atomic::AtomicU64::new(0);
+    let mut remote = match (&a.worker, &split_opts) {
+        (Some(addr), Some(o)) => {
+            let s = std::net::TcpStream::connect(addr)
+                .map_err(|e| usage(format!("cannot connect to the worker at {addr}: {e}")))?;
+            Some(
+                tessera_asym::service::setup_worker(
+                    &g,
+                    o,
+                    s,
+                    tessera_runtime::ChannelOptions::default(),
+                )
+                .map_err(usage)?,
+            )
+        }
+        (Some(_), None) => return Err(usage("--worker is for --scheme asym")),
+        _ => None,
+    };
     let per_epoch = a.limit.unwrap_or(train_n).min(train_n) / batch * batch;
     let pb = if a.json {
         indicatif::ProgressBar::hidden()
@@ -187,10 +208,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         for chunk in order[..per_epoch].chunks_exact(batch) {
             let (x, labels) = batch_of(&data, chunk)?;
-            let w: Option<&mut dyn tessera_asym::WorkerLink> = if a.scheme == "asym" {
-                Some(&mut worker)
-            } else {
-                None
+            let mut link = remote
+                .as_mut()
+                .map(|ch| tessera_asym::service::ChannelLink::new(ch, &worker_ns));
+            let w: Option<&mut dyn tessera_asym::WorkerLink> = match (&mut link, a.scheme.as_str())
+            {
+                (Some(l), _) => Some(l),
+                (None, "asym") => Some(&mut worker),
+                _ => None,
             };
             let r = t.step(&x, &labels, w).map_err(usage)?;
             steps_ms.push(r.total_time.as_secs_f64() * 1e3);

@@ -1,0 +1,87 @@
+//! Training through a worker in another thread over TCP (the runtime's channel) gives the same
+//! steps as the in-process worker.
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::AtomicU64;
+use tessera_asym::service::{ChannelLink, serve_asym_worker_tcp, setup_worker};
+use tessera_asym::{AsymOptions, LocalWorker, RankRule, TrainOptions, Trainer};
+use tessera_model::{Graph, GraphBuilder, Tensor};
+use tessera_runtime::ChannelOptions;
+
+fn cnn() -> Graph {
+    let mut b = GraphBuilder::new("remote-cnn", 5);
+    let mut x = b.input("input", vec![4, 3, 12, 12]).unwrap();
+    x = b.conv(x, 8, 3, 1, 1).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.max_pool(x, 2, 2).unwrap();
+    x = b.conv(x, 8, 3, 1, 1).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.flatten(x).unwrap();
+    let y = b.dense(x, 5).unwrap();
+    b.finish(vec![y]).unwrap()
+}
+
+fn batch(step: usize) -> (Tensor, Vec<usize>) {
+    let n = 4 * 3 * 12 * 12;
+    let x = (0..n)
+        .map(|i| (((i * 37 + step * 101) % 97) as f32) / 97.0 - 0.5)
+        .collect();
+    (
+        Tensor::new(vec![4, 3, 12, 12], x).unwrap(),
+        (0..4).map(|i| (i + step) % 5).collect(),
+    )
+}
+
+#[test]
+fn remote_training_matches_local() {
+    let g = cnn();
+    let split = AsymOptions {
+        rank: RankRule::Fixed(2),
+        skip_unprofitable: false,
+        ..AsymOptions::default()
+    };
+    let opts = TrainOptions {
+        lr: 0.05,
+        momentum: 0.9,
+        split: Some(split.clone()),
+    };
+    let mut local = Trainer::new(&g, opts.clone()).unwrap();
+    let mut lw = LocalWorker::new(local.plan().worker_layers());
+    let server = serve_asym_worker_tcp(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        ChannelOptions::default(),
+    )
+    .unwrap();
+    let mut ch = setup_worker(
+        &g,
+        &split,
+        TcpStream::connect(server.addr()).unwrap(),
+        ChannelOptions::default(),
+    )
+    .unwrap();
+    let ns = AtomicU64::new(0);
+    let mut remote = Trainer::new(&g, opts).unwrap();
+    assert!(
+        local.plan().worker_layers().len() >= 2,
+        "the test needs split layers"
+    );
+    for step in 0..3 {
+        let (x, y) = batch(step);
+        let a = local.step(&x, &y, Some(&mut lw)).unwrap();
+        let mut link = ChannelLink::new(&mut ch, &ns);
+        let b = remote.step(&x, &y, Some(&mut link)).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6 * a.loss.abs().max(1.0),
+            "step {step}: {} vs {}",
+            a.loss,
+            b.loss
+        );
+    }
+    let (x, _) = batch(9);
+    let ya = tessera_engine::run_f32(local.graph(), std::slice::from_ref(&x)).unwrap();
+    let yb = tessera_engine::run_f32(remote.graph(), std::slice::from_ref(&x)).unwrap();
+    for (p, q) in ya[0].data().iter().zip(yb[0].data()) {
+        assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{p} vs {q}");
+    }
+    assert!(ch.counters().snapshot().2 > 6, "forward, backward and updates crossed the wire");
+}
