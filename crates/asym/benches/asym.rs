@@ -11,6 +11,7 @@ use tessera_asym::{
     AsymOptions, Inference, LayerRun, LocalWorker, Plan, TrainOptions, Trainer, infer, rebatch,
 };
 use tessera_model::{Graph, Tensor, builders};
+use tessera_runtime::cost::{Footprint, SGX1, model_request};
 
 fn input(shape: &[usize], seed: u64) -> Tensor {
     let mut s = seed | 1;
@@ -36,6 +37,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 struct Row {
+    /// Working set for the SGX1 cost model (bytes) and enclave↔worker messages per pass.
+    ws: Footprint,
+    messages: u64,
     net: String,
     batch: usize,
     what: &'static str,
@@ -46,24 +50,48 @@ struct Row {
     trusted: f64,
 }
 
+/// Modeled SGX1 time of `measured` enclave work with working set `ws` and `io` boundary
+/// crossings (tessera_runtime::cost: 93 MB EPC, 40k cycles per page, 3 GHz).
+fn sgx(measured: Duration, ws: &Footprint, io: u64) -> Duration {
+    Duration::from_nanos(model_request(&SGX1, ws, measured, io).modeled_ns)
+}
+
 fn print_rows(rows: &[Row]) {
     println!(
-        "| net | batch | pass | unsplit (TEE-only) | split total | split: enclave | split: worker | unsplit ÷ enclave | trusted MACs |"
+        "| net | batch | pass | unsplit (TEE-only) | modeled SGX1 | split total | split: enclave | modeled SGX1 | split: worker | unsplit ÷ enclave (measured) | (modeled) | trusted MACs |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let mu = sgx(r.unsplit, &r.ws, 0);
+        let me = sgx(r.enclave, &r.ws, 2 * r.messages);
         println!(
-            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.1}% |",
+            "| {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.2}× | {:.1}% |",
             r.net,
             r.batch,
             r.what,
             ms(r.unsplit),
+            ms(mu),
             ms(r.split),
             ms(r.enclave),
+            ms(me),
             ms(r.worker),
             r.unsplit.as_secs_f64() / r.enclave.as_secs_f64().max(1e-9),
+            mu.as_secs_f64() / me.as_secs_f64().max(1e-9),
             100.0 * r.trusted
         );
+    }
+    println!(
+        "\nModeled SGX1: measured time + EPC paging when the working set exceeds 93 MB + 10k cycles per enclave-worker message (tessera_runtime::cost). Working set: f32 weights and the largest layer's activations, x3 for training (gradients, momentum, kept activations); the split enclave still holds every weight (it folds W·U), so paging is the same on both sides."
+    );
+}
+
+/// f32 working set of `g` (the cost model's footprint is for 8-byte integers), ×3 for training.
+fn working_set(g: &Graph, training: bool) -> Footprint {
+    let f = Footprint::of(g);
+    let k = if training { 3 } else { 1 };
+    Footprint {
+        weight_bytes: f.weight_bytes / 2 * k,
+        activation_bytes: f.activation_bytes / 2 * k,
     }
 }
 
@@ -109,7 +137,10 @@ fn bench_infer(
                 last = Some(r);
             }
             let layers = last.map(|l| l.layers).unwrap_or_default();
+            let messages = layers.iter().filter(|l| l.placement == "split").count() as u64;
             rows.push(Row {
+                ws: working_set(&g, false),
+                messages,
                 net: name.clone(),
                 batch,
                 what: "inference",
@@ -149,6 +180,7 @@ fn bench_train(reps: usize, rows: &mut Vec<Row>) {
             split.step(&x, &labels, Some(&mut w)).expect("step");
             let (mut tu, mut ts, mut te, mut tw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut trusted = 0.0;
+            let mut messages = 0u64;
             for _ in 0..reps {
                 let t = Instant::now();
                 base.step(&x, &labels, None).expect("step");
@@ -158,8 +190,12 @@ fn bench_train(reps: usize, rows: &mut Vec<Row>) {
                 te.push(r.total_time.saturating_sub(r.worker_time));
                 tw.push(r.worker_time);
                 trusted = share(&r.layers);
+                // Forward, backward and update per split layer.
+                messages = 3 * r.layers.iter().filter(|l| l.placement == "split").count() as u64;
             }
             rows.push(Row {
+                ws: working_set(&g, true),
+                messages,
                 net: name,
                 batch,
                 what: "training step",

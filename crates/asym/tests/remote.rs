@@ -83,5 +83,8 @@ fn remote_training_matches_local() {
     for (p, q) in ya[0].data().iter().zip(yb[0].data()) {
         assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{p} vs {q}");
     }
-    assert!(ch.counters().snapshot().2 > 6, "forward, backward and updates crossed the wire");
+    assert!(
+        ch.counters().snapshot().2 > 6,
+        "forward, backward and updates crossed the wire"
+    );
 }
