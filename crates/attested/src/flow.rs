@@ -442,8 +442,14 @@ pub fn split(
 }
 
 /// The demo: the whole flow on the generated glyph images (3,000 to train, 500 held out),
-/// with swtpm started here. Fails with a message naming the packages when swtpm is missing.
+/// with swtpm started here, printing progress. Fails with a message naming the packages when
+/// swtpm is missing.
 pub fn demo_flow(dir: &Path) -> Result<Report, AttestedError> {
+    demo_flow_with(dir, true)
+}
+
+/// [`demo_flow`], with or without progress lines on stderr.
+pub fn demo_flow_with(dir: &Path, progress: bool) -> Result<Report, AttestedError> {
     let g = tessera_data::synth::glyphs(3_500, 7);
     let all = PlainDataset::new(
         "glyphs",
@@ -471,7 +477,7 @@ pub fn demo_flow(dir: &Path) -> Result<Report, AttestedError> {
         dir,
         &data,
         &FlowOptions {
-            progress: true,
+            progress,
             ..Default::default()
         },
     )

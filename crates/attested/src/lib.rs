@@ -79,7 +79,7 @@ pub mod wrap;
 pub use broker::{Broker, BrokerClient, BrokerConfig, KeyKind, Release, serve_broker};
 pub use dataset::{PlainDataset, decrypt_dataset, decrypt_model, encrypt_dataset, encrypt_model};
 pub use error::AttestedError;
-pub use flow::{FlowData, FlowOptions, Report, demo_flow, run_flow};
+pub use flow::{FlowData, FlowOptions, Report, demo_flow, demo_flow_with, run_flow};
 pub use host::{HostOutcome, run_host_job};
 pub use policy::{
     AcceptedJob, JobSpec, Output, Stakeholder, StakeholderPolicy, TrainSpec, accept_job,
