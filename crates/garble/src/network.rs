@@ -86,9 +86,12 @@ use tessera_model::tensor::{Tensor, broadcast_index_map};
 use zeroize::Zeroize;
 
 use crate::GarbleError;
+use crate::ProjectionBatch;
 use crate::cost::{CIPHERTEXT_BYTES, GarbleCost};
 use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
-use crate::gadget::{Backend, checked_phi, max2, relu, rescale_pow2};
+use crate::gadget::{
+    Backend, BatchSink, LayerGarbleBackend, checked_phi, max2, relu, rescale_pow2,
+};
 use crate::gate::{Evaluator, Garbler};
 use crate::label::Seed;
 use crate::modulus::Modulus;
@@ -1556,49 +1559,11 @@ fn label_linear(
 }
 
 /// The garbler over a stream: each projection batch is written and dropped at once.
-struct StreamGarbler<W: Write> {
-    garbler: Garbler,
-    writer: StreamWriter<W>,
-}
+type StreamGarbler<W> = LayerGarbleBackend<StreamWriter<W>>;
 
-impl<W: Write> Backend for StreamGarbler<W> {
-    type Wire = LabelTensor;
-
-    fn modulus_of(&self, w: &LabelTensor) -> Modulus {
-        w.modulus()
-    }
-
-    fn add(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_add(b)
-    }
-
-    fn sub(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_sub(b)
-    }
-
-    fn mul_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
-        Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
-    }
-
-    /// The zero-labels move by −k·Δ (the evaluator's labels stay).
-    fn add_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
-        let minus_k = -i64::from(a.modulus().reduce(k));
-        let delta = self.garbler.delta(a.modulus()).clone();
-        let mut out = a.clone();
-        out.add_delta_times(&delta, &vec![minus_k; a.len()])?;
-        Ok(out)
-    }
-
-    fn project(
-        &mut self,
-        a: &LabelTensor,
-        q: Modulus,
-        phi: &[u16],
-    ) -> Result<LabelTensor, GarbleError> {
-        let phi = checked_phi(a.modulus(), q, phi)?;
-        let (batch, c0) = self.garbler.projection_batch(a, q, &phi)?;
-        self.writer.write_batch(&batch)?;
-        Ok(c0)
+impl<W: Write> BatchSink for StreamWriter<W> {
+    fn put(&mut self, batch: ProjectionBatch) -> Result<(), GarbleError> {
+        self.write_batch(&batch)
     }
 }
 
@@ -1631,7 +1596,7 @@ impl<W: Write> NetBackend for StreamGarbler<W> {
         let mut zeros = self.garbler.input_tensor(m, &[count])?;
         let values: Vec<i64> = c.iter().map(|&v| i64::from(v)).collect();
         let labels = self.garbler.encode_tensor(&zeros, &values)?;
-        self.writer.write_labels(&labels)?;
+        self.sink.write_labels(&labels)?;
         let mut spread = label_linear(&zeros, map.len(), &|_, n, d| gather_digits(n, d, map))?;
         let out = x.try_add(&spread);
         zeros.zeroize();
@@ -1925,13 +1890,10 @@ pub fn garble_with_progress(
         bytes: 0,
     };
     let writer = StreamWriter::new(BufWriter::with_capacity(1 << 20, counting), &header)?;
-    let mut b = StreamGarbler { garbler, writer };
+    let mut b = StreamGarbler::with_sink(garbler, writer);
     let total = circuit.steps.len();
     let out = circuit.run(&mut b, zeros, |i, _| progress(i + 1, total))?;
-    let StreamGarbler {
-        mut garbler,
-        writer,
-    } = b;
+    let (mut garbler, writer) = b.into_inner();
     let buf = writer.finish()?;
     let counting = buf
         .into_inner()

@@ -13,20 +13,43 @@ use crate::gate::{Evaluator, Garbler};
 use crate::modulus::Modulus;
 use crate::tensor::LabelTensor;
 
-/// Garbles gadgets layer-wise: wires are tensors of zero-labels.
+/// Where a layer garbler puts each projection batch, in gate order: kept in memory (a `Vec`) or
+/// written to a stream of garbled material (the network garbler).
+pub trait BatchSink {
+    /// Take the next batch.
+    fn put(&mut self, batch: ProjectionBatch) -> Result<(), GarbleError>;
+}
+
+impl BatchSink for Vec<ProjectionBatch> {
+    fn put(&mut self, batch: ProjectionBatch) -> Result<(), GarbleError> {
+        self.push(batch);
+        Ok(())
+    }
+}
+
+/// Garbles gadgets layer-wise: wires are tensors of zero-labels; tables go to the sink `S`.
 #[derive(Debug)]
-pub struct LayerGarbleBackend {
-    garbler: Garbler,
-    batches: Vec<ProjectionBatch>,
+pub struct LayerGarbleBackend<S = Vec<ProjectionBatch>> {
+    pub(crate) garbler: Garbler,
+    pub(crate) sink: S,
 }
 
 impl LayerGarbleBackend {
-    /// A backend over a fresh or ongoing garbling.
+    /// A backend over a fresh or ongoing garbling, keeping the tables in memory.
     pub fn new(garbler: Garbler) -> Self {
-        Self {
-            garbler,
-            batches: Vec::new(),
-        }
+        Self::with_sink(garbler, Vec::new())
+    }
+
+    /// The garbler and the batches of tables, in gate order.
+    pub fn into_parts(self) -> (Garbler, Vec<ProjectionBatch>) {
+        (self.garbler, self.sink)
+    }
+}
+
+impl<S> LayerGarbleBackend<S> {
+    /// A backend that hands every batch of tables to `sink`.
+    pub fn with_sink(garbler: Garbler, sink: S) -> Self {
+        Self { garbler, sink }
     }
 
     /// The garbler (to draw input tensors, encode and decode).
@@ -34,13 +57,13 @@ impl LayerGarbleBackend {
         &mut self.garbler
     }
 
-    /// The garbler and the batches of tables, in gate order.
-    pub fn into_parts(self) -> (Garbler, Vec<ProjectionBatch>) {
-        (self.garbler, self.batches)
+    /// The garbler and the sink.
+    pub fn into_inner(self) -> (Garbler, S) {
+        (self.garbler, self.sink)
     }
 }
 
-impl Backend for LayerGarbleBackend {
+impl<S: BatchSink> Backend for LayerGarbleBackend<S> {
     type Wire = LabelTensor;
 
     fn modulus_of(&self, w: &LabelTensor) -> Modulus {
@@ -76,7 +99,7 @@ impl Backend for LayerGarbleBackend {
     ) -> Result<LabelTensor, GarbleError> {
         let phi = checked_phi(a.modulus(), q, phi)?;
         let (batch, c0) = self.garbler.projection_batch(a, q, &phi)?;
-        self.batches.push(batch);
+        self.sink.put(batch)?;
         Ok(c0)
     }
 }

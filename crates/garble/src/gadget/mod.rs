@@ -28,7 +28,7 @@ pub mod layer;
 pub mod scale;
 
 pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
-pub use layer::{LayerEvalBackend, LayerGarbleBackend};
+pub use layer::{BatchSink, LayerEvalBackend, LayerGarbleBackend};
 pub use scale::{max2, max2_cost, rescale_pow2, rescale_pow2_cost};
 
 use crate::GarbleError;
