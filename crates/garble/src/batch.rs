@@ -11,16 +11,18 @@
 //!   count and no tweak is used twice as long as the base numbers of batches do not overlap
 //!   ([`crate::Garbler::projection_batch`] reserves them from its counter).
 //!
-//! Tables are stored flat: gate i's rows 1..p are `(p − 1) × digits(q)` digits at offset
-//! `i · (p − 1) · digits(q)`.
+//! Tables are stored flat as compressed rows (elements of Z_{q^n}, or of Z_2^128 under XOR for
+//! q = 2; see [`crate::gate`]): gate i's rows 1..p are the p − 1 blocks at offset `i · (p − 1)`.
+//! The evaluator turns only the row it opens into digits.
 
 use crate::GarbleError;
+use crate::block::{add_mod, pad, sub_mod, unpack_into};
 use crate::cost::GarbleCost;
 use crate::gate::ProjectionTable;
-use crate::hash::{Hasher, Tweak, expand_into, spread_bits};
+use crate::hash::{Hasher, Tweak, spread_bits};
 use crate::label::{Delta, Label};
 use crate::modulus::{MAX_DIGITS, Modulus};
-use crate::tensor::{LabelTensor, add_digits, block_of, neg_digits};
+use crate::tensor::{LabelTensor, add_digits, block_of, sub_digits};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
@@ -39,31 +41,32 @@ pub struct ProjectionBatch {
     input: Modulus,
     output: Modulus,
     count: usize,
-    rows: Vec<u8>,
+    rows: Vec<u128>,
 }
 
 impl ProjectionBatch {
     /// A batch from its parts, checked (use this on data from a peer or a file):
-    /// `count · (p − 1) · digits(q)` digits, each below q, and gate numbers that do not overflow.
+    /// `count · (p − 1)` rows, each the compressed form of some label mod q (below q^n), and gate
+    /// numbers that do not overflow.
     pub fn new(
         base_gate: u64,
         input: Modulus,
         output: Modulus,
         count: usize,
-        rows: Vec<u8>,
+        rows: Vec<u128>,
     ) -> Result<Self, GarbleError> {
-        let per_gate = (usize::from(input.q()) - 1) * output.digits();
         let expected = count
-            .checked_mul(per_gate)
+            .checked_mul(usize::from(input.q()) - 1)
             .ok_or(GarbleError::Internal("table size overflows usize"))?;
         if rows.len() != expected {
-            return Err(GarbleError::DigitCount {
-                q: output.q(),
+            return Err(GarbleError::TableLength {
                 expected,
                 got: rows.len(),
             });
         }
-        crate::tensor::check_digits(output, &rows)?;
+        if !rows.iter().all(|&r| output.holds_block(r)) {
+            return Err(GarbleError::BlockOutOfRange { q: output.q() });
+        }
         end_gate(base_gate, count)?;
         Ok(Self {
             base_gate,
@@ -100,18 +103,17 @@ impl ProjectionBatch {
     }
 
     /// All rows, flat (see the module docs).
-    pub fn as_digits(&self) -> &[u8] {
+    pub fn as_blocks(&self) -> &[u128] {
         &self.rows
     }
 
     /// Gate i as a single [`ProjectionTable`], if there is one.
     pub fn table(&self, i: usize) -> Option<ProjectionTable> {
-        let n = self.output.digits();
-        let per_gate = (usize::from(self.input.q()) - 1) * n;
+        let per_gate = usize::from(self.input.q()) - 1;
         let rows = self.rows.chunks_exact(per_gate).nth(i)?;
         let labels: Option<Vec<Label>> = rows
-            .chunks_exact(n)
-            .map(|r| Label::from_digits(self.output, r).ok())
+            .iter()
+            .map(|&r| Label::from_block(self.output, r).ok())
             .collect();
         let gate = self.base_gate.checked_add(u64::try_from(i).ok()?)?;
         ProjectionTable::new(gate, self.input, self.output, labels?).ok()
@@ -179,7 +181,7 @@ pub fn garble_projection_batch(
         .map(|d| block_of(q.q(), d))
         .collect();
 
-    let mut rows = vec![0u8; count * (pq - 1) * nq];
+    let mut rows = vec![0u128; count * (pq - 1)];
     let mut c0s = LabelTensor::zeros(q, a0.shape())?;
     let chunk = (HASHES_PER_CHUNK / pq).max(1);
     // Gates per AES step: their p hashes each fit the step's stack buffers.
@@ -187,7 +189,7 @@ pub fn garble_projection_batch(
     let costs: Result<Vec<GarbleCost>, GarbleError> = a0
         .as_digits()
         .par_chunks(chunk * np)
-        .zip(rows.par_chunks_mut(chunk * (pq - 1) * nq))
+        .zip(rows.par_chunks_mut(chunk * (pq - 1)))
         .zip(c0s.digits_mut().par_chunks_mut(chunk * nq))
         .enumerate()
         .map(|(ci, ((a_chunk, rows_chunk), c0_chunk))| {
@@ -197,7 +199,7 @@ pub fn garble_projection_batch(
             let mut label = [0u8; MAX_DIGITS];
             let steps = a_chunk
                 .chunks(step * np)
-                .zip(rows_chunk.chunks_mut(step * (pq - 1) * nq))
+                .zip(rows_chunk.chunks_mut(step * (pq - 1)))
                 .zip(c0_chunk.chunks_mut(step * nq));
             for (si, ((a_step, rows_step), c0_step)) in steps.enumerate() {
                 // All p labels A₀ + x·Δ_p of every gate of the step, compressed, with tweaks.
@@ -222,7 +224,7 @@ pub fn garble_projection_batch(
                 let (items, hs) = items.zip(hs).ok_or(GarbleError::Internal("step size"))?;
                 hasher.hash_raw(items, q, hs, &mut cost);
                 let tables = rows_step
-                    .chunks_exact_mut((pq - 1) * nq)
+                    .chunks_exact_mut(pq - 1)
                     .zip(c0_step.chunks_exact_mut(nq));
                 for ((a, hk), (tab, c0)) in
                     a_step.chunks_exact(np).zip(hs.chunks_exact(pq)).zip(tables)
@@ -276,13 +278,14 @@ pub fn evaluate_projection_batch(
         });
     }
     let (pq, np, nq) = (usize::from(p.q()), p.digits(), q.digits());
+    let pow = q.block_params().pow;
     let base_gate = tables.base_gate;
     let mut out = LabelTensor::zeros(q, a.shape())?;
     let chunk = HASHES_PER_CHUNK;
     let costs: Result<Vec<GarbleCost>, GarbleError> = a
         .as_digits()
         .par_chunks(chunk * np)
-        .zip(tables.rows.par_chunks(chunk * (pq - 1) * nq))
+        .zip(tables.rows.par_chunks(chunk * (pq - 1)))
         .zip(out.digits_mut().par_chunks_mut(chunk * nq))
         .enumerate()
         .map(|(ci, ((a_chunk, tab_chunk), out_chunk))| {
@@ -291,7 +294,7 @@ pub fn evaluate_projection_batch(
             let mut hs = [[0u128; 2]; HASHES_PER_STEP];
             let steps = a_chunk
                 .chunks(HASHES_PER_STEP * np)
-                .zip(tab_chunk.chunks(HASHES_PER_STEP * (pq - 1) * nq))
+                .zip(tab_chunk.chunks(HASHES_PER_STEP * (pq - 1)))
                 .zip(out_chunk.chunks_mut(HASHES_PER_STEP * nq));
             for (si, ((a_step, tab_step), out_step)) in steps.enumerate() {
                 let first = ci * chunk + si * HASHES_PER_STEP;
@@ -309,26 +312,20 @@ pub fn evaluate_projection_batch(
                     .chunks_exact_mut(nq)
                     .zip(a_step.chunks_exact(np))
                     .zip(hs.iter())
-                    .zip(tab_step.chunks_exact((pq - 1) * nq));
+                    .zip(tab_step.chunks_exact(pq - 1));
                 for (((o, l), h), tab) in gates {
-                    // The result is ct_r − H(a, (gate, r)), or −H for row 0.
+                    // The result is ct_r − pad(H(a, (gate, r))), with ct₀ = 0.
                     let r = usize::from(l.first().copied().unwrap_or(0));
-                    let ct = match r {
-                        0 => None,
-                        r => Some(
-                            tab.chunks_exact(nq)
-                                .nth(r - 1)
-                                .ok_or(GarbleError::Internal("colour out of range"))?,
-                        ),
+                    let ct = match r.checked_sub(1) {
+                        None => 0,
+                        Some(i) => *tab
+                            .get(i)
+                            .ok_or(GarbleError::Internal("colour out of range"))?,
                     };
                     if q.q() == 2 {
-                        spread_bits(h[0] ^ ct.map_or(0, |ct| block_of(2, ct)), o);
+                        spread_bits(h[0] ^ ct, o);
                     } else {
-                        expand_into(q, *h, o);
-                        match ct {
-                            Some(ct) => subtract_from(q.q(), o, ct),
-                            None => neg_digits(q.q(), o),
-                        }
+                        unpack_into(q, sub_mod(ct, pad(pow, *h), pow), o);
                     }
                     cost.gates += 1;
                 }
@@ -345,16 +342,17 @@ pub fn evaluate_projection_batch(
 }
 
 /// The table rows and output zero-label of one gate from its p hashes `hk` (in order of x) and
-/// the input zero-label's colour: C₀ = −(H(A_{x*}, row 0) + φ(x*)·Δ_q) with x* = −colour (row
-/// reduction), and row r = colour + x ≠ 0 is H(Aₓ, (gate, r)) + C₀ + φ(x)·Δ_q. Mod 2 every step
-/// is an XOR of compressed blocks, spread into digits only when stored.
+/// the input zero-label's colour. Row reduction: with x* = −colour, the block of C₀ + φ(x*)·Δ_q
+/// is −pad(H(A_{x*}, row 0)), so ct₀ = 0 and C₀ follows; row r = colour + x ≠ 0 is
+/// block(C₀ + φ(x)·Δ_q) + pad(H(Aₓ, (gate, r))) mod q^n. Mod 2 every step is an XOR of
+/// compressed blocks, spread into digits only for C₀.
 fn garble_rows(
     q: Modulus,
     colour: usize,
     hk: &[[u128; 2]],
     phi_delta: &[u8],
     phi_blocks: &[u128],
-    tab: &mut [u8],
+    tab: &mut [u128],
     c0: &mut [u8],
 ) -> Result<(), GarbleError> {
     let (pq, nq) = (hk.len(), q.digits());
@@ -369,50 +367,31 @@ fn garble_rows(
         spread_bits(c0b, c0);
         for ((x, h), pd) in hk.iter().enumerate().zip(phi_blocks) {
             let r = (colour + x) % pq;
-            if let Some(slot) = r
-                .checked_sub(1)
-                .and_then(|i| tab.chunks_exact_mut(nq).nth(i))
-            {
-                spread_bits(h[0] ^ c0b ^ pd, slot);
+            if let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) {
+                *slot = h[0] ^ c0b ^ pd;
             }
         }
         return Ok(());
     }
+    let pow = q.block_params().pow;
     let h0 = hk.get(x_star).ok_or_else(missing)?;
     let pd0 = phi_delta.chunks_exact(nq).nth(x_star).ok_or_else(missing)?;
-    expand_into(q, *h0, c0);
-    add_digits(q.q(), c0, pd0);
-    neg_digits(q.q(), c0);
+    unpack_into(q, sub_mod(0, pad(pow, *h0), pow), c0);
+    sub_digits(q.q(), c0, pd0);
+    let mut label = [0u8; MAX_DIGITS];
+    let out = label
+        .get_mut(..nq)
+        .ok_or(GarbleError::Internal("label width"))?;
     for ((x, h), pd) in hk.iter().enumerate().zip(phi_delta.chunks_exact(nq)) {
         let r = (colour + x) % pq;
-        if let Some(slot) = r
-            .checked_sub(1)
-            .and_then(|i| tab.chunks_exact_mut(nq).nth(i))
-        {
-            expand_into(q, *h, slot);
-            add2_digits(q.q(), slot, c0, pd);
+        if let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) {
+            out.copy_from_slice(c0);
+            add_digits(q.q(), out, pd);
+            *slot = add_mod(block_of(q.q(), out), pad(pow, *h), pow);
         }
     }
+    label.zeroize();
     Ok(())
-}
-
-/// `a += b + c` digit-wise mod q (digits below q), in one pass.
-fn add2_digits(q: u8, a: &mut [u8], b: &[u8], c: &[u8]) {
-    let q = u16::from(q);
-    for ((d, &e), &f) in a.iter_mut().zip(b).zip(c) {
-        let t = u16::from(*d) + u16::from(e) + u16::from(f);
-        let t = t - q * u16::from(t >= q);
-        *d = (t - q * u16::from(t >= q)) as u8;
-    }
-}
-
-/// `a = b − a` digit-wise mod q (digits below q): −a then + b in one pass.
-fn subtract_from(q: u8, a: &mut [u8], b: &[u8]) {
-    let q = u16::from(q);
-    for (d, &e) in a.iter_mut().zip(b) {
-        let t = u16::from(e) + q - u16::from(*d);
-        *d = (t - q * u16::from(t >= q)) as u8;
-    }
 }
 
 #[cfg(test)]
@@ -586,17 +565,17 @@ mod tests {
             })
         ));
         // Tables from a peer are checked.
-        let rows = tables.as_digits().to_vec();
+        let rows = tables.as_blocks().to_vec();
         assert!(ProjectionBatch::new(0, m(5), m(3), 4, rows.clone()).is_ok());
         assert!(matches!(
             ProjectionBatch::new(0, m(5), m(3), 5, rows.clone()),
-            Err(GarbleError::DigitCount { .. })
+            Err(GarbleError::TableLength { .. })
         ));
         let mut bad = rows.clone();
-        bad[9] = 3;
+        bad[9] = 3u128.pow(80);
         assert!(matches!(
             ProjectionBatch::new(0, m(5), m(3), 4, bad),
-            Err(GarbleError::DigitOutOfRange { q: 3, digit: 3 })
+            Err(GarbleError::BlockOutOfRange { q: 3 })
         ));
         assert!(matches!(
             ProjectionBatch::new(u64::MAX - 2, m(5), m(3), 4, rows),

@@ -7,22 +7,31 @@
 //! the tweak (gate, r) where r = colour(Aₓ) = colour(A₀) + x mod p is the row:
 //!
 //! ```text
-//! row r (x = r − colour(A₀)):   ct_r = H(Aₓ, (gate, r)) + C₀ + φ(x)·Δ_q     (mod q, digit-wise)
+//! row r (x = r − colour(A₀)):   ct_r = [C₀ + φ(x)·Δ_q] + pad(H(Aₓ, (gate, r)))     (mod q^n)
 //! ```
 //!
-//! **Row reduction**: the output zero-label C₀ is not sampled but chosen so that ct₀ = 0, i.e.
-//! C₀ = −H(A_{x*}, (gate, 0)) − φ(x*)·Δ_q with x* = −colour(A₀); row 0 is then not sent, and the
-//! table holds the p − 1 rows 1..p (16 bytes each on the wire). C₀ is pseudorandom because H's
-//! output is.
+//! where [L] is the compressed block of label L (Σ dᵢ·qⁱ < q^n) and pad(h) the integer
+//! ⌊h·q^n / 2^256⌋ of the hash output h ([`crate::block::pad`]). A row is thus a one-time pad in
+//! the group Z_{q^n}; mod 2 the group is Z_2^128 under XOR and the pad is the hash's first block.
+//! The pad of a hash input the evaluator cannot compute is within 2^−128 of uniform on the group
+//! (the same bound as the hash's own expansion), so every row it cannot open hides its label.
+//! Working on blocks lets the evaluator unpack only the row it opens, and the wire carries each
+//! row as its 16-byte block unchanged.
 //!
-//! The evaluator holding Aₓ reads its colour r and computes C₀ + φ(x)·Δ_q as −H(Aₓ, (gate, 0))
-//! when r = 0 and as ct_r − H(Aₓ, (gate, r)) otherwise: one hash call, no knowledge of x.
+//! **Row reduction**: the output zero-label C₀ is not sampled but chosen so that ct₀ = 0, i.e.
+//! [C₀ + φ(x*)·Δ_q] = −pad(H(A_{x*}, (gate, 0))) with x* = −colour(A₀); row 0 is then not sent,
+//! and the table holds the p − 1 rows 1..p (16 bytes each on the wire). C₀ is pseudorandom
+//! because the pad is.
+//!
+//! The evaluator holding Aₓ reads its colour r and unpacks C₀ + φ(x)·Δ_q from
+//! ct_r − pad(H(Aₓ, (gate, r))) (ct₀ = 0): one hash call, no knowledge of x.
 //!
 //! Every gate gets a fresh number from the [`Garbler`], so (gate, row) — the hash tweak — is
 //! never reused in a garbling, even when one wire feeds many gates.
 
 use crate::GarbleError;
 use crate::batch::ProjectionBatch;
+use crate::block::{add_block, pad_of, sub_block};
 use crate::cost::GarbleCost;
 use crate::hash::{Hasher, Tweak};
 use crate::label::{Delta, Label, Seed};
@@ -39,7 +48,8 @@ pub struct ProjectionTable {
     gate: u64,
     input: Modulus,
     output: Modulus,
-    /// Rows 1..p (row 0 is implicit zero); each a label mod `output`.
+    /// Rows 1..p (row 0 is implicit zero); each an element of Z_{q^n} (Z_2^128 for q = 2), held
+    /// as the label mod `output` whose compressed block it is.
     rows: Vec<Label>,
 }
 
@@ -145,38 +155,43 @@ pub fn garble_projection(
         labels.push(a.clone());
     }
     a.zeroize();
-    let inputs: Vec<(&Label, Tweak)> = labels
+    let items: Vec<(u128, u128)> = labels
         .iter()
         .map(|l| {
             let row = u32::from(l.colour());
-            (l, Tweak { gate, row })
+            (l.to_block(), Tweak { gate, row }.block(p, q))
         })
         .collect();
-    let hashes = hasher.hash_batch(&inputs, q, cost);
+    let mut hashes = vec![[0u128; 2]; items.len()];
+    hasher.hash_raw(&items, q, &mut hashes, cost);
+    let mut pads: Vec<u128> = hashes.iter().map(|&h| pad_of(q, h)).collect();
+    hashes.zeroize();
 
-    // Row reduction: C₀ = −H(row 0) − φ(x*)·Δ_q.
+    // Row reduction: [C₀ + φ(x*)·Δ_q] = −pad(x*).
     let x_star = usize::from(p.reduce(u64::from(p.q()) - u64::from(a0.colour())));
-    let (h0, phi0) = hashes
+    let (pad0, phi0) = pads
         .get(x_star)
         .zip(phi.get(x_star))
         .ok_or(GarbleError::Internal("row 0 is missing"))?;
-    let c0 = h0.try_add(&delta_q.times(u64::from(*phi0)))?.neg();
+    let top = Label::from_block(q, sub_block(q, 0, *pad0))?;
+    let c0 = top.try_sub(&delta_q.times(u64::from(*phi0)))?;
 
     let mut rows = vec![Label::zero(q); phi.len() - 1];
-    for (((label, _), h), &v) in inputs.iter().zip(&hashes).zip(phi) {
+    for ((label, pad), &v) in labels.iter().zip(&pads).zip(phi) {
         let r = usize::from(label.colour());
         if r == 0 {
             continue;
         }
-        let ct = h.try_add(&delta_q.encode(&c0, u64::from(v))?)?;
+        let ct = add_block(q, delta_q.encode(&c0, u64::from(v))?.to_block(), *pad);
         let slot = rows
             .get_mut(r - 1)
             .ok_or(GarbleError::Internal("row out of range"))?;
-        *slot = ct;
+        *slot = Label::from_block(q, ct)?;
     }
     for l in &mut labels {
         l.zeroize();
     }
+    pads.zeroize();
     cost.add_table(rows.len() as u64);
     Ok((ProjectionTable::new(gate, p, q, rows)?, c0))
 }
@@ -195,27 +210,32 @@ pub fn evaluate_projection(
         });
     }
     let r = a.colour();
-    let h = hasher.hash(
-        a,
-        Tweak {
-            gate: table.gate,
-            row: u32::from(r),
-        },
-        table.output,
+    let q = table.output;
+    let tweak = Tweak {
+        gate: table.gate,
+        row: u32::from(r),
+    };
+    let mut h = [[0u128; 2]];
+    hasher.hash_raw(
+        &[(a.to_block(), tweak.block(a.modulus(), q))],
+        q,
+        &mut h,
         cost,
     );
+    let [h] = h;
     cost.gates += 1;
-    if r == 0 {
-        return Ok(h.neg());
-    }
-    let ct = table
-        .rows
-        .get(usize::from(r) - 1)
-        .ok_or(GarbleError::TableLength {
-            expected: usize::from(table.input.q()) - 1,
-            got: table.rows.len(),
-        })?;
-    ct.try_sub(&h)
+    let ct = match usize::from(r).checked_sub(1) {
+        None => 0,
+        Some(i) => table
+            .rows
+            .get(i)
+            .ok_or(GarbleError::TableLength {
+                expected: usize::from(table.input.q()) - 1,
+                got: table.rows.len(),
+            })?
+            .to_block(),
+    };
+    Label::from_block(q, sub_block(q, ct, pad_of(q, h)))
 }
 
 /// One garbling: the seeded CSPRNG, one offset per modulus, the public hash key and the gate

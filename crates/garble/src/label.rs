@@ -103,11 +103,10 @@ impl Label {
             }
             return Ok(label);
         }
-        let mut words = words_of(block);
-        digits_from_words(modulus, &mut words, &mut label.digits);
-        if words.iter().any(|&w| w != 0) {
+        if !modulus.holds_block(block) {
             return Err(GarbleError::BlockOutOfRange { q: modulus.q() });
         }
+        crate::block::unpack_into(modulus, block, &mut label.digits);
         Ok(label)
     }
 
@@ -189,131 +188,6 @@ impl Label {
     pub(crate) fn digits_mut(&mut self) -> &mut [u8; MAX_DIGITS] {
         &mut self.digits
     }
-}
-
-/// Fills `out` with the n low base-q digits (q odd) of the integer N whose little-endian 32-bit
-/// words are `words`, and leaves ⌊N / q^n⌋ in `words`.
-///
-/// Used to decompress blocks ([`Label::from_block`]); the hash expands its output differently
-/// (see [`crate::hash`]). The CRT primes 3..=23 get copies specialised at compile time: every
-/// divisor there is a constant, which the compiler turns into a multiply and shift. All copies
-/// run the same algorithm and give the same result.
-pub(crate) fn digits_from_words(modulus: Modulus, words: &mut [u32], out: &mut [u8; MAX_DIGITS]) {
-    match modulus.q() {
-        3 => digits_const::<3>(words, out),
-        5 => digits_const::<5>(words, out),
-        7 => digits_const::<7>(words, out),
-        11 => digits_const::<11>(words, out),
-        13 => digits_const::<13>(words, out),
-        17 => digits_const::<17>(words, out),
-        19 => digits_const::<19>(words, out),
-        23 => digits_const::<23>(words, out),
-        _ => {
-            let n = modulus.digits();
-            let kd = modulus.chunk_digits();
-            let q = u64::from(modulus.q());
-            let last = (0..n % kd).fold(1u64, |acc, _| acc * q);
-            digits_impl(
-                DigitParams {
-                    q,
-                    n,
-                    kd,
-                    chunk: modulus.chunk_pow(),
-                    last,
-                },
-                words,
-                out,
-            );
-        }
-    }
-}
-
-/// The constants of [`digits_impl`] for one odd prime q.
-#[derive(Clone, Copy)]
-struct DigitParams {
-    q: u64,
-    /// Digits per label.
-    n: usize,
-    /// Digits per 32-bit chunk: the largest k with q^k ≤ 2^32.
-    kd: usize,
-    /// q^kd.
-    chunk: u64,
-    /// q^(n mod kd): the divisor of the last, short chunk.
-    last: u64,
-}
-
-/// [`DigitParams`] of an odd prime q ≤ 251, at compile time (same definitions as [`Modulus`]).
-const fn digit_params(q: u64) -> DigitParams {
-    let mut n = 0usize;
-    let mut pow: u128 = 1;
-    while let Some(next) = pow.checked_mul(q as u128) {
-        pow = next;
-        n += 1;
-    }
-    let mut kd = 0usize;
-    let mut chunk = 1u64;
-    while chunk * q <= 1 << 32 {
-        chunk *= q;
-        kd += 1;
-    }
-    let mut last = 1u64;
-    let mut i = 0;
-    while i < n % kd {
-        last *= q;
-        i += 1;
-    }
-    DigitParams {
-        q,
-        n,
-        kd,
-        chunk,
-        last,
-    }
-}
-
-fn digits_const<const Q: u64>(words: &mut [u32], out: &mut [u8; MAX_DIGITS]) {
-    digits_impl(const { digit_params(Q) }, words, out);
-}
-
-#[inline(always)]
-fn digits_impl(p: DigitParams, words: &mut [u32], out: &mut [u8; MAX_DIGITS]) {
-    let mut filled = 0;
-    while filled < p.n {
-        // Divide N by q^take (≤ q^k ≤ 2^32): the remainder holds the next `take` digits. The last
-        // chunk divides by a smaller power so that the quotient left is exactly ⌊N / q^n⌋.
-        let full = p.n - filled >= p.kd;
-        let take = if full { p.kd } else { p.n - filled };
-        let mut rem = 0u64;
-        for w in words.iter_mut().rev() {
-            let cur = (rem << 32) | u64::from(*w);
-            // cur < divisor · 2^32, so the quotient fits 32 bits.
-            if full {
-                *w = (cur / p.chunk) as u32;
-                rem = cur % p.chunk;
-            } else {
-                *w = (cur / p.last) as u32;
-                rem = cur % p.last;
-            }
-        }
-        // rem < q^take ≤ 2^32 − 1 (q odd, so no power of q is 2^32): 32-bit arithmetic suffices.
-        let mut r = rem as u32;
-        let q = p.q as u32;
-        for d in out.iter_mut().skip(filled).take(take) {
-            *d = (r % q) as u8;
-            r /= q;
-        }
-        filled += take;
-    }
-}
-
-/// The little-endian 32-bit words of a 128-bit value.
-pub(crate) fn words_of(x: u128) -> [u32; 4] {
-    [
-        x as u32,
-        (x >> 32) as u32,
-        (x >> 64) as u32,
-        (x >> 96) as u32,
-    ]
 }
 
 impl PartialEq for Label {
@@ -550,32 +424,30 @@ mod tests {
     }
 
     #[test]
-    fn wide_digit_extraction_matches_one_digit_at_a_time() {
+    fn decompression_matches_one_digit_at_a_time() {
         let mut rng = ChaCha20Rng::seed_from_u64(9);
-        for q in [3u64, 5, 7, 11, 13, 17, 19, 23, 251] {
+        for q in [3u64, 5, 7, 11, 13, 17, 19, 23, 29, 41, 251] {
             let m = Modulus::new(q).expect("prime");
+            let pow = (0..m.digits()).fold(1u128, |acc, _| acc * u128::from(q));
             for _ in 0..50 {
-                let words: [u32; 8] = rng.random();
-                let mut fast = [0u8; MAX_DIGITS];
-                let mut quotient = words;
-                digits_from_words(m, &mut quotient, &mut fast);
-                // Reference: divide the 256-bit number by q once per digit.
-                let mut slow = words;
-                for (i, &d) in fast.iter().enumerate() {
+                let block = rng.random::<u128>() % pow;
+                let label = Label::from_block(m, block).expect("in range");
+                // Reference: divide by q once per digit.
+                let mut rest = block;
+                for (i, &d) in label.digits.iter().enumerate() {
                     if i >= m.digits() {
                         assert_eq!(d, 0);
                         continue;
                     }
-                    let mut rem = 0u64;
-                    for w in slow.iter_mut().rev() {
-                        let cur = (rem << 32) | u64::from(*w);
-                        *w = (cur / q) as u32;
-                        rem = cur % q;
-                    }
-                    assert_eq!(u64::from(d), rem, "q = {q}, digit {i}");
+                    assert_eq!(u128::from(d), rest % u128::from(q), "q = {q}, digit {i}");
+                    rest /= u128::from(q);
                 }
-                assert_eq!(quotient, slow, "q = {q}: quotient");
+                assert_eq!(rest, 0);
             }
+            assert!(matches!(
+                Label::from_block(m, pow),
+                Err(GarbleError::BlockOutOfRange { .. })
+            ));
         }
     }
 

@@ -63,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub(crate) mod block;
 pub mod circuit;
 pub mod cost;
 pub mod crt;

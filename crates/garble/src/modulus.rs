@@ -7,6 +7,7 @@
 //! moduli with [`GarbleError::CompositeModulus`]; there is no opt-out in this crate.
 
 use crate::GarbleError;
+use crate::block::{BlockParams, block_params};
 
 /// The largest supported modulus: digits are stored as `u8`, and 251 is the largest prime below 256.
 pub const MAX_MODULUS: u8 = 251;
@@ -23,10 +24,8 @@ pub const MAX_DIGITS: usize = 128;
 pub struct Modulus {
     q: u8,
     n: u8,
-    /// Digits that fit one 32-bit chunk: the largest k with q^k ≤ 2^32.
-    chunk_digits: u8,
-    /// q^chunk_digits.
-    chunk_pow: u64,
+    /// q^n and ⌈2^256 / q^n⌉, for arithmetic on compressed labels ([`crate::block`]).
+    block: BlockParams,
 }
 
 impl Modulus {
@@ -40,12 +39,10 @@ impl Modulus {
         }
         let q8 = u8::try_from(q).map_err(|_| GarbleError::UnsupportedModulus(q))?;
         let n = digits_for(q);
-        let (chunk_digits, chunk_pow) = chunk_for(q);
         Ok(Self {
             q: q8,
             n,
-            chunk_digits,
-            chunk_pow,
+            block: block_params(q),
         })
     }
 
@@ -74,12 +71,14 @@ impl Modulus {
         usize::from(self.n)
     }
 
-    pub(crate) fn chunk_digits(self) -> usize {
-        usize::from(self.chunk_digits)
+    /// The constants of block arithmetic mod q^n (all zero for q = 2).
+    pub(crate) fn block_params(self) -> BlockParams {
+        self.block
     }
 
-    pub(crate) fn chunk_pow(self) -> u64 {
-        self.chunk_pow
+    /// Whether `block` is the compressed form of some label mod q (always, for q = 2).
+    pub fn holds_block(self, block: u128) -> bool {
+        self.q == 2 || block < self.block.pow
     }
 
     /// `x mod q` as a digit.
@@ -120,17 +119,6 @@ fn digits_for(q: u64) -> u8 {
         n += 1;
     }
     n
-}
-
-/// The largest k with q^k ≤ 2^32, and q^k.
-fn chunk_for(q: u64) -> (u8, u64) {
-    let mut pow: u64 = 1;
-    let mut k = 0u8;
-    while pow * q <= 1 << 32 {
-        pow *= q;
-        k += 1;
-    }
-    (k, pow)
 }
 
 #[cfg(test)]
@@ -192,16 +180,6 @@ mod tests {
     fn offsets_of_the_crt_primes_carry_at_least_122_bits() {
         for m in Modulus::first_primes(9).expect("primes") {
             assert!(m.delta_entropy_bits() >= 122.0, "q = {m}");
-        }
-    }
-
-    #[test]
-    fn chunks_fit_32_bits() {
-        for m in Modulus::first_primes(54).expect("primes") {
-            let q = u64::from(m.q());
-            assert!(m.chunk_pow() <= 1 << 32);
-            assert!(m.chunk_pow() * q > 1 << 32);
-            assert_eq!(m.chunk_pow(), q.pow(m.chunk_digits() as u32));
         }
     }
 }

@@ -19,16 +19,18 @@
 //! output check ([`crate::OutputDecoder`]), which rejects every label that is not a valid output
 //! label, whatever tables produced it.
 //!
-//! # Byte layout (version 1)
+//! # Byte layout (version 2)
 //!
 //! All integers are little-endian. A label is stored in its compressed 16-byte form
 //! ([`crate::Label::to_block`], u128 little-endian), which is never longer than its digits; a
-//! block that is no label of its modulus is rejected on reading.
+//! table row is its element of Z_{q^n} (see [`crate::gate`]), the same 16 bytes. A block that is
+//! no label of its modulus is rejected on reading. Version 1 held the same bytes but added rows
+//! to pads digit-wise; its material is refused.
 //!
 //! ```text
 //! header (44 bytes)
 //!   0  magic        8   89 54 47 41 52 42 0D 0A  ("\x89TGARB\r\n")
-//!   8  version      u16 1
+//!   8  version      u16 2
 //!  10  kind         u8  1 = evaluation material (tables and labels), 2 = labels only
 //!  11  reserved     u8  0
 //!  12  max_chunk    u32 the writer's payload limit; no chunk of the stream is longer
@@ -50,7 +52,7 @@
 //!   9  q            u8  output modulus
 //!  10  reserved     2   0
 //!  12  count        u32
-//!  16  rows         count · (p − 1) labels mod q, gate-major, 16 bytes each
+//!  16  rows         count · (p − 1) rows mod q (blocks below q^n), gate-major, 16 bytes each
 //!
 //! payload of a labels chunk (tag 2): labels first..first + count of a tensor
 //!   0  q            u8  modulus
@@ -84,7 +86,7 @@ use zeroize::Zeroize;
 /// The first 8 bytes of every stream.
 pub const MAGIC: [u8; 8] = *b"\x89TGARB\r\n";
 /// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of the stream header.
 pub const HEADER_LEN: usize = 44;
 /// Bytes of a chunk header (before the payload).
@@ -287,29 +289,22 @@ impl<W: Write> StreamWriter<W> {
         }
         let count = batch.len();
         let end = crate::batch::end_gate(base, count)?;
-        let n = q.digits();
-        let digits = batch.as_digits();
+        let blocks = batch.as_blocks();
         let mut start = 0usize;
         loop {
             let k = per_chunk.min(count - start);
             let gate = crate::batch::end_gate(base, start)?;
-            let rows = digits
-                .get(start * rows_per_gate * n..(start + k) * rows_per_gate * n)
+            let rows = blocks
+                .get(start * rows_per_gate..(start + k) * rows_per_gate)
                 .ok_or(GarbleError::Internal("batch rows shorter than its count"))?;
             self.begin_chunk(TAG_TABLES);
             self.buf.extend_from_slice(&gate.to_le_bytes());
             self.buf.extend_from_slice(&[p.q(), q.q(), 0, 0]);
             self.buf.extend_from_slice(&(k as u32).to_le_bytes());
-            // Packing digits into blocks costs far more than the copy: spread it over the cores.
-            let at = self.buf.len();
-            self.buf.resize(at + rows.len() / n * BLOCK, 0);
-            self.buf
-                .get_mut(at..)
-                .ok_or(GarbleError::Internal("chunk buffer"))?
-                .par_chunks_mut(BLOCK)
-                .zip(rows.par_chunks_exact(n))
-                .with_min_len(1024)
-                .for_each(|(dst, row)| dst.copy_from_slice(&block_of(q.q(), row).to_le_bytes()));
+            self.buf.reserve(rows.len() * BLOCK);
+            for row in rows {
+                self.buf.extend_from_slice(&row.to_le_bytes());
+            }
             self.end_chunk()?;
             self.totals.gates = self
                 .totals
@@ -670,8 +665,24 @@ impl<R: Read> StreamReader<R> {
         }
         let end = crate::batch::end_gate(base, count)
             .map_err(|_| corrupt(format!("chunk {seq}'s gate numbers overflow")))?;
-        let digits = blocks_to_digits(seq, q, rows, blocks)?;
-        let batch = ProjectionBatch::new(base, p, q, count, digits)
+        let rows = rows
+            .chunks_exact(BLOCK)
+            .take(blocks)
+            .map(|b| {
+                let mut a = [0u8; BLOCK];
+                a.copy_from_slice(b);
+                let row = u128::from_le_bytes(a);
+                if q.holds_block(row) {
+                    Ok(row)
+                } else {
+                    Err(corrupt(format!(
+                        "chunk {seq} holds a 16-byte row that is no label mod {}",
+                        q.q()
+                    )))
+                }
+            })
+            .collect::<Result<Vec<u128>, GarbleError>>()?;
+        let batch = ProjectionBatch::new(base, p, q, count, rows)
             .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
         self.next_gate = end;
         self.totals.gates = self

@@ -8,8 +8,8 @@ use rand_chacha::ChaCha20Rng;
 use std::io::Read;
 use tessera_garble::store::{CHUNK_HEADER_LEN, HEADER_LEN, MAGIC, VERSION};
 use tessera_garble::{
-    Chunk, Evaluator, GarbleError, Garbler, LabelTensor, MaterialKind, Modulus, ProjectionBatch,
-    Seed, StreamHeader, StreamReader, StreamWriter,
+    Chunk, Evaluator, GarbleError, Garbler, Label, LabelTensor, MaterialKind, Modulus,
+    ProjectionBatch, Seed, StreamHeader, StreamReader, StreamWriter,
 };
 
 fn m(q: u64) -> Modulus {
@@ -32,8 +32,17 @@ fn random_batch(
     q: Modulus,
     count: usize,
 ) -> ProjectionBatch {
-    let len = count * (usize::from(p.q()) - 1) * q.digits();
-    let rows: Vec<u8> = (0..len).map(|_| rng.random_range(0..q.q())).collect();
+    let len = count * (usize::from(p.q()) - 1);
+    let rows: Vec<u128> = (0..len)
+        .map(|_| {
+            let digits: Vec<u8> = (0..q.digits())
+                .map(|_| rng.random_range(0..q.q()))
+                .collect();
+            Label::from_digits(q, &digits)
+                .expect("digits below q")
+                .to_block()
+        })
+        .collect();
     ProjectionBatch::new(base, p, q, count, rows).expect("valid batch")
 }
 
@@ -54,8 +63,8 @@ fn merge_tables(chunks: &[Chunk]) -> Vec<ProjectionBatch> {
             && last.output() == b.output()
             && last.base_gate() + last.len() as u64 == b.base_gate()
         {
-            let mut rows = last.as_digits().to_vec();
-            rows.extend_from_slice(b.as_digits());
+            let mut rows = last.as_blocks().to_vec();
+            rows.extend_from_slice(b.as_blocks());
             *last = ProjectionBatch::new(
                 last.base_gate(),
                 last.input(),
