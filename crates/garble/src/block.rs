@@ -7,8 +7,8 @@
 //! row it opens back into digits ([`unpack_into`]) — not every row it receives. Mod 2 the group is
 //! Z_2^128 under XOR, which is digit-wise addition mod 2 on the block itself.
 //!
-//! - [`pad`]: the pad of a hash output, I = ⌊N·q^n / 2^256⌋ for N = h₀ + 2^128·h₁, the same
-//!   integer whose digits [`crate::hash`] expands to; within 2^−128 of uniform on Z_{q^n}.
+//! - [`pad`]: the pad of a hash output, I = ⌊N·q^n / 2^256⌋ for N = h₀ + 2^128·h₁ — the hash's
+//!   output mod q itself ([`crate::hash`]); within 2^−128 of uniform on Z_{q^n}.
 //! - [`add_mod`] / [`sub_mod`]: addition and subtraction mod q^n without branches (the garbler
 //!   runs them on secret values).
 //! - [`unpack_into`]: the n digits of a block, by multiplying it with the precomputed
@@ -155,8 +155,7 @@ pub(crate) fn pad(pow: u128, h: [u128; 2]) -> u128 {
     u128::from(acc[4]) | (u128::from(acc[5]) << 64)
 }
 
-/// How [`unpack_into`] cuts n digits mod q into pieces of at most 16 bits (the same cut as the
-/// hash expansion's).
+/// How [`unpack_into`] cuts n digits mod q into pieces of at most 16 bits.
 #[derive(Clone, Copy)]
 pub(crate) struct Split {
     q: u16,
@@ -341,6 +340,19 @@ mod tests {
     }
 
     #[test]
+    fn pieces_fit_the_lanes_for_every_odd_prime() {
+        for q in odd_primes() {
+            let p = split_for(q);
+            assert!(p.count <= MAX_PIECES && p.s <= MAX_SPLIT, "q = {q}");
+            assert!(
+                p.pow <= 1 << 16 && p.last_s >= 1 && p.last_s <= p.s,
+                "q = {q}"
+            );
+            assert_eq!((p.count - 1) * p.s + p.last_s, m(q).digits(), "q = {q}");
+        }
+    }
+
+    #[test]
     fn unpack_inverts_the_compression_at_the_edges() {
         for q in odd_primes() {
             let md = m(q);
@@ -368,21 +380,15 @@ mod tests {
         }
 
         #[test]
-        fn pads_are_below_the_modulus_and_match_the_expansion(qi in 0usize..53, h0: u128, h1: u128) {
+        fn pads_are_below_the_modulus_and_are_the_hash_output(qi in 0usize..53, h0: u128, h1: u128) {
             let q = odd_primes()[qi];
             let md = m(q);
             let p = pad(md.block_params().pow, [h0, h1]);
             prop_assert!(p < md.block_params().pow);
-            // The expansion writes the digits of the same integer (in its own order): same
-            // multiset of digits.
             let mut e = [0u8; 128];
             crate::hash::expand_into(md, [h0, h1], &mut e);
-            let mut u = [0u8; 128];
-            unpack_into(md, p, &mut u);
-            let (mut e, mut u) = (e[..md.digits()].to_vec(), u[..md.digits()].to_vec());
-            e.sort_unstable();
-            u.sort_unstable();
-            prop_assert_eq!(e, u);
+            let label = Label::from_digits(md, &e[..md.digits()]).expect("digits below q");
+            prop_assert_eq!(label.to_block(), p);
         }
 
         #[test]

@@ -12,16 +12,19 @@
 //!    `gate` (8 bytes LE) ‖ `row` (4 bytes LE) ‖ j ‖ p ‖ q ‖ 0x00.
 //!    Each hⱼ is the TCCR hash of Guo, Katz, Wang and Yu (S&P 2020), π(π(x) ⊕ i) ⊕ π(x), with
 //!    tweak i = T(τ, j); the b output blocks share the one evaluation of π(x).
-//! 4. Expand to n = ⌊128 / log2 q⌋ digits mod q: for q = 2, b = 1 and digit i is bit i of h₀
-//!    (exactly uniform). For odd q, b = 2: with N = h₀ + 2^128·h₁, the digits are the n base-q
-//!    digits of I = ⌊N·q^n / 2^256⌋ in a fixed order (see [`expand_into`]). If N is uniform, the
-//!    statistical distance of I from uniform on [0, q^n) is below q^n / 2^256 ≤ 2^−128.
+//! 4. The output: for q = 2, b = 1 and the output is h₀ itself (digit i is bit i; exactly
+//!    uniform). For odd q, b = 2: with N = h₀ + 2^128·h₁, the output is the **pad**
+//!    I = ⌊N·q^n / 2^256⌋ ∈ [0, q^n) ([`crate::block::pad`]), i.e. the label mod q whose
+//!    compressed block is I. If N is uniform, the statistical distance of I from uniform on
+//!    [0, q^n) is below q^n / 2^256 ≤ 2^−128.
+//!
+//! Projection tables use the output as an element of Z_{q^n} (a block) and never as digits (see
+//! [`crate::gate`]); [`Hasher::hash`] unpacks it into a [`Label`] for callers that want one.
 //!
 //! Cost: 1 + b AES blocks per call (2 for q = 2, 3 otherwise). The batched core
 //! ([`Hasher::hash_raw`]) encrypts the π(x) of 64 calls in one AES pass and their π(y ⊕ T) in
-//! another, on stack buffers, so AES-NI pipelines many blocks and nothing is allocated. The
-//! expansion multiplies the 256-bit fraction N / 2^256 by q^s ≤ 2^16 to peel off 16-bit pieces
-//! and splits all pieces into digits in parallel 16-bit lanes: no long division.
+//! another, on stack buffers, so AES-NI pipelines many blocks and nothing is allocated. The pad
+//! is one 256 × 128-bit product.
 //!
 //! # Security assumption
 //!
@@ -194,7 +197,7 @@ impl std::fmt::Debug for Hasher {
     }
 }
 
-/// Expands the hash output blocks to a label mod q (step 4 of the construction).
+/// The hash output (h₀, h₁) as a label mod q (step 4 of the construction).
 fn expand(out: Modulus, h: [u128; 2]) -> Label {
     let mut label = Label::zero(out);
     expand_into(out, h, label.digits_mut());
@@ -238,124 +241,13 @@ pub(crate) fn spread_bits(x: u128, dst: &mut [u8]) {
     }
 }
 
-/// Step 4 of the construction: the n digits mod `out` of the hash output (h₀, h₁), written to
-/// the first n bytes of `dst`.
+/// Step 4 of the construction as digits: the n digits mod `out` of the output for hash output
+/// (h₀, h₁), written to the first n bytes of `dst`.
 pub(crate) fn expand_into(out: Modulus, h: [u128; 2], dst: &mut [u8]) {
-    match out.q() {
-        2 => spread_bits(h[0], dst),
-        3 => expand_const::<3>(h, dst),
-        5 => expand_const::<5>(h, dst),
-        7 => expand_const::<7>(h, dst),
-        11 => expand_const::<11>(h, dst),
-        13 => expand_const::<13>(h, dst),
-        17 => expand_const::<17>(h, dst),
-        19 => expand_const::<19>(h, dst),
-        23 => expand_const::<23>(h, dst),
-        q => expand_odd(pieces_for(u64::from(q)), h, dst),
-    }
-}
-
-/// How [`expand_odd`] cuts the n digits mod q into pieces of at most 16 bits.
-#[derive(Clone, Copy)]
-struct Pieces {
-    q: u16,
-    /// Digits per piece: the largest s with q^s ≤ 2^16.
-    s: usize,
-    /// q^s.
-    pow: u64,
-    /// Pieces: ⌈n / s⌉ ≤ [`MAX_PIECES`].
-    count: usize,
-    /// Digits of the last piece, n − (count − 1)·s, and q to that power.
-    last_s: usize,
-    last_pow: u64,
-}
-
-/// The most pieces any odd prime q ≤ 251 needs (12, at q = 41); lanes of the digit loop.
-const MAX_PIECES: usize = 16;
-
-/// The most digits per piece: 10, at q = 3 (3^10 ≤ 2^16 < 3^11); smaller for larger q.
-const MAX_SPLIT: usize = 10;
-
-/// [`Pieces`] of an odd prime q ≤ 251 (usable at compile time).
-const fn pieces_for(q: u64) -> Pieces {
-    let mut n = 0usize;
-    let mut pow: u128 = 1;
-    while let Some(next) = pow.checked_mul(q as u128) {
-        pow = next;
-        n += 1;
-    }
-    let mut s = 0usize;
-    let mut piece = 1u64;
-    while piece * q <= 1 << 16 {
-        piece *= q;
-        s += 1;
-    }
-    let count = n.div_ceil(s);
-    let last_s = n - (count - 1) * s;
-    let mut last_pow = 1u64;
-    let mut i = 0;
-    while i < last_s {
-        last_pow *= q;
-        i += 1;
-    }
-    Pieces {
-        q: q as u16,
-        s,
-        pow: piece,
-        count,
-        last_s,
-        last_pow,
-    }
-}
-
-fn expand_const<const Q: u64>(h: [u128; 2], dst: &mut [u8]) {
-    expand_odd(const { pieces_for(Q) }, h, dst);
-}
-
-/// Expansion to an odd prime q: with f = (h₀ + 2^128·h₁) / 2^256 ∈ [0, 1), the integer
-/// I = ⌊f·q^n⌋ < q^n, written as n base-q digits. Its distance from uniform on Z_q^n is at most
-/// q^n / 2^256 ≤ 2^−128 for uniform hash output.
-///
-/// I is produced 16 bits at a time, most significant piece first: piece j is the integer part of
-/// f·q^s (then f keeps the fractional part), the last piece uses q^last_s, so the pieces are
-/// exactly I's base-q^s digits. Each piece is then split into s base-q digits in 16-bit lanes, all
-/// pieces at once (the loop vectorises); digit t of piece j goes to position t·count + j (pieces
-/// that have no digit t, only the short last one, are skipped). Any fixed bijection between I and
-/// the digit vector keeps the distribution; this one is cheap.
-#[inline(always)]
-fn expand_odd(p: Pieces, h: [u128; 2], dst: &mut [u8]) {
-    let [h0, h1] = h;
-    let mut f = [h0 as u64, (h0 >> 64) as u64, h1 as u64, (h1 >> 64) as u64];
-    let mut lanes = [0u16; MAX_PIECES];
-    for (j, lane) in lanes.iter_mut().enumerate().take(p.count) {
-        let m = if j + 1 == p.count { p.last_pow } else { p.pow };
-        let mut carry = 0u64;
-        for limb in f.iter_mut() {
-            // limb·m + carry < 2^64·2^16: exact in u128; the new carry is below m ≤ 2^16.
-            let t = u128::from(*limb) * u128::from(m) + u128::from(carry);
-            *limb = t as u64;
-            carry = (t >> 64) as u64;
-        }
-        *lane = carry as u16;
-    }
-    let mut split = [[0u8; MAX_PIECES]; MAX_SPLIT];
-    for row in split.iter_mut().take(p.s) {
-        // All lanes at once (a fixed-width loop over 16-bit lanes: it vectorises).
-        for (d, lane) in row.iter_mut().zip(lanes.iter_mut()) {
-            let quo = *lane / p.q;
-            // The remainder is below q ≤ 251.
-            *d = (*lane - quo * p.q) as u8;
-            *lane = quo;
-        }
-    }
-    let mut rest = dst;
-    for (t, row) in split.iter().take(p.s).enumerate() {
-        let count = if t < p.last_s { p.count } else { p.count - 1 };
-        let (head, tail) = rest.split_at_mut(count.min(rest.len()));
-        for (o, &d) in head.iter_mut().zip(row) {
-            *o = d;
-        }
-        rest = tail;
+    if out.q() == 2 {
+        spread_bits(h[0], dst);
+    } else {
+        crate::block::unpack_into(out, crate::block::pad_of(out, h), dst);
     }
 }
 
@@ -478,32 +370,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pieces_fit_the_lanes_for_every_prime() {
-        for m in Modulus::first_primes(54)
-            .expect("primes")
-            .into_iter()
-            .skip(1)
-        {
-            let p = pieces_for(u64::from(m.q()));
-            assert!(p.count <= MAX_PIECES && p.s <= MAX_SPLIT, "q = {m}");
-            assert!(
-                p.pow <= 1 << 16 && p.last_s >= 1 && p.last_s <= p.s,
-                "q = {m}"
-            );
-            assert_eq!((p.count - 1) * p.s + p.last_s, m.digits(), "q = {m}");
-        }
-    }
-
-    /// The expansion equals its definition computed the slow way: the base-q digits of
-    /// ⌊N·q^n / 2^256⌋, most significant first, taken one at a time from the 256-bit fraction,
-    /// then placed as the docs of [`expand_odd`] say.
+    /// The output mod odd q equals its definition computed the slow way: the base-q digits of
+    /// ⌊N·q^n / 2^256⌋, taken one at a time from the 256-bit fraction (most significant first),
+    /// as the digits of a label (least significant first).
     #[test]
     fn odd_expansion_matches_its_definition() {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
         for q in [3u64, 5, 7, 11, 13, 17, 19, 23, 29, 41, 251] {
             let m = m(q);
-            let p = pieces_for(q);
             for _ in 0..40 {
                 let h: [u128; 2] = [rng.random(), rng.random()];
                 // Most significant digit first: multiply the fraction by q, keep the carry.
@@ -528,16 +402,7 @@ mod tests {
                         carry as u8
                     })
                     .collect();
-                let mut want = Vec::new();
-                for t in 0..p.s {
-                    for j in 0..p.count {
-                        let len = if j + 1 == p.count { p.last_s } else { p.s };
-                        if t < len {
-                            // Digit t (least significant first) of piece j.
-                            want.push(msd_first[j * p.s + len - 1 - t]);
-                        }
-                    }
-                }
+                let want: Vec<u8> = msd_first.iter().rev().copied().collect();
                 let mut got = [0u8; 128];
                 expand_into(m, h, &mut got);
                 assert_eq!(&got[..m.digits()], &want[..], "q = {q}");
