@@ -7,7 +7,8 @@ use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use std::hint::black_box;
 use std::time::Instant;
 use tessera_garble::gadget::{
-    Backend, LayerEvalBackend, LayerGarbleBackend, relu, relu_cost, rescale_pow2, rescale_pow2_cost,
+    Backend, LayerEvalBackend, LayerGarbleBackend, relu, relu_cost, rescale_pow2,
+    rescale_pow2_cost, rescale_pow2_onestep, rescale_pow2_onestep_cost,
 };
 use tessera_garble::hash::output_blocks;
 use tessera_garble::{CrtBasis, Evaluator, Garbler, LabelTensor, Modulus, Seed};
@@ -178,9 +179,29 @@ fn rescale_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> 
 fn rescale_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
     ok(rescale_pow2(b, w, RESCALE_BITS))
 }
+fn onestep_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2_onestep(b, w, RESCALE_BITS))
+}
+fn onestep_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2_onestep(b, w, RESCALE_BITS))
+}
+fn rescale_small_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2(b, w, RESCALE_BITS_SMALL))
+}
+fn rescale_small_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2(b, w, RESCALE_BITS_SMALL))
+}
+fn onestep_small_g(b: &mut LayerGarbleBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2_onestep(b, w, RESCALE_BITS_SMALL))
+}
+fn onestep_small_e(b: &mut LayerEvalBackend, w: &[LabelTensor]) -> Vec<LabelTensor> {
+    ok(rescale_pow2_onestep(b, w, RESCALE_BITS_SMALL))
+}
 
 /// The rescale measured: by 2^8, the integer engine's default fraction bits.
 const RESCALE_BITS: u32 = 8;
+/// A smaller rescale, by 2^5, measured as well.
+const RESCALE_BITS_SMALL: u32 = 5;
 
 fn gadgets(threads: usize) {
     let count = 4096;
@@ -193,7 +214,7 @@ fn gadgets(threads: usize) {
         "k", "gadget", "ct", "garble/s", "evaluate/s"
     );
     for k in [7usize, 8, 9] {
-        let rows: [(String, u64, Gadget<_>, Gadget<_>); 2] = [
+        let rows: [(String, u64, Gadget<_>, Gadget<_>); 5] = [
             (
                 "ReLU (exact sign)".into(),
                 ok(relu_cost(k)).ciphertexts,
@@ -205,6 +226,24 @@ fn gadgets(threads: usize) {
                 ok(rescale_pow2_cost(k, RESCALE_BITS)).ciphertexts,
                 rescale_g,
                 rescale_e,
+            ),
+            (
+                format!("rescale 2^{RESCALE_BITS}, one-step"),
+                ok(rescale_pow2_onestep_cost(k, RESCALE_BITS)).ciphertexts,
+                onestep_g,
+                onestep_e,
+            ),
+            (
+                format!("rescale 2^{RESCALE_BITS_SMALL}, halvings"),
+                ok(rescale_pow2_cost(k, RESCALE_BITS_SMALL)).ciphertexts,
+                rescale_small_g,
+                rescale_small_e,
+            ),
+            (
+                format!("rescale 2^{RESCALE_BITS_SMALL}, one-step"),
+                ok(rescale_pow2_onestep_cost(k, RESCALE_BITS_SMALL)).ciphertexts,
+                onestep_small_g,
+                onestep_small_e,
             ),
         ];
         for (name, ct, g, e) in rows {

@@ -20,15 +20,19 @@
 //! construction; the evaluator still checks each table against the gate it expects (moduli)
 //! and reports missing or left-over tables as errors, since the tables come from a peer.
 //!
-//! The gadgets themselves are in [`activation`] (the exact sign of a CRT-encoded value and ReLU)
-//! and [`scale`] (rescaling by 2^l with round half up, and the max of two values).
+//! The gadgets themselves are in [`activation`] (the exact sign of a CRT-encoded value and ReLU),
+//! [`scale`] (rescaling by 2^l with round half up by l halvings, and the max of two values) and
+//! [`rescale`] (the same rescale with one base extension and a column sum, far fewer
+//! ciphertexts).
 
 pub mod activation;
 pub mod layer;
+pub mod rescale;
 pub mod scale;
 
 pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
 pub use layer::{BatchSink, LayerEvalBackend, LayerGarbleBackend};
+pub use rescale::{rescale_pow2_onestep, rescale_pow2_onestep_cost, rescale_pow2_onestep_max};
 pub use scale::{max2, max2_cost, rescale_pow2, rescale_pow2_cost};
 
 use crate::GarbleError;
