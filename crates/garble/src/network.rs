@@ -10,18 +10,24 @@
 //!
 //! | node | steps | cost |
 //! |---|---|---|
-//! | Conv (any stride, padding, dilation; groups = 1) | im2col gather of labels + a digit GEMM with the public weights q_f(W) mod p, garbled bias q_2f(b), rescale by 2^f | free, free, f halvings |
-//! | Dense | digit GEMM with q_f(W) mod p, garbled bias, rescale by 2^f | free, free, f halvings |
+//! | Conv (any stride, padding, dilation; groups = 1) | im2col gather of labels + a digit GEMM with the public weights q_f(W) mod p, garbled bias q_2f(b), rescale by 2^f | free, free, one rescale |
+//! | Dense | digit GEMM with q_f(W) mod p, garbled bias, rescale by 2^f | free, free, one rescale |
 //! | Add/Sub of a constant | garbled constant q_f(c) (per element, broadcast) | free |
-//! | Mul/Div by a constant | public q_f(c) (or q_f(1/c)) mod p, rescale by 2^f | free, f halvings |
+//! | Mul/Div by a constant | public q_f(c) (or q_f(1/c)) mod p, rescale by 2^f | free, one rescale |
 //! | Add/Sub of two activations | label add/sub (with broadcast) | free |
 //! | ReLU | exact sign + bit × residue ([`crate::gadget::relu`]) | one ReLU |
 //! | MaxPool | a tree of [`crate::gadget::max2`] over the in-range window positions | (window − 1) ReLUs |
-//! | AveragePool / GlobalAveragePool | window sum, rescale by 2^l — only when every divisor is the same power of two 2^l | free, l halvings |
+//! | AveragePool / GlobalAveragePool | window sum, rescale by 2^l — only when every divisor is the same power of two 2^l | free, one rescale |
 //! | Reshape / Flatten / final Softmax | nothing (the engine leaves Softmax to the client) | free |
 //!
 //! Anything else (grouped convolutions, products of two activations, a divisor that is not a
 //! power of two, …) is refused at compile time with [`GarbleError::Unsupported`] naming the node.
+//!
+//! **Rescale.** Each rescale by 2^l uses whichever of the two exact gadgets costs fewer
+//! ciphertexts at the circuit's k and l ([`rescale_gadget`]): the one-step gadget
+//! ([`crate::gadget::rescale_pow2_onestep`], one base extension and a column sum) for every
+//! l ≥ 2 at k ≥ 5, l floor-halvings ([`crate::gadget::rescale_pow2`]) otherwise. The choice
+//! depends only on (k, l), so garbler and evaluator make the same one.
 //!
 //! **Pooling first.** A MaxPool whose input comes straight from a ReLU or a rescale (and feeds
 //! nothing else) is moved before them: both are monotone non-decreasing, so
@@ -35,7 +41,8 @@
 //!
 //! Garbled wires are unchecked: a value outside the CRT range silently wraps. The circuit is
 //! exact when, with h = M/2 (M the product of the k primes): every rescale input x satisfies
-//! |x| + 2^(f−1) + 2 ≤ h ([`crate::gadget::rescale_pow2`]'s precondition), every ReLU input |x| < h,
+//! |x| + max(2^(l−1) + 2, 2^l) ≤ h (which implies both rescale gadgets' preconditions, whichever
+//! runs), every ReLU input |x| < h,
 //! every max2 pair |a − b| ≤ 2·max|x| < h, and the output |y| < h.
 //! [`NetworkCircuit::primes_needed`] takes per-node widths — worst-case ones from
 //! `tessera_engine::quant::static_widths` (sound for every input in the given range, often
@@ -92,6 +99,7 @@ use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
 use crate::gadget::{
     Backend, BatchSink, LayerGarbleBackend, checked_phi, max2, relu, rescale_pow2,
 };
+use crate::gadget::{rescale_pow2_cost, rescale_pow2_onestep, rescale_pow2_onestep_cost};
 use crate::gate::{Evaluator, Garbler};
 use crate::label::Seed;
 use crate::modulus::Modulus;
@@ -609,6 +617,23 @@ impl Compiler<'_> {
     }
 }
 
+/// Rescales the residue wires `x` (over the first k primes) by 2^l, round half up, with the
+/// exact gadget that costs fewer ciphertexts at this (k, l): the one-step gadget or l halvings
+/// (the halvings on a tie). Deterministic in (k, l), so both sides of a garbling agree.
+pub fn rescale_gadget<B: Backend>(
+    b: &mut B,
+    x: &[B::Wire],
+    l: u32,
+) -> Result<Vec<B::Wire>, GarbleError> {
+    let k = x.len();
+    let onestep = rescale_pow2_onestep_cost(k, l).map(|c| c.ciphertexts);
+    let halving = rescale_pow2_cost(k, l).map(|c| c.ciphertexts);
+    match (onestep, halving) {
+        (Ok(o), Ok(h)) if o < h => rescale_pow2_onestep(b, x, l),
+        _ => rescale_pow2(b, x, l),
+    }
+}
+
 impl NetworkCircuit {
     /// Compiles `graph` at `cfg.frac_bits` fractional bits over the first `primes` CRT primes,
     /// quantizing the constants exactly as `tessera_engine::quant` does; pooling is moved before
@@ -798,8 +823,11 @@ impl NetworkCircuit {
                     if *bits == 0 {
                         m_in
                     } else {
+                        // Both rescale gadgets' preconditions: |x| + 2^(l−1) + 2 ≤ h for the
+                        // halvings, |x| + 2^l ≤ h for the one-step gadget.
                         let half = 1u128 << (bits - 1);
-                        need = need.max(m_in.saturating_add(half).saturating_add(2));
+                        let room = half.saturating_add(2).max(1u128 << bits);
+                        need = need.max(m_in.saturating_add(room));
                         m_in.saturating_add(half) >> bits
                     }
                 }
@@ -914,7 +942,7 @@ impl NetworkCircuit {
                     .iter()
                     .map(|w| b.linear(w, s.len, &|_, n, d| gather_digits(n, d, idx)))
                     .collect::<Result<_, _>>()?,
-                StepOp::Rescale { bits } => rescale_pow2(b, x, *bits)?,
+                StepOp::Rescale { bits } => rescale_gadget(b, x, *bits)?,
                 StepOp::Relu => relu(b, x)?,
                 StepOp::MaxPool { idx, window } => {
                     let mut cands: Vec<Vec<B::Wire>> = (0..*window)
