@@ -259,20 +259,40 @@ fn unpack_odd(sp: Split, params: BlockParams, c: u128, dst: &mut [u8]) {
             None => top = carry,
         }
     }
+    // Peel two pieces at a time where there are two left (q^(2s) ≤ 2^32): half the multi-limb
+    // products, and one division by a constant to separate the pair.
     let mut lanes = [0u16; MAX_PIECES];
-    for (j, lane) in lanes.iter_mut().enumerate().take(sp.count) {
-        let mul = if j + 1 == sp.count {
-            sp.last_pow
+    let mut j = 0;
+    while j < sp.count {
+        let pair = j + 1 < sp.count;
+        let (next_pow, mul) = if !pair {
+            (1, sp.last_pow)
+        } else if j + 2 == sp.count {
+            (sp.last_pow, sp.pow * sp.last_pow)
         } else {
-            sp.pow
+            (sp.pow, sp.pow * sp.pow)
         };
         let mut carry = 0u64;
         for limb in f.iter_mut() {
+            // limb·mul + carry < 2^64·2^32: exact in u128; the new carry is below mul ≤ 2^32.
             let t = u128::from(*limb) * u128::from(mul) + u128::from(carry);
             *limb = t as u64;
             carry = (t >> 64) as u64;
         }
-        *lane = carry as u16;
+        if pair {
+            if let Some(l) = lanes.get_mut(j) {
+                *l = (carry / next_pow) as u16;
+            }
+            if let Some(l) = lanes.get_mut(j + 1) {
+                *l = (carry % next_pow) as u16;
+            }
+            j += 2;
+        } else {
+            if let Some(l) = lanes.get_mut(j) {
+                *l = carry as u16;
+            }
+            j += 1;
+        }
     }
     let mut split = [[0u8; MAX_PIECES]; MAX_SPLIT];
     for row in split.iter_mut().take(sp.s) {

@@ -443,24 +443,29 @@ pub(crate) fn block_of(q: u8, digits: &[u8]) -> u128 {
     if let Some(g) = groups.get_mut(full) {
         *g = group(u64::from_le_bytes(top));
     }
-    // Groups per u64 part: the largest g with q^(8g) < 2^64 (at least 1: q⁸ < 2^64 for q ≤ 251),
-    // and q^(8g) itself.
+    combine_groups(q8, groups.get(..ng).unwrap_or(&[]))
+}
+
+/// Combines 8-digit groups (values below q⁸ = `q8`, least significant first) into the block:
+/// Horner's rule in u64 within parts of as many groups as fit, then in u128 across parts.
+#[inline(always)]
+fn combine_groups(q8: u64, groups: &[u64]) -> u128 {
     let (per_part, part_pow) = part_shape(q8);
-    let groups = groups.get(..ng).unwrap_or(&[]);
-    let mut parts = groups.chunks(per_part).rev();
-    let first = parts.next().map_or(0, |c| {
-        c.iter()
-            .rev()
-            .fold(0u64, |v, &g| v.wrapping_mul(q8).wrapping_add(g))
-    });
-    parts.fold(u128::from(first), |acc, c| {
-        let v = c
-            .iter()
-            .rev()
-            .fold(0u64, |v, &g| v.wrapping_mul(q8).wrapping_add(g));
-        acc.wrapping_mul(u128::from(part_pow))
-            .wrapping_add(u128::from(v))
-    })
+    // Top down: the value so far is hi·q8^c + lo, with the last c < per_part groups in lo.
+    let (mut hi, mut lo, mut pow, mut c) = (0u128, 0u64, 1u64, 0usize);
+    for &g in groups.iter().rev() {
+        lo = lo.wrapping_mul(q8).wrapping_add(g);
+        pow = pow.wrapping_mul(q8);
+        c += 1;
+        if c == per_part {
+            hi = hi
+                .wrapping_mul(u128::from(part_pow))
+                .wrapping_add(u128::from(lo));
+            (lo, pow, c) = (0, 1, 0);
+        }
+    }
+    hi.wrapping_mul(u128::from(pow))
+        .wrapping_add(u128::from(lo))
 }
 
 /// For q⁸ = `q8`: the most 8-digit groups g whose value range q^(8g) stays below 2^64, and
