@@ -7,11 +7,11 @@
 //! the tweak (gate, r) where r = colour(Aₓ) = colour(A₀) + x mod p is the row:
 //!
 //! ```text
-//! row r (x = r − colour(A₀)):   ct_r = [C₀ + φ(x)·Δ_q] + pad(H(Aₓ, (gate, r)))     (mod q^n)
+//! row r (x = r − colour(A₀)):   ct_r = block(C₀ + φ(x)·Δ_q) + pad(H(Aₓ, (gate, r)))     (mod q^n)
 //! ```
 //!
-//! where [L] is the compressed block of label L (Σ dᵢ·qⁱ < q^n) and pad(h) the integer
-//! ⌊h·q^n / 2^256⌋ of the hash output h ([`crate::block::pad`]). A row is thus a one-time pad in
+//! where block(L) is the compressed block of label L (Σ dᵢ·qⁱ < q^n) and pad(h) the integer
+//! ⌊h·q^n / 2^256⌋ of the hash output h (`block::pad`). A row is thus a one-time pad in
 //! the group Z_{q^n}; mod 2 the group is Z_2^128 under XOR and the pad is the hash's first block.
 //! The pad of a hash input the evaluator cannot compute is within 2^−128 of uniform on the group
 //! (the same bound as the hash's own expansion), so every row it cannot open hides its label.
@@ -19,7 +19,7 @@
 //! row as its 16-byte block unchanged.
 //!
 //! **Row reduction**: the output zero-label C₀ is not sampled but chosen so that ct₀ = 0, i.e.
-//! [C₀ + φ(x*)·Δ_q] = −pad(H(A_{x*}, (gate, 0))) with x* = −colour(A₀); row 0 is then not sent,
+//! block(C₀ + φ(x*)·Δ_q) = −pad(H(A_{x*}, (gate, 0))) with x* = −colour(A₀); row 0 is then not sent,
 //! and the table holds the p − 1 rows 1..p (16 bytes each on the wire). C₀ is pseudorandom
 //! because the pad is.
 //!
@@ -167,7 +167,7 @@ pub fn garble_projection(
     let mut pads: Vec<u128> = hashes.iter().map(|&h| pad_of(q, h)).collect();
     hashes.zeroize();
 
-    // Row reduction: [C₀ + φ(x*)·Δ_q] = −pad(x*).
+    // Row reduction: block(C₀ + φ(x*)·Δ_q) = −pad(x*).
     let x_star = usize::from(p.reduce(u64::from(p.q()) - u64::from(a0.colour())));
     let (pad0, phi0) = pads
         .get(x_star)

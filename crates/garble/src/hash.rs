@@ -14,7 +14,7 @@
 //!    tweak i = T(τ, j); the b output blocks share the one evaluation of π(x).
 //! 4. The output: for q = 2, b = 1 and the output is h₀ itself (digit i is bit i; exactly
 //!    uniform). For odd q, b = 2: with N = h₀ + 2^128·h₁, the output is the **pad**
-//!    I = ⌊N·q^n / 2^256⌋ ∈ [0, q^n) ([`crate::block::pad`]), i.e. the label mod q whose
+//!    I = ⌊N·q^n / 2^256⌋ ∈ [0, q^n) (`block::pad`), i.e. the label mod q whose
 //!    compressed block is I. If N is uniform, the statistical distance of I from uniform on
 //!    [0, q^n) is below q^n / 2^256 ≤ 2^−128.
 //!
@@ -22,7 +22,7 @@
 //! [`crate::gate`]); [`Hasher::hash`] unpacks it into a [`Label`] for callers that want one.
 //!
 //! Cost: 1 + b AES blocks per call (2 for q = 2, 3 otherwise). The batched core
-//! ([`Hasher::hash_raw`]) encrypts the π(x) of 64 calls in one AES pass and their π(y ⊕ T) in
+//! (`Hasher::hash_raw`) encrypts the π(x) of 64 calls in one AES pass and their π(y ⊕ T) in
 //! another, on stack buffers, so AES-NI pipelines many blocks and nothing is allocated. The pad
 //! is one 256 × 128-bit product.
 //!

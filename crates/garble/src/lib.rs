@@ -8,7 +8,9 @@
 //! - [`modulus`]: prime moduli and label sizes (⌊128 / log2 q⌋ digits); composite moduli refused.
 //! - [`label`]: labels, the offsets Δ_q, the garbling seed, constant-time decoding.
 //! - [`hash`]: the tweakable correlation-robust hash on fixed-key AES, batched.
-//! - [`gate`]: the projection gate with row reduction, the [`Garbler`] and the [`Evaluator`].
+//! - [`gate`]: the projection gate with row reduction, the [`Garbler`] and the [`Evaluator`];
+//!   rows are one-time pads in Z_{q^n} on the labels' 16-byte compressed blocks (the block
+//!   arithmetic — pads, modular add/sub, unpacking — is in the private `block` module).
 //! - [`cost`]: ciphertext, byte, hash-call and AES-block counters.
 //! - [`crt`]: CRT encoding of signed integers over the first k primes ([`CrtBasis`]).
 //! - [`tensor`]: [`LabelTensor`], many labels of one modulus label-major; free arithmetic and
@@ -26,6 +28,8 @@
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
 //!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8);
+//!   rescale by 2^l by l halvings ([`gadget::rescale_pow2`], 1,608 at k = 8, l = 8) or in one
+//!   step ([`gadget::rescale_pow2_onestep`], 645); the max of two values;
 //!   the layer backends ([`gadget::LayerGarbleBackend`], [`gadget::LayerEvalBackend`]) run the same
 //!   gadgets over whole [`LabelTensor`]s, one batched multi-core projection per gate of the gadget.
 //!
@@ -42,7 +46,7 @@
 //!   independent of the values. It must learn nothing about the values on the wires (inputs,
 //!   activations, garbled biases) beyond that: each wire's label is A₀ + x·Δ_q with A₀ uniform
 //!   and Δ_q unknown to it, and each table row it cannot open is masked by a hash of a label it
-//!   does not hold.
+//!   does not hold (a pad within 2^−128 of uniform on the row's group).
 //! - **A malicious evaluator** can deviate arbitrarily; garbling does not keep its result
 //!   correct, but it cannot forge a valid label for a value it did not compute (it would have to
 //!   guess Δ_q). The garbler decodes returned labels with [`label::decode`], which fails on any
