@@ -1,6 +1,8 @@
-//! CRT encoding of signed integers over the first k primes.
+//! CRT encoding of signed integers over the first k full-strength primes.
 //!
-//! With the basis p₁ = 2, p₂ = 3, …, p_k and M = p₁·…·p_k, a signed integer x with
+//! With the basis p₁ = 2, p₂ = 3, …, p_k ([`Modulus::first_primes`]: the primes in order, skipping
+//! those whose offsets would carry fewer than 120 bits, so 29 is followed by 47) and
+//! M = p₁·…·p_k, a signed integer x with
 //! −M/2 ≤ x < M/2 is carried as its k residues x mod pᵢ (each in `0..pᵢ`, i.e. the residues of
 //! the unsigned representative x mod M). M is even because 2 is in the basis, so M/2 is exact and
 //! x < 0 exactly when x mod M ≥ M/2 — the fact the sign gadget ([`crate::gadget::sign`]) relies
@@ -9,9 +11,11 @@
 use crate::GarbleError;
 use crate::modulus::Modulus;
 
-/// The most primes a basis may have: the product of the first 15 primes is below 2^63, so every
-/// value fits an `i64`.
-pub const MAX_CRT_PRIMES: usize = 15;
+/// The most primes a basis may have: 13, the basis 2, 3, …, 29, 47, 53, 67 (M ≈ 1.08·10^15, about
+/// 2^50). The next basis prime, 83, has no full-strength prime P ≥ 2·83 for the bit × residue
+/// product of ReLU ([`crate::gadget::mul_bit`]), so the 120-bit floor on every wire caps the
+/// range here.
+pub const MAX_CRT_PRIMES: usize = 13;
 
 /// A CRT basis: the first k primes, their product M and the reconstruction coefficients.
 #[derive(Clone, Debug, PartialEq, Eq)]

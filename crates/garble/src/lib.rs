@@ -27,7 +27,7 @@
 //!   leakage (the weights) is stated there.
 //! - [`gadget`]: circuits written once against the [`Backend`] trait and run on the plaintext
 //!   oracle, the garbler, the evaluator and a cost counter; the exact sign of a CRT value
-//!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (433 at k = 8);
+//!   (prime-only mixed-radix conversion, 194 ciphertexts at k = 8) and ReLU (449 at k = 8);
 //!   rescale by 2^l by l halvings ([`gadget::rescale_pow2`], 1,608 at k = 8, l = 8) or in one
 //!   step ([`gadget::rescale_pow2_onestep`], 645); the max of two values;
 //!   the layer backends ([`gadget::LayerGarbleBackend`], [`gadget::LayerEvalBackend`]) run the same

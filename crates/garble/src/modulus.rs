@@ -12,6 +12,10 @@ use crate::block::{BlockParams, block_params};
 /// The largest supported modulus: digits are stored as `u8`, and 251 is the largest prime below 256.
 pub const MAX_MODULUS: u8 = 251;
 
+/// The security floor of an offset Δ_q in bits: an evaluator that guesses Δ faces at least
+/// 2^120 candidates on every wire of a garbling (DESIGN §2.1).
+pub const MIN_DELTA_BITS: f64 = 120.0;
+
 /// The largest number of digits a label can have (q = 2: one bit per digit, 128 of them).
 pub const MAX_DIGITS: usize = 128;
 
@@ -46,10 +50,15 @@ impl Modulus {
         })
     }
 
-    /// The first `k` primes as moduli (a CRT basis: k = 7 gives 2·3·…·17 = 510,510).
+    /// The first `k` **full-strength** primes as moduli, ascending: the primes q ≤ 251 whose
+    /// offsets Δ_q carry at least [`MIN_DELTA_BITS`] bits ([`Modulus::full_strength`]). These
+    /// are the CRT bases (2, 3, 5, …, 29 and then 47, 53, 67, 83, 103, 137: the primes 31, 37,
+    /// 41, 43, 59, 61, 71, … are skipped, since ⌊128 / log2 q⌋ digits leave them 114–119.8 bits);
+    /// k = 7 gives 2·3·…·17 = 510,510.
     pub fn first_primes(k: usize) -> Result<Vec<Self>, GarbleError> {
         let primes: Vec<Self> = (2..=u64::from(MAX_MODULUS))
             .filter_map(|q| Self::new(q).ok())
+            .filter(|m| m.full_strength())
             .take(k)
             .collect();
         if primes.len() < k {
@@ -90,6 +99,13 @@ impl Modulus {
     /// Entropy of a global offset Δ_q in bits: its n − 1 non-colour digits are uniform.
     pub fn delta_entropy_bits(self) -> f64 {
         (f64::from(self.n) - 1.0) * f64::from(self.q).log2()
+    }
+
+    /// Whether an offset mod q carries at least [`MIN_DELTA_BITS`] bits. Every wire the crate's
+    /// gadgets and network circuits create has a full-strength modulus (tested); other primes are
+    /// accepted by [`Modulus::new`] for experiments only.
+    pub fn full_strength(self) -> bool {
+        self.delta_entropy_bits() >= MIN_DELTA_BITS
     }
 }
 
@@ -169,9 +185,17 @@ mod tests {
         assert_eq!(qs, [2, 3, 5, 7, 11, 13, 17, 19, 23]);
         let m7: u64 = qs[..7].iter().map(|&q| u64::from(q)).product();
         assert_eq!(m7, 510_510);
-        assert!(Modulus::first_primes(54).is_ok());
+        let all: Vec<u8> = Modulus::first_primes(16)
+            .expect("enough primes")
+            .iter()
+            .map(|m| m.q())
+            .collect();
+        assert_eq!(
+            all,
+            [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 47, 53, 67, 83, 103, 137]
+        );
         assert!(matches!(
-            Modulus::first_primes(55),
+            Modulus::first_primes(17),
             Err(GarbleError::TooManyPrimes { .. })
         ));
     }

@@ -50,7 +50,7 @@
 //! those inputs; add `margin_bits` for unseen ones) — propagates them through the steps and
 //! returns the smallest k ≥ 2 that satisfies all of the above, shifted left by `margin_bits`.
 //! The CRT range is the only thing k changes: the gadgets' sizes grow about quadratically in k
-//! (ReLU 306 / 433 / 592 ciphertexts at k = 7 / 8 / 9).
+//! (ReLU 316 / 449 / 608 ciphertexts at k = 7 / 8 / 9).
 //!
 //! # Threat model of network garbling (DESIGN §2.1)
 //!

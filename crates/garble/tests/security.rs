@@ -680,3 +680,91 @@ fn no_label_tweak_pair_repeats_across_a_garbled_relu_tensor() {
         assert_eq!(basis.decode(r).expect("residues"), (*x).max(0), "x = {x}");
     }
 }
+
+/// A backend that records the modulus of every wire a gadget creates (on top of the cost
+/// counter), to check the security floor over the gadgets' own choices of moduli.
+#[derive(Default)]
+struct Recording {
+    inner: tessera_garble::CostBackend,
+    moduli: std::collections::BTreeSet<u8>,
+}
+
+impl Recording {
+    fn seen(&mut self, w: Modulus) -> Modulus {
+        self.moduli.insert(w.q());
+        w
+    }
+}
+
+impl Backend for Recording {
+    type Wire = Modulus;
+
+    fn modulus_of(&self, w: &Modulus) -> Modulus {
+        *w
+    }
+
+    fn add(&mut self, a: &Modulus, b: &Modulus) -> Result<Modulus, GarbleError> {
+        let w = self.inner.add(a, b)?;
+        Ok(self.seen(w))
+    }
+
+    fn sub(&mut self, a: &Modulus, b: &Modulus) -> Result<Modulus, GarbleError> {
+        let w = self.inner.sub(a, b)?;
+        Ok(self.seen(w))
+    }
+
+    fn mul_const(&mut self, a: &Modulus, k: u64) -> Result<Modulus, GarbleError> {
+        let w = self.inner.mul_const(a, k)?;
+        Ok(self.seen(w))
+    }
+
+    fn add_const(&mut self, a: &Modulus, k: u64) -> Result<Modulus, GarbleError> {
+        let w = self.inner.add_const(a, k)?;
+        Ok(self.seen(w))
+    }
+
+    fn project(&mut self, a: &Modulus, q: Modulus, phi: &[u16]) -> Result<Modulus, GarbleError> {
+        let w = self.inner.project(a, q, phi)?;
+        Ok(self.seen(w))
+    }
+}
+
+/// DESIGN §2.1's floor on every wire of the default configuration: at least 2^120 candidates
+/// for the offset. The CRT bases skip the primes below it (31, 37, 41, 43, …), and the gadgets
+/// — sign, ReLU, max, both rescales at every scale — only create wires over full-strength
+/// moduli, for every supported number of primes.
+#[test]
+fn every_wire_of_every_gadget_keeps_a_120_bit_offset() {
+    use tessera_garble::crt::MAX_CRT_PRIMES;
+    use tessera_garble::gadget::{max2, rescale_pow2, rescale_pow2_onestep, sign};
+    for k in 2..=MAX_CRT_PRIMES {
+        let basis = Modulus::first_primes(k).expect("basis");
+        let mut r = Recording::default();
+        for &q in &basis {
+            r.seen(q);
+        }
+        sign(&mut r, &basis).expect("sign");
+        relu(&mut r, &basis).expect("relu");
+        max2(&mut r, &basis, &basis).expect("max2");
+        let product: u128 = basis.iter().map(|m| u128::from(m.q())).product();
+        let mut l = 0u32;
+        // Every l with 2^(l−1) ≤ M/2 (the gadgets' own limit).
+        while l == 0 || (1u128 << (l - 1)) <= product / 2 {
+            rescale_pow2(&mut r, &basis, l).expect("rescale");
+            rescale_pow2_onestep(&mut r, &basis, l).expect("one-step rescale");
+            l += 1;
+        }
+        for &q in &r.moduli {
+            let md = m(u64::from(q));
+            assert!(
+                md.full_strength() && md.delta_entropy_bits() >= 120.0,
+                "k = {k}: a wire mod {q} carries only {:.1} bits",
+                md.delta_entropy_bits()
+            );
+        }
+    }
+    // The primes skipped are the ones below the floor.
+    for q in [31u64, 37, 41, 43] {
+        assert!(!m(q).full_strength(), "q = {q}");
+    }
+}

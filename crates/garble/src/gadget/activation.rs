@@ -25,7 +25,8 @@
 //! # Bit × residue: lift to a prime P ≥ 2p
 //!
 //! For a mod-2 wire β and a mod-p wire x, β·x mod p is computed with projections only: let P be
-//! the smallest prime ≥ 2p (P ≤ 251 is required). Lift x to mod P (φ(a) = a, p − 1
+//! the smallest full-strength prime ≥ 2p (an offset of at least 120 bits, like every wire; 17 → 47
+//! rather than 37; P ≤ 251 is required). Lift x to mod P (φ(a) = a, p − 1
 //! ciphertexts) and β to mod P as p·β (1 ciphertext), add: z = x + p·β ∈ [0, 2p) exactly (no
 //! wrap mod P), which determines (β, x). Then project z mod P → mod p with φ(z) = z − p for
 //! z ≥ p and 0 otherwise (P − 1 ciphertexts). Total **p + P − 1** ciphertexts. A dedicated
@@ -34,7 +35,7 @@
 //! # ReLU
 //!
 //! relu(x) = (1 − sign(x))·x residue by residue: 1 − s is free (s + 1 mod 2), then one bit ×
-//! residue product per prime. At k = 8: 194 + 239 = 433 ciphertexts.
+//! residue product per prime. At k = 8: 194 + 255 = 449 ciphertexts.
 
 use super::Backend;
 use crate::GarbleError;
@@ -117,11 +118,13 @@ pub fn sign<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<B::Wire, Garb
     wires.pop().ok_or(GarbleError::Internal("no sign wire"))
 }
 
-/// The smallest prime P ≥ 2p that is a supported modulus.
+/// The smallest full-strength prime P ≥ 2p ([`Modulus::full_strength`]: its offset carries at
+/// least 120 bits, like every other wire; so 17 → 47, not 37).
 fn lift_modulus(p: Modulus) -> Result<Modulus, GarbleError> {
     let start = 2 * u64::from(p.q());
     (start..=u64::from(MAX_MODULUS))
-        .find_map(|c| Modulus::new(c).ok())
+        .filter_map(|c| Modulus::new(c).ok())
+        .find(|m| m.full_strength())
         .ok_or(GarbleError::UnsupportedModulus(start))
 }
 
@@ -357,8 +360,9 @@ mod tests {
             assert_eq!(c.ciphertexts, sign_formula(k));
             assert_eq!(c.bytes, 16 * want);
         }
-        // ReLU adds p + P − 1 per prime (P the smallest prime ≥ 2p).
-        let expected_relu = [(7, 126 + 180), (8, 194 + 239), (9, 284 + 308)];
+        // ReLU adds p + P − 1 per prime (P the smallest full-strength prime ≥ 2p: 17 → 47 and
+        // 19 → 47, where 37 and 41 would carry offsets below 120 bits).
+        let expected_relu = [(7, 126 + 190), (8, 194 + 255), (9, 284 + 324)];
         for (k, want) in expected_relu {
             let c = relu_cost(k).expect("cost");
             assert_eq!(c.ciphertexts, want, "relu, k = {k}");

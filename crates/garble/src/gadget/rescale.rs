@@ -71,14 +71,17 @@
 //!
 //! | k | l = 1 | l = 2 | l = 5 | l = 8 | l = 12 | halving, l = 5 | halving, l = 8 |
 //! |---|------:|------:|------:|------:|-------:|---------------:|---------------:|
-//! | 7 |   132 |   174 |   328 |   470 |    630 |            660 |          1,056 |
-//! | 8 |   201 |   252 |   451 |   645 |    857 |          1,005 |          1,608 |
-//! | 9 |   292 |   356 |   596 |   830 |  1,114 |          1,460 |          2,336 |
+//! | 7 |   132 |   174 |   344 |   470 |    630 |            660 |          1,056 |
+//! | 8 |   201 |   252 |   451 |   646 |    857 |          1,005 |          1,608 |
+//! | 9 |   292 |   356 |   596 |   842 |  1,142 |          1,460 |          2,336 |
 //!
-//! For l = 8 the columns are bits (0–1, 2–3, 4–5, 6–7) with P = 19, 23, 17, 13 at k = 7, and
-//! (0–1, 2–4, 5–7) with P = 23, 47, 37 at k = 8 and P = 29, 53, 41 at k = 9. For l = 1 the
+//! Column sums only use full-strength primes ([`Modulus::full_strength`]: offsets of at least
+//! 120 bits, like every other wire), so 31, 37, 41, 43 are never chosen even where they would
+//! save a few ciphertexts. For l = 8 the columns are bits (0–1, 2–3, 4–5, 6–7) with
+//! P = 19, 23, 17, 13 at k = 7 and P = 23, 29, 23, 17 at k = 8, and (0–1, 2–4, 5–7) with
+//! P = 29, 53, 47 at k = 9. For l = 1 the
 //! circuit is the halving gadget's single halving (same count). Over every supported basis and
-//! scale (k ≤ 15, 2^(l−1) ≤ M/2) it is strictly cheaper for k ≥ 5 and l ≥ 2, never dearer for
+//! scale (k ≤ 14, 2^(l−1) ≤ M/2) it is strictly cheaper for k ≥ 5 and l ≥ 2, never dearer for
 //! k ≤ 4 except k = 3, l = 2 (22 against 20).
 
 use std::collections::BTreeMap;
@@ -95,10 +98,12 @@ use crate::modulus::{MAX_MODULUS, Modulus};
 /// primes, and every projection out of a sum costs P − 1).
 const MAX_COLUMN_BITS: u32 = 3;
 
-/// The smallest supported prime modulus ≥ `at_least`.
+/// The smallest full-strength prime modulus ≥ `at_least` ([`Modulus::full_strength`]: its
+/// offset carries at least 120 bits, like every other wire of a garbling).
 fn prime_at_least(at_least: u64) -> Result<Modulus, GarbleError> {
     (at_least.max(2)..=u64::from(MAX_MODULUS))
-        .find_map(|c| Modulus::new(c).ok())
+        .filter_map(|c| Modulus::new(c).ok())
+        .find(|m| m.full_strength())
         .ok_or(GarbleError::UnsupportedModulus(at_least))
 }
 
@@ -664,7 +669,7 @@ mod tests {
 
     #[test]
     fn the_public_top_is_the_independent_one() {
-        for k in 2..=15 {
+        for k in 2..=MAX_CRT_PRIMES {
             let b = basis(k);
             for l in 0..=max_l(&b) {
                 assert_eq!(
@@ -755,7 +760,7 @@ mod tests {
 
         #[test]
         fn onestep_is_exact_on_large_bases_and_wide_scales(
-            (k, l) in (7usize..=15).prop_flat_map(|k| (Just(k), 0u32..=max_l(&basis(k)))),
+            (k, l) in (7usize..=MAX_CRT_PRIMES).prop_flat_map(|k| (Just(k), 0u32..=max_l(&basis(k)))),
             frac in 0.0f64..1.0,
         ) {
             // Wide scales (l ≥ 17) reach the columns whose low bits leave as separate bits.
@@ -785,7 +790,7 @@ mod tests {
     fn the_plans_use_every_kind_of_column() {
         // Between them, the supported bases and scales exercise every path of the circuit.
         let (mut digit, mut parity, mut prime, mut bits, mut packed) = (0, 0, 0, 0, 0);
-        for k in 2..=15 {
+        for k in 2..=MAX_CRT_PRIMES {
             let primes: Vec<u64> = Modulus::first_primes(k)
                 .expect("primes")
                 .iter()
@@ -856,9 +861,9 @@ mod tests {
     fn ciphertext_counts() {
         let want = [
             // k, l = 1, 2, 5, 8, 12
-            (7, [132, 174, 328, 470, 630]),
-            (8, [201, 252, 451, 645, 857]),
-            (9, [292, 356, 596, 830, 1114]),
+            (7, [132, 174, 344, 470, 630]),
+            (8, [201, 252, 451, 646, 857]),
+            (9, [292, 356, 596, 842, 1142]),
         ];
         for (k, counts) in want {
             for (l, want) in [1u32, 2, 5, 8, 12].into_iter().zip(counts) {
@@ -887,8 +892,8 @@ mod tests {
         let l8: Vec<u64> = (7..=9)
             .map(|k| rescale_pow2_onestep_cost(k, 8).expect("cost").ciphertexts)
             .collect();
-        assert_eq!(l5, [328, 451, 596]);
-        assert_eq!(l8, [470, 645, 830]);
+        assert_eq!(l5, [344, 451, 596]);
+        assert_eq!(l8, [470, 646, 842]);
         // Against the halving gadget's 660 / 1,005 / 1,460 and 1,056 / 1,608 / 2,336.
         for (k, (a, b)) in (7..=9).zip(l5.iter().zip(&l8)) {
             assert!(*a < rescale_pow2_cost(k, 5).expect("cost").ciphertexts);
@@ -898,7 +903,7 @@ mod tests {
 
     #[test]
     fn every_supported_basis_and_scale_has_a_plan() {
-        for k in 2..=15 {
+        for k in 2..=MAX_CRT_PRIMES {
             let b = basis(k);
             for l in 0..=max_l(&b) {
                 let one = rescale_pow2_onestep_cost(k, l).expect("cost").ciphertexts;
@@ -946,8 +951,8 @@ mod tests {
                 .collect()
         };
         assert_eq!(plan(7, 8), [(0, 2, 19), (2, 2, 23), (4, 2, 17), (6, 2, 13)]);
-        assert_eq!(plan(8, 8), [(0, 2, 23), (2, 3, 47), (5, 3, 37)]);
-        assert_eq!(plan(9, 8), [(0, 2, 29), (2, 3, 53), (5, 3, 41)]);
+        assert_eq!(plan(8, 8), [(0, 2, 23), (2, 2, 29), (4, 2, 23), (6, 2, 17)]);
+        assert_eq!(plan(9, 8), [(0, 2, 29), (2, 3, 53), (5, 3, 47)]);
     }
 
     #[test]

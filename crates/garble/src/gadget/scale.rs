@@ -454,7 +454,7 @@ mod tests {
         let m: Vec<u64> = (7..=9)
             .map(|k| max2_cost(k).expect("cost").ciphertexts)
             .collect();
-        assert_eq!(m, [306, 433, 592]);
+        assert_eq!(m, [316, 449, 608]);
     }
 
     #[test]
