@@ -29,6 +29,8 @@ pub mod activation;
 pub mod layer;
 pub mod rescale;
 pub mod scale;
+#[cfg(test)]
+mod test_support;
 
 pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
 pub use layer::{BatchSink, LayerEvalBackend, LayerGarbleBackend};

@@ -575,25 +575,13 @@ pub fn rescale_pow2_onestep_cost(k: usize, l: u32) -> Result<GarbleCost, GarbleE
 mod tests {
     use super::*;
     use crate::crt::CrtBasis;
-    use crate::gadget::{
-        EvalBackend, GarbleBackend, PlainBackend, PlainWire, rescale_pow2, rescale_pow2_cost,
+    use crate::gadget::test_support::{
+        basis, garbled, plain_decode, plain_wires, reference_rescale,
     };
-    use crate::gate::{Evaluator, Garbler};
-    use crate::label::{Label, Seed};
+    use crate::gadget::{GarbleBackend, PlainBackend, rescale_pow2, rescale_pow2_cost};
+    use crate::gate::Garbler;
+    use crate::label::Seed;
     use proptest::prelude::*;
-
-    /// The engine's rule, written out again: ⌊(a + 2^(f−1)) / 2^f⌋, a for f = 0.
-    fn reference_rescale(a: i64, f: u32) -> i64 {
-        if f == 0 {
-            a
-        } else {
-            (a + (1i64 << (f - 1))).div_euclid(1i64 << f)
-        }
-    }
-
-    fn basis(k: usize) -> CrtBasis {
-        CrtBasis::first_primes(k).expect("basis")
-    }
 
     /// The top of the precondition, computed independently of the gadget's own helper: the
     /// window of M values starting at −s − 2^(l−1) (s a multiple of 2^l) that starts closest
@@ -617,54 +605,22 @@ mod tests {
             .expect("l = 0")
     }
 
-    fn plain_wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
-        b.encode(x)
-            .expect("in range")
-            .iter()
-            .zip(b.moduli())
-            .map(|(&r, &m)| PlainWire::new(m, u64::from(r)))
-            .collect()
-    }
-
-    fn plain_decode(b: &CrtBasis, w: &[PlainWire]) -> i64 {
-        let r: Vec<u8> = w.iter().map(|w| w.value()).collect();
-        b.decode(&r).expect("valid")
-    }
-
     fn plain_onestep(b: &CrtBasis, x: i64, l: u32) -> i64 {
         let out = rescale_pow2_onestep(&mut PlainBackend, &plain_wires(b, x), l).expect("rescale");
         assert_eq!(out.len(), b.len());
         plain_decode(b, &out)
     }
 
-    /// Garbles the one-step rescale over the basis, evaluates it on x, decodes; also checks that
-    /// the stored tables hold as many rows as the garbler counted.
+    /// Garbles the one-step rescale over the basis, evaluates it on x, decodes (the shared
+    /// helper also checks that the stored tables hold as many rows as the garbler counted).
     fn garbled_onestep(b: &CrtBasis, x: i64, l: u32, seed: [u8; 32]) -> i64 {
-        let mut g = GarbleBackend::new(Garbler::new(&Seed::from_bytes(seed)));
-        let zeros: Vec<Label> = b
-            .moduli()
-            .iter()
-            .map(|&m| g.garbler_mut().input_wire(m))
-            .collect();
-        let out_zeros = rescale_pow2_onestep(&mut g, &zeros, l).expect("garble");
-        let garbled_cost = g.garbler_mut().cost().ciphertexts;
-        let (mut garbler, tables) = g.into_parts();
-        let stored: usize = tables.iter().map(|t| t.rows().len()).sum();
-        assert_eq!(stored as u64, garbled_cost);
-        let labels: Vec<Label> = zeros
-            .iter()
-            .zip(b.encode(x).expect("in range"))
-            .map(|(z, r)| garbler.encode(z, u64::from(r)).expect("encode"))
-            .collect();
-        let mut e = EvalBackend::new(Evaluator::new(garbler.hash_key()), tables);
-        let out = rescale_pow2_onestep(&mut e, &labels, l).expect("evaluate");
-        e.finish().expect("every table used");
-        let r: Vec<u8> = out_zeros
-            .iter()
-            .zip(&out)
-            .map(|(z, l)| garbler.decode(z, l).expect("valid label"))
-            .collect();
-        b.decode(&r).expect("valid")
+        garbled(
+            b,
+            &[x],
+            seed,
+            &|g, w| rescale_pow2_onestep(g, &w[0], l).expect("garble"),
+            &|e, w| rescale_pow2_onestep(e, &w[0], l).expect("evaluate"),
+        )
     }
 
     #[test]

@@ -184,44 +184,18 @@ pub fn max2_cost(k: usize) -> Result<GarbleCost, GarbleError> {
 mod tests {
     use super::*;
     use crate::crt::CrtBasis;
-    use crate::gadget::{
-        EvalBackend, GarbleBackend, PlainBackend, PlainWire, relu_cost, sign_cost,
+    use crate::gadget::test_support::{
+        basis, garbled, plain_decode, plain_wires, reference_rescale,
     };
-    use crate::gate::{Evaluator, Garbler};
-    use crate::label::{Label, Seed};
+    use crate::gadget::{GarbleBackend, PlainBackend, relu_cost, sign_cost};
+    use crate::gate::Garbler;
+    use crate::label::Seed;
     use proptest::prelude::*;
-
-    /// The engine's rule, written out again: ⌊(a + 2^(f−1)) / 2^f⌋, x for f = 0.
-    fn reference_rescale(a: i64, f: u32) -> i64 {
-        if f == 0 {
-            a
-        } else {
-            (a + (1i64 << (f - 1))).div_euclid(1i64 << f)
-        }
-    }
-
-    fn basis(k: usize) -> CrtBasis {
-        CrtBasis::first_primes(k).expect("basis")
-    }
 
     /// The largest x the rescale precondition admits.
     fn rescale_max(b: &CrtBasis, l: u32) -> i64 {
         let round = if l == 0 { 0 } else { 1i64 << (l - 1) };
         b.max_value() - 1 - round
-    }
-
-    fn plain_wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
-        b.encode(x)
-            .expect("in range")
-            .iter()
-            .zip(b.moduli())
-            .map(|(&r, &m)| PlainWire::new(m, u64::from(r)))
-            .collect()
-    }
-
-    fn plain_decode(b: &CrtBasis, w: &[PlainWire]) -> i64 {
-        let r: Vec<u8> = w.iter().map(|w| w.value()).collect();
-        b.decode(&r).expect("valid")
     }
 
     fn plain_rescale(b: &CrtBasis, x: i64, l: u32) -> i64 {
@@ -232,52 +206,6 @@ mod tests {
     fn plain_max(b: &CrtBasis, x: i64, y: i64) -> i64 {
         let out = max2(&mut PlainBackend, &plain_wires(b, x), &plain_wires(b, y)).expect("max");
         plain_decode(b, &out)
-    }
-
-    type Circuit<'a, B> = dyn Fn(&mut B, &[Vec<Label>]) -> Vec<Label> + 'a;
-
-    /// Garbles a circuit over `inputs.len()` CRT values, evaluates it on `inputs`, decodes.
-    fn garbled(
-        b: &CrtBasis,
-        inputs: &[i64],
-        seed: [u8; 32],
-        garble: &Circuit<'_, GarbleBackend>,
-        eval: &Circuit<'_, EvalBackend>,
-    ) -> i64 {
-        let mut g = GarbleBackend::new(Garbler::new(&Seed::from_bytes(seed)));
-        let zeros: Vec<Vec<Label>> = inputs
-            .iter()
-            .map(|_| {
-                b.moduli()
-                    .iter()
-                    .map(|&m| g.garbler_mut().input_wire(m))
-                    .collect()
-            })
-            .collect();
-        let out_zeros = garble(&mut g, &zeros);
-        let garbled_cost = g.garbler_mut().cost().ciphertexts;
-        let (mut garbler, tables) = g.into_parts();
-        let labels: Vec<Vec<Label>> = zeros
-            .iter()
-            .zip(inputs)
-            .map(|(z, &x)| {
-                z.iter()
-                    .zip(b.encode(x).expect("in range"))
-                    .map(|(z, r)| garbler.encode(z, u64::from(r)).expect("encode"))
-                    .collect()
-            })
-            .collect();
-        let stored: usize = tables.iter().map(|t| t.rows().len()).sum();
-        assert_eq!(stored as u64, garbled_cost);
-        let mut e = EvalBackend::new(Evaluator::new(garbler.hash_key()), tables);
-        let out = eval(&mut e, &labels);
-        e.finish().expect("every table used");
-        let r: Vec<u8> = out_zeros
-            .iter()
-            .zip(&out)
-            .map(|(z, l)| garbler.decode(z, l).expect("valid label"))
-            .collect();
-        b.decode(&r).expect("valid")
     }
 
     fn garbled_rescale(b: &CrtBasis, x: i64, l: u32, seed: [u8; 32]) -> i64 {
