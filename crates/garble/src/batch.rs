@@ -181,6 +181,14 @@ pub fn garble_projection_batch(
         .map(|d| block_of(q.q(), d))
         .collect();
 
+    // For each x, the first x' with φ(x') = φ(x): rows whose output labels coincide share one
+    // packing (a projection into a small modulus has at most q distinct output labels).
+    let first_same: Vec<usize> = phi
+        .iter()
+        .enumerate()
+        .map(|(x, v)| phi.iter().position(|w| w == v).unwrap_or(x))
+        .collect();
+
     let mut rows = vec![0u128; count * (pq - 1)];
     let mut c0s = LabelTensor::zeros(q, a0.shape())?;
     let chunk = (HASHES_PER_CHUNK / pq).max(1);
@@ -197,6 +205,7 @@ pub fn garble_projection_batch(
             let mut items = [(0u128, 0u128); HASHES_PER_STEP];
             let mut hs = [[0u128; 2]; HASHES_PER_STEP];
             let mut label = [0u8; MAX_DIGITS];
+            let mut blocks = [0u128; 256];
             let steps = a_chunk
                 .chunks(step * np)
                 .zip(rows_chunk.chunks_mut(step * (pq - 1)))
@@ -230,11 +239,17 @@ pub fn garble_projection_batch(
                     a_step.chunks_exact(np).zip(hs.chunks_exact(pq)).zip(tables)
                 {
                     let colour = usize::from(a.first().copied().unwrap_or(0));
-                    garble_rows(q, colour, hk, &phi_delta, &phi_blocks, tab, c0)?;
+                    let inputs = RowInputs {
+                        phi_delta: &phi_delta,
+                        phi_blocks: &phi_blocks,
+                        first: &first_same,
+                    };
+                    garble_rows(q, colour, hk, &inputs, &mut blocks, tab, c0)?;
                     cost.add_table(pq as u64 - 1);
                 }
             }
             label.zeroize();
+            blocks.zeroize();
             items.zeroize();
             hs.zeroize();
             Ok(cost)
@@ -346,15 +361,24 @@ pub fn evaluate_projection_batch(
 /// is −pad(H(A_{x*}, row 0)), so ct₀ = 0 and C₀ follows; row r = colour + x ≠ 0 is
 /// block(C₀ + φ(x)·Δ_q) + pad(H(Aₓ, (gate, r))) mod q^n. Mod 2 every step is an XOR of
 /// compressed blocks, spread into digits only for C₀.
+/// The per-layer inputs of [`garble_rows`]: φ(x)·Δ_q for every x (digits and, for q = 2,
+/// blocks), and for every x the first x' with φ(x') = φ(x).
+struct RowInputs<'a> {
+    phi_delta: &'a [u8],
+    phi_blocks: &'a [u128],
+    first: &'a [usize],
+}
+
 fn garble_rows(
     q: Modulus,
     colour: usize,
     hk: &[[u128; 2]],
-    phi_delta: &[u8],
-    phi_blocks: &[u128],
+    inputs: &RowInputs<'_>,
+    blocks: &mut [u128],
     tab: &mut [u128],
     c0: &mut [u8],
 ) -> Result<(), GarbleError> {
+    let (phi_delta, phi_blocks) = (inputs.phi_delta, inputs.phi_blocks);
     let (pq, nq) = (hk.len(), q.digits());
     let x_star = (pq - colour % pq) % pq;
     let missing = || GarbleError::Internal("row 0 is missing");
@@ -376,19 +400,35 @@ fn garble_rows(
     let pow = q.block_params().pow;
     let h0 = hk.get(x_star).ok_or_else(missing)?;
     let pd0 = phi_delta.chunks_exact(nq).nth(x_star).ok_or_else(missing)?;
-    unpack_into(q, sub_mod(0, pad(pow, *h0), pow), c0);
+    let top = sub_mod(0, pad(pow, *h0), pow);
+    unpack_into(q, top, c0);
     sub_digits(q.q(), c0, pd0);
+    // blocks[x] = block(C₀ + φ(x)·Δ_q), filled in order of x; x* (row 0) is `top` itself.
+    *blocks.get_mut(x_star).ok_or_else(missing)? = top;
     let mut label = [0u8; MAX_DIGITS];
     let out = label
         .get_mut(..nq)
         .ok_or(GarbleError::Internal("label width"))?;
     for ((x, h), pd) in hk.iter().enumerate().zip(phi_delta.chunks_exact(nq)) {
         let r = (colour + x) % pq;
-        if let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) {
-            out.copy_from_slice(c0);
-            add_digits(q.q(), out, pd);
-            *slot = add_mod(block_of(q.q(), out), pad(pow, *h), pow);
-        }
+        let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) else {
+            continue;
+        };
+        // The first x' with the same φ value is x* or came earlier in this loop.
+        let same = inputs.first.get(x).copied().unwrap_or(x);
+        let block = match blocks.get(same) {
+            Some(&b) if same != x => b,
+            _ => {
+                out.copy_from_slice(c0);
+                add_digits(q.q(), out, pd);
+                let b = block_of(q.q(), out);
+                *blocks
+                    .get_mut(x)
+                    .ok_or(GarbleError::Internal("row cache"))? = b;
+                b
+            }
+        };
+        *slot = add_mod(block, pad(pow, *h), pow);
     }
     label.zeroize();
     Ok(())
