@@ -173,8 +173,10 @@ pub fn garble_projection(
         .get(x_star)
         .zip(phi.get(x_star))
         .ok_or(GarbleError::Internal("row 0 is missing"))?;
-    let top = Label::from_block(q, sub_block(q, 0, *pad0))?;
-    let c0 = top.try_sub(&delta_q.times(u64::from(*phi0)))?;
+    let mut top = Label::from_block(q, sub_block(q, 0, *pad0))?;
+    let c0 = top.try_sub(&delta_q.times(u64::from(*phi0)));
+    top.zeroize();
+    let c0 = c0?;
 
     let mut rows = vec![Label::zero(q); phi.len() - 1];
     for ((label, pad), &v) in labels.iter().zip(&pads).zip(phi) {
