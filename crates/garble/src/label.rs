@@ -140,12 +140,10 @@ impl Label {
 
     /// `k · self`, digit-wise mod q (k is reduced mod q first).
     pub fn mul_scalar(&self, k: u64) -> Self {
-        let q = u16::from(self.modulus.q());
-        let k = u16::from(self.modulus.reduce(k));
         let mut out = self.clone();
-        for d in &mut out.digits {
-            // (q−1)² < 2^16 and the remainder is < q, so both conversions are lossless.
-            *d = ((u16::from(*d) * k) % q) as u8;
+        let n = self.modulus.digits();
+        if let Some(d) = out.digits.get_mut(..n) {
+            crate::tensor::scale_digits(self.modulus.q(), self.modulus.reduce(k), d);
         }
         out
     }

@@ -223,10 +223,7 @@ impl LabelTensor {
         let q = self.modulus.q();
         let k = reduce_i64(k, q);
         let mut out = self.clone();
-        for d in &mut out.digits {
-            // d, k < q ≤ 251: the product is below 2^16 and the remainder below q.
-            *d = ((u16::from(*d) * u16::from(k)) % u16::from(q)) as u8;
-        }
+        scale_digits(q, k, &mut out.digits);
         out
     }
 
@@ -375,6 +372,19 @@ pub(crate) fn add_digits(q: u8, a: &mut [u8], b: &[u8]) {
     for (d, &e) in a.iter_mut().zip(b) {
         let t = u16::from(*d) + u16::from(e);
         *d = (t - q * u16::from(t >= q)) as u8;
+    }
+}
+
+/// `a = k·a` digit-wise mod q (digits and k below q), through a table of the q possible
+/// products: one load per digit instead of a division by a run-time q.
+pub(crate) fn scale_digits(q: u8, k: u8, a: &mut [u8]) {
+    let mut table = [0u8; 256];
+    for (d, t) in (0u16..).zip(table.iter_mut().take(usize::from(q))) {
+        // d, k < q ≤ 251: the product is below 2^16 and the remainder below q.
+        *t = ((d * u16::from(k)) % u16::from(q)) as u8;
+    }
+    for d in a.iter_mut() {
+        *d = table[usize::from(*d)];
     }
 }
 
