@@ -105,7 +105,7 @@ use crate::label::Seed;
 use crate::modulus::Modulus;
 use crate::output::OutputDecoder;
 use crate::store::{Chunk, MaterialKind, StreamHeader, StreamReader, StreamWriter};
-use crate::tensor::LabelTensor;
+use crate::tensor::{LabelTensor, max_terms16, reduce16};
 
 /// An index meaning "outside the input" (a padded position) in a gather table.
 const NONE: u32 = u32::MAX;
@@ -1216,21 +1216,23 @@ fn gather_digits(n: usize, src: &[u8], idx: &[u32]) -> Result<Vec<u8>, GarbleErr
 /// Width of one block of the linear kernel's output row, in digits.
 const BLOCK: usize = 4096;
 
-/// out[r, ·] = Σ_j w[r·kk + j] · col[j, ·] mod q over `width`-digit rows; u32 accumulators,
-/// reduced every `max_terms` non-zero terms so they never overflow.
+/// out[r, ·] = Σ_j w[r·kk + j] · col[j, ·] mod q over `width`-digit rows, in 16-bit
+/// accumulators reduced every [`max_terms16`] non-zero terms (so they never overflow).
 fn gemm_rows(q: u8, w: &[u32], kk: usize, col: &[u8], width: usize, out: &mut [u8]) {
-    let qq = u32::from(q);
-    let sq = (qq - 1) * (qq - 1);
-    let max_terms = ((u32::MAX - qq) / sq.max(1)) as usize;
+    let q16 = u16::from(q);
+    let max_terms = max_terms16(q16);
     out.par_chunks_mut(width)
         .zip(w.par_chunks(kk))
         .for_each(|(o, wr)| {
             o.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, ob)| {
                 let start = bi * BLOCK;
-                let mut acc = [0u32; BLOCK];
+                let mut acc = [0u16; BLOCK];
                 let acc = &mut acc[..ob.len()];
                 let mut terms = 0usize;
                 for (&wj, row) in wr.iter().zip(col.chunks_exact(width)) {
+                    // Weights are reduced mod q already; the remainder keeps the bound above
+                    // even if one were not.
+                    let wj = (wj % u32::from(q16)) as u16;
                     if wj == 0 {
                         continue;
                     }
@@ -1238,16 +1240,16 @@ fn gemm_rows(q: u8, w: &[u32], kk: usize, col: &[u8], width: usize, out: &mut [u
                         continue;
                     };
                     for (a, &d) in acc.iter_mut().zip(c) {
-                        *a += wj * u32::from(d);
+                        *a = a.wrapping_add(wj * u16::from(d));
                     }
                     terms += 1;
                     if terms == max_terms {
-                        acc.iter_mut().for_each(|a| *a %= qq);
+                        acc.iter_mut().for_each(|a| *a = reduce16(*a, q16));
                         terms = 0;
                     }
                 }
                 for (d, a) in ob.iter_mut().zip(acc.iter()) {
-                    *d = (a % qq) as u8;
+                    *d = reduce16(*a, q16) as u8;
                 }
             });
         });
@@ -2190,4 +2192,60 @@ pub fn decode(secrets: &GarbleSecrets, output: &OutputLabels) -> Result<Tensor<i
         expected: len,
         got: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn reduce16_is_the_remainder_for_every_value() {
+        for q in [2u16, 3, 5, 23, 67, 137, 251] {
+            for a in 0..=u16::MAX {
+                assert_eq!(reduce16(a, q), a % q, "{a} mod {q}");
+            }
+        }
+    }
+
+    /// The 16-bit kernel against a wide reference, with enough terms to need several
+    /// reductions, for small and large moduli, odd widths and zero weights.
+    #[test]
+    fn gemm_rows_matches_a_wide_reference() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        for (q, kk, width, rows) in [
+            (2u8, 70_000usize, 3usize, 2usize),
+            (3, 300, 1_500, 3),
+            (23, 400, 2_100, 2),
+            (67, 50, 77, 5),
+            (251, 9, 4_097, 2),
+        ] {
+            let w: Vec<u32> = (0..rows * kk)
+                .map(|i| {
+                    if i % 7 == 0 {
+                        0
+                    } else {
+                        rng.random_range(0..u32::from(q))
+                    }
+                })
+                .collect();
+            let col: Vec<u8> = (0..kk * width).map(|_| rng.random_range(0..q)).collect();
+            let mut out = vec![0u8; rows * width];
+            gemm_rows(q, &w, kk, &col, width, &mut out);
+            for r in 0..rows {
+                for i in (0..width).step_by(width / 7 + 1) {
+                    let want = (0..kk).fold(0u64, |acc, j| {
+                        (acc + u64::from(w[r * kk + j]) * u64::from(col[j * width + i]))
+                            % u64::from(q)
+                    });
+                    assert_eq!(
+                        u64::from(out[r * width + i]),
+                        want,
+                        "q = {q}, row {r}, digit {i}"
+                    );
+                }
+            }
+        }
+    }
 }
