@@ -5,7 +5,7 @@
 //!
 //! # Circuit
 //!
-//! Every activation tensor is carried as k [`LabelTensor`]s, its residues over the first k primes
+//! Every activation tensor is carried as k [`LabelTensor`]s, its residues over the first k CRT primes
 //! (one CRT wire per element and prime). The steps, per graph node:
 //!
 //! | node | steps | cost |
@@ -617,7 +617,7 @@ impl Compiler<'_> {
     }
 }
 
-/// Rescales the residue wires `x` (over the first k primes) by 2^l, round half up, with the
+/// Rescales the residue wires `x` (over the first k CRT primes) by 2^l, round half up, with the
 /// exact gadget that costs fewer ciphertexts at this (k, l): the one-step gadget or l halvings
 /// (the halvings on a tie). Deterministic in (k, l), so both sides of a garbling agree.
 pub fn rescale_gadget<B: Backend>(

@@ -2,7 +2,7 @@
 //!
 //! # Sign: prime-only mixed-radix conversion, 2 last (DESIGN §2.1)
 //!
-//! The input is the k residue wires of x over the first k primes (wire i mod pᵢ, p₁ = 2), i.e.
+//! The input is the k residue wires of x over the first k CRT primes (wire i mod pᵢ, p₁ = 2), i.e.
 //! the residues of u = x mod M. Write u in mixed radix with the radices in the order
 //! r₁, …, r_k = 3, 5, 7, …, p_k, 2:
 //!
@@ -44,7 +44,7 @@ use crate::crt::{MAX_CRT_PRIMES, inverse_mod_prime};
 use crate::gadget::CostBackend;
 use crate::modulus::{MAX_MODULUS, Modulus};
 
-/// Checks that `residues` are wires over the first k primes (2, 3, 5, … in order), 1 ≤ k ≤
+/// Checks that `residues` are wires over the first k CRT primes ([`Modulus::first_primes`]: 2, 3, 5, … in order), 1 ≤ k ≤
 /// [`MAX_CRT_PRIMES`]; returns the moduli.
 pub(super) fn crt_moduli<B: Backend>(
     b: &B,
@@ -157,14 +157,14 @@ pub fn relu<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<Vec<B::Wire>,
     residues.iter().map(|x| mul_bit(b, &positive, x)).collect()
 }
 
-/// The garbled size of [`sign`] over the first k primes.
+/// The garbled size of [`sign`] over the first k CRT primes.
 pub fn sign_cost(k: usize) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();
     sign(&mut c, &Modulus::first_primes(k)?)?;
     Ok(c.cost)
 }
 
-/// The garbled size of [`relu`] over the first k primes.
+/// The garbled size of [`relu`] over the first k CRT primes.
 pub fn relu_cost(k: usize) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();
     relu(&mut c, &Modulus::first_primes(k)?)?;

@@ -153,7 +153,7 @@ fn parameters(moduli: &[Modulus], l: u32) -> Result<(u64, u64, u64), GarbleError
     Ok((half, round, shift(half, l)?))
 }
 
-/// The largest x that [`rescale_pow2_onestep`] over the first k primes admits: M/2 − 1 − d
+/// The largest x that [`rescale_pow2_onestep`] over the first k CRT primes admits: M/2 − 1 − d
 /// (module docs), M/2 − 1 for l = 0. Errors as the gadget does (k < 2, 2^(l−1) > M/2).
 pub fn rescale_pow2_onestep_max(k: usize, l: u32) -> Result<i64, GarbleError> {
     let moduli = Modulus::first_primes(k)?;
@@ -564,7 +564,7 @@ fn pow2_mod(e: u32, p: u64) -> u64 {
     (0..e).fold(1 % p, |acc, _| acc * 2 % p)
 }
 
-/// The garbled size of [`rescale_pow2_onestep`] over the first k primes.
+/// The garbled size of [`rescale_pow2_onestep`] over the first k CRT primes.
 pub fn rescale_pow2_onestep_cost(k: usize, l: u32) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();
     rescale_pow2_onestep(&mut c, &Modulus::first_primes(k)?, l)?;
@@ -576,7 +576,7 @@ mod tests {
     use super::*;
     use crate::crt::CrtBasis;
     use crate::gadget::test_support::{
-        basis, garbled, plain_decode, plain_wires, reference_rescale,
+        basis, check_rescale_input_errors, garbled, plain_decode, plain_wires, reference_rescale,
     };
     use crate::gadget::{GarbleBackend, PlainBackend, rescale_pow2, rescale_pow2_cost};
     use crate::gate::Garbler;
@@ -935,38 +935,7 @@ mod tests {
 
     #[test]
     fn wrong_inputs_are_errors() {
-        let b = basis(7);
-        let w = plain_wires(&b, 5);
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &w[..1], 3),
-            Err(GarbleError::ResidueCount {
-                expected: 2,
-                got: 1
-            })
-        ));
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &[], 3),
-            Err(GarbleError::ResidueCount { .. })
-        ));
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &w, 20),
-            Err(GarbleError::CrtOutOfRange { .. })
-        ));
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &w, u32::MAX),
-            Err(GarbleError::CrtOutOfRange { .. })
-        ));
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &w, 64),
-            Err(GarbleError::CrtOutOfRange { .. })
-        ));
-        assert!(rescale_pow2_onestep(&mut PlainBackend, &w, 18).is_ok());
-        let mut swapped = w.clone();
-        swapped.swap(1, 2);
-        assert!(matches!(
-            rescale_pow2_onestep(&mut PlainBackend, &swapped, 3),
-            Err(GarbleError::ModulusMismatch { .. })
-        ));
+        check_rescale_input_errors(rescale_pow2_onestep::<PlainBackend>);
         assert!(matches!(
             rescale_pow2_onestep_cost(16, 3),
             Err(GarbleError::ResidueCount { got: 16, .. })

@@ -165,14 +165,14 @@ pub fn max2<B: Backend>(
     y.iter().zip(&r).map(|(yi, ri)| b.add(yi, ri)).collect()
 }
 
-/// The garbled size of [`rescale_pow2`] over the first k primes.
+/// The garbled size of [`rescale_pow2`] over the first k CRT primes.
 pub fn rescale_pow2_cost(k: usize, l: u32) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();
     rescale_pow2(&mut c, &Modulus::first_primes(k)?, l)?;
     Ok(c.cost)
 }
 
-/// The garbled size of [`max2`] over the first k primes.
+/// The garbled size of [`max2`] over the first k CRT primes.
 pub fn max2_cost(k: usize) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();
     let m = Modulus::first_primes(k)?;
@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use crate::crt::CrtBasis;
     use crate::gadget::test_support::{
-        basis, garbled, plain_decode, plain_wires, reference_rescale,
+        basis, check_rescale_input_errors, garbled, plain_decode, plain_wires, reference_rescale,
     };
     use crate::gadget::{GarbleBackend, PlainBackend, relu_cost, sign_cost};
     use crate::gate::Garbler;
@@ -411,34 +411,11 @@ mod tests {
 
     #[test]
     fn wrong_inputs_are_errors() {
+        check_rescale_input_errors(rescale_pow2::<PlainBackend>);
         let b = basis(7);
         let w = plain_wires(&b, 5);
-        assert!(matches!(
-            rescale_pow2(&mut PlainBackend, &w[..1], 3),
-            Err(GarbleError::ResidueCount {
-                expected: 2,
-                got: 1
-            })
-        ));
-        assert!(matches!(
-            rescale_pow2(&mut PlainBackend, &[], 3),
-            Err(GarbleError::ResidueCount { .. })
-        ));
-        assert!(matches!(
-            rescale_pow2(&mut PlainBackend, &w, 20),
-            Err(GarbleError::CrtOutOfRange { .. })
-        ));
-        assert!(matches!(
-            rescale_pow2(&mut PlainBackend, &w, u32::MAX),
-            Err(GarbleError::CrtOutOfRange { .. })
-        ));
-        assert!(rescale_pow2(&mut PlainBackend, &w, 18).is_ok());
         let mut swapped = w.clone();
         swapped.swap(1, 2);
-        assert!(matches!(
-            rescale_pow2(&mut PlainBackend, &swapped, 3),
-            Err(GarbleError::ModulusMismatch { .. })
-        ));
         assert!(matches!(
             max2(&mut PlainBackend, &w, &w[..6]),
             Err(GarbleError::ResidueCount {

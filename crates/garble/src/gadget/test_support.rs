@@ -1,8 +1,9 @@
 //! Helpers shared by the gadget tests: the integer rule, CRT encoding on the plaintext backend,
 //! and garble → evaluate → decode of a circuit over CRT values.
 
+use crate::GarbleError;
 use crate::crt::CrtBasis;
-use crate::gadget::{EvalBackend, GarbleBackend, PlainWire};
+use crate::gadget::{EvalBackend, GarbleBackend, PlainBackend, PlainWire};
 use crate::gate::{Evaluator, Garbler};
 use crate::label::{Label, Seed};
 
@@ -77,4 +78,43 @@ pub(crate) fn garbled(
         .map(|(z, l)| garbler.decode(z, l).expect("valid label"))
         .collect();
     b.decode(&r).expect("valid")
+}
+
+/// A rescale gadget on the plaintext backend.
+pub(crate) type PlainRescale =
+    fn(&mut PlainBackend, &[PlainWire], u32) -> Result<Vec<PlainWire>, GarbleError>;
+
+/// The input contract both rescale gadgets share, over k = 7: too few residues, a scale the range
+/// cannot hold (up to l = u32::MAX), swapped moduli — each an error, never a panic — and the
+/// largest scale in range accepted.
+pub(crate) fn check_rescale_input_errors(rescale: PlainRescale) {
+    let b = basis(7);
+    let w = plain_wires(&b, 5);
+    assert!(matches!(
+        rescale(&mut PlainBackend, &w[..1], 3),
+        Err(GarbleError::ResidueCount {
+            expected: 2,
+            got: 1
+        })
+    ));
+    assert!(matches!(
+        rescale(&mut PlainBackend, &[], 3),
+        Err(GarbleError::ResidueCount { .. })
+    ));
+    for l in [20, 64, u32::MAX] {
+        assert!(
+            matches!(
+                rescale(&mut PlainBackend, &w, l),
+                Err(GarbleError::CrtOutOfRange { .. })
+            ),
+            "l = {l}"
+        );
+    }
+    assert!(rescale(&mut PlainBackend, &w, 18).is_ok());
+    let mut swapped = w.clone();
+    swapped.swap(1, 2);
+    assert!(matches!(
+        rescale(&mut PlainBackend, &swapped, 3),
+        Err(GarbleError::ModulusMismatch { .. })
+    ));
 }
