@@ -16,13 +16,14 @@
 //! The evaluator turns only the row it opens into digits.
 
 use crate::GarbleError;
-use crate::block::{add_mod, pad, sub_mod, unpack_into};
+use crate::block::{add_mod, pad, sub_mod};
 use crate::cost::GarbleCost;
 use crate::gate::ProjectionTable;
-use crate::hash::{Hasher, Tweak, spread_bits};
+use crate::hash::{HashScratch, Hasher, Tweak, spread_bits};
 use crate::label::{Delta, Label};
 use crate::modulus::{MAX_DIGITS, Modulus};
-use crate::tensor::{LabelTensor, add_digits, block_of, sub_digits};
+use crate::pack::{block_of, copy_padded, unpack_into};
+use crate::tensor::{LabelTensor, add_digits, sub_digits};
 use rayon::prelude::*;
 use zeroize::Zeroize;
 
@@ -168,18 +169,22 @@ pub fn garble_projection_batch(
     let count = a0.len();
     end_gate(base_gate, count)?;
     let (pq, np, nq) = (usize::from(p.q()), p.digits(), q.digits());
+    // Digit loops inside a gate run over whole 16-byte steps of zero-padded buffers.
+    let (wp, wq) = (padded_width(np), padded_width(nq));
 
-    // φ(x)·Δ_q for every x, once per layer.
-    let mut phi_delta = vec![0u8; pq * nq];
-    for (dst, &v) in phi_delta.chunks_exact_mut(nq).zip(phi) {
-        dst.copy_from_slice(&delta_q.times(u64::from(v)).digits()[..nq]);
+    // φ(x)·Δ_q for every x, once per layer, each zero-padded to wq digits.
+    let mut phi_delta = vec![0u8; pq * wq];
+    for (dst, &v) in phi_delta.chunks_exact_mut(wq).zip(phi) {
+        let d = delta_q.times(u64::from(v));
+        dst.copy_from_slice(d.padded_digits().get(..wq).unwrap_or(&[]));
     }
-    let dp = &delta_p.as_label().digits()[..np];
+    let dp = delta_p
+        .as_label()
+        .padded_digits()
+        .get(..wp)
+        .ok_or(GarbleError::Internal("label width"))?;
     // The same, compressed (used when q = 2, where adding labels is XOR of blocks).
-    let mut phi_blocks: Vec<u128> = phi_delta
-        .chunks_exact(nq)
-        .map(|d| block_of(q.q(), d))
-        .collect();
+    let mut phi_blocks: Vec<u128> = phi_delta.chunks_exact(wq).map(|d| block_of(q, d)).collect();
 
     // For each x, the first x' with φ(x') = φ(x): rows whose output labels coincide share one
     // packing (a projection into a small modulus has at most q distinct output labels).
@@ -202,9 +207,11 @@ pub fn garble_projection_batch(
         .enumerate()
         .map(|(ci, ((a_chunk, rows_chunk), c0_chunk))| {
             let mut cost = GarbleCost::default();
+            let mut aes_scratch = HashScratch::new();
             let mut items = [(0u128, 0u128); HASHES_PER_STEP];
             let mut hs = [[0u128; 2]; HASHES_PER_STEP];
             let mut label = [0u8; MAX_DIGITS];
+            let mut scratch = [0u8; 2 * MAX_DIGITS];
             let mut blocks = [0u128; 256];
             let steps = a_chunk
                 .chunks(step * np)
@@ -217,21 +224,21 @@ pub fn garble_projection_batch(
                 let used = gates.len() * pq;
                 for (k, (a, its)) in gates.zip(items.chunks_exact_mut(pq)).enumerate() {
                     let gate = gate_number(base_gate, first + k)?;
-                    let l = label
-                        .get_mut(..np)
-                        .ok_or(GarbleError::Internal("label width"))?;
-                    l.copy_from_slice(a);
+                    copy_padded(a, np, &mut label).ok_or(GarbleError::Internal("label width"))?;
                     for (x, item) in its.iter_mut().enumerate() {
                         if x > 0 {
+                            let l = label
+                                .get_mut(..wp)
+                                .ok_or(GarbleError::Internal("label width"))?;
                             add_digits(p.q(), l, dp);
                         }
-                        let row = u32::from(l.first().copied().unwrap_or(0));
-                        *item = (block_of(p.q(), l), Tweak { gate, row }.block(p, q));
+                        let row = u32::from(label[0]);
+                        *item = (block_of(p, &label), Tweak { gate, row }.block(p, q));
                     }
                 }
                 let (items, hs) = (items.get(..used), hs.get_mut(..used));
                 let (items, hs) = items.zip(hs).ok_or(GarbleError::Internal("step size"))?;
-                hasher.hash_raw(items, q, hs, &mut cost);
+                hasher.hash_raw_with(&mut aes_scratch, items, q, hs, &mut cost);
                 let tables = rows_step
                     .chunks_exact_mut(pq - 1)
                     .zip(c0_step.chunks_exact_mut(nq));
@@ -244,11 +251,12 @@ pub fn garble_projection_batch(
                         phi_blocks: &phi_blocks,
                         first: &first_same,
                     };
-                    garble_rows(q, colour, hk, &inputs, &mut blocks, tab, c0)?;
+                    garble_rows(q, colour, hk, &inputs, &mut blocks, &mut scratch, tab, c0)?;
                     cost.add_table(pq as u64 - 1);
                 }
             }
             label.zeroize();
+            scratch.zeroize();
             blocks.zeroize();
             items.zeroize();
             hs.zeroize();
@@ -305,6 +313,7 @@ pub fn evaluate_projection_batch(
         .enumerate()
         .map(|(ci, ((a_chunk, tab_chunk), out_chunk))| {
             let mut cost = GarbleCost::default();
+            let mut aes_scratch = HashScratch::new();
             let mut items = [(0u128, 0u128); HASHES_PER_STEP];
             let mut hs = [[0u128; 2]; HASHES_PER_STEP];
             let steps = a_chunk
@@ -315,20 +324,28 @@ pub fn evaluate_projection_batch(
                 let first = ci * chunk + si * HASHES_PER_STEP;
                 let labels = a_step.chunks_exact(np);
                 let used = labels.len();
-                for (k, (l, item)) in labels.zip(items.iter_mut()).enumerate() {
+                for (k, item) in items.iter_mut().take(used).enumerate() {
+                    // The label and the rest of the step after it: packing then reads whole
+                    // 16-byte steps wherever the step runs on.
+                    let l = a_step.get(k * np..).unwrap_or(&[]);
                     let row = u32::from(l.first().copied().unwrap_or(0));
                     let gate = gate_number(base_gate, first + k)?;
-                    *item = (block_of(p.q(), l), Tweak { gate, row }.block(p, q));
+                    *item = (block_of(p, l), Tweak { gate, row }.block(p, q));
                 }
                 let (items, hs) = (items.get(..used), hs.get_mut(..used));
                 let (items, hs) = items.zip(hs).ok_or(GarbleError::Internal("step size"))?;
-                hasher.hash_raw(items, q, hs, &mut cost);
-                let gates = out_step
-                    .chunks_exact_mut(nq)
-                    .zip(a_step.chunks_exact(np))
+                hasher.hash_raw_with(&mut aes_scratch, items, q, hs, &mut cost);
+                let gates = a_step
+                    .chunks_exact(np)
                     .zip(hs.iter())
-                    .zip(tab_step.chunks_exact(pq - 1));
-                for (((o, l), h), tab) in gates {
+                    .zip(tab_step.chunks_exact(pq - 1))
+                    .enumerate();
+                for (k, ((l, h), tab)) in gates {
+                    // The output label's slot and the rest of the step after it (written next):
+                    // unpacking then goes straight into the tensor.
+                    let o = out_step
+                        .get_mut(k * nq..)
+                        .ok_or(GarbleError::Internal("output width"))?;
                     // The result is ct_r − pad(H(a, (gate, r))), with ct₀ = 0.
                     let r = usize::from(l.first().copied().unwrap_or(0));
                     let ct = match r.checked_sub(1) {
@@ -338,7 +355,7 @@ pub fn evaluate_projection_batch(
                             .ok_or(GarbleError::Internal("colour out of range"))?,
                     };
                     if q.q() == 2 {
-                        spread_bits(h[0] ^ ct, o);
+                        spread_bits(h[0] ^ ct, o.get_mut(..nq).unwrap_or(&mut []));
                     } else {
                         unpack_into(q, sub_mod(ct, pad(pow, *h), pow), o);
                     }
@@ -369,18 +386,21 @@ struct RowInputs<'a> {
     first: &'a [usize],
 }
 
+/// `blocks` and `label` are the caller's scratch (it zeroizes them once it is done with all gates).
+#[allow(clippy::too_many_arguments)]
 fn garble_rows(
     q: Modulus,
     colour: usize,
     hk: &[[u128; 2]],
     inputs: &RowInputs<'_>,
     blocks: &mut [u128],
+    label: &mut [u8; 2 * MAX_DIGITS],
     tab: &mut [u128],
     c0: &mut [u8],
 ) -> Result<(), GarbleError> {
     let (phi_delta, phi_blocks) = (inputs.phi_delta, inputs.phi_blocks);
     let (pq, nq) = (hk.len(), q.digits());
-    let x_star = (pq - colour % pq) % pq;
+    let x_star = row_of(0, pq.saturating_sub(colour), pq);
     let missing = || GarbleError::Internal("row 0 is missing");
     if q.q() == 2 {
         let (h0, pd0) = hk
@@ -390,7 +410,7 @@ fn garble_rows(
         let c0b = h0[0] ^ pd0;
         spread_bits(c0b, c0);
         for ((x, h), pd) in hk.iter().enumerate().zip(phi_blocks) {
-            let r = (colour + x) % pq;
+            let r = row_of(colour, x, pq);
             if let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) {
                 *slot = h[0] ^ c0b ^ pd;
             }
@@ -398,19 +418,24 @@ fn garble_rows(
         return Ok(());
     }
     let pow = q.block_params().pow;
+    let w = padded_width(nq);
     let h0 = hk.get(x_star).ok_or_else(missing)?;
-    let pd0 = phi_delta.chunks_exact(nq).nth(x_star).ok_or_else(missing)?;
+    let pd0 = phi_delta.chunks_exact(w).nth(x_star).ok_or_else(missing)?;
     let top = sub_mod(0, pad(pow, *h0), pow);
-    unpack_into(q, top, c0);
-    sub_digits(q.q(), c0, pd0);
+    // C₀ in the zero-padded scratch `c0w`, then copied out.
+    let (c0w, out) = label.split_at_mut(MAX_DIGITS);
+    c0w.fill(0);
+    unpack_into(q, top, c0w);
+    let (c0w, out) = c0w
+        .get_mut(..w)
+        .zip(out.get_mut(..w))
+        .ok_or(GarbleError::Internal("label width"))?;
+    sub_digits(q.q(), c0w, pd0);
+    c0.copy_from_slice(c0w.get(..nq).ok_or(GarbleError::Internal("label width"))?);
     // blocks[x] = block(C₀ + φ(x)·Δ_q), filled in order of x; x* (row 0) is `top` itself.
     *blocks.get_mut(x_star).ok_or_else(missing)? = top;
-    let mut label = [0u8; MAX_DIGITS];
-    let out = label
-        .get_mut(..nq)
-        .ok_or(GarbleError::Internal("label width"))?;
-    for ((x, h), pd) in hk.iter().enumerate().zip(phi_delta.chunks_exact(nq)) {
-        let r = (colour + x) % pq;
+    for ((x, h), pd) in hk.iter().enumerate().zip(phi_delta.chunks_exact(w)) {
+        let r = row_of(colour, x, pq);
         let Some(slot) = r.checked_sub(1).and_then(|i| tab.get_mut(i)) else {
             continue;
         };
@@ -419,9 +444,9 @@ fn garble_rows(
         let block = match blocks.get(same) {
             Some(&b) if same != x => b,
             _ => {
-                out.copy_from_slice(c0);
+                out.copy_from_slice(c0w);
                 add_digits(q.q(), out, pd);
-                let b = block_of(q.q(), out);
+                let b = block_of(q, out);
                 *blocks
                     .get_mut(x)
                     .ok_or(GarbleError::Internal("row cache"))? = b;
@@ -430,8 +455,19 @@ fn garble_rows(
         };
         *slot = add_mod(block, pad(pow, *h), pow);
     }
-    label.zeroize();
     Ok(())
+}
+
+/// n rounded up to whole 16-byte steps (at most [`MAX_DIGITS`]).
+fn padded_width(n: usize) -> usize {
+    n.next_multiple_of(16).min(MAX_DIGITS)
+}
+
+/// The row of input x for a zero-label of colour `colour` < p: (colour + x) mod p, for x < p.
+#[inline(always)]
+fn row_of(colour: usize, x: usize, p: usize) -> usize {
+    let r = colour + x;
+    r - p * usize::from(r >= p)
 }
 
 #[cfg(test)]

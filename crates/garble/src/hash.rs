@@ -77,6 +77,30 @@ pub fn output_blocks(q: Modulus) -> usize {
 /// enough for the stack.
 const AES_BATCH: usize = 64;
 
+/// The AES buffers of [`Hasher::hash_raw_with`] (π(x) and π(y ⊕ T) of one batch): they hold
+/// values derived from labels, so they are zeroized when dropped.
+pub(crate) struct HashScratch {
+    ys: [Block; AES_BATCH],
+    zs: [Block; 2 * AES_BATCH],
+}
+
+impl HashScratch {
+    pub(crate) fn new() -> Self {
+        Self {
+            ys: [Block::default(); AES_BATCH],
+            zs: [Block::default(); 2 * AES_BATCH],
+        }
+    }
+}
+
+impl Drop for HashScratch {
+    fn drop(&mut self) {
+        for block in self.ys.iter_mut().chain(self.zs.iter_mut()) {
+            block.0.zeroize();
+        }
+    }
+}
+
 /// The tweakable hash of one garbling: fixed-key AES-128 under a public key.
 pub struct Hasher {
     aes: Aes128,
@@ -140,9 +164,22 @@ impl Hasher {
         dst: &mut [[u128; 2]],
         cost: &mut GarbleCost,
     ) {
+        let mut scratch = HashScratch::new();
+        self.hash_raw_with(&mut scratch, items, out, dst, cost);
+    }
+
+    /// [`Hasher::hash_raw`] on the caller's AES buffers: batch loops keep one [`HashScratch`] for
+    /// many calls, so its zeroization (on drop) is paid once, not per call.
+    pub(crate) fn hash_raw_with(
+        &self,
+        scratch: &mut HashScratch,
+        items: &[(u128, u128)],
+        out: Modulus,
+        dst: &mut [[u128; 2]],
+        cost: &mut GarbleCost,
+    ) {
         let b = output_blocks(out);
-        let mut ys = [Block::default(); AES_BATCH];
-        let mut zs = [Block::default(); 2 * AES_BATCH];
+        let HashScratch { ys, zs } = scratch;
         for (chunk, dst) in items.chunks(AES_BATCH).zip(dst.chunks_mut(AES_BATCH)) {
             let m = chunk.len().min(dst.len());
             for (y, (x, _)) in ys.iter_mut().zip(chunk) {
@@ -166,9 +203,6 @@ impl Hasher {
             self.record(&chunk[..m]);
             cost.hash_calls += m as u64;
             cost.aes_blocks += m as u64 * (1 + b as u64);
-        }
-        for block in ys.iter_mut().chain(zs.iter_mut()) {
-            block.0.zeroize();
         }
     }
 
@@ -247,7 +281,7 @@ pub(crate) fn expand_into(out: Modulus, h: [u128; 2], dst: &mut [u8]) {
     if out.q() == 2 {
         spread_bits(h[0], dst);
     } else {
-        crate::block::unpack_into(out, crate::block::pad_of(out, h), dst);
+        crate::pack::unpack_into(out, crate::block::pad_of(out, h), dst);
     }
 }
 

@@ -86,11 +86,7 @@ impl Label {
 
     /// The compressed block: Σ dᵢ·qⁱ (i < n) as a 128-bit integer. Injective, since q^n ≤ 2^128.
     pub fn to_block(&self) -> u128 {
-        let q = u128::from(self.modulus.q());
-        // Wrapping ops only to be panic-free; digits < q keep the value below q^n ≤ 2^128.
-        self.digits().iter().rev().fold(0u128, |acc, &d| {
-            acc.wrapping_mul(q).wrapping_add(u128::from(d))
-        })
+        crate::pack::block_of(self.modulus, &self.digits)
     }
 
     /// The label whose compressed block is `block`. Errors when `block ≥ q^n` (no such label), so
@@ -106,7 +102,7 @@ impl Label {
         if !modulus.holds_block(block) {
             return Err(GarbleError::BlockOutOfRange { q: modulus.q() });
         }
-        crate::block::unpack_into(modulus, block, &mut label.digits);
+        crate::pack::unpack_into(modulus, block, &mut label.digits);
         Ok(label)
     }
 
@@ -181,6 +177,11 @@ impl Label {
             let t = u16::from(*d) + q - u16::from(e);
             *d = (t - q * u16::from(t >= q)) as u8;
         }
+    }
+
+    /// All [`MAX_DIGITS`] digit bytes: the n digits, then zeros.
+    pub(crate) fn padded_digits(&self) -> &[u8; MAX_DIGITS] {
+        &self.digits
     }
 
     pub(crate) fn digits_mut(&mut self) -> &mut [u8; MAX_DIGITS] {

@@ -78,6 +78,7 @@ pub mod label;
 pub mod modulus;
 pub mod network;
 pub mod output;
+pub(crate) mod pack;
 pub mod store;
 pub mod tensor;
 

@@ -39,7 +39,8 @@
 use crate::GarbleError;
 use crate::label::{Delta, Label};
 use crate::modulus::Modulus;
-use crate::tensor::{LabelTensor, block_of};
+use crate::pack::block_of;
+use crate::tensor::LabelTensor;
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use rand::Rng;
@@ -224,7 +225,7 @@ impl OutputDecoder {
                 .ok_or(GarbleError::Internal("tensor label index"))?;
             let index = first + i;
             let wire = self.wire(index, q)?;
-            match self.decode_block(index, wire, block_of(q.q(), digits)) {
+            match self.decode_block(index, wire, block_of(q, digits)) {
                 Ok(v) => values.push(v),
                 Err(e) => {
                     values.push(0);

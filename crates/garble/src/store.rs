@@ -78,7 +78,8 @@ use crate::GarbleError;
 use crate::batch::ProjectionBatch;
 use crate::label::Label;
 use crate::modulus::Modulus;
-use crate::tensor::{LabelTensor, block_of};
+use crate::pack::block_of;
+use crate::tensor::LabelTensor;
 use rayon::prelude::*;
 use std::io::{ErrorKind, Read, Write};
 use zeroize::Zeroize;
@@ -360,7 +361,7 @@ impl<W: Write> StreamWriter<W> {
             }
             for label in part.chunks_exact(n) {
                 self.buf
-                    .extend_from_slice(&block_of(q.q(), label).to_le_bytes());
+                    .extend_from_slice(&block_of(q, label).to_le_bytes());
             }
             let written = self.end_chunk();
             // Labels may be secret (zero-labels on the garbler's side): leave no copy behind.

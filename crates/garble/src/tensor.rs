@@ -426,91 +426,6 @@ pub(crate) fn neg_digits(q: u8, a: &mut [u8]) {
     }
 }
 
-/// The compressed block Σ dᵢ·qⁱ of a label's digits (as [`Label::to_block`]).
-pub(crate) fn block_of(q: u8, digits: &[u8]) -> u128 {
-    // Groups of eight digits, least significant first; the short group (if any) is the top one.
-    let chunks = digits.chunks_exact(8);
-    let mut top = [0u8; 8];
-    for (t, &d) in top.iter_mut().zip(chunks.remainder()) {
-        *t = d;
-    }
-    let word = |c: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or_default());
-    if q == 2 {
-        // With v = Σ bᵢ·2^(8i) (bᵢ ∈ {0, 1}), the product v·0x0102040810204080 puts bᵢ at bit
-        // 56 + i and nothing else in the top byte (all partial products land on distinct bit
-        // positions, so there are no carries).
-        let pack = |v: u64| (v & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        let top_shift = 8 * chunks.len();
-        let low = chunks
-            .enumerate()
-            .fold(0u128, |x, (j, c)| x | u128::from(pack(word(c))) << (8 * j));
-        return low
-            | u128::from(pack(u64::from_le_bytes(top)))
-                .checked_shl(top_shift as u32)
-                .unwrap_or(0);
-    }
-    // SWAR per group: pairs of bytes become 16-bit lanes d₀ + q·d₁, pairs of those 32-bit lanes
-    // (·q²), then one u64 (·q⁴). Even for bytes up to 255 no lane overflows (255·251 + 255 <
-    // 2^16, (2^16 − 1)·251² + 2^16 − 1 < 2^32, (2^32 − 1)·251⁴ + 2^32 − 1 < 2^64), so every group
-    // is exact. The groups (base q⁸) are then combined by Horner's rule in u64 for as many
-    // groups as q^(8g) < 2^64 allows (a part), and the parts in u128: for q = 3 two parts of
-    // five groups and one 64 × 64-bit product, instead of nine 128-bit products.
-    let q1 = u64::from(q);
-    let q2 = q1 * q1;
-    let q4 = q2 * q2;
-    let q8 = q4 * q4;
-    let group = |v: u64| -> u64 {
-        let v = (v & 0x00ff_00ff_00ff_00ff) + ((v >> 8) & 0x00ff_00ff_00ff_00ff) * q1;
-        let v = (v & 0x0000_ffff_0000_ffff) + ((v >> 16) & 0x0000_ffff_0000_ffff) * q2;
-        (v & 0xffff_ffff) + (v >> 32) * q4
-    };
-    let mut groups = [0u64; MAX_DIGITS / 8];
-    let full = chunks.len();
-    let ng = full + usize::from(!chunks.remainder().is_empty());
-    for (g, c) in groups.iter_mut().zip(chunks) {
-        *g = group(word(c));
-    }
-    if let Some(g) = groups.get_mut(full) {
-        *g = group(u64::from_le_bytes(top));
-    }
-    combine_groups(q8, groups.get(..ng).unwrap_or(&[]))
-}
-
-/// Combines 8-digit groups (values below q⁸ = `q8`, least significant first) into the block:
-/// Horner's rule in u64 within parts of as many groups as fit, then in u128 across parts.
-#[inline(always)]
-fn combine_groups(q8: u64, groups: &[u64]) -> u128 {
-    let (per_part, part_pow) = part_shape(q8);
-    // Top down: the value so far is hi·q8^c + lo, with the last c < per_part groups in lo.
-    let (mut hi, mut lo, mut pow, mut c) = (0u128, 0u64, 1u64, 0usize);
-    for &g in groups.iter().rev() {
-        lo = lo.wrapping_mul(q8).wrapping_add(g);
-        pow = pow.wrapping_mul(q8);
-        c += 1;
-        if c == per_part {
-            hi = hi
-                .wrapping_mul(u128::from(part_pow))
-                .wrapping_add(u128::from(lo));
-            (lo, pow, c) = (0, 1, 0);
-        }
-    }
-    hi.wrapping_mul(u128::from(pow))
-        .wrapping_add(u128::from(lo))
-}
-
-/// For q⁸ = `q8`: the most 8-digit groups g whose value range q^(8g) stays below 2^64, and
-/// q^(8g).
-#[inline(always)]
-fn part_shape(q8: u64) -> (usize, u64) {
-    let mut per_part = 1;
-    let mut pow = q8;
-    while let Some(next) = pow.checked_mul(q8) {
-        pow = next;
-        per_part += 1;
-    }
-    (per_part, pow)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,7 +465,7 @@ mod tests {
             }
             // Compression agrees with the single-label form.
             for (i, l) in la.iter().enumerate() {
-                prop_assert_eq!(block_of(m.q(), a.label_digits(i).expect("in")), l.to_block());
+                prop_assert_eq!(crate::pack::block_of(m, a.label_digits(i).expect("in")), l.to_block());
             }
             // Round trip through labels and digits.
             let back = LabelTensor::from_labels(m, &[len], &la).expect("labels");
