@@ -178,7 +178,23 @@ impl Hasher {
         dst: &mut [[u128; 2]],
         cost: &mut GarbleCost,
     ) {
-        let b = output_blocks(out);
+        if output_blocks(out) == 1 {
+            self.hash_blocks::<1>(scratch, items, dst, cost);
+        } else {
+            self.hash_blocks::<2>(scratch, items, dst, cost);
+        }
+    }
+
+    /// [`Hasher::hash_raw_with`] with B output blocks per hash, a constant so that the loops
+    /// around the AES passes unroll.
+    #[inline(always)]
+    fn hash_blocks<const B: usize>(
+        &self,
+        scratch: &mut HashScratch,
+        items: &[(u128, u128)],
+        dst: &mut [[u128; 2]],
+        cost: &mut GarbleCost,
+    ) {
         let HashScratch { ys, zs } = scratch;
         for (chunk, dst) in items.chunks(AES_BATCH).zip(dst.chunks_mut(AES_BATCH)) {
             let m = chunk.len().min(dst.len());
@@ -186,14 +202,14 @@ impl Hasher {
                 *y = Array::from(x.to_le_bytes());
             }
             self.aes.encrypt_blocks(&mut ys[..m]);
-            for (z, (y, (_, t))) in zs.chunks_exact_mut(b).zip(ys.iter().zip(chunk)) {
+            for (z, (y, (_, t))) in zs.chunks_exact_mut(B).zip(ys.iter().zip(chunk)) {
                 let y = u128::from_le_bytes(y.0);
-                for (j, zj) in (0u128..).zip(z) {
-                    *zj = Array::from((y ^ t ^ (j << 96)).to_le_bytes());
+                for (j, zj) in z.iter_mut().enumerate() {
+                    *zj = Array::from((y ^ t ^ ((j as u128) << 96)).to_le_bytes());
                 }
             }
-            self.aes.encrypt_blocks(&mut zs[..m * b]);
-            for (h, (y, z)) in dst.iter_mut().zip(ys.iter().zip(zs.chunks_exact(b))) {
+            self.aes.encrypt_blocks(&mut zs[..m * B]);
+            for (h, (y, z)) in dst.iter_mut().zip(ys.iter().zip(zs.chunks_exact(B))) {
                 let y = u128::from_le_bytes(y.0);
                 *h = [0; 2];
                 for (hj, zj) in h.iter_mut().zip(z) {
@@ -202,7 +218,7 @@ impl Hasher {
             }
             self.record(&chunk[..m]);
             cost.hash_calls += m as u64;
-            cost.aes_blocks += m as u64 * (1 + b as u64);
+            cost.aes_blocks += m as u64 * (1 + B as u64);
         }
     }
 

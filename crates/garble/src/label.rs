@@ -124,13 +124,9 @@ impl Label {
 
     /// `−self`, digit-wise mod q.
     pub fn neg(&self) -> Self {
-        let q = self.modulus.q();
         let mut out = self.clone();
-        for d in &mut out.digits {
-            // q − d, folded to 0 when d = 0 (unused digits stay zero).
-            let t = q - *d;
-            *d = t - q * u8::from(t >= q);
-        }
+        // Unused digits are zero and stay zero.
+        crate::tensor::neg_digits(self.modulus.q(), &mut out.digits);
         out
     }
 
@@ -162,21 +158,12 @@ impl Label {
 
     /// `self += other`; the caller has checked the moduli agree.
     pub(crate) fn add_assign_unchecked(&mut self, other: &Self) {
-        let q = self.modulus.q();
-        for (d, &e) in self.digits.iter_mut().zip(&other.digits) {
-            // d, e < q ≤ 251, so d + e < 502 does not fit u8: widen.
-            let t = u16::from(*d) + u16::from(e);
-            *d = (t - u16::from(q) * u16::from(t >= u16::from(q))) as u8;
-        }
+        crate::tensor::add_digits(self.modulus.q(), &mut self.digits, &other.digits);
     }
 
     /// `self −= other`; the caller has checked the moduli agree.
     pub(crate) fn sub_assign_unchecked(&mut self, other: &Self) {
-        let q = u16::from(self.modulus.q());
-        for (d, &e) in self.digits.iter_mut().zip(&other.digits) {
-            let t = u16::from(*d) + q - u16::from(e);
-            *d = (t - q * u16::from(t >= q)) as u8;
-        }
+        crate::tensor::sub_digits(self.modulus.q(), &mut self.digits, &other.digits);
     }
 
     /// All [`MAX_DIGITS`] digit bytes: the n digits, then zeros.

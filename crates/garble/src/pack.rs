@@ -21,7 +21,8 @@
 use crate::block::BlockParams;
 use crate::modulus::{MAX_DIGITS, Modulus};
 
-/// Calls `$f::<Q>($args)` for the full-strength moduli, `$other` for any other.
+/// Calls `$f::<Q>($args)` for the full-strength moduli, `$other` for any other: code that runs
+/// per digit gets every bound and divisor as a compile-time constant.
 macro_rules! per_prime {
     ($q:expr, $f:ident ($($arg:expr),*), $other:expr) => {
         match $q {
@@ -205,8 +206,6 @@ fn pack_generic(q: u8, digits: &[u8]) -> u128 {
 #[inline(always)]
 fn pack_const<const Q: u64>(digits: &[u8]) -> u128 {
     let ng = const { digits_of(Q).div_ceil(8) };
-    let q8 = const { pow(Q, 8) as u64 };
-    let shape = const { part_shape(pow(Q, 8) as u64) };
     let mut groups = [0u64; 16];
     #[cfg(target_arch = "x86_64")]
     {
@@ -217,7 +216,55 @@ fn pack_const<const Q: u64>(digits: &[u8]) -> u128 {
     }
     #[cfg(not(target_arch = "x86_64"))]
     groups_swar(Q, digits.get(..digits_of(Q)).unwrap_or(digits), &mut groups);
-    combine_groups(q8, shape, groups.get(..ng).unwrap_or(&[]))
+    combine_tree::<Q>(&mut groups, ng)
+}
+
+/// The doublings of [`combine_tree`]: how many times pairs of values can be merged in u64
+/// (q^(2w) < 2^64, starting from w = 8 digits), and the digits per value after them.
+const fn tree_shape(q: u64) -> (usize, usize) {
+    let (mut levels, mut width) = (0, 8);
+    while pow(q, 2 * width) < 1 << 64 {
+        levels += 1;
+        width *= 2;
+    }
+    (levels, width)
+}
+
+/// Combines the `ng` 8-digit groups into the block with a short dependency chain: adjacent pairs
+/// merge in u64 (v₂ᵢ + v₂ᵢ₊₁·q^w) while q^(2w) fits, then the few values left are combined by
+/// Horner's rule in u128 (a 64 × 64 or 128 × 64-bit product each).
+#[inline(always)]
+fn combine_tree<const Q: u64>(vals: &mut [u64; 16], ng: usize) -> u128 {
+    let levels = const { tree_shape(Q).0 };
+    const { assert!(pow(Q, tree_shape(Q).1) < 1 << 64) };
+    let mut count = ng;
+    let mut width = 8;
+    for _ in 0..levels {
+        let mul = pow(Q, width) as u64;
+        let half = count / 2;
+        for i in 0..half {
+            let (a, b) = (
+                vals.get(2 * i).copied().unwrap_or(0),
+                vals.get(2 * i + 1).copied().unwrap_or(0),
+            );
+            if let Some(v) = vals.get_mut(i) {
+                *v = a.wrapping_add(b.wrapping_mul(mul));
+            }
+        }
+        if count % 2 == 1 {
+            let last = vals.get(count - 1).copied().unwrap_or(0);
+            if let Some(v) = vals.get_mut(half) {
+                *v = last;
+            }
+        }
+        count = count.div_ceil(2);
+        width *= 2;
+    }
+    let mul = const { pow(Q, tree_shape(Q).1) as u64 };
+    vals.iter().take(count).rev().fold(0u128, |acc, &v| {
+        acc.wrapping_mul(u128::from(mul))
+            .wrapping_add(u128::from(v))
+    })
 }
 
 /// The `keep` ≤ 16 digits from `digits[at..]` as the (low, high) words of 16 bytes, zeros after
@@ -304,15 +351,19 @@ struct Plan {
     n: usize,
     /// Digits per leaf: the largest t with q^t ≤ 256.
     t: usize,
-    /// Tree levels per piece.
-    levels: usize,
-    /// Digits per piece: t·2^levels, the largest with q^w < 2^64.
+    /// Digits per piece: the largest w with q^w < 2^64.
     w: usize,
-    /// Pieces: ⌈n / w⌉ ≤ 16.
+    /// Pieces: ⌈n / w⌉ ≤ [`MAX_PIECES`] (2 or 3 for the full-strength primes).
     pieces: usize,
-    /// Digits of the top piece.
+    /// Digits of the top piece (1..=w).
     top: usize,
 }
+
+/// The most pieces of 64 bits a 128-bit block splits into.
+const MAX_PIECES: usize = 4;
+
+/// The most leaves in one piece (64 one-digit leaves would be q = 2, which never unpacks).
+const MAX_LEAVES: usize = 64;
 
 const fn plan(q: u64) -> Plan {
     let n = digits_of(q);
@@ -320,20 +371,78 @@ const fn plan(q: u64) -> Plan {
     while pow(q, t + 1) <= 256 {
         t += 1;
     }
-    let mut levels = 0;
-    while pow(q, t << (levels + 1)) < 1 << 64 {
-        levels += 1;
+    let mut w = 1;
+    while pow(q, w + 1) < 1 << 64 {
+        w += 1;
     }
-    let w = t << levels;
     let pieces = n.div_ceil(w);
     Plan {
         n,
         t,
-        levels,
         w,
         pieces,
         top: n - (pieces - 1) * w,
     }
+}
+
+/// The digits of a piece's first (most significant) leaf: the leftover of width mod t, or t.
+const fn first_leaf(width: usize, t: usize) -> usize {
+    if width.is_multiple_of(t) {
+        t
+    } else {
+        width % t
+    }
+}
+
+/// Whether every fraction [`unpack_const`] forms for q stays exact: in units of the last place of
+/// the digits it still holds, a fraction may run ahead of the true value by less than 1 (it is
+/// never behind: every rounding is upwards). The excess starts below q^(2n) / 2^256 for what is
+/// left of F (the error of the reciprocal, times c) and below q^(2·width) / 2^128 for a piece
+/// converted from its integer value; rounding a fraction up to 128 bits adds at most
+/// q^w / 2^128 and, after the first leaf, rounding up to 64 bits adds at most
+/// q^(width − first) / 2^64. (Bounds in f64, with a 1% margin.)
+const fn plan_is_exact(q: u64) -> bool {
+    let p = plan(q);
+    (lowest_from_fraction(q) || upper_excess(q, p.w, p.t) < 0.99)
+        && upper_excess(q, p.w, p.t) < 0.99
+        && (p.top <= p.t || upper_excess(q, p.top, p.t) < 0.99)
+}
+
+/// Whether the lowest piece can be read off what is left of F (rounded up to 128 bits) rather than
+/// peeled to an integer and converted back: only when F's own excess leaves room for the
+/// rounding (not for q = 11, whose q^n lies within 2^−0.002 of 2^128).
+const fn lowest_from_fraction(q: u64) -> bool {
+    let p = plan(q);
+    let two64 = 18_446_744_073_709_551_616.0;
+    let two128 = two64 * two64;
+    let lowest = if p.pieces == 1 { p.top } else { p.w };
+    let excess = powf(q, 2 * p.n) / (two128 * two128)
+        + powf(q, lowest) / two128
+        + powf(q, lowest - first_leaf(lowest, p.t)) / two64;
+    excess < 0.99
+}
+
+/// q^e in f64 (for the bounds of [`plan_is_exact`]).
+const fn powf(q: u64, e: usize) -> f64 {
+    let mut x = 1.0;
+    let mut i = 0;
+    while i < e {
+        x *= q as f64;
+        i += 1;
+    }
+    x
+}
+
+/// The excess bound of a piece of `width` digits converted from its integer value.
+const fn upper_excess(q: u64, width: usize, t: usize) -> f64 {
+    let two64 = 18_446_744_073_709_551_616.0;
+    powf(q, 2 * width) / (two64 * two64) + powf(q, width - first_leaf(width, t)) / two64
+}
+
+/// ⌈2^128 / q^width⌉ as (low, high) limbs, for q^width < 2^64 (never a power of two: q is odd).
+const fn recip128(q: u64, width: usize) -> (u64, u64) {
+    let r = u128::MAX / pow(q, width) + 1;
+    (r as u64, (r >> 64) as u64)
 }
 
 /// For every v < 256: the u64 whose byte i is base-q digit i of v, for the t low digits (the
@@ -383,76 +492,104 @@ fn peel(f: &mut [u64; 4], m: u64) -> u64 {
     carry
 }
 
+/// The leaves of a piece of `width` digits from its 128-bit fraction (hi, lo), most significant
+/// first: the first leaf with a 128-bit product, then the fraction rounded up to 64 bits and one
+/// 64 × 64-bit product per leaf.
+#[inline(always)]
+fn leaves_of<const Q: u64>(g_hi: u64, g_lo: u64, width: usize, leaves: &mut [u8; MAX_LEAVES]) {
+    let t = const { plan(Q).t };
+    let first = first_leaf(width, t);
+    let m1 = pow(Q, first) as u64;
+    let p0 = u128::from(g_lo) * u128::from(m1);
+    let p1 = u128::from(g_hi) * u128::from(m1) + (p0 >> 64);
+    let mut g = (p1 as u64).wrapping_add(u64::from(p0 as u64 != 0));
+    let mt = const { pow(Q, plan(Q).t) as u64 };
+    let (head, rest) = leaves.split_at_mut(1);
+    if let Some(l) = head.first_mut() {
+        *l = (p1 >> 64) as u8;
+    }
+    for l in rest.iter_mut().take((width - first) / t) {
+        let p = u128::from(g) * u128::from(mt);
+        *l = (p >> 64) as u8;
+        g = p as u64;
+    }
+}
+
 /// Bytes of [`unpack_const`]'s staging buffer: the pieces' digits plus one word of slack.
 const UNPACK_BUF: usize = 160;
 
 /// [`unpack_into`] for the odd prime Q.
 #[inline(always)]
 fn unpack_const<const Q: u64>(c: u128, dst: &mut [u8]) {
+    const { assert!(plan_is_exact(Q) && plan(Q).pieces <= MAX_PIECES) };
     let p = const { &plan(Q) };
     let tab = const { &leaf_table(Q, plan(Q).t) };
     let recip = const { crate::block::block_params(Q).recip };
-    let top_mul = const { pow(Q, plan(Q).top) as u64 };
-    let w_mul = const { pow(Q, plan(Q).w) as u64 };
+    let (top_mul, w_mul) = const { (pow(Q, plan(Q).top) as u64, pow(Q, plan(Q).w) as u64) };
+    let (r_top, r_w) = const { (recip128(Q, plan(Q).top), recip128(Q, plan(Q).w)) };
+    let width = |j: usize| if j + 1 == p.pieces { p.top } else { p.w };
     let mut f = fraction(c, recip);
-    // Pieces, most significant first; all but the top one have w digits.
-    let mut pieces = [0u64; 16];
-    for (j, piece) in pieces.iter_mut().take(p.pieces).rev().enumerate() {
-        *piece = peel(&mut f, if j == 0 { top_mul } else { w_mul });
+    // leaves[j]: piece j (from the least significant), most significant leaf first.
+    let mut leaves = [[0u8; MAX_LEAVES]; MAX_PIECES];
+    let from_f = const { lowest_from_fraction(Q) };
+    let integer_pieces = if from_f { 1 } else { 0 };
+    for (j, lv) in leaves
+        .iter_mut()
+        .enumerate()
+        .take(p.pieces)
+        .skip(integer_pieces)
+        .rev()
+    {
+        let top = j + 1 == p.pieces;
+        let v = peel(&mut f, if top { top_mul } else { w_mul });
+        if top && p.top <= p.t {
+            // A top piece no wider than a leaf is its own leaf.
+            lv[0] = v as u8;
+            continue;
+        }
+        let (r0, r1) = if top { r_top } else { r_w };
+        let a = u128::from(v) * u128::from(r0);
+        let g_hi = ((a >> 64) as u64).wrapping_add(v.wrapping_mul(r1));
+        leaves_of::<Q>(g_hi, a as u64, width(j), lv);
     }
-    // Leaves are written as 8-byte words in increasing order, each overwriting the spare bytes of
-    // the one before; digits past n are zeros (the top piece is below Q^top). Straight into `dst`
-    // when it has room for the last word, else through a buffer.
+    if from_f {
+        // The lowest piece's fraction is what is left of F, rounded up to 128 bits.
+        let (g_lo, carry) = f[2].overflowing_add(u64::from(f[0] | f[1] != 0));
+        leaves_of::<Q>(
+            f[3].wrapping_add(u64::from(carry)),
+            g_lo,
+            width(0),
+            &mut leaves[0],
+        );
+    }
+    // Leaves go out least significant first. One-digit leaves are the digits; wider ones become
+    // 8-byte words from the table, each overwriting the spare (zero) bytes of the one before,
+    // straight into `dst` when it has room for the last word's spare bytes.
     let room = const { plan(Q).pieces * plan(Q).w + 8 };
     const { assert!(plan(Q).pieces * plan(Q).w + 8 <= UNPACK_BUF) };
-    if dst.len() >= room {
-        for (j, &piece) in pieces.iter().take(p.pieces).enumerate() {
-            split_piece::<Q>(piece, p, tab, dst.get_mut(j * p.w..).unwrap_or(&mut []));
-        }
-        return;
-    }
     let mut buf = [0u8; UNPACK_BUF];
-    for (j, &piece) in pieces.iter().take(p.pieces).enumerate() {
-        split_piece::<Q>(piece, p, tab, buf.get_mut(j * p.w..).unwrap_or(&mut []));
-    }
-    if let (Some(d), Some(s)) = (dst.get_mut(..p.n), buf.get(..p.n)) {
-        d.copy_from_slice(s);
-    }
-}
-
-/// Splits one piece (w digits, below Q^w < 2^64) into its digits at the front of `out`: one
-/// division in u64, the other levels in u32 (Q^(w/2) < 2^32), then the leaf table.
-#[inline(always)]
-fn split_piece<const Q: u64>(v: u64, p: &Plan, tab: &[u64; 256], out: &mut [u8]) {
-    let mut vals = [0u32; 64];
-    let mut count = 1;
-    let mut width = p.w;
-    if p.levels == 0 {
-        vals[0] = v as u32;
-    } else {
-        width /= 2;
-        let d = pow(Q, width) as u64;
-        let hi = v / d;
-        (vals[0], vals[1]) = ((v - hi * d) as u32, hi as u32);
-        count = 2;
-        for _ in 1..p.levels {
-            width /= 2;
-            let d = pow(Q, width) as u32;
-            for i in (0..count).rev() {
-                let x = vals.get(i).copied().unwrap_or(0);
-                let hi = x / d;
-                if let Some([lo_slot, hi_slot]) = vals.get_mut(2 * i..2 * i + 2) {
-                    (*lo_slot, *hi_slot) = (x - hi * d, hi);
+    let direct = p.t == 1 || dst.len() >= room;
+    let out: &mut [u8] = if direct { &mut *dst } else { &mut buf };
+    for (j, lv) in leaves.iter().enumerate().take(p.pieces) {
+        let count = 1 + (width(j) - first_leaf(width(j), p.t)) / p.t;
+        let ordered = lv.iter().take(count).rev();
+        if p.t == 1 {
+            if let Some(o) = out.get_mut(j * p.w..j * p.w + count) {
+                for (d, &l) in o.iter_mut().zip(ordered) {
+                    *d = l;
                 }
             }
-            count *= 2;
+            continue;
+        }
+        for (k, &l) in ordered.enumerate() {
+            let at = j * p.w + k * p.t;
+            if let (Some(o), Some(word)) = (out.get_mut(at..at + 8), tab.get(usize::from(l))) {
+                o.copy_from_slice(&word.to_le_bytes());
+            }
         }
     }
-    for (i, &x) in vals.iter().take(count).enumerate() {
-        let leaf = tab.get(x as usize & 255).copied().unwrap_or(0);
-        if let Some(o) = out.get_mut(i * p.t..i * p.t + 8) {
-            o.copy_from_slice(&leaf.to_le_bytes());
-        }
+    if !direct && let (Some(d), Some(s)) = (dst.get_mut(..p.n), buf.get(..p.n)) {
+        d.copy_from_slice(s);
     }
 }
 
@@ -465,15 +602,15 @@ struct Split {
     s: usize,
     /// q^s.
     pow: u64,
-    /// Pieces: ⌈n / s⌉ ≤ [`MAX_PIECES`].
+    /// Pieces: ⌈n / s⌉ ≤ [`MAX_PIECES16`].
     count: usize,
     /// Digits of the last (least significant) piece, and q to that power.
     last_s: usize,
     last_pow: u64,
 }
 
-/// The most pieces any odd prime q ≤ 251 needs (12, at q = 41).
-const MAX_PIECES: usize = 16;
+/// The most 16-bit pieces any odd prime q ≤ 251 needs (12, at q = 41).
+const MAX_PIECES16: usize = 16;
 
 /// The most digits per piece: 10, at q = 3.
 const MAX_SPLIT: usize = 10;
@@ -504,7 +641,7 @@ fn split_for(q: u64, n: usize) -> Split {
 fn unpack_generic(q: u8, n: usize, params: BlockParams, c: u128, dst: &mut [u8]) {
     let sp = split_for(u64::from(q), n);
     let mut f = fraction(c, params.recip);
-    let mut lanes = [0u16; MAX_PIECES];
+    let mut lanes = [0u16; MAX_PIECES16];
     let mut j = 0;
     while j < sp.count {
         let pair = j + 1 < sp.count;
@@ -531,7 +668,7 @@ fn unpack_generic(q: u8, n: usize, params: BlockParams, c: u128, dst: &mut [u8])
             j += 1;
         }
     }
-    let mut split = [[0u8; MAX_PIECES]; MAX_SPLIT];
+    let mut split = [[0u8; MAX_PIECES16]; MAX_SPLIT];
     for row in split.iter_mut().take(sp.s) {
         for (d, lane) in row.iter_mut().zip(lanes.iter_mut()) {
             let quo = *lane / sp.q;
@@ -586,7 +723,6 @@ mod tests {
                 "q = {q}"
             );
             assert!(pow(q, p.t) <= 256 && pow(q, p.w) < 1 << 64, "q = {q}");
-            assert!(p.levels == 0 || pow(q, p.w / 2) < 1 << 32, "q = {q}");
         }
     }
 
@@ -594,7 +730,7 @@ mod tests {
     fn pieces_fit_the_lanes_for_every_odd_prime() {
         for q in odd_primes() {
             let p = split_for(q, m(q).digits());
-            assert!(p.count <= MAX_PIECES && p.s <= MAX_SPLIT, "q = {q}");
+            assert!(p.count <= MAX_PIECES16 && p.s <= MAX_SPLIT, "q = {q}");
             assert!(
                 p.pow <= 1 << 16 && p.last_s >= 1 && p.last_s <= p.s,
                 "q = {q}"
@@ -624,6 +760,29 @@ mod tests {
                     assert_eq!(&a[..n], &digits[..], "q = {q}");
                     assert_eq!(&b[..n], &digits[..], "q = {q}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn unpack_is_exact_at_every_piece_and_leaf_boundary() {
+        // Blocks next to q^e for every e (all-(q − 1) runs below, a lone 1 above) and the top of
+        // the range, where the fractions' excess is largest.
+        for q in odd_primes() {
+            let md = m(q);
+            let (n, top) = (md.digits(), md.block_params().pow);
+            let mut cs: Vec<u128> = (0..n as u32)
+                .flat_map(|e| {
+                    let b = u128::from(q).pow(e);
+                    [b - 1, b, b + 1, top - b]
+                })
+                .collect();
+            cs.extend((1..=64).map(|k| top - k));
+            for c in cs {
+                let mut d = [0u8; 128];
+                unpack_into(md, c, &mut d);
+                assert_eq!(horner(q, &d[..n]), c, "q = {q}, c = {c}");
+                assert!(d[..n].iter().all(|&x| u64::from(x) < q), "q = {q}, c = {c}");
             }
         }
     }

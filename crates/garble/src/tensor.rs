@@ -363,8 +363,39 @@ pub(crate) fn reduce_i64(k: i64, q: u8) -> u8 {
     k.rem_euclid(i64::from(q)) as u8
 }
 
+/// Applies `f` to the pairs of `a` and `b` in whole 16-byte steps (one SSE2 operation each, and
+/// one 16-byte store, which the packing that often reads these digits next can forward from),
+/// then to the tail.
+#[inline(always)]
+fn by_sixteen(a: &mut [u8], b: &[u8], f: impl Fn(&mut u8, u8)) {
+    let mut ca = a.chunks_exact_mut(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        if let (Ok(x), Ok(y)) = (<&mut [u8; 16]>::try_from(x), <&[u8; 16]>::try_from(y)) {
+            for (d, &e) in x.iter_mut().zip(y) {
+                f(d, e);
+            }
+        }
+    }
+    for (d, &e) in ca.into_remainder().iter_mut().zip(cb.remainder()) {
+        f(d, e);
+    }
+}
+
 /// `a += b` digit-wise mod q (digits below q).
+///
+/// For q ≤ 128 (every full-strength prime but 137) the sum of two digits fits a byte, and
+/// min(t, t − q) in wrapping byte arithmetic is t mod q (t − q wraps above t exactly when t < q):
+/// three byte operations per lane, sixteen lanes per SSE2 instruction. Larger q widen to u16.
 pub(crate) fn add_digits(q: u8, a: &mut [u8], b: &[u8]) {
+    if q <= 128 {
+        let add = |d: &mut u8, e: u8| {
+            let t = d.wrapping_add(e);
+            *d = t.min(t.wrapping_sub(q));
+        };
+        by_sixteen(a, b, add);
+        return;
+    }
     let q = u16::from(q);
     for (d, &e) in a.iter_mut().zip(b) {
         let t = u16::from(*d) + u16::from(e);
@@ -409,7 +440,18 @@ pub(crate) fn scale_digits(q: u8, k: u8, a: &mut [u8]) {
 }
 
 /// `a −= b` digit-wise mod q (digits below q).
+///
+/// For q ≤ 128: with t = a − b wrapping, t + q wrapping is below t exactly when a < b (then it is
+/// a − b + q), so min(t, t + q) is the difference mod q.
 pub(crate) fn sub_digits(q: u8, a: &mut [u8], b: &[u8]) {
+    if q <= 128 {
+        let sub = |d: &mut u8, e: u8| {
+            let t = d.wrapping_sub(e);
+            *d = t.min(t.wrapping_add(q));
+        };
+        by_sixteen(a, b, sub);
+        return;
+    }
     let q = u16::from(q);
     for (d, &e) in a.iter_mut().zip(b) {
         let t = u16::from(*d) + q - u16::from(e);
@@ -419,10 +461,10 @@ pub(crate) fn sub_digits(q: u8, a: &mut [u8], b: &[u8]) {
 
 /// `a = −a` digit-wise mod q (digits below q).
 pub(crate) fn neg_digits(q: u8, a: &mut [u8]) {
-    let q = u16::from(q);
     for d in a.iter_mut() {
-        let t = q - u16::from(*d);
-        *d = (t - q * u16::from(t >= q)) as u8;
+        // q − d ≤ q; min(t, t − q) folds t = q to 0 (t − q wraps above t otherwise).
+        let t = q.wrapping_sub(*d);
+        *d = t.min(t.wrapping_sub(q));
     }
 }
 
@@ -436,6 +478,25 @@ mod tests {
     fn modulus() -> impl Strategy<Value = Modulus> {
         prop::sample::select(vec![2u64, 3, 5, 7, 11, 13, 17, 19, 23, 251])
             .prop_map(|q| Modulus::new(q).expect("prime"))
+    }
+
+    #[test]
+    fn digit_add_and_sub_are_exact_for_every_pair_and_modulus() {
+        for q in (2..=251u8).filter(|&q| Modulus::new(u64::from(q)).is_ok()) {
+            let all: Vec<u8> = (0..q).collect();
+            for a in 0..q {
+                let (mut s, mut d, mut n) = (vec![a; all.len()], vec![a; all.len()], all.clone());
+                add_digits(q, &mut s, &all);
+                sub_digits(q, &mut d, &all);
+                neg_digits(q, &mut n);
+                for (b, ((&s, &d), &n)) in all.iter().zip(s.iter().zip(&d).zip(&n)) {
+                    let (a, b, qq) = (u16::from(a), u16::from(*b), u16::from(q));
+                    assert_eq!(u16::from(s), (a + b) % qq, "{a} + {b} mod {q}");
+                    assert_eq!(u16::from(d), (a + qq - b) % qq, "{a} - {b} mod {q}");
+                    assert_eq!(u16::from(n), (qq - b) % qq, "-{b} mod {q}");
+                }
+            }
+        }
     }
 
     proptest! {
