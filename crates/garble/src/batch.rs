@@ -65,7 +65,7 @@ impl ProjectionBatch {
                 got: rows.len(),
             });
         }
-        if !rows.iter().all(|&r| output.holds_block(r)) {
+        if !rows.iter().fold(true, |ok, &r| ok & output.holds_block(r)) {
             return Err(GarbleError::BlockOutOfRange { q: output.q() });
         }
         end_gate(base_gate, count)?;

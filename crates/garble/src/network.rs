@@ -105,7 +105,9 @@ use crate::label::Seed;
 use crate::modulus::Modulus;
 use crate::output::OutputDecoder;
 use crate::store::{Chunk, MaterialKind, StreamHeader, StreamReader, StreamWriter};
-use crate::tensor::{LabelTensor, max_terms16, reduce16};
+#[cfg(test)]
+use crate::tensor::reduce16;
+use crate::tensor::{LabelTensor, dot_rows};
 
 /// An index meaning "outside the input" (a padded position) in a gather table.
 const NONE: u32 = u32::MAX;
@@ -1216,41 +1218,23 @@ fn gather_digits(n: usize, src: &[u8], idx: &[u32]) -> Result<Vec<u8>, GarbleErr
 /// Width of one block of the linear kernel's output row, in digits.
 const BLOCK: usize = 4096;
 
-/// out[r, ·] = Σ_j w[r·kk + j] · col[j, ·] mod q over `width`-digit rows, in 16-bit
-/// accumulators reduced every [`max_terms16`] non-zero terms (so they never overflow).
-fn gemm_rows(q: u8, w: &[u32], kk: usize, col: &[u8], width: usize, out: &mut [u8]) {
+/// out[r, ·] = Σ_j w[r·kk + j] · col[j, ·] mod q over `width`-digit rows, in blocks of 16-bit
+/// accumulators ([`dot_rows`]).
+fn gemm_rows(q: u8, w: &[u16], kk: usize, col: &[u8], width: usize, out: &mut [u8]) {
     let q16 = u16::from(q);
-    let max_terms = max_terms16(q16);
     out.par_chunks_mut(width)
         .zip(w.par_chunks(kk))
         .for_each(|(o, wr)| {
             o.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, ob)| {
-                let start = bi * BLOCK;
+                let (start, len) = (bi * BLOCK, ob.len());
                 let mut acc = [0u16; BLOCK];
-                let acc = &mut acc[..ob.len()];
-                let mut terms = 0usize;
-                for (&wj, row) in wr.iter().zip(col.chunks_exact(width)) {
-                    // Weights are reduced mod q already; the remainder keeps the bound above
-                    // even if one were not.
-                    let wj = (wj % u32::from(q16)) as u16;
-                    if wj == 0 {
-                        continue;
-                    }
-                    let Some(c) = row.get(start..start + ob.len()) else {
-                        continue;
-                    };
-                    for (a, &d) in acc.iter_mut().zip(c) {
-                        *a = a.wrapping_add(wj * u16::from(d));
-                    }
-                    terms += 1;
-                    if terms == max_terms {
-                        acc.iter_mut().for_each(|a| *a = reduce16(*a, q16));
-                        terms = 0;
-                    }
-                }
-                for (d, a) in ob.iter_mut().zip(acc.iter()) {
-                    *d = reduce16(*a, q16) as u8;
-                }
+                let acc = &mut acc[..len];
+                let rows = wr
+                    .iter()
+                    .zip(col.chunks_exact(width))
+                    // Weights are below q (checked by the caller), as dot_rows needs.
+                    .filter_map(|(&wj, row)| Some((wj, row.get(start..start + len)?)));
+                dot_rows(q16, rows, acc, ob);
             });
         });
 }
@@ -1274,6 +1258,15 @@ fn linear_kernel(
     if w.len() != rows * kk || x.len() != images * in_image * n {
         return Err(GarbleError::Internal("linear layer sizes"));
     }
+    // The accumulators' overflow bound needs every weight below q: check once here rather than
+    // reduce every weight at every use.
+    if w.iter().any(|&v| v >= u32::from(q)) {
+        return Err(GarbleError::Internal(
+            "linear layer weight not reduced mod q",
+        ));
+    }
+    let w: Vec<u16> = w.iter().map(|&v| v as u16).collect();
+    let w = w.as_slice();
     for (img, o) in x
         .chunks_exact(in_image * n)
         .zip(out.chunks_exact_mut(rows * width))
@@ -2221,12 +2214,12 @@ mod tests {
             (67, 50, 77, 5),
             (251, 9, 4_097, 2),
         ] {
-            let w: Vec<u32> = (0..rows * kk)
+            let w: Vec<u16> = (0..rows * kk)
                 .map(|i| {
                     if i % 7 == 0 {
                         0
                     } else {
-                        rng.random_range(0..u32::from(q))
+                        rng.random_range(0..u16::from(q))
                     }
                 })
                 .collect();

@@ -294,31 +294,13 @@ impl LabelTensor {
             .map(|&k| u16::from(reduce_i64(k, q8)))
             .collect();
         let q16 = u16::from(q8);
-        let max_terms = max_terms16(q16);
         out.digits
             .par_chunks_mut(n)
             .zip(w.par_chunks(n_in))
             .for_each(|(o, wr)| {
                 let mut acc = [0u16; MAX_DIGITS];
-                let acc = &mut acc[..n];
-                let mut terms = 0usize;
-                for (&wj, xj) in wr.iter().zip(x.digits.chunks_exact(n)) {
-                    if wj == 0 {
-                        continue;
-                    }
-                    for (a, &d) in acc.iter_mut().zip(xj) {
-                        *a = a.wrapping_add(wj * u16::from(d));
-                    }
-                    terms += 1;
-                    if terms == max_terms {
-                        acc.iter_mut().for_each(|a| *a = reduce16(*a, q16));
-                        terms = 0;
-                    }
-                }
-                for (d, a) in o.iter_mut().zip(acc.iter()) {
-                    // The remainder is below q ≤ 251.
-                    *d = reduce16(*a, q16) as u8;
-                }
+                let pairs = wr.iter().copied().zip(x.digits.chunks_exact(n));
+                dot_rows(q16, pairs, acc.get_mut(..n).unwrap_or(&mut []), o);
             });
         Ok(out)
     }
@@ -410,6 +392,67 @@ pub(crate) fn add_digits(q: u8, a: &mut [u8], b: &[u8]) {
 pub(crate) fn max_terms16(q: u16) -> usize {
     let sq = u32::from(q - 1) * u32::from(q - 1);
     ((u32::from(u16::MAX) - u32::from(q - 1)) / sq.max(1)).max(1) as usize
+}
+
+/// out = Σ w·row mod q over the (weight, row) pairs with w ≠ 0 (weights and digits below q ≤ 251),
+/// accumulated exactly in the 16-bit lanes `acc` (all zero on entry, as long as `out`): four
+/// products per pass over the accumulators (one load and store per lane for four multiply-adds,
+/// eight lanes per SSE2 instruction), reduced mod q before they could overflow
+/// ([`max_terms16`] products on top of a reduced value) and once at the end.
+pub(crate) fn dot_rows<'a>(
+    q: u16,
+    pairs: impl Iterator<Item = (u16, &'a [u8])>,
+    acc: &mut [u16],
+    out: &mut [u8],
+) {
+    let max_terms = max_terms16(q);
+    let mut terms = 0usize;
+    let mut pending: [(u16, &[u8]); 4] = [(0, &[]); 4];
+    let mut k = 0;
+    for item in pairs.filter(|&(w, _)| w != 0) {
+        if let Some(slot) = pending.get_mut(k) {
+            *slot = item;
+        }
+        k += 1;
+        if k < 4 && terms + k < max_terms {
+            continue;
+        }
+        mac_rows(acc, pending.get(..k).unwrap_or(&[]));
+        terms += k;
+        k = 0;
+        if terms + 4 > max_terms {
+            acc.iter_mut().for_each(|a| *a = reduce16(*a, q));
+            terms = 0;
+        }
+    }
+    mac_rows(acc, pending.get(..k).unwrap_or(&[]));
+    for (d, a) in out.iter_mut().zip(acc.iter()) {
+        // The remainder is below q ≤ 251.
+        *d = reduce16(*a, q) as u8;
+    }
+}
+
+/// acc += Σ w·row over up to four (weight, row) pairs in one pass. Four products only come
+/// together when [`max_terms16`] ≥ 4, i.e. 4·(q − 1)² < 2^16, so no partial sum overflows.
+#[inline(always)]
+fn mac_rows(acc: &mut [u16], pairs: &[(u16, &[u8])]) {
+    match pairs {
+        [(w0, r0), (w1, r1), (w2, r2), (w3, r3)] => {
+            let rows = r0.iter().zip(r1.iter()).zip(r2.iter().zip(r3.iter()));
+            for (a, ((&d0, &d1), (&d2, &d3))) in acc.iter_mut().zip(rows) {
+                let s = w0 * u16::from(d0) + w1 * u16::from(d1);
+                let t = w2 * u16::from(d2) + w3 * u16::from(d3);
+                *a = a.wrapping_add(s + t);
+            }
+        }
+        _ => {
+            for (w, r) in pairs {
+                for (a, &d) in acc.iter_mut().zip(r.iter()) {
+                    *a = a.wrapping_add(w * u16::from(d));
+                }
+            }
+        }
+    }
 }
 
 /// a mod q for any 16-bit a and 2 ≤ q ≤ 251, by subtracting q·2^k for k = 15, …, 0 where it
@@ -568,15 +611,25 @@ mod tests {
 
     #[test]
     fn matmul_is_exact_past_the_accumulator_bound() {
-        // q = 251, 150,000 terms of the largest product: more than one u32 accumulator holds.
-        let m = Modulus::new(251).expect("prime");
-        let n_in = 150_000;
-        let x = LabelTensor::from_digits(m, &[n_in], vec![250; n_in * m.digits()]).expect("x");
-        let w = vec![-1i64; n_in];
-        let y = LabelTensor::matmul_public(&w, 1, &x).expect("shapes");
-        // Σ 250·250 = n_in · 62,500 mod 251, with 250 ≡ −1: n_in mod 251.
-        let expect = (n_in % 251) as u8;
-        assert!(y.as_digits().iter().all(|&d| d == expect));
+        // The largest product in every term, for moduli where four products per pass do and do
+        // not fit a lane: Σ (q − 1)·(q − 1) = n_in mod q, over many reductions (n_in = 150,000 is
+        // past what even one u32 accumulator would hold at q = 251), and a count that leaves a
+        // partial group of four at the end.
+        for (q, n_in) in [
+            (3u64, 150_001usize),
+            (67, 20_003),
+            (127, 10_001),
+            (137, 10_002),
+            (251, 150_000),
+        ] {
+            let m = Modulus::new(q).expect("prime");
+            let top = (q - 1) as u8;
+            let x = LabelTensor::from_digits(m, &[n_in], vec![top; n_in * m.digits()]).expect("x");
+            let w = vec![-1i64; n_in];
+            let y = LabelTensor::matmul_public(&w, 1, &x).expect("shapes");
+            let expect = (n_in as u64 % q) as u8;
+            assert!(y.as_digits().iter().all(|&d| d == expect), "q = {q}");
+        }
     }
 
     #[test]
