@@ -399,7 +399,37 @@ pub(crate) fn max_terms16(q: u16) -> usize {
 /// products per pass over the accumulators (one load and store per lane for four multiply-adds,
 /// eight lanes per SSE2 instruction), reduced mod q before they could overflow
 /// ([`max_terms16`] products on top of a reduced value) and once at the end.
+///
+/// On x86-64 CPUs with AVX2 the same code is compiled a second time for AVX2 (sixteen lanes per
+/// instruction) and picked at run time.
 pub(crate) fn dot_rows<'a>(
+    q: u16,
+    pairs: impl Iterator<Item = (u16, &'a [u8])>,
+    acc: &mut [u16],
+    out: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above; nothing else is required.
+        unsafe { dot_rows_avx2(q, pairs, acc, out) };
+        return;
+    }
+    dot_rows_impl(q, pairs, acc, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_rows_avx2<'a>(
+    q: u16,
+    pairs: impl Iterator<Item = (u16, &'a [u8])>,
+    acc: &mut [u16],
+    out: &mut [u8],
+) {
+    dot_rows_impl(q, pairs, acc, out);
+}
+
+#[inline(always)]
+fn dot_rows_impl<'a>(
     q: u16,
     pairs: impl Iterator<Item = (u16, &'a [u8])>,
     acc: &mut [u16],
