@@ -640,6 +640,28 @@ mod tests {
     }
 
     #[test]
+    fn dot_product_kernel_builds_agree() {
+        // The run-time-selected build (AVX2 where the CPU has it) and the portable one.
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        for q in [2u16, 3, 67, 127, 137, 251] {
+            let rows: Vec<Vec<u8>> = (0..1_000)
+                .map(|_| (0..70).map(|_| rng.random_range(0..q) as u8).collect())
+                .collect();
+            let w: Vec<u16> = (0..rows.len()).map(|_| rng.random_range(0..q)).collect();
+            let pairs = || w.iter().copied().zip(rows.iter().map(Vec::as_slice));
+            let (mut a1, mut a2) = ([0u16; 70], [0u16; 70]);
+            let (mut o1, mut o2) = ([0u8; 70], [0u8; 70]);
+            dot_rows(q, pairs(), &mut a1, &mut o1);
+            dot_rows_impl(q, pairs(), &mut a2, &mut o2);
+            assert_eq!(o1, o2, "q = {q}");
+            for (i, &o) in o1.iter().enumerate() {
+                let want = pairs().fold(0u64, |s, (w, r)| s + u64::from(w) * u64::from(r[i]));
+                assert_eq!(u64::from(o), want % u64::from(q), "q = {q}");
+            }
+        }
+    }
+
+    #[test]
     fn matmul_is_exact_past_the_accumulator_bound() {
         // The largest product in every term, for moduli where four products per pass do and do
         // not fit a lane: Σ (q − 1)·(q − 1) = n_in mod q, over many reductions (n_in = 150,000 is
