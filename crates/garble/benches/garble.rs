@@ -1,6 +1,6 @@
 //! Throughput of the garbling engine against the fixed-key AES ceiling (no criterion: medians of
 //! a few repetitions, printed as tables). Run with `cargo bench -p tessera-garble`; name sections
-//! to run only those: `cargo bench -p tessera-garble -- gates gadgets matmul`.
+//! to run only those: `cargo bench -p tessera-garble -- kernels gates gadgets matmul networks`.
 
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
@@ -253,6 +253,54 @@ fn gadgets(threads: usize) {
     }
 }
 
+/// Per-label cost of the base conversion a gate pays besides AES (the kernels the gate loops
+/// call: packing n digits into a block, unpacking a block into n digits of a label-major
+/// tensor), against the AES time of one hash into that modulus at the ceiling.
+fn kernels(ceiling: f64) {
+    use rand::{Rng, SeedableRng};
+    use tessera_garble::bench_support::{block_of, unpack_into};
+    println!();
+    println!("base conversion per label, 1 thread (ns); AES = one hash's blocks at the ceiling");
+    println!(
+        "{:>4} {:>6} | {:>8} {:>8} | {:>8}",
+        "q", "digits", "pack", "unpack", "AES"
+    );
+    let count = 1 << 16;
+    for qv in [3u64, 5, 7, 11, 13, 17, 23, 67, 137] {
+        let q = m(qv);
+        let n = q.digits();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(qv);
+        let digits: Vec<u8> = (0..count * n).map(|_| rng.random_range(0..q.q())).collect();
+        let blocks: Vec<u128> = digits.chunks_exact(n).map(|d| block_of(q, d)).collect();
+        let mut out = vec![0u8; count * n];
+        let pack = median_secs(
+            || (),
+            |()| {
+                (0..count).fold(0u128, |a, i| {
+                    a ^ block_of(q, digits.get(i * n..).unwrap_or(&[]))
+                })
+            },
+        );
+        let unpack = median_secs(
+            || (),
+            |()| {
+                for (i, &b) in blocks.iter().enumerate() {
+                    unpack_into(q, b, out.get_mut(i * n..).unwrap_or(&mut []));
+                }
+                out.first().copied()
+            },
+        );
+        assert_eq!(out, digits, "unpack inverts pack");
+        let aes = (1 + output_blocks(q)) as f64 / ceiling;
+        println!(
+            "{qv:>4} {n:>6} | {:>8.1} {:>8.1} | {:>8.1}",
+            pack * 1e9 / count as f64,
+            unpack * 1e9 / count as f64,
+            aes * 1e9
+        );
+    }
+}
+
 fn matmul(threads: usize) {
     let (one, all) = (pool(1), pool(threads));
     println!();
@@ -311,6 +359,9 @@ fn main() {
         c64 / 1e6,
         c1024 / 1e6
     );
+    if want("kernels") {
+        kernels(c1024);
+    }
     if want("gates") {
         gates(c1024, threads);
     }

@@ -94,9 +94,7 @@ impl Label {
     pub fn from_block(modulus: Modulus, block: u128) -> Result<Self, GarbleError> {
         let mut label = Self::zero(modulus);
         if modulus.q() == 2 {
-            for (i, d) in label.digits.iter_mut().enumerate() {
-                *d = ((block >> i) & 1) as u8;
-            }
+            crate::hash::spread_bits(block, &mut label.digits);
             return Ok(label);
         }
         if !modulus.holds_block(block) {

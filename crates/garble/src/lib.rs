@@ -79,6 +79,12 @@ pub mod modulus;
 pub mod network;
 pub mod output;
 pub(crate) mod pack;
+
+/// The base-conversion kernels, exposed for the crate's benchmarks only (not a stable API).
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::pack::{block_of, unpack_into};
+}
 pub mod store;
 pub mod tensor;
 

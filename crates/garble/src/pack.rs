@@ -76,7 +76,7 @@ fn word(c: &[u8]) -> u64 {
 /// starts with the label's n digits, each below q. Bytes after them are ignored, but a slice that
 /// runs on (the rest of a tensor, a zero-padded buffer) lets every load be a whole 16 bytes.
 #[inline]
-pub(crate) fn block_of(m: Modulus, digits: &[u8]) -> u128 {
+pub fn block_of(m: Modulus, digits: &[u8]) -> u128 {
     let q = m.q();
     if q == 2 {
         return pack_bits(digits);
@@ -336,7 +336,7 @@ fn groups_sse2<const Q: u64>(digits: &[u8], groups: &mut [u64; 16]) -> bool {
 /// (that lets the digits go straight to `dst`; callers pass longer slices only where the bytes
 /// after the label are written later or must be zero anyway).
 #[inline]
-pub(crate) fn unpack_into(m: Modulus, c: u128, dst: &mut [u8]) {
+pub fn unpack_into(m: Modulus, c: u128, dst: &mut [u8]) {
     let params = m.block_params();
     per_prime!(
         m.q(),
@@ -532,14 +532,12 @@ fn unpack_const<const Q: u64>(c: u128, dst: &mut [u8]) {
     // leaves[j]: piece j (from the least significant), most significant leaf first.
     let mut leaves = [[0u8; MAX_LEAVES]; MAX_PIECES];
     let from_f = const { lowest_from_fraction(Q) };
-    let integer_pieces = if from_f { 1 } else { 0 };
-    for (j, lv) in leaves
-        .iter_mut()
-        .enumerate()
-        .take(p.pieces)
-        .skip(integer_pieces)
-        .rev()
-    {
+    // Pieces peeled to integers, from the top: all but the lowest when that one comes from F.
+    let first_peeled = usize::from(from_f);
+    for j in (first_peeled..p.pieces).rev() {
+        let Some(lv) = leaves.get_mut(j) else {
+            continue;
+        };
         let top = j + 1 == p.pieces;
         let v = peel(&mut f, if top { top_mul } else { w_mul });
         if top && p.top <= p.t {
