@@ -10,7 +10,8 @@
 //! - [`hash`]: the tweakable correlation-robust hash on fixed-key AES, batched.
 //! - [`gate`]: the projection gate with row reduction, the [`Garbler`] and the [`Evaluator`];
 //!   rows are one-time pads in Z_{q^n} on the labels' 16-byte compressed blocks (the block
-//!   arithmetic — pads, modular add/sub, unpacking — is in the private `block` module).
+//!   arithmetic — pads, modular add/sub — is in the private `block` module, the conversion between
+//!   digits and blocks in the private `pack` module).
 //! - [`cost`]: ciphertext, byte, hash-call and AES-block counters.
 //! - [`crt`]: CRT encoding of signed integers over the first k primes ([`CrtBasis`]).
 //! - [`tensor`]: [`LabelTensor`], many labels of one modulus label-major; free arithmetic and
