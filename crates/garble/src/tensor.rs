@@ -499,9 +499,24 @@ pub(crate) fn reduce16(a: u16, q: u16) -> u16 {
     a as u16
 }
 
-/// `a = k·a` digit-wise mod q (digits and k below q), through a table of the q possible
-/// products: one load per digit instead of a division by a run-time q.
+/// `a = k·a` digit-wise mod q (digits and k below q).
+///
+/// For q ≤ 128, in 16-bit lanes that vectorise: the product x = k·d < 2^14, t = ⌊x·⌊2^16/q⌋ / 2^16⌋
+/// is ⌊x/q⌋ or one less (the error x·(1/q − ⌊2^16/q⌋/2^16) is below x/2^16 < 1), so r = x − t·q is
+/// below 2q and one min(r, r − q) in bytes finishes the reduction. Larger q use a table of the
+/// q possible products (one load per digit).
 pub(crate) fn scale_digits(q: u8, k: u8, a: &mut [u8]) {
+    if q <= 128 {
+        let (q16, k16) = (u16::from(q), u16::from(k));
+        let m = (1u32 << 16) / u32::from(q16);
+        for d in a.iter_mut() {
+            let x = k16 * u16::from(*d);
+            let t = ((u32::from(x) * m) >> 16) as u16;
+            let r = (x - t * q16) as u8;
+            *d = r.min(r.wrapping_sub(q));
+        }
+        return;
+    }
     let mut table = [0u8; 256];
     for (d, t) in (0u16..).zip(table.iter_mut().take(usize::from(q))) {
         // d, k < q ≤ 251: the product is below 2^16 and the remainder below q.
@@ -554,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn digit_add_and_sub_are_exact_for_every_pair_and_modulus() {
+    fn digit_add_sub_neg_and_scale_are_exact_for_every_pair_and_modulus() {
         for q in (2..=251u8).filter(|&q| Modulus::new(u64::from(q)).is_ok()) {
             let all: Vec<u8> = (0..q).collect();
             for a in 0..q {
@@ -562,6 +577,12 @@ mod tests {
                 add_digits(q, &mut s, &all);
                 sub_digits(q, &mut d, &all);
                 neg_digits(q, &mut n);
+                let mut k = all.clone();
+                scale_digits(q, a, &mut k);
+                for (b, &kb) in all.iter().zip(&k) {
+                    let want = u16::from(a) * u16::from(*b) % u16::from(q);
+                    assert_eq!(u16::from(kb), want, "{a} * {b} mod {q}");
+                }
                 for (b, ((&s, &d), &n)) in all.iter().zip(s.iter().zip(&d).zip(&n)) {
                     let (a, b, qq) = (u16::from(a), u16::from(*b), u16::from(q));
                     assert_eq!(u16::from(s), (a + b) % qq, "{a} + {b} mod {q}");
