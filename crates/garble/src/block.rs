@@ -159,13 +159,7 @@ mod tests {
     use crate::label::Label;
     use proptest::prelude::*;
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
-
-    fn odd_primes() -> Vec<u64> {
-        (3..=251u64).filter(|&q| Modulus::new(q).is_ok()).collect()
-    }
+    use crate::modulus::testing::{m, odd_primes};
 
     #[test]
     fn reciprocals_are_the_ceiling_of_two_to_the_256_over_q_to_the_n() {

@@ -438,9 +438,7 @@ mod tests {
 
     const SMALL_PRIMES: [u64; 9] = [2, 3, 5, 7, 11, 13, 17, 19, 23];
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
+    use crate::modulus::testing::m;
 
     fn prime() -> impl Strategy<Value = Modulus> {
         prop::sample::select(SMALL_PRIMES.to_vec()).prop_map(m)

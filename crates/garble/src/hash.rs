@@ -307,9 +307,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha20Rng;
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
+    use crate::modulus::testing::m;
 
     #[test]
     fn aes_matches_the_fips_197_vector() {

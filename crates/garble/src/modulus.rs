@@ -137,6 +137,22 @@ fn digits_for(q: u64) -> u8 {
     n
 }
 
+/// Helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Modulus;
+
+    /// The prime modulus q (panics on a composite: tests only).
+    pub(crate) fn m(q: u64) -> Modulus {
+        Modulus::new(q).expect("prime")
+    }
+
+    /// Every odd prime the crate accepts (3 ..= 251).
+    pub(crate) fn odd_primes() -> Vec<u64> {
+        (3..=251u64).filter(|&q| Modulus::new(q).is_ok()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

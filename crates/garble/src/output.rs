@@ -292,9 +292,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
+    use crate::modulus::testing::m;
 
     #[test]
     fn every_valid_label_decodes_and_others_do_not() {

@@ -695,13 +695,7 @@ mod tests {
     use crate::label::Label;
     use proptest::prelude::*;
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
-
-    fn odd_primes() -> Vec<u64> {
-        (3..=251u64).filter(|&q| Modulus::new(q).is_ok()).collect()
-    }
+    use crate::modulus::testing::{m, odd_primes};
 
     /// The definition: Horner's rule in u128.
     fn horner(q: u64, digits: &[u8]) -> u128 {

@@ -368,9 +368,7 @@ mod tests {
     use super::*;
     use crate::label::Seed;
 
-    fn m(q: u64) -> Modulus {
-        Modulus::new(q).expect("prime")
-    }
+    use crate::modulus::testing::m;
 
     /// A small circuit using every operation, run on all four backends.
     fn mix<B: Backend>(b: &mut B, x: &B::Wire, y: &B::Wire) -> Result<B::Wire, GarbleError> {
