@@ -123,14 +123,14 @@ fn smallest_factor(q: u64) -> Option<u64> {
 }
 
 /// The largest n with q^n ≤ 2^128 (exact integer arithmetic, no floating point).
-fn digits_for(q: u64) -> u8 {
+pub(crate) const fn digits_for(q: u64) -> u8 {
     if q == 2 {
         return 128;
     }
     // For q > 2 prime, q^n is never 2^128, so q^n ≤ 2^128 ⇔ q^n fits a u128.
     let mut pow: u128 = 1;
     let mut n = 0u8;
-    while let Some(next) = pow.checked_mul(u128::from(q)) {
+    while let Some(next) = pow.checked_mul(q as u128) {
         pow = next;
         n += 1;
     }

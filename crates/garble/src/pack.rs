@@ -57,13 +57,9 @@ const fn pow(q: u64, e: usize) -> u128 {
     p
 }
 
-/// The largest n with q^n < 2^128 (q odd): the digits of a label mod q.
+/// The digits of a label mod q (as [`Modulus::digits`], usable at compile time).
 const fn digits_of(q: u64) -> usize {
-    let mut n = 0;
-    while pow(q, n + 1) != u128::MAX {
-        n += 1;
-    }
-    n
+    crate::modulus::digits_for(q) as usize
 }
 
 /// The little-endian u64 of 8 digit bytes.

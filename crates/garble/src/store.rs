@@ -666,21 +666,19 @@ impl<R: Read> StreamReader<R> {
         }
         let end = crate::batch::end_gate(base, count)
             .map_err(|_| corrupt(format!("chunk {seq}'s gate numbers overflow")))?;
-        // One allocation and a straight copy (the length is known); the range check is one
-        // branch-free pass, then ProjectionBatch::new checks again on its own.
+        // One allocation and a straight copy (the length is known); ProjectionBatch::new checks
+        // every row is a label mod q, in one branch-free pass.
         let rows: Vec<u128> = rows
             .chunks_exact(BLOCK)
             .take(blocks)
             .map(|b| u128::from_le_bytes(<[u8; BLOCK]>::try_from(b).unwrap_or_default()))
             .collect();
-        if !rows.iter().fold(true, |ok, &r| ok & q.holds_block(r)) {
-            return Err(corrupt(format!(
-                "chunk {seq} holds a 16-byte row that is no label mod {}",
-                q.q()
-            )));
-        }
-        let batch = ProjectionBatch::new(base, p, q, count, rows)
-            .map_err(|e| corrupt(format!("chunk {seq}: {e}")))?;
+        let batch = ProjectionBatch::new(base, p, q, count, rows).map_err(|e| match e {
+            GarbleError::BlockOutOfRange { q } => corrupt(format!(
+                "chunk {seq} holds a 16-byte row that is no label mod {q}"
+            )),
+            e => corrupt(format!("chunk {seq}: {e}")),
+        })?;
         self.next_gate = end;
         self.totals.gates = self
             .totals

@@ -180,18 +180,7 @@ mod tests {
     use crate::label::Seed;
     use proptest::prelude::*;
 
-    fn basis(k: usize) -> CrtBasis {
-        CrtBasis::first_primes(k).expect("basis")
-    }
-
-    fn plain_wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
-        b.encode(x)
-            .expect("in range")
-            .iter()
-            .zip(b.moduli())
-            .map(|(&r, &m)| PlainWire::new(m, u64::from(r)))
-            .collect()
-    }
+    use crate::gadget::test_support::{basis, plain_wires};
 
     fn plain_sign(b: &CrtBasis, x: i64) -> u8 {
         sign(&mut PlainBackend, &plain_wires(b, x))

@@ -87,7 +87,8 @@
 use std::collections::BTreeMap;
 
 use super::Backend;
-use super::activation::{crt_moduli, mixed_radix_step};
+use super::activation::mixed_radix_step;
+use super::scale::rescale_moduli;
 use crate::GarbleError;
 use crate::cost::GarbleCost;
 use crate::crt::{MAX_CRT_PRIMES, inverse_mod_prime};
@@ -391,13 +392,7 @@ pub fn rescale_pow2_onestep<B: Backend>(
     residues: &[B::Wire],
     l: u32,
 ) -> Result<Vec<B::Wire>, GarbleError> {
-    let moduli = crt_moduli(b, residues)?;
-    if moduli.len() < 2 {
-        return Err(GarbleError::ResidueCount {
-            expected: 2,
-            got: moduli.len(),
-        });
-    }
+    let moduli = rescale_moduli(b, residues)?;
     if l == 0 {
         return Ok(residues.to_vec());
     }
@@ -597,6 +592,22 @@ mod tests {
         x_min + m - 1
     }
 
+    /// The odd primes of the first-k basis (the mixed radices after 2) and the weights of their
+    /// digits: 1, p₂, p₂p₃, ….
+    fn odd_radices(k: usize) -> (Vec<u64>, Vec<u64>) {
+        let primes: Vec<u64> = Modulus::first_primes(k)
+            .expect("primes")
+            .iter()
+            .skip(1)
+            .map(|m| u64::from(m.q()))
+            .collect();
+        let mut weights = vec![1u64];
+        for r in &primes[..primes.len() - 1] {
+            weights.push(weights[weights.len() - 1] * r);
+        }
+        (primes, weights)
+    }
+
     /// The largest l the gadget accepts over the basis: 2^(l−1) ≤ M/2.
     fn max_l(b: &CrtBasis) -> u32 {
         (0..64)
@@ -747,16 +758,7 @@ mod tests {
         // Between them, the supported bases and scales exercise every path of the circuit.
         let (mut digit, mut parity, mut prime, mut bits, mut packed) = (0, 0, 0, 0, 0);
         for k in 2..=MAX_CRT_PRIMES {
-            let primes: Vec<u64> = Modulus::first_primes(k)
-                .expect("primes")
-                .iter()
-                .skip(1)
-                .map(|m| u64::from(m.q()))
-                .collect();
-            let mut weights = vec![1u64];
-            for r in &primes[..primes.len() - 1] {
-                weights.push(weights[weights.len() - 1] * r);
-            }
+            let (primes, weights) = odd_radices(k);
             for l in 1..=max_l(&basis(k)) {
                 let mut planner = Planner {
                     radices: &primes,
@@ -879,16 +881,7 @@ mod tests {
     #[test]
     fn the_column_plans_of_the_docs() {
         let plan = |k: usize, l: u32| -> Vec<(u32, u32, u8)> {
-            let primes: Vec<u64> = Modulus::first_primes(k)
-                .expect("primes")
-                .iter()
-                .skip(1)
-                .map(|m| u64::from(m.q()))
-                .collect();
-            let mut weights = vec![1u64];
-            for r in &primes[..primes.len() - 1] {
-                weights.push(weights[weights.len() - 1] * r);
-            }
+            let (primes, weights) = odd_radices(k);
             let mut planner = Planner {
                 radices: &primes,
                 weights: &weights,

@@ -105,6 +105,22 @@ fn halve_floor<B: Backend>(
     Ok(out)
 }
 
+/// The moduli of a rescale's input (its CRT basis): errors unless the wires are the residues mod
+/// the first k primes with k ≥ 2 (mod 2 and at least one odd prime).
+pub(super) fn rescale_moduli<B: Backend>(
+    b: &B,
+    residues: &[B::Wire],
+) -> Result<Vec<Modulus>, GarbleError> {
+    let moduli = crt_moduli(b, residues)?;
+    if moduli.len() < 2 {
+        return Err(GarbleError::ResidueCount {
+            expected: 2,
+            got: moduli.len(),
+        });
+    }
+    Ok(moduli)
+}
+
 /// The residue wires of ⌊(x + 2^(l−1)) / 2^l⌋ (x itself for l = 0) — round half up, exact for
 /// signed x. `residues` are the wires of x mod 2, 3, …, p_k (k ≥ 2), and x must satisfy
 /// −M/2 ≤ x ≤ M/2 − 2 − 2^(l−1) (module docs). Errors unless 2^l ≤ M.
@@ -113,13 +129,7 @@ pub fn rescale_pow2<B: Backend>(
     residues: &[B::Wire],
     l: u32,
 ) -> Result<Vec<B::Wire>, GarbleError> {
-    let moduli = crt_moduli(b, residues)?;
-    if moduli.len() < 2 {
-        return Err(GarbleError::ResidueCount {
-            expected: 2,
-            got: moduli.len(),
-        });
-    }
+    let moduli = rescale_moduli(b, residues)?;
     if l == 0 {
         return Ok(residues.to_vec());
     }
