@@ -337,6 +337,43 @@ fn matmul(threads: usize) {
             qm.digits()
         );
     }
+    conv_kernel();
+}
+
+/// The dot-product kernel on the shape of a conv layer's inner loop (288 = 32 channels x 3 x 3
+/// input rows, one 4,096-digit block of output), one thread: digit multiply-adds per second.
+fn conv_kernel() {
+    use rand::{Rng, SeedableRng};
+    use tessera_garble::bench_support::dot_rows;
+    println!();
+    println!("dot-product kernel, conv-shaped (288 rows x 4,096 digits), 1 thread");
+    println!("{:>3} | {:>18}", "q", "digit-MACs/s");
+    let (kk, width) = (288usize, 4096usize);
+    for q in [2u16, 3, 7, 23, 67, 137] {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(u64::from(q));
+        let rows: Vec<u8> = (0..kk * width)
+            .map(|_| rng.random_range(0..q) as u8)
+            .collect();
+        let w: Vec<u16> = (0..kk).map(|_| rng.random_range(1..q)).collect();
+        let mut acc = vec![0u16; width];
+        let mut out = vec![0u8; width];
+        let reps = 20;
+        let secs = median_secs(
+            || (),
+            |()| {
+                for _ in 0..reps {
+                    acc.iter_mut().for_each(|a| *a = 0);
+                    let pairs = w.iter().copied().zip(rows.chunks_exact(width));
+                    dot_rows(q, pairs, &mut acc, &mut out);
+                }
+                out.first().copied()
+            },
+        );
+        println!(
+            "{q:>3} | {:>16.2}G",
+            (reps * kk * width) as f64 / secs / 1e9
+        );
+    }
 }
 
 fn main() {

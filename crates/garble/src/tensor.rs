@@ -410,11 +410,198 @@ pub(crate) fn dot_rows<'a>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above; nothing else is required.
-        unsafe { dot_rows_avx2(q, pairs, acc, out) };
+        if q <= 128 {
+            // SAFETY: the CPU supports AVX2, checked just above; nothing else is required.
+            unsafe { dot_pairs_avx2(q, pairs, acc, out) };
+        } else {
+            // SAFETY: as above.
+            unsafe { dot_rows_avx2(q, pairs, acc, out) };
+        }
         return;
     }
     dot_rows_impl(q, pairs, acc, out);
+}
+
+/// [`dot_rows`] for q ≤ 128 on AVX2, two input rows per instruction: the digit bytes of two rows
+/// are interleaved and multiplied by the byte pair (w₀, w₁) with one unsigned × signed byte
+/// multiply-add (`vpmaddubsw`), which gives w₀·d₀ + w₁·d₁ in each 16-bit lane: 32 digit products
+/// per instruction. As in [`dot_rows_impl`], four rows go into the accumulators per pass over
+/// them, each row read in order.
+///
+/// Exactness: weights and digits are below q ≤ 128, so both fit the signed and unsigned bytes the
+/// instruction takes and a pair sum is at most 2·127² < 2^15 (it never saturates); two pair sums
+/// and a reduced accumulator stay within [`max_terms16`] (which is 4 at q = 127), and the
+/// accumulators are reduced mod q before more products could overflow them. Unpacking bytes
+/// works within each 128-bit half, so in each 32-column chunk the first 16 accumulators hold
+/// columns 0–7 and 16–23, the next 16 columns 8–15 and 24–31; packing them back to bytes
+/// restores the order. Columns after the last whole chunk take the portable [`mac_rows`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_pairs_avx2<'a>(
+    q: u16,
+    pairs: impl Iterator<Item = (u16, &'a [u8])>,
+    acc: &mut [u16],
+    out: &mut [u8],
+) {
+    use std::arch::x86_64::{__m256i, _mm256_packus_epi16, _mm256_storeu_si256};
+    let len = out.len().min(acc.len());
+    let whole = len / 32 * 32;
+    let max_terms = max_terms16(q);
+    let mut terms = 0;
+    let mut pending: [(u16, &[u8]); 4] = [(0, &[]); 4];
+    let mut k = 0;
+    for item in pairs.filter(|&(w, _)| w != 0) {
+        if let Some(slot) = pending.get_mut(k) {
+            *slot = item;
+        }
+        k += 1;
+        if k < 4 {
+            continue;
+        }
+        if terms + 4 > max_terms {
+            reduce_acc_avx2(q, acc, len);
+            terms = 0;
+        }
+        mac_quad_avx2(acc, &pending, whole, len);
+        terms += 4;
+        k = 0;
+    }
+    if k > 0 {
+        if terms + 4 > max_terms {
+            reduce_acc_avx2(q, acc, len);
+        }
+        // Missing rows of the last quad get weight 0 (and some row to read).
+        let fill = (0, pending[0].1);
+        for slot in pending.iter_mut().skip(k) {
+            *slot = fill;
+        }
+        mac_quad_avx2(acc, &pending, whole, len);
+    }
+    let chunks = acc.get(..whole).unwrap_or(&[]).chunks_exact(32);
+    for (a, o) in chunks.zip(out.chunks_exact_mut(32)) {
+        let (a_lo, a_hi) = a.split_at(16);
+        let bytes = _mm256_packus_epi16(
+            reduce16_avx2(load16(a_lo), q),
+            reduce16_avx2(load16(a_hi), q),
+        );
+        // SAFETY: `o` holds the 32 bytes written.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast::<__m256i>(), bytes) };
+    }
+    let tail = acc.get(whole..len).unwrap_or(&[]);
+    for (d, a) in out
+        .get_mut(whole..len)
+        .unwrap_or(&mut [])
+        .iter_mut()
+        .zip(tail)
+    {
+        // The remainder is below q ≤ 128.
+        *d = reduce16(*a, q) as u8;
+    }
+}
+
+/// acc += Σ w·row over the four (weight, row) pairs `quad` for the first `len` columns: the
+/// `whole` columns of 32-digit chunks in [`dot_pairs_avx2`]'s lane order, the rest in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize, len: usize) {
+    use std::arch::x86_64::{
+        _mm256_add_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_unpackhi_epi8,
+        _mm256_unpacklo_epi8,
+    };
+    let [(w0, r0), (w1, r1), (w2, r2), (w3, r3)] = *quad;
+    let wa = _mm256_set1_epi16((w1 << 8 | w0) as i16);
+    let wb = _mm256_set1_epi16((w3 << 8 | w2) as i16);
+    let head = |r: &'a [u8]| r.get(..whole).unwrap_or(&[]).chunks_exact(32);
+    let rows = head(r0).zip(head(r1)).zip(head(r2).zip(head(r3)));
+    let lanes = acc.get_mut(..whole).unwrap_or(&mut []).chunks_exact_mut(32);
+    for (a, ((c0, c1), (c2, c3))) in lanes.zip(rows) {
+        let (x0, x1, x2, x3) = (load32(c0), load32(c1), load32(c2), load32(c3));
+        let lo = _mm256_add_epi16(
+            _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x0, x1), wa),
+            _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x2, x3), wb),
+        );
+        let hi = _mm256_add_epi16(
+            _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x0, x1), wa),
+            _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x2, x3), wb),
+        );
+        let (a_lo, a_hi) = a.split_at_mut(16);
+        store16(a_lo, _mm256_add_epi16(load16(a_lo), lo));
+        store16(a_hi, _mm256_add_epi16(load16(a_hi), hi));
+    }
+    if whole < len {
+        let tail = quad.map(|(w, r)| (w, r.get(whole..).unwrap_or(&[])));
+        mac_rows(acc.get_mut(whole..len).unwrap_or(&mut []), &tail);
+    }
+}
+
+/// Every accumulator of the first `len` mod q (the lane order does not matter).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce_acc_avx2(q: u16, acc: &mut [u16], len: usize) {
+    let whole = len / 16 * 16;
+    for a in acc.get_mut(..whole).unwrap_or(&mut []).chunks_exact_mut(16) {
+        store16(a, reduce16_avx2(load16(a), q));
+    }
+    for a in acc.get_mut(whole..len).unwrap_or(&mut []) {
+        *a = reduce16(*a, q);
+    }
+}
+
+/// The first 32 bytes of `r` (zeros if it is shorter).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load32(r: &[u8]) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_setzero_si256};
+    match r.get(..32) {
+        // SAFETY: the slice holds the 32 bytes read (unaligned loads are allowed).
+        Some(b) => unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) },
+        None => _mm256_setzero_si256(),
+    }
+}
+
+/// The first 16 lanes of `a` (zeros if it is shorter).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load16(a: &[u16]) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_setzero_si256};
+    match a.get(..16) {
+        // SAFETY: the slice holds the 16 lanes read.
+        Some(b) => unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) },
+        None => _mm256_setzero_si256(),
+    }
+}
+
+/// Writes 16 lanes to the front of `a` (nothing if it is shorter).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn store16(a: &mut [u16], v: std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::{__m256i, _mm256_storeu_si256};
+    if let Some(b) = a.get_mut(..16) {
+        // SAFETY: the slice holds the 16 lanes written.
+        unsafe { _mm256_storeu_si256(b.as_mut_ptr().cast::<__m256i>(), v) };
+    }
+}
+
+/// Sixteen 16-bit lanes mod q ≤ 128 (any lane value): t = ⌊a·⌊2^16/q⌋ / 2^16⌋ is ⌊a/q⌋ or one
+/// less (the error a·(1/q − ⌊2^16/q⌋/2^16) is below a/2^16 < 1), so r = a − t·q is below 2q and
+/// one min(r, r − q) (wrapping, unsigned) finishes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn reduce16_avx2(a: std::arch::x86_64::__m256i, q: u16) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::{
+        _mm256_min_epu16, _mm256_mulhi_epu16, _mm256_mullo_epi16, _mm256_set1_epi16,
+        _mm256_sub_epi16,
+    };
+    let qv = _mm256_set1_epi16(q as i16);
+    let t = _mm256_mulhi_epu16(a, _mm256_set1_epi16((65_536 / u32::from(q)) as u16 as i16));
+    let r = _mm256_sub_epi16(a, _mm256_mullo_epi16(t, qv));
+    _mm256_min_epu16(r, _mm256_sub_epi16(r, qv))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -678,6 +865,18 @@ mod tests {
             for (i, &o) in o1.iter().enumerate() {
                 let want = pairs().fold(0u64, |s, (w, r)| s + u64::from(w) * u64::from(r[i]));
                 assert_eq!(u64::from(o), want % u64::from(q), "q = {q}");
+            }
+        }
+        // The largest digit and weight everywhere, an odd number of rows (the last pair of the
+        // two-row AVX2 kernel has one row) and rows of whole 32-digit chunks plus a tail.
+        for q in [2u16, 3, 127] {
+            for count in [1usize, 7, 3_001] {
+                let row = vec![(q - 1) as u8; 101];
+                let pairs = || std::iter::repeat_n((q - 1, row.as_slice()), count);
+                let (mut acc, mut out) = ([0u16; 101], [0u8; 101]);
+                dot_rows(q, pairs(), &mut acc, &mut out);
+                let want = (count as u64 * u64::from(q - 1).pow(2) % u64::from(q)) as u8;
+                assert!(out.iter().all(|&d| d == want), "q = {q}, {count} rows");
             }
         }
     }
