@@ -410,7 +410,9 @@ pub(crate) fn dot_rows<'a>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        if q <= 128 {
+        // Rows of a few labels (a dense layer, `matmul_public`) would spend most of their time
+        // in the two-row kernel's tail: they stay on the one-row kernel.
+        if q <= 128 && out.len() >= 128 {
             // SAFETY: the CPU supports AVX2, checked just above; nothing else is required.
             unsafe { dot_pairs_avx2(q, pairs, acc, out) };
         } else {
@@ -849,31 +851,35 @@ mod tests {
 
     #[test]
     fn dot_product_kernel_builds_agree() {
-        // The run-time-selected build (AVX2 where the CPU has it) and the portable one.
+        // The run-time-selected build (on AVX2: the two-row kernel for q ≤ 128 and rows of 128
+        // digits or more, the one-row kernel otherwise) and the portable one, on rows of whole
+        // 32-digit chunks plus a tail and on short rows.
         let mut rng = ChaCha20Rng::seed_from_u64(9);
         for q in [2u16, 3, 67, 127, 137, 251] {
-            let rows: Vec<Vec<u8>> = (0..1_000)
-                .map(|_| (0..70).map(|_| rng.random_range(0..q) as u8).collect())
-                .collect();
-            let w: Vec<u16> = (0..rows.len()).map(|_| rng.random_range(0..q)).collect();
-            let pairs = || w.iter().copied().zip(rows.iter().map(Vec::as_slice));
-            let (mut a1, mut a2) = ([0u16; 70], [0u16; 70]);
-            let (mut o1, mut o2) = ([0u8; 70], [0u8; 70]);
-            dot_rows(q, pairs(), &mut a1, &mut o1);
-            dot_rows_impl(q, pairs(), &mut a2, &mut o2);
-            assert_eq!(o1, o2, "q = {q}");
-            for (i, &o) in o1.iter().enumerate() {
-                let want = pairs().fold(0u64, |s, (w, r)| s + u64::from(w) * u64::from(r[i]));
-                assert_eq!(u64::from(o), want % u64::from(q), "q = {q}");
+            for len in [70usize, 170] {
+                let rows: Vec<Vec<u8>> = (0..1_000)
+                    .map(|_| (0..len).map(|_| rng.random_range(0..q) as u8).collect())
+                    .collect();
+                let w: Vec<u16> = (0..rows.len()).map(|_| rng.random_range(0..q)).collect();
+                let pairs = || w.iter().copied().zip(rows.iter().map(Vec::as_slice));
+                let (mut a1, mut a2) = (vec![0u16; len], vec![0u16; len]);
+                let (mut o1, mut o2) = (vec![0u8; len], vec![0u8; len]);
+                dot_rows(q, pairs(), &mut a1, &mut o1);
+                dot_rows_impl(q, pairs(), &mut a2, &mut o2);
+                assert_eq!(o1, o2, "q = {q}, {len} digits");
+                for (i, &o) in o1.iter().enumerate() {
+                    let want = pairs().fold(0u64, |s, (w, r)| s + u64::from(w) * u64::from(r[i]));
+                    assert_eq!(u64::from(o), want % u64::from(q), "q = {q}");
+                }
             }
         }
-        // The largest digit and weight everywhere, an odd number of rows (the last pair of the
-        // two-row AVX2 kernel has one row) and rows of whole 32-digit chunks plus a tail.
+        // The largest digit and weight everywhere, an odd number of rows (the last pass of the
+        // two-row kernel has missing rows) and rows of whole 32-digit chunks plus a tail.
         for q in [2u16, 3, 127] {
             for count in [1usize, 7, 3_001] {
-                let row = vec![(q - 1) as u8; 101];
+                let row = vec![(q - 1) as u8; 229];
                 let pairs = || std::iter::repeat_n((q - 1, row.as_slice()), count);
-                let (mut acc, mut out) = ([0u16; 101], [0u8; 101]);
+                let (mut acc, mut out) = ([0u16; 229], [0u8; 229]);
                 dot_rows(q, pairs(), &mut acc, &mut out);
                 let want = (count as u64 * u64::from(q - 1).pow(2) % u64::from(q)) as u8;
                 assert!(out.iter().all(|&d| d == want), "q = {q}, {count} rows");
