@@ -483,8 +483,8 @@ fn dot_pairs_avx2<'a>(
     for (a, o) in chunks.zip(out.chunks_exact_mut(32)) {
         let (a_lo, a_hi) = a.split_at(16);
         let bytes = _mm256_packus_epi16(
-            reduce16_avx2(load16(a_lo), q),
-            reduce16_avx2(load16(a_hi), q),
+            reduce16_avx2(load256(a_lo), q),
+            reduce16_avx2(load256(a_hi), q),
         );
         // SAFETY: `o` holds the 32 bytes written.
         unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast::<__m256i>(), bytes) };
@@ -518,7 +518,7 @@ fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize,
     let rows = head(r0).zip(head(r1)).zip(head(r2).zip(head(r3)));
     let lanes = acc.get_mut(..whole).unwrap_or(&mut []).chunks_exact_mut(32);
     for (a, ((c0, c1), (c2, c3))) in lanes.zip(rows) {
-        let (x0, x1, x2, x3) = (load32(c0), load32(c1), load32(c2), load32(c3));
+        let (x0, x1, x2, x3) = (load256(c0), load256(c1), load256(c2), load256(c3));
         let lo = _mm256_add_epi16(
             _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x0, x1), wa),
             _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x2, x3), wb),
@@ -528,8 +528,8 @@ fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize,
             _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x2, x3), wb),
         );
         let (a_lo, a_hi) = a.split_at_mut(16);
-        store16(a_lo, _mm256_add_epi16(load16(a_lo), lo));
-        store16(a_hi, _mm256_add_epi16(load16(a_hi), hi));
+        store16(a_lo, _mm256_add_epi16(load256(a_lo), lo));
+        store16(a_hi, _mm256_add_epi16(load256(a_hi), hi));
     }
     if whole < len {
         let tail = quad.map(|(w, r)| (w, r.get(whole..).unwrap_or(&[])));
@@ -544,34 +544,25 @@ fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize,
 fn reduce_acc_avx2(q: u16, acc: &mut [u16], len: usize) {
     let whole = len / 16 * 16;
     for a in acc.get_mut(..whole).unwrap_or(&mut []).chunks_exact_mut(16) {
-        store16(a, reduce16_avx2(load16(a), q));
+        store16(a, reduce16_avx2(load256(a), q));
     }
     for a in acc.get_mut(whole..len).unwrap_or(&mut []) {
         *a = reduce16(*a, q);
     }
 }
 
-/// The first 32 bytes of `r` (zeros if it is shorter).
+/// The first 32 bytes of `s` (32 digits or 16 accumulators; zeros if it is shorter).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn load32(r: &[u8]) -> std::arch::x86_64::__m256i {
+fn load256<T>(s: &[T]) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_setzero_si256};
-    match r.get(..32) {
+    let n = const {
+        assert!(matches!(std::mem::size_of::<T>(), 1 | 2));
+        32 / std::mem::size_of::<T>()
+    };
+    match s.get(..n) {
         // SAFETY: the slice holds the 32 bytes read (unaligned loads are allowed).
-        Some(b) => unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) },
-        None => _mm256_setzero_si256(),
-    }
-}
-
-/// The first 16 lanes of `a` (zeros if it is shorter).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn load16(a: &[u16]) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_setzero_si256};
-    match a.get(..16) {
-        // SAFETY: the slice holds the 16 lanes read.
         Some(b) => unsafe { _mm256_loadu_si256(b.as_ptr().cast::<__m256i>()) },
         None => _mm256_setzero_si256(),
     }
