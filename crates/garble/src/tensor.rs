@@ -448,37 +448,10 @@ fn dot_pairs_avx2<'a>(
     use std::arch::x86_64::{__m256i, _mm256_packus_epi16, _mm256_storeu_si256};
     let len = out.len().min(acc.len());
     let whole = len / 32 * 32;
-    let max_terms = max_terms16(q);
-    let mut terms = 0;
-    let mut pending: [(u16, &[u8]); 4] = [(0, &[]); 4];
-    let mut k = 0;
-    for item in pairs.filter(|&(w, _)| w != 0) {
-        if let Some(slot) = pending.get_mut(k) {
-            *slot = item;
-        }
-        k += 1;
-        if k < 4 {
-            continue;
-        }
-        if terms + 4 > max_terms {
-            reduce_acc_avx2(q, acc, len);
-            terms = 0;
-        }
-        mac_quad_avx2(acc, &pending, whole, len);
-        terms += 4;
-        k = 0;
-    }
-    if k > 0 {
-        if terms + 4 > max_terms {
-            reduce_acc_avx2(q, acc, len);
-        }
-        // Missing rows of the last quad get weight 0 (and some row to read).
-        let fill = (0, pending[0].1);
-        for slot in pending.iter_mut().skip(k) {
-            *slot = fill;
-        }
-        mac_quad_avx2(acc, &pending, whole, len);
-    }
+    in_passes(q, pairs, |pass| match pass {
+        Pass::Mac(rows) => mac_quad_avx2(acc, rows, whole, len),
+        Pass::Reduce => reduce_acc_avx2(q, acc, len),
+    });
     let chunks = acc.get(..whole).unwrap_or(&[]).chunks_exact(32);
     for (a, o) in chunks.zip(out.chunks_exact_mut(32)) {
         let (a_lo, a_hi) = a.split_at(16);
@@ -501,17 +474,20 @@ fn dot_pairs_avx2<'a>(
     }
 }
 
-/// acc += Σ w·row over the four (weight, row) pairs `quad` for the first `len` columns: the
+/// acc += Σ w·row over up to four (weight, row) pairs for the first `len` columns: the
 /// `whole` columns of 32-digit chunks in [`dot_pairs_avx2`]'s lane order, the rest in order.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize, len: usize) {
+fn mac_quad_avx2<'a>(acc: &mut [u16], rows: &[(u16, &'a [u8])], whole: usize, len: usize) {
     use std::arch::x86_64::{
         _mm256_add_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_unpackhi_epi8,
         _mm256_unpacklo_epi8,
     };
-    let [(w0, r0), (w1, r1), (w2, r2), (w3, r3)] = *quad;
+    // Missing rows (a last pass of fewer than four) get weight 0 and the first row to read.
+    let fill = (0, rows.first().map_or(&[][..], |r| r.1));
+    let row = |i: usize| rows.get(i).copied().unwrap_or(fill);
+    let ((w0, r0), (w1, r1), (w2, r2), (w3, r3)) = (row(0), row(1), row(2), row(3));
     let wa = _mm256_set1_epi16((w1 << 8 | w0) as i16);
     let wb = _mm256_set1_epi16((w3 << 8 | w2) as i16);
     let head = |r: &'a [u8]| r.get(..whole).unwrap_or(&[]).chunks_exact(32);
@@ -532,7 +508,10 @@ fn mac_quad_avx2<'a>(acc: &mut [u16], quad: &[(u16, &'a [u8]); 4], whole: usize,
         store16(a_hi, _mm256_add_epi16(load256(a_hi), hi));
     }
     if whole < len {
-        let tail = quad.map(|(w, r)| (w, r.get(whole..).unwrap_or(&[])));
+        let tail = [0, 1, 2, 3].map(|i| {
+            let (w, r) = row(i);
+            (w, r.get(whole..).unwrap_or(&[]))
+        });
         mac_rows(acc.get_mut(whole..len).unwrap_or(&mut []), &tail);
     }
 }
@@ -615,6 +594,34 @@ fn dot_rows_impl<'a>(
     acc: &mut [u16],
     out: &mut [u8],
 ) {
+    in_passes(q, pairs, |pass| match pass {
+        Pass::Mac(rows) => mac_rows(acc, rows),
+        Pass::Reduce => acc.iter_mut().for_each(|a| *a = reduce16(*a, q)),
+    });
+    for (d, a) in out.iter_mut().zip(acc.iter()) {
+        // The remainder is below q ≤ 251.
+        *d = reduce16(*a, q) as u8;
+    }
+}
+
+/// One step of [`in_passes`].
+enum Pass<'p, 'a> {
+    /// Add these (weight, row) products to the accumulators.
+    Mac(&'p [(u16, &'a [u8])]),
+    /// Reduce the accumulators mod q.
+    Reduce,
+}
+
+/// Hands the (weight, row) pairs with w ≠ 0 to `step` in passes of up to four (fewer only at the
+/// end, or where [`max_terms16`] < 4), and asks for a reduction mod q whenever four more products
+/// could take an accumulator past what 16 bits hold: the overflow bookkeeping of both
+/// dot-product kernels.
+#[inline(always)]
+fn in_passes<'a>(
+    q: u16,
+    pairs: impl Iterator<Item = (u16, &'a [u8])>,
+    mut step: impl FnMut(Pass<'_, 'a>),
+) {
     let max_terms = max_terms16(q);
     let mut terms = 0usize;
     let mut pending: [(u16, &[u8]); 4] = [(0, &[]); 4];
@@ -627,18 +634,16 @@ fn dot_rows_impl<'a>(
         if k < 4 && terms + k < max_terms {
             continue;
         }
-        mac_rows(acc, pending.get(..k).unwrap_or(&[]));
+        step(Pass::Mac(pending.get(..k).unwrap_or(&[])));
         terms += k;
         k = 0;
         if terms + 4 > max_terms {
-            acc.iter_mut().for_each(|a| *a = reduce16(*a, q));
+            step(Pass::Reduce);
             terms = 0;
         }
     }
-    mac_rows(acc, pending.get(..k).unwrap_or(&[]));
-    for (d, a) in out.iter_mut().zip(acc.iter()) {
-        // The remainder is below q ≤ 251.
-        *d = reduce16(*a, q) as u8;
+    if k > 0 {
+        step(Pass::Mac(pending.get(..k).unwrap_or(&[])));
     }
 }
 
