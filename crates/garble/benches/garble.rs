@@ -364,7 +364,7 @@ fn conv_kernel() {
                 for _ in 0..reps {
                     acc.iter_mut().for_each(|a| *a = 0);
                     let pairs = w.iter().copied().zip(rows.chunks_exact(width));
-                    dot_rows(q, pairs, &mut acc, &mut out);
+                    dot_rows(m(u64::from(q)), pairs, &mut acc, &mut out);
                 }
                 out.first().copied()
             },

@@ -87,14 +87,15 @@ pub mod bench_support {
     pub use crate::pack::{block_of, unpack_into};
 
     /// The public-weight dot-product kernel of the linear layers (`tensor::dot_rows`): out =
-    /// Σ w·row mod q, with `acc` (16-bit, as long as `out`) all zero on entry.
+    /// Σ w·row mod q, with weights and digits below q and `acc` (16-bit, as long as `out`) all
+    /// zero on entry.
     pub fn dot_rows<'a>(
-        q: u16,
+        m: crate::Modulus,
         pairs: impl Iterator<Item = (u16, &'a [u8])>,
         acc: &mut [u16],
         out: &mut [u8],
     ) {
-        crate::tensor::dot_rows(q, pairs, acc, out);
+        crate::tensor::dot_rows(u16::from(m.q()), pairs, acc, out);
     }
 }
 pub mod store;
