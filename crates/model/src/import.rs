@@ -10,8 +10,9 @@
 use crate::ModelError;
 use crate::builder::GraphBuilder;
 use crate::ir::{BinOp, Conv, Dense, Gemm, Graph, Op, Pool, ValueId};
+use crate::limits::{ImportLimits, Resource, Scope, check_graph, how_to_raise};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, attr_type, data_type};
-use crate::tensor::{MAX_ELEMENTS, Tensor, broadcast_index_map, broadcast_shapes, numel};
+use crate::tensor::{Tensor, broadcast_index_map, broadcast_shapes, numel};
 use prost::Message;
 use std::collections::HashMap;
 
@@ -48,6 +49,8 @@ pub struct ImportOptions {
     pub batch: usize,
     /// Graph inputs to treat as constants (name → value), e.g. a shape tensor fed at run time.
     pub constants: HashMap<String, ConstTensor>,
+    /// Caps on attributes and budgets on memory and work (see [`crate::limits`]).
+    pub limits: ImportLimits,
 }
 
 impl Default for ImportOptions {
@@ -55,6 +58,7 @@ impl Default for ImportOptions {
         Self {
             batch: 1,
             constants: HashMap::new(),
+            limits: ImportLimits::default(),
         }
     }
 }
@@ -193,6 +197,7 @@ enum Val {
 struct Ctx<'a> {
     node: &'a NodeProto,
     name: String,
+    limits: &'a ImportLimits,
 }
 
 impl Ctx<'_> {
@@ -254,16 +259,32 @@ impl Ctx<'_> {
             Some(_) => Err(self.unsupported(format!("attribute '{name}' must be a string"))),
         }
     }
-    /// Two non-negative values from an `ints` attribute of length 2 (or `default`).
-    fn pair(&self, name: &str, default: usize) -> Result<[usize; 2], ModelError> {
+    /// Check one attribute value against `max` (the [`ImportLimits`] field `field`).
+    fn capped(
+        &self,
+        attr: &str,
+        v: i64,
+        max: usize,
+        field: &'static str,
+    ) -> Result<usize, ModelError> {
+        self.limits
+            .attr(&self.name, &self.node.op_type, attr, v, max, field)
+    }
+    /// Two values in `0..=max` from an `ints` attribute of length 2 (or `default`).
+    fn pair(
+        &self,
+        name: &str,
+        default: usize,
+        max: usize,
+        field: &'static str,
+    ) -> Result<[usize; 2], ModelError> {
         match self.ints(name)? {
             None => Ok([default; 2]),
             Some(v) => {
-                let v = to_usizes(&v).ok_or_else(|| {
-                    self.unsupported(format!(
-                        "attribute '{name}' must hold positive values of at most 2^31"
-                    ))
-                })?;
+                let v = v
+                    .iter()
+                    .map(|&x| self.capped(name, x, max, field))
+                    .collect::<Result<Vec<_>, _>>()?;
                 <[usize; 2]>::try_from(v.as_slice()).map_err(|_| {
                     self.unsupported(format!(
                         "attribute '{name}' has {} values; only 2-D (NCHW) windows are supported",
@@ -273,14 +294,6 @@ impl Ctx<'_> {
             }
         }
     }
-}
-
-/// Window attribute values as sizes: non-negative and at most 2^31 ([`MAX_ELEMENTS`]), so that
-/// window arithmetic on them cannot overflow.
-fn to_usizes(v: &[i64]) -> Option<Vec<usize>> {
-    v.iter()
-        .map(|&x| usize::try_from(x).ok().filter(|&u| u <= MAX_ELEMENTS))
-        .collect()
 }
 
 /// Resolve pads for a 2-D window from `auto_pad`/`pads`: (top, left, bottom, right).
@@ -296,8 +309,10 @@ fn resolve_pads(
         "NOTSET" | "" => match cx.ints("pads")? {
             None => Ok([0; 4]),
             Some(p) => {
-                let p = to_usizes(&p)
-                    .ok_or_else(|| cx.unsupported("pads must be non-negative and at most 2^31"))?;
+                let p = p
+                    .iter()
+                    .map(|&x| cx.capped("pads", x, cx.limits.max_pad, "max_pad"))
+                    .collect::<Result<Vec<_>, _>>()?;
                 <[usize; 4]>::try_from(p.as_slice()).map_err(|_| {
                     cx.unsupported(format!(
                         "pads has {} values; only 2-D windows (4 pads) are supported",
@@ -323,6 +338,14 @@ fn resolve_pads(
                 pads[a] = b;
                 pads[a + 2] = e;
             }
+            for &p in &pads {
+                cx.capped(
+                    "pads (from auto_pad)",
+                    i64::try_from(p).unwrap_or(i64::MAX),
+                    cx.limits.max_pad,
+                    "max_pad",
+                )?;
+            }
             Ok(pads)
         }
         other => Err(cx.unsupported(format!(
@@ -331,14 +354,15 @@ fn resolve_pads(
     }
 }
 
-struct Importer {
+struct Importer<'l> {
+    limits: &'l ImportLimits,
     b: GraphBuilder,
     vals: HashMap<String, Val>,
     opset: i64,
     softmax_outputs: Vec<String>,
 }
 
-impl Importer {
+impl Importer<'_> {
     fn get(&self, cx: &Ctx, idx: usize) -> Result<Option<Val>, ModelError> {
         match cx.node.input.get(idx) {
             None => Ok(None),
@@ -388,7 +412,11 @@ impl Importer {
         } else {
             node.name.clone()
         };
-        let cx = Ctx { node, name };
+        let cx = Ctx {
+            node,
+            name,
+            limits: self.limits,
+        };
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
             return Err(cx.unsupported(format!("custom domain '{}' is not supported", node.domain)));
         }
@@ -492,7 +520,10 @@ impl Importer {
                 let legacy = self.opset < 13;
                 let axis = cx.int("axis", if legacy { 1 } else { -1 })?;
                 let axis = if axis < 0 { axis + r } else { axis };
-                if !(0..r.max(1)).contains(&axis) {
+                // Opset 13 normalises along one existing axis, so a scalar has none; the legacy
+                // form flattens at `axis` and also takes a scalar as one row.
+                let axes = if legacy { 0..r.max(1) } else { 0..r };
+                if !axes.contains(&axis) {
                     return Err(cx.unsupported(format!("axis {axis} out of range for rank {r}")));
                 }
                 self.softmax_outputs.push(out_name.clone());
@@ -570,6 +601,22 @@ impl Importer {
         }
         Ok(match (a, b) {
             (Val::Const(x), Val::Const(y)) => {
+                // Folding allocates the broadcast result and two index maps: charge it first, so
+                // that two tiny constants cannot ask for gigabytes.
+                let shape = broadcast_shapes(x.shape(), y.shape())?;
+                self.limits.shape(&cx.name, &cx.node.op_type, &shape)?;
+                let needed = (numel(&shape)? as u64).saturating_mul(4 + 2 * 8);
+                if needed > self.limits.max_node_memory {
+                    return Err(ModelError::OverBudget {
+                        node: cx.name.clone(),
+                        op: cx.node.op_type.clone(),
+                        resource: Resource::Memory,
+                        scope: Scope::Node,
+                        needed,
+                        limit: self.limits.max_node_memory,
+                        how: how_to_raise(Resource::Memory),
+                    });
+                }
                 let (x, y) = (x.to_f32(), y.to_f32());
                 Val::Const(ConstTensor::F32(broadcast_apply(&x, &y, |p, q| {
                     op.apply(p, q)
@@ -628,17 +675,33 @@ impl Importer {
             )));
         }
         let kernel = [ws[2], ws[3]];
+        for k in kernel {
+            cx.capped(
+                "kernel (weight shape)",
+                i64::try_from(k).unwrap_or(i64::MAX),
+                cx.limits.max_kernel,
+                "max_kernel",
+            )?;
+        }
         if let Some(k) = cx.ints("kernel_shape")?
-            && to_usizes(&k).as_deref() != Some(&kernel[..])
+            && k.iter()
+                .map(|&v| usize::try_from(v).ok())
+                .collect::<Option<Vec<_>>>()
+                .as_deref()
+                != Some(&kernel[..])
         {
             return Err(cx.unsupported(format!(
                 "kernel_shape {k:?} disagrees with the weight shape {ws:?}"
             )));
         }
-        let strides = cx.pair("strides", 1)?;
-        let dilations = cx.pair("dilations", 1)?;
-        let groups = usize::try_from(cx.int("group", 1)?)
-            .map_err(|_| cx.unsupported("group must be positive"))?;
+        let strides = cx.pair("strides", 1, cx.limits.max_stride, "max_stride")?;
+        let dilations = cx.pair("dilations", 1, cx.limits.max_dilation, "max_dilation")?;
+        let groups = cx.capped(
+            "group",
+            cx.int("group", 1)?,
+            cx.limits.max_groups,
+            "max_groups",
+        )?;
         let xs = self.b.shape(x).to_vec();
         if xs.len() != 4 {
             return Err(cx.unsupported(format!(
@@ -703,11 +766,11 @@ impl Importer {
             )));
         }
         let kernel = match cx.ints("kernel_shape")? {
-            Some(_) => cx.pair("kernel_shape", 1)?,
+            Some(_) => cx.pair("kernel_shape", 1, cx.limits.max_kernel, "max_kernel")?,
             None => return Err(cx.unsupported("kernel_shape is required")),
         };
-        let strides = cx.pair("strides", 1)?;
-        let dilations = cx.pair("dilations", 1)?;
+        let strides = cx.pair("strides", 1, cx.limits.max_stride, "max_stride")?;
+        let dilations = cx.pair("dilations", 1, cx.limits.max_dilation, "max_dilation")?;
         let pads = resolve_pads(cx, [xs[2], xs[3]], kernel, strides, dilations)?;
         let p = Pool {
             kernel,
@@ -957,7 +1020,9 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
     } else {
         graph.name.clone()
     };
+    let limits = &opts.limits;
     let mut imp = Importer {
+        limits,
         b: GraphBuilder::new(&name, 0),
         vals: HashMap::new(),
         opset,
@@ -967,8 +1032,9 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
         if t.name.is_empty() {
             return Err(ModelError::Invalid("an initializer has no name".into()));
         }
-        imp.vals
-            .insert(t.name.clone(), Val::Const(parse_tensor(t)?));
+        let c = parse_tensor(t)?;
+        limits.shape(&t.name, "initializer", c.shape())?;
+        imp.vals.insert(t.name.clone(), Val::Const(c));
     }
     for (k, v) in &opts.constants {
         imp.vals.insert(k.clone(), Val::Const(v.clone()));
@@ -1003,6 +1069,7 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
                 }
             }
         }
+        limits.shape(&inp.name, "input", &shape)?;
         let id = imp.b.input(&inp.name, shape)?;
         imp.vals.insert(inp.name.clone(), Val::Dyn(id));
     }
@@ -1046,6 +1113,7 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
     }
     fold_channel_constants(&mut g)?;
     g.validate()?;
+    check_graph(&g, limits)?;
     Ok(g)
 }
 

@@ -508,9 +508,13 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
             arity(1)?;
             ins[0].to_vec()
         }
-        Op::Softmax { axis, .. } => {
+        Op::Softmax { axis, coerce_2d } => {
             arity(1)?;
-            if *axis >= ins[0].len().max(1) {
+            // Opset 13 normalises along an existing axis (a scalar has none); the legacy form
+            // flattens at `axis`, and takes a scalar as one row.
+            let rank = ins[0].len();
+            let axes = if *coerce_2d { rank.max(1) } else { rank };
+            if *axis >= axes {
                 return Err(ModelError::Shape(format!(
                     "node '{node}': softmax axis {axis} out of range"
                 )));

@@ -11,6 +11,7 @@ pub mod builders;
 pub mod export;
 pub mod import;
 pub mod ir;
+pub mod limits;
 pub mod proto;
 pub mod stats;
 pub mod tensor;
@@ -18,6 +19,7 @@ pub mod tensor;
 pub use builder::GraphBuilder;
 pub use import::{ImportOptions, import_model, load_model};
 pub use ir::{BinOp, Conv, Dense, Gemm, Graph, Node, Op, Pool, ValueId, ValueInfo};
+pub use limits::{Budget, ImportLimits};
 pub use tensor::Tensor;
 
 /// Everything that can go wrong reading, building or checking a model.
@@ -42,6 +44,44 @@ pub enum ModelError {
     /// Shapes that do not fit together.
     #[error("shape error: {0}")]
     Shape(String),
+    /// An attribute, rank or dimension outside what [`ImportLimits`] accepts.
+    #[error(
+        "node '{node}' (op {op}): {attr} = {value} is outside the accepted range 0..={max}; no network tessera targets needs this, so the file is corrupt or hostile (if it is intended, raise ImportLimits::{field})"
+    )]
+    OutOfRange {
+        /// Node name (or the value's name for a graph input).
+        node: String,
+        /// ONNX op type.
+        op: String,
+        /// Which attribute (or "rank", "a dimension").
+        attr: String,
+        /// The value found.
+        value: i64,
+        /// The largest accepted.
+        max: u64,
+        /// The [`ImportLimits`] field that sets the cap.
+        field: &'static str,
+    },
+    /// A node, or the model up to that node, needs more memory or work than the budget allows.
+    #[error(
+        "node '{node}' (op {op}) needs {needed} of {resource}, over the {scope} budget of {limit}; if the model is trusted, raise the budget: {how}"
+    )]
+    OverBudget {
+        /// The node (for a per-model budget: the node at which it ran out).
+        node: String,
+        /// Its op kind.
+        op: String,
+        /// Memory or work.
+        resource: limits::Resource,
+        /// The node's own budget or the model's.
+        scope: limits::Scope,
+        /// What it needs.
+        needed: u64,
+        /// The budget.
+        limit: u64,
+        /// How to raise it.
+        how: &'static str,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
