@@ -199,11 +199,31 @@ pub(crate) fn verify(
             }
         })?;
     }
-    let (measurement, report_data, is_sgx) = match &claims.report {
-        Report::SgxEnclave(r) => (r.mr_enclave.to_vec(), r.report_data, true),
-        Report::TD10(r) => (r.mr_td.to_vec(), r.report_data, false),
-        Report::TD15(r) => (r.base.mr_td.to_vec(), r.base.report_data, false),
-        Report::TD15Ex(r) => (r.base.base.mr_td.to_vec(), r.base.base.report_data, false),
+    let td10 = match &claims.report {
+        Report::SgxEnclave(_) => None,
+        Report::TD10(r) => Some(r),
+        Report::TD15(r) => Some(&r.base),
+        Report::TD15Ex(r) => Some(&r.base.base),
+    };
+    let (measurement, report_data, rtmrs, is_sgx) = match (&claims.report, td10) {
+        (Report::SgxEnclave(r), _) => (r.mr_enclave.to_vec(), r.report_data, Vec::new(), true),
+        (_, Some(r)) => (
+            r.mr_td.to_vec(),
+            r.report_data,
+            vec![
+                r.rt_mr0.to_vec(),
+                r.rt_mr1.to_vec(),
+                r.rt_mr2.to_vec(),
+                r.rt_mr3.to_vec(),
+            ],
+            false,
+        ),
+        (_, None) => {
+            return Err(AttestError::malformed(
+                kind,
+                "the quote's report body is neither an SGX enclave report nor a TD report",
+            ));
+        }
     };
     if is_sgx != (kind == TeeKind::Sgx) || is_sgx != q.report.is_sgx() {
         return Err(AttestError::malformed(
@@ -219,6 +239,7 @@ pub(crate) fn verify(
         advisories: claims.tcb.advisory_ids.clone(),
         simulated: false,
         platform: hex::encode(claims.platform.pck.fmspc),
+        rtmrs,
     })
 }
 

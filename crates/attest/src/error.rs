@@ -134,9 +134,41 @@ pub enum AttestError {
         /// The expected ones (hex, comma-separated).
         expected: String,
     },
+    /// The application measurement bound into the evidence is not one the policy accepts.
+    #[error(
+        "application measurement {got} is not one the policy accepts ({expected}): the enclave runs another binary, model or enclave policy; if this build is trusted, add the measurement printed by `tessera enclave --measure-only` to \"app_measurements\""
+    )]
+    AppMeasurementMismatch {
+        /// The measurement the evidence binds (hex).
+        got: String,
+        /// What the policy accepts.
+        expected: String,
+    },
+    /// A TDX runtime measurement register differs from the policy's.
+    #[error(
+        "TDX RTMR{index} is {got}, but the policy expects {expected}: the TD booted another firmware configuration, kernel, command line or initrd"
+    )]
+    RtmrMismatch {
+        /// The register (0 to 3).
+        index: usize,
+        /// Its value (hex).
+        got: String,
+        /// The policy's value (hex).
+        expected: String,
+    },
+    /// The policy pins no measurement for a real TEE, so any guest on genuine hardware would pass.
+    #[error(
+        "the policy accepts {kind} evidence but names no {missing}: without it any guest on genuine {kind} hardware, including one the host runs with its own code, would be accepted; add the measurement printed by `tessera enclave --measure-only` to \"app_measurements\", the launch measurement of the confidential VM image (SEV-SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE) to \"measurements\", and for TDX its RTMR0-RTMR2 to \"tdx_rtmrs\""
+    )]
+    MeasurementRequired {
+        /// The evidence kind.
+        kind: TeeKind,
+        /// The policy key that is empty.
+        missing: &'static str,
+    },
     /// The report data is not the expected value: the evidence is not bound to this session.
     #[error(
-        "report data does not match the expected value: the evidence is not bound to this session's nonce and channel key (replayed or relayed evidence)"
+        "report data does not match the expected value: the evidence is not bound to this session's nonce, channel key and claimed application measurement (replayed or relayed evidence, or a substituted certificate or measurement)"
     )]
     ReportDataMismatch,
     /// The platform's TCB status is not accepted.
@@ -208,6 +240,9 @@ pub enum AttestError {
         /// What was found.
         reason: String,
     },
+    /// The SEV-SNP secure processor could not derive a sealing key.
+    #[error("SEV-SNP derived key: {0}")]
+    DerivedKey(String),
     /// configfs-tsm is there but the report could not be made.
     #[error("configfs-tsm report failed: {0}")]
     Tsm(String),

@@ -57,6 +57,7 @@ pub mod cli;
 mod dcap;
 mod error;
 mod policy;
+pub mod sev_guest;
 pub mod sim;
 pub mod snp;
 pub mod tsm;
@@ -258,6 +259,9 @@ pub struct Claims {
     pub simulated: bool,
     /// The platform: SEV-SNP chip ID, SGX/TDX FMSPC, or the simulated key's fingerprint (hex).
     pub platform: String,
+    /// TDX only: the runtime measurement registers RTMR0..RTMR3 (48 bytes each); empty for
+    /// every other kind.
+    pub rtmrs: Vec<Vec<u8>>,
 }
 
 impl Claims {
@@ -271,6 +275,7 @@ impl Claims {
             "advisories": self.advisories,
             "simulated": self.simulated,
             "platform": self.platform,
+            "rtmrs": self.rtmrs.iter().map(hex::encode).collect::<Vec<_>>(),
         })
     }
 }
@@ -317,14 +322,110 @@ pub fn measure(parts: &[&[u8]]) -> [u8; 48] {
     h.finalize().into()
 }
 
-/// The report data that binds evidence to a session: SHA-512(len(nonce) as u64le ‖ nonce ‖
-/// channel_key).
+/// The report data that binds evidence to a nonce and a channel key only:
+/// SHA-512(len(nonce) as u64le ‖ nonce ‖ channel_key). It says nothing about the software
+/// that holds the key; an enclave session (`tessera-runtime`) uses [`session_report_data`],
+/// which also binds the application measurement.
 pub fn report_data(nonce: &[u8], channel_key: &[u8]) -> [u8; 64] {
     let mut h = Sha512::new();
     h.update((nonce.len() as u64).to_le_bytes());
     h.update(nonce);
     h.update(channel_key);
     h.finalize().into()
+}
+
+/// Domain separator of [`session_report_data`]: no other use of SHA-512 in tessera hashes
+/// bytes that start with it.
+pub const SESSION_DOMAIN: &[u8] = b"tessera-session-report-data-v1\0";
+
+/// The report data of an enclave session: SHA-512(`SESSION_DOMAIN` ‖ len(nonce) u64le ‖ nonce ‖
+/// len(cert) u64le ‖ cert ‖ app_measurement). It binds the verifier's fresh nonce, the TLS
+/// certificate the verifier will pin, and the *application* measurement (enclave binary,
+/// model, enclave policy; see [`measure`]) that the enclave says it runs. For SEV-SNP and TDX
+/// the hardware measures only the VM's launch image, so the application measurement reaches
+/// the verifier only through these bytes; they are as trustworthy as the launch image that
+/// computes them (which the policy must pin, see [`Policy::require_session_pins`]).
+pub fn session_report_data(nonce: &[u8], cert: &[u8], app_measurement: &[u8; 48]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(SESSION_DOMAIN);
+    h.update((nonce.len() as u64).to_le_bytes());
+    h.update(nonce);
+    h.update((cert.len() as u64).to_le_bytes());
+    h.update(cert);
+    h.update(app_measurement);
+    h.finalize().into()
+}
+
+/// What a verifier expects an enclave session's evidence to bind.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionBinding<'a> {
+    /// The verifier's fresh nonce.
+    pub nonce: &'a [u8],
+    /// The TLS certificate (DER) the enclave offered and the verifier will pin.
+    pub cert: &'a [u8],
+    /// The application measurement the enclave claims (sent beside the evidence).
+    pub app_measurement: &'a [u8; 48],
+}
+
+/// The binding check of an enclave session, on claims whose authenticity [`verify`] has
+/// established:
+///
+/// 1. the report data must equal [`session_report_data`] of the binding (in constant time),
+///    else [`AttestError::ReportDataMismatch`]: the evidence belongs to another connection,
+///    another certificate, or another application measurement than the one claimed;
+/// 2. the claimed application measurement must be one the policy accepts, else
+///    [`AttestError::AppMeasurementMismatch`]: for simulated evidence it must equal the
+///    signed measurement of the simulated report (and be in `app_measurements` if the policy
+///    names any); for SEV-SNP, TDX and SGX it must be in `app_measurements`.
+pub fn check_session_binding(
+    claims: &Claims,
+    policy: &Policy,
+    binding: &SessionBinding<'_>,
+) -> Result<(), AttestError> {
+    let want = session_report_data(binding.nonce, binding.cert, binding.app_measurement);
+    if !bool::from(claims.report_data.ct_eq(&want)) {
+        return Err(AttestError::ReportDataMismatch);
+    }
+    let got = &binding.app_measurement[..];
+    let mismatch = |expected: String| AttestError::AppMeasurementMismatch {
+        got: hex::encode(got),
+        expected,
+    };
+    if claims.kind == TeeKind::Sim && !ct_eq(&claims.measurement, got) {
+        return Err(mismatch(format!(
+            "{} (the simulated report's own measurement)",
+            hex::encode(&claims.measurement)
+        )));
+    }
+    let listed = policy.app_measurements.iter().any(|m| {
+        hex::decode(m.trim())
+            .map(|b| ct_eq(&b, got))
+            .unwrap_or(false)
+    });
+    let required = claims.kind != TeeKind::Sim || !policy.app_measurements.is_empty();
+    if required && !listed {
+        return Err(mismatch(if policy.app_measurements.is_empty() {
+            "none: the policy names no app_measurements".into()
+        } else {
+            policy.app_measurements.join(", ")
+        }));
+    }
+    Ok(())
+}
+
+/// Verifies the evidence of an enclave session: [`Policy::require_session_pins`] for its
+/// kind (a policy that pins no measurement of a real TEE is refused before anything else),
+/// then [`verify`] (authenticity and the policy's checks), then [`check_session_binding`].
+pub fn verify_session(
+    e: &Evidence,
+    policy: &Policy,
+    now: SystemTime,
+    binding: &SessionBinding<'_>,
+) -> Result<Claims, AttestError> {
+    policy.require_session_pins(e.kind)?;
+    let claims = verify(e, policy, now)?;
+    check_session_binding(&claims, policy, binding)?;
+    Ok(claims)
 }
 
 /// One human line about verified claims. For simulated evidence it says loudly that the TEE

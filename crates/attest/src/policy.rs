@@ -28,6 +28,8 @@ pub const KNOWN_TCB_STATUSES: [&str; 9] = [
 ///   "allow_simulated": false,
 ///   "sim_platform_keys": [],
 ///   "measurements": ["7a1e5c26…"],
+///   "app_measurements": ["3b0f…"],
+///   "tdx_rtmrs": ["…", "…", "…", null],
 ///   "accepted_tcb_statuses": ["UpToDate"],
 ///   "rejected_advisories": [],
 ///   "snp_min_tcb": { "bootloader": 3, "tee": 0, "snp": 8, "microcode": 115 },
@@ -49,9 +51,28 @@ pub struct Policy {
     /// platform keys accepted; empty accepts any key.
     #[serde(default)]
     pub sim_platform_keys: Vec<String>,
-    /// Expected measurements (hex); empty accepts any.
+    /// Expected hardware measurements (hex): SEV-SNP `MEASUREMENT` and TDX `MRTD` (48 bytes:
+    /// the launch image of the confidential VM), SGX `MRENCLAVE` (32), or, for simulated
+    /// evidence, the application measurement itself (48). Empty accepts any in
+    /// [`crate::verify`]; an enclave session ([`crate::verify_session`]) refuses a policy for
+    /// a real TEE that leaves it empty.
     #[serde(default)]
     pub measurements: Vec<String>,
+    /// Expected application measurements (48-byte hex, as printed by
+    /// `tessera enclave --measure-only`: enclave binary, model and enclave policy). For
+    /// SEV-SNP, TDX and SGX they are carried in the report data of an enclave session
+    /// ([`crate::session_report_data`]) and checked by [`crate::check_session_binding`]; an
+    /// enclave session refuses a policy for a real TEE that names none. For simulated evidence
+    /// they are optional (the simulated report's measurement is the application measurement).
+    #[serde(default)]
+    pub app_measurements: Vec<String>,
+    /// Expected TDX runtime measurement registers RTMR0..RTMR3 (48-byte hex each; `null`
+    /// leaves that register unchecked). Absent checks none. An enclave session with TDX
+    /// evidence refuses a policy that does not name RTMR0, RTMR1 and RTMR2 (firmware
+    /// configuration, the OS loader and kernel, the kernel command line and initrd), since
+    /// `MRTD` covers only the virtual firmware.
+    #[serde(default)]
+    pub tdx_rtmrs: Option<[Option<String>; 4]>,
     /// Intel TCB statuses accepted for SGX and TDX. Default `["UpToDate"]`. (SEV-SNP has no
     /// status from AMD; use `snp_min_tcb`.)
     #[serde(default = "default_statuses")]
@@ -107,6 +128,8 @@ impl Default for Policy {
             allow_simulated: false,
             sim_platform_keys: Vec::new(),
             measurements: Vec::new(),
+            app_measurements: Vec::new(),
+            tdx_rtmrs: None,
             accepted_tcb_statuses: default_statuses(),
             rejected_advisories: Vec::new(),
             snp_min_tcb: None,
@@ -159,6 +182,28 @@ impl Policy {
                     "measurement {m:?} has {} bytes; SGX MRENCLAVE has 32, SNP/TDX/sim measurements 48",
                     b.len()
                 )));
+            }
+        }
+        for m in &self.app_measurements {
+            let b = hex::decode(m.trim())
+                .map_err(|e| bad(format!("app measurement {m:?} is not hex: {e}")))?;
+            if b.len() != 48 {
+                return Err(bad(format!(
+                    "app measurement {m:?} has {} bytes, expected 48 (the output of `tessera enclave --measure-only`)",
+                    b.len()
+                )));
+            }
+        }
+        for (i, r) in self.tdx_rtmrs.iter().flatten().enumerate() {
+            if let Some(r) = r {
+                let b = hex::decode(r.trim())
+                    .map_err(|e| bad(format!("tdx_rtmrs[{i}] {r:?} is not hex: {e}")))?;
+                if b.len() != 48 {
+                    return Err(bad(format!(
+                        "tdx_rtmrs[{i}] has {} bytes, expected 48",
+                        b.len()
+                    )));
+                }
             }
         }
         for k in &self.sim_platform_keys {
@@ -217,8 +262,39 @@ impl Policy {
         Ok(())
     }
 
+    /// What an enclave session needs the policy to pin for evidence of `kind`, checked before
+    /// the evidence is looked at: for SEV-SNP, TDX and SGX the hardware measurement
+    /// (`measurements`) and the application measurement (`app_measurements`), and for TDX also
+    /// RTMR0, RTMR1 and RTMR2 (`tdx_rtmrs`). Without them any guest on genuine hardware (the
+    /// host's own, running its own code) could bind its own certificate. Simulated evidence
+    /// needs nothing more here (it needs `allow_simulated`, and proves nothing anyway).
+    pub fn require_session_pins(&self, kind: TeeKind) -> Result<(), AttestError> {
+        if kind == TeeKind::Sim {
+            return Ok(());
+        }
+        let missing = |missing: &'static str| AttestError::MeasurementRequired { kind, missing };
+        if self.app_measurements.is_empty() {
+            return Err(missing("app_measurements"));
+        }
+        if self.measurements.is_empty() {
+            return Err(missing("measurements"));
+        }
+        if kind == TeeKind::Tdx {
+            let named = |i: usize| {
+                self.tdx_rtmrs
+                    .as_ref()
+                    .and_then(|r| r.get(i))
+                    .is_some_and(Option::is_some)
+            };
+            if !(named(0) && named(1) && named(2)) {
+                return Err(missing("tdx_rtmrs"));
+            }
+        }
+        Ok(())
+    }
+
     /// The checks on authenticated claims that do not depend on the TEE kind: kind,
-    /// measurement, report data, Intel TCB status and advisories.
+    /// measurement, TDX RTMRs, report data, Intel TCB status and advisories.
     pub fn check_claims(&self, c: &Claims) -> Result<(), AttestError> {
         self.check_kind(c.kind)?;
         if !self.measurements.is_empty() {
@@ -232,6 +308,24 @@ impl Policy {
                     got: hex::encode(&c.measurement),
                     expected: self.measurements.join(", "),
                 });
+            }
+        }
+        if c.kind == TeeKind::Tdx
+            && let Some(rtmrs) = &self.tdx_rtmrs
+        {
+            for (index, want) in rtmrs.iter().enumerate() {
+                let Some(want) = want else { continue };
+                let got = c.rtmrs.get(index).map(Vec::as_slice).unwrap_or(&[]);
+                let ok = hex::decode(want.trim())
+                    .map(|b| ct_eq(&b, got))
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(AttestError::RtmrMismatch {
+                        index,
+                        got: hex::encode(got),
+                        expected: want.clone(),
+                    });
+                }
             }
         }
         if let Some(rd) = &self.report_data {

@@ -292,5 +292,6 @@ pub(crate) fn verify_report(
         advisories: Vec::new(),
         simulated: true,
         platform: fingerprint,
+        rtmrs: Vec::new(),
     })
 }

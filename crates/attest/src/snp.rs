@@ -438,9 +438,8 @@ const OID_UCODE_SPL: &str = "1.3.6.1.4.1.3704.1.3.8";
 const OID_FMC_SPL: &str = "1.3.6.1.4.1.3704.1.3.9";
 const OID_HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
 
-fn extension<'a>(c: &'a Cert, oid: &str) -> Option<&'a [u8]> {
-    c.x509
-        .tbs_certificate
+fn extension<'a>(c: &'a x509_cert::Certificate, oid: &str) -> Option<&'a [u8]> {
+    c.tbs_certificate
         .extensions
         .as_ref()?
         .iter()
@@ -457,14 +456,25 @@ fn der_small_int(v: &[u8]) -> Option<u8> {
     }
 }
 
-/// The VCEK's TCB extensions must equal the report's `reported_tcb`, and its hardware ID the
-/// report's chip ID: a VCEK is derived for one chip at one TCB.
-fn check_vcek_binding(
-    vek: &Cert,
-    r: &AttestationReport,
-    chip_masked: bool,
+/// The TCB a VCEK or VLEK was issued for (its SPL extensions) must equal the report's
+/// `reported_tcb`: AMD derives (VCEK) or provisions (VLEK) a key per TCB version, so a key
+/// of an older, perhaps vulnerable, firmware must not vouch for a report that claims a newer
+/// one. `which` names the certificate ("VCEK" or "VLEK") in errors.
+pub fn check_tcb_extensions(
+    which: &str,
+    vek_der: &[u8],
+    reported: &sev::firmware::host::TcbVersion,
 ) -> Result<(), AttestError> {
-    let tcb = &r.reported_tcb;
+    let vek = x509_cert::Certificate::from_der(vek_der)
+        .map_err(|e| cert_err(which, format!("not a DER X.509 certificate: {e}")))?;
+    check_tcb_fields(which, &vek, reported)
+}
+
+fn check_tcb_fields(
+    which: &str,
+    vek: &x509_cert::Certificate,
+    tcb: &sev::firmware::host::TcbVersion,
+) -> Result<(), AttestError> {
     let mut fields = vec![
         ("bootloader", OID_BL_SPL, tcb.bootloader),
         ("tee", OID_TEE_SPL, tcb.tee),
@@ -477,21 +487,36 @@ fn check_vcek_binding(
     for (name, oid, reported) in fields {
         let v = extension(vek, oid).and_then(der_small_int).ok_or_else(|| {
             cert_err(
-                "VCEK",
+                which,
                 format!("its {name} SPL extension ({oid}) is missing or malformed"),
             )
         })?;
         if v != reported {
             return Err(cert_err(
-                "VCEK",
+                which,
                 format!(
                     "it was issued for {name} SPL {v} but the report's reported_tcb says {reported}: the certificate does not match the TCB that signed the report"
                 ),
             ));
         }
     }
-    if !chip_masked {
-        let hw = extension(vek, OID_HW_ID)
+    Ok(())
+}
+
+/// The VEK's binding to the report: its TCB extensions ([`check_tcb_extensions`]) for a VCEK
+/// and a VLEK alike, and for a VCEK also its hardware ID, which must equal the report's chip
+/// ID (a VCEK is derived for one chip; a VLEK is provisioned to a cloud provider and names no
+/// chip).
+fn check_vek_binding(
+    vek: &Cert,
+    vlek: bool,
+    r: &AttestationReport,
+    chip_masked: bool,
+) -> Result<(), AttestError> {
+    let which = if vlek { "VLEK" } else { "VCEK" };
+    check_tcb_fields(which, &vek.x509, &r.reported_tcb)?;
+    if !vlek && !chip_masked {
+        let hw = extension(&vek.x509, OID_HW_ID)
             .ok_or_else(|| cert_err("VCEK", "its hwID extension is missing"))?;
         let chip = &r.chip_id[..];
         let ok = hw == chip || (hw.len() == 8 && chip.get(..8) == Some(hw));
@@ -626,9 +651,7 @@ pub(crate) fn verify(
     }
     // With MaskChipId set the platform zeroes the chip ID in reports.
     let chip_masked = r.chip_id.iter().all(|&b| b == 0);
-    if !certs.vlek {
-        check_vcek_binding(&vek, &r, chip_masked)?;
-    }
+    check_vek_binding(&vek, certs.vlek, &r, chip_masked)?;
     check_report_signature(report, &vek)?;
 
     // Authentic from here on: the policy's SNP-specific checks.
@@ -668,5 +691,6 @@ pub(crate) fn verify(
         } else {
             hex::encode(r.chip_id)
         },
+        rtmrs: Vec::new(),
     })
 }
