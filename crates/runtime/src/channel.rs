@@ -9,22 +9,32 @@
 
 use crate::RuntimeError;
 use crate::frame::{self, DEFAULT_MAX_FRAME, FrameKind};
-use crate::transport::{Counted, Counters, Transport};
+use crate::transport::{Clock, Counted, Counters, Timed, Transport};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Magic bytes at the start of every hello.
 pub const MAGIC: [u8; 4] = *b"TSRA";
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2: the enclave's evidence message carries
+/// its application measurement, which the report data binds.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default deadline for every read: long enough for a garbled network to arrive, short enough
 /// that a silent peer does not hold a thread forever.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Default bound on the time one frame may take to arrive once its first byte has arrived:
+/// a frame must arrive whole within it, however its bytes trickle in.
+pub const DEFAULT_FRAME_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Default bound on everything an enclave connection does before its first authenticated
+/// message (hello, attestation request, TLS handshake, first request inside TLS), from
+/// accept; every read in that phase is bounded by it as well.
+pub const DEFAULT_PREAUTH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Deadline for reads on an established session waiting for the peer's next request or a long
 /// computation (a garbling, a large model): an idle peer is dropped after this long.
@@ -57,6 +67,11 @@ pub struct ChannelOptions {
     pub max_frame: usize,
     /// Deadline for every read.
     pub deadline: Option<Duration>,
+    /// Bound on one frame's arrival, from its first byte to its last.
+    pub frame_deadline: Option<Duration>,
+    /// The enclave's bound on a connection's unauthenticated phase (see
+    /// [`DEFAULT_PREAUTH_DEADLINE`]).
+    pub preauth_deadline: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -64,7 +79,25 @@ impl Default for ChannelOptions {
         Self {
             max_frame: DEFAULT_MAX_FRAME,
             deadline: Some(DEFAULT_DEADLINE),
+            frame_deadline: Some(DEFAULT_FRAME_DEADLINE),
+            preauth_deadline: DEFAULT_PREAUTH_DEADLINE,
         }
+    }
+}
+
+/// What a channel's stream keeps across a TLS upgrade besides the stream itself: its byte
+/// counters and its deadline clock. Only [`Channel::into_parts`] makes one, so a channel
+/// rebuilt with [`Channel::from_parts`] always has a [`Timed`] layer under it.
+#[derive(Clone)]
+pub struct Link {
+    counters: Arc<Counters>,
+    clock: Arc<Clock>,
+}
+
+impl Link {
+    /// The byte counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 }
 
@@ -72,6 +105,7 @@ impl Default for ChannelOptions {
 pub struct Channel {
     io: Option<Box<dyn Transport>>,
     counters: Arc<Counters>,
+    clock: Arc<Clock>,
     opts: ChannelOptions,
     seq_out: u32,
     seq_in: u32,
@@ -80,25 +114,32 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// A channel over a raw stream; its bytes are counted in fresh counters.
+    /// A channel over a raw stream; its bytes are counted in fresh counters, and its reads
+    /// are bounded by the options' deadlines.
     pub fn new<T: Transport + 'static>(raw: T, opts: ChannelOptions) -> Result<Self, RuntimeError> {
         let counters = Arc::new(Counters::default());
-        let io: Box<dyn Transport> = Box::new(Counted::new(raw, counters.clone()));
-        Self::from_parts(io, counters, opts)
+        let clock = Arc::new(Clock::default());
+        let io: Box<dyn Transport> = Box::new(Timed::new(
+            Counted::new(raw, counters.clone()),
+            clock.clone(),
+        ));
+        Self::from_parts(io, Link { counters, clock }, opts)
     }
 
-    /// A channel over a stream that already counts into `counters` (for example TLS over a
-    /// counted socket, so that the counters see the encrypted bytes).
+    /// A channel over a stream built on the stream of an earlier channel (for example TLS over
+    /// it, so that the counters see the encrypted bytes and the deadlines apply to the raw
+    /// reads under TLS).
     pub fn from_parts(
         mut io: Box<dyn Transport>,
-        counters: Arc<Counters>,
+        link: Link,
         opts: ChannelOptions,
     ) -> Result<Self, RuntimeError> {
         io.set_deadline(opts.deadline)
             .map_err(|e| RuntimeError::Io(format!("setting the read deadline: {e}")))?;
         Ok(Self {
             io: Some(io),
-            counters,
+            counters: link.counters,
+            clock: link.clock,
             opts,
             seq_out: 0,
             seq_in: 0,
@@ -107,10 +148,22 @@ impl Channel {
         })
     }
 
-    /// Take the stream back (to wrap it in TLS), with its counters and the frame numbers so far.
-    pub fn into_parts(mut self) -> Result<(Box<dyn Transport>, Arc<Counters>), RuntimeError> {
+    /// Take the stream back (to wrap it in TLS), with what it keeps across the upgrade.
+    pub fn into_parts(mut self) -> Result<(Box<dyn Transport>, Link), RuntimeError> {
         let io = self.io.take().ok_or_else(closed)?;
-        Ok((io, self.counters.clone()))
+        Ok((
+            io,
+            Link {
+                counters: self.counters.clone(),
+                clock: self.clock.clone(),
+            },
+        ))
+    }
+
+    /// Every later read fails once `at` has passed, however the bytes arrive (`None`: lift
+    /// the bound). The enclave bounds a connection's unauthenticated phase with it.
+    pub fn set_read_by(&mut self, at: Option<Instant>) {
+        self.clock.set_read_by(at);
     }
 
     /// Continue the frame numbering of `prev` (used when a stream is upgraded to TLS).
@@ -247,7 +300,10 @@ impl Channel {
     fn read(&mut self) -> Result<frame::Frame, RuntimeError> {
         let max = self.opts.max_frame;
         let io = self.io.as_mut().ok_or_else(closed)?;
-        let f = match frame::read_frame(io, max) {
+        self.clock.arm_frame(self.opts.frame_deadline);
+        let f = frame::read_frame(io, max);
+        self.clock.disarm_frame();
+        let f = match f {
             Ok(f) => f,
             Err(e) => {
                 self.io = None;
@@ -289,6 +345,7 @@ mod tests {
         ChannelOptions {
             max_frame: 1 << 16,
             deadline: Some(Duration::from_secs(5)),
+            ..ChannelOptions::default()
         }
     }
 
@@ -370,11 +427,77 @@ mod tests {
             ChannelOptions {
                 max_frame: 100,
                 deadline: Some(Duration::from_millis(30)),
+                ..ChannelOptions::default()
             },
         )
         .unwrap();
         let e = s.recv::<u32>().unwrap_err();
         assert!(matches!(e, RuntimeError::Timeout(_)), "{e}");
+    }
+
+    /// Each byte arrives well within the per-read deadline, but the frame as a whole does not
+    /// arrive within the frame deadline.
+    #[test]
+    fn trickled_frame_hits_the_frame_deadline() {
+        let (a, mut b) = duplex();
+        let mut buf = Vec::new();
+        frame::encode_frame(FrameKind::Message, 0, &[0u8; 40], &mut buf);
+        let t = std::thread::spawn(move || {
+            for x in buf {
+                if b.write_all(&[x]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut s = Channel::new(
+            a,
+            ChannelOptions {
+                deadline: Some(Duration::from_secs(1)),
+                frame_deadline: Some(Duration::from_millis(200)),
+                ..ChannelOptions::default()
+            },
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let e = s.recv::<Vec<u8>>().unwrap_err();
+        assert!(matches!(e, RuntimeError::Timeout(_)), "{e}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            t0.elapsed()
+        );
+        drop(s);
+        t.join().unwrap();
+    }
+
+    /// The frame timer starts with the frame's first byte, not with the wait for it.
+    #[test]
+    fn idle_wait_does_not_count_against_the_frame_deadline() {
+        let (a, mut b) = duplex();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut buf = Vec::new();
+            frame::encode_frame(
+                FrameKind::Message,
+                0,
+                &postcard::to_allocvec(&5u32).unwrap(),
+                &mut buf,
+            );
+            b.write_all(&buf).unwrap();
+            b
+        });
+        let mut s = Channel::new(
+            a,
+            ChannelOptions {
+                deadline: Some(Duration::from_secs(2)),
+                frame_deadline: Some(Duration::from_millis(100)),
+                ..ChannelOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.recv::<u32>().unwrap(), 5);
+        drop(t.join().unwrap());
     }
 
     #[test]

@@ -9,8 +9,7 @@ use crate::transport::{Counters, Transport};
 use rand::RngCore;
 use std::sync::Arc;
 use std::time::SystemTime;
-use subtle::ConstantTimeEq;
-use tessera_attest::{Claims, Evidence, Policy};
+use tessera_attest::{Claims, Evidence, Policy, SessionBinding};
 use tessera_model::Tensor;
 
 /// A verified, TLS-protected channel to one enclave.
@@ -56,15 +55,19 @@ impl AttestedClient {
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
         ch.send(&ClientMsg::Attest { nonce })?;
-        let (evidence, cert) = match ch.recv::<EnclaveMsg>()? {
-            EnclaveMsg::Evidence { evidence, cert } => (evidence, cert),
+        let (evidence, cert, app_measurement) = match ch.recv::<EnclaveMsg>()? {
+            EnclaveMsg::Evidence {
+                evidence,
+                cert,
+                app_measurement,
+            } => (evidence, cert, app_measurement),
             _ => {
                 let e = RuntimeError::Protocol("expected evidence from the enclave".into());
                 ch.send_error(&e.to_string());
                 return Err(e);
             }
         };
-        let claims = match verify_binding(&evidence, &cert, &nonce, policy, now) {
+        let claims = match verify_binding(&evidence, &cert, &app_measurement, &nonce, policy, now) {
             Ok(c) => c,
             Err(e) => {
                 ch.send_error(&format!("attestation rejected: {e}"));
@@ -72,7 +75,7 @@ impl AttestedClient {
             }
         };
         let (seq_out, seq_in, peer) = ch.position();
-        let (io, counters) = ch.into_parts()?;
+        let (io, link) = ch.into_parts()?;
         let conn =
             rustls::ClientConnection::new(tls::pinned_client_config(&cert)?, tls::server_name()?)
                 .map_err(|e| RuntimeError::Tls(format!("starting TLS: {e}")))?;
@@ -83,7 +86,7 @@ impl AttestedClient {
                 .complete_io(&mut stream.sock)
                 .map_err(|e| RuntimeError::Tls(format!("TLS handshake with the enclave: {e}")))?;
         }
-        let mut ch = Channel::from_parts(Box::new(stream), counters, opts)?;
+        let mut ch = Channel::from_parts(Box::new(stream), link, opts)?;
         ch.continue_from(seq_out, seq_in, peer);
         // The enclave may compute for long (a garbling, a large model) before it answers.
         ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
@@ -141,24 +144,33 @@ impl AttestedClient {
     }
 }
 
-/// Verify `evidence` against `policy` and check that its report data is
-/// `SHA-512(nonce ‖ cert)`.
+/// Verify `evidence` against `policy` and check what it binds, through
+/// [`tessera_attest::verify_session`]: a policy for a real TEE must pin the hardware and the
+/// application measurements ([`tessera_attest::AttestError::MeasurementRequired`]); the evidence
+/// must be authentic and meet the policy; its report data must be
+/// [`tessera_attest::session_report_data`] of `nonce`, `cert` and `app_measurement`
+/// ([`tessera_attest::AttestError::ReportDataMismatch`]: replayed, or another certificate);
+/// and `app_measurement` must be one the policy accepts
+/// ([`tessera_attest::AttestError::AppMeasurementMismatch`]).
 pub fn verify_binding(
     evidence: &[u8],
     cert: &[u8],
+    app_measurement: &[u8],
     nonce: &[u8],
     policy: &Policy,
     now: SystemTime,
 ) -> Result<Claims, RuntimeError> {
     let ev = Evidence::decode(evidence)?;
-    let claims = tessera_attest::verify(&ev, policy, now)?;
-    let want = tessera_attest::report_data(nonce, cert);
-    if !bool::from(claims.report_data.ct_eq(&want)) {
-        return Err(RuntimeError::Attestation(
-            "the evidence does not bind this connection's nonce and certificate: it was \
-             replayed from another connection or the certificate was substituted"
-                .into(),
-        ));
-    }
-    Ok(claims)
+    let app_measurement: &[u8; 48] = app_measurement.try_into().map_err(|_| {
+        RuntimeError::Malformed(format!(
+            "the enclave's application measurement has {} bytes, expected 48",
+            app_measurement.len()
+        ))
+    })?;
+    let binding = SessionBinding {
+        nonce,
+        cert,
+        app_measurement,
+    };
+    Ok(tessera_attest::verify_session(&ev, policy, now, &binding)?)
 }

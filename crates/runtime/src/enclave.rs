@@ -156,6 +156,7 @@ pub struct Enclave {
     profile: Profile,
     channel: ChannelOptions,
     restored: bool,
+    sealing: seal::SealingKey,
     backend: Backend,
 }
 
@@ -213,15 +214,24 @@ impl Enclave {
             Some(b) => b.footprint(),
             None => Footprint::of(&graph),
         };
-        let (platform, identity, restored) = match cfg.mode {
+        let (platform, sealing) = match cfg.mode {
             Mode::Sim => {
                 let key = tessera_attest::sim::PlatformKey::load_or_create(
                     &cfg.state_dir.join("platform.key"),
                 )?;
-                let (identity, restored) = sealed_identity(&cfg.state_dir, &key, &measurement)?;
-                (Platform::Sim(Box::new(key)), identity, restored)
+                let sealing = seal::SealingKey::HostDisk(key.seal_key(&measurement));
+                (Platform::Sim(Box::new(key)), sealing)
             }
-            Mode::Snp | Mode::Tdx => (Platform::Tsm, Identity::generate()?, false),
+            Mode::Snp => (
+                Platform::Tsm,
+                seal::SealingKey::Hardware(tessera_attest::sev_guest::sealing_key(&measurement)?),
+            ),
+            Mode::Tdx => (Platform::Tsm, seal::SealingKey::MemoryOnly),
+        };
+        eprintln!("{}", sealing.note());
+        let (identity, restored) = match sealing {
+            seal::SealingKey::MemoryOnly => (Identity::generate()?, false),
+            _ => sealed_identity(&cfg.state_dir, &sealing, &measurement)?,
         };
         Ok(Arc::new(Self {
             mode: cfg.mode,
@@ -235,6 +245,7 @@ impl Enclave {
             profile: cfg.profile,
             channel: cfg.channel,
             restored,
+            sealing,
             backend: cfg.backend,
         }))
     }
@@ -247,6 +258,11 @@ impl Enclave {
     /// Whether the TLS identity was restored from sealed state.
     pub fn restored_identity(&self) -> bool {
         self.restored
+    }
+
+    /// Where the sealing key comes from (and so what sealed state is worth).
+    pub fn sealing(&self) -> &seal::SealingKey {
+        &self.sealing
     }
 
     /// The TLS certificate (DER).
@@ -278,9 +294,11 @@ impl Enclave {
         }
     }
 
-    /// Evidence binding `nonce` and this enclave's certificate.
+    /// Evidence whose report data binds `nonce`, this enclave's certificate and its
+    /// application measurement ([`tessera_attest::session_report_data`]).
     pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, RuntimeError> {
-        let rd = tessera_attest::report_data(nonce, self.identity.cert());
+        let rd =
+            tessera_attest::session_report_data(nonce, self.identity.cert(), &self.measurement);
         match &self.platform {
             Platform::Sim(k) => Ok(k.attest(&self.measurement, &rd)),
             Platform::Tsm => {
@@ -345,7 +363,30 @@ impl Enclave {
     /// Serve one client connection to its end. Returns when the client closes; an error is
     /// reported to the client and returned.
     pub fn serve(&self, raw: Box<dyn Transport>) -> Result<(), RuntimeError> {
-        let mut ch = Channel::new(raw, self.channel)?;
+        self.serve_admitted(raw, &mut || Ok(()))
+    }
+
+    /// [`Enclave::serve`], calling `authenticated` when the first message inside TLS has
+    /// arrived (the end of the unauthenticated phase; an error from it, such as a full server,
+    /// ends the connection).
+    ///
+    /// Until then the connection runs under the short pre-authentication budget
+    /// ([`ChannelOptions::preauth_deadline`], from the start of this call, bounding every read
+    /// however its bytes trickle in); afterwards an idle client may wait up to
+    /// [`crate::channel::IDLE_DEADLINE`] between requests, and every frame must arrive whole
+    /// within [`ChannelOptions::frame_deadline`] of its first byte.
+    pub fn serve_admitted(
+        &self,
+        raw: Box<dyn Transport>,
+        authenticated: &mut dyn FnMut() -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        let preauth = self.channel.preauth_deadline;
+        let opts = ChannelOptions {
+            deadline: Some(self.channel.deadline.map_or(preauth, |d| d.min(preauth))),
+            ..self.channel
+        };
+        let mut ch = Channel::new(raw, opts)?;
+        ch.set_read_by(Some(Instant::now() + preauth));
         ch.handshake(Role::Enclave, &[Role::Client])?;
         let nonce = match ch.recv::<ClientMsg>()? {
             ClientMsg::Attest { nonce } => nonce,
@@ -368,16 +409,15 @@ impl Enclave {
         ch.send(&EnclaveMsg::Evidence {
             evidence: evidence.encode(),
             cert: self.identity.cert().to_vec(),
+            app_measurement: self.measurement.to_vec(),
         })?;
         let (seq_out, seq_in, peer) = ch.position();
-        let (io, counters) = ch.into_parts()?;
+        let (io, link) = ch.into_parts()?;
         let conn = rustls::ServerConnection::new(self.identity.server_config()?)
             .map_err(|e| RuntimeError::Tls(format!("starting TLS: {e}")))?;
         let tls = rustls::StreamOwned::new(conn, io);
-        let mut ch = Channel::from_parts(Box::new(tls), counters, self.channel)?;
+        let mut ch = Channel::from_parts(Box::new(tls), link, opts)?;
         ch.continue_from(seq_out, seq_in, peer);
-        // Attested: from now on a client may stay idle between requests.
-        ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
         let mut first = true;
         loop {
             let msg = match ch.recv::<ClientMsg>() {
@@ -392,6 +432,15 @@ impl Enclave {
                 }
                 Err(e) => return Err(e),
             };
+            if first {
+                // Authenticated: from now on a client may stay idle between requests.
+                if let Err(e) = authenticated() {
+                    ch.send_error(&e.to_string());
+                    return Err(e);
+                }
+                ch.set_read_by(None);
+                ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
+            }
             first = false;
             let reply = match msg {
                 ClientMsg::Infer(t) => match self.infer(&t) {
@@ -435,20 +484,21 @@ pub fn hex(b: &[u8]) -> String {
 /// Restore the TLS identity sealed for this measurement, or create and seal a new one.
 fn sealed_identity(
     dir: &std::path::Path,
-    key: &tessera_attest::sim::PlatformKey,
+    sealing: &seal::SealingKey,
     measurement: &[u8; 48],
 ) -> Result<(Identity, bool), RuntimeError> {
     let path = sealed_identity_path(dir, measurement);
-    let seal_key = key.seal_key(measurement);
+    let key = sealing.key().ok_or_else(|| {
+        RuntimeError::Seal("this platform has no sealing key; the identity stays in memory".into())
+    })?;
     if path.exists() {
         let bytes = std::fs::read(&path)
             .map_err(|e| RuntimeError::Io(format!("reading {}: {e}", path.display())))?;
-        let plain = seal::unseal(&seal_key, measurement, &bytes)?;
+        let plain = seal::unseal(key, measurement, &bytes)?;
         return Ok((Identity::from_bytes(&plain)?, true));
     }
     let id = Identity::generate()?;
-    let sealed = seal::seal(&seal_key, measurement, &id.to_bytes())?;
-    seal::write_atomic(&path, &sealed)?;
+    sealing.seal_to_file(measurement, &path, &id.to_bytes())?;
     Ok((id, false))
 }
 
@@ -548,11 +598,139 @@ where
     })
 }
 
-/// Serve `enclave` on `listener`.
+/// Serve `enclave` on `listener`: at most `max_conns` authenticated clients at a time, and at
+/// most `max_conns` connections still in their unauthenticated phase (hello, attestation,
+/// TLS handshake, first request). When that second pool is full, a new connection pushes out
+/// the oldest unauthenticated one, so connections that never finish their handshake (slow or
+/// stalled peers) cannot keep real clients out: a real client's handshake takes
+/// milliseconds, so it is never the oldest for long. Each unauthenticated connection is also
+/// dropped when its pre-authentication budget ([`ChannelOptions::preauth_deadline`]) runs
+/// out. A client that authenticates while `max_conns` clients are being served is told the
+/// server is busy.
 pub fn serve_enclave(
     enclave: Arc<Enclave>,
     listener: TcpListener,
     max_conns: usize,
 ) -> Result<ServerHandle, RuntimeError> {
-    serve_tcp(listener, max_conns, move |s| enclave.serve(Box::new(s)))
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RuntimeError::Io(format!("listening address: {e}")))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let admission = Arc::new(Admission {
+        pending: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        served: AtomicUsize::new(0),
+        max: max_conns.max(1),
+    });
+    let join = std::thread::Builder::new()
+        .name("tessera-accept".into())
+        .spawn(move || {
+            let mut next_id = 0u64;
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = conn else { continue };
+                let _ = stream.set_nodelay(true);
+                let Ok(handle) = stream.try_clone() else {
+                    continue;
+                };
+                next_id += 1;
+                let ticket = admission.admit(next_id, handle);
+                let enclave = enclave.clone();
+                let _ = std::thread::Builder::new()
+                    .name("tessera-conn".into())
+                    .spawn(move || {
+                        let mut ticket = ticket;
+                        let peer = stream.peer_addr().ok();
+                        let r = enclave
+                            .serve_admitted(Box::new(stream), &mut || ticket.authenticated());
+                        drop(ticket);
+                        if let Err(e) = r
+                            && !matches!(e, RuntimeError::Closed(_))
+                        {
+                            eprintln!("connection {peer:?}: {e}");
+                        }
+                    });
+            }
+        })
+        .map_err(|e| RuntimeError::Io(format!("starting the accept thread: {e}")))?;
+    Ok(ServerHandle {
+        addr,
+        stop,
+        join: Some(join),
+    })
+}
+
+/// The enclave server's two pools: unauthenticated connections (oldest first, each with a
+/// handle to shut it down) and the count of authenticated ones.
+struct Admission {
+    pending: std::sync::Mutex<std::collections::VecDeque<(u64, TcpStream)>>,
+    served: AtomicUsize,
+    max: usize,
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, TcpStream)>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a new unauthenticated connection, pushing out the oldest one if the pool is
+    /// full.
+    fn admit(self: &Arc<Self>, id: u64, handle: TcpStream) -> Ticket {
+        let mut pending = self.lock();
+        while pending.len() >= self.max {
+            if let Some((_, oldest)) = pending.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        pending.push_back((id, handle));
+        Ticket {
+            admission: self.clone(),
+            id,
+            served: false,
+        }
+    }
+}
+
+/// One connection's place in [`Admission`]; dropping it frees the place.
+struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+    served: bool,
+}
+
+impl Ticket {
+    fn leave_pending(&self) {
+        self.admission.lock().retain(|(id, _)| *id != self.id);
+    }
+
+    /// The connection authenticated: it moves to the served pool, if there is room.
+    fn authenticated(&mut self) -> Result<(), RuntimeError> {
+        self.leave_pending();
+        if self.served {
+            return Ok(());
+        }
+        let a = &self.admission;
+        if a.served.fetch_add(1, Ordering::SeqCst) >= a.max {
+            a.served.fetch_sub(1, Ordering::SeqCst);
+            return Err(RuntimeError::Busy(format!(
+                "{} clients are being served",
+                a.max
+            )));
+        }
+        self.served = true;
+        Ok(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.leave_pending();
+        if self.served {
+            self.admission.served.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }

@@ -77,6 +77,9 @@ pub enum RuntimeError {
     /// The peer reported an error and closed.
     #[error("the peer reported: {0}")]
     Peer(String),
+    /// The server has no room for another client now.
+    #[error("the server is busy: {0}; retry later")]
+    Busy(String),
     /// A request the enclave cannot serve.
     #[error("bad request: {0}")]
     BadRequest(String),

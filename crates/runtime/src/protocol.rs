@@ -74,12 +74,16 @@ pub struct OffloadCost {
 /// Enclave to client.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum EnclaveMsg {
-    /// Evidence (an encoded `tessera_attest::Evidence`) and the certificate it binds.
+    /// Evidence (an encoded `tessera_attest::Evidence`) and what its report data binds
+    /// (`tessera_attest::session_report_data`): the client's nonce, the certificate and the
+    /// application measurement.
     Evidence {
         /// Encoded evidence.
         evidence: Vec<u8>,
         /// The enclave's TLS certificate, DER.
         cert: Vec<u8>,
+        /// The enclave's application measurement (48 bytes: binary, model, enclave policy).
+        app_measurement: Vec<u8>,
     },
     /// The model's exact integer output.
     Output {

@@ -1,5 +1,8 @@
 //! Sealed storage: data encrypted under a key that only the same enclave (same measurement) on
-//! the same platform can derive.
+//! the same platform can derive — as far as the platform's [`SealingKey`] allows: in `sim`
+//! mode the key comes from a file on the host's disk (no protection, and every sealed write
+//! says so), in `snp` mode from the AMD secure processor, and in `tdx` mode there is none
+//! (nothing is sealed; secrets stay in memory).
 //!
 //! File layout: magic `TSSL`, a version byte, a 12-byte random nonce, then AES-256-GCM
 //! ciphertext and tag. The measurement is also bound as associated data, so a file sealed by
@@ -80,6 +83,81 @@ pub fn unseal(
                     .into(),
             )
         })
+}
+
+/// What every simulated enclave prints about its sealing key.
+pub const SIM_SEALING_NOTE: &str =
+    "simulated TEE: sealing key is on the host's disk, no protection";
+/// What an SEV-SNP enclave prints about its sealing key.
+pub const SNP_SEALING_NOTE: &str = "SEV-SNP: sealing key derived by the AMD secure processor (SNP_GET_DERIVED_KEY, VCEK root, guest policy and launch measurement, then the application measurement); the host cannot derive it";
+/// What a TDX enclave prints about its sealing key.
+pub const TDX_SEALING_NOTE: &str = "TDX: the platform gives a TD no sealing key; the TLS identity and every secret stay in this process's memory only and are lost when it stops (nothing is sealed to disk)";
+
+/// Where an enclave's sealing key comes from, and so what sealed files are worth.
+pub enum SealingKey {
+    /// Derived from a software key in a file on the host's disk (`sim`): the host can read
+    /// that file and so everything sealed under it. No protection.
+    HostDisk(Zeroizing<[u8; 32]>),
+    /// Derived by the TEE hardware for this launch measurement and application measurement
+    /// (`snp`): the host cannot derive it.
+    Hardware(Zeroizing<[u8; 32]>),
+    /// The platform has no sealing key (`tdx`): secrets are kept in memory only.
+    MemoryOnly,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SealingKey::HostDisk(_) => "SealingKey::HostDisk",
+            SealingKey::Hardware(_) => "SealingKey::Hardware",
+            SealingKey::MemoryOnly => "SealingKey::MemoryOnly",
+        })
+    }
+}
+
+impl SealingKey {
+    /// The key, if the platform has one.
+    pub fn key(&self) -> Option<&[u8; 32]> {
+        match self {
+            SealingKey::HostDisk(k) | SealingKey::Hardware(k) => Some(k),
+            SealingKey::MemoryOnly => None,
+        }
+    }
+
+    /// Whether the host can read what is sealed under this key.
+    pub fn host_can_read(&self) -> bool {
+        matches!(self, SealingKey::HostDisk(_))
+    }
+
+    /// The line an enclave prints about it when it starts.
+    pub fn note(&self) -> &'static str {
+        match self {
+            SealingKey::HostDisk(_) => SIM_SEALING_NOTE,
+            SealingKey::Hardware(_) => SNP_SEALING_NOTE,
+            SealingKey::MemoryOnly => TDX_SEALING_NOTE,
+        }
+    }
+
+    /// Seal `plain` (bound to `measurement`) into the file `path`. With a key the host can
+    /// read it prints so ([`SIM_SEALING_NOTE`]) naming the file; without a key it refuses
+    /// (nothing may be persisted where there is no sealing key).
+    pub fn seal_to_file(
+        &self,
+        measurement: &[u8],
+        path: &Path,
+        plain: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let key = self.key().ok_or_else(|| {
+            RuntimeError::Seal(format!(
+                "not writing {}: this platform has no sealing key, so secrets stay in memory only",
+                path.display()
+            ))
+        })?;
+        if self.host_can_read() {
+            eprintln!("{SIM_SEALING_NOTE}: writing {}", path.display());
+        }
+        write_atomic(path, &seal(key, measurement, plain)?)
+    }
 }
 
 /// Write `bytes` to `path` atomically (temporary file, then rename), readable by the owner only.

@@ -3,7 +3,8 @@
 //!
 //! There is no certificate authority here. The client learns the enclave's certificate in the
 //! attestation step, checks that the evidence's report data is
-//! `SHA-512(nonce ‖ certificate)` for its own fresh nonce, and then accepts a TLS handshake
+//! [`tessera_attest::session_report_data`] of its own fresh nonce, that certificate and the
+//! application measurement its policy accepts, and then accepts a TLS handshake
 //! only from the holder of that certificate's private key (the TLS 1.3 handshake signature is
 //! verified against it). Only TLS 1.3 is offered, with the `ring` provider.
 
@@ -96,12 +97,17 @@ impl Identity {
     /// A server configuration presenting this identity.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, RuntimeError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.to_vec()));
-        let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_err("TLS versions", e))?
             .with_no_client_auth()
             .with_single_cert(vec![CertificateDer::from(self.cert.clone())], key)
             .map_err(|e| tls_err("server certificate", e))?;
+        // No resumption (every connection attests afresh), so no session tickets: after the
+        // handshake the only bytes the server sends are replies, which keeps the client's
+        // per-frame deadline (it starts with the first byte of a frame) exact.
+        cfg.send_tls13_tickets = 0;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(Arc::new(cfg))
     }
 }

@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// A bidirectional byte stream with a read deadline.
 pub trait Transport: Read + Write + Send {
@@ -98,6 +99,144 @@ impl<T: Write> Write for Counted<T> {
 impl<T: Transport> Transport for Counted<T> {
     fn set_deadline(&mut self, d: Option<Duration>) -> io::Result<()> {
         self.inner.set_deadline(d)
+    }
+}
+
+/// Absolute read deadlines of one connection, shared between a [`crate::Channel`] (which sets
+/// them) and the [`Timed`] layer at the bottom of its stream (which enforces them on every
+/// read of the raw bytes, under TLS if there is TLS). A per-read timeout alone lets a peer
+/// that sends one byte just before each timeout hold a connection forever; these bound the
+/// total time.
+#[derive(Debug, Default)]
+pub struct Clock {
+    state: Mutex<ClockState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ClockState {
+    /// Every read fails after this instant (the enclave's pre-authentication budget).
+    read_by: Option<Instant>,
+    frame: FrameTimer,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum FrameTimer {
+    /// No frame is being read.
+    #[default]
+    Off,
+    /// A frame is awaited: its time starts with the first byte that arrives.
+    Armed(Duration),
+    /// A frame has started arriving: it must be complete by this instant.
+    Running(Instant),
+}
+
+impl Clock {
+    fn with<R>(&self, f: impl FnOnce(&mut ClockState) -> R) -> R {
+        let mut g = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut g)
+    }
+
+    /// Every read fails once `at` has passed (`None`: no such bound).
+    pub fn set_read_by(&self, at: Option<Instant>) {
+        self.with(|s| s.read_by = at);
+    }
+
+    /// A frame is awaited: once its first byte arrives it must arrive whole within `limit`
+    /// (`None`: no bound).
+    pub fn arm_frame(&self, limit: Option<Duration>) {
+        self.with(|s| s.frame = limit.map_or(FrameTimer::Off, FrameTimer::Armed));
+    }
+
+    /// The frame is complete (or failed).
+    pub fn disarm_frame(&self) {
+        self.with(|s| s.frame = FrameTimer::Off);
+    }
+
+    /// The earliest absolute deadline now in force.
+    fn bound(&self) -> Option<Instant> {
+        self.with(|s| {
+            let frame = match s.frame {
+                FrameTimer::Running(at) => Some(at),
+                _ => None,
+            };
+            match (s.read_by, frame) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        })
+    }
+
+    /// Bytes arrived: an armed frame timer starts.
+    fn bytes_arrived(&self) {
+        self.with(|s| {
+            if let FrameTimer::Armed(d) = s.frame {
+                s.frame = FrameTimer::Running(Instant::now() + d);
+            }
+        });
+    }
+}
+
+/// The bottom layer of a channel's stream: applies the per-read timeout and the [`Clock`]'s
+/// absolute deadlines to every read of the raw transport.
+pub struct Timed<T> {
+    inner: T,
+    clock: Arc<Clock>,
+    per_read: Option<Duration>,
+    applied: Option<Option<Duration>>,
+}
+
+impl<T: Transport> Timed<T> {
+    /// Wrap `inner`, enforcing `clock`.
+    pub fn new(inner: T, clock: Arc<Clock>) -> Self {
+        Self {
+            inner,
+            clock,
+            per_read: None,
+            applied: None,
+        }
+    }
+}
+
+impl<T: Transport> Read for Timed<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut limit = self.per_read;
+        if let Some(at) = self.clock.bound() {
+            let left = at.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the total deadline for this frame or phase passed",
+                ));
+            }
+            limit = Some(limit.map_or(left, |p| p.min(left)));
+        }
+        if self.applied != Some(limit) {
+            self.inner.set_deadline(limit)?;
+            self.applied = Some(limit);
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.clock.bytes_arrived();
+        }
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Timed<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T: Transport> Transport for Timed<T> {
+    fn set_deadline(&mut self, d: Option<Duration>) -> io::Result<()> {
+        self.per_read = d;
+        self.inner.set_deadline(d)?;
+        self.applied = Some(d);
+        Ok(())
     }
 }
 

@@ -147,13 +147,189 @@ fn evidence_for_another_nonce_or_certificate_is_refused() {
     let ev = enclave.evidence(b"nonce one").unwrap().encode();
     let p = policy(&m);
     let now = std::time::SystemTime::now();
-    tessera_runtime::client::verify_binding(&ev, enclave.cert(), b"nonce one", &p, now).unwrap();
-    let e = tessera_runtime::client::verify_binding(&ev, enclave.cert(), b"nonce two", &p, now)
-        .unwrap_err();
-    assert!(e.to_string().contains("replayed"), "{e}");
-    let e = tessera_runtime::client::verify_binding(&ev, b"another cert", b"nonce one", &p, now)
-        .unwrap_err();
-    assert!(e.to_string().contains("certificate"), "{e}");
+    let verify = |cert: &[u8], app: &[u8], nonce: &[u8]| {
+        tessera_runtime::client::verify_binding(&ev, cert, app, nonce, &p, now)
+    };
+    verify(enclave.cert(), &m, b"nonce one").unwrap();
+    for (cert, app, nonce) in [
+        (enclave.cert(), &m[..], &b"nonce two"[..]),
+        (&b"another cert"[..], &m[..], &b"nonce one"[..]),
+        (enclave.cert(), &[7u8; 48][..], &b"nonce one"[..]),
+    ] {
+        let e = verify(cert, app, nonce).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RuntimeError::Attest(tessera_attest::AttestError::ReportDataMismatch)
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// The right (simulated) platform, the wrong application: another model in an enclave whose
+/// evidence is genuine, pinned by `app_measurements` only. Its report data honestly binds its
+/// own measurement, so only the application-measurement check refuses it.
+#[test]
+fn right_platform_wrong_application_measurement_is_refused() {
+    let dir = temp_dir("appm");
+    let expected = Enclave::start(config(&small_cnn(3), &dir)).unwrap();
+    let want = *expected.measurement();
+    drop(expected);
+    let other = Enclave::start(config(&small_cnn(4), &dir)).unwrap();
+    assert_ne!(*other.measurement(), want);
+    let server = serve_enclave(other, TcpListener::bind("127.0.0.1:0").unwrap(), 64).unwrap();
+    let mut p = tessera_attest::Policy::simulated_dev();
+    p.app_measurements = vec![hex(&want)];
+    let s = TcpStream::connect(server.addr()).unwrap();
+    let e = match AttestedClient::connect(s, &p, ChannelOptions::default()) {
+        Err(e) => e,
+        Ok(_) => panic!("a client accepted another application"),
+    };
+    assert!(
+        matches!(
+            e,
+            RuntimeError::Attest(tessera_attest::AttestError::AppMeasurementMismatch { .. })
+        ),
+        "{e}"
+    );
+    // The same platform and policy accept the expected application.
+    let right = Enclave::start(config(&small_cnn(3), &dir)).unwrap();
+    let server = serve_enclave(right, TcpListener::bind("127.0.0.1:0").unwrap(), 64).unwrap();
+    let s = TcpStream::connect(server.addr()).unwrap();
+    AttestedClient::connect(s, &p, ChannelOptions::default()).unwrap();
+}
+
+/// A real-TEE policy that pins nothing is refused before the evidence is looked at: a fake
+/// enclave answers with SEV-SNP evidence.
+#[test]
+fn real_tee_policy_without_measurements_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut ch = Channel::new(s, ChannelOptions::default()).unwrap();
+        ch.handshake(Role::Enclave, &[Role::Client]).unwrap();
+        let _: tessera_runtime::protocol::ClientMsg = ch.recv().unwrap();
+        let ev = tessera_attest::Evidence {
+            kind: tessera_attest::TeeKind::SevSnp,
+            report: vec![0; 1184],
+            aux: Vec::new(),
+        };
+        ch.send(&tessera_runtime::protocol::EnclaveMsg::Evidence {
+            evidence: ev.encode(),
+            cert: b"cert".to_vec(),
+            app_measurement: vec![0; 48],
+        })
+        .unwrap();
+        let _ = ch.recv::<tessera_runtime::protocol::ClientMsg>();
+    });
+    let s = TcpStream::connect(addr).unwrap();
+    let e = match AttestedClient::connect(
+        s,
+        &tessera_attest::Policy::default(),
+        ChannelOptions::default(),
+    ) {
+        Err(e) => e,
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(
+        matches!(
+            e,
+            RuntimeError::Attest(tessera_attest::AttestError::MeasurementRequired {
+                missing: "app_measurements",
+                ..
+            })
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("tessera enclave --measure-only"),
+        "{e}"
+    );
+    fake.join().unwrap();
+}
+
+/// 64 connections that trickle one byte a second and never finish their handshake fill the
+/// unauthenticated pool; a real client is still served within a few seconds.
+#[test]
+fn slow_loris_connections_do_not_keep_a_real_client_out() {
+    let g = small_cnn(3);
+    let dir = temp_dir("loris");
+    let enclave = Enclave::start(config(&g, &dir)).unwrap();
+    let m = *enclave.measurement();
+    let server = serve_enclave(enclave, TcpListener::bind("127.0.0.1:0").unwrap(), 64).unwrap();
+    let addr = server.addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut lorises = Vec::new();
+    for _ in 0..64 {
+        let stop = stop.clone();
+        lorises.push(std::thread::spawn(move || {
+            use std::io::Write;
+            let mut s = TcpStream::connect(addr).unwrap();
+            // A hello frame announcing 200 bytes, one byte a second.
+            let bytes = [205u8, 0, 0, 0, 0, 0, 0, 0, 0]
+                .into_iter()
+                .chain(std::iter::repeat(0u8));
+            for b in bytes {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = std::time::Instant::now();
+    let mut c = connect(addr, &m).expect("a real client is served");
+    c.infer(&input(1, &[1, 1, 12, 12])).unwrap();
+    let waited = t0.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(waited < Duration::from_secs(5), "served after {waited:?}");
+    for l in lorises {
+        l.join().unwrap();
+    }
+}
+
+/// A connection that never completes its handshake is dropped when its pre-authentication
+/// budget runs out, however steadily it trickles bytes.
+#[test]
+fn unauthenticated_phase_has_a_total_budget() {
+    let g = small_cnn(3);
+    let dir = temp_dir("preauth");
+    let mut cfg = config(&g, &dir);
+    cfg.channel.preauth_deadline = Duration::from_secs(1);
+    let enclave = Enclave::start(cfg).unwrap();
+    let server = serve_enclave(enclave, TcpListener::bind("127.0.0.1:0").unwrap(), 64).unwrap();
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut hello = [0u8; 256];
+    // The enclave's own hello comes first; then it waits for ours.
+    let mut got = 0;
+    let closed_after = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "still open after 6 s"
+        );
+        if s.write_all(&[255]).is_err() {
+            break t0.elapsed();
+        }
+        match s.read(&mut hello) {
+            Ok(0) => break t0.elapsed(),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break t0.elapsed(),
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    assert!(got > 0, "the enclave sent its hello");
+    assert!(
+        closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
 }
 
 #[test]
@@ -225,23 +401,47 @@ fn sealed_identity_survives_restart_and_not_another_measurement() {
     let dir = temp_dir("seal");
     let a = Enclave::start(config(&g, &dir)).unwrap();
     assert!(!a.restored_identity());
+    assert!(
+        a.sealing().host_can_read(),
+        "sim mode says its key is on the host's disk"
+    );
     let cert = a.cert().to_vec();
     let ma = *a.measurement();
     drop(a);
     let a2 = Enclave::start(config(&g, &dir)).unwrap();
     assert!(a2.restored_identity());
     assert_eq!(a2.cert(), cert.as_slice(), "same key after a restart");
-    // Another model: another measurement, which must not read A's sealed identity.
+    // Another model: another measurement. The host copies A's sealed identity to where B
+    // looks for its own, so that B tries to unseal it: B must refuse it, not adopt A's key.
     let g2 = small_cnn(8);
-    let b = Enclave::start(config(&g2, &dir)).unwrap();
-    let mb = *b.measurement();
+    let cfg_b = config(&g2, &dir);
+    let mb = cfg_b.measurement().unwrap();
     assert_ne!(ma, mb);
-    assert!(!b.restored_identity());
+    let sealed_a = std::fs::read(sealed_identity_path(&dir, &ma)).unwrap();
+    let path_b = sealed_identity_path(&dir, &mb);
+    std::fs::create_dir_all(path_b.parent().unwrap()).unwrap();
+    std::fs::write(&path_b, &sealed_a).unwrap();
+    let e = match Enclave::start(cfg_b) {
+        Err(e) => e,
+        Ok(b) => panic!(
+            "B started with A's sealed identity (restored: {})",
+            b.restored_identity()
+        ),
+    };
+    assert!(
+        matches!(e, RuntimeError::Seal(ref m) if m.contains("another measurement")),
+        "{e}"
+    );
+    // Each of the two bindings holds on its own: B's key with A's measurement as associated
+    // data (the key derivation stops it), and A's key with B's measurement (the associated
+    // data stops it).
     let platform =
         tessera_attest::sim::PlatformKey::load_or_create(&dir.join("platform.key")).unwrap();
-    let sealed_a = std::fs::read(sealed_identity_path(&dir, &ma)).unwrap();
-    let e = tessera_runtime::seal::unseal(&platform.seal_key(&mb), &mb, &sealed_a).unwrap_err();
-    assert!(e.to_string().contains("another measurement"), "{e}");
+    let e = tessera_runtime::seal::unseal(&platform.seal_key(&mb), &ma, &sealed_a).unwrap_err();
+    assert!(matches!(e, RuntimeError::Seal(_)), "{e}");
+    let e = tessera_runtime::seal::unseal(&platform.seal_key(&ma), &mb, &sealed_a).unwrap_err();
+    assert!(matches!(e, RuntimeError::Seal(_)), "{e}");
+    tessera_runtime::seal::unseal(&platform.seal_key(&ma), &ma, &sealed_a).unwrap();
     // A corrupted sealed file stops the enclave with a clear error instead of a new identity.
     let path = sealed_identity_path(&dir, &ma);
     let mut bytes = sealed_a.clone();
@@ -253,6 +453,37 @@ fn sealed_identity_survives_restart_and_not_another_measurement() {
         Ok(_) => panic!("a corrupted sealed identity was accepted"),
     };
     assert!(e.to_string().contains("unseal"), "{e}");
+}
+
+#[test]
+fn snp_mode_without_the_guest_device_fails_clearly_and_tdx_keeps_secrets_in_memory() {
+    let g = small_cnn(7);
+    let dir = temp_dir("modes");
+    let mut cfg = config(&g, &dir);
+    cfg.mode = Mode::Snp;
+    if !std::path::Path::new(tessera_attest::sev_guest::SEV_GUEST_DEVICE).exists() {
+        let e = match Enclave::start(cfg) {
+            Err(e) => e,
+            Ok(_) => panic!("snp mode started without /dev/sev-guest"),
+        };
+        assert!(
+            matches!(e, RuntimeError::Attest(tessera_attest::AttestError::DerivedKey(ref m)) if m.contains("/dev/sev-guest")),
+            "{e}"
+        );
+    }
+    let mut cfg = config(&g, &dir);
+    cfg.mode = Mode::Tdx;
+    let t = Enclave::start(cfg).unwrap();
+    assert!(matches!(
+        t.sealing(),
+        tessera_runtime::seal::SealingKey::MemoryOnly
+    ));
+    assert!(!t.restored_identity());
+    let sealed = dir.join("sealed");
+    assert!(
+        !sealed.exists() || std::fs::read_dir(&sealed).unwrap().next().is_none(),
+        "TDX mode wrote sealed state"
+    );
 }
 
 #[test]
