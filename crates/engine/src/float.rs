@@ -35,6 +35,7 @@ pub fn check_inputs<T>(g: &Graph, inputs: &[Tensor<T>]) -> Result<(), EngineErro
 
 /// Run the graph in f32 and return its outputs.
 pub fn run_f32(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+    g.validate()?;
     check_inputs(g, inputs)?;
     let last = g.last_uses();
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
@@ -274,6 +275,18 @@ fn matmul_f32(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor, Eng
 /// Numerically stable softmax.
 pub fn softmax(x: &Tensor, axis: usize, coerce_2d: bool) -> Result<Tensor, EngineError> {
     let s = x.shape();
+    // Opset 13 normalises along an existing axis; the legacy form flattens at `axis` ≤ rank.
+    let fits = if coerce_2d {
+        axis <= s.len()
+    } else {
+        axis < s.len()
+    };
+    if !fits {
+        return Err(EngineError::Input(format!(
+            "softmax axis {axis} does not exist in a tensor of rank {}",
+            s.len()
+        )));
+    }
     let (outer, len, inner) = if coerce_2d {
         (
             s[..axis].iter().product::<usize>(),

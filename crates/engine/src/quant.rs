@@ -88,19 +88,29 @@ pub fn quantize(v: f32, s: u32) -> Result<i64, EngineError> {
 }
 
 /// `⌊(a + 2^(f−1)) / 2^f⌋` (arithmetic shift); identity for `f = 0`.
+///
+/// Exact for every `a`: the rounding add runs in i128, so it cannot wrap near `i64::MAX`, and
+/// the result fits i64 (for `f ≥ 1`, |result| ≤ (2^63 + 2^(f−1)) / 2^f ≤ 2^62 + 1/2). For
+/// `f > 64` the result is 0 for every i64, as it is at `f = 65`, so `f` is clamped there.
 #[inline]
 pub fn rescale(a: i64, f: u32) -> i64 {
     if f == 0 {
-        a
-    } else {
-        (a + (1i64 << (f - 1))) >> f
+        return a;
     }
+    let f = f.min(65);
+    // Lossless: see above.
+    ((i128::from(a) + (1i128 << (f - 1))) >> f) as i64
 }
 
-/// `⌊(a + ⌊d/2⌋) / d⌋` for `d ≥ 1`.
+/// `⌊(a + ⌊d/2⌋) / d⌋` for `d ≥ 1` (a `d` below 1 is taken as 1).
+///
+/// Exact for every `a`: the rounding add runs in i128, and the quotient fits i64 (for `d = 1`
+/// it is `a`; for `d ≥ 2`, |quotient| ≤ (2^63 + d/2) / d < 2^63).
 #[inline]
 pub fn rescale_div(a: i64, d: i64) -> i64 {
-    (a + d / 2).div_euclid(d.max(1))
+    let d = i128::from(d.max(1));
+    // Lossless: see above.
+    (i128::from(a) + d / 2).div_euclid(d) as i64
 }
 
 /// Signed two's-complement bit width needed for magnitude `m` (0 → 1 bit, 1 → 2, 255 → 9).
@@ -658,32 +668,46 @@ impl QuantModel {
                 let x = ins[0];
                 let g = pool_geometry(p, x.shape(), out_shape);
                 let (pin, pout) = (g.h * g.w, g.oh * g.ow);
-                let mut out = vec![0i64; n_out];
                 let is_max = matches!(op, Op::MaxPool(_));
                 let include = p.count_include_pad;
-                out.par_chunks_mut(pout.max(1))
+                // The average pool's window sum is checked: a window of large activations can
+                // leave i64 (`None` marks the overflow and is reported below).
+                let mut sums = vec![Some(0i64); n_out];
+                sums.par_chunks_mut(pout.max(1))
                     .enumerate()
                     .for_each(|(pl, o)| {
                         let xs = &x.data()[pl * pin..(pl + 1) * pin];
                         if is_max {
-                            pool_plane(xs, &g, i64::MIN, i64::max, |a, _, _| a, o);
+                            pool_plane(xs, &g, i64::MIN, i64::max, |a, _, _| Some(a), o);
                         } else {
                             pool_plane(
                                 xs,
                                 &g,
-                                0i64,
-                                |a, v| a + v,
+                                Some(0i64),
+                                |a, v| a.and_then(|a| a.checked_add(v)),
                                 |a, v, pd| {
-                                    rescale_div(a, (if include { pd } else { v }).max(1) as i64)
+                                    a.map(|a| {
+                                        rescale_div(a, (if include { pd } else { v }).max(1) as i64)
+                                    })
                                 },
                                 o,
                             );
                         }
                     });
+                let out = sums
+                    .into_iter()
+                    .collect::<Option<Vec<i64>>>()
+                    .ok_or_else(|| {
+                        EngineError::Overflow(
+                            "an average-pooling window sum overflows i64; lower the fractional bits"
+                                .into(),
+                        )
+                    })?;
                 let am = if is_max {
                     0
                 } else {
-                    max_abs(x.data()) * (p.kernel[0] * p.kernel[1]) as u128
+                    max_abs(x.data())
+                        .saturating_mul((p.kernel[0] as u128).saturating_mul(p.kernel[1] as u128))
                 };
                 Ok((Tensor::new(out_shape.to_vec(), out)?, am))
             }
@@ -743,7 +767,7 @@ pub fn static_widths(qm: &QuantModel, input_max_abs: f32) -> Result<Vec<NodeWidt
         let (acc, o) = match (&n.op, q) {
             (_, QOp::Linear(l)) => {
                 let a = l.acc_bound(x);
-                (a, (a + half) >> f)
+                (a, a.saturating_add(half) >> f)
             }
             (_, QOp::AddConst(c)) => {
                 let v = x.saturating_add(c.iter().map(|&v| i128::from(v).abs()).max().unwrap_or(0));
@@ -751,16 +775,21 @@ pub fn static_widths(qm: &QuantModel, input_max_abs: f32) -> Result<Vec<NodeWidt
             }
             (_, QOp::MulConst(c)) => {
                 let a = x.saturating_mul(c.iter().map(|&v| i128::from(v).abs()).max().unwrap_or(0));
-                (a, (a + half) >> f)
+                (a, a.saturating_add(half) >> f)
             }
             (Op::Binary { constant: None, .. }, _) => {
                 let v = xin.iter().fold(0i128, |s, &b| s.saturating_add(b));
                 (v, v)
             }
-            (Op::AvgPool(p), _) => (x.saturating_mul((p.kernel[0] * p.kernel[1]) as i128), x),
+            (Op::AvgPool(p), _) => (
+                x.saturating_mul((p.kernel[0] as i128).saturating_mul(p.kernel[1] as i128)),
+                x,
+            ),
             (Op::GlobalAvgPool, _) => {
-                let s = g.shape(n.inputs[0]);
-                (x.saturating_mul((s[2] * s[3]) as i128), x)
+                let s = n.inputs.first().map_or(&[][..], |&i| g.shape(i));
+                let hw = (s.get(2).copied().unwrap_or(1) as i128)
+                    .saturating_mul(s.get(3).copied().unwrap_or(1) as i128);
+                (x.saturating_mul(hw), x)
             }
             _ => (x, x),
         };

@@ -32,6 +32,10 @@ impl Geometry {
 
 /// Unfold `cin` channels of one image (`x`: `cin·h·w`) into columns `[cin·kh·kw, oh·ow]`;
 /// padded positions read `T::default()` (zero).
+///
+/// The buffer has `cin·kh·kw·oh·ow` elements, which a hostile model can make terabytes: the
+/// import budget (`tessera_model::limits`) charges it to the node before any engine runs, and
+/// a graph built in code should pass `tessera_model::limits::check_graph` first.
 pub fn im2col<T: Copy + Default + Send + Sync>(
     x: &[T],
     cin: usize,
