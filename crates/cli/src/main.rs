@@ -1,6 +1,7 @@
 //! `tessera`: confidential neural-network inference on hardware its users do not trust.
 
 mod attested_cmd;
+mod calibrate;
 mod remote;
 mod table;
 mod train_cmd;
@@ -37,10 +38,21 @@ struct QuantArgs {
     /// Reject any integer (activation or accumulator) wider than this many signed bits.
     #[arg(long)]
     max_bits: Option<u32>,
-    /// gc: number of CRT primes k (default: the smallest that holds the worst case for inputs
-    /// up to 255; a smaller k is exact only for inputs whose values stay in its range).
+    /// gc: number of CRT primes k (default: the smallest that holds the worst case of every value
+    /// for inputs up to the input range, 255; a k below that is refused unless --gc-calibrated).
     #[arg(long)]
     gc_primes: Option<usize>,
+    /// gc, opt-in and NOT SOUND: choose k from the widths the model reaches on this data set
+    /// (mnist[:N] from --gc-calibration-data, or glyphs[:N]) plus --gc-margin-bits; every result
+    /// is labelled "calibrated, not sound", and inputs wider than the data's are refused.
+    #[arg(long, value_name = "DATA")]
+    gc_calibrated: Option<String>,
+    /// gc: the MNIST directory --gc-calibrated mnist reads.
+    #[arg(long, default_value = "../shared/data/mnist-t10k", value_name = "DIR")]
+    gc_calibration_data: PathBuf,
+    /// gc: bits of range added above the calibrated widths.
+    #[arg(long, default_value_t = 1, value_name = "B")]
+    gc_margin_bits: u32,
 }
 
 impl QuantArgs {
@@ -194,8 +206,9 @@ enum Cmd {
         /// Fractional bits for --gc.
         #[arg(long, default_value_t = 4)]
         gc_frac_bits: u32,
-        /// --gc: choose k from the widths the benchmark input actually reaches plus this many
-        /// bits of margin, instead of the worst case for every input in range.
+        /// --gc, NOT SOUND (rows are labelled "calibrated, not sound"): choose k from the widths
+        /// the benchmark input actually reaches plus this many bits of margin, instead of the
+        /// worst case for every input in range.
         #[arg(long)]
         gc_measured_margin: Option<u32>,
         /// Print JSON.
@@ -380,14 +393,19 @@ fn make_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<Box<dyn Schem
                 GcOptions {
                     quant: cfg,
                     primes: quant.gc_primes,
+                    calibration: calibrate::gc_calibration(g, quant)?,
                     ..GcOptions::default()
                 },
             )?;
             garble_bar(t.backend());
             let st = t.stats();
             eprintln!(
-                "gc: k = {} CRT primes, {} of garbled material per inference, the enclave keeps {} per garbling",
+                "gc: k = {} CRT primes ({}), {} of garbled material per inference, the enclave keeps {} per garbling",
                 st.primes,
+                match &st.calibrated {
+                    Some(src) => format!("{}: calibrated on {src}", tessera_gc::CALIBRATED_LABEL),
+                    None => "sound for every input in range".into(),
+                },
                 human(st.material_bytes),
                 human(st.kept_bytes)
             );
@@ -515,10 +533,13 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
         .ok_or_else(|| CliError::Usage("the model has no output".into()))?;
     let mut s = make_scheme(scheme, &g, quant)?;
     let r = s.infer(&x)?;
+    let caveat = s.caveat();
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
             scheme: &'a str,
+            /// Set when the result holds only with a caveat ("calibrated, not sound").
+            caveat: Option<String>,
             class: usize,
             output: &'a [f32],
             exact_output: &'a [i64],
@@ -529,6 +550,7 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
         }
         return print_json(&Out {
             scheme,
+            caveat,
             class: r.class,
             output: r.output.data(),
             exact_output: r.exact.data(),
@@ -539,7 +561,8 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
         });
     }
     println!(
-        "scheme {scheme}: class {} (float engine: class {})",
+        "scheme {scheme}{}: class {} (float engine: class {})",
+        caveat.map_or(String::new(), |c| format!(" ({c})")),
         r.class,
         argmax(f0.data())
     );
@@ -1001,6 +1024,8 @@ fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 struct GcBenchRow {
     network: String,
     primes: usize,
+    /// "sound", or "calibrated, not sound" when k came from measured widths.
+    range: String,
     relus: u64,
     garble_ms: f64,
     garbled_bytes: u64,
@@ -1058,16 +1083,14 @@ fn bench_gc(
         if !json {
             eprintln!("gc bench: {name}: compiling and garbling…");
         }
-        let primes = match measured_margin {
-            Some(m) => {
-                let run = QuantModel::new(&g, cfg)?.run(std::slice::from_ref(&x))?;
-                let c = tessera_garble::NetworkCircuit::compile(&g, cfg, 2)
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-                Some(
-                    c.primes_needed(&run.widths, m)
-                        .map_err(|e| CliError::Usage(e.to_string()))?,
-                )
-            }
+        let calibration = match measured_margin {
+            Some(m) => Some(tessera_gc::Calibration {
+                widths: QuantModel::new(&g, cfg)?
+                    .run(std::slice::from_ref(&x))?
+                    .widths,
+                margin_bits: m,
+                source: "the benchmark input".into(),
+            }),
             None => None,
         };
         let mut s = Gc::new(
@@ -1075,7 +1098,7 @@ fn bench_gc(
             GcOptions {
                 quant: cfg,
                 input_range: range,
-                primes,
+                calibration,
                 pool: 1,
                 overlap: false,
                 ..GcOptions::default()
@@ -1105,6 +1128,10 @@ fn bench_gc(
         let row = GcBenchRow {
             network: name.clone(),
             primes: st.primes,
+            range: st
+                .calibrated
+                .as_ref()
+                .map_or("sound".into(), |_| tessera_gc::CALIBRATED_LABEL.into()),
             relus: stats(&g).relus,
             garble_ms: st.garble_ms,
             garbled_bytes: st.material_bytes,
@@ -1118,9 +1145,10 @@ fn bench_gc(
             threads,
         };
         eprintln!(
-            "gc bench: {}: k = {}, garble {:.0} ms, {} B garbled, online {:.0} ms, {} B up / {} B down, {} round(s), bit-exact {}",
+            "gc bench: {}: k = {} ({}), garble {:.0} ms, {} B garbled, online {:.0} ms, {} B up / {} B down, {} round(s), bit-exact {}",
             row.network,
             row.primes,
+            row.range,
             row.garble_ms,
             row.garbled_bytes,
             row.online_ms,
@@ -1137,6 +1165,7 @@ fn bench_gc(
     let mut t = Table::new(&[
         "network",
         "k",
+        "CRT range",
         "garble ms",
         "garbled B",
         "online ms",
@@ -1150,6 +1179,7 @@ fn bench_gc(
         t.row(vec![
             r.network.clone(),
             r.primes.to_string(),
+            r.range.clone(),
             format!("{:.0}", r.garble_ms),
             human(r.garbled_bytes),
             format!("{:.0}", r.online_ms),

@@ -49,7 +49,8 @@ pub struct EnclaveArgs {
     /// gc: garblings kept ready on the worker.
     #[arg(long, default_value_t = 2)]
     pool: usize,
-    /// gc: largest |input| assumed when choosing the number of CRT primes.
+    /// gc: largest |input| accepted; the number of CRT primes holds every value for inputs up
+    /// to it, and the enclave refuses any input beyond it.
     #[arg(long, default_value_t = 255.0)]
     input_range: f32,
     #[command(flatten)]
@@ -178,6 +179,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 primes: a.quant.gc_primes,
                 input_range: a.input_range,
                 margin_bits: 0,
+                calibration: crate::calibrate::gc_calibration(&g, &a.quant)?,
                 pool: a.pool,
                 overlap: true,
             };
@@ -246,7 +248,6 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
         tessera_gc::WorkerOptions {
             store: a.store.clone(),
             channel: ChannelOptions::default(),
-            misbehave: tessera_gc::Misbehave::Honest,
         },
     )
     .map_err(usage)?;

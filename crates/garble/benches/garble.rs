@@ -491,7 +491,7 @@ fn networks(threads: usize) {
             let secrets = ok(garble(&c, &Seed::from_bytes([i as u8; 32]), file));
             gs.push(start.elapsed().as_secs_f64());
             bytes = secrets.material_bytes();
-            let inputs = ok(encode_input(&secrets, q));
+            let (inputs, secrets) = ok(encode_input(secrets, q));
             let start = Instant::now();
             let out = ok(evaluate(&public, ok(std::fs::File::open(&path)), &inputs));
             es.push(start.elapsed().as_secs_f64());

@@ -24,6 +24,8 @@ pub struct CrtBasis {
     product: u64,
     /// For each i: (M / pᵢ) · ((M / pᵢ)⁻¹ mod pᵢ) mod M.
     coefficients: Vec<u64>,
+    /// ⌊(2^64 − 1)/M⌋, for the constant-time reduction mod M.
+    reciprocal: u64,
 }
 
 impl CrtBasis {
@@ -59,6 +61,7 @@ impl CrtBasis {
             moduli,
             product,
             coefficients,
+            reciprocal: u64::MAX / product,
         })
     }
 
@@ -101,15 +104,11 @@ impl CrtBasis {
                 half: self.product / 2,
             });
         }
-        Ok(self
-            .moduli
-            .iter()
-            .map(|m| {
-                let p = i64::from(m.q());
-                // rem_euclid is in 0..p ≤ 251.
-                x.rem_euclid(p) as u8
-            })
-            .collect())
+        // The unsigned representative u = x mod M in constant time: add M when x < 0 by a mask
+        // from the sign bit, no branch. In range, 0 ≤ u < M < 2^63.
+        let negative = ((x >> 63) as u64) & self.product;
+        let u = (x as u64).wrapping_add(negative);
+        Ok(self.moduli.iter().map(|m| ct_rem(u, m.q())).collect())
     }
 
     /// The signed value in [−M/2, M/2) with these residues; errors on the wrong number of
@@ -121,27 +120,49 @@ impl CrtBasis {
                 got: residues.len(),
             });
         }
-        let m = u128::from(self.product);
-        let mut acc: u128 = 0;
-        for ((&r, modulus), &c) in residues.iter().zip(&self.moduli).zip(&self.coefficients) {
-            if r >= modulus.q() {
-                return Err(GarbleError::DigitOutOfRange {
-                    q: modulus.q(),
-                    digit: r,
-                });
-            }
-            // r · c < 2^8 · 2^63; acc < M: no overflow.
-            acc = (acc + u128::from(r) * u128::from(c)) % m;
+        // Which residue is out of range is about the peer's message, not a secret; the values
+        // themselves are combined without a branch or a division on them.
+        if let Some((&r, m)) = residues
+            .iter()
+            .zip(&self.moduli)
+            .find(|(r, m)| **r >= m.q())
+        {
+            return Err(GarbleError::DigitOutOfRange { q: m.q(), digit: r });
         }
-        let u = u64::try_from(acc).map_err(|_| GarbleError::Internal("CRT value overflow"))?;
-        let half = self.product / 2;
-        // u < M < 2^63, so both branches fit an i64.
-        Ok(if u >= half {
-            u as i64 - self.product as i64
-        } else {
-            u as i64
-        })
+        let m = self.product;
+        let mut acc: u64 = 0;
+        for (&r, &c) in residues.iter().zip(&self.coefficients) {
+            // r · c < 2^8 · M ≤ 2^58 and acc < M ≤ 2^50, so the sum fits; one reduction.
+            acc = ct_reduce(acc + u64::from(r) * c, m, self.reciprocal);
+        }
+        // Signed: subtract M when acc ≥ M/2, by a mask. acc < M < 2^63 fits an i64.
+        let half = m / 2;
+        let upper = ((half.wrapping_sub(acc + 1) as i64) >> 63) as u64;
+        Ok((acc as i64).wrapping_sub((upper & m) as i64))
     }
+}
+
+/// u mod p for a small prime p in constant time: a quotient from a precomputable reciprocal
+/// (⌊2^64/p⌋, at most one short) and one masked correction — no division and no branch on u.
+fn ct_rem(u: u64, p: u8) -> u8 {
+    let p = u64::from(p);
+    let reciprocal = u64::MAX / p;
+    ct_reduce(u, p, reciprocal) as u8
+}
+
+/// a mod m for 0 < m < 2^61 and any a < 2^63, with `reciprocal` = ⌊(2^64 − 1)/m⌋, in constant time.
+/// The estimate ⌊a·reciprocal/2^64⌋ is below ⌊a/m⌋ by at most 2 (the reciprocal is short by
+/// less than one and so is the floor), so r < 3m and two masked subtractions finish it.
+fn ct_reduce(a: u64, m: u64, reciprocal: u64) -> u64 {
+    let q = ((u128::from(a) * u128::from(reciprocal)) >> 64) as u64;
+    let mut r = a - q * m;
+    for _ in 0..2 {
+        // t = r − m; keep t when it did not go negative (r, m < 2^63, so bit 63 is the sign).
+        let t = r.wrapping_sub(m);
+        let keep_r = ((t as i64) >> 63) as u64;
+        r = (r & keep_r) | (t & !keep_r);
+    }
+    r
 }
 
 /// a⁻¹ mod p for a prime p, or `None` when a ≡ 0 (Fermat: a^(p−2)).
@@ -181,6 +202,13 @@ mod tests {
     }
 
     proptest! {
+        /// The constant-time reductions against `%`, over the whole range they are used on.
+        #[test]
+        fn constant_time_reduction_is_the_remainder(a in 0u64..(1 << 62), m in 1u64..(1 << 51), p in 2u8..=251) {
+            prop_assert_eq!(ct_reduce(a, m, u64::MAX / m), a % m);
+            prop_assert_eq!(u64::from(ct_rem(a, p)), a % u64::from(p));
+        }
+
         #[test]
         fn encode_decode_round_trips((k, x) in basis_and_value()) {
             let b = basis(k);
@@ -204,6 +232,42 @@ mod tests {
             let x = b.decode(&r).expect("valid");
             prop_assert!(x >= b.min_value() && x <= b.max_value());
             prop_assert_eq!(b.encode(x).expect("in range"), r);
+        }
+    }
+
+    /// The edges of the range and of the reductions, for every basis size.
+    #[test]
+    fn edges_round_trip_for_every_k() {
+        for k in 1..=MAX_CRT_PRIMES {
+            let b = basis(k);
+            for x in [
+                b.min_value(),
+                b.min_value() + 1,
+                -1,
+                0,
+                1,
+                b.max_value() - 1,
+                b.max_value(),
+            ] {
+                if x < b.min_value() || x > b.max_value() {
+                    // k = 1 holds only −1 and 0.
+                    continue;
+                }
+                let r = b.encode(x).expect("in range");
+                for (d, m) in r.iter().zip(b.moduli()) {
+                    assert_eq!(
+                        i64::from(*d),
+                        x.rem_euclid(i64::from(m.q())),
+                        "k = {k}, x = {x}"
+                    );
+                }
+                assert_eq!(b.decode(&r).expect("valid"), x, "k = {k}");
+            }
+        }
+        for m in [1u64, 2, 3, 251, (1 << 50) - 1, 1 << 50, (1 << 61) - 1] {
+            for a in [0u64, 1, m - 1, m, m + 1, 3 * m - 1, (1 << 63) - 1] {
+                assert_eq!(ct_reduce(a, m, u64::MAX / m), a % m, "{a} mod {m}");
+            }
         }
     }
 

@@ -250,6 +250,20 @@ pub struct Garbler {
     cost: GarbleCost,
 }
 
+impl Drop for Garbler {
+    /// The CSPRNG's state holds the seed (it is the ChaCha key) and keystream not yet used:
+    /// overwrite it with the state of an all-zero key, by a volatile write the compiler may not
+    /// drop. The offsets Δ zeroize themselves.
+    fn drop(&mut self) {
+        let blank = ChaCha20Rng::from_seed([0u8; 32]);
+        // SAFETY: `self.rng` is a valid, aligned, initialised field; writing a fresh value over
+        // it by `write_volatile` runs no destructor of the old value (ChaCha20Rng has none:
+        // it is plain data), and the field is valid again afterwards.
+        unsafe { std::ptr::write_volatile(&mut self.rng, blank) };
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Garbler {
     /// A garbling seeded by `seed` (deterministic given the seed and the call sequence). The
     /// public AES key of the hash is the first 16 bytes drawn from the CSPRNG.

@@ -110,8 +110,8 @@ pub use hash::{Hasher, Tweak};
 pub use label::{Delta, Label, Seed};
 pub use modulus::Modulus;
 pub use network::{
-    GarbleSecrets, InputLabels, LayerCost, NetworkCircuit, OutputLabels, decode, encode_input,
-    evaluate, garble, garble_with_progress,
+    GarbleSecrets, InputLabels, LayerCost, NetworkCircuit, OutputKey, OutputLabels, decode,
+    encode_input, evaluate, garble, garble_with_progress,
 };
 pub use output::OutputDecoder;
 pub use store::{

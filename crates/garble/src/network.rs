@@ -77,9 +77,9 @@
 //!   value is never decoded (up to a 2^−128-ish forgery chance per label). Labels of another
 //!   garbling are refused by their garbling id, and would fail the digests anyway.
 //! - **Single use**: one garbling serves one input. Evaluating a garbling on two inputs reveals
-//!   their difference times Δ, hence Δ and everything; [`encode_input`] may be called once per
-//!   [`GarbleSecrets`] (it consumes them by reference, so the caller must enforce this — the gc
-//!   scheme drops the secrets after decoding).
+//!   their difference times Δ, hence Δ and everything. [`encode_input`] therefore takes the
+//!   [`GarbleSecrets`] by value and returns only an [`OutputKey`] (the output digests, no seed,
+//!   no Δ): a second encoding under the same garbling does not compile.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 
@@ -1819,6 +1819,36 @@ impl std::fmt::Debug for GarbleSecrets {
     }
 }
 
+/// What the garbler keeps of one garbling once its input is encoded: the output check and the
+/// output shape, nothing that could encode another input (no seed, no Δ, no label).
+pub struct OutputKey {
+    garbling_id: [u8; 16],
+    decoder: OutputDecoder,
+    primes: usize,
+    output_shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for OutputKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputKey")
+            .field("primes", &self.primes)
+            .field("output_shape", &self.output_shape)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutputKey {
+    /// The public id of the garbling whose outputs this key decodes.
+    pub fn garbling_id(&self) -> [u8; 16] {
+        self.garbling_id
+    }
+
+    /// Bytes this key keeps in memory (about: the decoder's digests and the shape).
+    pub fn bytes_kept(&self) -> usize {
+        16 + self.decoder.bytes_kept() + 8 * self.output_shape.len()
+    }
+}
+
 impl GarbleSecrets {
     /// The public id of the garbling (its hash key), as in the stream header and the labels.
     pub fn garbling_id(&self) -> [u8; 16] {
@@ -2075,12 +2105,13 @@ impl OutputLabels {
 }
 
 /// The labels of `input` (integers at scale 2^f, the network's input shape) for the garbling of
-/// `secrets`. Errors on a wrong shape or a value outside the CRT range. **Once per garbling**:
-/// labels of two inputs under one garbling reveal Δ.
+/// `secrets`, and the [`OutputKey`] that decodes its outputs. Errors on a wrong shape or a value
+/// outside the CRT range. **Once per garbling**: labels of two inputs under one garbling reveal
+/// Δ, so the secrets are consumed (and zeroized) here, on success and on error alike.
 pub fn encode_input(
-    secrets: &GarbleSecrets,
+    secrets: GarbleSecrets,
     input: &Tensor<i64>,
-) -> Result<InputLabels, GarbleError> {
+) -> Result<(InputLabels, OutputKey), GarbleError> {
     if input.shape() != secrets.input_shape.as_slice() {
         return Err(GarbleError::ShapeMismatch {
             expected: numel(&secrets.input_shape).unwrap_or(0),
@@ -2090,12 +2121,32 @@ pub fn encode_input(
     let basis = CrtBasis::first_primes(secrets.primes)?;
     let len = input.len();
     let mut residues = vec![Vec::with_capacity(len); secrets.primes];
+    let mut bad = None;
     for &x in input.data() {
-        for (o, r) in residues.iter_mut().zip(basis.encode(x)?) {
-            o.push(i64::from(r));
+        match basis.encode(x) {
+            Ok(mut r) => {
+                for (o, &d) in residues.iter_mut().zip(&r) {
+                    o.push(i64::from(d));
+                }
+                r.zeroize();
+            }
+            Err(e) => {
+                bad = Some(e);
+                break;
+            }
         }
     }
-    let (mut g, zeros) = start(&secrets.seed, secrets.primes, len)?;
+    if let Some(e) = bad {
+        residues.iter_mut().for_each(|r| r.zeroize());
+        return Err(e);
+    }
+    let (mut g, zeros) = match start(&secrets.seed, secrets.primes, len) {
+        Ok(v) => v,
+        Err(e) => {
+            residues.iter_mut().for_each(|r| r.zeroize());
+            return Err(e);
+        }
+    };
     let tensors = zeros
         .into_iter()
         .zip(&residues)
@@ -2104,12 +2155,29 @@ pub fn encode_input(
             z.zeroize();
             l
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>();
     residues.iter_mut().for_each(|r| r.zeroize());
-    Ok(InputLabels(LabelSet {
-        garbling_id: secrets.garbling_id,
-        tensors,
-    }))
+    drop(g);
+    let tensors = tensors?;
+    let GarbleSecrets {
+        garbling_id,
+        decoder,
+        primes,
+        output_shape,
+        ..
+    } = secrets;
+    Ok((
+        InputLabels(LabelSet {
+            garbling_id,
+            tensors,
+        }),
+        OutputKey {
+            garbling_id,
+            decoder,
+            primes,
+            output_shape,
+        },
+    ))
 }
 
 /// The evaluator: runs the public `circuit` over the garbled material read from `reader` (as
@@ -2154,7 +2222,7 @@ pub fn evaluate(
 /// The garbler's decoding of the evaluator's output labels: every label is checked against the
 /// digests of the valid ones; any invalid label (or labels of another garbling, or of the wrong
 /// count or moduli) is an error, never a value. Returns the logits at scale 2^f.
-pub fn decode(secrets: &GarbleSecrets, output: &OutputLabels) -> Result<Tensor<i64>, GarbleError> {
+pub fn decode(secrets: &OutputKey, output: &OutputLabels) -> Result<Tensor<i64>, GarbleError> {
     let len = numel(&secrets.output_shape).unwrap_or(0);
     output.0.check(secrets.garbling_id, secrets.primes, len)?;
     let basis = CrtBasis::first_primes(secrets.primes)?;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tessera_engine::quant::{QuantConfig, QuantModel, static_widths};
+use tessera_engine::quant::{NodeWidth, QuantConfig, QuantModel, static_widths};
 use tessera_garble::Seed;
 use tessera_garble::network::{
     GarbleSecrets, NetworkCircuit, OutputLabels, decode, encode_input, garble_with_progress,
@@ -23,17 +23,28 @@ use tessera_runtime::protocol::OffloadCost;
 use tessera_runtime::{RuntimeError, Transport};
 
 /// Options of the enclave's gc backend.
+///
+/// **Soundness.** Garbled wires cannot detect a CRT wrap-around: a value outside the range of k
+/// primes becomes a wrong output label that is nevertheless *valid*, so the output check cannot
+/// see it. The backend therefore uses a k below the sound bound (the worst case for every
+/// input with |x| ≤ `input_range`) only with an explicit [`Calibration`], marks such a backend
+/// ([`GcStats::calibrated`]), and refuses every input whose quantized value lies outside the
+/// range k was chosen for.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
     /// Fixed-point parameters.
     pub quant: QuantConfig,
-    /// CRT primes k; `None`: the smallest k that holds every worst-case width for inputs with
-    /// |x| ≤ `input_range` (plus `margin_bits`).
+    /// CRT primes k; `None`: the smallest sound k (or, with a calibration, the smallest k for
+    /// the calibrated widths). A fixed k below that bound is refused.
     pub primes: Option<usize>,
-    /// Largest |input| assumed when choosing k.
+    /// Largest |input| accepted (in real units); the sound k holds every input up to it, and
+    /// the enclave refuses any input beyond it.
     pub input_range: f32,
     /// Extra bits of range when choosing k.
     pub margin_bits: u32,
+    /// Opt-in: choose k from widths measured on the user's data instead of the worst case.
+    /// Not sound: an input that drives a value past the calibrated range wraps undetected.
+    pub calibration: Option<Calibration>,
     /// Garblings kept ready on the worker.
     pub pool: usize,
     /// Garble the next inference while one is being evaluated (the deployment default: the
@@ -49,10 +60,92 @@ impl Default for GcOptions {
             primes: None,
             input_range: 255.0,
             margin_bits: 0,
+            calibration: None,
             pool: 2,
             overlap: true,
         }
     }
+}
+
+/// Widths measured on a user's data, for a calibrated (not sound) choice of k.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    /// Per-node widths (the input first), the maximum over the data
+    /// (`tessera_engine::quant::merge_widths` of `IntRun::widths`).
+    pub widths: Vec<NodeWidth>,
+    /// Bits of range added above the measured widths.
+    pub margin_bits: u32,
+    /// What the widths were measured on, for reports ("mnist:500").
+    pub source: String,
+}
+
+/// The label every output of a calibrated backend carries.
+pub const CALIBRATED_LABEL: &str = "calibrated, not sound";
+
+/// How k was chosen, and what range the enclave enforces on inputs.
+#[derive(Clone, Debug)]
+struct RangeChoice {
+    primes: usize,
+    /// The smallest sound k, when one exists within the basis.
+    sound_primes: Option<usize>,
+    /// Largest |quantized input| accepted.
+    input_limit: u64,
+    /// Set when k is below the sound bound: where the widths came from.
+    calibrated: Option<String>,
+}
+
+/// Chooses k (see [`GcOptions`]): sound unless a calibration is given and k falls below the
+/// sound bound; a fixed k below the applicable bound is an error.
+fn choose_range(
+    probe: &NetworkCircuit,
+    quant: &QuantModel,
+    opts: &GcOptions,
+) -> Result<RangeChoice, GcError> {
+    let sound = static_widths(quant, opts.input_range)?;
+    let sound_limit = sound.first().map_or(0, |w| w.out_max);
+    let sound_primes = probe.primes_needed(&sound, opts.margin_bits).ok();
+    let Some(cal) = &opts.calibration else {
+        let Some(bound) = sound_primes else {
+            // Report the bound's own error (the range it would need).
+            probe.primes_needed(&sound, opts.margin_bits)?;
+            return Err(GcError::Protocol("no sound CRT range".into()));
+        };
+        let primes = opts.primes.unwrap_or(bound);
+        if primes < bound {
+            return Err(GcError::UnsoundPrimes {
+                primes,
+                sound: bound,
+            });
+        }
+        return Ok(RangeChoice {
+            primes,
+            sound_primes,
+            input_limit: u64::try_from(sound_limit).unwrap_or(u64::MAX),
+            calibrated: None,
+        });
+    };
+    let cal_bound = probe.primes_needed(&cal.widths, cal.margin_bits)?;
+    let primes = opts.primes.unwrap_or(cal_bound);
+    if primes < cal_bound {
+        return Err(GcError::UnsoundPrimes {
+            primes,
+            sound: cal_bound,
+        });
+    }
+    let is_sound = sound_primes.is_some_and(|b| primes >= b);
+    // Inputs beyond what the calibration saw (or beyond the stated range) are refused too.
+    let seen = cal.widths.first().map_or(0, |w| w.out_max);
+    let limit = if is_sound {
+        sound_limit
+    } else {
+        seen.min(sound_limit)
+    };
+    Ok(RangeChoice {
+        primes,
+        sound_primes,
+        input_limit: u64::try_from(limit).unwrap_or(u64::MAX),
+        calibrated: (!is_sound).then(|| cal.source.clone()),
+    })
 }
 
 /// Figures of the backend, for reports.
@@ -60,6 +153,11 @@ impl Default for GcOptions {
 pub struct GcStats {
     /// CRT primes k.
     pub primes: usize,
+    /// The smallest sound k for the stated input range (`None`: beyond the basis).
+    pub sound_primes: Option<usize>,
+    /// Set when k is below the sound bound (a calibrated backend): what it was calibrated on.
+    /// Every output of such a backend is "calibrated, not sound".
+    pub calibrated: Option<String>,
     /// Garbled material per inference, bytes.
     pub material_bytes: u64,
     /// Bytes the enclave keeps per ready garbling.
@@ -73,6 +171,7 @@ pub struct GcStats {
 struct Ready {
     slot: u64,
     secrets: GarbleSecrets,
+    kept: u64,
     garble_ns: u64,
     stored: u64,
 }
@@ -109,7 +208,7 @@ pub struct GarbleProgress {
 
 /// The gc scheme's enclave side. See the crate documentation.
 pub struct GcBackend {
-    circuit_primes: usize,
+    range: RangeChoice,
     quant: QuantModel,
     online: Mutex<Channel>,
     shared: Arc<Shared>,
@@ -199,6 +298,7 @@ fn prepare(
     match ch.recv::<FromWorker>()? {
         FromWorker::Stored { slot: s, bytes } if s == slot => Ok(Ready {
             slot,
+            kept: secrets.bytes_kept() as u64,
             secrets,
             garble_ns,
             stored: bytes,
@@ -221,13 +321,8 @@ impl GcBackend {
     ) -> Result<Self, GcError> {
         let quant = QuantModel::new(graph, opts.quant)?;
         let probe = NetworkCircuit::compile(graph, opts.quant, 2)?;
-        let primes = match opts.primes {
-            Some(k) => k,
-            None => {
-                let widths = static_widths(&quant, opts.input_range)?;
-                probe.primes_needed(&widths, opts.margin_bits)?
-            }
-        };
+        let range = choose_range(&probe, &quant, opts)?;
+        let primes = range.primes;
         let circuit = probe.with_primes(primes)?;
         let public = export_model(&public_model(graph))?;
         let mut off = Channel::new(offline, channel)?;
@@ -281,7 +376,7 @@ impl GcBackend {
                         Ok(ready) => {
                             p.garble_ns.push(ready.garble_ns);
                             p.material = ready.stored;
-                            p.kept = ready.secrets.bytes_kept() as u64;
+                            p.kept = ready.kept;
                             p.ready.push_back(ready);
                         }
                         Err(e) => {
@@ -301,7 +396,7 @@ impl GcBackend {
             activation_bytes: Footprint::of(graph).activation_bytes / 8 * 16 * primes as u64,
         };
         Ok(Self {
-            circuit_primes: primes,
+            range,
             quant,
             online: Mutex::new(on),
             shared,
@@ -326,7 +421,9 @@ impl GcBackend {
             Err(_) => (0.0, 0, 0),
         };
         GcStats {
-            primes: self.circuit_primes,
+            primes: self.range.primes,
+            sound_primes: self.range.sound_primes,
+            calibrated: self.range.calibrated.clone(),
             material_bytes: material,
             kept_bytes: kept,
             garble_ms,
@@ -385,7 +482,11 @@ impl GcBackend {
         }
     }
 
-    fn infer_gc(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), GcError> {
+    /// One inference with the scheme's own error type (the [`InferBackend`] impl flattens it
+    /// into a runtime error for the client): the exact integer output at scale 2^f and its
+    /// offload cost. Refuses an input outside the range k was chosen for before spending a
+    /// garbling; any output label that is not valid is an error, never a value.
+    pub fn infer_checked(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), GcError> {
         let r = self.infer_once(input);
         if let Ok(mut p) = self.shared.pool.lock() {
             p.in_flight = p.in_flight.saturating_sub(1);
@@ -401,8 +502,19 @@ impl GcBackend {
             .into_iter()
             .next()
             .ok_or_else(|| GcError::Protocol("no input".into()))?;
+        // Before a garbling is spent: every value must lie in the range k was chosen for, or it
+        // could wrap in CRT and come back as a valid but wrong output.
+        check_input_range(&x, self.range.input_limit)?;
         let ready = self.take_ready()?;
-        let labels = encode_input(&ready.secrets, &x)?.to_bytes()?;
+        let Ready {
+            slot: ready_slot,
+            secrets,
+            garble_ns,
+            stored,
+            ..
+        } = ready;
+        let (labels, key) = encode_input(secrets, &x)?;
+        let labels = labels.to_bytes()?;
         let mut ch = self
             .online
             .lock()
@@ -410,7 +522,7 @@ impl GcBackend {
         let counters = ch.counters();
         let (s0, r0, n0) = counters.snapshot();
         ch.send(&ToWorker::Evaluate {
-            slot: ready.slot,
+            slot: ready_slot,
             labels,
         })?;
         let (slot, out, eval_ns) = match ch.recv::<FromWorker>()? {
@@ -423,14 +535,13 @@ impl GcBackend {
         };
         let (s1, r1, n1) = counters.snapshot();
         drop(ch);
-        if slot != ready.slot {
+        if slot != ready_slot {
             return Err(GcError::Protocol(format!(
-                "the worker answered for garbling {slot}, not {}",
-                ready.slot
+                "the worker answered for garbling {slot}, not {ready_slot}"
             )));
         }
         let out = OutputLabels::from_bytes(&out)?;
-        let y = decode(&ready.secrets, &out)?;
+        let y = decode(&key, &out)?;
         Ok((
             y,
             OffloadCost {
@@ -438,14 +549,24 @@ impl GcBackend {
                 bytes_to_worker: s1 - s0,
                 bytes_from_worker: r1 - r0,
                 rounds: n1 - n0,
-                stored_bytes: ready.stored,
-                offline_ns: ready.garble_ns,
+                stored_bytes: stored,
+                offline_ns: garble_ns,
                 worker_ns: eval_ns,
-                enclave_bytes_kept: ready.secrets.bytes_kept() as u64,
+                enclave_bytes_kept: key.bytes_kept() as u64,
                 trusted_macs: 0,
             },
         ))
     }
+}
+
+/// Errors unless every value of `x` has |v| ≤ `limit`. The comparison is made on every value
+/// (no early exit), so its time does not depend on where an outlier sits.
+fn check_input_range(x: &Tensor<i64>, limit: u64) -> Result<(), GcError> {
+    let widest = x.data().iter().fold(0u64, |m, v| m.max(v.unsigned_abs()));
+    if widest > limit {
+        return Err(GcError::InputOutOfRange { widest, limit });
+    }
+    Ok(())
 }
 
 impl InferBackend for GcBackend {
@@ -453,7 +574,7 @@ impl InferBackend for GcBackend {
         "gc"
     }
     fn infer(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), RuntimeError> {
-        self.infer_gc(input).map_err(RuntimeError::from)
+        self.infer_checked(input).map_err(RuntimeError::from)
     }
     fn footprint(&self) -> Footprint {
         self.footprint

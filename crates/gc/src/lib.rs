@@ -19,10 +19,28 @@
 //!   worker that flips table bits, swaps or replays labels, evaluates an old garbling or returns
 //!   random labels produces an error, never a wrong prediction (with probability 1 − 2^−λ per
 //!   label, λ ≥ 120).
+//! * **Never a silently wrong value.** Garbled wires cannot see a CRT wrap-around: a value
+//!   outside the range of the k primes turns into a *valid* but wrong output label. The enclave
+//!   therefore (a) chooses k as the smallest that holds the worst case of every value for all
+//!   inputs with |x| ≤ `input_range` (`tessera_engine::quant::static_widths`), (b) refuses a
+//!   fixed k below that bound ([`GcError::UnsoundPrimes`]), and (c) checks every quantized input
+//!   against the range k was chosen for before it spends a garbling
+//!   ([`GcError::InputOutOfRange`]). A k below the sound bound is possible only by opting in to
+//!   a [`Calibration`] (widths measured on the user's data plus a stated margin); such a backend
+//!   reports [`GcStats::calibrated`], and every result built on it is labelled
+//!   [`CALIBRATED_LABEL`]. For a calibrated backend (c) uses the largest input the calibration
+//!   saw, but an input inside that range can still drive an inner value past the calibrated
+//!   range: that is exactly what "not sound" means.
 //! * **What the worker learns by design**: the architecture, k, and the weights of the linear
 //!   layers (they are public multipliers of the free operations; see `tessera_garble::network`).
 //!   Biases and added constants are garbled and stay hidden. The worker receives the model with
 //!   biases and added constants zeroed ([`public_model`]) and compiles the same circuit.
+//! * **What k reveals about the biases.** The sound k bounds every accumulator by
+//!   Σ|w|·X + |b| per layer, so with automatic k the worker (who knows the weights and the input
+//!   range) learns in which of the at most 13 CRT ranges the largest bias-inclusive bound falls:
+//!   a coarse upper and lower bound on the largest |bias| of the layer that sets k, never a bias
+//!   value. A deployment that must not reveal even that fixes k with `--gc-primes` from public
+//!   information (k must still be at least the sound bound, which the enclave checks).
 //! * Messages between enclave and worker travel on a plain framed channel (sequence numbers,
 //!   size limits, deadlines): they carry nothing secret, and tampering is caught by the output
 //!   check. Denial of service by the worker is out of scope.
@@ -33,9 +51,9 @@ mod backend;
 mod messages;
 mod worker;
 
-pub use backend::{GarbleProgress, GcBackend, GcOptions, GcStats};
+pub use backend::{CALIBRATED_LABEL, Calibration, GarbleProgress, GcBackend, GcOptions, GcStats};
 pub use messages::{FromWorker, ToWorker};
-pub use worker::{Misbehave, WorkerOptions, serve_worker, serve_worker_tcp};
+pub use worker::{WorkerOptions, serve_worker, serve_worker_tcp};
 
 use tessera_model::Graph;
 use tessera_model::ir::{BinOp, Op};
@@ -66,6 +84,32 @@ pub enum GcError {
     /// The peer broke the protocol.
     #[error("gc protocol: {0}")]
     Protocol(String),
+    /// A k below the bound that holds every value (the worst case for the stated input range,
+    /// or the calibrated widths): values could wrap in CRT and decode to a wrong prediction.
+    #[error(
+        "gc: {primes} CRT primes are below the {sound} needed to hold every value for the stated \
+         input range, so a wrap-around would return a wrong prediction as valid; use at least \
+         {sound} primes, or opt in to a calibrated range measured on your data \
+         (--gc-calibrated DATA, labelled 'calibrated, not sound')"
+    )]
+    UnsoundPrimes {
+        /// The k asked for.
+        primes: usize,
+        /// The smallest k that holds the bound.
+        sound: usize,
+    },
+    /// An input value outside the range k was chosen for.
+    #[error(
+        "gc: an input value of magnitude {widest} (quantized) exceeds the {limit} the CRT range \
+         was chosen for; scale the input into range or start the enclave with a larger \
+         --gc-input-range"
+    )]
+    InputOutOfRange {
+        /// The largest |value| of the input.
+        widest: u64,
+        /// The largest accepted.
+        limit: u64,
+    },
 }
 
 impl From<GcError> for tessera_runtime::RuntimeError {

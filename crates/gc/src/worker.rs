@@ -13,22 +13,6 @@ use tessera_runtime::RuntimeError;
 use tessera_runtime::channel::{Channel, ChannelOptions, Role};
 use tessera_runtime::enclave::{ServerHandle, serve_tcp};
 
-/// Deliberate misbehaviour, for tests of the enclave's checks (a malicious worker).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Misbehave {
-    /// Behave.
-    #[default]
-    Honest,
-    /// Flip one bit in the middle of the stored garbled material before evaluating.
-    FlipTableBit,
-    /// Answer every request with the output labels of the previous one.
-    ReplayPreviousOutput,
-    /// Evaluate the previously used garbling again instead of the requested one.
-    EvaluateOldGarbling,
-    /// Return random bytes in place of the output labels' digits.
-    RandomLabels,
-}
-
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -36,8 +20,6 @@ pub struct WorkerOptions {
     pub store: PathBuf,
     /// Channel limits.
     pub channel: ChannelOptions,
-    /// For tests: misbehave on purpose.
-    pub misbehave: Misbehave,
 }
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> GcError {
@@ -53,7 +35,6 @@ struct Session<'a> {
     namespace: u64,
     idle: bool,
     writing: Option<(u64, std::io::BufWriter<std::fs::File>, PathBuf, u64)>,
-    previous: Option<(u64, Vec<u8>)>,
 }
 
 impl Session<'_> {
@@ -126,46 +107,13 @@ impl Session<'_> {
                     .as_ref()
                     .ok_or_else(|| GcError::Protocol("evaluate before setup".into()))?;
                 let t0 = Instant::now();
-                let mut use_slot = slot;
-                if self.opts.misbehave == Misbehave::EvaluateOldGarbling
-                    && let Some((old, _)) = &self.previous
-                {
-                    use_slot = *old;
-                }
-                let path = self.path(use_slot, false);
+                let path = self.path(slot, false);
                 let input = InputLabels::from_bytes(&labels)?;
-                let out = if self.opts.misbehave == Misbehave::FlipTableBit {
-                    let mut material = std::fs::read(&path).map_err(|e| store_err(&path, e))?;
-                    let mid = material.len() / 2;
-                    if let Some(b) = material.get_mut(mid) {
-                        *b ^= 0x10;
-                    }
-                    evaluate(circuit, material.as_slice(), &input)?
-                } else {
-                    // Streamed from disk: the material never has to fit in memory.
-                    let f = std::fs::File::open(&path).map_err(|e| store_err(&path, e))?;
-                    evaluate(circuit, f, &input)?
-                };
-                let mut bytes = out.to_bytes()?;
-                if self.opts.misbehave != Misbehave::EvaluateOldGarbling {
-                    let _ = std::fs::remove_file(&path);
-                }
-                match self.opts.misbehave {
-                    Misbehave::ReplayPreviousOutput => {
-                        if let Some((_, prev)) = &self.previous {
-                            bytes = prev.clone();
-                        }
-                    }
-                    Misbehave::RandomLabels => {
-                        // Keep the container (so it parses), randomize the label digits.
-                        let n = bytes.len();
-                        for b in bytes.iter_mut().skip(n / 4).take(n / 2) {
-                            *b = rand::random();
-                        }
-                    }
-                    _ => {}
-                }
-                self.previous = Some((slot, bytes.clone()));
+                // Streamed from disk: the material never has to fit in memory.
+                let f = std::fs::File::open(&path).map_err(|e| store_err(&path, e))?;
+                let out = evaluate(circuit, f, &input)?;
+                let bytes = out.to_bytes()?;
+                let _ = std::fs::remove_file(&path);
                 Ok(Some(FromWorker::Output {
                     slot,
                     labels: bytes,
@@ -185,7 +133,6 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
         namespace: 0,
         idle: false,
         writing: None,
-        previous: None,
     };
     let result = loop {
         let msg = match ch.recv::<ToWorker>() {

@@ -8,7 +8,7 @@ use crate::{Cost, Inference, Scheme, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_gc::{GcBackend, GcOptions, Misbehave, WorkerOptions, serve_worker_tcp};
+use tessera_gc::{GcBackend, GcOptions, WorkerOptions, serve_worker_tcp};
 use tessera_model::Tensor;
 use tessera_model::stats::stats;
 use tessera_runtime::enclave::{Backend, ServerHandle};
@@ -57,7 +57,6 @@ impl Gc {
             WorkerOptions {
                 store: store.clone(),
                 channel: ChannelOptions::default(),
-                misbehave: Misbehave::Honest,
             },
         )?;
         let off = TcpStream::connect(worker.addr()).map_err(io("connecting to the worker"))?;
@@ -108,6 +107,12 @@ impl Scheme for Gc {
     }
     fn protects(&self) -> &'static str {
         "data and activations (weights visible to the worker); cheating detected"
+    }
+    fn caveat(&self) -> Option<String> {
+        self.backend
+            .stats()
+            .calibrated
+            .map(|_| tessera_gc::CALIBRATED_LABEL.to_string())
     }
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
         let _ = self.backend.wait_ready(Duration::from_secs(3600));

@@ -81,6 +81,11 @@ pub trait Scheme {
     fn exact(&self) -> bool {
         true
     }
+    /// A caveat every result of this scheme instance must carry (for example gc's "calibrated,
+    /// not sound"); `None` when its results hold without one.
+    fn caveat(&self) -> Option<String> {
+        None
+    }
 }
 
 mod asym;
@@ -209,7 +214,10 @@ pub fn summarize(
         (t + r.cost.trusted_macs, a + r.cost.total_macs)
     });
     Summary {
-        scheme: scheme.name().into(),
+        scheme: match scheme.caveat() {
+            Some(c) => format!("{} ({c})", scheme.name()),
+            None => scheme.name().into(),
+        },
         protects: scheme.protects().into(),
         inferences: runs.len(),
         correct: labels.map(|l| {
