@@ -33,7 +33,8 @@ fn softmax_of_a_scalar_is_an_error_not_a_panic() {
         }],
     };
     let x = Tensor::new(vec![], vec![1.5f32]).expect("scalar");
-    let e = tessera_engine::run_f32(&g, &[x.clone()]).expect_err("a scalar has no axis 0");
+    let e =
+        tessera_engine::run_f32(&g, std::slice::from_ref(&x)).expect_err("a scalar has no axis 0");
     assert!(
         matches!(&e, EngineError::Model(tessera_model::ModelError::Shape(m)) if m.contains("softmax axis")),
         "{e:?}"
