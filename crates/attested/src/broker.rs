@@ -1,6 +1,6 @@
-//! The key broker: runs in the (here simulated) enclave, keeps the dataset and model keys
-//! sealed, accepts jobs every stakeholder consents to, attests training hosts, releases keys
-//! only to an attested host, and serves inference with the trained model.
+//! The key broker: runs in the (here simulated) enclave, holds the dataset and model keys,
+//! accepts jobs every stakeholder consents to, attests training hosts, releases keys only to an
+//! attested host, and serves inference with the trained model.
 //!
 //! # Protocol
 //!
@@ -8,27 +8,60 @@
 //! `Enclave`, stakeholders `Client`, the host agent `Worker`), then [`Request`]s, each answered
 //! by one [`Reply`]:
 //!
-//! - `Evidence{nonce}` → the broker's TEE evidence whose report data is
+//! - `Evidence{nonce}` (any peer) → the broker's TEE evidence whose report data is
 //!   `SHA-512(nonce ‖ broker X25519 public key)`: a stakeholder checks it against its policy's
-//!   `enclave_measurements` before wrapping a key to that public key;
-//! - `SubmitPolicy`, `DepositKey` (a key wrapped to the broker for context
-//!   `"deposit\0" ‖ kind ‖ name ‖ measurement`), `SubmitJob` → `Accepted` or `Rejected{reason}`;
-//! - the host: `AgentHello{job, identity}` → `Challenge`; `AgentEvidence` (a quote whose
-//!   binding is [`host_binding`]`(job, host X25519 key)`) → after [`tessera_tpm::Verifier`]
-//!   accepts it, `Keys`: the dataset and model keys, each wrapped to the host key the quote
-//!   vouches for, under context `"release\0" ‖ kind ‖ job ‖ quote hash`; otherwise
-//!   `Rejected` with the verifier's reason.
+//!   `enclave_measurements` before it signs anything for this broker or wraps a key to it;
+//! - `Stakeholder(`[`Signed`]`)` (role `Client` only): a policy, a withdrawal, a key deposit
+//!   (the key wrapped to the broker for context `"deposit\0" ‖ kind ‖ name ‖ measurement`,
+//!   the measurement being the one the depositor verified in the evidence) or a job, signed by
+//!   the stakeholder whose slot it changes ([`crate::signed`]) → `Accepted{message, receipt}`,
+//!   where `receipt` is broker evidence for the nonce [`receipt_nonce`]`(request digest)`, or
+//!   `Rejected{reason}`;
+//! - the host (role `Worker` only): `AgentHello{job, identity}` → `Challenge`; `AgentEvidence`
+//!   (a quote whose binding is [`host_binding`]`(job, host X25519 key)`) → after
+//!   [`tessera_tpm::Verifier`] accepts it and every stakeholder's consent is re-checked,
+//!   `Keys`: the dataset and model keys, each wrapped to the host key the quote vouches for,
+//!   under context `"release\0" ‖ kind ‖ job ‖ quote hash`; otherwise `Rejected` with the
+//!   reason.
+//!
+//! # What the broker accepts from whom
+//!
+//! The role in a peer's hello is self-declared: it decides which requests a connection may
+//! send (a `Worker` connection may only attest, a `Client` connection only send signed
+//! stakeholder requests), it does not authenticate anyone. Authority over the stakeholders'
+//! state comes from the signatures alone:
+//!
+//! - Each stakeholder's ed25519 key is pinned in the broker's configuration, which its
+//!   measurement covers ([`crate::signed::Pinned`]). A request for a stakeholder's slot is
+//!   applied only if that key signed it, over an encoding that names this broker's measurement
+//!   and X25519 key.
+//! - A stakeholder changes only its own slot: its policy (the policy's `stakeholder` must be
+//!   the signer) and its withdrawal; the data owner deposits dataset keys, the model owner
+//!   model keys and jobs. Everything else is [`AttestedError::NotYourSlot`].
+//! - Every slot (a stakeholder's policy, a key, a job) carries the revision of the request that
+//!   set it; a request must carry a higher one ([`AttestedError::StaleRevision`]). A withdrawal
+//!   keeps its revision, so an older policy cannot be replayed to restore a withdrawn consent.
+//! - State lives in the enclave's memory; each accepted signed request is also written to the
+//!   state directory (`signed/`) and, when the broker starts, read back and verified again
+//!   (signature, slot, file name), so a file edited on disk is refused
+//!   ([`AttestedError::StateFile`]). A deposited key is kept on disk only as its deposit:
+//!   wrapped to the broker's X25519 key, which is sealed to its measurement.
+//! - The release re-checks every consent and requires that no policy, the job or either key
+//!   changed since the host's challenge, under the same lock that applies stakeholder
+//!   requests: a withdrawal the broker accepted before the release's check stops it.
 //!
 //! The channel itself is not encrypted: policies and jobs are public, keys cross it only
-//! wrapped. Anyone who can reach the broker may submit a policy; authenticating stakeholders
-//! (signed policies) is out of scope here.
+//! wrapped, and requests are signed. A network attacker can drop a request or a reply; it
+//! cannot make a stakeholder believe a request was applied, because the client checks the
+//! receipt (broker evidence over the request's digest).
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 use tessera_attest::sim::PlatformKey;
 use tessera_runtime::enclave::{
@@ -37,19 +70,21 @@ use tessera_runtime::enclave::{
 use tessera_runtime::seal::{seal, unseal, write_atomic};
 use tessera_runtime::{Channel, ChannelOptions, Role, RuntimeError};
 use tessera_tpm::{AgentIdentity, Challenge, PendingAttestation, Verifier, VerifyError};
-use zeroize::Zeroizing;
 
 use crate::dataset::{Key, decrypt_model, key_from};
 use crate::error::{AttestedError, random};
 use crate::policy::{AcceptedJob, JobSpec, Stakeholder, StakeholderPolicy, accept_job, check_name};
+use crate::signed::{Action, BrokerId, Pinned, Signed, StakeholderKey};
 use crate::wrap::{KeyPair, wrap};
 
-/// What the broker's measurement covers besides its binary.
-pub const BROKER_POLICY: &[u8] = b"tessera-attested broker v1; mode sim";
+/// What the broker's measurement covers besides its binary and the pinned stakeholder keys.
+pub const BROKER_POLICY: &[u8] =
+    b"tessera-attested broker v2; mode sim; signed stakeholder requests";
 const HOST_BINDING: &[u8] = b"tessera-attested host key v1\0";
+const RECEIPT: &[u8] = b"tessera-attested receipt v1\0";
 
 /// Which key a stakeholder deposits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum KeyKind {
     /// The data owner's dataset key (named by the dataset).
     Dataset,
@@ -58,10 +93,19 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn tag(self) -> &'static str {
+    /// The name in wrap contexts and file names.
+    pub fn tag(self) -> &'static str {
         match self {
             KeyKind::Dataset => "dataset",
             KeyKind::Model => "model",
+        }
+    }
+
+    /// The only stakeholder who may deposit this kind of key.
+    pub fn owner(self) -> Stakeholder {
+        match self {
+            KeyKind::Dataset => Stakeholder::DataOwner,
+            KeyKind::Model => Stakeholder::ModelOwner,
         }
     }
 }
@@ -98,6 +142,15 @@ pub fn host_binding(job: &str, host_key: &[u8; 32]) -> Vec<u8> {
     b
 }
 
+/// The nonce of the evidence that acknowledges a signed request with digest `digest`
+/// ([`Signed::digest`]): `SHA-256("tessera-attested receipt v1\0" ‖ digest)`.
+pub fn receipt_nonce(digest: &[u8; 32]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(RECEIPT);
+    h.update(digest);
+    h.finalize().into()
+}
+
 /// A request to the broker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -106,25 +159,8 @@ pub enum Request {
         /// The requester's nonce.
         nonce: [u8; 32],
     },
-    /// A stakeholder policy (JSON).
-    SubmitPolicy {
-        /// The policy text.
-        json: String,
-    },
-    /// A key wrapped to the broker.
-    DepositKey {
-        /// Which key.
-        kind: KeyKind,
-        /// Dataset or job name.
-        name: String,
-        /// [`crate::wrap::wrap`] to the broker key under [`deposit_context`].
-        wrapped: Vec<u8>,
-    },
-    /// A job (JSON).
-    SubmitJob {
-        /// The job text.
-        json: String,
-    },
+    /// A stakeholder's signed request.
+    Stakeholder(Signed),
     /// A host asks to run a job.
     AgentHello {
         /// The job.
@@ -139,6 +175,17 @@ pub enum Request {
     },
 }
 
+impl Request {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Evidence { .. } => "Evidence",
+            Request::Stakeholder(_) => "signed stakeholder",
+            Request::AgentHello { .. } => "AgentHello",
+            Request::AgentEvidence { .. } => "AgentEvidence",
+        }
+    }
+}
+
 /// The broker's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
@@ -151,10 +198,12 @@ pub enum Reply {
         /// Whether the TEE is simulated (no security).
         simulated: bool,
     },
-    /// Done.
+    /// A signed request was applied.
     Accepted {
         /// What was done.
         message: String,
+        /// Broker evidence for [`receipt_nonce`] of the request's digest.
+        receipt: Vec<u8>,
     },
     /// Refused.
     Rejected {
@@ -201,10 +250,117 @@ pub struct Release {
 /// How to open a broker.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// Sealed keys, policies, jobs and the simulated platform key.
+    /// Signed state, the sealed broker key and the simulated platform key.
     pub state_dir: PathBuf,
     /// The broker binary's bytes for the measurement; `None`: this executable.
     pub binary: Option<Vec<u8>>,
+    /// The stakeholders' pinned signing keys (part of the measurement).
+    pub stakeholders: Pinned,
+}
+
+/// One slot's value and the revision of the signed request that set it.
+struct Entry<T> {
+    revision: u64,
+    value: T,
+}
+
+/// The broker's state (in enclave memory).
+#[derive(Default)]
+struct State {
+    /// `None`: withdrawn.
+    policies: BTreeMap<Stakeholder, Entry<Option<StakeholderPolicy>>>,
+    keys: BTreeMap<(KeyKind, String), Entry<Key>>,
+    jobs: BTreeMap<String, Entry<JobSpec>>,
+}
+
+/// A checked signed request, ready to apply.
+enum Change {
+    Policy(Stakeholder, Option<StakeholderPolicy>),
+    Key(KeyKind, String, Key),
+    Job(JobSpec),
+}
+
+impl Change {
+    fn file(&self) -> String {
+        match self {
+            Change::Policy(who, _) => format!("policy-{}.json", who.key()),
+            Change::Key(kind, name, _) => format!("key-{}-{name}.json", kind.tag()),
+            Change::Job(j) => format!("job-{}.json", j.id),
+        }
+    }
+}
+
+/// The revisions of everything a job's release depends on, in a fixed order.
+type Snapshot = Vec<(String, u64)>;
+
+impl State {
+    fn snapshot(&self, job: &JobSpec) -> Snapshot {
+        let mut v: Snapshot = Stakeholder::ALL
+            .into_iter()
+            .map(|who| {
+                (
+                    format!("the {who}'s policy"),
+                    self.policies.get(&who).map_or(0, |e| e.revision),
+                )
+            })
+            .collect();
+        v.push((
+            format!("job {:?}", job.id),
+            self.jobs.get(&job.id).map_or(0, |e| e.revision),
+        ));
+        for (kind, name) in [(KeyKind::Dataset, &job.dataset), (KeyKind::Model, &job.id)] {
+            v.push((
+                format!("the {} key of {name:?}", kind.tag()),
+                self.keys
+                    .get(&(kind, name.clone()))
+                    .map_or(0, |e| e.revision),
+            ));
+        }
+        v
+    }
+
+    fn key(&self, kind: KeyKind, name: &str) -> Result<Key, AttestedError> {
+        match self.keys.get(&(kind, name.to_string())) {
+            Some(e) => Ok(e.value.clone()),
+            None => {
+                let who = match kind {
+                    KeyKind::Dataset => "data owner must upload the dataset key",
+                    KeyKind::Model => "model owner must deposit the model key",
+                };
+                Err(AttestedError::NotFound(format!(
+                    "the broker holds no {} key for {name:?}: the {who}",
+                    kind.tag()
+                )))
+            }
+        }
+    }
+
+    fn job(&self, id: &str) -> Result<&JobSpec, AttestedError> {
+        self.jobs.get(id).map(|e| &e.value).ok_or_else(|| {
+            AttestedError::NotFound(format!(
+                "no job {id:?} was submitted to this broker: submit it first"
+            ))
+        })
+    }
+}
+
+fn fresh(current: Option<u64>, revision: u64, what: &str) -> Result<(), AttestedError> {
+    match current {
+        Some(current) if revision <= current => Err(AttestedError::StaleRevision {
+            what: what.into(),
+            revision,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn role_name(role: Role) -> String {
+    match role {
+        Role::Client => "stakeholder (Client)".into(),
+        Role::Worker => "host agent (Worker)".into(),
+        r => format!("{r:?}"),
+    }
 }
 
 /// The broker. Simulated TEE: the measurement and sealing are real code paths, the protection
@@ -214,8 +370,9 @@ pub struct Broker {
     platform: PlatformKey,
     binary: Vec<u8>,
     measurement: [u8; 48],
-    seal_key: Zeroizing<[u8; 32]>,
     identity: KeyPair,
+    pinned: Pinned,
+    state: Mutex<State>,
     releases: Mutex<Vec<Release>>,
 }
 
@@ -230,7 +387,13 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Opens (or creates) the broker state: platform key, sealed X25519 identity.
+    /// The measurement of a broker with `binary` and `stakeholders` pinned.
+    pub fn measure(binary: &[u8], stakeholders: &Pinned) -> [u8; 48] {
+        tessera_attest::measure(&[binary, BROKER_POLICY, &stakeholders.measured()])
+    }
+
+    /// Opens (or creates) the broker state: platform key, sealed X25519 identity, and the
+    /// signed requests applied so far (each verified again).
     pub fn open(cfg: BrokerConfig) -> Result<Broker, AttestedError> {
         use std::io::Write;
         let _ = writeln!(
@@ -242,7 +405,7 @@ impl Broker {
             Some(b) => b,
             None => tessera_runtime::enclave::own_binary()?,
         };
-        let measurement = tessera_attest::measure(&[&binary, BROKER_POLICY]);
+        let measurement = Broker::measure(&binary, &cfg.stakeholders);
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| AttestedError::io("creating", &cfg.state_dir, e))?;
         let platform = PlatformKey::load_or_create(&cfg.state_dir.join("platform.key"))
@@ -262,20 +425,100 @@ impl Broker {
             write_atomic(&id_path, &seal(&seal_key, &measurement, kp.secret())?)?;
             kp
         };
-        Ok(Broker {
+        let broker = Broker {
             dir: cfg.state_dir,
             platform,
             binary,
             measurement,
-            seal_key,
             identity,
+            pinned: cfg.stakeholders,
+            state: Mutex::new(State::default()),
             releases: Mutex::new(Vec::new()),
+        };
+        broker.load_state()?;
+        Ok(broker)
+    }
+
+    fn signed_dir(&self) -> PathBuf {
+        self.dir
+            .join("signed")
+            .join(hex::encode(&self.measurement[..16]))
+    }
+
+    /// Reads back and re-verifies every stored signed request.
+    fn load_state(&self) -> Result<(), AttestedError> {
+        let dir = self.signed_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(AttestedError::io("reading", &dir, e)),
+        };
+        let mut files = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| AttestedError::io("reading", &dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json") {
+                files.push((name, e.path()));
+            }
+        }
+        // Policies first, then keys, then jobs (file names sort that way: j < k < p, so sort
+        // by kind explicitly).
+        files.sort_by_key(|(n, _)| {
+            (
+                ["policy-", "key-", "job-"]
+                    .iter()
+                    .position(|p| n.starts_with(p)),
+                n.clone(),
+            )
+        });
+        let mut st = self.lock()?;
+        for (name, path) in files {
+            let bad = |reason: String| AttestedError::StateFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| AttestedError::io("reading", &path, e))?;
+            let req: Signed = serde_json::from_str(&text)
+                .map_err(|e| bad(format!("not a signed request: {e}")))?;
+            let change = self
+                .check(&st, &req, false)
+                .map_err(|e| bad(format!("refused on reading it back ({e}); remove it, and have the stakeholder submit again")))?;
+            if change.file() != name {
+                return Err(bad(format!(
+                    "holds the request for {}, not for this file: the state directory was tampered with",
+                    change.file()
+                )));
+            }
+            Self::commit(&mut st, req.revision, change);
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, AttestedError> {
+        self.state.lock().map_err(|_| {
+            AttestedError::Refused(
+                "the broker's state is unusable after a failure in another request; restart the broker".into(),
+            )
         })
     }
 
     /// The broker enclave's measurement (what stakeholder policies list).
     pub fn measurement(&self) -> &[u8; 48] {
         &self.measurement
+    }
+
+    /// The identity stakeholders sign for: measurement and X25519 key.
+    pub fn id(&self) -> BrokerId {
+        BrokerId {
+            measurement: self.measurement,
+            public_key: *self.identity.public(),
+        }
+    }
+
+    /// The pinned stakeholder keys.
+    pub fn stakeholders(&self) -> &Pinned {
+        &self.pinned
     }
 
     /// Always true here: the broker's TEE is simulated.
@@ -299,128 +542,201 @@ impl Broker {
         self.platform.attest(&self.measurement, &rd).encode()
     }
 
-    fn path(&self, sub: &str, file: &str) -> PathBuf {
-        self.dir.join(sub).join(file)
-    }
-
-    /// Stores a stakeholder's policy (replacing that stakeholder's previous one) after checking
-    /// that it parses and trusts this broker.
-    pub fn submit_policy(&self, policy: &StakeholderPolicy) -> Result<(), AttestedError> {
+    fn trusts_me(&self, policy: &StakeholderPolicy) -> Result<(), AttestedError> {
         let m = hex::encode(self.measurement);
-        if !policy
+        if policy
             .enclave_measurements
             .iter()
             .any(|x| x.trim().eq_ignore_ascii_case(&m))
         {
-            return Err(AttestedError::PolicyFile {
+            Ok(())
+        } else {
+            Err(AttestedError::PolicyFile {
                 origin: format!("of the {} ({})", policy.stakeholder, policy.name),
                 reason: format!(
                     "does not list this broker's measurement {m} in enclave_measurements"
                 ),
-            });
+            })
         }
-        let text = policy.to_json();
-        // Round trip: what is stored must be readable.
-        StakeholderPolicy::from_json(&text, "submitted policy")?;
-        write_atomic(
-            &self.path("policies", &format!("{}.json", policy.stakeholder.key())),
-            text.as_bytes(),
-        )?;
-        Ok(())
     }
 
-    /// The stored policies.
-    pub fn policies(&self) -> Result<Vec<StakeholderPolicy>, AttestedError> {
-        let mut out = Vec::new();
-        for who in Stakeholder::ALL {
-            let p = self.path("policies", &format!("{}.json", who.key()));
-            if p.exists() {
-                let text =
-                    std::fs::read_to_string(&p).map_err(|e| AttestedError::io("reading", &p, e))?;
-                out.push(StakeholderPolicy::from_json(
-                    &text,
-                    &p.display().to_string(),
-                )?);
+    /// Checks a signed request against the state: signature by the slot's stakeholder, the
+    /// slot is the signer's, the revision is higher, the content is valid (`live`: also that a
+    /// job is acceptable now).
+    fn check(&self, st: &State, req: &Signed, live: bool) -> Result<Change, AttestedError> {
+        req.verify(&self.pinned, &self.id())?;
+        let who = req.stakeholder;
+        match &req.action {
+            Action::SubmitPolicy { json } => {
+                let p = StakeholderPolicy::from_json(json, "submitted policy")?;
+                if p.stakeholder != who {
+                    return Err(AttestedError::NotYourSlot {
+                        signer: who,
+                        owner: p.stakeholder,
+                        what: format!("the {}'s policy", p.stakeholder),
+                    });
+                }
+                fresh(
+                    st.policies.get(&who).map(|e| e.revision),
+                    req.revision,
+                    &format!("the {who}'s policy"),
+                )?;
+                self.trusts_me(&p)?;
+                // Round trip: what is stored must read back.
+                StakeholderPolicy::from_json(&p.to_json(), "submitted policy")?;
+                Ok(Change::Policy(who, Some(p)))
+            }
+            Action::WithdrawPolicy => {
+                fresh(
+                    st.policies.get(&who).map(|e| e.revision),
+                    req.revision,
+                    &format!("the {who}'s policy"),
+                )?;
+                Ok(Change::Policy(who, None))
+            }
+            Action::DepositKey {
+                kind,
+                name,
+                wrapped,
+            } => {
+                check_name("key name", name)?;
+                if kind.owner() != who {
+                    return Err(AttestedError::NotYourSlot {
+                        signer: who,
+                        owner: kind.owner(),
+                        what: format!("the {} key of {name:?}", kind.tag()),
+                    });
+                }
+                fresh(
+                    st.keys.get(&(*kind, name.clone())).map(|e| e.revision),
+                    req.revision,
+                    &format!("the {} key of {name:?}", kind.tag()),
+                )?;
+                let ctx = deposit_context(*kind, name, &self.measurement);
+                let key = key_from(&self.identity.unwrap_key(&ctx, wrapped)?)?;
+                Ok(Change::Key(*kind, name.clone(), key))
+            }
+            Action::SubmitJob { json } => {
+                let j = JobSpec::from_json(json, "submitted job")?;
+                if who != Stakeholder::ModelOwner {
+                    return Err(AttestedError::NotYourSlot {
+                        signer: who,
+                        owner: Stakeholder::ModelOwner,
+                        what: format!("job {:?}", j.id),
+                    });
+                }
+                fresh(
+                    st.jobs.get(&j.id).map(|e| e.revision),
+                    req.revision,
+                    &format!("job {:?}", j.id),
+                )?;
+                if live {
+                    self.accept(st, &j)?;
+                    st.key(KeyKind::Dataset, &j.dataset)?;
+                    st.key(KeyKind::Model, &j.id)?;
+                }
+                Ok(Change::Job(j))
             }
         }
-        Ok(out)
     }
 
-    /// Withdraws a stakeholder's policy (and so its consent to every job).
-    pub fn withdraw_policy(&self, who: Stakeholder) -> Result<(), AttestedError> {
-        let p = self.path("policies", &format!("{}.json", who.key()));
-        match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(AttestedError::io("removing", &p, e)),
+    fn commit(st: &mut State, revision: u64, change: Change) {
+        match change {
+            Change::Policy(who, p) => {
+                st.policies.insert(who, Entry { revision, value: p });
+            }
+            Change::Key(kind, name, key) => {
+                st.keys.insert(
+                    (kind, name),
+                    Entry {
+                        revision,
+                        value: key,
+                    },
+                );
+            }
+            Change::Job(j) => {
+                st.jobs.insert(j.id.clone(), Entry { revision, value: j });
+            }
         }
     }
 
-    /// Unwraps a deposited key and stores it sealed to this enclave.
-    pub fn deposit_key(
-        &self,
-        kind: KeyKind,
-        name: &str,
-        wrapped: &[u8],
-    ) -> Result<(), AttestedError> {
-        check_name("key name", name)?;
-        let ctx = deposit_context(kind, name, &self.measurement);
-        let key = key_from(&self.identity.unwrap_key(&ctx, wrapped)?)?;
-        let sealed = seal(&self.seal_key, &self.measurement, key.as_ref())?;
-        write_atomic(
-            &self.path("keys", &format!("{}-{name}.sealed", kind.tag())),
-            &sealed,
-        )?;
-        Ok(())
-    }
-
-    fn sealed_key(&self, kind: KeyKind, name: &str) -> Result<Key, AttestedError> {
-        let p = self.path("keys", &format!("{}-{name}.sealed", kind.tag()));
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let who = match kind {
-                    KeyKind::Dataset => "data owner must upload the dataset key",
-                    KeyKind::Model => "model owner must deposit the model key",
-                };
-                return Err(AttestedError::NotFound(format!(
-                    "the broker holds no {} key for {name:?}: the {who}",
-                    kind.tag()
-                )));
+    /// Applies a stakeholder's signed request (see the module documentation for the rules);
+    /// returns what was done. Nothing changes unless every check passes.
+    pub fn apply_signed(&self, req: &Signed) -> Result<String, AttestedError> {
+        let mut st = self.lock()?;
+        let change = self.check(&st, req, true)?;
+        let who = req.stakeholder;
+        let rev = req.revision;
+        let message = match &change {
+            Change::Policy(_, Some(p)) => {
+                format!("policy of the {who} ({}) stored at revision {rev}", p.name)
             }
-            Err(e) => return Err(AttestedError::io("reading", &p, e)),
+            Change::Policy(_, None) => {
+                format!("the {who} withdrew its policy at revision {rev}: it consents to no job")
+            }
+            Change::Key(kind, name, _) => {
+                format!("{} key for {name:?} sealed at revision {rev}", kind.tag())
+            }
+            Change::Job(j) => {
+                let a = self.accept(&st, j)?;
+                format!(
+                    "job {:?} accepted by {} (revision {rev})",
+                    j.id,
+                    a.stakeholders
+                        .iter()
+                        .map(|(k, v)| format!("the {k} ({v})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
         };
-        key_from(&unseal(&self.seal_key, &self.measurement, &bytes)?)
+        let text = serde_json::to_string(req)
+            .map_err(|e| AttestedError::Protocol(format!("encoding a signed request: {e}")))?;
+        write_atomic(&self.signed_dir().join(change.file()), text.as_bytes())?;
+        Self::commit(&mut st, rev, change);
+        Ok(message)
     }
 
-    /// Accepts a job when every stakeholder's policy holds and both keys are deposited.
-    pub fn submit_job(&self, job: &JobSpec) -> Result<AcceptedJob, AttestedError> {
-        let accepted = accept_job(job, &self.policies()?, &self.measurement, self.simulated())?;
-        self.sealed_key(KeyKind::Dataset, &job.dataset)?;
-        self.sealed_key(KeyKind::Model, &job.id)?;
-        write_atomic(
-            &self.path("jobs", &format!("{}.json", job.id)),
-            job.to_json().as_bytes(),
-        )?;
-        Ok(accepted)
+    /// The current policies (withdrawn ones left out).
+    pub fn policies(&self) -> Result<Vec<StakeholderPolicy>, AttestedError> {
+        let st = self.lock()?;
+        Ok(st
+            .policies
+            .values()
+            .filter_map(|e| e.value.clone())
+            .collect())
+    }
+
+    /// Joins the current policies for `job`; a withdrawn policy is a missing consent.
+    fn accept(&self, st: &State, job: &JobSpec) -> Result<AcceptedJob, AttestedError> {
+        for who in Stakeholder::ALL {
+            if let Some(Entry {
+                revision,
+                value: None,
+            }) = st.policies.get(&who)
+            {
+                return Err(AttestedError::MissingConsent {
+                    job: job.id.clone(),
+                    stakeholder: who,
+                    reason: format!("the {who} withdrew its policy (revision {revision})"),
+                });
+            }
+        }
+        let policies: Vec<StakeholderPolicy> = st
+            .policies
+            .values()
+            .filter_map(|e| e.value.clone())
+            .collect();
+        accept_job(job, &policies, &self.measurement, self.simulated())
     }
 
     /// A submitted job, re-checked against the policies as they are now (a withdrawn consent
     /// stops it).
     pub fn accepted_job(&self, id: &str) -> Result<AcceptedJob, AttestedError> {
         check_name("job id", id)?;
-        let p = self.path("jobs", &format!("{id}.json"));
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(AttestedError::NotFound(format!(
-                    "no job {id:?} was submitted to this broker: submit it first"
-                )));
-            }
-            Err(e) => return Err(AttestedError::io("reading", &p, e)),
-        };
-        let job = JobSpec::from_json(&text, &p.display().to_string())?;
-        accept_job(&job, &self.policies()?, &self.measurement, self.simulated())
+        let st = self.lock()?;
+        let job = st.job(id)?.clone();
+        self.accept(&st, &job)
     }
 
     /// Key releases so far (this process).
@@ -434,21 +750,32 @@ impl Broker {
         job: &str,
         identity: &AgentIdentity,
     ) -> Result<(Challenge, HostSession), AttestedError> {
-        let accepted = self.accepted_job(job)?;
+        check_name("job id", job)?;
+        let (accepted, snapshot) = {
+            let st = self.lock()?;
+            let j = st.job(job)?.clone();
+            let accepted = self.accept(&st, &j)?;
+            st.key(KeyKind::Dataset, &j.dataset)?;
+            st.key(KeyKind::Model, &j.id)?;
+            let snapshot = st.snapshot(&j);
+            (accepted, snapshot)
+        };
         let verifier = Verifier::new(accepted.attestation.clone())?;
         let (challenge, pending) = verifier.challenge(identity)?;
         Ok((
             challenge,
             HostSession {
                 accepted,
+                snapshot,
                 verifier,
                 pending,
             },
         ))
     }
 
-    /// Verifies the host's evidence and, only if every check passes, wraps both keys to the
-    /// host key its quote binds.
+    /// Verifies the host's evidence, re-checks every stakeholder's consent and that nothing
+    /// changed since the challenge, and only then wraps both keys to the host key its quote
+    /// binds.
     pub fn release(
         &self,
         session: HostSession,
@@ -456,6 +783,7 @@ impl Broker {
     ) -> Result<Reply, AttestedError> {
         let HostSession {
             accepted,
+            snapshot,
             verifier,
             pending,
         } = session;
@@ -484,8 +812,8 @@ impl Broker {
             }
             Err(e) => return Err(e.into()),
         };
-        let job = &accepted.job;
-        let prefix = host_binding(&job.id, &[0u8; 32]);
+        let job_id = &accepted.job.id;
+        let prefix = host_binding(job_id, &[0u8; 32]);
         let bind = verdict.binding.as_slice();
         let host_key: [u8; 32] = match (
             bind.len() == prefix.len(),
@@ -497,13 +825,22 @@ impl Broker {
             }
             _ => {
                 return Err(AttestedError::Protocol(format!(
-                    "the quote's binding is not a host key for job {:?}: no key released",
-                    job.id
+                    "the quote's binding is not a host key for job {job_id:?}: no key released"
                 )));
             }
         };
-        let dk = self.sealed_key(KeyKind::Dataset, &job.dataset)?;
-        let mk = self.sealed_key(KeyKind::Model, &job.id)?;
+        // From here to the wraps, no stakeholder request can be applied: a withdrawal is
+        // either seen here or comes after the keys left.
+        let st = self.lock()?;
+        let job = st.job(job_id)?.clone();
+        self.accept(&st, &job)?;
+        for (then, now) in snapshot.iter().zip(st.snapshot(&job)) {
+            if then.1 != now.1 {
+                return Err(AttestedError::ChangedSinceChallenge { what: now.0 });
+            }
+        }
+        let dk = st.key(KeyKind::Dataset, &job.dataset)?;
+        let mk = st.key(KeyKind::Model, &job.id)?;
         let dataset_key = wrap(
             &host_key,
             &release_context(KeyKind::Dataset, &job.id, &verdict.quote_hash),
@@ -514,6 +851,7 @@ impl Broker {
             &release_context(KeyKind::Model, &job.id, &verdict.quote_hash),
             mk.as_ref(),
         )?;
+        drop(st);
         let rec = Release {
             job: job.id.clone(),
             ek_name: hex::encode(&verdict.ek_name),
@@ -527,53 +865,44 @@ impl Broker {
             r.push(rec);
         }
         Ok(Reply::Keys {
-            job: job.clone(),
+            job,
             quote_hash: verdict.quote_hash,
             dataset_key,
             model_key,
         })
     }
 
-    /// Answers one request (`session`: the pending host attestation of this connection).
-    pub fn handle(&self, req: Request, session: &mut Option<HostSession>) -> Reply {
-        let result = match req {
+    /// Answers one request from a peer that declared `role` (`session`: the pending host
+    /// attestation of this connection). Each request is accepted only from the role that may
+    /// send it ([`AttestedError::WrongRole`]).
+    pub fn dispatch(
+        &self,
+        role: Role,
+        req: Request,
+        session: &mut Option<HostSession>,
+    ) -> Result<Reply, AttestedError> {
+        let wrong = |req: &Request, allowed: &'static str| AttestedError::WrongRole {
+            request: req.name(),
+            role: role_name(role),
+            allowed,
+        };
+        match req {
             Request::Evidence { nonce } => Ok(Reply::Evidence {
                 evidence: self.evidence(&nonce),
                 public_key: *self.public_key(),
                 simulated: self.simulated(),
             }),
-            Request::SubmitPolicy { json } => {
-                StakeholderPolicy::from_json(&json, "submitted policy").and_then(|p| {
-                    self.submit_policy(&p)?;
-                    Ok(Reply::Accepted {
-                        message: format!("policy of the {} ({}) stored", p.stakeholder, p.name),
-                    })
-                })
+            Request::Stakeholder(_) if role != Role::Client => Err(wrong(
+                &req,
+                "stakeholders, connected as Client, with signed requests",
+            )),
+            Request::Stakeholder(signed) => {
+                let message = self.apply_signed(&signed)?;
+                let receipt = self.evidence(&receipt_nonce(&signed.digest(&self.id())));
+                Ok(Reply::Accepted { message, receipt })
             }
-            Request::DepositKey {
-                kind,
-                name,
-                wrapped,
-            } => self
-                .deposit_key(kind, &name, &wrapped)
-                .map(|()| Reply::Accepted {
-                    message: format!("{} key for {name:?} sealed", kind.tag()),
-                }),
-            Request::SubmitJob { json } => {
-                JobSpec::from_json(&json, "submitted job").and_then(|j| {
-                    let a = self.submit_job(&j)?;
-                    Ok(Reply::Accepted {
-                        message: format!(
-                            "job {:?} accepted by {}",
-                            j.id,
-                            a.stakeholders
-                                .iter()
-                                .map(|(k, v)| format!("the {k} ({v})"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })
-                })
+            Request::AgentHello { .. } | Request::AgentEvidence { .. } if role != Role::Worker => {
+                Err(wrong(&req, "the host agent, connected as Worker"))
             }
             Request::AgentHello { job, identity } => {
                 self.challenge(&job, &identity).map(|(challenge, s)| {
@@ -587,16 +916,21 @@ impl Broker {
                     "evidence without a pending challenge: send AgentHello first".into(),
                 )),
             },
-        };
-        result.unwrap_or_else(|e| Reply::Rejected {
-            reason: e.to_string(),
-        })
+        }
+    }
+
+    /// [`Broker::dispatch`], with an error answered as `Rejected{reason}`.
+    pub fn handle(&self, role: Role, req: Request, session: &mut Option<HostSession>) -> Reply {
+        self.dispatch(role, req, session)
+            .unwrap_or_else(|e| Reply::Rejected {
+                reason: e.to_string(),
+            })
     }
 
     /// Serves one connection until the peer closes.
     pub fn serve(&self, raw: TcpStream) -> Result<(), AttestedError> {
         let mut ch = Channel::new(raw, ChannelOptions::default())?;
-        ch.handshake(Role::Enclave, &[Role::Client, Role::Worker])?;
+        let role = ch.handshake(Role::Enclave, &[Role::Client, Role::Worker])?;
         let mut session = None;
         loop {
             let req = match ch.recv::<Request>() {
@@ -604,13 +938,13 @@ impl Broker {
                 Err(RuntimeError::Closed(_)) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
-            let reply = self.handle(req, &mut session);
+            let reply = self.handle(role, req, &mut session);
             ch.send(&reply)?;
         }
     }
 
-    /// Decrypts the trained model of `job` (sealed model key) inside the broker and starts the
-    /// `tee` inference enclave with it on `listener`.
+    /// Decrypts the trained model of `job` (the deposited model key) inside the broker and
+    /// starts the `tee` inference enclave with it on `listener`.
     pub fn start_inference(
         &self,
         job: &str,
@@ -618,7 +952,7 @@ impl Broker {
         listener: TcpListener,
     ) -> Result<InferenceService, AttestedError> {
         let accepted = self.accepted_job(job)?;
-        let mk = self.sealed_key(KeyKind::Model, job)?;
+        let mk = self.lock()?.key(KeyKind::Model, job)?;
         let onnx = decrypt_model(&mk, job, encrypted_model)?;
         let enclave = Enclave::start(EnclaveConfig {
             mode: Mode::Sim,
@@ -644,6 +978,7 @@ impl Broker {
 /// A host attestation in progress on one connection.
 pub struct HostSession {
     accepted: AcceptedJob,
+    snapshot: Snapshot,
     verifier: Verifier,
     pending: PendingAttestation,
 }
@@ -713,24 +1048,12 @@ impl BrokerClient {
         Ok(self.ch.recv::<Reply>()?)
     }
 
-    fn expect_ok(&mut self, req: &Request) -> Result<String, AttestedError> {
-        match self.call(req)? {
-            Reply::Accepted { message } => Ok(message),
-            Reply::Rejected { reason } => Err(AttestedError::Refused(format!(
-                "the broker refused: {reason}"
-            ))),
-            _ => Err(AttestedError::Protocol(
-                "unexpected reply from the broker".into(),
-            )),
-        }
-    }
-
     /// Verifies the broker's evidence against `policy` (measurement, simulated consent) and
-    /// returns the public key it binds.
+    /// returns the identity it attests.
     pub fn verify_broker(
         &mut self,
         policy: &StakeholderPolicy,
-    ) -> Result<([u8; 32], bool), AttestedError> {
+    ) -> Result<(BrokerId, bool), AttestedError> {
         let mut nonce = [0u8; 32];
         random(&mut nonce)?;
         let (evidence, public_key) = match self.call(&Request::Evidence { nonce })? {
@@ -748,56 +1071,109 @@ impl BrokerClient {
         verify_broker_evidence(&evidence, &public_key, &nonce, policy)
     }
 
-    /// Submits a stakeholder policy.
-    pub fn submit_policy(&mut self, policy: &StakeholderPolicy) -> Result<String, AttestedError> {
-        self.expect_ok(&Request::SubmitPolicy {
-            json: policy.to_json(),
-        })
+    /// Verifies the broker against `policy`, signs the action `make` builds for it with `key`
+    /// for `policy`'s stakeholder at `revision`, sends it and checks the receipt.
+    pub fn send_signed(
+        &mut self,
+        policy: &StakeholderPolicy,
+        key: &StakeholderKey,
+        revision: u64,
+        make: impl FnOnce(&BrokerId) -> Result<Action, AttestedError>,
+    ) -> Result<String, AttestedError> {
+        let (id, _) = self.verify_broker(policy)?;
+        let signed = key.sign(policy.stakeholder, revision, make(&id)?, &id);
+        match self.call(&Request::Stakeholder(signed.clone()))? {
+            Reply::Accepted { message, receipt } => {
+                let nonce = receipt_nonce(&signed.digest(&id));
+                let (rid, _) = verify_broker_evidence(&receipt, &id.public_key, &nonce, policy)
+                    .map_err(|e| {
+                        AttestedError::BrokerEvidence(format!(
+                            "the acknowledgement is not the broker's receipt for this request ({e}): treat the request as not applied"
+                        ))
+                    })?;
+                if rid != id {
+                    return Err(AttestedError::BrokerEvidence(
+                        "the receipt comes from another broker than the one verified: treat the request as not applied".into(),
+                    ));
+                }
+                Ok(message)
+            }
+            Reply::Rejected { reason } => Err(AttestedError::Refused(format!(
+                "the broker refused: {reason}"
+            ))),
+            _ => Err(AttestedError::Protocol(
+                "unexpected reply from the broker".into(),
+            )),
+        }
     }
 
-    /// Verifies the broker against `policy`, then deposits `key` wrapped to it.
+    /// Submits `policy` (revision `revision`), signed with `key`.
+    pub fn submit_policy(
+        &mut self,
+        policy: &StakeholderPolicy,
+        key: &StakeholderKey,
+        revision: u64,
+    ) -> Result<String, AttestedError> {
+        let json = policy.to_json();
+        self.send_signed(policy, key, revision, |_| Ok(Action::SubmitPolicy { json }))
+    }
+
+    /// Withdraws `policy`'s stakeholder's policy (revision `revision`), signed with `key`.
+    pub fn withdraw_policy(
+        &mut self,
+        policy: &StakeholderPolicy,
+        key: &StakeholderKey,
+        revision: u64,
+    ) -> Result<String, AttestedError> {
+        self.send_signed(policy, key, revision, |_| Ok(Action::WithdrawPolicy))
+    }
+
+    /// Verifies the broker against `policy`, then deposits `secret` wrapped to it for the
+    /// measurement its evidence attests (revision `revision`, signed with `key`).
     pub fn deposit_key(
         &mut self,
         policy: &StakeholderPolicy,
+        key: &StakeholderKey,
+        revision: u64,
         kind: KeyKind,
         name: &str,
-        key: &[u8; 32],
+        secret: &[u8; 32],
     ) -> Result<String, AttestedError> {
-        let (pk, _) = self.verify_broker(policy)?;
-        let m = policy
-            .enclave_measurements
-            .iter()
-            .filter_map(|m| hex::decode(m.trim()).ok())
-            .find_map(|m| <[u8; 48]>::try_from(m).ok())
-            .ok_or_else(|| AttestedError::PolicyFile {
-                origin: policy.name.clone(),
-                reason: "no 48-byte enclave measurement".into(),
-            })?;
-        let wrapped = wrap(&pk, &deposit_context(kind, name, &m), key)?;
-        self.expect_ok(&Request::DepositKey {
-            kind,
-            name: name.into(),
-            wrapped,
+        self.send_signed(policy, key, revision, |id| {
+            Ok(Action::DepositKey {
+                kind,
+                name: name.into(),
+                wrapped: wrap(
+                    &id.public_key,
+                    &deposit_context(kind, name, &id.measurement),
+                    secret,
+                )?,
+            })
         })
     }
 
-    /// Submits a job.
-    pub fn submit_job(&mut self, job: &JobSpec) -> Result<String, AttestedError> {
-        self.expect_ok(&Request::SubmitJob {
-            json: job.to_json(),
-        })
+    /// Submits a job (revision `revision`), signed with `key` (the model owner's).
+    pub fn submit_job(
+        &mut self,
+        policy: &StakeholderPolicy,
+        key: &StakeholderKey,
+        revision: u64,
+        job: &JobSpec,
+    ) -> Result<String, AttestedError> {
+        let json = job.to_json();
+        self.send_signed(policy, key, revision, |_| Ok(Action::SubmitJob { json }))
     }
 }
 
 /// Checks broker evidence: its claims satisfy `policy` (measurement; simulated only with
-/// consent) and its report data binds `nonce` and `public_key`. Returns the key and whether the
-/// TEE is simulated.
+/// consent) and its report data binds `nonce` and `public_key`. Returns the attested identity
+/// (the measurement from the evidence) and whether the TEE is simulated.
 pub fn verify_broker_evidence(
     evidence: &[u8],
     public_key: &[u8; 32],
     nonce: &[u8; 32],
     policy: &StakeholderPolicy,
-) -> Result<([u8; 32], bool), AttestedError> {
+) -> Result<(BrokerId, bool), AttestedError> {
     let mut p = tessera_attest::Policy::simulated_dev();
     p.allow_simulated = policy.allow_simulated_enclave;
     p.measurements = policy.enclave_measurements.clone();
@@ -811,7 +1187,19 @@ pub fn verify_broker_evidence(
             "the evidence does not bind this nonce and the offered key: replayed, or the key was substituted".into(),
         ));
     }
-    Ok((*public_key, claims.simulated))
+    let measurement: [u8; 48] = claims.measurement.as_slice().try_into().map_err(|_| {
+        AttestedError::BrokerEvidence(format!(
+            "the evidence's measurement has {} bytes, expected 48",
+            claims.measurement.len()
+        ))
+    })?;
+    Ok((
+        BrokerId {
+            measurement,
+            public_key: *public_key,
+        },
+        claims.simulated,
+    ))
 }
 
 /// Names of the stakeholders of an accepted job, for reports.

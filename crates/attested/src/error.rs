@@ -36,6 +36,87 @@ pub enum AttestedError {
         /// What fails.
         reason: String,
     },
+    /// The broker configuration (the stakeholders' pinned signing keys) is malformed.
+    #[error("broker configuration {origin}: {reason}")]
+    BrokerConfig {
+        /// Where it came from.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A stakeholder signing key file is malformed.
+    #[error("signing key {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request claiming to come from a stakeholder is not signed by that stakeholder's
+    /// pinned key; nothing was changed.
+    #[error(
+        "refused, nothing changed: a request for the {stakeholder}'s slot is not signed by the {stakeholder}: {reason}"
+    )]
+    BadSignature {
+        /// The stakeholder the request claims to come from.
+        stakeholder: Stakeholder,
+        /// What failed.
+        reason: String,
+    },
+    /// A request that the peer's role may not send (host agents only attest; stakeholders
+    /// only send signed requests).
+    #[error(
+        "refused, nothing changed: a {role} peer may not send {request} requests (only {allowed})"
+    )]
+    WrongRole {
+        /// The request.
+        request: &'static str,
+        /// The role the peer declared in its hello.
+        role: String,
+        /// Who may send it.
+        allowed: &'static str,
+    },
+    /// A stakeholder signed (validly) a change to a slot that is not its own.
+    #[error(
+        "refused, nothing changed: the {signer} may not change {what}, which belongs to the {owner}"
+    )]
+    NotYourSlot {
+        /// Who signed.
+        signer: Stakeholder,
+        /// Whose slot it is.
+        owner: Stakeholder,
+        /// What it tried to change.
+        what: String,
+    },
+    /// A signed request whose revision does not exceed the stored one (a replay or a rollback).
+    #[error(
+        "refused, nothing changed: {what} is at revision {current}, and revision {revision} is not higher; sign the change with a higher revision (replayed or older requests are never accepted)"
+    )]
+    StaleRevision {
+        /// What the request would change.
+        what: String,
+        /// The request's revision.
+        revision: u64,
+        /// The stored revision.
+        current: u64,
+    },
+    /// A policy, job or key of the job changed between the host's challenge and its evidence.
+    #[error(
+        "no key released: {what} changed between the challenge and the host's evidence; the host must attest again"
+    )]
+    ChangedSinceChallenge {
+        /// What changed.
+        what: String,
+    },
+    /// The broker's stored state is not what this broker wrote (tampered with, or from another
+    /// broker).
+    #[error("broker state {path}: {reason}")]
+    StateFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The training host's attestation failed; the key was not released.
     #[error("host attestation rejected, no key released: {0}")]
     Attestation(#[from] tessera_tpm::VerifyError),

@@ -19,6 +19,7 @@ use crate::dataset::{
 use crate::error::AttestedError;
 use crate::host::{dataset_path, model_path, run_host_job};
 use crate::policy::{JobSpec, Output, Stakeholder, StakeholderPolicy, TrainSpec};
+use crate::signed::{Pinned, StakeholderKey};
 use crate::swtpm::{HostImage, MeasuredHost, Swtpm};
 
 /// The data of one run: the data owner's training rows and held-out test rows.
@@ -223,10 +224,37 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         ),
     );
 
+    // Each stakeholder makes its signing key; the broker is set up pinning the three public
+    // keys (its measurement covers them).
+    let names = [
+        (Stakeholder::DataOwner, "data-owner"),
+        (Stakeholder::ModelOwner, "model-owner"),
+        (Stakeholder::InfrastructureProvider, "infra-provider"),
+    ];
+    let mut keys = BTreeMap::new();
+    for (who, _) in names {
+        keys.insert(who, StakeholderKey::generate()?);
+    }
+    let pinned = Pinned::new(
+        names
+            .iter()
+            .filter_map(|(who, name)| {
+                keys.get(who)
+                    .map(|k| (*who, (name.to_string(), k.public())))
+            })
+            .collect(),
+        "the demo's stakeholders",
+    )?;
+    let key_of = |who: Stakeholder| {
+        keys.get(&who)
+            .ok_or_else(|| AttestedError::NotFound(format!("no {who} signing key")))
+    };
+
     // The broker enclave.
     let broker = Arc::new(Broker::open(BrokerConfig {
         state_dir: dir.join("broker"),
         binary: opts.broker_binary.clone(),
+        stakeholders: pinned,
     })?);
     let measurement = *broker.measurement();
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| {
@@ -248,11 +276,6 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
     // The stakeholders' policies.
     let allow = image.allow_list()?;
     let ek = hex::encode(host.agent.ek_public().as_bytes());
-    let names = [
-        (Stakeholder::DataOwner, "data-owner"),
-        (Stakeholder::ModelOwner, "model-owner"),
-        (Stakeholder::InfrastructureProvider, "infra-provider"),
-    ];
     let mut policies = BTreeMap::new();
     for (who, name) in names {
         let mut pol = make_policy(
@@ -268,7 +291,7 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
             pol.jobs.clear();
         }
         let mut c = BrokerClient::connect(&addr, false)?;
-        say(p, &c.submit_policy(&pol)?);
+        say(p, &c.submit_policy(&pol, key_of(who)?, 1)?);
         policies.insert(who, pol);
     }
     let policy_of = |who: Stakeholder| {
@@ -297,6 +320,8 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         p,
         &c.deposit_key(
             policy_of(Stakeholder::DataOwner)?,
+            key_of(Stakeholder::DataOwner)?,
+            1,
             KeyKind::Dataset,
             &dataset,
             &dkey,
@@ -311,6 +336,8 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         p,
         &c.deposit_key(
             policy_of(Stakeholder::ModelOwner)?,
+            key_of(Stakeholder::ModelOwner)?,
+            1,
             KeyKind::Model,
             &job_id,
             &mkey,
@@ -327,7 +354,15 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         .into_iter()
         .collect(),
     };
-    say(p, &c.submit_job(&job)?);
+    say(
+        p,
+        &c.submit_job(
+            policy_of(Stakeholder::ModelOwner)?,
+            key_of(Stakeholder::ModelOwner)?,
+            1,
+            &job,
+        )?,
+    );
 
     // The host attests, trains, and stores the encrypted model.
     let mut hc = BrokerClient::connect(&addr, true)?;
