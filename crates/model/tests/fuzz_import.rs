@@ -1,5 +1,7 @@
 //! Bounded, deterministic fuzzing of the ONNX importer: mutated real models (bit flips, byte
 //! overwrites, truncations, inserted and duplicated spans) must give `Ok` or `Err`, never a panic.
+//! Every mutant that imports (under a small budget, [`fuzz_limits`]) is then run on a small
+//! input by the float and the integer engine, which must also give `Ok` or `Err`, never a panic.
 
 use prost::Message;
 use rand::{Rng, SeedableRng};
@@ -10,7 +12,33 @@ use tessera_data::shared_data;
 use tessera_model::builders::find;
 use tessera_model::export::export_model;
 use tessera_model::proto::ModelProto;
-use tessera_model::{ImportOptions, ModelError, import_model};
+use tessera_model::{Graph, ImportLimits, ImportOptions, ModelError, Tensor, import_model};
+
+/// The budget mutants import under: small enough that running one takes milliseconds.
+fn fuzz_limits() -> ImportLimits {
+    ImportLimits::default()
+        .with_max_memory(64 << 20)
+        .with_max_macs(20_000_000)
+}
+
+/// Run `g` on a small deterministic input in both engines; engine errors are fine.
+fn run_engines(g: &Graph) -> (bool, bool) {
+    let inputs: Vec<Tensor> = g
+        .inputs
+        .iter()
+        .map(|&i| {
+            let shape = g.shape(i).to_vec();
+            let n: usize = shape.iter().product();
+            let data = (0..n).map(|j| ((j % 17) as f32 - 8.0) / 8.0).collect();
+            Tensor::new(shape, data).expect("input tensor")
+        })
+        .collect();
+    let float_ok = tessera_engine::run_f32(g, &inputs).is_ok();
+    let quant_ok = tessera_engine::QuantModel::new(g, tessera_engine::QuantConfig::default())
+        .and_then(|q| q.run(&inputs))
+        .is_ok();
+    (float_ok, quant_ok)
+}
 
 /// Total mutated inputs over all seed models.
 const TOTAL_MUTATIONS: usize = 3_000;
@@ -114,16 +142,43 @@ fn mutate(rng: &mut ChaCha20Rng, src: &[u8]) -> (Kind, Vec<u8>) {
     (kind, b)
 }
 
+/// Import under [`fuzz_limits`] and, if that succeeds, run the graph in both engines. `Err` is a
+/// panic in either (with the engine's panics marked as such).
 fn try_import(bytes: &[u8]) -> Result<Result<(), ModelError>, String> {
-    catch_unwind(AssertUnwindSafe(|| {
-        import_model(bytes, &ImportOptions::default()).map(|_| ())
-    }))
-    .map_err(|p| {
+    let message = |p: Box<dyn std::any::Any + Send>| {
         p.downcast_ref::<String>()
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "non-string panic".into())
-    })
+    };
+    let opts = ImportOptions {
+        limits: fuzz_limits(),
+        ..Default::default()
+    };
+    let g = match catch_unwind(AssertUnwindSafe(|| import_model(bytes, &opts))).map_err(message)? {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (f, q) = catch_unwind(AssertUnwindSafe(|| run_engines(&g)))
+        .map_err(|p| format!("engine: {}", message(p)))?;
+    RUNS.with(|r| {
+        let mut r = r.borrow_mut();
+        r.0 += 1;
+        r.1 += usize::from(f);
+        r.2 += usize::from(q);
+    });
+    Ok(Ok(()))
+}
+
+thread_local! {
+    /// Graphs run by the engines, and how many ran to the end in float and in integers.
+    static RUNS: std::cell::RefCell<(usize, usize, usize)> = const { std::cell::RefCell::new((0, 0, 0)) };
+}
+
+fn runs_report(what: &str) -> usize {
+    let (n, f, q) = RUNS.with(|r| *r.borrow());
+    println!("{what}: {n} imported graphs run, {f} ran in float, {q} in integers");
+    n
 }
 
 #[test]
@@ -188,10 +243,14 @@ fn mutated_models_never_panic() {
     for (k, (o, e)) in &by_kind {
         println!("  {k:<10} ok {o:>5}  err {e:>5}");
     }
+    assert!(
+        runs_report("byte mutations") >= ok,
+        "every imported mutant is run"
+    );
     assert!(ok + err + panics.len() >= TOTAL_MUTATIONS);
     assert!(
         panics.is_empty(),
-        "{} mutated models made the importer panic:\n{}",
+        "{} mutated models made the importer or an engine panic:\n{}",
         panics.len(),
         panics.join("\n")
     );
@@ -578,8 +637,12 @@ fn structurally_mutated_models_never_panic() {
         panics.len()
     );
     assert!(
+        runs_report("structured mutations") >= ok,
+        "every imported mutant is run"
+    );
+    assert!(
         panics.is_empty(),
-        "{} structurally mutated models made the importer panic:\n{}",
+        "{} structurally mutated models made the importer or an engine panic:\n{}",
         panics.len(),
         panics.join("\n")
     );
