@@ -21,8 +21,12 @@
 //! or when `digests[path]` lists its digest. Any other path is unknown, and a known path with an
 //! unlisted digest is an unknown digest. A buffer entry (`ima-buf`) whose name is a keyring is
 //! checked against `keyrings` (or skipped if the keyring is in `ima.ignored_keyrings`, `*` for
-//! all), any other buffer against `ima-buf`. Violation entries (all-zero template hash) carry a
-//! zero file digest and so are refused unless their path is excluded. `ima.dm_policy`, `rules`
+//! all), any other buffer against `ima-buf`. Violation entries (all-zero template hash) are
+//! refused **before** the excludes are consulted: a violation's template data is not hashed into
+//! PCR 10 (it extends all-ones whatever it says), so its path is free for the host to rewrite and
+//! would otherwise be relabelled into an excluded directory. A policy may opt in to excluding
+//! violations on excluded paths with `"ima": {"allow_excluded_violations": true}` (a tessera
+//! extension of the format; that host can then hide any violation). `ima.dm_policy`, `rules`
 //! and `verification-keys` (IMA signature checking) are accepted in the file but not enforced:
 //! every file must be listed by digest.
 
@@ -143,6 +147,7 @@ pub struct RuntimePolicy {
     ima_buf: BTreeMap<String, BTreeSet<Vec<u8>>>,
     ignored_keyrings: Vec<String>,
     log_hash_alg: HashAlg,
+    allow_excluded_violations: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -164,6 +169,10 @@ struct ImaSection {
     log_hash_alg: String,
     #[serde(default)]
     dm_policy: Option<serde_json::Value>,
+    /// tessera's extension: accept violation entries on excluded paths (their path is not
+    /// covered by the PCR, so the host can choose it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    allow_excluded_violations: bool,
 }
 
 fn default_log_hash_alg() -> String {
@@ -245,6 +254,7 @@ impl RuntimePolicy {
             ima_buf: BTreeMap::new(),
             ignored_keyrings: Vec::new(),
             log_hash_alg,
+            allow_excluded_violations: false,
         }
     }
 
@@ -254,15 +264,15 @@ impl RuntimePolicy {
         if j.meta.version != 1 {
             return Err(PolicyError::Version(j.meta.version));
         }
-        let (ignored_keyrings, log_hash_alg) = match j.ima {
+        let (ignored_keyrings, log_hash_alg, allow_excluded_violations) = match j.ima {
             Some(ima) => {
                 let alg = ima
                     .log_hash_alg
                     .parse::<HashAlg>()
                     .map_err(|e| PolicyError::Json(e.to_string()))?;
-                (ima.ignored_keyrings, alg)
+                (ima.ignored_keyrings, alg, ima.allow_excluded_violations)
             }
-            None => (Vec::new(), HashAlg::Sha1),
+            None => (Vec::new(), HashAlg::Sha1, false),
         };
         let exclude_set = compile_excludes(&j.excludes)?;
         Ok(RuntimePolicy {
@@ -273,6 +283,7 @@ impl RuntimePolicy {
             ima_buf: parse_digest_map(j.ima_buf)?,
             ignored_keyrings,
             log_hash_alg,
+            allow_excluded_violations,
         })
     }
 
@@ -297,6 +308,7 @@ impl RuntimePolicy {
                 ignored_keyrings: self.ignored_keyrings.clone(),
                 log_hash_alg: self.log_hash_alg.name().into(),
                 dm_policy: None,
+                allow_excluded_violations: self.allow_excluded_violations,
             }),
             ima_buf: hexes(&self.ima_buf),
             verification_keys: Some(serde_json::Value::String(String::new())),
@@ -338,6 +350,13 @@ impl RuntimePolicy {
         Ok(self)
     }
 
+    /// Accept violation entries whose (unmeasured) path is excluded — off by default; see the
+    /// module docs for why that lets the host hide any violation.
+    pub fn allow_excluded_violations(&mut self, allow: bool) -> &mut Self {
+        self.allow_excluded_violations = allow;
+        self
+    }
+
     /// Number of paths with listed digests.
     pub fn len(&self) -> usize {
         self.digests.len()
@@ -360,15 +379,26 @@ impl RuntimePolicy {
         entry: &ImaEntry,
         boot_aggregates: &[Vec<u8>],
     ) -> Result<EntryDecision, EntryRejection> {
+        if entry.is_violation() {
+            // First: a violation's path is not measured, so an exclude cannot vouch for it.
+            let (path, excluded) = match &entry.event {
+                ImaEvent::File { path, .. } => (path.as_slice(), self.excluded(path)),
+                ImaEvent::Buffer { name, .. } => (name.as_slice(), false),
+                ImaEvent::Other => (&b"(unparsed template)"[..], false),
+            };
+            if excluded && self.allow_excluded_violations {
+                return Ok(EntryDecision::Excluded);
+            }
+            return Err(EntryRejection::Violation {
+                path: String::from_utf8_lossy(path).into_owned(),
+            });
+        }
         match &entry.event {
             ImaEvent::File { digest, path, .. } => {
                 if self.excluded(path) {
                     return Ok(EntryDecision::Excluded);
                 }
                 let path_text = String::from_utf8_lossy(path).into_owned();
-                if entry.is_violation() {
-                    return Err(EntryRejection::Violation { path: path_text });
-                }
                 let listed = std::str::from_utf8(path)
                     .ok()
                     .and_then(|p| self.digests.get(p));
@@ -502,6 +532,36 @@ mod tests {
         let back = RuntimePolicy::from_keylime_json(&p.to_keylime_json()).unwrap();
         assert_eq!(back.digests, p.digests);
         assert_eq!(back.excludes, p.excludes);
+    }
+
+    /// A violation's template data is not covered by PCR 10 (it extends all-ones), so a host can
+    /// relabel a violation on /etc/passwd into the excluded /tmp: the log still replays to the
+    /// quoted PCR, the path is excluded, and only the violation-first rule refuses it.
+    #[test]
+    fn a_violation_relabelled_into_an_excluded_path_is_refused() {
+        let mut p = RuntimePolicy::from_keylime_json(SAMPLE).unwrap();
+        let honest = ImaEntry::violation("/etc/passwd", HashAlg::Sha256, HashAlg::Sha1);
+        let relabelled = ImaEntry::violation("/tmp/cover", HashAlg::Sha256, HashAlg::Sha1);
+        // The same PCR 10 extension either way: the replay cannot tell them apart.
+        assert_eq!(
+            honest.pcr_digest(HashAlg::Sha256),
+            relabelled.pcr_digest(HashAlg::Sha256)
+        );
+        assert_eq!(
+            p.check_entry(&relabelled, &[]),
+            Err(EntryRejection::Violation {
+                path: "/tmp/cover".into()
+            })
+        );
+        // Opting in restores the old rule, and survives a round trip through the JSON.
+        p.allow_excluded_violations(true);
+        assert_eq!(p.check_entry(&relabelled, &[]), Ok(EntryDecision::Excluded));
+        let back = RuntimePolicy::from_keylime_json(&p.to_keylime_json()).unwrap();
+        assert_eq!(
+            back.check_entry(&relabelled, &[]),
+            Ok(EntryDecision::Excluded)
+        );
+        assert!(back.check_entry(&honest, &[]).is_err());
     }
 
     #[test]
