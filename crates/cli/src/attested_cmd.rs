@@ -1,6 +1,7 @@
 //! The `attested` scheme's commands: `tessera broker`, `tessera agent`, `tessera stakeholder`
-//! (submit a policy, upload an encrypted dataset, deposit a model key, submit a job, fetch the
-//! trained model) and the one-command local flow.
+//! (make a signing key, submit or withdraw a policy, upload an encrypted dataset, deposit a
+//! model key, submit a job — each signed — and fetch the trained model) and the one-command
+//! local flow.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tessera_attested::dataset::{
 };
 use tessera_attested::host::{dataset_path, model_path, run_host_job};
 use tessera_attested::policy::{JobSpec, StakeholderPolicy};
+use tessera_attested::signed::{Pinned, StakeholderKey, revision_now};
 use tessera_tpm::{Agent, ImaSource};
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -41,12 +43,33 @@ fn read_key(path: &Path) -> Result<Key, String> {
     key_from(&bytes).map_err(err)
 }
 
+fn load_key(path: &Path) -> Result<StakeholderKey, String> {
+    StakeholderKey::load(path).map_err(err)
+}
+
+fn broker_config(state: PathBuf, config: &Path) -> Result<BrokerConfig, String> {
+    Ok(BrokerConfig {
+        state_dir: state,
+        binary: None,
+        stakeholders: Pinned::load(config).map_err(err)?,
+    })
+}
+
+const CONFIG_HELP: &str = "The broker configuration (JSON): the stakeholders' pinned signing \
+keys, {\"version\": 1, \"stakeholders\": {\"data_owner\": {\"name\": \"…\", \"key\": \"<hex \
+ed25519 public key>\"}, \"model_owner\": {…}, \"infrastructure_provider\": {…}}} (keys from \
+`tessera stakeholder keygen`). The broker's measurement covers it, so it is fixed when the \
+broker is set up.";
+
 /// `tessera broker …`: the key broker (runs in the enclave; simulated here).
 #[derive(clap::Subcommand, Debug)]
 pub enum BrokerCmd {
-    /// Serve stakeholders and host agents until stopped.
+    /// Serve stakeholders and host agents until stopped. Only requests signed by a pinned
+    /// stakeholder change its policy, keys or jobs; host agents may only attest.
     Serve {
-        /// State directory (platform key, sealed keys, policies, jobs).
+        #[arg(long, help = CONFIG_HELP)]
+        config: PathBuf,
+        /// State directory (platform key, sealed broker key, signed requests).
         #[arg(long, default_value = "tessera-broker")]
         state: PathBuf,
         /// Address to listen on.
@@ -55,12 +78,16 @@ pub enum BrokerCmd {
     },
     /// Print the broker enclave's measurement (for the stakeholders' policies).
     Measurement {
+        #[arg(long, help = CONFIG_HELP)]
+        config: PathBuf,
         /// State directory.
         #[arg(long, default_value = "tessera-broker")]
         state: PathBuf,
     },
     /// Serve inference with a job's trained model in the enclave (the `tee` scheme).
     Infer {
+        #[arg(long, help = CONFIG_HELP)]
+        config: PathBuf,
         /// State directory.
         #[arg(long, default_value = "tessera-broker")]
         state: PathBuf,
@@ -79,14 +106,12 @@ pub enum BrokerCmd {
 /// Runs a `tessera broker` command.
 pub fn run_broker(cmd: BrokerCmd) -> Result<(), String> {
     match cmd {
-        BrokerCmd::Serve { state, listen } => {
-            let broker = Arc::new(
-                Broker::open(BrokerConfig {
-                    state_dir: state,
-                    binary: None,
-                })
-                .map_err(err)?,
-            );
+        BrokerCmd::Serve {
+            config,
+            state,
+            listen,
+        } => {
+            let broker = Arc::new(Broker::open(broker_config(state, &config)?).map_err(err)?);
             let listener = std::net::TcpListener::bind(&listen)
                 .map_err(|e| format!("listening on {listen}: {e}"))?;
             println!("broker measurement {}", hex::encode(broker.measurement()));
@@ -95,26 +120,19 @@ pub fn run_broker(cmd: BrokerCmd) -> Result<(), String> {
             serve_broker(broker, listener).map_err(err)?.wait();
             Ok(())
         }
-        BrokerCmd::Measurement { state } => {
-            let b = Broker::open(BrokerConfig {
-                state_dir: state,
-                binary: None,
-            })
-            .map_err(err)?;
+        BrokerCmd::Measurement { config, state } => {
+            let b = Broker::open(broker_config(state, &config)?).map_err(err)?;
             println!("{}", hex::encode(b.measurement()));
             Ok(())
         }
         BrokerCmd::Infer {
+            config,
             state,
             job,
             store,
             listen,
         } => {
-            let b = Broker::open(BrokerConfig {
-                state_dir: state,
-                binary: None,
-            })
-            .map_err(err)?;
+            let b = Broker::open(broker_config(state, &config)?).map_err(err)?;
             let mp = model_path(&store, &job);
             let enc = std::fs::read(&mp).map_err(|e| format!("reading {}: {e}", mp.display()))?;
             let listener = std::net::TcpListener::bind(&listen)
@@ -217,16 +235,60 @@ pub fn run_agent(cmd: AgentCmd) -> Result<(), String> {
     }
 }
 
+/// The signing key and revision every signed stakeholder command takes.
+#[derive(clap::Args, Debug)]
+pub struct Signing {
+    /// This stakeholder's signing key (from `tessera stakeholder keygen`; its public key is
+    /// pinned in the broker configuration).
+    #[arg(long)]
+    key: PathBuf,
+    /// The revision of what this request sets; it must exceed the broker's current one for it
+    /// (replays and rollbacks are refused). Default: the current time in milliseconds.
+    #[arg(long)]
+    revision: Option<u64>,
+}
+
+impl Signing {
+    fn load(&self) -> Result<(StakeholderKey, u64), String> {
+        Ok((
+            load_key(&self.key)?,
+            self.revision.unwrap_or_else(revision_now),
+        ))
+    }
+}
+
 /// `tessera stakeholder …`: what a data owner, model owner or infrastructure provider does.
+/// Every request that changes the broker's state is signed with the stakeholder's key and sent
+/// only after the broker's evidence satisfied the stakeholder's policy.
 #[derive(clap::Subcommand, Debug)]
 pub enum StakeholderCmd {
-    /// Submit (or replace) a stakeholder policy.
+    /// Make a signing key (owner-only file; never overwrites) and print its public key for the
+    /// broker configuration.
+    Keygen {
+        /// Where to keep the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Submit a new revision of this stakeholder's policy (signed).
     Policy {
         /// The broker's address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         broker: String,
+        #[command(flatten)]
+        signing: Signing,
         /// The policy (JSON).
         file: PathBuf,
+    },
+    /// Withdraw this stakeholder's policy, and with it its consent to every job (signed).
+    Withdraw {
+        /// The broker's address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        broker: String,
+        /// This stakeholder's policy (the broker is checked against it).
+        #[arg(long)]
+        policy: PathBuf,
+        #[command(flatten)]
+        signing: Signing,
     },
     /// Data owner: encrypt a dataset into the store and deposit its key with the broker.
     Upload {
@@ -236,6 +298,8 @@ pub enum StakeholderCmd {
         /// The data owner's policy (the broker is checked against it before the key is sent).
         #[arg(long)]
         policy: PathBuf,
+        #[command(flatten)]
+        signing: Signing,
         /// The dataset's name.
         #[arg(long)]
         name: String,
@@ -266,6 +330,8 @@ pub enum StakeholderCmd {
         /// The model owner's policy.
         #[arg(long)]
         policy: PathBuf,
+        #[command(flatten)]
+        signing: Signing,
         /// The job.
         #[arg(long)]
         job: String,
@@ -273,11 +339,16 @@ pub enum StakeholderCmd {
         #[arg(long)]
         key_out: PathBuf,
     },
-    /// Model owner: submit a job (JSON).
+    /// Model owner: submit a job (JSON; signed).
     Job {
         /// The broker's address.
         #[arg(long, default_value = "127.0.0.1:7400")]
         broker: String,
+        /// The model owner's policy.
+        #[arg(long)]
+        policy: PathBuf,
+        #[command(flatten)]
+        signing: Signing,
         /// The job file.
         file: PathBuf,
     },
@@ -301,15 +372,38 @@ pub enum StakeholderCmd {
 /// Runs a `tessera stakeholder` command.
 pub fn run_stakeholder(cmd: StakeholderCmd) -> Result<(), String> {
     match cmd {
-        StakeholderCmd::Policy { broker, file } => {
+        StakeholderCmd::Keygen { out } => {
+            let k = StakeholderKey::generate().map_err(err)?;
+            k.save(&out).map_err(err)?;
+            println!("public key {}", hex::encode(k.public().as_bytes()));
+            Ok(())
+        }
+        StakeholderCmd::Policy {
+            broker,
+            signing,
+            file,
+        } => {
             let p = load_policy(&file)?;
+            let (k, rev) = signing.load()?;
             let mut c = BrokerClient::connect(&broker, false).map_err(err)?;
-            println!("{}", c.submit_policy(&p).map_err(err)?);
+            println!("{}", c.submit_policy(&p, &k, rev).map_err(err)?);
+            Ok(())
+        }
+        StakeholderCmd::Withdraw {
+            broker,
+            policy,
+            signing,
+        } => {
+            let p = load_policy(&policy)?;
+            let (k, rev) = signing.load()?;
+            let mut c = BrokerClient::connect(&broker, false).map_err(err)?;
+            println!("{}", c.withdraw_policy(&p, &k, rev).map_err(err)?);
             Ok(())
         }
         StakeholderCmd::Upload {
             broker,
             policy,
+            signing,
             name,
             mnist,
             csv,
@@ -319,6 +413,7 @@ pub fn run_stakeholder(cmd: StakeholderCmd) -> Result<(), String> {
             key_out,
         } => {
             let p = load_policy(&policy)?;
+            let (sk, rev) = signing.load()?;
             let mut data = match (mnist, csv) {
                 (Some(dir), None) => load_mnist(&dir).map_err(err)?,
                 (None, Some(path)) if classes == 2 => load_breast_cancer(&path).map_err(err)?,
@@ -340,7 +435,7 @@ pub fn run_stakeholder(cmd: StakeholderCmd) -> Result<(), String> {
             write_key(&key_out, &key)?;
             let mut c = BrokerClient::connect(&broker, false).map_err(err)?;
             let msg = c
-                .deposit_key(&p, KeyKind::Dataset, &name, &key)
+                .deposit_key(&p, &sk, rev, KeyKind::Dataset, &name, &key)
                 .map_err(err)?;
             println!(
                 "{} rows encrypted to {} ({} bytes); {msg}",
@@ -353,23 +448,33 @@ pub fn run_stakeholder(cmd: StakeholderCmd) -> Result<(), String> {
         StakeholderCmd::ModelKey {
             broker,
             policy,
+            signing,
             job,
             key_out,
         } => {
             let p = load_policy(&policy)?;
+            let (sk, rev) = signing.load()?;
             let key = new_key().map_err(err)?;
             write_key(&key_out, &key)?;
             let mut c = BrokerClient::connect(&broker, false).map_err(err)?;
             println!(
                 "{}",
-                c.deposit_key(&p, KeyKind::Model, &job, &key).map_err(err)?
+                c.deposit_key(&p, &sk, rev, KeyKind::Model, &job, &key)
+                    .map_err(err)?
             );
             Ok(())
         }
-        StakeholderCmd::Job { broker, file } => {
+        StakeholderCmd::Job {
+            broker,
+            policy,
+            signing,
+            file,
+        } => {
+            let p = load_policy(&policy)?;
+            let (sk, rev) = signing.load()?;
             let j = JobSpec::from_json(&read(&file)?, &file.display().to_string()).map_err(err)?;
             let mut c = BrokerClient::connect(&broker, false).map_err(err)?;
-            println!("{}", c.submit_job(&j).map_err(err)?);
+            println!("{}", c.submit_job(&p, &sk, rev, &j).map_err(err)?);
             Ok(())
         }
         StakeholderCmd::FetchModel {

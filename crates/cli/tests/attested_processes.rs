@@ -1,10 +1,12 @@
 //! The `attested` scheme with every party a separate `tessera` process: swtpm as the training
 //! host's TPM (its PCR 10 extended with a synthetic IMA log written to a file), `tessera broker
-//! serve`, the three stakeholders (`tessera stakeholder policy|upload|model-key|job`), the host
-//! (`tessera agent run`), the model owner (`tessera stakeholder fetch-model`), and inference
-//! with the trained model in the enclave (`tessera broker infer` + `tessera client`, every
-//! held-out row). Refusals, each with a reason that names it: a job without the infrastructure
-//! provider's policy, an agent after that provider withdrew its consent, a host that ran a file
+//! serve --config` (the stakeholders' pinned signing keys), the three stakeholders (`tessera
+//! stakeholder keygen|policy|upload|model-key|job`, each request signed), the host (`tessera
+//! agent run`), the model owner (`tessera stakeholder fetch-model`), and inference with the
+//! trained model in the enclave (`tessera broker infer` + `tessera client`, every held-out
+//! row). Refusals, each with a reason that names it: a job without the infrastructure
+//! provider's policy, a provider policy signed with a key the broker does not pin, a replayed
+//! policy revision, an agent after that provider withdrew its consent, a host that ran a file
 //! not on the data owner's allow-list, an IMA log that does not replay to the quoted PCR 10, a
 //! model fetched with the wrong key, and a client expecting another enclave measurement.
 //!
@@ -221,10 +223,53 @@ fn attested_flow_with_separate_processes() {
     let allow_list: serde_json::Value =
         serde_json::from_str(&image.allow_list().expect("allow-list")).expect("allow-list JSON");
 
-    // What the stakeholders learn out of band: the broker's measurement and the host's identity.
-    let measurement = ok(&["broker", "measurement", "--state", s(&state)])
-        .trim()
-        .to_string();
+    // Each stakeholder makes its signing key; the broker's configuration pins the public keys.
+    let keygen = |who: &str| {
+        let path = dir.join(format!("{who}.signing-key"));
+        let out = ok(&["stakeholder", "keygen", "--out", s(&path)]);
+        let public = out
+            .trim()
+            .strip_prefix("public key ")
+            .unwrap_or_else(|| panic!("keygen prints the public key: {out}"))
+            .to_string();
+        assert_eq!(public.len(), 64, "{out}");
+        (path, public)
+    };
+    let (do_key, do_pub) = keygen("data_owner");
+    let (mo_key, mo_pub) = keygen("model_owner");
+    let (ip_key, ip_pub) = keygen("infrastructure_provider");
+    let (success, _, err) = tessera(&["stakeholder", "keygen", "--out", s(&do_key)]);
+    assert!(
+        !success && err.contains("never overwritten"),
+        "keygen must not replace a key: {err}"
+    );
+    let config = dir.join("broker-config.json");
+    std::fs::write(
+        &config,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "version": 1,
+            "stakeholders": {
+                "data_owner": {"name": "hospital-a", "key": do_pub},
+                "model_owner": {"name": "lab-b", "key": mo_pub},
+                "infrastructure_provider": {"name": "cloud-c", "key": ip_pub},
+            }
+        }))
+        .expect("config JSON"),
+    )
+    .expect("write the broker config");
+
+    // What the stakeholders learn out of band: the broker's measurement (which covers the
+    // configuration) and the host's identity.
+    let measurement = ok(&[
+        "broker",
+        "measurement",
+        "--config",
+        s(&config),
+        "--state",
+        s(&state),
+    ])
+    .trim()
+    .to_string();
     assert_eq!(
         measurement.len(),
         96,
@@ -243,6 +288,8 @@ fn attested_flow_with_separate_processes() {
         &[
             "broker",
             "serve",
+            "--config",
+            s(&config),
             "--state",
             s(&state),
             "--listen",
@@ -281,8 +328,18 @@ fn attested_flow_with_separate_processes() {
         ),
     )
     .expect("write a policy");
-    for p in [&data_owner, &model_owner] {
-        let out = ok(&["stakeholder", "policy", "--broker", &broker_addr, s(p)]);
+    for (p, key) in [(&data_owner, &do_key), (&model_owner, &mo_key)] {
+        let out = ok(&[
+            "stakeholder",
+            "policy",
+            "--broker",
+            &broker_addr,
+            "--key",
+            s(key),
+            "--revision",
+            "1",
+            s(p),
+        ]);
         assert!(out.contains("stored"), "{out}");
     }
 
@@ -301,6 +358,8 @@ fn attested_flow_with_separate_processes() {
         &broker_addr,
         "--policy",
         s(&data_owner),
+        "--key",
+        s(&do_key),
         "--name",
         DATASET,
         "--csv",
@@ -319,6 +378,8 @@ fn attested_flow_with_separate_processes() {
         &broker_addr,
         "--policy",
         s(&model_owner),
+        "--key",
+        s(&mo_key),
         "--job",
         JOB,
         "--key-out",
@@ -340,26 +401,69 @@ fn attested_flow_with_separate_processes() {
         .expect("job JSON"),
     )
     .expect("write the job");
-    let submit_job = ["stakeholder", "job", "--broker", &broker_addr, s(&job)];
+    let submit_job = |revision: &str| {
+        tessera(&[
+            "stakeholder",
+            "job",
+            "--broker",
+            &broker_addr,
+            "--policy",
+            s(&model_owner),
+            "--key",
+            s(&mo_key),
+            "--revision",
+            revision,
+            s(&job),
+        ])
+    };
 
     // Refused: no infrastructure provider policy yet.
-    let (success, out, err) = tessera(&submit_job);
+    let (success, out, err) = submit_job("1");
     assert!(
         !success && err.contains("infrastructure provider") && err.contains("no"),
         "the job must be refused for the missing policy, naming it:\nstdout: {out}\nstderr: {err}"
     );
 
-    for p in [&provider, &provider_withdrawn] {
-        let out = ok(&["stakeholder", "policy", "--broker", &broker_addr, s(p)]);
-        assert!(out.contains("infrastructure provider"), "{out}");
+    let provider_policy = |p: &Path, key: &Path, revision: &str| {
+        tessera(&[
+            "stakeholder",
+            "policy",
+            "--broker",
+            &broker_addr,
+            "--key",
+            s(key),
+            "--revision",
+            revision,
+            s(p),
+        ])
+    };
+    // Refused: a provider policy signed with a key the broker does not pin (the host's own).
+    let (host_key, _) = keygen("host");
+    let (success, out, err) = provider_policy(&provider, &host_key, "1");
+    assert!(
+        !success && err.contains("is not signed by the infrastructure provider"),
+        "a policy signed with an unpinned key must be refused:\nstdout: {out}\nstderr: {err}"
+    );
+    for (p, revision) in [(&provider, "1"), (&provider_withdrawn, "2")] {
+        let (success, out, err) = provider_policy(p, &ip_key, revision);
+        assert!(
+            success && out.contains("infrastructure provider"),
+            "{out}{err}"
+        );
         if p == &provider {
-            let out = ok(&submit_job);
+            let (success, out, err) = submit_job("1");
             assert!(
-                out.contains("accepted") && out.contains("cloud-c"),
-                "the job is accepted once all three consent: {out}"
+                success && out.contains("accepted") && out.contains("cloud-c"),
+                "the job is accepted once all three consent: {out}{err}"
             );
         }
     }
+    // Refused: the consenting policy again at its old revision (a replay, or a rollback).
+    let (success, out, err) = provider_policy(&provider, &ip_key, "1");
+    assert!(
+        !success && err.contains("revision 1 is not higher"),
+        "an old revision must be refused:\nstdout: {out}\nstderr: {err}"
+    );
 
     // Refused: the provider withdrew its consent after the job was accepted.
     let agent_run = [
@@ -385,14 +489,29 @@ fn attested_flow_with_separate_processes() {
     );
     assert!(!tessera_attested::host::model_path(&store, JOB).exists());
 
-    // Consent restored: the host attests, receives the keys, trains.
-    ok(&[
+    // Refused: the provider withdrew its policy altogether.
+    let out = ok(&[
         "stakeholder",
-        "policy",
+        "withdraw",
         "--broker",
         &broker_addr,
+        "--policy",
         s(&provider),
+        "--key",
+        s(&ip_key),
+        "--revision",
+        "3",
     ]);
+    assert!(out.contains("withdrew its policy at revision 3"), "{out}");
+    let (success, out, err) = tessera(&agent_run);
+    assert!(
+        !success && err.contains("the infrastructure provider withdrew its policy (revision 3)"),
+        "the agent must be refused, naming the withdrawal:\nstdout: {out}\nstderr: {err}"
+    );
+
+    // Consent restored (a higher revision): the host attests, receives the keys, trains.
+    let (success, out, err) = provider_policy(&provider, &ip_key, "4");
+    assert!(success, "{out}{err}");
     let out = ok(&agent_run);
     assert!(
         out.contains(&format!("job {JOB}: trained on 455 rows")),
@@ -425,6 +544,8 @@ fn attested_flow_with_separate_processes() {
         &[
             "broker",
             "infer",
+            "--config",
+            s(&config),
             "--state",
             s(&state),
             "--job",
