@@ -309,12 +309,17 @@ fn unauthenticated_phase_has_a_total_budget() {
     let mut hello = [0u8; 256];
     // The enclave's own hello comes first; then it waits for ours.
     let mut got = 0;
+    // A well-formed hello header announcing 200 bytes, then its payload one byte at a time:
+    // every read gets a byte long before the per-read deadline, and the frame deadline is far.
+    let mut trickle = [205u8, 0, 0, 0, 0, 0, 0, 0, 0]
+        .into_iter()
+        .chain(std::iter::repeat(0u8));
     let closed_after = loop {
         assert!(
             t0.elapsed() < Duration::from_secs(6),
             "still open after 6 s"
         );
-        if s.write_all(&[255]).is_err() {
+        if s.write_all(&[trickle.next().unwrap_or(0)]).is_err() {
             break t0.elapsed();
         }
         match s.read(&mut hello) {
