@@ -160,8 +160,9 @@ enum Cmd {
     /// attested: the training host's agent (TPM identity; attest, receive the keys, train).
     #[command(subcommand)]
     Agent(attested_cmd::AgentCmd),
-    /// attested: a stakeholder's actions (submit a policy, upload an encrypted data set, deposit
-    /// a model key, submit a job, fetch the trained model).
+    /// attested: a stakeholder's actions (make a signing key; submit or withdraw a policy,
+    /// upload an encrypted data set, deposit a model key, submit a job, each signed; fetch the
+    /// trained model).
     #[command(subcommand)]
     Stakeholder(attested_cmd::StakeholderCmd),
     /// attested: the whole flow on this machine (swtpm host, broker, training, inference in the
