@@ -100,6 +100,8 @@ pub mod bench_support {
 }
 pub mod store;
 pub mod tensor;
+#[cfg(test)]
+mod zero_divisor;
 
 pub use batch::ProjectionBatch;
 pub use cost::GarbleCost;

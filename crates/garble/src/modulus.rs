@@ -151,6 +151,20 @@ pub(crate) mod testing {
     pub(crate) fn odd_primes() -> Vec<u64> {
         (3..=251u64).filter(|&q| Modulus::new(q).is_ok()).collect()
     }
+
+    /// A **composite** modulus, which [`Modulus::new`] refuses: only for the test that runs the
+    /// zero-divisor attack against this crate's own gate code.
+    pub(crate) fn composite_for_attack_test(q: u8) -> Modulus {
+        assert!(
+            super::smallest_factor(u64::from(q)).is_some(),
+            "{q} is not composite"
+        );
+        Modulus {
+            q,
+            n: super::digits_for(u64::from(q)),
+            block: super::block_params(u64::from(q)),
+        }
+    }
 }
 
 #[cfg(test)]
