@@ -1,6 +1,7 @@
 //! The broker takes orders only from the stakeholders' pinned keys, for each stakeholder's own
 //! slot, with rising revisions, and each request only from the role that may send it; a
-//! release re-checks every consent. swtpm is the training host's TPM.
+//! release re-checks every consent; a stakeholder believes only the broker's receipts. swtpm
+//! is the training host's TPM.
 //!
 //! Each adversary gets past every earlier check (it connects with the role it needs, its
 //! requests parse, are fresh and, where it could obtain one, carry a valid signature), so the
@@ -700,4 +701,66 @@ fn stored_state_is_verified_when_the_broker_restarts() {
     std::fs::write(&moved, data_owner).unwrap();
     f.broker = Arc::new(Broker::open(f.config.clone()).unwrap());
     f.assert_original_keys_released();
+}
+
+#[test]
+fn a_faked_acknowledgement_is_not_taken_for_the_brokers() {
+    let Some(f) = Fixture::new("receipt") else {
+        return;
+    };
+    use tessera_runtime::{Channel, ChannelOptions};
+    // The real broker, and a network attacker in front of it that answers stakeholder
+    // requests itself (dropping them) with `Accepted` and the broker's genuine evidence for
+    // a nonce of its own choosing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_addr = listener.local_addr().unwrap().to_string();
+    let _server = serve_broker(f.broker.clone(), listener).unwrap();
+    let front = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    let mitm = std::thread::spawn(move || {
+        let (s, _) = front.accept().unwrap();
+        let mut victim = Channel::new(s, ChannelOptions::default()).unwrap();
+        victim.handshake(Role::Enclave, &[Role::Client]).unwrap();
+        let mut real = BrokerClient::connect(&broker_addr, false).unwrap();
+        let mut dropped = 0;
+        while let Ok(req) = victim.recv::<Request>() {
+            let reply = match req {
+                Request::Stakeholder(_) => {
+                    dropped += 1;
+                    let Reply::Evidence { evidence, .. } =
+                        real.call(&Request::Evidence { nonce: [7; 32] }).unwrap()
+                    else {
+                        panic!("no evidence");
+                    };
+                    Reply::Accepted {
+                        message: "the infrastructure provider withdrew its policy".into(),
+                        receipt: evidence,
+                    }
+                }
+                other => real.call(&other).unwrap(),
+            };
+            victim.send(&reply).unwrap();
+        }
+        dropped
+    });
+    let provider = Stakeholder::InfrastructureProvider;
+    let mut c = BrokerClient::connect(&front_addr, false).unwrap();
+    let e = c
+        .withdraw_policy(&f.policies[&provider], &f.keys[&provider], 2)
+        .unwrap_err();
+    assert!(
+        matches!(&e, AttestedError::BrokerEvidence(r) if r.contains("not the broker's receipt for this request")),
+        "{e:?}"
+    );
+    drop(c);
+    assert_eq!(
+        mitm.join().unwrap(),
+        1,
+        "the attacker dropped the withdrawal"
+    );
+    // The withdrawal did not happen, and the stakeholder was told so.
+    assert_eq!(
+        f.stored_policy(provider).as_ref(),
+        Some(&f.policies[&provider])
+    );
 }
