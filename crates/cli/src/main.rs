@@ -53,9 +53,48 @@ struct QuantArgs {
     /// gc: bits of range added above the calibrated widths.
     #[arg(long, default_value_t = 1, value_name = "B")]
     gc_margin_bits: u32,
+    /// Memory a model may need when it is loaded, in bytes (K, M, G suffixes: powers of 1024),
+    /// per layer and in all. A model over it is refused at import, naming the layer. Default:
+    /// 2 GiB per layer, 4 GiB in all.
+    #[arg(long, value_parser = parse_bytes)]
+    max_memory: Option<u64>,
+    /// Work (multiply-accumulates and window reads per inference) a loaded model may need, per
+    /// layer and in all. Default: 2^36 per layer, 2^38 in all.
+    #[arg(long)]
+    max_macs: Option<u64>,
+}
+
+/// Bytes with an optional K, M or G (powers of 1024) suffix.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(1 << shift))
+        .ok_or_else(|| format!("'{s}' is not a byte count (e.g. 8G, 512M, 1073741824)"))
 }
 
 impl QuantArgs {
+    /// Import options with the budgets of --max-memory and --max-macs.
+    fn import_options(&self) -> ImportOptions {
+        let mut limits = tessera_model::ImportLimits::default();
+        if let Some(b) = self.max_memory {
+            limits = limits.with_max_memory(b);
+        }
+        if let Some(m) = self.max_macs {
+            limits = limits.with_max_macs(m);
+        }
+        ImportOptions {
+            limits,
+            ..Default::default()
+        }
+    }
+
     fn config(&self) -> QuantConfig {
         QuantConfig {
             frac_bits: self.frac_bits,
@@ -356,10 +395,10 @@ fn selftest(device: &str, seed: u64) -> Result<()> {
 }
 
 /// An ONNX path, or a built-in network name.
-fn resolve_model(spec: &str) -> Result<Graph> {
+fn resolve_model(spec: &str, opts: &ImportOptions) -> Result<Graph> {
     let p = Path::new(spec);
     if p.exists() {
-        return Ok(load_model(p, &ImportOptions::default())?);
+        return Ok(load_model(p, opts)?);
     }
     if let Some(n) = builders::find(spec) {
         return Ok((n.build)(1)?);
@@ -450,7 +489,7 @@ fn human(n: u64) -> String {
 }
 
 fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Result<()> {
-    let g = resolve_model(spec)?;
+    let g = resolve_model(spec, &quant.import_options())?;
     let st = stats(&g);
     let widths = QuantModel::new(&g, quant.config()).and_then(|q| static_widths(&q, input_range));
     if json {
@@ -526,7 +565,7 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
 }
 
 fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {
-    let g = resolve_model(spec)?;
+    let g = resolve_model(spec, &quant.import_options())?;
     let x = load_input(input)?;
     let float = run_f32(&g, std::slice::from_ref(&x))?;
     let f0 = float
@@ -734,7 +773,7 @@ fn eval(
     quant: &QuantArgs,
     json: bool,
 ) -> Result<()> {
-    let g = resolve_model(spec)?;
+    let g = resolve_model(spec, &quant.import_options())?;
     let d = parse_dataset(dataset, dir)?;
     let r = evaluate(&g, &d, scheme, quant, !json)?;
     if json {
@@ -837,7 +876,7 @@ fn demo(
 ) -> Result<()> {
     let (g, test) = match model {
         Some(spec) => {
-            let g = resolve_model(&spec)?;
+            let g = resolve_model(&spec, &quant.import_options())?;
             let dir = data.unwrap_or_else(|| PathBuf::from("../shared/data/mnist-t10k"));
             let mut d = load_mnist_dir(&dir)?;
             d.truncate(n);
@@ -1066,7 +1105,7 @@ fn bench_gc(
             let x = tessera_data::load_pb(&dir.join("test_data_set_0/input_0.pb"))?;
             (g, x, 255.0)
         } else {
-            let g = resolve_model(name)?;
+            let g = resolve_model(name, &ImportOptions::default())?;
             let shape = g
                 .inputs
                 .first()
@@ -1302,7 +1341,7 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
         );
     }
     for name in ["resnet18-32", "vgg16-32"] {
-        let g = resolve_model(name)?;
+        let g = resolve_model(name, &ImportOptions::default())?;
         let qm = QuantModel::new(&g, QuantConfig::default())?;
         let x = synth_images(&g, 1)
             .pop()

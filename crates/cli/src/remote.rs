@@ -66,7 +66,9 @@ pub struct WorkerArgs {
     /// Where garbled material is stored (one file per garbling, deleted after use).
     #[arg(long, default_value = "tessera-worker-store")]
     store: PathBuf,
-    /// Compute device: cpu, or cuda (needs a build with `--features cuda` and a GPU).
+    /// Compute device. Only cpu is served: the gc evaluator and the asym linear layers run on
+    /// CPU threads. cuda is refused until the GPU evaluator is wired in (the GPU kernels
+    /// themselves are checked by `tessera selftest --device cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Which scheme's worker: gc (stores and evaluates garbled material) or asym (computes
@@ -172,8 +174,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 TcpStream::connect(addr)
                     .map_err(|e| usage(format!("cannot connect to the worker at {addr}: {e}")))
             };
-            let g =
-                tessera_model::import_model(&model_onnx, &tessera_model::ImportOptions::default())?;
+            let g = tessera_model::import_model(&model_onnx, &a.quant.import_options())?;
             let opts = tessera_gc::GcOptions {
                 quant: a.quant.config(),
                 primes: a.quant.gc_primes,
@@ -217,16 +218,19 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
     })
 }
 
+/// What `tessera worker --device cuda` answers.
+pub const CUDA_WORKER_REFUSAL: &str = "--device cuda: the GPU evaluator is not wired in yet; the worker runs on the CPU; use --device cpu";
+
 /// Run a worker until killed.
 pub fn worker(a: &WorkerArgs) -> Result<()> {
     let kind: tessera_cuda::DeviceKind = a.device.parse().map_err(usage)?;
+    if kind == tessera_cuda::DeviceKind::Cuda {
+        // Refused before the GPU is opened: nothing of the gc or asym worker calls the device's
+        // kernels yet, so accepting the flag would claim GPU work that does not happen.
+        return Err(usage(CUDA_WORKER_REFUSAL.to_string()));
+    }
     let dev = tessera_cuda::Device::open(kind).map_err(usage)?;
     println!("device: {}", dev.describe());
-    if kind == tessera_cuda::DeviceKind::Cuda {
-        println!(
-            "note: the gc evaluator's gates and label GEMMs still run on the CPU threads; the GPU kernels are checked by `tessera selftest --device cuda`"
-        );
-    }
     let listener = TcpListener::bind(&a.listen)
         .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
     if a.scheme == "asym" {
