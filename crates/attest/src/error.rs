@@ -217,7 +217,7 @@ pub enum AttestError {
     /// A policy file is malformed.
     #[error("invalid policy {path}: {reason}")]
     Policy {
-        /// The policy file (or "<inline>").
+        /// The policy file (or `"<inline>"`).
         path: String,
         /// What was wrong.
         reason: String,

@@ -2,12 +2,16 @@
 //!
 //! An enclave proves what it runs with *evidence*: a report or quote, signed by a key that
 //! only the TEE hardware (or, in `sim` mode, a software key) holds, carrying a *measurement*
-//! of the code and data it loaded and 64 bytes of *report data* chosen by the enclave (here
-//! the hash of a verifier's nonce and the enclave's channel key, see [`report_data`]).
+//! of the code and data it loaded and 64 bytes of *report data* chosen by the enclave (for an
+//! enclave session, the hash of a verifier's nonce, the enclave's TLS certificate and its
+//! application measurement, see [`session_report_data`]).
 //! This crate
 //!
 //! - produces evidence: simulated ([`sim::PlatformKey::attest`]) or real, from Linux
 //!   configfs-tsm ([`tsm::collect`], SEV-SNP reports and TDX quotes);
+//! - derives sealing keys: simulated ones from the platform key file (no protection) and
+//!   SEV-SNP ones from the AMD secure processor ([`sev_guest::sealing_key`],
+//!   `SNP_GET_DERIVED_KEY`); TDX has none;
 //! - carries it in a versioned, length-checked container ([`Evidence::encode`]);
 //! - verifies it against a [`Policy`] ([`verify`]): SEV-SNP reports with the `sev` crate and
 //!   AMD's built-in ARK/ASK roots, SGX and TDX quotes with collateral through `dcap-qvl`, and
@@ -31,10 +35,20 @@
 //!   byte of the report can change without detection.
 //! - The VCEK's TCB extensions must equal the report's `reported_tcb` and its hardware ID the
 //!   report's chip ID, so a VCEK of an older firmware cannot vouch for a report that claims a
-//!   newer one; certificates and collateral are checked against the verification time
+//!   newer one (the same TCB check applies to a VLEK); certificates and collateral are checked against the verification time
 //!   (expired DCAP collateral is reported as such, after proving that it is genuine).
 //! - Only after authenticity are the claims checked against the policy: kind, measurement,
-//!   report data, TCB status or minimum TCB, advisories, debug mode.
+//!   TDX RTMRs, report data, TCB status or minimum TCB, advisories, debug mode.
+//! - The VCEK's or VLEK's TCB extensions must equal the report's `reported_tcb` (a VLEK names
+//!   no chip, so only a VCEK's hardware ID is compared).
+//! - An enclave session ([`verify_session`]) also refuses, before anything else, a policy for
+//!   SEV-SNP, TDX or SGX evidence that pins no hardware measurement (`measurements`), no
+//!   application measurement (`app_measurements`), or for TDX not RTMR0–RTMR2
+//!   ([`Policy::require_session_pins`]), and after verification runs
+//!   [`check_session_binding`] on the parsed report data. SEV-SNP's `MEASUREMENT` and TDX's
+//!   `MRTD`/RTMRs measure the VM's launch image, not the application: the application
+//!   measurement reaches the verifier only through report data that the launch image
+//!   computes, so it is exactly as trustworthy as the pinned image.
 //! - Simulated evidence is signed by an ed25519 key that lives in a file on an ordinary
 //!   machine: it proves nothing about isolation. It is refused unless the policy says
 //!   `allow_simulated`, it may be pinned to known keys by fingerprint, and [`describe`]

@@ -174,7 +174,9 @@ pub fn derived_key_at(
 /// The sealing key of an enclave application inside an SEV-SNP guest: HKDF-SHA256 with the
 /// secure processor's derived key ([`DerivedKeyRequest::sealing`]) as input key material and
 /// the application measurement as info, so that another binary, model or enclave policy in
-/// the same VM image derives another key.
+/// the same VM image derives another key. (Any software in that image can ask the secure
+/// processor for the same derived key, so this separates applications only inside an image
+/// that runs nothing else.)
 pub fn sealing_key(app_measurement: &[u8]) -> Result<Zeroizing<[u8; 32]>, AttestError> {
     let root = derived_key(&DerivedKeyRequest::sealing())?;
     Ok(sealing_key_from(&root, app_measurement))

@@ -3,24 +3,66 @@
 //!
 //! # Threat model (the `tee` scheme)
 //!
-//! Trusted: the TEE hardware and its vendor's attestation keys (or, in `sim` mode, nothing: a
-//! simulated enclave gives no security and says so everywhere), and this process's code as
-//! measured. Untrusted: the host OS and operator, the network, every relay between client and
-//! enclave, and other clients. The host can drop, delay, reorder or replay bytes, start the
-//! enclave with other files, and read everything outside the enclave.
+//! Untrusted in every mode: the host OS and operator, the network, every relay between client
+//! and enclave, and other clients. The host can drop, delay, reorder or replay bytes, start
+//! the enclave with other files, run guests of its own on the same hardware, and read
+//! everything outside the TEE (the state directory included).
 //!
-//! What holds: a client talks only to an enclave whose evidence carries an accepted measurement
-//! (enclave binary + model + enclave policy) and binds, through the report data
-//! `SHA-512(nonce ‖ certificate)`, both the client's fresh nonce and the TLS certificate it then
-//! pins; so the host can neither replay old evidence nor terminate TLS itself, and sees only
-//! ciphertext. Sealed state (the TLS identity key) is encrypted under a key derived from the
-//! platform secret and the measurement: another measurement cannot read it. Out of scope: side
-//! channels (page-fault, cache, timing) of real TEEs, denial of service by the host.
+//! The *application measurement* is SHA-384 over the enclave binary, the model and the
+//! enclave policy ([`measurement_of`]; `tessera enclave --measure-only` prints it). Every
+//! connection's evidence carries report data
+//! [`tessera_attest::session_report_data`]`(nonce, certificate, application measurement)`,
+//! and the client ([`crate::client::verify_binding`]) accepts it only if the evidence is
+//! authentic and meets its policy, the report data is that hash of its own fresh nonce, the
+//! certificate offered and the application measurement offered, and that measurement is one
+//! its policy accepts. So the host can neither replay evidence to another connection, nor
+//! attach it to a certificate whose key it holds, nor present evidence of one application as
+//! another's. What that proves depends on the mode:
+//!
+//! - **`sim`: nothing.** The evidence is signed by a software key in a file on the host's disk
+//!   and its sealing key is derived from the same file, so the host can forge evidence for any
+//!   measurement and read everything sealed; every report, table and start-up line says so
+//!   (the start-up line "simulated TEE: sealing key is on the host's disk, no protection",
+//!   and a line naming each file sealed under it). Only a policy with `allow_simulated`
+//!   accepts it.
+//! - **`snp`**: the report is signed by the chip's VCEK (or a VLEK) under AMD's root, and its
+//!   `MEASUREMENT` covers the guest's launch image only. The report data, and so the
+//!   application measurement in it, is computed by software in that image; it is worth
+//!   exactly as much as the image is trustworthy, which is why the client refuses a policy
+//!   for a real TEE that does not pin both the launch measurement (`measurements`) and the
+//!   application measurement (`app_measurements`). Sealed state (the TLS identity key) is
+//!   encrypted under a key the AMD secure processor derives from the chip's VCEK root, the
+//!   guest policy and the launch measurement (`SNP_GET_DERIVED_KEY` through
+//!   `/dev/sev-guest`), then mixed with the application measurement (HKDF): the host,
+//!   another launch image or another chip cannot derive it. Other software inside the same
+//!   image could ask for the same derived key, so the application measurement separates
+//!   applications only as far as the pinned image runs nothing but this enclave. Without the
+//!   device the enclave does not start.
+//! - **`tdx`**: the quote is signed through Intel's DCAP chain; `MRTD` covers only the virtual
+//!   firmware, so a client's policy must pin RTMR0–RTMR2 (firmware configuration, loader and
+//!   kernel, command line and initrd) as well as `MRTD` and `app_measurements`. A TD has no
+//!   sealing key: the TLS identity is made afresh at every start and every secret stays in
+//!   this process's memory; nothing is written to disk (and the enclave says so at start).
+//!
+//! Availability: the host can always deny service. Against other clients the service bounds
+//! what an unauthenticated connection can hold: every connection gets
+//! [`ChannelOptions::preauth_deadline`] (10 s by default) from its start to its first
+//! authenticated message (hello, attestation, TLS handshake, first request), however slowly
+//! its bytes trickle in; at most `max_conns` connections are in that phase, and a new one
+//! pushes out the oldest ([`serve_enclave`]); at most `max_conns` clients are served after it.
+//! After authentication a client may be idle up to [`crate::channel::IDLE_DEADLINE`] between
+//! requests, but each frame must arrive whole within [`ChannelOptions::frame_deadline`] of
+//! its first byte. A client that completes attestation can still hold one of the `max_conns`
+//! served places for up to the idle deadline (clients are not authenticated to the enclave).
+//!
+//! Out of scope: side channels (page-fault, cache, timing) of real TEEs, the TEE vendors'
+//! firmware, revocation of AMD VCEKs (no CRL is fetched), and denial of service by the host.
 //!
 //! # One connection
 //!
-//! hello ↔ hello (version), client → `Attest{nonce}`, enclave → `Evidence{evidence, cert}`,
-//! then TLS 1.3 on the same stream, then any number of `Infer` → `Output` exchanges.
+//! hello ↔ hello (version), client → `Attest{nonce}`, enclave →
+//! `Evidence{evidence, cert, app_measurement}`, then TLS 1.3 on the same stream, then any
+//! number of `Infer` → `Output` exchanges.
 
 use crate::RuntimeError;
 use crate::channel::{Channel, ChannelOptions, Role};

@@ -2,13 +2,16 @@
 //! runs.
 //!
 //! * [`frame`] and [`channel`]: length-prefixed frames with a maximum size, a version
-//!   handshake, a deadline on every read, sequence numbers, and byte and round counters.
+//!   handshake, a deadline on every read and a total deadline on every frame (enforced on the
+//!   raw bytes, under TLS), sequence numbers, and byte and round counters.
 //! * [`transport`]: TCP, an in-process duplex for tests, and counting.
 //! * [`tls`]: the enclave's TLS identity and a client that pins the attested certificate.
 //! * [`enclave`] and [`client`]: the enclave process's service and its attested client (the
 //!   `tee` scheme), with the threat model in [`enclave`].
 //! * [`cost`]: the modeled cost of running inside a TEE (EPC paging, crossings).
-//! * [`seal`]: sealed state bound to the platform and the measurement.
+//! * [`seal`]: sealed state bound to the platform and the measurement: under a key on the
+//!   host's disk in `sim` mode (no protection, and said so), a key the AMD secure processor
+//!   derives in `snp` mode, and not at all in `tdx` mode (secrets in memory only).
 //! * [`relay`]: an untrusted host forwarding opaque bytes.
 
 #![warn(missing_docs)]
