@@ -42,8 +42,8 @@
 //!   set it; a request must carry a higher one ([`AttestedError::StaleRevision`]). A withdrawal
 //!   keeps its revision, so an older policy cannot be replayed to restore a withdrawn consent.
 //! - State lives in the enclave's memory; each accepted signed request is also written to the
-//!   state directory (`signed/`) and, when the broker starts, read back and verified again
-//!   (signature, slot, file name), so a file edited on disk is refused
+//!   state directory (`signed/<measurement prefix>/`) and, when the broker starts, read back
+//!   and verified again (signature, slot, file name), so a file edited or moved on disk is refused
 //!   ([`AttestedError::StateFile`]). A deposited key is kept on disk only as its deposit:
 //!   wrapped to the broker's X25519 key, which is sealed to its measurement.
 //! - The release re-checks every consent and requires that no policy, the job or either key
