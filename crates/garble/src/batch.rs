@@ -195,7 +195,7 @@ pub fn garble_projection_batch(
         .collect();
 
     let mut rows = vec![0u128; count * (pq - 1)];
-    let mut c0s = LabelTensor::zeros(q, a0.shape())?;
+    let mut c0s = LabelTensor::zeros(q, a0.shape())?.into_secret();
     let chunk = (HASHES_PER_CHUNK / pq).max(1);
     // Gates per AES step: their p hashes each fit the step's stack buffers.
     let step = (HASHES_PER_STEP / pq).max(1);

@@ -1572,13 +1572,21 @@ fn label_linear(
     kernel: &Kernel<'_>,
 ) -> Result<LabelTensor, GarbleError> {
     let m = x.modulus();
-    let d = kernel(m.q(), m.digits(), x.as_digits())?;
-    if d.len() != out_len * m.digits() {
-        return Err(GarbleError::Internal("linear kernel length"));
-    }
+    let mut d = kernel(m.q(), m.digits(), x.as_digits())?;
     let mut out = LabelTensor::zeros(m, &[out_len])?;
-    out.digits_mut().copy_from_slice(&d);
-    Ok(out)
+    if x.is_secret() {
+        out = out.into_secret();
+    }
+    let r = if d.len() == out_len * m.digits() {
+        out.digits_mut().copy_from_slice(&d);
+        Ok(out)
+    } else {
+        Err(GarbleError::Internal("linear kernel length"))
+    };
+    if x.is_secret() {
+        d.zeroize();
+    }
+    r
 }
 
 /// The garbler over a stream: each projection batch is written and dropped at once.

@@ -22,11 +22,36 @@ use rayon::prelude::*;
 use zeroize::Zeroize;
 
 /// `len` labels mod one prime q, label-major (see the module docs).
-#[derive(Clone, PartialEq, Eq)]
+///
+/// A tensor of the garbler's zero-labels (drawn by [`LabelTensor::random`], or derived from one
+/// by any operation here) is *secret*: it is overwritten when dropped, so the intermediates of
+/// gadgets and layers do not stay in the enclave's freed memory. The evaluator's tensors are
+/// not secret and cost nothing extra on drop. Equality ignores the flag.
+#[derive(Clone)]
 pub struct LabelTensor {
     modulus: Modulus,
     shape: Vec<usize>,
     digits: Vec<u8>,
+    secret: bool,
+}
+
+impl PartialEq for LabelTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.modulus == other.modulus && self.shape == other.shape && self.digits == other.digits
+    }
+}
+
+impl Eq for LabelTensor {}
+
+impl Drop for LabelTensor {
+    fn drop(&mut self) {
+        if self.secret {
+            // A plain fill is a memset (GB/s, unlike byte-wise volatile writes); black_box tells
+            // the compiler the zeros are read, so the store cannot be dropped as dead.
+            self.digits.fill(0);
+            std::hint::black_box(&self.digits);
+        }
+    }
 }
 
 /// The number of elements of `shape`, or an error when the product overflows.
@@ -48,7 +73,19 @@ impl LabelTensor {
             modulus,
             shape: shape.to_vec(),
             digits: vec![0; bytes],
+            secret: false,
         })
+    }
+
+    /// Marks the tensor as the garbler's (overwritten on drop; see the type's docs).
+    pub fn into_secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    /// Whether the tensor is overwritten on drop.
+    pub fn is_secret(&self) -> bool {
+        self.secret
     }
 
     /// Labels with uniform random digits (the garbler's zero-labels). Draws the digits in the same
@@ -59,7 +96,7 @@ impl LabelTensor {
         shape: &[usize],
         rng: &mut R,
     ) -> Result<Self, GarbleError> {
-        let mut t = Self::zeros(modulus, shape)?;
+        let mut t = Self::zeros(modulus, shape)?.into_secret();
         let q = modulus.q();
         for d in &mut t.digits {
             *d = rng.random_range(0..q);
@@ -90,6 +127,7 @@ impl LabelTensor {
             modulus,
             shape: shape.to_vec(),
             digits,
+            secret: false,
         })
     }
 
@@ -199,6 +237,7 @@ impl LabelTensor {
     pub fn try_add(&self, other: &Self) -> Result<Self, GarbleError> {
         self.check_same(other)?;
         let mut out = self.clone();
+        out.secret |= other.secret;
         add_digits(self.modulus.q(), &mut out.digits, &other.digits);
         Ok(out)
     }
@@ -207,6 +246,7 @@ impl LabelTensor {
     pub fn try_sub(&self, other: &Self) -> Result<Self, GarbleError> {
         self.check_same(other)?;
         let mut out = self.clone();
+        out.secret |= other.secret;
         sub_digits(self.modulus.q(), &mut out.digits, &other.digits);
         Ok(out)
     }
@@ -286,6 +326,7 @@ impl LabelTensor {
         let q8 = m.q();
         let n = m.digits();
         let mut out = LabelTensor::zeros(m, &[rows])?;
+        out.secret = x.secret;
         if n_in == 0 || rows == 0 {
             return Ok(out);
         }

@@ -204,6 +204,15 @@ mod tests {
                 .collect();
             let r0 = relu(&mut g, &zeros).expect("garble");
             let s0 = rescale_pow2(&mut g, &r0, 3).expect("garble");
+            // The garbler's wires, and so every gadget intermediate derived from them, are
+            // overwritten when dropped.
+            assert!(
+                zeros
+                    .iter()
+                    .chain(&r0)
+                    .chain(&s0)
+                    .all(LabelTensor::is_secret)
+            );
             let (mut garbler, batches) = g.into_parts();
             let residues: Vec<Vec<u8>> = xs
                 .iter()
