@@ -1,5 +1,5 @@
-//! The CPU twins of the kernels: the reference the GPU results are compared with, and the path
-//! a worker takes with `--device cpu`.
+//! The CPU twins of the kernels: what `Device::Cpu` computes. They are checked, like the GPU
+//! kernels, against the independent references in [`crate::selftest`].
 
 use crate::CudaError;
 

@@ -1,6 +1,6 @@
 //! tessera's CUDA backend for the untrusted worker.
 //!
-//! The worker offers `--device cpu|cuda`. [`Device::open`] gives a [`Device`] whose methods run
+//! [`Device::open`] gives a [`Device`] whose methods run
 //! the worker's data-parallel kernels — label matmul mod p with public weights (the free linear
 //! layers of the `gc` evaluator), batched fixed-key AES (the hash under projection gates and
 //! output hashing), and float GEMM (the residual convolutions of `asym`, forward and backward via
@@ -9,8 +9,14 @@
 //! feature, or a machine without a driver or GPU, gets a clear error from `open(cuda)`, never a
 //! panic.
 //!
-//! Every GPU kernel has a CPU twin ([`cpu`]); the equivalence tests compare them on random
-//! inputs where a GPU is present and say why they skip elsewhere.
+//! Every GPU kernel has a CPU twin ([`cpu`]). [`selftest`] checks a device, CPU or GPU, against
+//! references that share no code with either (a step-by-step scalar loop, the FIPS-197 vectors
+//! and the `aes` crate, exact-integer and f64 GEMM loops); the equivalence test runs it on the
+//! CPU always and on a GPU where one is usable.
+//!
+//! What runs where today: `tessera selftest --device cuda` is the only command that computes on
+//! the GPU. The gc evaluator and the asym worker do not call these kernels yet, so
+//! `tessera worker --device cuda` refuses rather than claim GPU work that does not happen.
 
 #![warn(missing_docs)]
 

@@ -1,12 +1,15 @@
-//! GPU kernels against their CPU twins. Runs where a CUDA GPU is usable; elsewhere says why it
-//! skips (the CPU path is still checked against itself so the harness stays exercised).
+//! Every kernel against the selftest's independent references (a step-by-step scalar loop, the
+//! FIPS-197 vectors and the `aes` crate, exact-integer and f64 GEMM loops): the CPU device
+//! always, the GPU where a CUDA GPU is usable (elsewhere the test says why it skips).
 
 use tessera_cuda::{Device, DeviceKind, selftest};
 
 #[test]
 fn gpu_kernels_match_their_cpu_twins() {
     let cpu = Device::open(DeviceKind::Cpu).unwrap();
-    for c in selftest::run(&cpu, 7).unwrap() {
+    let checks = selftest::run(&cpu, 7).unwrap();
+    assert_eq!(checks.len(), 11, "{checks:?}");
+    for c in checks {
         assert!(c.ok, "cpu {}: {}", c.name, c.detail);
     }
     let gpu = match Device::open(DeviceKind::Cuda) {
