@@ -92,9 +92,16 @@ pub struct ClientArgs {
     /// Accept evidence from a simulated TEE (no security; development only).
     #[arg(long)]
     allow_simulated: bool,
-    /// Expected enclave measurement (hex), added to the policy.
+    /// Expected platform measurement (hex), added to the policy's `measurements`: for a
+    /// simulated enclave the value `tessera enclave --measure-only` prints; for snp/tdx/sgx the
+    /// launch measurement of the VM or enclave image.
     #[arg(long)]
     measurement: Option<String>,
+    /// Expected application measurement (hex: what `tessera enclave --measure-only` prints — the
+    /// binary, the model and the enclave policy), added to the policy's `app_measurements`;
+    /// snp/tdx/sgx policies must name one.
+    #[arg(long)]
+    app_measurement: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -318,6 +325,9 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     }
     if let Some(m) = &a.measurement {
         policy.measurements.push(m.to_lowercase());
+    }
+    if let Some(m) = &a.app_measurement {
+        policy.app_measurements.push(m.to_lowercase());
     }
     let x = load_input(&a.input)?;
     let stream = TcpStream::connect(&a.connect)
