@@ -411,6 +411,13 @@ impl Broker {
         let platform = PlatformKey::load_or_create(&cfg.state_dir.join("platform.key"))
             .map_err(|e| AttestedError::Runtime(RuntimeError::Attestation(e.to_string())))?;
         let seal_key = platform.seal_key(&measurement);
+        let _ = writeln!(
+            std::io::stderr(),
+            "tessera broker: simulated TEE: the broker's identity key, which unwraps every \
+             deposited stakeholder key, is sealed under {} on the host's disk: whoever can read \
+             that folder can read the keys (no protection)",
+            cfg.state_dir.join("platform.key").display()
+        );
         let id_path = cfg
             .state_dir
             .join("sealed")
