@@ -148,10 +148,23 @@ fn energy_rule_meets_its_threshold_and_reports_trusted_share() {
     }
 }
 
-/// A worker wrapper that records what the enclave sends.
+/// A worker wrapper that records every message the enclave sends it.
 struct Spy {
     inner: LocalWorker,
+    /// (layer, tensor) of every `linear` residual and every `backward` gradient.
     seen: Vec<(usize, Tensor)>,
+    /// Every weight update.
+    updates: Vec<Vec<f32>>,
+}
+
+impl Spy {
+    fn new(plan: &Plan) -> Self {
+        Self {
+            inner: LocalWorker::new(plan.worker_layers()),
+            seen: Vec::new(),
+            updates: Vec::new(),
+        }
+    }
 }
 
 impl WorkerLink for Spy {
@@ -160,10 +173,52 @@ impl WorkerLink for Spy {
         self.inner.linear(layer, residual, keep)
     }
     fn backward(&mut self, l: usize, g: &Tensor, i: bool) -> Result<WorkerGrads, AsymError> {
+        self.seen.push((l, g.clone()));
         self.inner.backward(l, g, i)
     }
     fn apply_update(&mut self, l: usize, w: &[f32], b: Option<&[f32]>) -> Result<(), AsymError> {
+        let mut u = w.to_vec();
+        u.extend(b.unwrap_or(&[]));
+        self.updates.push(u);
         self.inner.apply_update(l, w, b)
+    }
+}
+
+/// Whether `hay` holds `needle` as a contiguous run (a raw image, or a sample of a batch, sent
+/// whole or as part of a larger tensor).
+fn contains_run(hay: &[f32], needle: &[f32]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every message must be free of the raw input: no message equals it or holds any of its
+/// samples (or any sample's first row) as a contiguous run, and one the input's size keeps
+/// under half of its energy (the low-rank part stays in the enclave).
+fn assert_no_raw_input(seen: &[(usize, Tensor)], updates: &[Vec<f32>], x: &Tensor) {
+    let batch = x.shape()[0];
+    let per = x.len() / batch;
+    let row = *x.shape().last().unwrap();
+    let energy = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+    for (k, (layer, t)) in seen.iter().enumerate() {
+        for s in 0..batch {
+            let sample = &x.data()[s * per..(s + 1) * per];
+            assert!(
+                !contains_run(t.data(), sample) && !contains_run(t.data(), &sample[..row]),
+                "message {k} (layer {layer}) carries raw sample {s}"
+            );
+        }
+        if t.len() == x.len() {
+            let e = energy(t.data()) / energy(x.data());
+            assert!(
+                e < 0.5,
+                "message {k} (layer {layer}) keeps {e} of the input energy"
+            );
+        }
+    }
+    for (k, u) in updates.iter().enumerate() {
+        assert!(
+            !contains_run(u, &x.data()[..row]),
+            "update {k} carries raw input"
+        );
     }
 }
 
@@ -176,17 +231,19 @@ fn raw_input_never_reaches_the_worker_and_noise_blurs_residuals() {
         plan.layers().last().unwrap().placement,
         Placement::Enclave(tessera_asym::EnclaveReason::Head)
     ));
-    let mut spy = Spy {
-        inner: LocalWorker::new(plan.worker_layers()),
-        seen: Vec::new(),
-    };
+    let mut spy = Spy::new(&plan);
     infer(&plan, &x, Some(&mut spy), 0).unwrap();
-    let (l0, r0) = &spy.seen[0];
-    assert_eq!(*l0, 0, "the first conv is split");
-    let e: f32 =
-        r0.data().iter().map(|v| v * v).sum::<f32>() / x.data().iter().map(|v| v * v).sum::<f32>();
-    assert!(e < 0.5, "the first residual keeps {e} of the input energy");
-    assert_ne!(r0.data(), x.data());
+    // One residual per split layer, the first conv among them.
+    let split: Vec<usize> = plan
+        .layers()
+        .iter()
+        .filter(|l| matches!(l.placement, Placement::Split(_)))
+        .map(|l| l.id)
+        .collect();
+    let layers: Vec<usize> = spy.seen.iter().map(|(l, _)| *l).collect();
+    assert_eq!(layers, split, "the worker sees exactly the split layers");
+    assert_eq!(layers.first(), Some(&0), "the first conv is split");
+    assert_no_raw_input(&spy.seen, &spy.updates, &x);
     // Noise: output changes, stays finite.
     let noisy = Plan::new(
         &g,
@@ -278,6 +335,54 @@ fn weights(g: &Graph) -> Vec<f32> {
             _ => Vec::new(),
         })
         .collect()
+}
+
+/// Training sends residuals, output gradients and weight updates: none carries the raw batch.
+#[test]
+fn raw_input_never_reaches_the_worker_in_training() {
+    let batch = 4;
+    // Six input channels, so that the first conv's input is not full rank at rank 1 and the
+    // first conv is split: its residual is the message closest to the raw input.
+    let mut gb = GraphBuilder::new("six-channel", 5);
+    let mut v = gb.input("input", vec![batch, 6, 8, 8]).unwrap();
+    v = gb.conv(v, 8, 3, 1, 1).unwrap();
+    v = gb.relu(v).unwrap();
+    v = gb.conv(v, 8, 3, 1, 0).unwrap();
+    v = gb.relu(v).unwrap();
+    v = gb.flatten(v).unwrap();
+    let y = gb.dense(v, 4).unwrap();
+    let g = gb.finish(vec![y]).unwrap();
+    let mut t = Trainer::new(
+        &g,
+        TrainOptions {
+            lr: 0.05,
+            momentum: 0.9,
+            split: Some(AsymOptions {
+                rank: RankRule::Fixed(1),
+                skip_unprofitable: false,
+                ..AsymOptions::default()
+            }),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(t.plan().layers()[0].placement, Placement::Split(_)),
+        "{:?}",
+        t.plan().layers()[0].placement
+    );
+    let mut spy = Spy::new(t.plan());
+    for step in 0..2 {
+        let x = rand_input(&[batch, 6, 8, 8], 40 + step, 1.0);
+        let labels: Vec<usize> = (0..batch).map(|i| (i + step as usize) % 4).collect();
+        let before = spy.seen.len();
+        t.step(&x, &labels, Some(&mut spy)).unwrap();
+        assert!(spy.seen.len() > before, "step {step} sent nothing");
+        assert_no_raw_input(&spy.seen[before..], &spy.updates, &x);
+    }
+    assert!(
+        !spy.updates.is_empty(),
+        "no weight update reached the worker"
+    );
 }
 
 #[test]
