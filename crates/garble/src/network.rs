@@ -1584,7 +1584,7 @@ fn label_linear(
         Err(GarbleError::Internal("linear kernel length"))
     };
     if x.is_secret() {
-        d.zeroize();
+        crate::tensor::wipe(&mut d);
     }
     r
 }
