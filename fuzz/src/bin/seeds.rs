@@ -29,7 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, seed) in [("dash-a", 1u64), ("dash-b", 1)] {
         let spec = tessera_model::builders::find(name).ok_or("builder missing")?;
         let g = (spec.build)(seed)?;
-        put(&dir, "onnx", name, &tessera_model::export::export_model(&g)?)?;
+        put(
+            &dir,
+            "onnx",
+            name,
+            &tessera_model::export::export_model(&g)?,
+        )?;
     }
 
     // frame: a few frames of each kind back to back.
