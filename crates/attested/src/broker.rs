@@ -971,6 +971,7 @@ impl Broker {
             binary: Some(self.binary.clone()),
             channel: ChannelOptions::default(),
             backend: Default::default(),
+            limits: tessera_model::ImportLimits::default(),
         })?;
         let measurement = *enclave.measurement();
         let server = serve_enclave(enclave, listener, 16)?;

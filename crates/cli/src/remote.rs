@@ -222,6 +222,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         binary: None,
         channel: ChannelOptions::default(),
         backend,
+        limits: a.quant.import_options().limits,
     })
 }
 

@@ -469,6 +469,34 @@ fn hostile_model_is_refused_and_max_memory_raises_the_budget() {
     let (ok, out, err) = tessera(&["inspect", model.to_str().unwrap(), "--max-memory", "16G"]);
     assert!(ok, "{err}");
     assert!(out.contains("bomb"), "{out}");
+    // The enclave honours the same budget: refused by default, served once it is raised.
+    let state = dir.join("enclave-state");
+    let state = state.to_str().unwrap();
+    let (ok, _, err) = tessera(&[
+        "enclave",
+        model.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state,
+    ]);
+    assert!(!ok && err.contains("node 'bomb'"), "{err}");
+    let (mut enclave, _, _) = spawn_until(
+        &[
+            "enclave",
+            model.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state,
+            "--max-memory",
+            "16G",
+        ],
+        "listening on ",
+    );
+    let _ = enclave.kill();
+    let _ = enclave.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Spawn `tessera ARGS` and read its stdout until a line starts with `want`; returns the child

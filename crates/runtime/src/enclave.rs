@@ -178,6 +178,8 @@ pub struct EnclaveConfig {
     pub channel: ChannelOptions,
     /// Work offloaded to an untrusted worker; none: the enclave runs the model (`tee`).
     pub backend: Backend,
+    /// The memory and work budget the model must fit at import (`--max-memory`, `--max-macs`).
+    pub limits: tessera_model::ImportLimits,
 }
 
 enum Platform {
@@ -245,7 +247,13 @@ impl Enclave {
     /// Load the model, measure, restore or create the sealed identity.
     pub fn start(cfg: EnclaveConfig) -> Result<Arc<Self>, RuntimeError> {
         let measurement = cfg.measurement()?;
-        let graph = import_model(&cfg.model_onnx, &ImportOptions::default())?;
+        let graph = import_model(
+            &cfg.model_onnx,
+            &ImportOptions {
+                limits: cfg.limits.clone(),
+                ..ImportOptions::default()
+            },
+        )?;
         let model = QuantModel::new(&graph, cfg.quant)?;
         let input_shape = graph
             .inputs

@@ -46,6 +46,7 @@ fn config(g: &Graph, dir: &std::path::Path) -> EnclaveConfig {
             ..ChannelOptions::default()
         },
         backend: Default::default(),
+        limits: tessera_model::ImportLimits::default(),
     }
 }
 

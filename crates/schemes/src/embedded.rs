@@ -36,6 +36,11 @@ pub(crate) fn start(
         binary: None,
         channel: ChannelOptions::default(),
         backend,
+        // The caller imported `graph` under the user's budget already; the enclave re-imports
+        // its own export of it and must not refuse what the user allowed.
+        limits: tessera_model::ImportLimits::default()
+            .with_max_memory(u64::MAX)
+            .with_max_macs(u64::MAX),
     })?;
     let measurement = *enclave.measurement();
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback port"))?;
