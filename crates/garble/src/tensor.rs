@@ -1008,7 +1008,7 @@ mod wipe_tests {
     /// Every length and every alignment of the start: the head, words and tail all end zero.
     #[test]
     fn wipe_zeroes_every_byte_at_any_alignment() {
-        let mut buf = vec![0xA5u8; 100];
+        let mut buf = [0xA5u8; 100];
         for start in 0..9 {
             for len in 0..(100 - start) {
                 buf.iter_mut().for_each(|b| *b = 0xA5);
