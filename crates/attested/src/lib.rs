@@ -104,6 +104,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+mod broker_client;
 pub mod dataset;
 pub mod error;
 pub mod flow;
