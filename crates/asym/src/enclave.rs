@@ -536,6 +536,18 @@ pub(crate) fn eval_local(
                 op.kind()
             )));
         }
+        Op::Concat { .. }
+        | Op::Transpose { .. }
+        | Op::Pad { .. }
+        | Op::Clip { .. }
+        | Op::Lrn { .. }
+        | Op::Sigmoid
+        | Op::Tanh => {
+            return Err(AsymError::Unsupported(format!(
+                "{} is not in the split protocol yet; the float engine runs it",
+                op.kind()
+            )));
+        }
     })
 }
 

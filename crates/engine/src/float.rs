@@ -6,7 +6,9 @@ use crate::window::{Geometry, im2col, pool_geometry, pool_plane};
 use rayon::prelude::*;
 use tessera_model::import::broadcast_apply;
 use tessera_model::ir::{Conv, Graph, Op};
-use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
+use tessera_model::tensor::{
+    Tensor, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
+};
 
 /// Check that `inputs` match the graph's declared inputs.
 pub fn check_inputs<T>(g: &Graph, inputs: &[Tensor<T>]) -> Result<(), EngineError> {
@@ -176,7 +178,90 @@ fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, En
         }
         Op::Reshape => ins[0].clone().reshape(out_shape.to_vec())?,
         Op::Softmax { axis, coerce_2d } => softmax(ins[0], *axis, *coerce_2d)?,
+        Op::Concat { axis } => concat(ins, *axis)?,
+        Op::Transpose { perm } => transpose(ins[0], perm)?,
+        Op::Pad { pads, value } => pad(ins[0], pads, *value, out_shape)?,
+        // max then min, not f32::clamp, which panics on min > max or NaN bounds.
+        Op::Clip { min, max } => ins[0].map(|&v| v.max(*min).min(*max)),
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => lrn(ins[0], *size, *alpha, *beta, *bias)?,
+        Op::Sigmoid => ins[0].map(|&v| 1.0 / (1.0 + (-v).exp())),
+        Op::Tanh => ins[0].map(|&v| v.tanh()),
     })
+}
+
+/// Constant padding; `pads` holds every axis's begin pad, then every end pad.
+pub fn pad(
+    x: &Tensor,
+    pads: &[usize],
+    value: f32,
+    out_shape: &[usize],
+) -> Result<Tensor, EngineError> {
+    let s = x.shape();
+    let r = s.len();
+    if pads.len() != 2 * r || out_shape.len() != r {
+        return Err(EngineError::Input(format!(
+            "{} pads do not fit a rank-{r} input",
+            pads.len()
+        )));
+    }
+    let mut out = vec![value; out_shape.iter().product()];
+    let ostr = strides(out_shape);
+    // Copy each innermost row of the input to its place in the output.
+    let row = s.last().copied().unwrap_or(1);
+    if row == 0 || x.is_empty() {
+        return Ok(Tensor::new(out_shape.to_vec(), out)?);
+    }
+    let istr = strides(s);
+    for (k, chunk) in x.data().chunks(row).enumerate() {
+        let mut at = 0;
+        let mut rem = k * row;
+        for ax in 0..r {
+            let i = rem / istr[ax];
+            rem %= istr[ax];
+            at += (i + pads[ax]) * ostr[ax];
+        }
+        out[at..at + row].copy_from_slice(chunk);
+    }
+    Ok(Tensor::new(out_shape.to_vec(), out)?)
+}
+
+/// Local response normalisation across axis 1 (ONNX LRN).
+pub fn lrn(
+    x: &Tensor,
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    bias: f32,
+) -> Result<Tensor, EngineError> {
+    let s = x.shape();
+    if s.len() < 2 || size == 0 {
+        return Err(EngineError::Input(format!(
+            "LRN of size {size} over a tensor of shape {s:?}"
+        )));
+    }
+    let (n, c) = (s[0], s[1]);
+    let inner: usize = s[2..].iter().product();
+    let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let d = x.data();
+    let mut out = vec![0f32; d.len()];
+    for b in 0..n {
+        for ch in 0..c {
+            let from = ch.saturating_sub(lo);
+            let to = (ch + hi).min(c - 1);
+            for i in 0..inner {
+                let at = |cc: usize| (b * c + cc) * inner + i;
+                let sq: f32 = (from..=to).map(|cc| d[at(cc)] * d[at(cc)]).sum();
+                let v = d[at(ch)];
+                out[at(ch)] = v / (bias + alpha / size as f32 * sq).powf(beta);
+            }
+        }
+    }
+    Ok(Tensor::new(s.to_vec(), out)?)
 }
 
 /// Geometry of a conv over `in_shape` producing `out_shape`.

@@ -316,7 +316,29 @@ impl QuantModel {
                         "a free-standing constant feeds a float-only op",
                     ));
                 }
-                _ => QOp::Plain,
+                Op::Concat { .. }
+                | Op::Transpose { .. }
+                | Op::Pad { .. }
+                | Op::Clip { .. }
+                | Op::Lrn { .. }
+                | Op::Sigmoid
+                | Op::Tanh => {
+                    return Err(unsupported(&format!(
+                        "op {} is not in the integer semantics yet; the float engine runs it",
+                        n.op.kind()
+                    )));
+                }
+                Op::Relu
+                | Op::MaxPool(_)
+                | Op::AvgPool(_)
+                | Op::GlobalAvgPool
+                | Op::Reshape
+                | Op::Softmax { .. }
+                | Op::Binary {
+                    op: BinOp::Add | BinOp::Sub,
+                    constant: None,
+                    ..
+                } => QOp::Plain,
             };
             ops.push(q);
         }

@@ -19,8 +19,6 @@ use tessera_model::{ImportOptions, ModelError, Tensor, import_model};
 /// may end "unsupported".
 const UNSUPPORTED_OPS: &[&str] = &[
     "argmax",
-    "clip",
-    "concat",
     "convinteger",
     "dequantizelinear",
     "erf",
@@ -31,10 +29,7 @@ const UNSUPPORTED_OPS: &[&str] = &[
     "qlinear",
     "quantizelinear",
     "reduce_mean",
-    "sigmoid",
     "sqrt",
-    "tanh",
-    "transpose",
     "globalmaxpool",
 ];
 
@@ -62,6 +57,11 @@ const SUPPORTED_OPS: &[&str] = &[
     "maxpool2d",
     "conv2d",
     "batchnorm2d_eval",
+    "clip",
+    "concat",
+    "sigmoid",
+    "tanh",
+    "transpose",
 ];
 
 #[derive(Debug)]
@@ -78,6 +78,7 @@ fn needs_const(op: &str, pos: usize) -> bool {
         "Conv" => pos == 1 || pos == 2,
         "BatchNormalization" => (1..=4).contains(&pos),
         "Reshape" => pos == 1,
+        "Clip" => pos == 1 || pos == 2,
         _ => false,
     }
 }

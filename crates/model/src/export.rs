@@ -193,6 +193,47 @@ pub fn export_model(g: &Graph) -> Result<Vec<u8>, ModelError> {
                 }
                 ("Softmax", vec![int("axis", *axis as i64)])
             }
+            Op::Concat { axis } => ("Concat", vec![int("axis", *axis as i64)]),
+            Op::Transpose { perm } => ("Transpose", vec![ints("perm", perm)]),
+            Op::Pad { pads, value } => {
+                let pname = format!("{pfx}_pads");
+                inits.push(TensorProto {
+                    dims: vec![pads.len() as i64],
+                    data_type: data_type::INT64,
+                    name: pname.clone(),
+                    int64_data: pads.iter().map(|&d| d as i64).collect(),
+                    ..Default::default()
+                });
+                let vname = format!("{pfx}_value");
+                inits.push(tensor_proto(&vname, &Tensor::new(vec![], vec![*value])?));
+                input.push(pname);
+                input.push(vname);
+                ("Pad", vec![])
+            }
+            Op::Clip { min, max } => {
+                for (suffix, v) in [("min", *min), ("max", *max)] {
+                    let cname = format!("{pfx}_{suffix}");
+                    inits.push(tensor_proto(&cname, &Tensor::new(vec![], vec![v])?));
+                    input.push(cname);
+                }
+                ("Clip", vec![])
+            }
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                bias,
+            } => (
+                "LRN",
+                vec![
+                    int("size", *size as i64),
+                    float("alpha", *alpha),
+                    float("beta", *beta),
+                    float("bias", *bias),
+                ],
+            ),
+            Op::Sigmoid => ("Sigmoid", vec![]),
+            Op::Tanh => ("Tanh", vec![]),
         };
         nodes.push(NodeProto {
             input,

@@ -3,7 +3,10 @@
 //! Supported ops: Conv (any pads/strides/dilations/auto_pad, any group count), Gemm, MatMul,
 //! Add/Sub/Mul/Div (constant or variable operands, numpy broadcasting), Relu, MaxPool,
 //! AveragePool, GlobalAveragePool, Flatten, Reshape, BatchNormalization (inference form, folded
-//! into the preceding Conv/Gemm), Identity and Dropout (dropped), Constant, Softmax (final layer).
+//! into the preceding Conv/Gemm), Identity and Dropout (dropped), Constant, Softmax (final layer),
+//! and (in `import_ops.rs`) Sum, Concat, Transpose, Pad
+//! (constant mode), Clip, LRN, Sigmoid, Tanh, Unsqueeze, Squeeze, and ConstantOfShape, Shape and
+//! Gather, which fold at import (as do Concat, Transpose, Unsqueeze and Squeeze over constants).
 //! Constant operands that follow a Conv or dense layer per output channel (a bias `Add`, a
 //! BatchNorm's scale and shift) are folded into that layer's weights and bias.
 
@@ -15,6 +18,9 @@ use crate::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, attr_type
 use crate::tensor::{Tensor, broadcast_index_map, broadcast_shapes, numel};
 use prost::Message;
 use std::collections::HashMap;
+
+#[path = "import_ops.rs"]
+mod ops;
 
 /// A constant tensor read from the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -537,10 +543,15 @@ impl Importer<'_> {
                     &out_name,
                 )?)
             }
+            "ConstantOfShape" | "Shape" | "Gather" | "Unsqueeze" | "Squeeze" | "Concat" | "Sum"
+            | "Transpose" | "Pad" | "Clip" | "LRN" | "Sigmoid" | "Tanh" => {
+                self.extra_op(&cx, &out_name)?
+            }
             other => {
                 return Err(cx.unsupported(format!(
-                    "operator '{other}' is not supported; tessera supports Conv, Gemm, MatMul, Add, Sub, Mul, Div, Relu, MaxPool, AveragePool, \
-                     GlobalAveragePool, Flatten, Reshape, BatchNormalization, Identity, Dropout, Constant and Softmax (final layer)"
+                    "operator '{other}' is not supported; tessera supports Conv, Gemm, MatMul, Add, Sub, Mul, Div, Sum, Relu, Sigmoid, Tanh, Clip, \
+                     MaxPool, AveragePool, GlobalAveragePool, LRN, Flatten, Reshape, Transpose, Concat, Pad (constant), Unsqueeze, Squeeze, \
+                     BatchNormalization, Identity, Dropout, Constant, ConstantOfShape, Shape and Gather (on constants) and Softmax (final layer)"
                 )));
             }
         };
@@ -599,6 +610,18 @@ impl Importer<'_> {
             ns.extend(std::iter::repeat_n(1, trailing as usize));
             b = self.reshape_to(cx, b, ns, "")?;
         }
+        self.combine(cx, op, a, b, out)
+    }
+
+    /// `a op b` over two values: folded when both are constants.
+    fn combine(
+        &mut self,
+        cx: &Ctx,
+        op: BinOp,
+        a: Val,
+        b: Val,
+        out: &str,
+    ) -> Result<Val, ModelError> {
         Ok(match (a, b) {
             (Val::Const(x), Val::Const(y)) => {
                 // Folding allocates the broadcast result and two index maps: charge it first, so

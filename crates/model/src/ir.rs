@@ -164,6 +164,46 @@ pub enum Op {
         /// Opset < 13 semantics.
         coerce_2d: bool,
     },
+    /// Concatenation of the variable inputs along `axis` (float engine only).
+    Concat {
+        /// Axis, non-negative.
+        axis: usize,
+    },
+    /// Axis permutation: output axis `i` is input axis `perm[i]` (float engine only).
+    Transpose {
+        /// A permutation of `0..rank`.
+        perm: Vec<usize>,
+    },
+    /// Constant padding: `pads` holds the begin pads of every axis, then the end pads.
+    Pad {
+        /// `2·rank` pads.
+        pads: Vec<usize>,
+        /// The fill value.
+        value: f32,
+    },
+    /// min(max(x, min), max).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// Local response normalisation across channels (axis 1):
+    /// `y = x / (bias + alpha/size · Σ x²)^beta` over a window of `size` channels.
+    Lrn {
+        /// Channels in the window.
+        size: usize,
+        /// Scale.
+        alpha: f32,
+        /// Exponent.
+        beta: f32,
+        /// Offset.
+        bias: f32,
+    },
+    /// 1 / (1 + e^−x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
 }
 
 impl Op {
@@ -182,6 +222,13 @@ impl Op {
             Op::GlobalAvgPool => "GlobalAveragePool",
             Op::Reshape => "Reshape",
             Op::Softmax { .. } => "Softmax",
+            Op::Concat { .. } => "Concat",
+            Op::Transpose { .. } => "Transpose",
+            Op::Pad { .. } => "Pad",
+            Op::Clip { .. } => "Clip",
+            Op::Lrn { .. } => "LRN",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
         }
     }
 }
@@ -521,8 +568,100 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
             }
             ins[0].to_vec()
         }
+        Op::Concat { axis } => concat_shape(ins, *axis, node)?,
+        Op::Transpose { perm } => {
+            arity(1)?;
+            let x = ins[0];
+            if !is_permutation(perm, x.len()) {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': transpose permutation {perm:?} does not permute the {} axes of {x:?}",
+                    x.len()
+                )));
+            }
+            perm.iter().map(|&p| x[p]).collect()
+        }
+        Op::Pad { pads, .. } => {
+            arity(1)?;
+            let x = ins[0];
+            if pads.len() != 2 * x.len() {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': {} pads for a rank-{} input (need {})",
+                    pads.len(),
+                    x.len(),
+                    2 * x.len()
+                )));
+            }
+            let r = x.len();
+            x.iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    d.checked_add(pads[i])
+                        .and_then(|v| v.checked_add(pads[r + i]))
+                        .ok_or_else(|| {
+                            ModelError::Shape(format!("node '{node}': padded size overflows"))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Op::Lrn { size, .. } => {
+            arity(1)?;
+            if ins[0].len() < 2 || *size == 0 {
+                return Err(ModelError::Shape(format!(
+                    "node '{node}': LRN needs an input of rank ≥ 2 and a positive size"
+                )));
+            }
+            ins[0].to_vec()
+        }
+        Op::Clip { .. } | Op::Sigmoid | Op::Tanh => {
+            arity(1)?;
+            ins[0].to_vec()
+        }
     };
     numel(&out)?;
+    Ok(out)
+}
+
+/// True when `perm` is a permutation of `0..rank`.
+pub fn is_permutation(perm: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    perm.len() == rank
+        && perm.iter().all(|&p| match seen.get_mut(p) {
+            Some(s) if !*s => {
+                *s = true;
+                true
+            }
+            _ => false,
+        })
+}
+
+/// Shape of a concatenation along `axis`: same rank, equal dimensions except along `axis`.
+pub fn concat_shape(ins: &[&[usize]], axis: usize, node: &str) -> Result<Vec<usize>, ModelError> {
+    let first = ins
+        .first()
+        .ok_or_else(|| ModelError::Invalid(format!("node '{node}' (Concat) has no inputs")))?;
+    if axis >= first.len() {
+        return Err(ModelError::Shape(format!(
+            "node '{node}': concat axis {axis} out of range for rank {}",
+            first.len()
+        )));
+    }
+    let mut out = first.to_vec();
+    out[axis] = 0;
+    for s in ins {
+        let agree = s.len() == first.len()
+            && s.iter()
+                .zip(first.iter())
+                .enumerate()
+                .all(|(i, (a, b))| i == axis || a == b);
+        if !agree {
+            return Err(ModelError::Shape(format!(
+                "node '{node}': cannot concatenate {s:?} with {first:?} along axis {axis}"
+            )));
+        }
+        out[axis] = out[axis]
+            .checked_add(s[axis])
+            .ok_or_else(|| ModelError::Shape(format!("node '{node}': concat size overflows")))?;
+    }
     Ok(out)
 }
 

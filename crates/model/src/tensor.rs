@@ -165,3 +165,50 @@ pub fn broadcast_index_map(src: &[usize], out: &[usize]) -> Vec<usize> {
     }
     idx
 }
+
+/// Permute the axes of `t`: output axis `i` is input axis `perm[i]`.
+pub fn transpose<T: Copy>(t: &Tensor<T>, perm: &[usize]) -> Result<Tensor<T>, ModelError> {
+    let s = t.shape();
+    if !crate::ir::is_permutation(perm, s.len()) {
+        return Err(ModelError::Shape(format!(
+            "{perm:?} is not a permutation of the {} axes of {s:?}",
+            s.len()
+        )));
+    }
+    let out_shape: Vec<usize> = perm.iter().map(|&p| s[p]).collect();
+    let in_strides = strides(s);
+    // Input stride of each output axis; walk the output in row-major order.
+    let step: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+    let n = t.len();
+    let mut data = Vec::with_capacity(n);
+    let mut idx = vec![0usize; out_shape.len()];
+    let mut off = 0usize;
+    for _ in 0..n {
+        data.push(t.data()[off]);
+        for ax in (0..idx.len()).rev() {
+            idx[ax] += 1;
+            off += step[ax];
+            if idx[ax] < out_shape[ax] {
+                break;
+            }
+            off -= step[ax] * idx[ax];
+            idx[ax] = 0;
+        }
+    }
+    Tensor::new(out_shape, data)
+}
+
+/// Concatenate tensors along `axis` (shapes checked by [`crate::ir::concat_shape`]).
+pub fn concat<T: Copy>(ts: &[&Tensor<T>], axis: usize) -> Result<Tensor<T>, ModelError> {
+    let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape()).collect();
+    let out_shape = crate::ir::concat_shape(&shapes, axis, "concat")?;
+    let outer = numel(&out_shape[..axis])?;
+    let mut data = Vec::with_capacity(numel(&out_shape)?);
+    for o in 0..outer {
+        for t in ts {
+            let chunk = numel(&t.shape()[axis..])?;
+            data.extend_from_slice(&t.data()[o * chunk..(o + 1) * chunk]);
+        }
+    }
+    Tensor::new(out_shape, data)
+}
