@@ -74,8 +74,17 @@ fn seed_models() -> Vec<(String, Vec<u8>)> {
         "pytorch-converted/test_Conv2d_strided",
         "pytorch-converted/test_Linear",
         "pytorch-converted/test_AvgPool2d",
+        "node/test_concat_3d_axis_negative_2",
+        "node/test_transpose_all_permutations_3",
+        "node/test_clip_splitbounds",
+        "light/light_squeezenet.onnx",
+        "light/light_zfnet512.onnx",
     ] {
-        let rel = format!("onnx-backend-node-tests/{t}/model.onnx");
+        let rel = if t.ends_with(".onnx") {
+            format!("onnx-backend-node-tests/{t}")
+        } else {
+            format!("onnx-backend-node-tests/{t}/model.onnx")
+        };
         if let Some(p) = shared_data(&rel) {
             out.push((t.to_string(), std::fs::read(&p).expect("read model")));
         }
@@ -365,6 +374,18 @@ const OPS: &[&str] = &[
     "Constant",
     "Softmax",
     "Sigmoid",
+    "Tanh",
+    "Clip",
+    "Sum",
+    "Concat",
+    "Transpose",
+    "Pad",
+    "LRN",
+    "Unsqueeze",
+    "Squeeze",
+    "Shape",
+    "Gather",
+    "ConstantOfShape",
     "",
 ];
 
