@@ -111,3 +111,59 @@ fn the_integer_engine_refuses_float_only_ops_by_node_and_op() {
         );
     }
 }
+
+#[test]
+fn the_new_ops_survive_an_onnx_round_trip() {
+    let mut b = GraphBuilder::new("rt", 0);
+    let x = b.input("x", vec![1, 4, 2, 2]).expect("input");
+    let mut push = |name: &str, op: Op, ins: Vec<usize>| b.push(name, op, ins, "").expect(name);
+    let l = push(
+        "lrn",
+        Op::Lrn {
+            size: 3,
+            alpha: 1e-2,
+            beta: 0.75,
+            bias: 2.0,
+        },
+        vec![x],
+    );
+    let p = push(
+        "pad",
+        Op::Pad {
+            pads: vec![0, 0, 1, 0, 0, 0, 0, 2],
+            value: -1.0,
+        },
+        vec![l],
+    );
+    let t = push(
+        "tr",
+        Op::Transpose {
+            perm: vec![0, 1, 3, 2],
+        },
+        vec![p],
+    );
+    let c = push(
+        "clip",
+        Op::Clip {
+            min: -0.5,
+            max: 0.5,
+        },
+        vec![t],
+    );
+    let s = push("sig", Op::Sigmoid, vec![c]);
+    let h = push("tanh", Op::Tanh, vec![t]);
+    let y = push("cat", Op::Concat { axis: 1 }, vec![s, h]);
+    let g = b.finish(vec![y]).expect("graph");
+    let bytes = tessera_model::export::export_model(&g).expect("exports");
+    let back = tessera_model::import_model(&bytes, &Default::default()).expect("imports");
+    let n = 16;
+    let input = Tensor::new(
+        vec![1, 4, 2, 2],
+        (0..n).map(|i| i as f32 / 4.0 - 2.0).collect(),
+    )
+    .expect("tensor");
+    let want = run_f32(&g, std::slice::from_ref(&input)).expect("runs");
+    let got = run_f32(&back, &[input]).expect("runs");
+    assert_eq!(got[0].shape(), [1, 8, 4, 3]);
+    near(got[0].data(), want[0].data());
+}
