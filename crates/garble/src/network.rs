@@ -10,7 +10,7 @@
 //!
 //! | node | steps | cost |
 //! |---|---|---|
-//! | Conv (any stride, padding, dilation; groups = 1) | im2col gather of labels + a digit GEMM with the public weights q_f(W) mod p, garbled bias q_2f(b), rescale by 2^f | free, free, one rescale |
+//! | Conv (any stride, padding, dilation, groups; grouped and depthwise as a block-diagonal weight matrix) | im2col gather of labels + a digit GEMM with the public weights q_f(W) mod p, garbled bias q_2f(b), rescale by 2^f | free, free, one rescale |
 //! | Dense | digit GEMM with q_f(W) mod p, garbled bias, rescale by 2^f | free, free, one rescale |
 //! | Add/Sub of a constant | garbled constant q_f(c) (per element, broadcast) | free |
 //! | Mul/Div by a constant | public q_f(c) (or q_f(1/c)) mod p, rescale by 2^f | free, one rescale |
@@ -20,7 +20,7 @@
 //! | AveragePool / GlobalAveragePool | window sum, rescale by 2^l — only when every divisor is the same power of two 2^l | free, one rescale |
 //! | Reshape / Flatten / final Softmax | nothing (the engine leaves Softmax to the client) | free |
 //!
-//! Anything else (grouped convolutions, products of two activations, a divisor that is not a
+//! Anything else (products of two activations, a divisor that is not a
 //! power of two, …) is refused at compile time with [`GarbleError::Unsupported`] naming the node.
 //!
 //! **Rescale.** Each rescale by 2^l uses whichever of the two exact gadgets costs fewer
@@ -259,6 +259,38 @@ fn quantize_all(v: &[f32], s: u32, node: &str) -> Result<Vec<i64>, GarbleError> 
         .collect()
 }
 
+/// The `[co, ci·window]` weight matrix of a convolution with `groups` groups from its
+/// `[co, ci/groups, window]` weights: output channel o of group o / (co/groups) keeps its
+/// weights on that group's input channels, zeros elsewhere.
+fn block_diagonal(
+    w: &[i64],
+    co: usize,
+    ci: usize,
+    groups: usize,
+    window: usize,
+    node: &str,
+) -> Result<Vec<i64>, GarbleError> {
+    let (cig, cog) = (ci / groups, co / groups);
+    let row = ci
+        .checked_mul(window)
+        .ok_or_else(|| unsupported(node, "weight matrix size overflows"))?;
+    let len = co
+        .checked_mul(row)
+        .ok_or_else(|| unsupported(node, "weight matrix size overflows"))?;
+    let mut out = vec![0i64; len];
+    let per_row = cig * window;
+    for (o, dst) in out.chunks_exact_mut(row).enumerate() {
+        let first = (o / cog) * per_row;
+        let src = w
+            .get(o * per_row..(o + 1) * per_row)
+            .ok_or_else(|| unsupported(node, "weight tensor is shorter than its shape"))?;
+        dst.get_mut(first..first + per_row)
+            .ok_or(GarbleError::Internal("group columns"))?
+            .copy_from_slice(src);
+    }
+    Ok(out)
+}
+
 fn map_u32(m: Vec<usize>, node: &str) -> Result<Vec<u32>, GarbleError> {
     m.into_iter().map(|i| to_u32(i, node)).collect()
 }
@@ -332,25 +364,22 @@ impl Compiler<'_> {
         let f = frac_bits;
         let slot = match &n.op {
             Op::Conv(c) => {
-                if c.groups != 1 {
-                    return Err(unsupported(
-                        name,
-                        format!(
-                            "a grouped convolution (groups = {}); only groups = 1 is garbled",
-                            c.groups
-                        ),
-                    ));
-                }
                 let ws = c.weight.shape();
                 if in_shape.len() != 4 || out_shape.len() != 4 || ws.len() != 4 {
                     return Err(unsupported(name, "a convolution that is not 2-D over NCHW"));
                 }
                 let geo = conv_geometry(c, &in_shape, &out_shape);
                 let (images, ci, co) = (in_shape[0], in_shape[1], out_shape[1]);
-                if ws[0] != co || ws[1] != ci {
+                let groups = c.groups;
+                if groups == 0
+                    || !ci.is_multiple_of(groups)
+                    || !co.is_multiple_of(groups)
+                    || ws[0] != co
+                    || ws[1] != ci / groups
+                {
                     return Err(unsupported(
                         name,
-                        "weight shape does not match the channels",
+                        "weight shape does not match the channels and groups",
                     ));
                 }
                 let plane = window_table(&geo, ci, name)?;
@@ -367,6 +396,15 @@ impl Compiler<'_> {
                     }
                 }
                 let weights = quantize_all(c.weight.data(), f, name)?;
+                // A grouped (or depthwise) convolution is the dense one whose weight matrix is
+                // block-diagonal: output channel o reads only its group's input channels, every
+                // other weight is zero. Exact, since zeros add nothing; the free label GEMM does
+                // `groups` times the work of a per-group product.
+                let weights = if groups == 1 {
+                    weights
+                } else {
+                    block_diagonal(&weights, co, ci, groups, window, name)?
+                };
                 let acc = self.push(
                     ni,
                     x,

@@ -399,3 +399,59 @@ proptest! {
         prop_assert_eq!(&y, &run.outputs[0]);
     }
 }
+
+/// A convolution with seeded weights in [−0.5, 0.5) and a bias.
+fn seeded_conv(
+    seed: u64,
+    co: usize,
+    cig: usize,
+    groups: usize,
+    stride: usize,
+) -> tessera_model::Conv {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let weight = (0..co * cig * 9).map(|_| next()).collect();
+    let bias = (0..co).map(|_| next() * 0.25).collect();
+    tessera_model::Conv {
+        weight: ok(Tensor::new(vec![co, cig, 3, 3], weight)),
+        bias: Some(ok(Tensor::new(vec![co], bias))),
+        strides: [stride, stride],
+        pads: [1; 4],
+        dilations: [1, 1],
+        groups,
+    }
+}
+
+/// Grouped (2 groups) and depthwise (one group per channel) convolutions garble to exactly what
+/// the integer engine computes.
+#[test]
+fn grouped_and_depthwise_convolutions_are_exact() {
+    use tessera_model::{GraphBuilder, Op};
+    let mut b = GraphBuilder::new("grouped", 3);
+    let x = ok(b.input("x", vec![1, 4, 8, 8]));
+    let y = ok(b.push(
+        "grouped",
+        Op::Conv(seeded_conv(11, 6, 2, 2, 1)),
+        vec![x],
+        "",
+    ));
+    let y = ok(b.relu(y));
+    let y = ok(b.push(
+        "depthwise",
+        Op::Conv(seeded_conv(12, 6, 1, 6, 2)),
+        vec![y],
+        "",
+    ));
+    let y = ok(b.relu(y));
+    let y = ok(b.flatten(y));
+    let y = ok(b.dense(y, 3));
+    let g = ok(b.finish(vec![y]));
+    for seed in [1, 2] {
+        check_model(&g, 4, &input_for(&g, seed), true);
+    }
+}
