@@ -413,6 +413,34 @@ fn resolve_model(spec: &str, opts: &ImportOptions) -> Result<Graph> {
     )))
 }
 
+/// Refuses, before any work (input, data set, enclave, worker), a scheme that cannot run `g`:
+/// the message names the node and op it cannot run and the schemes that can.
+fn require_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<()> {
+    if !SCHEMES.contains(&name) {
+        return Err(CliError::Usage(format!(
+            "unknown scheme '{name}'; this build offers: {}",
+            SCHEMES.join(", ")
+        )));
+    }
+    let cfg = quant.config();
+    match tessera_schemes::check(name, g, cfg) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let can = tessera_schemes::schemes_for(g, cfg);
+            Err(CliError::Usage(format!(
+                "scheme {name} cannot run this model: {e}; {}",
+                if can.is_empty() {
+                    "no scheme of this build can (only the float engine runs it; every \
+                     scheme needs the integer semantics)"
+                        .to_string()
+                } else {
+                    format!("schemes that can: {}", can.join(", "))
+                }
+            )))
+        }
+    }
+}
+
 fn make_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<Box<dyn Scheme>> {
     let cfg = quant.config();
     match name {
@@ -566,6 +594,7 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
 
 fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
+    require_scheme(scheme, &g, quant)?;
     let x = load_input(input)?;
     let float = run_f32(&g, std::slice::from_ref(&x))?;
     let f0 = float
@@ -774,6 +803,7 @@ fn eval(
     json: bool,
 ) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
+    require_scheme(scheme, &g, quant)?;
     let d = parse_dataset(dataset, dir)?;
     let r = evaluate(&g, &d, scheme, quant, !json)?;
     if json {

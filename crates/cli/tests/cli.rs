@@ -648,3 +648,47 @@ fn train_through_the_split_and_whole() {
         "split tracks unsplit: {acc:?}"
     );
 }
+
+/// A scheme that cannot run a model is refused before any work (here before the input file is
+/// even read), naming the node, what the scheme lacks, and the schemes that can run it.
+#[test]
+fn a_scheme_that_cannot_run_the_model_is_refused_naming_the_node_and_the_alternatives() {
+    use tessera_model::{GraphBuilder, Op, Pool};
+    let dir = std::env::temp_dir().join(format!("tessera-cli-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut b = GraphBuilder::new("avg3", 1);
+    let x = b.input("x", vec![1, 1, 6, 6]).unwrap();
+    let y = b.conv(x, 2, 3, 1, 1).unwrap();
+    let y = b.relu(y).unwrap();
+    let pool = Pool {
+        kernel: [3, 3],
+        strides: [3, 3],
+        pads: [0; 4],
+        dilations: [1, 1],
+        count_include_pad: false,
+        ceil_mode: false,
+    };
+    let y = b.push("avg3x3", Op::AvgPool(pool), vec![y], "").unwrap();
+    let y = b.flatten(y).unwrap();
+    let y = b.dense(y, 2).unwrap();
+    let g = b.finish(vec![y]).unwrap();
+    let model = dir.join("avg3.onnx");
+    std::fs::write(&model, tessera_model::export::export_model(&g).unwrap()).unwrap();
+    // A 3×3 average divides by 9, which gc's rescale (powers of two) cannot garble.
+    let (ok, _, err) = tessera(&[
+        "run",
+        model.to_str().unwrap(),
+        "--scheme",
+        "gc",
+        "--input",
+        "does-not-exist.npy",
+    ]);
+    assert!(!ok, "gc ran a model it cannot garble");
+    assert!(
+        err.contains("scheme gc cannot run this model")
+            && err.contains("avg3x3")
+            && err.contains("schemes that can: plain, tee, asym"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,6 +55,7 @@ pub use backend::{CALIBRATED_LABEL, Calibration, GarbleProgress, GcBackend, GcOp
 pub use messages::{FromWorker, ToWorker};
 pub use worker::{WorkerOptions, serve_worker, serve_worker_tcp};
 
+use tessera_engine::quant::QuantModel;
 use tessera_model::Graph;
 use tessera_model::ir::{BinOp, Op};
 
@@ -119,6 +120,14 @@ impl From<GcError> for tessera_runtime::RuntimeError {
             other => tessera_runtime::RuntimeError::Backend(other.to_string()),
         }
     }
+}
+
+/// Whether the gc scheme can run `g` at these fixed-point parameters: compiles its circuit (no
+/// garbling, no worker), so the error names the node and what is not garbled.
+pub fn check_model(g: &Graph, quant: tessera_engine::QuantConfig) -> Result<(), GcError> {
+    QuantModel::new(g, quant)?;
+    tessera_garble::network::NetworkCircuit::compile(g, quant, 2)?;
+    Ok(())
 }
 
 /// The model as the worker may see it: every bias and every added or subtracted constant set to

@@ -16,8 +16,8 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 use tessera_engine::quant::{QuantConfig, QuantModel};
 use tessera_engine::{EngineError, argmax};
-use tessera_model::Tensor;
 use tessera_model::stats::stats;
+use tessera_model::{Graph, Tensor};
 
 /// Costs of one inference, measured.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -100,6 +100,35 @@ pub use tessera_gc::GcOptions;
 
 /// The names of the schemes this build offers.
 pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym"];
+
+/// Whether scheme `name` can run `g`, decided before any work (no enclave, worker or garbling is
+/// started): the integer semantics for every scheme (the enclave runs them), the circuit for
+/// `gc`, the split plan for `asym`. The error names the node and the op it cannot run.
+pub fn check(name: &str, g: &Graph, cfg: QuantConfig) -> Result<(), SchemeError> {
+    QuantModel::new(g, cfg)?;
+    match name {
+        "plain" | "tee" => Ok(()),
+        "gc" => {
+            tessera_gc::check_model(g, cfg).map_err(|e| SchemeError::Unsupported(e.to_string()))
+        }
+        "asym" => tessera_asym::Plan::new(g, &AsymOptions::default())
+            .map(|_| ())
+            .map_err(|e| SchemeError::Unsupported(e.to_string())),
+        other => Err(SchemeError::Unsupported(format!(
+            "unknown scheme '{other}'; this build offers: {}",
+            SCHEMES.join(", ")
+        ))),
+    }
+}
+
+/// The schemes of this build that can run `g` ([`check`]).
+pub fn schemes_for(g: &Graph, cfg: QuantConfig) -> Vec<&'static str> {
+    SCHEMES
+        .iter()
+        .copied()
+        .filter(|s| check(s, g, cfg).is_ok())
+        .collect()
+}
 
 /// `plain`: the integer reference in one process, no protection. Every other scheme's output is
 /// checked against it bit for bit.
