@@ -1,50 +1,15 @@
 //! The importers of `import_ops.rs`: constant folding of exporter plumbing, and hostile
 //! attributes and shapes refused with typed errors.
 
+mod common;
+
+use common::{int, ints, value};
 use prost::Message;
 use tessera_model::proto::{
-    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto, attr_type, data_type,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, attr_type,
+    data_type,
 };
 use tessera_model::{ImportLimits, ImportOptions, ModelError, Op, import_model};
-
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TensorTypeProto {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            dim_value: Some(d),
-                            dim_param: None,
-                        })
-                        .collect(),
-                }),
-            }),
-        }),
-    }
-}
-
-fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i: v,
-        ..Default::default()
-    }
-}
 
 fn i64s(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
     TensorProto {
@@ -100,21 +65,15 @@ fn pytorch_flatten_plumbing_folds_to_one_reshape() {
                 "Gather",
                 &["s", "zero"],
                 "n",
-                vec![int_attr("axis", 0)],
+                vec![int("axis", 0)],
             ),
-            node(
-                "unsq",
-                "Unsqueeze",
-                &["n"],
-                "n1",
-                vec![ints_attr("axes", &[0])],
-            ),
+            node("unsq", "Unsqueeze", &["n"], "n1", vec![ints("axes", &[0])]),
             node(
                 "cat",
                 "Concat",
                 &["n1", "minus1"],
                 "spec",
-                vec![int_attr("axis", 0)],
+                vec![int("axis", 0)],
             ),
             node("reshape", "Reshape", &["x", "spec"], "y", vec![]),
         ],
@@ -151,14 +110,8 @@ fn constant_of_shape_feeds_a_conv_weight_and_squeeze_unsqueeze_reshape() {
                 }],
             ),
             node("conv", "Conv", &["x", "W"], "c", vec![]),
-            node("sq", "Squeeze", &["c"], "s", vec![ints_attr("axes", &[0])]),
-            node(
-                "un",
-                "Unsqueeze",
-                &["s"],
-                "y",
-                vec![ints_attr("axes", &[-1])],
-            ),
+            node("sq", "Squeeze", &["c"], "s", vec![ints("axes", &[0])]),
+            node("un", "Unsqueeze", &["s"], "y", vec![ints("axes", &[-1])]),
         ],
         vec![i64s("wshape", &[4], &[3, 2, 3, 3])],
         11,
@@ -219,7 +172,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "Transpose",
                     &["x"],
                     "y",
-                    vec![ints_attr("perm", &[0, 0, 1])],
+                    vec![ints("perm", &[0, 0, 1])],
                 )],
                 vec![],
                 11,
@@ -247,7 +200,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "Unsqueeze",
                     &["x"],
                     "y",
-                    vec![ints_attr("axes", &[0, 0])],
+                    vec![ints("axes", &[0, 0])],
                 )],
                 vec![],
                 11,
@@ -262,7 +215,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "Concat",
                     &["x", "x"],
                     "y",
-                    vec![int_attr("axis", 5)],
+                    vec![int("axis", 5)],
                 )],
                 vec![],
                 11,
@@ -285,7 +238,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "Pad",
                     &["x"],
                     "y",
-                    vec![ints_attr("pads", &[0, 0, 1 << 40, 0, 0, 0, 0, 0])],
+                    vec![ints("pads", &[0, 0, 1 << 40, 0, 0, 0, 0, 0])],
                 )],
                 vec![],
                 10,
@@ -301,7 +254,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "Pad",
                     &["x"],
                     "y",
-                    vec![ints_attr("pads", &[0, 0, -1, 0, 0, 0, 0, 0])],
+                    vec![ints("pads", &[0, 0, -1, 0, 0, 0, 0, 0])],
                 )],
                 vec![],
                 10,
@@ -317,7 +270,7 @@ fn hostile_new_op_attributes_are_typed_errors() {
                     "LRN",
                     &["x"],
                     "y",
-                    vec![int_attr("size", i64::MAX)],
+                    vec![int("size", i64::MAX)],
                 )],
                 vec![],
                 11,

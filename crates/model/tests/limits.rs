@@ -2,53 +2,17 @@
 //! import, quickly, with the error that names the node and the limit; the real models still
 //! import under the default limits.
 
+mod common;
+
+use common::{int, ints, value};
 use prost::Message;
 use std::time::{Duration, Instant};
 use tessera_data::shared_data;
 use tessera_model::limits::{Resource, Scope};
 use tessera_model::proto::{
-    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto, attr_type, data_type,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, data_type,
 };
 use tessera_model::{ImportLimits, ImportOptions, ModelError, import_model};
-
-fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TensorTypeProto {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension {
-                            dim_value: Some(d),
-                            dim_param: None,
-                        })
-                        .collect(),
-                }),
-            }),
-        }),
-    }
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attr_type::INT,
-        i: v,
-        ..Default::default()
-    }
-}
 
 /// A one-node model `y = op(x[, W])` over input dims `x`, with an optional float weight.
 fn one_node(
