@@ -520,6 +520,7 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
     let g = resolve_model(spec, &quant.import_options())?;
     let st = stats(&g);
     let widths = QuantModel::new(&g, quant.config()).and_then(|q| static_widths(&q, input_range));
+    let gc_k = tessera_gc::sound_primes(&g, quant.config(), input_range);
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -528,9 +529,16 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             frac_bits: u32,
             worst_case_widths: Option<Vec<NodeWidth>>,
             integer_semantics_error: Option<String>,
+            /// The CRT primes gc needs to hold every value for |input| ≤ the input range.
+            gc_sound_primes: Option<usize>,
+            gc_error: Option<String>,
         }
         let (w, e) = match widths {
             Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let (k, ke) = match gc_k {
+            Ok(k) => (Some(k), None),
             Err(e) => (None, Some(e.to_string())),
         };
         return print_json(&Out {
@@ -539,6 +547,8 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             frac_bits: quant.frac_bits,
             worst_case_widths: w,
             integer_semantics_error: e,
+            gc_sound_primes: k,
+            gc_error: ke,
         });
     }
     println!(
@@ -588,6 +598,13 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             quant.frac_bits
         ),
         Err(e) => println!("integer semantics: not available for this model: {e}"),
+    }
+    match gc_k {
+        Ok(k) => println!(
+            "gc: sound k = {k} CRT primes for |input| ≤ {input_range} at f = {} (what `--scheme gc` picks)",
+            quant.frac_bits
+        ),
+        Err(e) => println!("{e}"),
     }
     Ok(())
 }

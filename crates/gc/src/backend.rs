@@ -105,10 +105,15 @@ fn choose_range(
     let sound_limit = sound.first().map_or(0, |w| w.out_max);
     let sound_primes = probe.primes_needed(&sound, opts.margin_bits).ok();
     let Some(cal) = &opts.calibration else {
-        let Some(bound) = sound_primes else {
-            // Report the bound's own error (the range it would need).
-            probe.primes_needed(&sound, opts.margin_bits)?;
-            return Err(GcError::Protocol("no sound CRT range".into()));
+        let bound = match sound_primes {
+            Some(b) => b,
+            None => {
+                return Err(probe
+                    .primes_needed(&sound, opts.margin_bits)
+                    .map_or_else(crate::no_sound_range, |_| {
+                        GcError::Protocol("no sound CRT range".into())
+                    }));
+            }
         };
         let primes = opts.primes.unwrap_or(bound);
         if primes < bound {

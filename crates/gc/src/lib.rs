@@ -99,6 +99,21 @@ pub enum GcError {
         /// The smallest k that holds the bound.
         sound: usize,
     },
+    /// The worst case of some value is beyond the largest CRT range the basis offers.
+    #[error(
+        "gc: no sound CRT range: the worst case for the stated input range reaches {need}, beyond \
+         the {half} that the largest basis ({primes} primes) holds; narrow the input range, lower \
+         --frac-bits, or opt in to a calibrated range measured on your data (--gc-calibrated \
+         DATA, labelled 'calibrated, not sound')"
+    )]
+    NoSoundRange {
+        /// The largest |value| the worst case reaches.
+        need: i64,
+        /// M/2 of the largest basis.
+        half: u64,
+        /// Primes of the largest basis.
+        primes: usize,
+    },
     /// An input value outside the range k was chosen for.
     #[error(
         "gc: an input value of magnitude {widest} (quantized) exceeds the {limit} the CRT range \
@@ -128,6 +143,32 @@ pub fn check_model(g: &Graph, quant: tessera_engine::QuantConfig) -> Result<(), 
     QuantModel::new(g, quant)?;
     tessera_garble::network::NetworkCircuit::compile(g, quant, 2)?;
     Ok(())
+}
+
+/// The k the enclave picks by default for inputs with |x| ≤ `input_range`: the smallest that
+/// holds the worst case of every value (see [`GcOptions`]). Compiles the circuit, garbles
+/// nothing.
+pub fn sound_primes(
+    g: &Graph,
+    quant: tessera_engine::QuantConfig,
+    input_range: f32,
+) -> Result<usize, GcError> {
+    let qm = QuantModel::new(g, quant)?;
+    let probe = tessera_garble::network::NetworkCircuit::compile(g, quant, 2)?;
+    let widths = tessera_engine::quant::static_widths(&qm, input_range)?;
+    probe.primes_needed(&widths, 0).map_err(no_sound_range)
+}
+
+/// A worst case beyond the basis is the user's choice of range, not a garbling failure: say so.
+pub(crate) fn no_sound_range(e: tessera_garble::GarbleError) -> GcError {
+    match e {
+        tessera_garble::GarbleError::CrtOutOfRange { x, half } => GcError::NoSoundRange {
+            need: x,
+            half,
+            primes: tessera_garble::crt::MAX_CRT_PRIMES,
+        },
+        other => GcError::Garble(other),
+    }
 }
 
 /// The model as the worker may see it: every bias and every added or subtracted constant set to

@@ -218,3 +218,23 @@ fn a_calibrated_k_is_labelled_and_bounded_by_its_data() {
         Err(tessera_gc::GcError::InputOutOfRange { .. })
     ));
 }
+
+/// The default k without garbling; a worst case beyond the basis is a clear error, not a
+/// garbling failure.
+#[test]
+fn sound_primes_are_reported_and_a_range_beyond_the_basis_is_named() {
+    let cfg = small_opts().quant;
+    let a = builders::dash_a(1).unwrap();
+    let w = worker("sound");
+    assert_eq!(
+        tessera_gc::sound_primes(&a, cfg, 1.0).unwrap(),
+        backend(&a, &w, &small_opts()).stats().primes
+    );
+    let f = builders::f_net(1).unwrap();
+    match tessera_gc::sound_primes(&f, cfg, 1.0) {
+        Err(tessera_gc::GcError::NoSoundRange { need, half, primes }) => {
+            assert!(need as u64 > half && primes == 13, "{need} {half} {primes}");
+        }
+        other => panic!("expected NoSoundRange, got {other:?}"),
+    }
+}
