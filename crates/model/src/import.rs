@@ -13,7 +13,7 @@
 use crate::ModelError;
 use crate::builder::GraphBuilder;
 use crate::ir::{BinOp, Conv, Dense, Gemm, Graph, Op, Pool, ValueId};
-use crate::limits::{ImportLimits, Resource, Scope, check_graph, how_to_raise};
+use crate::limits::{ImportLimits, check_graph};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, attr_type, data_type};
 use crate::tensor::{Tensor, broadcast_index_map, broadcast_shapes, numel};
 use prost::Message;
@@ -627,19 +627,7 @@ impl Importer<'_> {
                 // Folding allocates the broadcast result and two index maps: charge it first, so
                 // that two tiny constants cannot ask for gigabytes.
                 let shape = broadcast_shapes(x.shape(), y.shape())?;
-                self.limits.shape(&cx.name, &cx.node.op_type, &shape)?;
-                let needed = (numel(&shape)? as u64).saturating_mul(4 + 2 * 8);
-                if needed > self.limits.max_node_memory {
-                    return Err(ModelError::OverBudget {
-                        node: cx.name.clone(),
-                        op: cx.node.op_type.clone(),
-                        resource: Resource::Memory,
-                        scope: Scope::Node,
-                        needed,
-                        limit: self.limits.max_node_memory,
-                        how: how_to_raise(Resource::Memory),
-                    });
-                }
+                self.charge(cx, &shape)?;
                 let (x, y) = (x.to_f32(), y.to_f32());
                 Val::Const(ConstTensor::F32(broadcast_apply(&x, &y, |p, q| {
                     op.apply(p, q)

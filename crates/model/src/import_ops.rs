@@ -14,7 +14,8 @@ use crate::ir::{BinOp, Op, concat_shape, is_permutation};
 use crate::limits::{Resource, Scope, how_to_raise};
 use crate::tensor::{Tensor, concat, numel, transpose};
 
-/// Bytes charged per folded constant element: its value, the f32 copy and the engines' copies.
+/// Bytes charged per folded constant element (20: the f32 value and two 8-byte words — the
+/// engines' copies, or a broadcast fold's two index maps).
 const FOLD_ELEM: u64 = 20;
 
 /// Normalise a possibly negative axis against `rank`.
@@ -80,7 +81,7 @@ fn gather<T: Copy>(
 
 impl Importer<'_> {
     /// Refuse a folded constant of `shape` that the limits do not allow, before allocating it.
-    fn charge(&self, cx: &Ctx, shape: &[usize]) -> Result<(), ModelError> {
+    pub(super) fn charge(&self, cx: &Ctx, shape: &[usize]) -> Result<(), ModelError> {
         self.limits.shape(&cx.name, &cx.node.op_type, shape)?;
         let needed = (numel(shape)? as u64).saturating_mul(FOLD_ELEM);
         if needed > self.limits.max_node_memory {
