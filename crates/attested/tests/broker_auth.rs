@@ -10,9 +10,10 @@
 //!
 //! Without swtpm these tests print why they skip, unless `CI` is set, where they fail.
 
+mod common;
+use common::{Scratch, have_swtpm};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tessera_attested::broker::{
@@ -24,50 +25,13 @@ use tessera_attested::signed::{Action, BrokerId, Pinned, Signed, StakeholderKey}
 use tessera_attested::wrap::{KeyPair, wrap};
 use tessera_attested::{
     AttestedError, HostImage, JobSpec, MeasuredHost, Output, Stakeholder, StakeholderPolicy, Swtpm,
-    TrainSpec, swtpm_installed,
+    TrainSpec,
 };
 use tessera_runtime::Role;
 use tessera_tpm::Challenge;
 
 const JOB: &str = "glyphs-mlp";
 const DATASET: &str = "glyphs";
-
-fn have_swtpm() -> bool {
-    if swtpm_installed() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "swtpm is not installed, and CI must run the broker tests: apt-get install swtpm swtpm-tools"
-        );
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP: swtpm is not installed (Debian: apt-get install swtpm swtpm-tools)"
-    );
-    false
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!(
-            "tessera-attested-auth-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn job() -> JobSpec {
     JobSpec {

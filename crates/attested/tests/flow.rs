@@ -4,49 +4,15 @@
 //!
 //! Without swtpm these tests print why they skip, unless `CI` is set, where they fail.
 
-use std::path::PathBuf;
+mod common;
+use common::{Scratch, have_swtpm};
 
 use tessera_attested::dataset::{load_breast_cancer, load_mnist, standardize};
 use tessera_attested::flow::split;
 use tessera_attested::{
     AttestedError, FlowData, FlowOptions, JobSpec, Output, PlainDataset, Report, Stakeholder,
-    StakeholderPolicy, TrainSpec, accept_job, run_flow, swtpm_installed,
+    StakeholderPolicy, TrainSpec, accept_job, run_flow,
 };
-
-fn have_swtpm() -> bool {
-    if swtpm_installed() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "swtpm is not installed, and CI must run the attested flow: apt-get install swtpm swtpm-tools"
-        );
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP: swtpm is not installed (Debian: apt-get install swtpm swtpm-tools)"
-    );
-    false
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p =
-            std::env::temp_dir().join(format!("tessera-attested-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts() -> FlowOptions {
     FlowOptions {
