@@ -154,12 +154,30 @@ impl GraphBuilder {
         stride: usize,
         pad: usize,
     ) -> Result<ValueId, ModelError> {
+        self.conv_grouped(x, c_out, k, stride, pad, 1)
+    }
+
+    /// [`Self::conv`] with `groups` groups (`groups` = C_in = C_out: depthwise).
+    pub fn conv_grouped(
+        &mut self,
+        x: ValueId,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Result<ValueId, ModelError> {
         let c_in = *self
             .g
             .shape(x)
             .get(1)
             .ok_or_else(|| ModelError::Shape("conv input must be NCHW".into()))?;
-        let weight = self.he(vec![c_out, c_in, k, k], c_in * k * k)?;
+        if groups == 0 || !c_in.is_multiple_of(groups) || !c_out.is_multiple_of(groups) {
+            return Err(ModelError::Shape(format!(
+                "{groups} groups do not divide {c_in} input and {c_out} output channels"
+            )));
+        }
+        let weight = self.he(vec![c_out, c_in / groups, k, k], c_in / groups * k * k)?;
         let bias = Some(self.small(c_out)?);
         let name = self.auto_name("conv");
         let op = Op::Conv(Conv {
@@ -168,9 +186,46 @@ impl GraphBuilder {
             strides: [stride, stride],
             pads: [pad; 4],
             dilations: [1, 1],
-            groups: 1,
+            groups,
         });
         self.push(&name, op, vec![x], "")
+    }
+
+    /// Elementwise `x op c` with a constant `c` (broadcast).
+    pub fn constant_op(&mut self, x: ValueId, op: BinOp, c: Tensor) -> Result<ValueId, ModelError> {
+        let name = self.auto_name(&op.onnx_name().to_ascii_lowercase());
+        let op = Op::Binary {
+            op,
+            constant: Some(c),
+            constant_first: false,
+        };
+        self.push(&name, op, vec![x], "")
+    }
+
+    /// `min(max(x, min), max)` (ReLU6 is `clip(x, 0, 6)`).
+    pub fn clip(&mut self, x: ValueId, min: f32, max: f32) -> Result<ValueId, ModelError> {
+        let name = self.auto_name("clip");
+        self.push(&name, Op::Clip { min, max }, vec![x], "")
+    }
+
+    /// Average pooling k×k, stride s, symmetric padding `pad`, padded positions not counted.
+    pub fn avg_pool(
+        &mut self,
+        x: ValueId,
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> Result<ValueId, ModelError> {
+        let name = self.auto_name("avgpool");
+        let p = Pool {
+            kernel: [k, k],
+            strides: [s, s],
+            pads: [pad; 4],
+            dilations: [1, 1],
+            count_include_pad: false,
+            ceil_mode: false,
+        };
+        self.push(&name, Op::AvgPool(p), vec![x], "")
     }
 
     /// Fully connected layer with seeded weights.

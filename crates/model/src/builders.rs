@@ -51,6 +51,11 @@ pub const NETWORKS: &[NetworkSpec] = &[
         build: f_net,
     },
     NetworkSpec {
+        name: "mix",
+        about: "a small residual CNN with every op of the integer semantics (3×12×12 input)",
+        build: |s| mix(12, 9, s),
+    },
+    NetworkSpec {
         name: "resnet18-32",
         about: "ResNet-18 for CIFAR (32×32, 10 classes)",
         build: |s| resnet18(32, 10, s),
@@ -288,5 +293,40 @@ pub fn vgg16(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> 
         x = b.max_pool(x, 2, 2)?;
     }
     let y = head(&mut b, x, &[], classes)?;
+    b.finish(vec![y])
+}
+
+/// A small residual CNN that uses every op of the integer semantics, for exactness tests of the
+/// schemes: per-channel input normalisation (Sub, Mul by constants), a grouped 3×3 conv + ReLU,
+/// a MobileNet-style block (depthwise 3×3 conv, ReLU6, pointwise 1×1 conv) added back to its
+/// input (residual Add) + ReLU, a padded 3×3 average pool (divisors 4, 6 and 9), a 2×2 max pool,
+/// global average pooling and a dense head with 10 classes. Input `[1, 3, hw, hw]`; `c` must be a
+/// multiple of 3.
+pub fn mix(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
+    use crate::ir::BinOp;
+    use crate::tensor::Tensor;
+    let mut b = GraphBuilder::new(&format!("mix-{hw}"), seed);
+    let x = b.input("input", vec![1, 3, hw, hw])?;
+    let x = b.constant_op(
+        x,
+        BinOp::Sub,
+        Tensor::new(vec![1, 3, 1, 1], vec![0.48, 0.45, 0.40])?,
+    )?;
+    let x = b.constant_op(
+        x,
+        BinOp::Mul,
+        Tensor::new(vec![1, 3, 1, 1], vec![4.3, 4.4, -3.9])?,
+    )?;
+    let y = b.conv_grouped(x, c, 3, 1, 1, 3)?;
+    let y = b.relu(y)?;
+    let z = b.conv_grouped(y, c, 3, 1, 1, c)?;
+    let z = b.clip(z, 0.0, 6.0)?;
+    let z = b.conv(z, c, 1, 1, 0)?;
+    let r = b.add(y, z)?;
+    let r = b.relu(r)?;
+    let r = b.avg_pool(r, 3, 1, 1)?;
+    let r = b.max_pool(r, 2, 2)?;
+    let r = b.global_avg_pool(r)?;
+    let y = head(&mut b, r, &[], 10)?;
     b.finish(vec![y])
 }
