@@ -5,7 +5,7 @@ use crate::gemm::{View, sgemm};
 use crate::window::{Geometry, im2col, pool_geometry, pool_plane};
 use rayon::prelude::*;
 use tessera_model::import::broadcast_apply;
-use tessera_model::ir::{Conv, Graph, Op};
+use tessera_model::ir::{Conv, Graph, Op, ValueId};
 use tessera_model::tensor::{
     Tensor, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
 };
@@ -37,12 +37,24 @@ pub fn check_inputs<T>(g: &Graph, inputs: &[Tensor<T>]) -> Result<(), EngineErro
 
 /// Run the graph in f32 and return its outputs.
 pub fn run_f32(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+    run_f32_observe(g, inputs, &mut |_, _| {})
+}
+
+/// [`run_f32`], showing every value (inputs first, then each node's output) to `observe` as it
+/// is computed — how calibration sees the activations.
+pub fn run_f32_observe(
+    g: &Graph,
+    inputs: &[Tensor],
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Vec<Tensor>, EngineError> {
     g.validate()?;
     check_inputs(g, inputs)?;
     let last = g.last_uses();
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
     for (t, &id) in inputs.iter().zip(&g.inputs) {
-        vals[id] = Some(t.clone().reshape(g.shape(id).to_vec())?);
+        let t = t.clone().reshape(g.shape(id).to_vec())?;
+        observe(id, &t);
+        vals[id] = Some(t);
     }
     for (k, n) in g.nodes.iter().enumerate() {
         let ins: Vec<&Tensor> = n
@@ -56,6 +68,7 @@ pub fn run_f32(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>
             .collect::<Result<_, _>>()?;
         let out_shape = g.shape(n.output).to_vec();
         let y = eval_node(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+        observe(n.output, &y);
         vals[n.output] = Some(y);
         for &i in &n.inputs {
             if last[i] == k {

@@ -3,6 +3,8 @@
 //! * [`float`]: runs any imported graph in f32 (the accuracy reference).
 //! * [`quant`]: the exact fixed-point integer semantics every private scheme must reproduce bit
 //!   for bit, with width tracking.
+//! * [`qint`]: the integer semantics v2 (per-channel weight scales, calibrated per-tensor
+//!   activation scales, one requantization rule with saturation) that the schemes move to.
 //! * [`train`]: a small SGD trainer for dense networks (the demo's self-made model).
 //!
 //! Convolutions run as im2col + blocked GEMM (`matrixmultiply`), split over all cores with rayon.
@@ -11,12 +13,15 @@
 
 pub mod float;
 pub mod gemm;
+pub mod qint;
 pub mod quant;
+pub mod semantics;
 pub mod train;
 pub mod window;
 
 pub use float::{argmax, run_f32};
 pub use quant::{QuantConfig, QuantModel};
+pub use semantics::{ExactModel, Semantics};
 
 /// Everything that can go wrong running a model.
 #[derive(Debug, thiserror::Error)]

@@ -45,7 +45,7 @@ use crate::float::conv_geometry;
 use crate::gemm::{View, dgemm, igemm};
 use crate::window::{im2col, pool_geometry, pool_plane};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_model::ir::{BinOp, Graph, Op};
 use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
 
@@ -59,7 +59,7 @@ pub const DEFAULT_FRAC_BITS: u32 = 8;
 const F64_EXACT: i128 = 1 << 53;
 
 /// Fixed-point parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantConfig {
     /// Fractional bits `f`.
     pub frac_bits: u32,
@@ -485,125 +485,18 @@ impl QuantModel {
         let f = self.cfg.frac_bits;
         let n_out: usize = out_shape.iter().product();
         match (op, q) {
-            (Op::Conv(c), QOp::Linear(l)) => {
+            (Op::Conv(_) | Op::Dense(_), QOp::Linear(l)) => {
                 let x = ins[0];
-                let (nb, ci) = (x.shape()[0], x.shape()[1]);
-                let co = out_shape[1];
-                let g = conv_geometry(c, x.shape(), out_shape);
-                let (cig, cog) = (ci / c.groups, co / c.groups);
-                let kk = cig * g.k[0] * g.k[1];
-                let npos = g.oh * g.ow;
-                let bound = l.acc_bound(max_abs(x.data()) as i128);
-                let mut acc = vec![0i64; n_out];
-                if bound < F64_EXACT {
-                    let xf: Vec<f64> = x.data().iter().map(|&v| v as f64).collect();
-                    let mut out = vec![0f64; n_out];
-                    let mut col = Vec::new();
-                    for b in 0..nb {
-                        for gr in 0..c.groups {
-                            let xin = &xf[(b * ci + gr * cig) * g.h * g.w
-                                ..(b * ci + (gr + 1) * cig) * g.h * g.w];
-                            let colv: &[f64] = if g.is_pointwise() {
-                                xin
-                            } else {
-                                im2col(xin, cig, &g, &mut col);
-                                &col
-                            };
-                            let w = &l.wf[gr * cog * kk..(gr + 1) * cog * kk];
-                            let o = &mut out
-                                [(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
-                            dgemm(
-                                cog,
-                                kk,
-                                npos,
-                                1.0,
-                                View::rows(w, kk),
-                                View::rows(colv, npos),
-                                0.0,
-                                o,
-                            );
-                        }
-                    }
-                    for (a, v) in acc.iter_mut().zip(&out) {
-                        *a = *v as i64;
-                    }
-                } else if bound < i128::from(i64::MAX) {
-                    let mut col = Vec::new();
-                    for b in 0..nb {
-                        for gr in 0..c.groups {
-                            let xin = &x.data()[(b * ci + gr * cig) * g.h * g.w
-                                ..(b * ci + (gr + 1) * cig) * g.h * g.w];
-                            im2col(xin, cig, &g, &mut col);
-                            let w = &l.w[gr * cog * kk..(gr + 1) * cog * kk];
-                            igemm(
-                                cog,
-                                kk,
-                                npos,
-                                w,
-                                &col,
-                                &mut acc
-                                    [(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos],
-                            );
-                        }
-                    }
-                } else {
-                    return Err(EngineError::Overflow(
-                        "the accumulator could exceed 64 bits; lower the fractional bits".into(),
-                    ));
-                }
+                let mut acc =
+                    accumulate(op, &l.w, &l.wf, l.row_abs_max, l.bias_abs_max, x, out_shape)?;
+                let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
+                let npos = (n_out / x.shape()[0].max(1) / rows).max(1);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    *a += l.b[(i / npos.max(1)) % co];
+                    *a += l.b[(i / npos) % rows];
                 }
                 let am = max_abs(&acc);
                 let y: Vec<i64> = acc.iter().map(|&a| rescale(a, f)).collect();
                 Ok((Tensor::new(out_shape.to_vec(), y)?, am))
-            }
-            (Op::Dense(_), QOp::Linear(l)) => {
-                let x = ins[0];
-                let (nb, k) = (x.shape()[0], x.shape()[1]);
-                let m = out_shape[1];
-                let bound = l.acc_bound(max_abs(x.data()) as i128);
-                let mut acc = vec![0i64; nb * m];
-                if bound < F64_EXACT {
-                    let xf: Vec<f64> = x.data().iter().map(|&v| v as f64).collect();
-                    let mut out = vec![0f64; nb * m];
-                    dgemm(
-                        nb,
-                        k,
-                        m,
-                        1.0,
-                        View::rows(&xf, k),
-                        View::transposed(&l.wf, k),
-                        0.0,
-                        &mut out,
-                    );
-                    for (a, v) in acc.iter_mut().zip(&out) {
-                        *a = *v as i64;
-                    }
-                } else if bound < i128::from(i64::MAX) {
-                    let mut wt = vec![0i64; k * m];
-                    for r in 0..m {
-                        for c in 0..k {
-                            wt[c * m + r] = l.w[r * k + c];
-                        }
-                    }
-                    igemm(nb, k, m, x.data(), &wt, &mut acc);
-                } else {
-                    return Err(EngineError::Overflow(
-                        "the accumulator could exceed 64 bits; lower the fractional bits".into(),
-                    ));
-                }
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a += l.b[i % m];
-                }
-                let am = max_abs(&acc);
-                Ok((
-                    Tensor::new(
-                        out_shape.to_vec(),
-                        acc.iter().map(|&a| rescale(a, f)).collect(),
-                    )?,
-                    am,
-                ))
             }
             (
                 Op::Binary {
@@ -824,4 +717,131 @@ pub fn static_widths(qm: &QuantModel, input_max_abs: f32) -> Result<Vec<NodeWidt
         });
     }
     Ok(out)
+}
+
+/// Σ_j w[r, j]·x[…] of a Conv (any groups, stride, padding, dilation) or Dense node, exactly, bias
+/// left out: im2col + an f64 GEMM when `row_abs_max · max|x| + bias_abs_max` is below 2^53 (every
+/// partial sum is then an integer that f64 holds exactly), an i64 GEMM when it fits i64, and an
+/// overflow error otherwise. `w` is the weight tensor's layout (`[C_out, C_in/groups, kh, kw]` or
+/// `[M, K]`), `wf` the same values as f64. Shared by every integer semantics of this crate.
+pub(crate) fn accumulate(
+    op: &Op,
+    w: &[i64],
+    wf: &[f64],
+    row_abs_max: i128,
+    bias_abs_max: i128,
+    x: &Tensor<i64>,
+    out_shape: &[usize],
+) -> Result<Vec<i64>, EngineError> {
+    let n_out: usize = out_shape.iter().product();
+    let bound = row_abs_max
+        .saturating_mul(max_abs(x.data()) as i128)
+        .saturating_add(bias_abs_max);
+    let overflow = || {
+        EngineError::Overflow(
+            "the accumulator could exceed 64 bits; use fewer fractional or weight bits".into(),
+        )
+    };
+    let mut acc = vec![0i64; n_out];
+    match op {
+        Op::Conv(c) => {
+            let (nb, ci) = (x.shape()[0], x.shape()[1]);
+            let co = out_shape[1];
+            let g = conv_geometry(c, x.shape(), out_shape);
+            let (cig, cog) = (ci / c.groups, co / c.groups);
+            let kk = cig * g.k[0] * g.k[1];
+            let npos = g.oh * g.ow;
+            if bound < F64_EXACT {
+                let xf: Vec<f64> = x.data().iter().map(|&v| v as f64).collect();
+                let mut out = vec![0f64; n_out];
+                let mut col = Vec::new();
+                for b in 0..nb {
+                    for gr in 0..c.groups {
+                        let xin = &xf[(b * ci + gr * cig) * g.h * g.w
+                            ..(b * ci + (gr + 1) * cig) * g.h * g.w];
+                        let colv: &[f64] = if g.is_pointwise() {
+                            xin
+                        } else {
+                            im2col(xin, cig, &g, &mut col);
+                            &col
+                        };
+                        let w = &wf[gr * cog * kk..(gr + 1) * cog * kk];
+                        let o =
+                            &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
+                        dgemm(
+                            cog,
+                            kk,
+                            npos,
+                            1.0,
+                            View::rows(w, kk),
+                            View::rows(colv, npos),
+                            0.0,
+                            o,
+                        );
+                    }
+                }
+                for (a, v) in acc.iter_mut().zip(&out) {
+                    *a = *v as i64;
+                }
+            } else if bound < i128::from(i64::MAX) {
+                let mut col = Vec::new();
+                for b in 0..nb {
+                    for gr in 0..c.groups {
+                        let xin = &x.data()[(b * ci + gr * cig) * g.h * g.w
+                            ..(b * ci + (gr + 1) * cig) * g.h * g.w];
+                        im2col(xin, cig, &g, &mut col);
+                        let w = &w[gr * cog * kk..(gr + 1) * cog * kk];
+                        igemm(
+                            cog,
+                            kk,
+                            npos,
+                            w,
+                            &col,
+                            &mut acc[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos],
+                        );
+                    }
+                }
+            } else {
+                return Err(overflow());
+            }
+        }
+        Op::Dense(_) => {
+            let (nb, k) = (x.shape()[0], x.shape()[1]);
+            let m = out_shape[1];
+            if bound < F64_EXACT {
+                let xf: Vec<f64> = x.data().iter().map(|&v| v as f64).collect();
+                let mut out = vec![0f64; nb * m];
+                dgemm(
+                    nb,
+                    k,
+                    m,
+                    1.0,
+                    View::rows(&xf, k),
+                    View::transposed(wf, k),
+                    0.0,
+                    &mut out,
+                );
+                for (a, v) in acc.iter_mut().zip(&out) {
+                    *a = *v as i64;
+                }
+            } else if bound < i128::from(i64::MAX) {
+                let mut wt = vec![0i64; k * m];
+                for r in 0..m {
+                    for c in 0..k {
+                        wt[c * m + r] = w[r * k + c];
+                    }
+                }
+                igemm(nb, k, m, x.data(), &wt, &mut acc);
+            } else {
+                return Err(overflow());
+            }
+        }
+        _ => {
+            return Err(EngineError::Internal(format!(
+                "{} is not a linear layer",
+                op.kind()
+            )));
+        }
+    }
+    Ok(acc)
 }

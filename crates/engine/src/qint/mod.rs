@@ -1,0 +1,339 @@
+//! Integer semantics v2: per-channel weight scales, per-tensor activation scales, one exact
+//! requantization rule and saturation after every requantization — the integer-only inference
+//! of int8 deployments, written so that the `gc` scheme can reproduce it with free label
+//! arithmetic, one rescale and one clamp per layer.
+//!
+//! # Values
+//!
+//! Every activation tensor `v` has a real **scale** `s_v > 0` and a proven integer **interval**
+//! `[lo_v, hi_v]`: an integer `q` in it stands for the real number `s_v · q` (the zero point is
+//! folded into the interval: an unsigned int8 tensor with zero point `z` is the interval
+//! `[−z, 255 − z]`). Every integer any op produces lies in its output's interval, for every input;
+//! this is what lets the `gc` scheme bound its CRT range without looking at data.
+//!
+//! * An activation of `b` bits ([`QintConfig::act_bits`]) is **unsigned** — `[0, 2^b − 1]` — when
+//!   every consumer is a ReLU (or a Clip whose lower bound is ≥ 0) or the calibrated minimum is
+//!   ≥ 0, and **signed** — `[−(2^(b−1) − 1), 2^(b−1) − 1]` (symmetric) — otherwise. The graph's
+//!   output uses [`QintConfig::out_bits`] instead of `b`.
+//! * Its scale is `max|v| / qmax` over the calibration data ([`Calibration`]), `qmax` the top
+//!   of the interval (a tensor that is 0 on all calibration data gets scale 1).
+//!
+//! # Rounding and requantization (the one rule)
+//!
+//! * **Quantize** a real `v` at scale `s`: `round_half_away_from_zero(v / s)`, computed in f64.
+//! * **Requantize** an integer `a` with an integer multiplier `m` and a shift `n ≥ 0`:
+//!   `rq(a; m, n) = ⌊(a·m + 2^(n−1)) / 2^n⌋` (`a·m` for `n = 0`): round to nearest, ties toward
+//!   +∞, floor division on negatives, computed exactly in i128.
+//! * **Saturate**: `clamp(x, lo, hi)`.
+//!
+//! A conv or dense layer's multipliers have at most `B` bits ([`QintConfig::mult_bits`]):
+//! `|m| ≤ 2^B − 1`, and the shift `n` is one per layer, the largest that keeps every multiplier
+//! of the layer within `B` bits. Element-wise requantizations (residual Add/Sub, Mul by a
+//! constant, average pools) use [`QintConfig::aux_mult_bits`] in place of `B`. A small `B` keeps the `gc` scheme's CRT range small (the accumulator is multiplied by `m`
+//! before the shift); a large one makes the multiplier more precise. Where a ratio does not fit
+//! even at `n = 0`, the output's scale is raised until it does (coarser, never wrong).
+//!
+//! # Operations
+//!
+//! * **Input**: `clamp(quantize(x, s_in), lo_in, hi_in)` — inputs saturate like every activation.
+//! * **Conv / Dense** (per output channel `c`): with `r_c = s_w*_c · s_x / s_y`, where
+//!   `s_w*_c = max|W_c| / (2^(b_w−1) − 1)` is the ideal per-channel weight scale, the layer's shift
+//!   `n` is the largest with `⌈r_c · 2^n⌉ ≤ 2^B − 1` for every channel, the multiplier
+//!   `m_c = ⌈r_c · 2^n⌉` (at least 1), and the channel's weight scale is **exactly**
+//!   `s_w,c = m_c · s_y / (s_x · 2^n)`, so the requantization adds no error of its own:
+//!   weights `w = quantize(W_c, s_w,c)` (|w| ≤ 2^(b_w−1) − 1, by the ceiling), bias
+//!   `b = quantize(B_c, s_x · s_w,c)` in the accumulator's scale,
+//!   `acc = Σ w·x + b` exactly, `y = clamp(rq(acc; m_c, n), lo_y, hi_y)`.
+//! * **Add / Sub of two activations** (with broadcasting; residual connections):
+//!   `y = clamp(rq(a·m_a ± b·m_b; 1, n), lo_y, hi_y)` with `m_a = round(s_a/s_y · 2^n)`,
+//!   `m_b = round(s_b/s_y · 2^n)` and one `n`.
+//! * **Mul by a constant** `c` (Div by `c` is Mul by `1/c`), per broadcast element `j`:
+//!   `y = clamp(rq(x·m_j, n), lo_y, hi_y)` with `m_j = round(c_j · s_x/s_y · 2^n)`.
+//! * **Add / Sub of a constant** `c`: `y = x ± quantize(c, s_x)` (or `quantize(c, s_x) − x`), at the
+//!   input's scale, no saturation; the interval widens by the constant's range.
+//! * **ReLU**: `max(x, 0)`. **Clip(min, max)**: `clamp(x, quantize(min, s_x), quantize(max, s_x))`
+//!   (ReLU6 is Clip(0, 6)). **MaxPool**: maximum over the in-range window positions. All three
+//!   keep the input's scale.
+//! * **AveragePool**: per output position `p`, the sum over its in-range positions, then
+//!   `rq(sum; m_p, n)` with `m_p = round(2^n / d_p)`, `d_p` the divisor (in-range positions, or
+//!   the positions inside the padded input with `count_include_pad`); **GlobalAveragePool** the
+//!   same with `d = H·W`. The input's scale; no saturation (the interval is computed).
+//! * **Reshape / Flatten**: unchanged. **Softmax** (final layer only): left to the client, as in
+//!   [`crate::quant`]; the output is the logits at the output's scale.
+//!
+//! Concat, Transpose, Pad, LRN, Sigmoid, Tanh and products of two activations are refused here
+//! with the node named.
+//!
+//! # The independent oracle
+//!
+//! `tests/qint.rs` recomputes every op from the lowered constants ([`IntModel::op`]) with naive
+//! i128 loops and checks [`IntModel::run_int`] against it on random layers and inputs.
+
+mod calib;
+mod lower;
+mod run;
+
+pub use calib::{Calibration, default_calibration_inputs};
+pub use lower::lower_multipliers;
+pub use run::rq;
+
+use serde::{Deserialize, Serialize};
+use tessera_model::ir::Graph;
+
+/// Parameters of the integer semantics v2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QintConfig {
+    /// Weight bits `b_w` (signed, symmetric per output channel); 2..=16, default 8.
+    pub weight_bits: u32,
+    /// Activation bits `b`; 2..=16, default 8.
+    pub act_bits: u32,
+    /// Bits of the graph's output (the logits); 2..=24, default 16.
+    pub out_bits: u32,
+    /// Multiplier bits `B` of the conv and dense requantizations; 1..=24, default
+    /// [`DEFAULT_MULT_BITS`].
+    pub mult_bits: u32,
+    /// Multiplier bits of the element-wise requantizations (residual Add/Sub, Mul by a
+    /// constant, average pools); 1..=24, default [`DEFAULT_AUX_MULT_BITS`].
+    pub aux_mult_bits: u32,
+}
+
+/// Default multiplier bits of the element-wise requantizations: they scale 8-bit activations
+/// (or a pooling window's sum), far below a linear layer's accumulator, so a fine multiplier
+/// costs the `gc` CRT range nothing, while a coarse one ruins residual networks (a residual
+/// Add's two ratios rounded to 1 or 2 bits).
+pub const DEFAULT_AUX_MULT_BITS: u32 = 12;
+
+/// Default multiplier bits of conv and dense layers: 3, the widest that keeps CIFAR F-small and
+/// F at k = 9 CRT primes in the `gc` scheme (B = 4 needs 10); channels whose largest weight is
+/// a tenth of the layer's still get about 90 weight levels. On the networks measured (mnist-8 on
+/// MNIST, seeded CIFAR and ResNet nets) B = 1…8 changed the float agreement by under 0.05
+/// points and the logit error by under one point; BENCHMARKS.md "integer semantics v2" has the
+/// figures.
+pub const DEFAULT_MULT_BITS: u32 = 3;
+
+impl Default for QintConfig {
+    fn default() -> Self {
+        Self {
+            weight_bits: 8,
+            act_bits: 8,
+            out_bits: 16,
+            mult_bits: DEFAULT_MULT_BITS,
+            aux_mult_bits: DEFAULT_AUX_MULT_BITS,
+        }
+    }
+}
+
+impl QintConfig {
+    fn check(&self) -> Result<(), crate::EngineError> {
+        let bad = |what: &str, v: u32, lo: u32, hi: u32| {
+            Err(crate::EngineError::Input(format!(
+                "{what} = {v} is outside {lo}..={hi}"
+            )))
+        };
+        if !(2..=16).contains(&self.weight_bits) {
+            return bad("weight bits", self.weight_bits, 2, 16);
+        }
+        if !(2..=16).contains(&self.act_bits) {
+            return bad("activation bits", self.act_bits, 2, 16);
+        }
+        if !(2..=24).contains(&self.out_bits) {
+            return bad("output bits", self.out_bits, 2, 24);
+        }
+        if !(1..=24).contains(&self.mult_bits) {
+            return bad("multiplier bits", self.mult_bits, 1, 24);
+        }
+        if !(1..=24).contains(&self.aux_mult_bits) {
+            return bad("element-wise multiplier bits", self.aux_mult_bits, 1, 24);
+        }
+        Ok(())
+    }
+}
+
+/// The scale and proven interval of one activation tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ValueQuant {
+    /// Real value of one integer step.
+    pub scale: f64,
+    /// Smallest integer the tensor can hold.
+    pub lo: i64,
+    /// Largest integer the tensor can hold.
+    pub hi: i64,
+}
+
+impl ValueQuant {
+    /// Largest magnitude in the interval.
+    pub fn max_abs(&self) -> u128 {
+        u128::from(self.lo.unsigned_abs()).max(u128::from(self.hi.unsigned_abs()))
+    }
+}
+
+/// A conv or dense layer's lowered constants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntLinear {
+    /// Integer weights in the weight tensor's layout (`[C_out, C_in/groups, kh, kw]` or `[M, K]`).
+    pub w: Vec<i64>,
+    /// Integer bias per output channel, in the accumulator's scale.
+    pub b: Vec<i64>,
+    /// Multiplier per output channel (≥ 1).
+    pub mult: Vec<i64>,
+    /// The layer's shift n.
+    pub shift: u32,
+    /// Saturation bounds.
+    pub lo: i64,
+    /// Saturation bounds.
+    pub hi: i64,
+    /// Σ|w| per output channel.
+    pub row_abs: Vec<i128>,
+    wf: Vec<f64>,
+}
+
+/// What one node computes in the integer semantics (see the module docs for each rule).
+#[derive(Clone, Debug, PartialEq)]
+pub enum IntOp {
+    /// Conv or Dense: `clamp(rq(Σ w·x + b; m_c, n), lo, hi)`.
+    Linear(IntLinear),
+    /// `clamp(rq(a·ma ± b·mb; 1, n), lo, hi)` over two activations (broadcast).
+    AddAct {
+        /// Multiplier of the first input.
+        ma: i64,
+        /// Multiplier of the second input (negated for Sub).
+        mb: i64,
+        /// Shift.
+        shift: u32,
+        /// Saturation bounds.
+        lo: i64,
+        /// Saturation bounds.
+        hi: i64,
+    },
+    /// `c[j] ± x` or `x + c[j]` (broadcast), no saturation.
+    AddConst {
+        /// The constant at the input's scale (already negated for `x − c`).
+        c: Vec<i64>,
+        /// `c − x` instead of `x + c`.
+        neg_x: bool,
+    },
+    /// `clamp(rq(x·m[j], n), lo, hi)` (broadcast).
+    MulConst {
+        /// Multiplier per constant element.
+        mult: Vec<i64>,
+        /// Shift.
+        shift: u32,
+        /// Saturation bounds.
+        lo: i64,
+        /// Saturation bounds.
+        hi: i64,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// `clamp(x, lo, hi)`.
+    Clip {
+        /// Lower bound.
+        lo: i64,
+        /// Upper bound.
+        hi: i64,
+    },
+    /// Maximum over the window's in-range positions.
+    MaxPool,
+    /// Window sum, then `rq(sum; mult[p], shift)` with one multiplier per output position of a
+    /// plane (row-major `oh × ow`).
+    AvgPool {
+        /// Multiplier per output position.
+        mult: Vec<i64>,
+        /// Shift.
+        shift: u32,
+    },
+    /// Plane sum, then `rq(sum; mult, shift)`.
+    GlobalAvgPool {
+        /// Multiplier.
+        mult: i64,
+        /// Shift.
+        shift: u32,
+    },
+    /// Values unchanged (Reshape, Flatten, final Softmax).
+    Pass,
+}
+
+impl IntOp {
+    /// Short name for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IntOp::Linear(_) => "linear",
+            IntOp::AddAct { .. } => "add",
+            IntOp::AddConst { .. } => "add-const",
+            IntOp::MulConst { .. } => "mul-const",
+            IntOp::Relu => "relu",
+            IntOp::Clip { .. } => "clip",
+            IntOp::MaxPool => "maxpool",
+            IntOp::AvgPool { .. } => "avgpool",
+            IntOp::GlobalAvgPool { .. } => "global-avgpool",
+            IntOp::Pass => "pass",
+        }
+    }
+}
+
+/// A graph lowered to the integer semantics v2: every node's integer constants and every value's
+/// scale and interval.
+#[derive(Clone, Debug)]
+pub struct IntModel {
+    graph: Graph,
+    cfg: QintConfig,
+    values: Vec<Option<ValueQuant>>,
+    ops: Vec<IntOp>,
+}
+
+impl IntModel {
+    /// The graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The parameters.
+    pub fn config(&self) -> QintConfig {
+        self.cfg
+    }
+
+    /// The lowered op of node `i`.
+    pub fn op(&self, i: usize) -> Option<&IntOp> {
+        self.ops.get(i)
+    }
+
+    /// Scale and interval of value `v` (None for values the integer graph never computes).
+    pub fn value(&self, v: usize) -> Option<&ValueQuant> {
+        self.values.get(v).and_then(Option::as_ref)
+    }
+
+    /// Scale and interval of the (single) input.
+    pub fn input_quant(&self) -> Result<ValueQuant, crate::EngineError> {
+        self.graph
+            .inputs
+            .first()
+            .and_then(|&i| self.value(i))
+            .copied()
+            .ok_or_else(|| crate::EngineError::Internal("the model has no input".into()))
+    }
+
+    /// Scale and interval of the (single) output.
+    pub fn output_quant(&self) -> Result<ValueQuant, crate::EngineError> {
+        self.graph
+            .outputs
+            .first()
+            .and_then(|&i| self.value(i))
+            .copied()
+            .ok_or_else(|| crate::EngineError::Internal("the model has no output".into()))
+    }
+
+    /// The same model with every bias and added constant set to zero: what a party that may
+    /// learn the weights but not the biases (the `gc` worker) compiles. Scales, multipliers,
+    /// shifts and intervals are unchanged.
+    pub fn without_constants(&self) -> Self {
+        let mut m = self.clone();
+        for op in &mut m.ops {
+            match op {
+                IntOp::Linear(l) => l.b.iter_mut().for_each(|v| *v = 0),
+                IntOp::AddConst { c, .. } => c.iter_mut().for_each(|v| *v = 0),
+                _ => {}
+            }
+        }
+        m
+    }
+}

@@ -1,0 +1,305 @@
+//! Running a lowered [`IntModel`] on integers.
+
+use super::{IntModel, IntOp, ValueQuant};
+use crate::EngineError;
+use crate::quant::accumulate;
+use crate::window::{pool_geometry, pool_plane};
+use rayon::prelude::*;
+use tessera_model::ir::Op;
+use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
+
+/// The v2 requantization `⌊(a·m + 2^(n−1)) / 2^n⌋` (`a·m` for `n = 0`), exact in i128; `None`
+/// when `a·m` leaves i128.
+pub fn rq(a: i128, m: i64, n: u32) -> Option<i128> {
+    let p = a.checked_mul(i128::from(m))?;
+    if n == 0 {
+        return Some(p);
+    }
+    let n = n.min(126);
+    Some(p.checked_add(1i128 << (n - 1))? >> n)
+}
+
+/// [`rq`] saturated into i64 (interval arithmetic only).
+pub(super) fn rq_i128(a: i128, m: i64, n: u32) -> i64 {
+    let v = rq(a, m, n).unwrap_or(if (a < 0) == (m < 0) {
+        i128::MAX
+    } else {
+        i128::MIN
+    });
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn overflow(what: &str) -> EngineError {
+    EngineError::Overflow(format!("{what} leaves the 64-bit range"))
+}
+
+/// `clamp(rq(a; m, n), lo, hi)`.
+fn rq_clamp(a: i128, m: i64, n: u32, lo: i64, hi: i64) -> Result<i64, EngineError> {
+    let v = rq(a, m, n).ok_or_else(|| overflow("a requantization product"))?;
+    // Clamped into [lo, hi] ⊂ i64, so the cast is lossless.
+    Ok(v.clamp(i128::from(lo), i128::from(hi)) as i64)
+}
+
+fn to_i64(v: i128, what: &str) -> Result<i64, EngineError> {
+    i64::try_from(v).map_err(|_| overflow(what))
+}
+
+impl IntModel {
+    /// Quantizes a float input: `clamp(round_half_away_from_zero(x / s_in), lo_in, hi_in)`.
+    /// A non-finite element is an error.
+    pub fn quantize_input(&self, x: &Tensor) -> Result<Tensor<i64>, EngineError> {
+        crate::float::check_inputs(&self.graph, std::slice::from_ref(x))?;
+        let q = self.input_quant()?;
+        let d = x
+            .data()
+            .iter()
+            .map(|&v| {
+                if !v.is_finite() {
+                    return Err(EngineError::Input(format!("input value {v} is not finite")));
+                }
+                let r = (f64::from(v) / q.scale).round();
+                Ok(r.clamp(q.lo as f64, q.hi as f64) as i64)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let shape = self
+            .graph
+            .inputs
+            .first()
+            .map_or(&[][..], |&i| self.graph.shape(i));
+        Ok(Tensor::new(shape.to_vec(), d)?)
+    }
+
+    /// The real values of an output: each integer times the output's scale.
+    pub fn dequantize_output(&self, y: &Tensor<i64>) -> Result<Tensor, EngineError> {
+        let s = self.output_quant()?.scale;
+        Ok(y.map(|&v| (v as f64 * s) as f32))
+    }
+
+    /// Quantizes and runs; returns the output integers (logits at the output's scale).
+    pub fn run(&self, x: &Tensor) -> Result<Tensor<i64>, EngineError> {
+        let q = self.quantize_input(x)?;
+        self.run_int(&q)
+    }
+
+    /// Runs on an already-quantized input, which must lie in the input's interval.
+    pub fn run_int(&self, x: &Tensor<i64>) -> Result<Tensor<i64>, EngineError> {
+        let g = &self.graph;
+        let (&input, &output) = match (g.inputs.as_slice(), g.outputs.as_slice()) {
+            ([i], [o]) => (i, o),
+            _ => {
+                return Err(EngineError::Input(
+                    "the integer semantics v2 runs models with one input and one output".into(),
+                ));
+            }
+        };
+        if x.shape() != g.shape(input) {
+            return Err(EngineError::Input(format!(
+                "input must have shape {:?}, got {:?}",
+                g.shape(input),
+                x.shape()
+            )));
+        }
+        let iq = self.input_quant()?;
+        if let Some(v) = x.data().iter().find(|&&v| v < iq.lo || v > iq.hi) {
+            return Err(EngineError::Input(format!(
+                "input integer {v} is outside the input's interval [{}, {}]",
+                iq.lo, iq.hi
+            )));
+        }
+        let last = g.last_uses();
+        let mut vals: Vec<Option<Tensor<i64>>> = vec![None; g.values.len()];
+        if let Some(v) = vals.get_mut(input) {
+            *v = Some(x.clone());
+        }
+        for (k, (n, op)) in g.nodes.iter().zip(&self.ops).enumerate() {
+            let ins: Vec<&Tensor<i64>> = n
+                .inputs
+                .iter()
+                .map(|&i| {
+                    vals.get(i)
+                        .and_then(Option::as_ref)
+                        .ok_or_else(|| EngineError::Internal(format!("value {i} missing")))
+                })
+                .collect::<Result<_, _>>()?;
+            let out_shape = g.shape(n.output).to_vec();
+            let y = eval(&n.op, op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+            if let Some(q) = self.value(n.output)
+                && let Some(v) = y.data().iter().find(|&&v| v < q.lo || v > q.hi)
+            {
+                return Err(EngineError::Internal(format!(
+                    "node '{}' produced {v} outside its proven interval [{}, {}]",
+                    n.name, q.lo, q.hi
+                )));
+            }
+            if let Some(v) = vals.get_mut(n.output) {
+                *v = Some(y);
+            }
+            for &i in &n.inputs {
+                if last.get(i) == Some(&k)
+                    && let Some(v) = vals.get_mut(i)
+                {
+                    *v = None;
+                }
+            }
+        }
+        vals.get_mut(output)
+            .and_then(Option::take)
+            .ok_or_else(|| EngineError::Internal("output missing".into()))
+    }
+}
+
+fn first<'a>(ins: &[&'a Tensor<i64>]) -> Result<&'a Tensor<i64>, EngineError> {
+    ins.first()
+        .copied()
+        .ok_or_else(|| EngineError::Internal("an op without input".into()))
+}
+
+fn eval(
+    op: &Op,
+    q: &IntOp,
+    ins: &[&Tensor<i64>],
+    out_shape: &[usize],
+) -> Result<Tensor<i64>, EngineError> {
+    let x = first(ins)?;
+    let n_out: usize = out_shape.iter().product();
+    let y: Vec<i64> = match q {
+        IntOp::Linear(l) => {
+            let rmax = l.row_abs.iter().copied().max().unwrap_or(0);
+            let bmax = l.b.iter().map(|&v| i128::from(v).abs()).max().unwrap_or(0);
+            let acc = accumulate(op, &l.w, &l.wf, rmax, bmax, x, out_shape)?;
+            let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
+            let npos = (n_out / x.shape().first().copied().unwrap_or(1).max(1) / rows).max(1);
+            acc.iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let r = (i / npos) % rows;
+                    let (b, m) = (
+                        l.b.get(r).copied().unwrap_or(0),
+                        l.mult.get(r).copied().unwrap_or(1),
+                    );
+                    rq_clamp(i128::from(a) + i128::from(b), m, l.shift, l.lo, l.hi)
+                })
+                .collect::<Result<_, _>>()?
+        }
+        IntOp::AddAct {
+            ma,
+            mb,
+            shift,
+            lo,
+            hi,
+        } => {
+            let b = ins
+                .get(1)
+                .ok_or_else(|| EngineError::Internal("add without a second input".into()))?;
+            let s = broadcast_shapes(x.shape(), b.shape())?;
+            let ia = broadcast_index_map(x.shape(), &s);
+            let ib = broadcast_index_map(b.shape(), &s);
+            ia.iter()
+                .zip(&ib)
+                .map(|(&i, &j)| {
+                    let (p, r) = (x.data()[i], b.data()[j]);
+                    let v = i128::from(p) * i128::from(*ma) + i128::from(r) * i128::from(*mb);
+                    rq_clamp(v, 1, *shift, *lo, *hi)
+                })
+                .collect::<Result<_, _>>()?
+        }
+        IntOp::AddConst { c, neg_x } => {
+            let Op::Binary {
+                constant: Some(ct), ..
+            } = op
+            else {
+                return Err(EngineError::Internal(
+                    "add-const without its constant".into(),
+                ));
+            };
+            let xi = broadcast_index_map(x.shape(), out_shape);
+            let ci = broadcast_index_map(ct.shape(), out_shape);
+            xi.iter()
+                .zip(&ci)
+                .map(|(&i, &j)| {
+                    let (a, k) = (i128::from(x.data()[i]), i128::from(c[j]));
+                    to_i64(if *neg_x { k - a } else { k + a }, "an added constant")
+                })
+                .collect::<Result<_, _>>()?
+        }
+        IntOp::MulConst {
+            mult,
+            shift,
+            lo,
+            hi,
+        } => {
+            let Op::Binary {
+                constant: Some(ct), ..
+            } = op
+            else {
+                return Err(EngineError::Internal(
+                    "mul-const without its constant".into(),
+                ));
+            };
+            let xi = broadcast_index_map(x.shape(), out_shape);
+            let ci = broadcast_index_map(ct.shape(), out_shape);
+            xi.iter()
+                .zip(&ci)
+                .map(|(&i, &j)| rq_clamp(i128::from(x.data()[i]), mult[j], *shift, *lo, *hi))
+                .collect::<Result<_, _>>()?
+        }
+        IntOp::Relu => x.data().iter().map(|&v| v.max(0)).collect(),
+        IntOp::Clip { lo, hi } => x.data().iter().map(|&v| v.max(*lo).min(*hi)).collect(),
+        IntOp::MaxPool | IntOp::AvgPool { .. } => {
+            let (Op::MaxPool(p) | Op::AvgPool(p)) = op else {
+                return Err(EngineError::Internal("pool op without its window".into()));
+            };
+            let g = pool_geometry(p, x.shape(), out_shape);
+            let (pin, pout) = (g.h * g.w, g.oh * g.ow);
+            let mut out = vec![0i64; n_out];
+            match q {
+                IntOp::MaxPool => {
+                    out.par_chunks_mut(pout.max(1))
+                        .enumerate()
+                        .for_each(|(pl, o)| {
+                            let xs = &x.data()[pl * pin..(pl + 1) * pin];
+                            pool_plane(xs, &g, i64::MIN, i64::max, |a, _, _| a, o);
+                        })
+                }
+                IntOp::AvgPool { mult, shift } => {
+                    // Sums in i128: no window of i64 values leaves it.
+                    let mut sums = vec![0i128; n_out];
+                    sums.par_chunks_mut(pout.max(1))
+                        .enumerate()
+                        .for_each(|(pl, o)| {
+                            let xs = &x.data()[pl * pin..(pl + 1) * pin];
+                            pool_plane(xs, &g, 0i128, |a, v| a + i128::from(v), |a, _, _| a, o);
+                        });
+                    for (i, (o, s)) in out.iter_mut().zip(&sums).enumerate() {
+                        let m = mult.get(i % pout.max(1)).copied().unwrap_or(1);
+                        let v = rq(*s, m, *shift).ok_or_else(|| overflow("a pooling sum"))?;
+                        *o = to_i64(v, "a pooled value")?;
+                    }
+                }
+                _ => {}
+            }
+            out
+        }
+        IntOp::GlobalAvgPool { mult, shift } => {
+            let hw =
+                x.shape().get(2).copied().unwrap_or(1) * x.shape().get(3).copied().unwrap_or(1);
+            x.data()
+                .chunks(hw.max(1))
+                .map(|c| {
+                    let s: i128 = c.iter().map(|&v| i128::from(v)).sum();
+                    let v = rq(s, *mult, *shift).ok_or_else(|| overflow("a pooling sum"))?;
+                    to_i64(v, "a pooled value")
+                })
+                .collect::<Result<_, _>>()?
+        }
+        IntOp::Pass => x.data().to_vec(),
+    };
+    Ok(Tensor::new(out_shape.to_vec(), y)?)
+}
+
+impl ValueQuant {
+    /// The real value of integer `q`.
+    pub fn real(&self, q: i64) -> f64 {
+        q as f64 * self.scale
+    }
+}

@@ -1,0 +1,428 @@
+//! The integer semantics v2 against an independent i128 oracle: naive loops over the lowered
+//! constants (`IntModel::op`), no GEMM, no im2col, no shared helpers, on random networks with
+//! grouped and depthwise convolutions, residual adds, clips, pools and constant ops.
+
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tessera_engine::qint::{
+    Calibration, IntModel, IntOp, QintConfig, default_calibration_inputs, rq,
+};
+use tessera_model::ir::{Graph, Op};
+use tessera_model::{GraphBuilder, Tensor};
+
+fn ref_rq(a: i128, m: i64, n: u32) -> i128 {
+    let p = a * i128::from(m);
+    if n == 0 {
+        p
+    } else {
+        (p + (1i128 << (n - 1))).div_euclid(1i128 << n)
+    }
+}
+
+/// Strides of a row-major shape.
+fn strides(s: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; s.len()];
+    for i in (0..s.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1] * s[i + 1];
+    }
+    st
+}
+
+/// Index into `src` (shape `ss`) for output multi-index of flat `i` in `os` (numpy broadcast).
+fn bidx(i: usize, os: &[usize], ss: &[usize]) -> usize {
+    let ost = strides(os);
+    let sst = strides(ss);
+    let off = os.len() - ss.len();
+    let mut j = 0;
+    for (d, &st) in ost.iter().enumerate() {
+        let c = (i / st) % os[d];
+        if d >= off && ss[d - off] != 1 {
+            j += c * sst[d - off];
+        }
+    }
+    j
+}
+
+fn oracle(m: &IntModel, x: &Tensor<i64>) -> Vec<i128> {
+    let g = m.graph();
+    let mut vals: Vec<Option<(Vec<usize>, Vec<i128>)>> = vec![None; g.values.len()];
+    vals[g.inputs[0]] = Some((
+        x.shape().to_vec(),
+        x.data().iter().map(|&v| i128::from(v)).collect(),
+    ));
+    for (ni, n) in g.nodes.iter().enumerate() {
+        let (xs, xv) = vals[n.inputs[0]].clone().expect("input");
+        let os = g.shape(n.output).to_vec();
+        let len: usize = os.iter().product();
+        let op = m.op(ni).expect("op");
+        let clamp = |v: i128, lo: i64, hi: i64| v.clamp(i128::from(lo), i128::from(hi));
+        let y: Vec<i128> = match (&n.op, op) {
+            (Op::Conv(c), IntOp::Linear(l)) => {
+                let (nb, ci, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+                let (co, oh, ow) = (os[1], os[2], os[3]);
+                let (kh, kw) = (c.weight.shape()[2], c.weight.shape()[3]);
+                let (cig, cog) = (ci / c.groups, co / c.groups);
+                let mut y = vec![0; len];
+                for b in 0..nb {
+                    for o in 0..co {
+                        let gr = o / cog;
+                        for oy in 0..oh {
+                            for ox in 0..ow {
+                                let mut acc = i128::from(l.b[o]);
+                                for cc in 0..cig {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            let iy = (oy * c.strides[0] + ky * c.dilations[0])
+                                                as isize
+                                                - c.pads[0] as isize;
+                                            let ix = (ox * c.strides[1] + kx * c.dilations[1])
+                                                as isize
+                                                - c.pads[1] as isize;
+                                            if iy < 0
+                                                || ix < 0
+                                                || iy >= h as isize
+                                                || ix >= w as isize
+                                            {
+                                                continue;
+                                            }
+                                            let xin = xv[((b * ci + gr * cig + cc) * h
+                                                + iy as usize)
+                                                * w
+                                                + ix as usize];
+                                            let wv = l.w[((o * cig + cc) * kh + ky) * kw + kx];
+                                            acc += i128::from(wv) * xin;
+                                        }
+                                    }
+                                }
+                                y[((b * co + o) * oh + oy) * ow + ox] =
+                                    clamp(ref_rq(acc, l.mult[o], l.shift), l.lo, l.hi);
+                            }
+                        }
+                    }
+                }
+                y
+            }
+            (Op::Dense(_), IntOp::Linear(l)) => {
+                let (nb, k) = (xs[0], xs[1]);
+                let mo = os[1];
+                let mut y = vec![0; len];
+                for b in 0..nb {
+                    for r in 0..mo {
+                        let mut acc = i128::from(l.b[r]);
+                        for j in 0..k {
+                            acc += i128::from(l.w[r * k + j]) * xv[b * k + j];
+                        }
+                        y[b * mo + r] = clamp(ref_rq(acc, l.mult[r], l.shift), l.lo, l.hi);
+                    }
+                }
+                y
+            }
+            (
+                _,
+                IntOp::AddAct {
+                    ma,
+                    mb,
+                    shift,
+                    lo,
+                    hi,
+                },
+            ) => {
+                let (bs, bv) = vals[n.inputs[1]].clone().expect("second input");
+                (0..len)
+                    .map(|i| {
+                        let a = xv[bidx(i, &os, &xs)];
+                        let b = bv[bidx(i, &os, &bs)];
+                        clamp(
+                            ref_rq(a * i128::from(*ma) + b * i128::from(*mb), 1, *shift),
+                            *lo,
+                            *hi,
+                        )
+                    })
+                    .collect()
+            }
+            (
+                Op::Binary {
+                    constant: Some(c), ..
+                },
+                IntOp::AddConst { c: cq, neg_x },
+            ) => (0..len)
+                .map(|i| {
+                    let a = xv[bidx(i, &os, &xs)];
+                    let k = i128::from(cq[bidx(i, &os, c.shape())]);
+                    if *neg_x { k - a } else { k + a }
+                })
+                .collect(),
+            (
+                Op::Binary {
+                    constant: Some(c), ..
+                },
+                IntOp::MulConst {
+                    mult,
+                    shift,
+                    lo,
+                    hi,
+                },
+            ) => (0..len)
+                .map(|i| {
+                    let a = xv[bidx(i, &os, &xs)];
+                    clamp(ref_rq(a, mult[bidx(i, &os, c.shape())], *shift), *lo, *hi)
+                })
+                .collect(),
+            (_, IntOp::Relu) => xv.iter().map(|&v| v.max(0)).collect(),
+            (_, IntOp::Clip { lo, hi }) => xv.iter().map(|&v| clamp(v, *lo, *hi)).collect(),
+            (Op::MaxPool(p) | Op::AvgPool(p), _) => {
+                let (nb, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+                let (oh, ow) = (os[2], os[3]);
+                let mut y = vec![0; len];
+                for pl in 0..nb * c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let (mut best, mut sum, mut padded) = (i128::MIN, 0i128, 0usize);
+                            let mut valid = 0;
+                            for ky in 0..p.kernel[0] {
+                                for kx in 0..p.kernel[1] {
+                                    let iy = (oy * p.strides[0] + ky * p.dilations[0]) as isize
+                                        - p.pads[0] as isize;
+                                    let ix = (ox * p.strides[1] + kx * p.dilations[1]) as isize
+                                        - p.pads[1] as isize;
+                                    if iy >= -(p.pads[0] as isize)
+                                        && iy < (h + p.pads[2]) as isize
+                                        && ix >= -(p.pads[1] as isize)
+                                        && ix < (w + p.pads[3]) as isize
+                                    {
+                                        padded += 1;
+                                    }
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
+                                        let v = xv[(pl * h + iy as usize) * w + ix as usize];
+                                        best = best.max(v);
+                                        sum += v;
+                                        valid += 1;
+                                    }
+                                }
+                            }
+                            let _ = (padded, valid);
+                            y[(pl * oh + oy) * ow + ox] = match op {
+                                IntOp::MaxPool => best,
+                                IntOp::AvgPool { mult, shift } => {
+                                    ref_rq(sum, mult[oy * ow + ox], *shift)
+                                }
+                                _ => unreachable!("pool op"),
+                            };
+                        }
+                    }
+                }
+                y
+            }
+            (_, IntOp::GlobalAvgPool { mult, shift }) => {
+                let hw = xs[2] * xs[3];
+                xv.chunks(hw)
+                    .map(|c| ref_rq(c.iter().sum(), *mult, *shift))
+                    .collect()
+            }
+            (_, IntOp::Pass) => xv.clone(),
+            (op, l) => panic!("oracle has no rule for {} as {}", op.kind(), l.kind()),
+        };
+        vals[n.output] = Some((os, y));
+    }
+    vals[g.outputs[0]].clone().expect("output").1
+}
+
+/// A small residual CNN with every op of v2 (`builders::mix`): input normalisation (Sub, Mul
+/// by constants), a grouped conv, a depthwise conv with ReLU6 (Clip), a residual Add, a padded
+/// 3×3 average pool (divisors 4, 6 and 9), a max pool, global average pooling and a dense head.
+fn residual_net(seed: u64, c: usize, hw: usize) -> Graph {
+    tessera_model::builders::mix(hw, c, seed).expect("builds")
+}
+
+fn model(g: &Graph, cfg: QintConfig, seed: u64) -> IntModel {
+    let inputs = default_calibration_inputs(g, 0.0, 1.0, 8, seed).expect("inputs");
+    let cal = Calibration::from_inputs(g, &inputs, "generated").expect("calibration");
+    IntModel::new(g, cfg, &cal).expect("lowers")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_residual_nets_match_the_oracle(
+        seed in any::<u64>(),
+        c in 1usize..=3,
+        hw in 4usize..=9,
+        mult_bits in 1u32..=16,
+        aux_mult_bits in 1u32..=16,
+        act_bits in 2u32..=10,
+        weight_bits in 2u32..=10,
+    ) {
+        let g = residual_net(seed, c * 3, hw);
+        let cfg = QintConfig { weight_bits, act_bits, out_bits: 16, mult_bits, aux_mult_bits };
+        let m = model(&g, cfg, seed);
+        let iq = m.input_quant().expect("input");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 1);
+        let shape = g.shape(g.inputs[0]).to_vec();
+        let len: usize = shape.iter().product();
+        // Inputs anywhere in the input's interval, the extremes included.
+        let x = Tensor::new(shape, (0..len).map(|i| match i % 7 {
+            0 => iq.lo,
+            1 => iq.hi,
+            _ => rng.random_range(iq.lo..=iq.hi),
+        }).collect()).expect("x");
+        let got = m.run_int(&x).expect("runs");
+        let want = oracle(&m, &x);
+        prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn requantization_is_the_rounded_floor(a in -(1i64 << 40)..(1i64 << 40), m in -(1i64 << 20)..(1i64 << 20), n in 0u32..=40) {
+        prop_assert_eq!(rq(i128::from(a), m, n), Some(ref_rq(i128::from(a), m, n)));
+    }
+}
+
+#[test]
+fn requantization_rounds_half_up() {
+    assert_eq!(rq(3, 1, 1), Some(2)); // 1.5 → 2
+    assert_eq!(rq(-3, 1, 1), Some(-1)); // −1.5 → −1
+    assert_eq!(rq(-1, 1, 1), Some(0)); // −0.5 → 0
+    assert_eq!(rq(5, 3, 2), Some(4)); // 15/4 = 3.75 → 4
+    assert_eq!(rq(i128::MAX, 2, 0), None);
+}
+
+#[test]
+fn weights_use_their_bits_and_scales_are_exact() {
+    let g = residual_net(7, 9, 8);
+    for b in [3u32, 8] {
+        let m = model(
+            &g,
+            QintConfig {
+                mult_bits: b,
+                ..QintConfig::default()
+            },
+            7,
+        );
+        let top = (1i64 << b) - 1;
+        let mut linear = 0;
+        for i in 0..g.nodes.len() {
+            if let Some(IntOp::Linear(l)) = m.op(i) {
+                linear += 1;
+                let wmax = l.w.iter().map(|v| v.abs()).max().expect("weights");
+                assert!(wmax <= 127, "8-bit weights, got {wmax}");
+                // The largest channel uses most of its range: the ceiling of a normalised
+                // multiplier m ≥ 2^(B−1) wastes at most a factor m / (m + 1).
+                let floor = 127 * (top / 2 + 1) / (top / 2 + 2);
+                assert!(
+                    wmax >= floor,
+                    "B = {b}: weights use their range, got {wmax} < {floor}"
+                );
+                assert!(l.mult.iter().all(|&m| (1..=top).contains(&m)));
+                assert!(
+                    l.mult.iter().any(|&m| m > top / 2),
+                    "B = {b}: one channel's multiplier is normalised"
+                );
+            }
+        }
+        assert_eq!(linear, 4);
+    }
+}
+
+#[test]
+fn inputs_saturate_and_intervals_hold() {
+    let g = residual_net(3, 6, 6);
+    let m = model(&g, QintConfig::default(), 3);
+    let iq = m.input_quant().expect("input");
+    assert_eq!(
+        (iq.lo, iq.hi),
+        (0, 255),
+        "a non-negative input is unsigned 8-bit"
+    );
+    let big = Tensor::new(g.shape(g.inputs[0]).to_vec(), vec![1e6; 108]).expect("x");
+    let q = m.quantize_input(&big).expect("quantizes");
+    assert!(q.data().iter().all(|&v| v == 255), "saturates at the top");
+    let out = m.run(&big).expect("runs");
+    let oq = m.output_quant().expect("output");
+    assert!(out.data().iter().all(|&v| v >= oq.lo && v <= oq.hi));
+    assert_eq!((oq.lo, oq.hi), (-32767, 32767), "16-bit signed logits");
+    let outside = Tensor::new(q.shape().to_vec(), vec![256; 108]).expect("x");
+    assert!(
+        m.run_int(&outside).is_err(),
+        "an input outside the interval is refused"
+    );
+    let nan = Tensor::new(g.shape(g.inputs[0]).to_vec(), vec![f32::NAN; 108]).expect("x");
+    assert!(m.quantize_input(&nan).is_err());
+}
+
+#[test]
+fn v2_tracks_the_float_engine() {
+    // Over generated inputs in the calibration range, the dequantized logits stay close to the
+    // float ones: the largest error is under 5% of the largest logit.
+    let g = residual_net(11, 9, 8);
+    let m = model(&g, QintConfig::default(), 11);
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 16, 99).expect("inputs");
+    let (mut err, mut top) = (0f32, 0f32);
+    for x in &xs {
+        let f = tessera_engine::run_f32(&g, std::slice::from_ref(x)).expect("float");
+        let q = m.dequantize_output(&m.run(x).expect("int")).expect("deq");
+        for (a, b) in f[0].data().iter().zip(q.data()) {
+            err = err.max((a - b).abs());
+            top = top.max(a.abs());
+        }
+    }
+    assert!(
+        err <= 0.05 * top,
+        "max error {err} against max |logit| {top}"
+    );
+}
+
+#[test]
+fn bad_configs_and_ops_are_refused() {
+    let g = residual_net(1, 6, 5);
+    let inputs = default_calibration_inputs(&g, 0.0, 1.0, 2, 1).expect("inputs");
+    let cal = Calibration::from_inputs(&g, &inputs, "generated").expect("calibration");
+    for cfg in [
+        QintConfig {
+            weight_bits: 1,
+            ..QintConfig::default()
+        },
+        QintConfig {
+            act_bits: 17,
+            ..QintConfig::default()
+        },
+        QintConfig {
+            mult_bits: 0,
+            ..QintConfig::default()
+        },
+        QintConfig {
+            aux_mult_bits: 25,
+            ..QintConfig::default()
+        },
+    ] {
+        assert!(IntModel::new(&g, cfg, &cal).is_err());
+    }
+    let mut short = cal.clone();
+    short.ranges.pop_last();
+    let e = IntModel::new(&g, QintConfig::default(), &short)
+        .expect_err("a value without a range is refused")
+        .to_string();
+    assert!(e.contains("has no range for value"), "{e}");
+    // The calibration is keyed by value name, so it survives an ONNX export and re-import.
+    let bytes = tessera_model::export::export_model(&g).expect("exports");
+    let back = tessera_model::import_model(&bytes, &tessera_model::ImportOptions::default())
+        .expect("imports");
+    let x = default_calibration_inputs(&g, 0.0, 1.0, 1, 5)
+        .expect("input")
+        .remove(0);
+    let a = IntModel::new(&g, QintConfig::default(), &cal).expect("lowers");
+    let b = IntModel::new(&back, QintConfig::default(), &cal).expect("lowers the re-import");
+    assert_eq!(a.run(&x).expect("runs"), b.run(&x).expect("runs"));
+    // A float-only op is refused with the node named.
+    let mut b = GraphBuilder::new("t", 0);
+    let x = b.input("x", vec![1, 4]).expect("input");
+    let y = b.push("sig", Op::Sigmoid, vec![x], "").expect("sigmoid");
+    let g = b.finish(vec![y]).expect("graph");
+    let inputs = default_calibration_inputs(&g, 0.0, 1.0, 2, 1).expect("inputs");
+    let cal = Calibration::from_inputs(&g, &inputs, "generated").expect("calibration");
+    let e = IntModel::new(&g, QintConfig::default(), &cal)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("sig") && e.contains("Sigmoid"), "{e}");
+}
