@@ -29,8 +29,8 @@
 //! l ≥ 2 at k ≥ 5, l floor-halvings ([`crate::gadget::rescale_pow2`]) otherwise. The choice
 //! depends only on (k, l), so garbler and evaluator make the same one.
 //!
-//! **Pooling first.** A MaxPool whose input comes straight from a ReLU or a rescale (and feeds
-//! nothing else) is moved before them: both are monotone non-decreasing, so
+//! **Pooling first.** A MaxPool whose input comes straight from a ReLU, a clamp or a rescale (and feeds
+//! nothing else) is moved before them: all are monotone non-decreasing, so
 //! max(relu(rescale(a)), relu(rescale(b))) = relu(rescale(max(a, b))) exactly, and a 2×2 pool
 //! then costs 3 max2 on the accumulators plus one rescale and one ReLU per *pooled* value instead
 //! of four of each. The price is range: the max2 compares accumulators, so the CRT range must
@@ -81,6 +81,8 @@
 //!   [`GarbleSecrets`] by value and returns only an [`OutputKey`] (the output digests, no seed,
 //!   no Δ): a second encoding under the same garbling does not compile.
 
+mod qint;
+
 use std::io::{BufReader, BufWriter, Read, Write};
 
 use rayon::prelude::*;
@@ -96,9 +98,7 @@ use crate::GarbleError;
 use crate::ProjectionBatch;
 use crate::cost::{CIPHERTEXT_BYTES, GarbleCost};
 use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
-use crate::gadget::{
-    Backend, BatchSink, LayerGarbleBackend, checked_phi, max2, relu, rescale_pow2,
-};
+use crate::gadget::{Backend, BatchSink, LayerGarbleBackend, checked_phi, max2, rescale_pow2};
 use crate::gadget::{rescale_pow2_cost, rescale_pow2_onestep, rescale_pow2_onestep_cost};
 use crate::gate::{Evaluator, Garbler};
 use crate::label::Seed;
@@ -141,8 +141,11 @@ enum StepOp {
     Gather { idx: Vec<u32> },
     /// Rescale by 2^bits, round half up.
     Rescale { bits: u32 },
-    /// max(x, 0).
-    Relu,
+    /// max(x, 0); the sign over the first `sign_primes` primes (0: all k), enough when
+    /// |x| < their product / 2 ([`NetworkCircuit::sign_bases`]).
+    Relu { sign_primes: u8 },
+    /// clamp(x, lo, hi) = lo + relu(x − lo) − relu(x − hi) (two ReLUs), signs as for `Relu`.
+    Clamp { lo: i64, hi: i64, sign_primes: u8 },
     /// out[i] = max_t x[idx[t, i]] over `window` candidates (padding replaced by an in-range one).
     MaxPool { idx: Vec<u32>, window: usize },
     /// out[i] = Σ_t x[idx[t, i]] (NONE adds nothing).
@@ -162,7 +165,8 @@ impl StepOp {
             StepOp::Neg => "neg",
             StepOp::Gather { .. } => "broadcast",
             StepOp::Rescale { .. } => "rescale",
-            StepOp::Relu => "relu",
+            StepOp::Relu { .. } => "relu",
+            StepOp::Clamp { .. } => "clamp",
             StepOp::MaxPool { .. } => "maxpool",
             StepOp::SumPool { .. } => "sumpool",
             StepOp::Add => "add",
@@ -291,6 +295,120 @@ fn block_diagonal(
     Ok(out)
 }
 
+/// The free label GEMM of a 2-D convolution over NCHW with integer `weights` in the weight
+/// tensor's layout: an im2col gather table and the weight matrix (block-diagonal for grouped and
+/// depthwise convolutions). Returns the step, the output positions per plane and C_out.
+fn conv_step(
+    c: &tessera_model::ir::Conv,
+    in_shape: &[usize],
+    out_shape: &[usize],
+    weights: Vec<i64>,
+    name: &str,
+) -> Result<(StepOp, usize, usize), GarbleError> {
+    let ws = c.weight.shape();
+    if in_shape.len() != 4 || out_shape.len() != 4 || ws.len() != 4 {
+        return Err(unsupported(name, "a convolution that is not 2-D over NCHW"));
+    }
+    let geo = conv_geometry(c, in_shape, out_shape);
+    let (images, ci, co) = (in_shape[0], in_shape[1], out_shape[1]);
+    let groups = c.groups;
+    if groups == 0
+        || !ci.is_multiple_of(groups)
+        || !co.is_multiple_of(groups)
+        || ws[0] != co
+        || ws[1] != ci / groups
+    {
+        return Err(unsupported(
+            name,
+            "weight shape does not match the channels and groups",
+        ));
+    }
+    let plane = window_table(&geo, ci, name)?;
+    // window_table is [window, ci·npos]; im2col wants [ci·window, npos].
+    let (window, npos) = (geo.k[0] * geo.k[1], geo.oh * geo.ow);
+    let kk = ci * window;
+    let mut gather = vec![NONE; kk * npos];
+    for (c_in, rows) in gather.chunks_exact_mut(window * npos).enumerate() {
+        for (t, row) in rows.chunks_exact_mut(npos).enumerate() {
+            let src = plane
+                .get(t * ci * npos + c_in * npos..t * ci * npos + (c_in + 1) * npos)
+                .ok_or(GarbleError::Internal("conv table"))?;
+            row.copy_from_slice(src);
+        }
+    }
+    // A grouped (or depthwise) convolution is the dense one whose weight matrix is
+    // block-diagonal: output channel o reads only its group's input channels, every
+    // other weight is zero. Exact, since zeros add nothing; the free label GEMM does
+    // `groups` times the work of a per-group product.
+    let weights = if groups == 1 {
+        weights
+    } else {
+        block_diagonal(&weights, co, ci, groups, window, name)?
+    };
+    Ok((
+        StepOp::Linear {
+            weights,
+            rows: co,
+            kk,
+            npos,
+            images,
+            in_image: ci * geo.h * geo.w,
+            gather: Some(gather),
+        },
+        npos,
+        co,
+    ))
+}
+
+/// The candidate table of a max pool (`[window, out_len]`; a padded position takes the window's
+/// first in-range one, since max is idempotent).
+fn max_pool_table(
+    p: &tessera_model::ir::Pool,
+    in_shape: &[usize],
+    out_shape: &[usize],
+    out_len: usize,
+    name: &str,
+) -> Result<(Vec<u32>, usize), GarbleError> {
+    if in_shape.len() != 4 || out_shape.len() != 4 {
+        return Err(unsupported(name, "pooling that is not 2-D over NCHW"));
+    }
+    let geo = pool_geometry(p, in_shape, out_shape);
+    let window = geo.k[0] * geo.k[1];
+    let mut idx = window_table(&geo, in_shape[0] * in_shape[1], name)?;
+    for i in 0..out_len {
+        let first = (0..window)
+            .filter_map(|t| idx.get(t * out_len + i).copied())
+            .find(|&v| v != NONE)
+            .ok_or_else(|| unsupported(name, "a pooling window with no input"))?;
+        for t in 0..window {
+            if let Some(v) = idx.get_mut(t * out_len + i)
+                && *v == NONE
+            {
+                *v = first;
+            }
+        }
+    }
+    Ok((idx, window))
+}
+
+/// The sum table of global average pooling over NCHW: `[H·W, N·C]`.
+fn global_pool_table(in_shape: &[usize], name: &str) -> Result<(Vec<u32>, usize), GarbleError> {
+    if in_shape.len() != 4 {
+        return Err(unsupported(name, "global pooling that is not over NCHW"));
+    }
+    let hw = in_shape[2] * in_shape[3];
+    let planes = in_shape[0] * in_shape[1];
+    let mut idx = vec![0u32; hw * planes];
+    for t in 0..hw {
+        for pl in 0..planes {
+            if let Some(v) = idx.get_mut(t * planes + pl) {
+                *v = to_u32(pl * hw + t, name)?;
+            }
+        }
+    }
+    Ok((idx, hw))
+}
+
 fn map_u32(m: Vec<usize>, node: &str) -> Result<Vec<u32>, GarbleError> {
     m.into_iter().map(|i| to_u32(i, node)).collect()
 }
@@ -364,61 +482,9 @@ impl Compiler<'_> {
         let f = frac_bits;
         let slot = match &n.op {
             Op::Conv(c) => {
-                let ws = c.weight.shape();
-                if in_shape.len() != 4 || out_shape.len() != 4 || ws.len() != 4 {
-                    return Err(unsupported(name, "a convolution that is not 2-D over NCHW"));
-                }
-                let geo = conv_geometry(c, &in_shape, &out_shape);
-                let (images, ci, co) = (in_shape[0], in_shape[1], out_shape[1]);
-                let groups = c.groups;
-                if groups == 0
-                    || !ci.is_multiple_of(groups)
-                    || !co.is_multiple_of(groups)
-                    || ws[0] != co
-                    || ws[1] != ci / groups
-                {
-                    return Err(unsupported(
-                        name,
-                        "weight shape does not match the channels and groups",
-                    ));
-                }
-                let plane = window_table(&geo, ci, name)?;
-                // window_table is [window, ci·npos]; im2col wants [ci·window, npos].
-                let (window, npos) = (geo.k[0] * geo.k[1], geo.oh * geo.ow);
-                let kk = ci * window;
-                let mut gather = vec![NONE; kk * npos];
-                for (c_in, rows) in gather.chunks_exact_mut(window * npos).enumerate() {
-                    for (t, row) in rows.chunks_exact_mut(npos).enumerate() {
-                        let src = plane
-                            .get(t * ci * npos + c_in * npos..t * ci * npos + (c_in + 1) * npos)
-                            .ok_or(GarbleError::Internal("conv table"))?;
-                        row.copy_from_slice(src);
-                    }
-                }
                 let weights = quantize_all(c.weight.data(), f, name)?;
-                // A grouped (or depthwise) convolution is the dense one whose weight matrix is
-                // block-diagonal: output channel o reads only its group's input channels, every
-                // other weight is zero. Exact, since zeros add nothing; the free label GEMM does
-                // `groups` times the work of a per-group product.
-                let weights = if groups == 1 {
-                    weights
-                } else {
-                    block_diagonal(&weights, co, ci, groups, window, name)?
-                };
-                let acc = self.push(
-                    ni,
-                    x,
-                    StepOp::Linear {
-                        weights,
-                        rows: co,
-                        kk,
-                        npos,
-                        images,
-                        in_image: ci * geo.h * geo.w,
-                        gather: Some(gather),
-                    },
-                    out_len,
-                );
+                let (linear, npos, co) = conv_step(c, &in_shape, &out_shape, weights, name)?;
+                let acc = self.push(ni, x, linear, out_len);
                 let acc = match &c.bias {
                     Some(b) => {
                         let consts = quantize_all(b.data(), 2 * f, name)?;
@@ -554,28 +620,9 @@ impl Compiler<'_> {
                 });
                 output
             }
-            Op::Relu => self.push(ni, x, StepOp::Relu, out_len),
+            Op::Relu => self.push(ni, x, StepOp::Relu { sign_primes: 0 }, out_len),
             Op::MaxPool(p) => {
-                if in_shape.len() != 4 || out_shape.len() != 4 {
-                    return Err(unsupported(name, "pooling that is not 2-D over NCHW"));
-                }
-                let geo = pool_geometry(p, &in_shape, &out_shape);
-                let window = geo.k[0] * geo.k[1];
-                let mut idx = window_table(&geo, in_shape[0] * in_shape[1], name)?;
-                // Max is idempotent: a padded position takes the window's first in-range one.
-                for i in 0..out_len {
-                    let first = (0..window)
-                        .filter_map(|t| idx.get(t * out_len + i).copied())
-                        .find(|&v| v != NONE)
-                        .ok_or_else(|| unsupported(name, "a pooling window with no input"))?;
-                    for t in 0..window {
-                        if let Some(v) = idx.get_mut(t * out_len + i)
-                            && *v == NONE
-                        {
-                            *v = first;
-                        }
-                    }
-                }
+                let (idx, window) = max_pool_table(p, &in_shape, &out_shape, out_len, name)?;
                 self.push(ni, x, StepOp::MaxPool { idx, window }, out_len)
             }
             Op::AvgPool(p) => {
@@ -613,24 +660,12 @@ impl Compiler<'_> {
                 self.push(ni, sum, StepOp::Rescale { bits }, out_len)
             }
             Op::GlobalAvgPool => {
-                if in_shape.len() != 4 {
-                    return Err(unsupported(name, "global pooling that is not over NCHW"));
-                }
-                let hw = in_shape[2] * in_shape[3];
+                let (idx, hw) = global_pool_table(&in_shape, name)?;
                 if !hw.is_power_of_two() {
                     return Err(unsupported(
                         name,
                         format!("global average pooling divides by {hw}, not a power of two"),
                     ));
-                }
-                let planes = in_shape[0] * in_shape[1];
-                let mut idx = vec![0u32; hw * planes];
-                for t in 0..hw {
-                    for pl in 0..planes {
-                        if let Some(v) = idx.get_mut(t * planes + pl) {
-                            *v = to_u32(pl * hw + t, name)?;
-                        }
-                    }
                 }
                 let sum = self.push(ni, x, StepOp::SumPool { idx, window: hw }, out_len);
                 self.push(
@@ -672,6 +707,67 @@ pub fn rescale_gadget<B: Backend>(
         (Ok(o), Ok(h)) if o < h => rescale_pow2_onestep(b, x, l),
         _ => rescale_pow2(b, x, l),
     }
+}
+
+/// The largest magnitude a clamp to `[lo, hi]` outputs.
+fn clamp_bound(lo: i64, hi: i64) -> u128 {
+    u128::from(lo.unsigned_abs()).max(u128::from(hi.unsigned_abs()))
+}
+
+/// ReLU of the residue wires `x` with the sign computed over the first `sign_primes` of them (0:
+/// all): exact when |x| is below half the product of those primes, since x is then determined by
+/// its residues modulo them; the bit × residue products still cover every residue.
+pub fn relu_narrow<B: Backend>(
+    b: &mut B,
+    x: &[B::Wire],
+    sign_primes: u8,
+) -> Result<Vec<B::Wire>, GarbleError> {
+    let j = match usize::from(sign_primes) {
+        0 => x.len(),
+        j => j,
+    };
+    let head = x.get(..j).ok_or(GarbleError::Internal(
+        "a sign over more primes than the wire has",
+    ))?;
+    let s = crate::gadget::sign(b, head)?;
+    let positive = b.add_const(&s, 1)?;
+    x.iter()
+        .map(|r| crate::gadget::mul_bit(b, &positive, r))
+        .collect()
+}
+
+/// `clamp(x, lo, hi) = lo + relu(x − lo) − relu(x − hi)` over the residue wires `x` (exact when
+/// |x| + max(|lo|, |hi|) is below half the product of the primes the signs use; `lo ≤ hi`).
+pub fn clamp<B: Backend>(
+    b: &mut B,
+    x: &[B::Wire],
+    lo: i64,
+    hi: i64,
+    sign_primes: u8,
+) -> Result<Vec<B::Wire>, GarbleError> {
+    if lo > hi {
+        return Err(GarbleError::Internal("a clamp with lo > hi"));
+    }
+    let shift = |b: &mut B, c: i64| -> Result<Vec<B::Wire>, GarbleError> {
+        x.iter()
+            .map(|w| {
+                let q = i64::from(b.modulus_of(w).q());
+                b.add_const(w, c.rem_euclid(q) as u64)
+            })
+            .collect()
+    };
+    let below = shift(b, -lo)?;
+    let above = shift(b, -hi)?;
+    let r1 = relu_narrow(b, &below, sign_primes)?;
+    let r2 = relu_narrow(b, &above, sign_primes)?;
+    r1.iter()
+        .zip(&r2)
+        .map(|(p, r)| {
+            let d = b.sub(p, r)?;
+            let q = i64::from(b.modulus_of(&d).q());
+            b.add_const(&d, lo.rem_euclid(q) as u64)
+        })
+        .collect()
 }
 
 impl NetworkCircuit {
@@ -871,9 +967,14 @@ impl NetworkCircuit {
                         m_in.saturating_add(half) >> bits
                     }
                 }
-                StepOp::Relu => {
+                StepOp::Relu { .. } => {
                     need = need.max(m_in.saturating_add(1));
                     m_in
+                }
+                StepOp::Clamp { lo, hi, .. } => {
+                    let b = clamp_bound(*lo, *hi);
+                    need = need.max(m_in.saturating_add(b).saturating_add(1));
+                    b
                 }
                 StepOp::MaxPool { .. } => {
                     need = need.max(m_in.saturating_mul(2).saturating_add(1));
@@ -983,7 +1084,12 @@ impl NetworkCircuit {
                     .map(|w| b.linear(w, s.len, &|_, n, d| gather_digits(n, d, idx)))
                     .collect::<Result<_, _>>()?,
                 StepOp::Rescale { bits } => rescale_gadget(b, x, *bits)?,
-                StepOp::Relu => relu(b, x)?,
+                StepOp::Relu { sign_primes } => relu_narrow(b, x, *sign_primes)?,
+                StepOp::Clamp {
+                    lo,
+                    hi,
+                    sign_primes,
+                } => clamp(b, x, *lo, *hi, *sign_primes)?,
                 StepOp::MaxPool { idx, window } => {
                     let mut cands: Vec<Vec<B::Wire>> = (0..*window)
                         .map(|t| {
@@ -1205,7 +1311,10 @@ fn pool_before_monotone(steps: &mut [Step], slots: usize, output: usize) {
             let (Some(prev), Some(pool)) = (head.last_mut(), tail.first_mut()) else {
                 break;
             };
-            let monotone = matches!(prev.op, StepOp::Relu | StepOp::Rescale { .. });
+            let monotone = matches!(
+                prev.op,
+                StepOp::Relu { .. } | StepOp::Rescale { .. } | StepOp::Clamp { .. }
+            );
             if !matches!(pool.op, StepOp::MaxPool { .. })
                 || !monotone
                 || prev.output != pool.input

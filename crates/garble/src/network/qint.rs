@@ -1,0 +1,586 @@
+//! Compiling a network lowered to the integer semantics v2 ([`tessera_engine::qint`]) into a
+//! circuit, and the sound CRT range of such a circuit from its own constants.
+//!
+//! | v2 op | steps | cost |
+//! |---|---|---|
+//! | Conv / Dense | label GEMM with the public integer weights, garbled bias, public per-channel multiplier m_c, rescale by 2^n, clamp to the output interval | free, free, free, one rescale, two ReLUs |
+//! | Add / Sub of two activations | public multipliers m_a, m_b, add, rescale by 2^n, clamp | free, one rescale, two ReLUs |
+//! | Mul by a constant | public multiplier per element, rescale, clamp | free, one rescale, two ReLUs |
+//! | Add / Sub of a constant | garbled constant | free |
+//! | ReLU / Clip | nothing when the input's proven interval already lies inside; else a ReLU or a clamp | free, or one / two ReLUs |
+//! | MaxPool | a max2 tree | (window − 1) max2 |
+//! | AveragePool / GlobalAveragePool | window sum, public multiplier per position, rescale | free, one rescale |
+//! | Reshape / Softmax | nothing | free |
+//!
+//! The multiplications by m are free label arithmetic; they widen the CRT range by the
+//! multiplier's bits before the shift. Because every activation is saturated, each accumulator
+//! is bounded per output channel by `(Σ_j |w_cj| · max|x| + |b_c|) · m_c`, independently of
+//! depth: [`NetworkCircuit::sound_primes`] computes these bounds over the circuit's own steps and
+//! returns the smallest k that holds every one of them.
+
+use tessera_engine::qint::{IntModel, IntOp};
+use tessera_model::ir::Op;
+use tessera_model::tensor::broadcast_index_map;
+
+use super::{
+    Compiler, GarbleError, NetworkCircuit, Step, StepOp, clamp_bound, conv_step, global_pool_table,
+    last_uses, map_u32, max_pool_table, numel, pool_before_monotone, set, to_u32, unsupported,
+};
+use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
+use crate::modulus::Modulus;
+
+impl Compiler<'_> {
+    /// `x · m[map[i]]` when some multiplier is not 1, then a rescale by 2^shift when shift > 0.
+    fn requant(
+        &mut self,
+        ni: usize,
+        x: usize,
+        mult: Vec<i64>,
+        map: Vec<u32>,
+        shift: u32,
+        len: usize,
+    ) -> usize {
+        let x = if mult.iter().all(|&m| m == 1) {
+            x
+        } else {
+            self.push(ni, x, StepOp::MulPublic { consts: mult, map }, len)
+        };
+        if shift == 0 {
+            x
+        } else {
+            self.push(ni, x, StepOp::Rescale { bits: shift }, len)
+        }
+    }
+
+    /// A clamp to [lo, hi] unless the proven interval of the input already lies inside.
+    fn clamp_to(
+        &mut self,
+        ni: usize,
+        x: usize,
+        within: (i64, i64),
+        lo: i64,
+        hi: i64,
+        len: usize,
+    ) -> usize {
+        if within.0 >= lo && within.1 <= hi {
+            x
+        } else {
+            self.push(
+                ni,
+                x,
+                StepOp::Clamp {
+                    lo,
+                    hi,
+                    sign_primes: 0,
+                },
+                len,
+            )
+        }
+    }
+
+    fn qint_node(&mut self, m: &IntModel, ni: usize) -> Result<usize, GarbleError> {
+        let g = self.graph;
+        let n = g.nodes.get(ni).ok_or(GarbleError::Internal("node index"))?;
+        let name = n.name.as_str();
+        let op = m.op(ni).ok_or(GarbleError::Internal("lowered op"))?;
+        let value = |v: usize| -> Result<usize, GarbleError> {
+            self.slot_of
+                .get(v)
+                .copied()
+                .filter(|&s| s != usize::MAX)
+                .ok_or_else(|| unsupported(name, "reads a value that is not computed before it"))
+        };
+        let in_value = *n
+            .inputs
+            .first()
+            .ok_or_else(|| unsupported(name, "a node without a variable input"))?;
+        let x = value(in_value)?;
+        let in_shape = g.shape(in_value).to_vec();
+        let out_shape = g.shape(n.output).to_vec();
+        let out_len = numel(&out_shape).ok_or_else(|| unsupported(name, "shape overflows"))?;
+        if out_len == 0 {
+            return Err(unsupported(name, "an empty tensor"));
+        }
+        let interval = |v: usize| m.value(v).map(|q| (q.lo, q.hi));
+        let in_iv = interval(in_value).ok_or(GarbleError::Internal("input interval"))?;
+        // A value's interval before saturation is unknown to the compiler: always clamp.
+        let open = (i64::MIN, i64::MAX);
+        let slot = match (&n.op, op) {
+            (Op::Conv(_) | Op::Dense(_), IntOp::Linear(l)) => {
+                let (linear, npos, rows) = match &n.op {
+                    Op::Conv(c) => conv_step(c, &in_shape, &out_shape, l.w.clone(), name)?,
+                    _ => {
+                        let ws = match &n.op {
+                            Op::Dense(d) => d.weight.shape().to_vec(),
+                            _ => Vec::new(),
+                        };
+                        if in_shape.len() != 2 || ws.len() != 2 || ws.get(1) != in_shape.get(1) {
+                            return Err(unsupported(
+                                name,
+                                "a dense layer whose input is not [N, K]",
+                            ));
+                        }
+                        let (images, k, rows) = (in_shape[0], in_shape[1], ws[0]);
+                        (
+                            StepOp::Linear {
+                                weights: l.w.clone(),
+                                rows,
+                                kk: k,
+                                npos: 1,
+                                images,
+                                in_image: k,
+                                gather: None,
+                            },
+                            1,
+                            rows,
+                        )
+                    }
+                };
+                let acc = self.push(ni, x, linear, out_len);
+                let map: Vec<u32> = (0..out_len)
+                    .map(|i| to_u32((i / npos.max(1)) % rows.max(1), name))
+                    .collect::<Result<_, _>>()?;
+                let acc = self.push(
+                    ni,
+                    acc,
+                    StepOp::AddSecret {
+                        count: l.b.len(),
+                        consts: Some(l.b.clone()),
+                        map: map.clone(),
+                    },
+                    out_len,
+                );
+                let y = self.requant(ni, acc, l.mult.clone(), map, l.shift, out_len);
+                self.clamp_to(ni, y, open, l.lo, l.hi, out_len)
+            }
+            (
+                Op::Binary { constant: None, .. },
+                IntOp::AddAct {
+                    ma,
+                    mb,
+                    shift,
+                    lo,
+                    hi,
+                },
+            ) => {
+                let other_value = *n
+                    .inputs
+                    .get(1)
+                    .ok_or_else(|| unsupported(name, "a binary op with one input"))?;
+                let y = value(other_value)?;
+                let other_shape = g.shape(other_value).to_vec();
+                let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
+                let yb = self.broadcast(ni, y, &other_shape, &out_shape, name)?;
+                let zeros = vec![0u32; out_len];
+                let xm = self.requant(ni, xb, vec![*ma], zeros.clone(), 0, out_len);
+                let ym = self.requant(ni, yb, vec![*mb], zeros, 0, out_len);
+                let sum = self.new_slot(out_len);
+                self.steps.push(Step {
+                    node: ni,
+                    input: xm,
+                    other: Some(ym),
+                    output: sum,
+                    len: out_len,
+                    op: StepOp::Add,
+                });
+                let r = self.requant(ni, sum, vec![1], Vec::new(), *shift, out_len);
+                self.clamp_to(ni, r, open, *lo, *hi, out_len)
+            }
+            (
+                Op::Binary {
+                    constant: Some(c), ..
+                },
+                IntOp::AddConst { c: cq, neg_x },
+            ) => {
+                let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
+                let map = map_u32(broadcast_index_map(c.shape(), &out_shape), name)?;
+                let base = if *neg_x {
+                    self.push(ni, xb, StepOp::Neg, out_len)
+                } else {
+                    xb
+                };
+                self.push(
+                    ni,
+                    base,
+                    StepOp::AddSecret {
+                        count: cq.len(),
+                        consts: Some(cq.clone()),
+                        map,
+                    },
+                    out_len,
+                )
+            }
+            (
+                Op::Binary {
+                    constant: Some(c), ..
+                },
+                IntOp::MulConst {
+                    mult,
+                    shift,
+                    lo,
+                    hi,
+                },
+            ) => {
+                let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
+                let map = map_u32(broadcast_index_map(c.shape(), &out_shape), name)?;
+                let y = self.push(
+                    ni,
+                    xb,
+                    StepOp::MulPublic {
+                        consts: mult.clone(),
+                        map,
+                    },
+                    out_len,
+                );
+                let y = self.requant(ni, y, vec![1], Vec::new(), *shift, out_len);
+                self.clamp_to(ni, y, open, *lo, *hi, out_len)
+            }
+            (_, IntOp::Relu) => {
+                if in_iv.0 >= 0 {
+                    x
+                } else {
+                    self.push(ni, x, StepOp::Relu { sign_primes: 0 }, out_len)
+                }
+            }
+            (_, IntOp::Clip { lo, hi }) => self.clamp_to(ni, x, in_iv, *lo, *hi, out_len),
+            (Op::MaxPool(p), IntOp::MaxPool) => {
+                let (idx, window) = max_pool_table(p, &in_shape, &out_shape, out_len, name)?;
+                self.push(ni, x, StepOp::MaxPool { idx, window }, out_len)
+            }
+            (Op::AvgPool(p), IntOp::AvgPool { mult, shift }) => {
+                if in_shape.len() != 4 || out_shape.len() != 4 {
+                    return Err(unsupported(name, "pooling that is not 2-D over NCHW"));
+                }
+                let geo = tessera_engine::window::pool_geometry(p, &in_shape, &out_shape);
+                let window = geo.k[0] * geo.k[1];
+                let idx = super::window_table(&geo, in_shape[0] * in_shape[1], name)?;
+                let plane = (geo.oh * geo.ow).max(1);
+                if mult.len() != plane {
+                    return Err(GarbleError::Internal("one multiplier per pooled position"));
+                }
+                let sum = self.push(ni, x, StepOp::SumPool { idx, window }, out_len);
+                let map = (0..out_len)
+                    .map(|i| to_u32(i % plane, name))
+                    .collect::<Result<_, _>>()?;
+                self.requant(ni, sum, mult.clone(), map, *shift, out_len)
+            }
+            (Op::GlobalAvgPool, IntOp::GlobalAvgPool { mult, shift }) => {
+                let (idx, hw) = global_pool_table(&in_shape, name)?;
+                let sum = self.push(ni, x, StepOp::SumPool { idx, window: hw }, out_len);
+                let zeros = vec![0u32; out_len];
+                self.requant(ni, sum, vec![*mult], zeros, *shift, out_len)
+            }
+            (_, IntOp::Pass) => x,
+            (other, _) => {
+                return Err(unsupported(
+                    name,
+                    format!(
+                        "{} has no garbled form in the integer semantics v2",
+                        other.kind()
+                    ),
+                ));
+            }
+        };
+        Ok(slot)
+    }
+}
+
+impl NetworkCircuit {
+    /// Compiles a network lowered to the integer semantics v2 over the first `primes` CRT
+    /// primes (module docs of `network::qint`); bit for bit what [`IntModel::run_int`] computes
+    /// when k is at least [`Self::sound_primes`]. Max pooling is moved before rescales and ReLUs
+    /// where exact.
+    pub fn compile_qint(m: &IntModel, primes: usize) -> Result<Self, GarbleError> {
+        let graph = m.graph();
+        graph
+            .validate()
+            .map_err(|e| unsupported(&graph.name, e.to_string()))?;
+        CrtBasis::first_primes(primes)?;
+        if primes < 2 {
+            return Err(GarbleError::ResidueCount {
+                expected: 2,
+                got: primes,
+            });
+        }
+        let (input, output) = match (graph.inputs.as_slice(), graph.outputs.as_slice()) {
+            ([i], [o]) => (*i, *o),
+            _ => {
+                return Err(unsupported(
+                    &graph.name,
+                    "a network with more than one input or output",
+                ));
+            }
+        };
+        let input_shape = graph.shape(input).to_vec();
+        let in_len = numel(&input_shape).unwrap_or(0);
+        if in_len == 0 {
+            return Err(unsupported(&graph.name, "an empty input"));
+        }
+        let mut c = Compiler {
+            graph,
+            steps: Vec::new(),
+            slot_len: Vec::new(),
+            slot_of: vec![usize::MAX; graph.values.len()],
+        };
+        let in_slot = c.new_slot(in_len);
+        if let Some(s) = c.slot_of.get_mut(input) {
+            *s = in_slot;
+        }
+        for (ni, n) in graph.nodes.iter().enumerate() {
+            let slot = c.qint_node(m, ni)?;
+            if let Some(s) = c.slot_of.get_mut(n.output) {
+                *s = slot;
+            }
+        }
+        let out_slot = c
+            .slot_of
+            .get(output)
+            .copied()
+            .filter(|&s| s != usize::MAX)
+            .ok_or_else(|| unsupported(&graph.name, "the output is never computed"))?;
+        let slots = c.slot_len.len();
+        let mut steps = c.steps;
+        pool_before_monotone(&mut steps, slots, out_slot);
+        let last_use = last_uses(&steps, slots, out_slot);
+        Ok(Self {
+            name: graph.name.clone(),
+            node_names: graph.nodes.iter().map(|n| n.name.clone()).collect(),
+            frac_bits: 0,
+            primes,
+            steps,
+            slots,
+            input: in_slot,
+            output: out_slot,
+            input_shape,
+            output_shape: graph.shape(output).to_vec(),
+            last_use,
+        })
+    }
+
+    /// The largest magnitude every gadget of this circuit must hold for inputs with
+    /// |x| ≤ `input_max` (module docs of `network::qint`), from the circuit's own weights,
+    /// garbled constants and multipliers, per element. Needs the constants (the garbler's circuit,
+    /// not [`Self::public`]).
+    pub fn sound_bound(&self, input_max: u128) -> Result<u128, GarbleError> {
+        Ok(self.bounds(input_max)?.0)
+    }
+
+    /// [`Self::sound_bound`], and per step the largest magnitude its sign gadgets must resolve
+    /// (0 for steps without one).
+    fn bounds(&self, input_max: u128) -> Result<(u128, Vec<u128>), GarbleError> {
+        let mut signs = vec![0u128; self.steps.len()];
+        let mut mag: Vec<Vec<u128>> = vec![Vec::new(); self.slots];
+        if let Some(v) = mag.get_mut(self.input) {
+            *v = vec![input_max; self.input_len()];
+        }
+        let mut need = 0u128;
+        let get = |mag: &Vec<Vec<u128>>, s: usize| -> Result<Vec<u128>, GarbleError> {
+            mag.get(s)
+                .cloned()
+                .ok_or(GarbleError::Internal("a step's input bound is missing"))
+        };
+        let at = |v: &[u128], i: usize| v.get(i).copied().unwrap_or(u128::MAX);
+        for (si, s) in self.steps.iter().enumerate() {
+            let x = get(&mag, s.input)?;
+            let xmax = x.iter().copied().max().unwrap_or(0);
+            let y: Vec<u128> = match &s.op {
+                StepOp::Linear {
+                    weights,
+                    rows,
+                    kk,
+                    npos,
+                    ..
+                } => {
+                    let row_abs: Vec<u128> = weights
+                        .chunks((*kk).max(1))
+                        .map(|r| r.iter().map(|&w| u128::from(w.unsigned_abs())).sum())
+                        .collect();
+                    (0..s.len)
+                        .map(|i| {
+                            at(&row_abs, (i / (*npos).max(1)) % (*rows).max(1)).saturating_mul(xmax)
+                        })
+                        .collect()
+                }
+                StepOp::AddSecret { consts, map, .. } => {
+                    let c = consts.as_ref().ok_or_else(|| {
+                        unsupported(&self.name, "the sound range needs the garbled constants")
+                    })?;
+                    (0..s.len)
+                        .map(|i| {
+                            let j = map.get(i).copied().unwrap_or(0) as usize;
+                            let cj = c.get(j).map_or(u128::MAX, |v| u128::from(v.unsigned_abs()));
+                            at(&x, i).saturating_add(cj)
+                        })
+                        .collect()
+                }
+                StepOp::MulPublic { consts, map } => (0..s.len)
+                    .map(|i| {
+                        let j = map.get(i).copied().unwrap_or(0) as usize;
+                        let cj = consts
+                            .get(j)
+                            .map_or(u128::MAX, |v| u128::from(v.unsigned_abs()));
+                        at(&x, i).saturating_mul(cj)
+                    })
+                    .collect(),
+                StepOp::Neg => x,
+                StepOp::Gather { idx } => idx.iter().map(|&j| at(&x, j as usize)).collect(),
+                StepOp::Rescale { bits } => {
+                    if *bits == 0 {
+                        x
+                    } else {
+                        let half = 1u128 << (bits - 1);
+                        let room = half.saturating_add(2).max(1u128 << bits);
+                        need = need.max(xmax.saturating_add(room));
+                        x.iter().map(|&v| v.saturating_add(half) >> bits).collect()
+                    }
+                }
+                StepOp::Relu { .. } => {
+                    need = need.max(xmax.saturating_add(1));
+                    set(&mut signs, si, xmax.saturating_add(1));
+                    x
+                }
+                StepOp::Clamp { lo, hi, .. } => {
+                    let b = clamp_bound(*lo, *hi);
+                    let m = xmax.saturating_add(b).saturating_add(1);
+                    need = need.max(m);
+                    set(&mut signs, si, m);
+                    vec![b; s.len]
+                }
+                StepOp::MaxPool { idx, window } => {
+                    need = need.max(xmax.saturating_mul(2).saturating_add(1));
+                    (0..s.len)
+                        .map(|i| {
+                            (0..*window)
+                                .map(|t| {
+                                    at(&x, idx.get(t * s.len + i).copied().unwrap_or(0) as usize)
+                                })
+                                .max()
+                                .unwrap_or(0)
+                        })
+                        .collect()
+                }
+                StepOp::SumPool { idx, window } => (0..s.len)
+                    .map(|i| {
+                        (0..*window)
+                            .filter_map(|t| idx.get(t * s.len + i).copied())
+                            .filter(|&j| j != super::NONE)
+                            .fold(0u128, |a, j| a.saturating_add(at(&x, j as usize)))
+                    })
+                    .collect(),
+                StepOp::Add | StepOp::Sub => {
+                    let o = s
+                        .other
+                        .ok_or(GarbleError::Internal("a step's second input is missing"))?;
+                    let y = get(&mag, o)?;
+                    x.iter()
+                        .zip(&y)
+                        .map(|(a, b)| a.saturating_add(*b))
+                        .collect()
+                }
+            };
+            if let Some(v) = mag.get_mut(s.output) {
+                *v = y;
+            }
+        }
+        let out = mag
+            .get(self.output)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(u128::MAX);
+        Ok((need.max(out.saturating_add(1)), signs))
+    }
+
+    /// Per step, the fewest CRT primes whose range holds what its sign gadgets must resolve for
+    /// inputs with |x| ≤ `input_max` (0 for steps without a sign gadget): after a rescale, values
+    /// are far smaller than the accumulators that set k, and a sign over j < k primes costs about
+    /// (j / k)² of one over all k. Needs the garbled constants, like [`Self::sound_bound`]; the
+    /// evaluator receives the result and applies it with [`Self::with_sign_bases`].
+    pub fn sign_bases(&self, input_max: u128) -> Result<Vec<u8>, GarbleError> {
+        let (_, signs) = self.bounds(input_max)?;
+        let moduli = Modulus::first_primes(self.primes)?;
+        signs
+            .iter()
+            .map(|&need| {
+                if need == 0 {
+                    return Ok(0);
+                }
+                let mut product = 1u128;
+                for (i, m) in moduli.iter().enumerate() {
+                    product *= u128::from(m.q());
+                    if i >= 1 && need <= product / 2 {
+                        return Ok(u8::try_from(i + 1).unwrap_or(0));
+                    }
+                }
+                Err(GarbleError::CrtOutOfRange {
+                    x: i64::try_from(need).unwrap_or(i64::MAX),
+                    half: u64::try_from(product / 2).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// The same circuit with the signs of its ReLU and clamp steps over the given number of
+    /// primes per step ([`Self::sign_bases`]; an empty list keeps every sign over all k). A list
+    /// of the wrong length, a count above k or below 2 on a sign step is an error.
+    pub fn with_sign_bases(mut self, bases: &[u8]) -> Result<Self, GarbleError> {
+        if bases.is_empty() {
+            return Ok(self);
+        }
+        if bases.len() != self.steps.len() {
+            return Err(GarbleError::ShapeMismatch {
+                expected: self.steps.len(),
+                got: bases.len(),
+            });
+        }
+        let primes = self.primes;
+        for (s, &j) in self.steps.iter_mut().zip(bases) {
+            let slot = match &mut s.op {
+                StepOp::Relu { sign_primes } | StepOp::Clamp { sign_primes, .. } => sign_primes,
+                _ if j == 0 => continue,
+                _ => {
+                    return Err(GarbleError::Internal(
+                        "a sign basis for a step without a sign",
+                    ));
+                }
+            };
+            if j != 0 && (j < 2 || usize::from(j) > primes) {
+                return Err(GarbleError::ResidueCount {
+                    expected: primes,
+                    got: usize::from(j),
+                });
+            }
+            *slot = j;
+        }
+        Ok(self)
+    }
+
+    /// The smallest k whose CRT range holds [`Self::sound_bound`] for inputs with
+    /// |x| ≤ `input_max` (for a v2 circuit, the input interval's largest magnitude): sound for
+    /// every input, by construction of the saturating semantics.
+    pub fn sound_primes(&self, input_max: u128) -> Result<usize, GarbleError> {
+        let need = self.sound_bound(input_max)?;
+        let mut product = 1u128;
+        for (i, m) in Modulus::first_primes(MAX_CRT_PRIMES)?.iter().enumerate() {
+            product *= u128::from(m.q());
+            if i >= 1 && need <= product / 2 {
+                return Ok(i + 1);
+            }
+        }
+        Err(GarbleError::CrtOutOfRange {
+            x: i64::try_from(need).unwrap_or(i64::MAX),
+            half: u64::try_from(product / 2).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+impl NetworkCircuit {
+    /// Compiles a model under whichever integer semantics it was quantized with.
+    pub fn compile_exact(
+        m: &tessera_engine::ExactModel,
+        primes: usize,
+    ) -> Result<Self, GarbleError> {
+        match m {
+            tessera_engine::ExactModel::Pow2(q) => Self::compile(q.graph(), q.config(), primes),
+            tessera_engine::ExactModel::V2(q) => Self::compile_qint(q, primes),
+        }
+    }
+}
