@@ -461,6 +461,10 @@ impl InferBackend for AsymBackend {
         ))
     }
 
+    fn output_scale(&self) -> Option<f64> {
+        Some(2f64.powi(-(self.frac_bits as i32)))
+    }
+
     fn footprint(&self) -> Footprint {
         self.footprint
     }

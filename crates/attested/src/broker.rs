@@ -966,7 +966,7 @@ impl Broker {
             // The same simulated platform (key file) as the broker.
             state_dir: self.dir.clone(),
             model_onnx: onnx.to_vec(),
-            quant: Default::default(),
+            semantics: Default::default(),
             profile: tessera_runtime::cost::SGX1,
             binary: Some(self.binary.clone()),
             channel: ChannelOptions::default(),

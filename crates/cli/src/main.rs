@@ -14,8 +14,10 @@ use std::time::Instant;
 use table::Table;
 use tessera_data::{Dataset, load_input, load_mnist_dir, synth};
 use tessera_engine::gemm::{View, dgemm, sgemm};
+use tessera_engine::qint::Calibration;
 use tessera_engine::quant::{NodeWidth, QuantConfig, QuantModel, merge_widths, static_widths};
 use tessera_engine::train::{TrainConfig, train_mlp};
+use tessera_engine::{ExactModel, Semantics};
 use tessera_engine::{argmax, run_f32};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, ImportOptions, builders, load_model};
@@ -32,9 +34,38 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct QuantArgs {
-    /// Fractional bits f of the fixed-point format (values are integers at scale 2^f).
+    /// Integer semantics every scheme reproduces: `pow2` (one global scale 2^f, --frac-bits) or
+    /// `v2` (per-channel --weight-bits weights, calibrated per-tensor --act-bits activations,
+    /// requantization by a --mult-bits multiplier and a shift, saturation after every layer).
+    #[arg(long, default_value = "pow2", value_parser = ["pow2", "v2"])]
+    semantics: String,
+    /// pow2: fractional bits f of the fixed-point format (values are integers at scale 2^f).
     #[arg(long, default_value_t = tessera_engine::quant::DEFAULT_FRAC_BITS)]
     frac_bits: u32,
+    /// v2: calibrate the activation scales on this data set (mnist[:N] from --calibration-data,
+    /// or glyphs[:N]). Default: 16 seeded generated inputs uniform in [0, --calibrate-range],
+    /// which gives coarser scales than real data.
+    #[arg(long, value_name = "DATA")]
+    calibrate: Option<String>,
+    /// v2: the MNIST directory --calibrate mnist reads.
+    #[arg(long, default_value = "../shared/data/mnist-t10k", value_name = "DIR")]
+    calibration_data: PathBuf,
+    /// v2: largest input value of the generated calibration inputs (when --calibrate is absent).
+    #[arg(long, default_value_t = 255.0, value_name = "R")]
+    calibrate_range: f32,
+    /// v2: weight bits (signed, per output channel).
+    #[arg(long, default_value_t = 8)]
+    weight_bits: u32,
+    /// v2: activation bits (unsigned after ReLU, else signed).
+    #[arg(long, default_value_t = 8)]
+    act_bits: u32,
+    /// v2: bits of the output logits.
+    #[arg(long, default_value_t = 16)]
+    out_bits: u32,
+    /// v2: multiplier bits B of every requantization (smaller: a smaller gc CRT range; larger:
+    /// finer per-channel weight scales).
+    #[arg(long, default_value_t = tessera_engine::qint::DEFAULT_MULT_BITS)]
+    mult_bits: u32,
     /// Reject any integer (activation or accumulator) wider than this many signed bits.
     #[arg(long)]
     max_bits: Option<u32>,
@@ -100,6 +131,54 @@ impl QuantArgs {
             frac_bits: self.frac_bits,
             max_bits: self.max_bits,
         }
+    }
+
+    /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
+    /// --calibrate's data, or on generated inputs), which runs the float engine.
+    fn semantics(&self, g: &Graph) -> Result<Semantics> {
+        if self.semantics != "v2" {
+            return Ok(Semantics::Pow2(self.config()));
+        }
+        if self.gc_calibrated.is_some() {
+            return Err(CliError::Usage(
+                "--gc-calibrated applies to --semantics pow2 only: under v2 every activation \
+                 saturates, and the sound k is already the small one"
+                    .into(),
+            ));
+        }
+        let cfg = tessera_engine::qint::QintConfig {
+            weight_bits: self.weight_bits,
+            act_bits: self.act_bits,
+            out_bits: self.out_bits,
+            mult_bits: self.mult_bits,
+            aux_mult_bits: tessera_engine::qint::DEFAULT_AUX_MULT_BITS,
+        };
+        let calibration = match &self.calibrate {
+            Some(spec) => {
+                let d = parse_dataset(spec, &self.calibration_data)?;
+                let xs: Vec<tessera_model::Tensor> =
+                    (0..d.count).filter_map(|i| d.image(i)).collect();
+                if xs.is_empty() {
+                    return Err(CliError::Usage(format!(
+                        "--calibrate {spec}: the data set is empty; name a data set with images"
+                    )));
+                }
+                Calibration::from_inputs(g, &xs, format!("{spec} ({} images)", xs.len()))?
+            }
+            None => {
+                let r = self.calibrate_range;
+                let xs = tessera_engine::qint::default_calibration_inputs(g, 0.0, r, 16, 1)?;
+                Calibration::from_inputs(
+                    g,
+                    &xs,
+                    format!("16 generated inputs uniform in [0, {r}]"),
+                )?
+            }
+        };
+        let s = Semantics::V2 { cfg, calibration };
+        // Lower once here, so that a model outside v2 is refused with the node named.
+        tessera_engine::ExactModel::new(g, &s)?;
+        Ok(s)
     }
 }
 
@@ -415,18 +494,17 @@ fn resolve_model(spec: &str, opts: &ImportOptions) -> Result<Graph> {
 
 /// Refuses, before any work (input, data set, enclave, worker), a scheme that cannot run `g`:
 /// the message names the node and op it cannot run and the schemes that can.
-fn require_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<()> {
+fn require_scheme(name: &str, g: &Graph, sem: &Semantics) -> Result<()> {
     if !SCHEMES.contains(&name) {
         return Err(CliError::Usage(format!(
             "unknown scheme '{name}'; this build offers: {}",
             SCHEMES.join(", ")
         )));
     }
-    let cfg = quant.config();
-    match tessera_schemes::check(name, g, cfg) {
+    match tessera_schemes::check(name, g, sem) {
         Ok(()) => Ok(()),
         Err(e) => {
-            let can = tessera_schemes::schemes_for(g, cfg);
+            let can = tessera_schemes::schemes_for(g, sem);
             Err(CliError::Usage(format!(
                 "scheme {name} cannot run this model: {e}; {}",
                 if can.is_empty() {
@@ -441,25 +519,29 @@ fn require_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<()> {
     }
 }
 
-fn make_scheme(name: &str, g: &Graph, quant: &QuantArgs) -> Result<Box<dyn Scheme>> {
-    let cfg = quant.config();
+fn make_scheme(
+    name: &str,
+    g: &Graph,
+    quant: &QuantArgs,
+    sem: &Semantics,
+) -> Result<Box<dyn Scheme>> {
     match name {
-        "plain" => Ok(Box::new(Plain::new(g, cfg)?)),
+        "plain" => Ok(Box::new(Plain::new(g, sem)?)),
         "tee" => {
-            let t = Tee::new(g, cfg, TeeOptions::default())?;
+            let t = Tee::new(g, sem, TeeOptions::default())?;
             eprintln!("tee: {}", t.describe());
             Ok(Box::new(t))
         }
         "asym" => Ok(Box::new(Asym::new(
             g,
-            cfg,
+            sem,
             &tessera_schemes::AsymOptions::default(),
         )?)),
         "gc" => {
             let t = Gc::new(
                 g,
                 GcOptions {
-                    quant: cfg,
+                    semantics: sem.clone(),
                     primes: quant.gc_primes,
                     calibration: calibrate::gc_calibration(g, quant)?,
                     ..GcOptions::default()
@@ -519,8 +601,16 @@ fn human(n: u64) -> String {
 fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
     let st = stats(&g);
+    let sem = quant.semantics(&g);
+    let v2_layers = match &sem {
+        Ok(s @ Semantics::V2 { .. }) => Some(v2_layers(&g, s)?),
+        _ => None,
+    };
     let widths = QuantModel::new(&g, quant.config()).and_then(|q| static_widths(&q, input_range));
-    let gc_k = tessera_gc::sound_primes(&g, quant.config(), input_range);
+    let gc_k = match &sem {
+        Ok(s) => tessera_gc::sound_primes(&g, s, input_range).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -529,9 +619,14 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             frac_bits: u32,
             worst_case_widths: Option<Vec<NodeWidth>>,
             integer_semantics_error: Option<String>,
-            /// The CRT primes gc needs to hold every value for |input| ≤ the input range.
+            /// The CRT primes gc needs to hold every value for |input| ≤ the input range
+            /// (under v2: for every input).
             gc_sound_primes: Option<usize>,
             gc_error: Option<String>,
+            /// The integer semantics, in words.
+            semantics: String,
+            /// Under v2: per node, the scales, multipliers, shift and clamp bounds.
+            v2_layers: Option<Vec<V2Layer>>,
         }
         let (w, e) = match widths {
             Ok(w) => (Some(w), None),
@@ -549,6 +644,10 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             integer_semantics_error: e,
             gc_sound_primes: k,
             gc_error: ke,
+            semantics: sem
+                .as_ref()
+                .map_or_else(|e| e.to_string(), Semantics::label),
+            v2_layers,
         });
     }
     println!(
@@ -599,25 +698,117 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
         ),
         Err(e) => println!("integer semantics: not available for this model: {e}"),
     }
-    match gc_k {
-        Ok(k) => println!(
+    if let Some(layers) = &v2_layers {
+        let mut t = Table::new(&[
+            "node",
+            "v2 op",
+            "out scale",
+            "interval",
+            "shift",
+            "multipliers",
+            "max |w|",
+        ]);
+        for l in layers {
+            t.row(vec![
+                l.node.clone(),
+                l.op.into(),
+                format!("{:.4e}", l.scale),
+                format!("[{}, {}]", l.lo, l.hi),
+                l.shift.map_or("-".into(), |n| n.to_string()),
+                l.mult.map_or("-".into(), |[a, b]| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}..{b}")
+                    }
+                }),
+                l.weight_max.map_or("-".into(), |w| w.to_string()),
+            ]);
+        }
+        if let Ok(s) = &sem {
+            println!("integer semantics {}:\n{}", s.label(), t.render());
+        }
+    }
+    match (gc_k, &sem) {
+        (Ok(k), Ok(Semantics::V2 { .. })) => println!(
+            "gc: sound k = {k} CRT primes for every input (v2 saturates; what `--scheme gc` picks)"
+        ),
+        (Ok(k), _) => println!(
             "gc: sound k = {k} CRT primes for |input| ≤ {input_range} at f = {} (what `--scheme gc` picks)",
             quant.frac_bits
         ),
-        Err(e) => println!("{e}"),
+        (Err(e), _) => println!("{e}"),
     }
     Ok(())
 }
 
+/// One node of a model lowered to the integer semantics v2, for `inspect`.
+#[derive(Serialize)]
+struct V2Layer {
+    node: String,
+    op: &'static str,
+    /// Real value of one step of the node's output.
+    scale: f64,
+    /// The output's proven integer interval.
+    lo: i64,
+    hi: i64,
+    shift: Option<u32>,
+    /// Smallest and largest multiplier.
+    mult: Option<[i64; 2]>,
+    /// Largest |integer weight|.
+    weight_max: Option<i64>,
+}
+
+fn v2_layers(g: &Graph, sem: &Semantics) -> Result<Vec<V2Layer>> {
+    let ExactModel::V2(m) = ExactModel::new(g, sem)? else {
+        return Ok(Vec::new());
+    };
+    let span = |v: &[i64]| {
+        let lo = v.iter().copied().min()?;
+        Some([lo, v.iter().copied().max()?])
+    };
+    let mut out = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Some(op) = m.op(i) else { continue };
+        let Some(q) = m.value(n.output) else { continue };
+        use tessera_engine::qint::IntOp;
+        let (shift, mult, weight_max) = match op {
+            IntOp::Linear(l) => (
+                Some(l.shift),
+                span(&l.mult),
+                l.w.iter().map(|w| w.abs()).max(),
+            ),
+            IntOp::AddAct { ma, mb, shift, .. } => (Some(*shift), span(&[*ma, *mb]), None),
+            IntOp::MulConst { mult, shift, .. } | IntOp::AvgPool { mult, shift } => {
+                (Some(*shift), span(mult), None)
+            }
+            IntOp::GlobalAvgPool { mult, shift } => (Some(*shift), Some([*mult, *mult]), None),
+            _ => (None, None, None),
+        };
+        out.push(V2Layer {
+            node: n.name.clone(),
+            op: op.kind(),
+            scale: q.scale,
+            lo: q.lo,
+            hi: q.hi,
+            shift,
+            mult,
+            weight_max,
+        });
+    }
+    Ok(out)
+}
+
 fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
-    require_scheme(scheme, &g, quant)?;
+    let sem = quant.semantics(&g)?;
+    require_scheme(scheme, &g, &sem)?;
     let x = load_input(input)?;
     let float = run_f32(&g, std::slice::from_ref(&x))?;
     let f0 = float
         .first()
         .ok_or_else(|| CliError::Usage("the model has no output".into()))?;
-    let mut s = make_scheme(scheme, &g, quant)?;
+    let mut s = make_scheme(scheme, &g, quant, &sem)?;
     let r = s.infer(&x)?;
     let caveat = s.caveat();
     if json {
@@ -629,7 +820,10 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
             class: usize,
             output: &'a [f32],
             exact_output: &'a [i64],
-            frac_bits: u32,
+            /// The integer semantics, in words.
+            semantics: String,
+            /// The real value of one step of `exact_output`.
+            output_scale: f64,
             float_output: &'a [f32],
             float_class: usize,
             cost: &'a tessera_schemes::Cost,
@@ -640,7 +834,8 @@ fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> 
             class: r.class,
             output: r.output.data(),
             exact_output: r.exact.data(),
-            frac_bits: quant.frac_bits,
+            semantics: sem.label(),
+            output_scale: r.scale,
             float_output: f0.data(),
             float_class: argmax(f0.data()),
             cost: &r.cost,
@@ -716,7 +911,8 @@ fn parse_dataset(spec: &str, dir: &Path) -> Result<Dataset> {
 struct EvalReport {
     model: String,
     images: usize,
-    frac_bits: u32,
+    /// The integer semantics, in words.
+    semantics: String,
     float_correct: usize,
     quantized_correct: usize,
     agreement: usize,
@@ -729,11 +925,11 @@ fn evaluate(
     d: &Dataset,
     scheme: &str,
     quant: &QuantArgs,
+    sem: &Semantics,
     show: bool,
 ) -> Result<EvalReport> {
-    let cfg = quant.config();
     use rayon::prelude::*;
-    let qm = QuantModel::new(g, cfg)?;
+    let qm = ExactModel::new(g, sem)?;
     let pb = if show {
         progress(d.count as u64, "reference")
     } else {
@@ -751,18 +947,26 @@ fn evaluate(
                     .map(|t| t.data())
                     .unwrap_or(&[]),
             );
-            let r = qm.run(&[x])?;
+            // Widths are tracked by the power-of-two engine; v2 saturates every activation and
+            // its intervals are proven (`inspect` prints them).
+            let (out, widths) = match &qm {
+                ExactModel::Pow2(q) => {
+                    let r = q.run(&[x])?;
+                    let out = r
+                        .outputs
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| CliError::Usage("no output".into()))?;
+                    (out, r.widths)
+                }
+                ExactModel::V2(m) => (m.run(&x)?, Vec::new()),
+            };
             pb.inc(1);
-            let out = r
-                .outputs
-                .into_iter()
-                .next()
-                .ok_or_else(|| CliError::Usage("no output".into()))?;
-            Ok((f, out, r.widths))
+            Ok((f, out, widths))
         })
         .collect::<Result<_>>()?;
     pb.finish_and_clear();
-    let mut s = make_scheme(scheme, g, quant)?;
+    let mut s = make_scheme(scheme, g, quant, sem)?;
     let pb = if show {
         progress(d.count as u64, scheme)
     } else {
@@ -788,7 +992,7 @@ fn evaluate(
     let mut widths = Vec::new();
     let (mut fc, mut qc, mut agree) = (0, 0, 0);
     for (i, (f, out, w)) in refs.iter().enumerate() {
-        let q = argmax(qm.dequantize(out).data());
+        let q = argmax(qm.dequantize(out)?.data());
         let y = d.labels.get(i).map(|&l| usize::from(l));
         fc += usize::from(Some(*f) == y);
         qc += usize::from(Some(q) == y);
@@ -798,7 +1002,7 @@ fn evaluate(
     Ok(EvalReport {
         model: g.name.clone(),
         images: d.count,
-        frac_bits: cfg.frac_bits,
+        semantics: sem.label(),
         float_correct: fc,
         quantized_correct: qc,
         agreement: agree,
@@ -820,13 +1024,14 @@ fn eval(
     json: bool,
 ) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
-    require_scheme(scheme, &g, quant)?;
+    let sem = quant.semantics(&g)?;
+    require_scheme(scheme, &g, &sem)?;
     let d = parse_dataset(dataset, dir)?;
-    let r = evaluate(&g, &d, scheme, quant, !json)?;
+    let r = evaluate(&g, &d, scheme, quant, &sem, !json)?;
     if json {
         return print_json(&r);
     }
-    println!("{} on {} images (f = {}):", r.model, r.images, r.frac_bits);
+    println!("{} on {} images ({}):", r.model, r.images, r.semantics);
     println!(
         "  float top-1       {} ({})",
         r.float_correct,
@@ -968,6 +1173,7 @@ fn demo(
             (g, test)
         }
     };
+    let sem = quant.semantics(&g)?;
     let mut rows = Vec::new();
     for &scheme in SCHEMES {
         // gc garbles the whole network afresh for every inference: a sample of the test set
@@ -980,7 +1186,7 @@ fn demo(
         } else {
             &test
         };
-        let r = evaluate(&g, data, scheme, quant, !json)?;
+        let r = evaluate(&g, data, scheme, quant, &sem, !json)?;
         if !json {
             println!(
                 "{scheme}: float top-1 {}, quantized top-1 {}, {} of {} bit-exact with the integer reference",
@@ -1183,7 +1389,7 @@ fn bench_gc(
         let mut s = Gc::new(
             &g,
             GcOptions {
-                quant: cfg,
+                semantics: Semantics::Pow2(cfg),
                 input_range: range,
                 calibration,
                 pool: 1,

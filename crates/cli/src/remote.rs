@@ -171,6 +171,9 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         path: a.model.display().to_string(),
         source,
     })?;
+    // The semantics is measured with the model; v2 calibrates on the model here, before TLS.
+    let g = tessera_model::import_model(&model_onnx, &a.quant.import_options())?;
+    let semantics = a.quant.semantics(&g)?;
     let backend = match a.scheme.as_str() {
         "tee" => Backend(None),
         "gc" => {
@@ -181,9 +184,8 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 TcpStream::connect(addr)
                     .map_err(|e| usage(format!("cannot connect to the worker at {addr}: {e}")))
             };
-            let g = tessera_model::import_model(&model_onnx, &a.quant.import_options())?;
             let opts = tessera_gc::GcOptions {
-                quant: a.quant.config(),
+                semantics: semantics.clone(),
                 primes: a.quant.gc_primes,
                 input_range: a.input_range,
                 margin_bits: 0,
@@ -217,7 +219,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         mode,
         state_dir: a.state.clone(),
         model_onnx,
-        quant: a.quant.config(),
+        semantics,
         profile,
         binary: None,
         channel: ChannelOptions::default(),
@@ -342,7 +344,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     let t1 = Instant::now();
     let out = c.infer(&x).map_err(usage)?;
     let latency = t1.elapsed();
-    let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+    let scale = out.scale;
     let output: Vec<f32> = out
         .exact
         .data()
@@ -357,7 +359,8 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             class: usize,
             output: &'a [f32],
             exact_output: &'a [i64],
-            frac_bits: u32,
+            /// The real value of one step of `exact_output`.
+            scale: f64,
             attestation: &'a str,
             setup_ms: f64,
             latency_ms: f64,
@@ -371,7 +374,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             class,
             output: &output,
             exact_output: out.exact.data(),
-            frac_bits: out.frac_bits,
+            scale: out.scale,
             attestation: &claims_line,
             setup_ms: setup.as_secs_f64() * 1e3,
             latency_ms: latency.as_secs_f64() * 1e3,

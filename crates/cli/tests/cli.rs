@@ -128,12 +128,12 @@ fn run_and_eval_mnist8() {
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         let want = tessera_data::load_pb(&dir.join("output_0.pb")).expect("reference output");
-        let f = v["frac_bits"].as_u64().expect("frac_bits") as i32;
+        let scale = v["output_scale"].as_f64().expect("output_scale");
         let got: Vec<f64> = v["exact_output"]
             .as_array()
             .expect("exact_output")
             .iter()
-            .map(|e| e.as_i64().expect("integer") as f64 / 2f64.powi(f))
+            .map(|e| e.as_i64().expect("integer") as f64 * scale)
             .collect();
         assert_eq!(got.len(), want.len());
         let worst = got
@@ -337,7 +337,8 @@ fn plain_matches_hand_computed_integers() {
     // rescale → (⌊12/4⌋, ⌊−2/4⌋) = (3, −1); class 0.
     assert_eq!(v["exact_output"], serde_json::json!([3, -1]), "{v}");
     assert_eq!(v["class"], 0, "{v}");
-    assert_eq!(v["frac_bits"], 2, "{v}");
+    assert_eq!(v["semantics"], "pow2 f = 2", "{v}");
+    assert_eq!(v["output_scale"], 0.25, "{v}");
 }
 
 #[test]
@@ -691,4 +692,93 @@ fn a_scheme_that_cannot_run_the_model_is_refused_naming_the_node_and_the_alterna
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn integer_semantics_v2_through_inspect_and_eval() {
+    let (ok, out, err) = tessera(&["inspect", "mix", "--semantics", "v2", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        v["semantics"]
+            .as_str()
+            .expect("semantics")
+            .starts_with("v2 w8a8"),
+        "{v}"
+    );
+    let layers = v["v2_layers"].as_array().expect("v2 layers");
+    let linear: Vec<&serde_json::Value> = layers.iter().filter(|l| l["op"] == "linear").collect();
+    assert_eq!(linear.len(), 4, "{v}");
+    for l in &linear {
+        assert!(l["weight_max"].as_i64().expect("weights") <= 127, "{l}");
+        assert!(l["shift"].as_u64().is_some(), "{l}");
+    }
+    assert!(v["gc_sound_primes"].as_u64().expect("k") <= 10, "{v}");
+    let (ok, out, _) = tessera(&["inspect", "mix", "--semantics", "v2"]);
+    assert!(
+        ok && out.contains("integer semantics v2") && out.contains("for every input"),
+        "{out}"
+    );
+    let (ok, _, err) = tessera(&[
+        "run",
+        "mix",
+        "--input",
+        "x.npy",
+        "--semantics",
+        "v2",
+        "--gc-calibrated",
+        "glyphs:4",
+        "--scheme",
+        "gc",
+    ]);
+    assert!(
+        !ok && err.contains("applies to --semantics pow2 only"),
+        "{err}"
+    );
+
+    let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
+        return;
+    };
+    let Some(d) = tessera_data::shared_data("mnist-t10k") else {
+        return;
+    };
+    let model = m.join("model.onnx");
+    let v2 = |scheme: &str, n: &str| {
+        let (ok, out, err) = tessera(&[
+            "eval",
+            model.to_str().expect("utf8"),
+            "--dataset",
+            n,
+            "--data",
+            d.to_str().expect("utf8"),
+            "--semantics",
+            "v2",
+            "--calibrate",
+            "mnist:64",
+            "--calibration-data",
+            d.to_str().expect("utf8"),
+            "--scheme",
+            scheme,
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")
+    };
+    // The labels and the float engine are the oracles here.
+    let v = v2("plain", "mnist:300");
+    assert!(
+        v["quantized_correct"].as_u64().expect("correct") >= 290,
+        "{v}"
+    );
+    assert!(v["agreement"].as_u64().expect("agreement") >= 299, "{v}");
+    assert!(
+        v["semantics"]
+            .as_str()
+            .expect("semantics")
+            .contains("mnist:64"),
+        "{v}"
+    );
+    // gc against the v2 reference, bit for bit.
+    let v = v2("gc", "mnist:4");
+    assert_eq!(v["scheme"]["exact_matches"], 4, "{v}");
 }

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tessera_engine::quant::{NodeWidth, QuantConfig, QuantModel, static_widths};
+use tessera_engine::quant::{NodeWidth, static_widths};
+use tessera_engine::{ExactModel, Semantics};
 use tessera_garble::Seed;
 use tessera_garble::network::{
     GarbleSecrets, NetworkCircuit, OutputLabels, decode, encode_input, garble_with_progress,
@@ -32,8 +33,9 @@ use tessera_runtime::{RuntimeError, Transport};
 /// range k was chosen for.
 #[derive(Clone, Debug)]
 pub struct GcOptions {
-    /// Fixed-point parameters.
-    pub quant: QuantConfig,
+    /// The integer semantics (power-of-two fixed point, or v2, whose saturation makes the sound
+    /// k small and independent of `input_range`).
+    pub semantics: Semantics,
     /// CRT primes k; `None`: the smallest sound k (or, with a calibration, the smallest k for
     /// the calibrated widths). A fixed k below that bound is refused.
     pub primes: Option<usize>,
@@ -56,7 +58,7 @@ pub struct GcOptions {
 impl Default for GcOptions {
     fn default() -> Self {
         Self {
-            quant: QuantConfig::default(),
+            semantics: Semantics::default(),
             primes: None,
             input_range: 255.0,
             margin_bits: 0,
@@ -98,9 +100,40 @@ struct RangeChoice {
 /// sound bound; a fixed k below the applicable bound is an error.
 fn choose_range(
     probe: &NetworkCircuit,
-    quant: &QuantModel,
+    model: &ExactModel,
     opts: &GcOptions,
 ) -> Result<RangeChoice, GcError> {
+    let quant = match model {
+        ExactModel::Pow2(q) => q,
+        ExactModel::V2(m) => {
+            if opts.calibration.is_some() {
+                return Err(GcError::Protocol(
+                    "a calibrated CRT range applies to the power-of-two semantics only; under v2 \
+                     every activation saturates and the sound k is already the small one"
+                        .into(),
+                ));
+            }
+            // Every input saturates into the input interval, so the bound holds for all inputs.
+            let limit = m.input_quant()?.max_abs();
+            let bound = probe
+                .sound_primes(limit)
+                .map_err(crate::no_sound_range)?
+                .saturating_add(opts.margin_bits as usize);
+            let primes = opts.primes.unwrap_or(bound);
+            if primes < bound {
+                return Err(GcError::UnsoundPrimes {
+                    primes,
+                    sound: bound,
+                });
+            }
+            return Ok(RangeChoice {
+                primes,
+                sound_primes: Some(bound),
+                input_limit: u64::try_from(limit).unwrap_or(u64::MAX),
+                calibrated: None,
+            });
+        }
+    };
     let sound = static_widths(quant, opts.input_range)?;
     let sound_limit = sound.first().map_or(0, |w| w.out_max);
     let sound_primes = probe.primes_needed(&sound, opts.margin_bits).ok();
@@ -214,7 +247,7 @@ pub struct GarbleProgress {
 /// The gc scheme's enclave side. See the crate documentation.
 pub struct GcBackend {
     range: RangeChoice,
-    quant: QuantModel,
+    quant: ExactModel,
     online: Mutex<Channel>,
     shared: Arc<Shared>,
     refill: Mutex<Option<JoinHandle<()>>>,
@@ -254,15 +287,17 @@ impl Write for MaterialSink<'_> {
 fn setup(
     ch: &mut Channel,
     model_onnx: &[u8],
-    frac_bits: u32,
+    semantics: &Semantics,
     primes: usize,
+    sign_bases: &[u8],
     namespace: u64,
 ) -> Result<String, GcError> {
     ch.handshake(Role::Enclave, &[Role::Worker])?;
     ch.send(&ToWorker::Setup {
         model_onnx: model_onnx.to_vec(),
-        frac_bits,
+        semantics: semantics.clone(),
         primes: primes as u32,
+        sign_bases: sign_bases.to_vec(),
         namespace,
     })?;
     let ready = ch.recv::<FromWorker>()?;
@@ -324,17 +359,38 @@ impl GcBackend {
         online: T,
         channel: tessera_runtime::ChannelOptions,
     ) -> Result<Self, GcError> {
-        let quant = QuantModel::new(graph, opts.quant)?;
-        let probe = NetworkCircuit::compile(graph, opts.quant, 2)?;
+        let quant = ExactModel::new(graph, &opts.semantics)?;
+        let probe = NetworkCircuit::compile_exact(&quant, 2)?;
         let range = choose_range(&probe, &quant, opts)?;
         let primes = range.primes;
         let circuit = probe.with_primes(primes)?;
+        // Under v2 every sign gadget runs over just enough primes for the values it resolves
+        // (sound for every input, like k); pow2 keeps every sign over all k.
+        let sign_bases = match &quant {
+            ExactModel::V2(_) => circuit.sign_bases(u128::from(range.input_limit))?,
+            ExactModel::Pow2(_) => Vec::new(),
+        };
+        let circuit = circuit.with_sign_bases(&sign_bases)?;
         let public = export_model(&public_model(graph))?;
         let mut off = Channel::new(offline, channel)?;
         let mut on = Channel::new(online, channel)?;
         let namespace: u64 = rand::random();
-        let device = setup(&mut off, &public, opts.quant.frac_bits, primes, namespace)?;
-        setup(&mut on, &public, opts.quant.frac_bits, primes, namespace)?;
+        let device = setup(
+            &mut off,
+            &public,
+            &opts.semantics,
+            primes,
+            &sign_bases,
+            namespace,
+        )?;
+        setup(
+            &mut on,
+            &public,
+            &opts.semantics,
+            primes,
+            &sign_bases,
+            namespace,
+        )?;
         let shared = Arc::new(Shared {
             pool: Mutex::new(Pool {
                 ready: VecDeque::new(),
@@ -501,12 +557,7 @@ impl GcBackend {
     }
 
     fn infer_once(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), GcError> {
-        let x = self
-            .quant
-            .quantize_inputs(std::slice::from_ref(input))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| GcError::Protocol("no input".into()))?;
+        let x = self.quant.quantize_input(input)?;
         // Before a garbling is spent: every value must lie in the range k was chosen for, or it
         // could wrap in CRT and come back as a valid but wrong output.
         check_input_range(&x, self.range.input_limit)?;

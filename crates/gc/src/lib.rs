@@ -31,10 +31,17 @@
 //!   [`CALIBRATED_LABEL`]. For a calibrated backend (c) uses the largest input the calibration
 //!   saw, but an input inside that range can still drive an inner value past the calibrated
 //!   range: that is exactly what "not sound" means.
+//!   Under the integer semantics v2 (`tessera_engine::qint`) every activation saturates, the
+//!   input included, so (a) holds for *every* input: k is computed from the circuit's own
+//!   weights, biases and multipliers (`NetworkCircuit::sound_primes`), no input can fall outside
+//!   it, and a calibrated k is refused as pointless.
 //! * **What the worker learns by design**: the architecture, k, and the weights of the linear
 //!   layers (they are public multipliers of the free operations; see `tessera_garble::network`).
 //!   Biases and added constants are garbled and stay hidden. The worker receives the model with
-//!   biases and added constants zeroed ([`public_model`]) and compiles the same circuit.
+//!   biases and added constants zeroed ([`public_model`]) and compiles the same circuit. Under
+//!   v2 it also receives the calibration (every activation's calibrated minimum and maximum),
+//!   from which it derives the same scales, multipliers, shifts and clamp bounds: per-tensor
+//!   extremes of the calibration data, nothing per input.
 //! * **What k reveals about the biases.** The sound k bounds every accumulator by
 //!   Σ|w|·X + |b| per layer, so with automatic k the worker (who knows the weights and the input
 //!   range) learns in which of the at most 13 CRT ranges the largest bias-inclusive bound falls:
@@ -55,7 +62,6 @@ pub use backend::{CALIBRATED_LABEL, Calibration, GarbleProgress, GcBackend, GcOp
 pub use messages::{FromWorker, ToWorker};
 pub use worker::{WorkerOptions, serve_worker, serve_worker_tcp};
 
-use tessera_engine::quant::QuantModel;
 use tessera_model::Graph;
 use tessera_model::ir::{BinOp, Op};
 
@@ -88,10 +94,11 @@ pub enum GcError {
     /// A k below the bound that holds every value (the worst case for the stated input range,
     /// or the calibrated widths): values could wrap in CRT and decode to a wrong prediction.
     #[error(
-        "gc: {primes} CRT primes are below the {sound} needed to hold every value for the stated \
-         input range, so a wrap-around would return a wrong prediction as valid; use at least \
-         {sound} primes, or opt in to a calibrated range measured on your data \
-         (--gc-calibrated DATA, labelled 'calibrated, not sound')"
+        "gc: {primes} CRT primes are below the {sound} needed to hold every value (for every \
+         input in the stated range; under --semantics v2, for every input), so a wrap-around \
+         would return a wrong prediction as valid; use at least {sound} primes, or, under \
+         --semantics pow2, opt in to a calibrated range measured on your data (--gc-calibrated \
+         DATA, labelled 'calibrated, not sound')"
     )]
     UnsoundPrimes {
         /// The k asked for.
@@ -137,26 +144,33 @@ impl From<GcError> for tessera_runtime::RuntimeError {
     }
 }
 
-/// Whether the gc scheme can run `g` at these fixed-point parameters: compiles its circuit (no
+/// Whether the gc scheme can run `g` under these integer semantics: compiles its circuit (no
 /// garbling, no worker), so the error names the node and what is not garbled.
-pub fn check_model(g: &Graph, quant: tessera_engine::QuantConfig) -> Result<(), GcError> {
-    QuantModel::new(g, quant)?;
-    tessera_garble::network::NetworkCircuit::compile(g, quant, 2)?;
+pub fn check_model(g: &Graph, semantics: &tessera_engine::Semantics) -> Result<(), GcError> {
+    let m = tessera_engine::ExactModel::new(g, semantics)?;
+    tessera_garble::network::NetworkCircuit::compile_exact(&m, 2)?;
     Ok(())
 }
 
-/// The k the enclave picks by default for inputs with |x| ≤ `input_range`: the smallest that
-/// holds the worst case of every value (see [`GcOptions`]). Compiles the circuit, garbles
-/// nothing.
+/// The k the enclave picks by default for inputs with |x| ≤ `input_range` (v2: for every input,
+/// which saturates): the smallest that holds the worst case of every value (see [`GcOptions`]).
+/// Compiles the circuit, garbles nothing.
 pub fn sound_primes(
     g: &Graph,
-    quant: tessera_engine::QuantConfig,
+    semantics: &tessera_engine::Semantics,
     input_range: f32,
 ) -> Result<usize, GcError> {
-    let qm = QuantModel::new(g, quant)?;
-    let probe = tessera_garble::network::NetworkCircuit::compile(g, quant, 2)?;
-    let widths = tessera_engine::quant::static_widths(&qm, input_range)?;
-    probe.primes_needed(&widths, 0).map_err(no_sound_range)
+    let m = tessera_engine::ExactModel::new(g, semantics)?;
+    let probe = tessera_garble::network::NetworkCircuit::compile_exact(&m, 2)?;
+    match &m {
+        tessera_engine::ExactModel::Pow2(qm) => {
+            let widths = tessera_engine::quant::static_widths(qm, input_range)?;
+            probe.primes_needed(&widths, 0).map_err(no_sound_range)
+        }
+        tessera_engine::ExactModel::V2(im) => probe
+            .sound_primes(im.input_quant()?.max_abs())
+            .map_err(no_sound_range),
+    }
 }
 
 /// A worst case beyond the basis is the user's choice of range, not a garbling failure: say so.

@@ -6,14 +6,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     /// The model the worker compiles its public circuit from ([`crate::public_model`], ONNX),
-    /// with the fixed-point parameters and the number of CRT primes.
+    /// with the integer semantics (for v2, its calibration: public where the weights are) and
+    /// the number of CRT primes.
     Setup {
         /// ONNX bytes of the public model.
         model_onnx: Vec<u8>,
-        /// Fractional bits.
-        frac_bits: u32,
+        /// The integer semantics the circuit reproduces.
+        semantics: tessera_engine::Semantics,
         /// CRT primes k.
         primes: u32,
+        /// Per circuit step, the primes its sign gadgets use (empty: all k;
+        /// `NetworkCircuit::with_sign_bases`).
+        sign_bases: Vec<u8>,
         /// The enclave's namespace for garbling files on the worker (both of its connections
         /// send the same one), so that several enclaves can share a worker.
         namespace: u64,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tessera_engine::quant::QuantConfig;
+use tessera_engine::ExactModel;
 use tessera_garble::network::{InputLabels, NetworkCircuit, evaluate};
 use tessera_model::{ImportOptions, import_model};
 use tessera_runtime::RuntimeError;
@@ -50,17 +50,17 @@ impl Session<'_> {
         match msg {
             ToWorker::Setup {
                 model_onnx,
-                frac_bits,
+                semantics,
                 primes,
+                sign_bases,
                 namespace,
             } => {
                 self.namespace = namespace;
                 let g = import_model(&model_onnx, &ImportOptions::default())?;
-                let cfg = QuantConfig {
-                    frac_bits,
-                    max_bits: None,
-                };
-                let c = NetworkCircuit::compile(&g, cfg, primes as usize)?.public();
+                let m = ExactModel::new(&g, &semantics)?;
+                let c = NetworkCircuit::compile_exact(&m, primes as usize)?
+                    .with_sign_bases(&sign_bases)?
+                    .public();
                 self.circuit = Some(c);
                 // Set up: the enclave may stay silent for long between garblings.
                 self.idle = true;

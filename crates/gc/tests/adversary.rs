@@ -140,18 +140,18 @@ impl Adversary {
             let reply = match msg {
                 ToWorker::Setup {
                     model_onnx,
-                    frac_bits,
+                    semantics,
                     primes,
+                    sign_bases,
                     namespace,
                 } => {
                     ns = namespace;
                     let g = import_model(&model_onnx, &ImportOptions::default()).unwrap();
-                    let cfg = QuantConfig {
-                        frac_bits,
-                        max_bits: None,
-                    };
+                    let m = tessera_engine::ExactModel::new(&g, &semantics).unwrap();
                     circuit = Some(
-                        NetworkCircuit::compile(&g, cfg, primes as usize)
+                        NetworkCircuit::compile_exact(&m, primes as usize)
+                            .unwrap()
+                            .with_sign_bases(&sign_bases)
                             .unwrap()
                             .public(),
                     );
@@ -245,10 +245,10 @@ fn adversary(attack: Attack) -> ServerHandle {
 
 fn opts() -> GcOptions {
     GcOptions {
-        quant: QuantConfig {
+        semantics: tessera_engine::Semantics::Pow2(QuantConfig {
             frac_bits: 4,
             max_bits: None,
-        },
+        }),
         input_range: 1.0,
         pool: 2,
         ..GcOptions::default()

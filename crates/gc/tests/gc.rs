@@ -52,12 +52,20 @@ fn input(seed: u64, shape: &[usize], scale: f32) -> Tensor {
     Tensor::new(shape.to_vec(), data).unwrap()
 }
 
+/// The power-of-two parameters these tests run under.
+fn pow2(o: &GcOptions) -> QuantConfig {
+    match &o.semantics {
+        tessera_engine::Semantics::Pow2(c) => *c,
+        tessera_engine::Semantics::V2 { .. } => panic!("these tests run the pow2 semantics"),
+    }
+}
+
 fn small_opts() -> GcOptions {
     GcOptions {
-        quant: QuantConfig {
+        semantics: tessera_engine::Semantics::Pow2(QuantConfig {
             frac_bits: 4,
             max_bits: None,
-        },
+        }),
         input_range: 1.0,
         pool: 2,
         ..GcOptions::default()
@@ -70,7 +78,7 @@ fn dash_a_bit_exact_and_one_round() {
     let w = worker("a");
     let opts = small_opts();
     let b = backend(&g, &w, &opts);
-    let reference = QuantModel::new(&g, opts.quant).unwrap();
+    let reference = QuantModel::new(&g, pow2(&opts)).unwrap();
     for i in 0..3 {
         let x = input(i + 1, &[1, 1, 28, 28], 1.0);
         let (y, cost) = b.infer(&x).unwrap();
@@ -103,16 +111,16 @@ fn mnist8_bit_exact() {
     let g = tessera_model::import_model(&bytes, &tessera_model::ImportOptions::default()).unwrap();
     let w = worker("mnist");
     let opts = GcOptions {
-        quant: QuantConfig {
+        semantics: tessera_engine::Semantics::Pow2(QuantConfig {
             frac_bits: 4,
             max_bits: None,
-        },
+        }),
         pool: 1,
         ..GcOptions::default()
     };
     let b = backend(&g, &w, &opts);
     b.wait_ready(Duration::from_secs(600)).unwrap();
-    let reference = QuantModel::new(&g, opts.quant).unwrap();
+    let reference = QuantModel::new(&g, pow2(&opts)).unwrap();
     for set in 0..3 {
         let x =
             tessera_data::load_pb(&dir.join(format!("test_data_set_{set}/input_0.pb"))).unwrap();
@@ -182,7 +190,7 @@ fn a_calibrated_k_is_labelled_and_bounded_by_its_data() {
     let g = builders::dash_a(6).unwrap();
     let w = worker("cal");
     let opts = small_opts();
-    let reference = QuantModel::new(&g, opts.quant).unwrap();
+    let reference = QuantModel::new(&g, pow2(&opts)).unwrap();
     let data: Vec<Tensor> = (0..4)
         .map(|i| input(20 + i, &[1, 1, 28, 28], 0.5))
         .collect();
@@ -223,15 +231,15 @@ fn a_calibrated_k_is_labelled_and_bounded_by_its_data() {
 /// garbling failure.
 #[test]
 fn sound_primes_are_reported_and_a_range_beyond_the_basis_is_named() {
-    let cfg = small_opts().quant;
+    let cfg = pow2(&small_opts());
     let a = builders::dash_a(1).unwrap();
     let w = worker("sound");
     assert_eq!(
-        tessera_gc::sound_primes(&a, cfg, 1.0).unwrap(),
+        tessera_gc::sound_primes(&a, &tessera_engine::Semantics::Pow2(cfg), 1.0).unwrap(),
         backend(&a, &w, &small_opts()).stats().primes
     );
     let f = builders::f_net(1).unwrap();
-    match tessera_gc::sound_primes(&f, cfg, 1.0) {
+    match tessera_gc::sound_primes(&f, &tessera_engine::Semantics::Pow2(cfg), 1.0) {
         Err(tessera_gc::GcError::NoSoundRange { need, half, primes }) => {
             assert!(need as u64 > half && primes == 13, "{need} {half} {primes}");
         }

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 pub const MAGIC: [u8; 4] = *b"TSRA";
 
 /// The protocol version this build speaks. Version 2: the enclave's evidence message carries
-/// its application measurement, which the report data binds.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// its application measurement, which the report data binds. Version 3: outputs carry their
+/// real scale (the integer semantics v2 has no power-of-two scale).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default deadline for every read: long enough for a garbled network to arrive, short enough
 /// that a silent peer does not hold a thread forever.

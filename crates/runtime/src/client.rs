@@ -21,10 +21,10 @@ pub struct AttestedClient {
 /// The enclave's answer to one inference.
 #[derive(Clone, Debug)]
 pub struct EnclaveOutput {
-    /// Integer output at scale 2^frac_bits.
+    /// Integer output; `exact · scale` is the real output.
     pub exact: Tensor<i64>,
-    /// Fractional bits.
-    pub frac_bits: u32,
+    /// The real value of one integer step (finite and positive: checked).
+    pub scale: f64,
     /// The enclave's measured and modeled costs.
     pub tee: TeeCost,
     /// What the enclave offloaded to an untrusted worker, if anything.
@@ -113,17 +113,22 @@ impl AttestedClient {
             EnclaveMsg::Output {
                 shape,
                 exact,
-                frac_bits,
+                scale,
                 tee,
                 offload,
             } => {
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(RuntimeError::Malformed(format!(
+                        "the enclave's output scale {scale} is not a positive number"
+                    )));
+                }
                 let shape = shape.iter().map(|&d| d as usize).collect();
                 let exact = Tensor::new(shape, exact).map_err(|e| {
                     RuntimeError::Malformed(format!("the enclave's output tensor: {e}"))
                 })?;
                 Ok(EnclaveOutput {
                     exact,
-                    frac_bits,
+                    scale,
                     tee,
                     offload,
                 })

@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tessera_attest::{Evidence, TeeKind};
-use tessera_engine::quant::{QuantConfig, QuantModel};
+use tessera_engine::{ExactModel, Semantics};
 use tessera_model::Tensor;
 use tessera_model::import::{ImportOptions, import_model};
 
@@ -129,6 +129,11 @@ pub trait InferBackend: Send + Sync {
     fn infer(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), RuntimeError>;
     /// The enclave's working set while serving (for the cost model).
     fn footprint(&self) -> Footprint;
+    /// The real value of one output step when the backend's output is not at the model's
+    /// integer scale (a float scheme such as `asym`); `None`: the model's.
+    fn output_scale(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// An optional backend in a configuration.
@@ -153,10 +158,8 @@ pub struct EnclavePolicy {
     pub scheme: &'static str,
     /// Evidence mode.
     pub mode: &'static str,
-    /// Fractional bits.
-    pub frac_bits: u32,
-    /// Bound on integer widths.
-    pub max_bits: Option<u32>,
+    /// The integer semantics and its parameters (for v2, its calibration too).
+    pub semantics: Semantics,
 }
 
 /// How to start an enclave.
@@ -169,7 +172,7 @@ pub struct EnclaveConfig {
     /// The model, ONNX bytes (measured as given).
     pub model_onnx: Vec<u8>,
     /// Integer semantics.
-    pub quant: QuantConfig,
+    pub semantics: Semantics,
     /// Cost profile of the modeled TEE.
     pub profile: Profile,
     /// The enclave binary's bytes for the measurement; `None`: this process's executable.
@@ -193,7 +196,7 @@ pub struct Enclave {
     measurement: [u8; 48],
     identity: Identity,
     platform: Platform,
-    model: QuantModel,
+    model: ExactModel,
     name: String,
     input_shape: Vec<usize>,
     footprint: Footprint,
@@ -224,8 +227,7 @@ impl EnclaveConfig {
             protocol: crate::channel::PROTOCOL_VERSION,
             scheme: self.backend.0.as_ref().map_or("tee", |b| b.scheme()),
             mode: self.mode.name(),
-            frac_bits: self.quant.frac_bits,
-            max_bits: self.quant.max_bits,
+            semantics: self.semantics.clone(),
         }
     }
 
@@ -254,7 +256,7 @@ impl Enclave {
                 ..ImportOptions::default()
             },
         )?;
-        let model = QuantModel::new(&graph, cfg.quant)?;
+        let model = ExactModel::new(&graph, &cfg.semantics)?;
         let input_shape = graph
             .inputs
             .first()
@@ -338,7 +340,7 @@ impl Enclave {
             measurement: hex(&self.measurement),
             model: self.name.clone(),
             input_shape: self.input_shape.iter().map(|&d| d as u32).collect(),
-            frac_bits: self.model.config().frac_bits,
+            semantics: self.semantics_label(),
             profile: self.profile.name.into(),
             scheme: self.backend.0.as_ref().map_or("tee", |b| b.scheme()).into(),
         }
@@ -370,6 +372,24 @@ impl Enclave {
         }
     }
 
+    /// The real value of one step of the integers this enclave returns.
+    pub fn output_scale(&self) -> Result<f64, RuntimeError> {
+        match self.backend.0.as_ref().and_then(|b| b.output_scale()) {
+            Some(s) => Ok(s),
+            None => Ok(self.model.output_scale()?),
+        }
+    }
+
+    fn semantics_label(&self) -> String {
+        match &self.model {
+            ExactModel::Pow2(m) => format!("pow2 f = {}", m.config().frac_bits),
+            ExactModel::V2(m) => {
+                let c = m.config();
+                format!("v2 w{}a{} B = {}", c.weight_bits, c.act_bits, c.mult_bits)
+            }
+        }
+    }
+
     /// Run one inference; the input's shape must be the model's.
     pub fn infer(
         &self,
@@ -395,13 +415,8 @@ impl Enclave {
             let tee = model_request(&self.profile, &self.footprint, own, 2 + 2 * off.rounds);
             return Ok((out, tee, Some(off)));
         }
-        let run = self.model.run(std::slice::from_ref(&t))?;
+        let out = self.model.run(&t)?;
         let measured = t0.elapsed();
-        let out = run
-            .outputs
-            .into_iter()
-            .next()
-            .ok_or_else(|| RuntimeError::Config("the model has no output".into()))?;
         // One receive and one send inside the enclave per request.
         Ok((
             out,
@@ -497,7 +512,7 @@ impl Enclave {
                     Ok((out, tee, offload)) => EnclaveMsg::Output {
                         shape: out.shape().iter().map(|&d| d as u32).collect(),
                         exact: out.data().to_vec(),
-                        frac_bits: self.model.config().frac_bits,
+                        scale: self.output_scale()?,
                         tee,
                         offload,
                     },

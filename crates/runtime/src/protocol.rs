@@ -39,8 +39,8 @@ pub struct EnclaveInfo {
     pub model: String,
     /// Expected input shape.
     pub input_shape: Vec<u32>,
-    /// Fractional bits of the integer semantics.
-    pub frac_bits: u32,
+    /// The integer semantics, in words ("pow2 f = 8", "v2 w8a8 B = 8").
+    pub semantics: String,
     /// Cost profile.
     pub profile: String,
     /// The scheme served (`tee`, `gc`, `asym`).
@@ -89,10 +89,10 @@ pub enum EnclaveMsg {
     Output {
         /// Output dimensions.
         shape: Vec<u32>,
-        /// Integer output at scale 2^frac_bits.
+        /// Integer output; `exact · scale` is the real output.
         exact: Vec<i64>,
-        /// Fractional bits.
-        frac_bits: u32,
+        /// The real value of one integer step (2^−f, or the v2 output scale).
+        scale: f64,
         /// Measured and modeled TEE costs of the request.
         tee: TeeCost,
         /// What the enclave offloaded to an untrusted worker, if anything.

@@ -38,7 +38,7 @@ fn config(g: &Graph, dir: &std::path::Path) -> EnclaveConfig {
         mode: Mode::Sim,
         state_dir: dir.to_path_buf(),
         model_onnx: export_model(g).unwrap(),
-        quant: QuantConfig::default(),
+        semantics: tessera_engine::Semantics::default(),
         profile: cost::SGX1,
         binary: Some(b"test enclave binary v1".to_vec()),
         channel: ChannelOptions {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tessera_asym::AsymOptions;
 use tessera_asym::service::{AsymBackend, serve_asym_worker_tcp};
-use tessera_engine::quant::QuantConfig;
+use tessera_engine::Semantics;
 use tessera_model::Tensor;
 use tessera_model::stats::stats;
 use tessera_runtime::enclave::{Backend, ServerHandle};
@@ -30,7 +30,7 @@ impl Asym {
     /// Start a worker and an enclave splitting `graph` with `opts`, and connect to it.
     pub fn new(
         graph: &tessera_model::Graph,
-        cfg: QuantConfig,
+        semantics: &Semantics,
         opts: &AsymOptions,
     ) -> Result<Self, SchemeError> {
         let worker = serve_asym_worker_tcp(
@@ -42,14 +42,14 @@ impl Asym {
         let backend = AsymBackend::start(
             graph,
             opts,
-            cfg.frac_bits,
+            semantics.frac_bits(),
             stream,
             ChannelOptions::default(),
         )
         .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
         let (server, client) = crate::embedded::start(
             graph,
-            cfg,
+            semantics,
             tessera_runtime::cost::SGX1,
             std::env::temp_dir().join("tessera-sim-enclave"),
             Backend(Some(Arc::new(backend))),

@@ -4,8 +4,8 @@
 use crate::{Cost, Inference, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+use tessera_engine::Semantics;
 use tessera_engine::argmax;
-use tessera_engine::quant::QuantConfig;
 use tessera_model::export::export_model;
 use tessera_runtime::enclave::{
     Backend, Enclave, EnclaveConfig, Mode, ServerHandle, serve_enclave,
@@ -21,7 +21,7 @@ pub(crate) fn io(what: &str) -> impl Fn(std::io::Error) -> SchemeError + '_ {
 /// attested client that pins its measurement.
 pub(crate) fn start(
     graph: &tessera_model::Graph,
-    cfg: QuantConfig,
+    semantics: &Semantics,
     profile: Profile,
     state_dir: std::path::PathBuf,
     backend: Backend,
@@ -31,7 +31,7 @@ pub(crate) fn start(
         mode: Mode::Sim,
         state_dir,
         model_onnx,
-        quant: cfg,
+        semantics: semantics.clone(),
         profile,
         binary: None,
         channel: ChannelOptions::default(),
@@ -57,7 +57,7 @@ pub(crate) fn start(
 /// with the latency and the modeled TEE time (the client-side latency with the enclave's
 /// measured compute replaced by its modeled time).
 pub(crate) fn inference(out: EnclaveOutput, latency: Duration, mut cost: Cost) -> Inference {
-    let scale = 2f64.powi(-(out.frac_bits.min(62) as i32));
+    let scale = out.scale;
     let output = out.exact.map(|&v| (v as f64 * scale) as f32);
     let class = argmax(output.data());
     cost.latency = latency;
@@ -67,6 +67,7 @@ pub(crate) fn inference(out: EnclaveOutput, latency: Duration, mut cost: Cost) -
     );
     Inference {
         output,
+        scale,
         exact: out.exact,
         class,
         cost,

@@ -68,7 +68,7 @@ impl Gc {
         );
         let (server, client) = crate::embedded::start(
             graph,
-            opts.quant,
+            &opts.semantics,
             tessera_runtime::cost::SGX1,
             std::env::temp_dir().join("tessera-sim-enclave"),
             Backend(Some(backend.clone())),

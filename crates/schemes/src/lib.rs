@@ -14,8 +14,8 @@
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
-use tessera_engine::quant::{QuantConfig, QuantModel};
 use tessera_engine::{EngineError, argmax};
+use tessera_engine::{ExactModel, Semantics};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, Tensor};
 
@@ -46,8 +46,11 @@ pub struct Cost {
 pub struct Inference {
     /// The model output in real units (dequantized logits or probabilities).
     pub output: Tensor,
-    /// The exact integer output at scale 2^f (the value every scheme must reproduce).
+    /// The exact integer output (the value every scheme must reproduce; `output` is it times
+    /// the output scale).
     pub exact: Tensor<i64>,
+    /// The real value of one step of `exact`.
+    pub scale: f64,
     /// Argmax of the output.
     pub class: usize,
     /// What it cost.
@@ -104,13 +107,12 @@ pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym"];
 /// Whether scheme `name` can run `g`, decided before any work (no enclave, worker or garbling is
 /// started): the integer semantics for every scheme (the enclave runs them), the circuit for
 /// `gc`, the split plan for `asym`. The error names the node and the op it cannot run.
-pub fn check(name: &str, g: &Graph, cfg: QuantConfig) -> Result<(), SchemeError> {
-    QuantModel::new(g, cfg)?;
+pub fn check(name: &str, g: &Graph, semantics: &Semantics) -> Result<(), SchemeError> {
+    ExactModel::new(g, semantics)?;
     match name {
         "plain" | "tee" => Ok(()),
-        "gc" => {
-            tessera_gc::check_model(g, cfg).map_err(|e| SchemeError::Unsupported(e.to_string()))
-        }
+        "gc" => tessera_gc::check_model(g, semantics)
+            .map_err(|e| SchemeError::Unsupported(e.to_string())),
         "asym" => tessera_asym::Plan::new(g, &AsymOptions::default())
             .map(|_| ())
             .map_err(|e| SchemeError::Unsupported(e.to_string())),
@@ -122,27 +124,27 @@ pub fn check(name: &str, g: &Graph, cfg: QuantConfig) -> Result<(), SchemeError>
 }
 
 /// The schemes of this build that can run `g` ([`check`]).
-pub fn schemes_for(g: &Graph, cfg: QuantConfig) -> Vec<&'static str> {
+pub fn schemes_for(g: &Graph, semantics: &Semantics) -> Vec<&'static str> {
     SCHEMES
         .iter()
         .copied()
-        .filter(|s| check(s, g, cfg).is_ok())
+        .filter(|s| check(s, g, semantics).is_ok())
         .collect()
 }
 
 /// `plain`: the integer reference in one process, no protection. Every other scheme's output is
 /// checked against it bit for bit.
 pub struct Plain {
-    model: QuantModel,
+    model: ExactModel,
     macs: u64,
 }
 
 impl Plain {
-    /// Quantize `graph` with `cfg`.
-    pub fn new(graph: &tessera_model::Graph, cfg: QuantConfig) -> Result<Self, SchemeError> {
+    /// Quantize `graph` under `semantics`.
+    pub fn new(graph: &tessera_model::Graph, semantics: &Semantics) -> Result<Self, SchemeError> {
         Ok(Self {
             macs: stats(graph).macs,
-            model: QuantModel::new(graph, cfg)?,
+            model: ExactModel::new(graph, semantics)?,
         })
     }
 }
@@ -156,13 +158,8 @@ impl Scheme for Plain {
     }
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
         let t0 = Instant::now();
-        let run = self.model.run(std::slice::from_ref(input))?;
-        let exact = run
-            .outputs
-            .into_iter()
-            .next()
-            .ok_or_else(|| SchemeError::Unsupported("the model has no output".into()))?;
-        let output = self.model.dequantize(&exact);
+        let exact = self.model.run(input)?;
+        let output = self.model.dequantize(&exact)?;
         let class = argmax(output.data());
         let cost = Cost {
             latency: t0.elapsed(),
@@ -172,6 +169,7 @@ impl Scheme for Plain {
         };
         Ok(Inference {
             output,
+            scale: self.model.output_scale()?,
             exact,
             class,
             cost,

@@ -6,7 +6,7 @@
 use crate::{Cost, Inference, Scheme, SchemeError};
 use std::path::PathBuf;
 use std::time::Instant;
-use tessera_engine::quant::QuantConfig;
+use tessera_engine::Semantics;
 use tessera_model::Tensor;
 use tessera_model::stats::stats;
 use tessera_runtime::enclave::ServerHandle;
@@ -42,14 +42,19 @@ impl Tee {
     /// Start an enclave holding `graph` and connect to it.
     pub fn new(
         graph: &tessera_model::Graph,
-        cfg: QuantConfig,
+        semantics: &Semantics,
         opts: TeeOptions,
     ) -> Result<Self, SchemeError> {
         let state_dir = opts
             .state_dir
             .unwrap_or_else(|| std::env::temp_dir().join("tessera-sim-enclave"));
-        let (server, client) =
-            crate::embedded::start(graph, cfg, opts.profile, state_dir, Default::default())?;
+        let (server, client) = crate::embedded::start(
+            graph,
+            semantics,
+            opts.profile,
+            state_dir,
+            Default::default(),
+        )?;
         Ok(Self {
             _server: server,
             client,

@@ -17,7 +17,7 @@ fn dash_b_split_over_the_wire_matches_the_float_model() {
         skip_unprofitable: false,
         ..AsymOptions::default()
     };
-    let mut s = Asym::new(&g, cfg, &opts).unwrap();
+    let mut s = Asym::new(&g, &tessera_engine::Semantics::Pow2(cfg), &opts).unwrap();
     for seed in 0..3u32 {
         let x = Tensor::new(
             vec![1, 1, 28, 28],

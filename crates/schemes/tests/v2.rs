@@ -1,0 +1,105 @@
+//! The integer semantics v2 through every exact scheme: `plain`, `tee` (enclave on loopback,
+//! attested TLS) and `gc` (enclave garbling for a worker on loopback) return the same integers,
+//! bit for bit, on a residual CNN with grouped and depthwise convolutions, ReLU6, a residual add
+//! and a padded average pool; gc picks the sound k from the circuit, and the output scale
+//! travels with the result.
+
+use tessera_engine::Semantics;
+use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
+use tessera_gc::GcOptions;
+use tessera_model::{Tensor, builders};
+use tessera_schemes::{Gc, Plain, Scheme, Tee, TeeOptions};
+
+#[test]
+fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
+    let g = builders::mix(8, 6, 3).expect("builds");
+    let cal_inputs = default_calibration_inputs(&g, 0.0, 1.0, 8, 1).expect("inputs");
+    let calibration = Calibration::from_inputs(&g, &cal_inputs, "generated").expect("calibrates");
+    let cfg = QintConfig {
+        mult_bits: 4,
+        ..QintConfig::default()
+    };
+    let sem = Semantics::V2 {
+        cfg,
+        calibration: calibration.clone(),
+    };
+    let reference = IntModel::new(&g, cfg, &calibration).expect("lowers");
+    let scale = reference.output_quant().expect("output").scale;
+    let inputs: Vec<Tensor> = default_calibration_inputs(&g, -0.5, 1.5, 3, 9).expect("inputs");
+    let want: Vec<Tensor<i64>> = inputs
+        .iter()
+        .map(|x| reference.run(x).expect("runs"))
+        .collect();
+
+    let dir = std::env::temp_dir().join(format!("tessera-v2-tee-{}", std::process::id()));
+    let mut schemes: Vec<Box<dyn Scheme>> = vec![
+        Box::new(Plain::new(&g, &sem).expect("plain")),
+        Box::new(
+            Tee::new(
+                &g,
+                &sem,
+                TeeOptions {
+                    state_dir: Some(dir.clone()),
+                    ..TeeOptions::default()
+                },
+            )
+            .expect("tee"),
+        ),
+    ];
+    let gc = Gc::new(
+        &g,
+        GcOptions {
+            semantics: sem.clone(),
+            pool: 1,
+            overlap: false,
+            ..GcOptions::default()
+        },
+    )
+    .expect("gc");
+    let st = gc.stats();
+    assert_eq!(st.sound_primes, Some(st.primes), "gc runs at the sound k");
+    assert!(st.calibrated.is_none(), "v2's k is sound, never calibrated");
+    schemes.push(Box::new(gc));
+    for s in &mut schemes {
+        for (x, w) in inputs.iter().zip(&want) {
+            let r = s.infer(x).expect("infers");
+            assert_eq!(
+                r.exact.data(),
+                w.data(),
+                "{} differs from the v2 reference",
+                s.name()
+            );
+            assert_eq!(r.scale, scale, "{}: output scale", s.name());
+            assert_eq!(s.caveat(), None);
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_k_below_the_sound_one_is_refused_under_v2() {
+    let g = builders::mix(6, 3, 1).expect("builds");
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 2, 1).expect("inputs");
+    let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
+    let sem = Semantics::V2 {
+        cfg: QintConfig::default(),
+        calibration,
+    };
+    let k = tessera_gc::sound_primes(&g, &sem, 1.0).expect("sound k");
+    let e = Gc::new(
+        &g,
+        GcOptions {
+            semantics: sem,
+            primes: Some(k - 1),
+            pool: 1,
+            ..GcOptions::default()
+        },
+    )
+    .err()
+    .expect("a k below the sound one is refused")
+    .to_string();
+    assert!(
+        e.contains(&format!("{} CRT primes are below the {k} needed", k - 1)),
+        "{e}"
+    );
+}
