@@ -736,8 +736,14 @@ pub fn relu_narrow<B: Backend>(
         .collect()
 }
 
-/// `clamp(x, lo, hi) = lo + relu(x − lo) − relu(x − hi)` over the residue wires `x` (exact when
-/// |x| + max(|lo|, |hi|) is below half the product of the primes the signs use; `lo ≤ hi`).
+/// `clamp(x, lo, hi)` over the residue wires `x`, exact when |x| + max(|lo|, |hi|) is below half
+/// the product of the primes its two signs use (`sign_primes`, 0: all); `lo ≤ hi`.
+///
+/// With s_lo = [x < lo] and s_hi = [x < hi] (two signs) and t = s_lo ⊕ s_hi (free: one is 1 only
+/// when the other is), `clamp = hi + t·(x − lo) − s_hi·(hi − lo)`: below lo both bits are 1 and it
+/// gives lo, inside [lo, hi) t = 1 and it gives x, from hi on both are 0 and it gives hi. One bit ×
+/// residue product per residue (three projections) and one projection of s_hi per residue (one
+/// ciphertext), where `lo + relu(x − lo) − relu(x − hi)` needs two products per residue.
 pub fn clamp<B: Backend>(
     b: &mut B,
     x: &[B::Wire],
@@ -748,6 +754,10 @@ pub fn clamp<B: Backend>(
     if lo > hi {
         return Err(GarbleError::Internal("a clamp with lo > hi"));
     }
+    let j = match usize::from(sign_primes) {
+        0 => x.len(),
+        j => j,
+    };
     let shift = |b: &mut B, c: i64| -> Result<Vec<B::Wire>, GarbleError> {
         x.iter()
             .map(|w| {
@@ -758,14 +768,27 @@ pub fn clamp<B: Backend>(
     };
     let below = shift(b, -lo)?;
     let above = shift(b, -hi)?;
-    let r1 = relu_narrow(b, &below, sign_primes)?;
-    let r2 = relu_narrow(b, &above, sign_primes)?;
-    r1.iter()
-        .zip(&r2)
-        .map(|(p, r)| {
-            let d = b.sub(p, r)?;
-            let q = i64::from(b.modulus_of(&d).q());
-            b.add_const(&d, lo.rem_euclid(q) as u64)
+    let head = |v: &[B::Wire]| -> Result<Vec<B::Wire>, GarbleError> {
+        v.get(..j)
+            .map(<[B::Wire]>::to_vec)
+            .ok_or(GarbleError::Internal(
+                "a sign over more primes than the wire has",
+            ))
+    };
+    let s_lo = crate::gadget::sign(b, &head(&below)?)?;
+    let s_hi = crate::gadget::sign(b, &head(&above)?)?;
+    let t = b.add(&s_lo, &s_hi)?;
+    let span = i128::from(hi) - i128::from(lo);
+    below
+        .iter()
+        .map(|u| {
+            let m = b.modulus_of(u);
+            let q = i128::from(m.q());
+            let prod = crate::gadget::mul_bit(b, &t, u)?;
+            let d = u16::try_from(span.rem_euclid(q)).map_err(|_| GarbleError::Internal("span"))?;
+            let drop = b.project(&s_hi, m, &[0, d])?;
+            let y = b.sub(&prod, &drop)?;
+            b.add_const(&y, i128::from(hi).rem_euclid(q) as u64)
         })
         .collect()
 }

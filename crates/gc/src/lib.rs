@@ -34,7 +34,10 @@
 //!   Under the integer semantics v2 (`tessera_engine::qint`) every activation saturates, the
 //!   input included, so (a) holds for *every* input: k is computed from the circuit's own
 //!   weights, biases and multipliers (`NetworkCircuit::sound_primes`), no input can fall outside
-//!   it, and a calibrated k is refused as pointless.
+//!   it, and a calibrated k is refused as pointless. The same bounds give every ReLU and clamp
+//!   the number of primes its sign needs; the enclave computes them and sends them to the worker,
+//!   which must use them (a different list garbles a different circuit, and the output check
+//!   fails).
 //! * **What the worker learns by design**: the architecture, k, and the weights of the linear
 //!   layers (they are public multipliers of the free operations; see `tessera_garble::network`).
 //!   Biases and added constants are garbled and stay hidden. The worker receives the model with
@@ -47,7 +50,9 @@
 //!   range) learns in which of the at most 13 CRT ranges the largest bias-inclusive bound falls:
 //!   a coarse upper and lower bound on the largest |bias| of the layer that sets k, never a bias
 //!   value. A deployment that must not reveal even that fixes k with `--gc-primes` from public
-//!   information (k must still be at least the sound bound, which the enclave checks).
+//!   information (k must still be at least the sound bound, which the enclave checks). Under v2
+//!   the per-step sign bases reveal the same kind of coarse bound per layer (in which of at most
+//!   13 ranges each layer's rescaled worst case falls, biases included); pow2 sends none.
 //! * Messages between enclave and worker travel on a plain framed channel (sequence numbers,
 //!   size limits, deadlines): they carry nothing secret, and tampering is caught by the output
 //!   check. Denial of service by the worker is out of scope.

@@ -3,11 +3,11 @@
 //!
 //! | v2 op | steps | cost |
 //! |---|---|---|
-//! | Conv / Dense | label GEMM with the public integer weights, garbled bias, public per-channel multiplier m_c, rescale by 2^n, clamp to the output interval | free, free, free, one rescale, two ReLUs |
-//! | Add / Sub of two activations | public multipliers m_a, m_b, add, rescale by 2^n, clamp | free, one rescale, two ReLUs |
-//! | Mul by a constant | public multiplier per element, rescale, clamp | free, one rescale, two ReLUs |
+//! | Conv / Dense | label GEMM with the public integer weights, garbled bias, public per-channel multiplier m_c, rescale by 2^n, clamp to the output interval | free, free, free, one rescale, one clamp |
+//! | Add / Sub of two activations | public multipliers m_a, m_b, add, rescale by 2^n, clamp | free, one rescale, one clamp |
+//! | Mul by a constant | public multiplier per element, rescale, clamp | free, one rescale, one clamp |
 //! | Add / Sub of a constant | garbled constant | free |
-//! | ReLU / Clip | nothing when the input's proven interval already lies inside; else a ReLU or a clamp | free, or one / two ReLUs |
+//! | ReLU / Clip | nothing when the input's proven interval already lies inside; else a ReLU or a clamp | free, or a ReLU / a clamp |
 //! | MaxPool | a max2 tree | (window − 1) max2 |
 //! | AveragePool / GlobalAveragePool | window sum, public multiplier per position, rescale | free, one rescale |
 //! | Reshape / Softmax | nothing | free |
@@ -17,6 +17,12 @@
 //! is bounded per output channel by `(Σ_j |w_cj| · max|x| + |b_c|) · m_c`, independently of
 //! depth: [`NetworkCircuit::sound_primes`] computes these bounds over the circuit's own steps and
 //! returns the smallest k that holds every one of them.
+//!
+//! A clamp is two exact signs and one bit × residue product per residue (see `network::clamp`).
+//! Each sign (of a ReLU or a clamp) runs over only the first j ≤ k primes whose range holds the
+//! values it resolves — after a rescale they are far smaller than the accumulators that set k —
+//! as [`NetworkCircuit::sign_bases`] computes from the same bounds; the garbler and the evaluator
+//! must apply the same list ([`NetworkCircuit::with_sign_bases`]).
 
 use tessera_engine::qint::{IntModel, IntOp};
 use tessera_model::ir::Op;
@@ -581,6 +587,61 @@ impl NetworkCircuit {
         match m {
             tessera_engine::ExactModel::Pow2(q) => Self::compile(q.graph(), q.config(), primes),
             tessera_engine::ExactModel::V2(q) => Self::compile_qint(q, primes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{clamp, relu_narrow};
+    use crate::crt::CrtBasis;
+    use crate::gadget::{PlainBackend, PlainWire};
+    use proptest::prelude::*;
+
+    fn wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
+        let r = b.encode(x).expect("in range");
+        b.moduli()
+            .iter()
+            .zip(r)
+            .map(|(&m, v)| PlainWire::new(m, u64::from(v)))
+            .collect()
+    }
+
+    fn value(b: &CrtBasis, w: &[PlainWire]) -> i64 {
+        b.decode(&w.iter().map(|p| p.value()).collect::<Vec<_>>())
+            .expect("decodes")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The clamp gadget and the narrow ReLU against plain arithmetic, with the signs over
+        /// the fewest primes whose range holds what they resolve.
+        #[test]
+        fn clamp_and_narrow_relu_are_exact(
+            k in 6usize..=9,
+            x in -5000i64..5000,
+            lo in -300i64..=0,
+            width in 0i64..600,
+        ) {
+            let b = CrtBasis::first_primes(k).expect("basis");
+            let hi = lo + width;
+            let need = u128::from(x.unsigned_abs() + lo.unsigned_abs().max(hi.unsigned_abs()) + 1);
+            let mut product = 1u128;
+            let mut j = 0;
+            for (i, m) in b.moduli().iter().enumerate() {
+                product *= u128::from(m.q());
+                if i >= 1 && need <= product / 2 {
+                    j = i + 1;
+                    break;
+                }
+            }
+            prop_assume!(j != 0);
+            let w = wires(&b, x);
+            let y = clamp(&mut PlainBackend, &w, lo, hi, j as u8).expect("clamps");
+            prop_assert_eq!(value(&b, &y), x.clamp(lo, hi));
+            let r = relu_narrow(&mut PlainBackend, &w, j as u8).expect("relu");
+            prop_assert_eq!(value(&b, &r), x.max(0));
         }
     }
 }
