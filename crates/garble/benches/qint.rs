@@ -63,12 +63,7 @@ fn lowered(g: &Graph, cal: &[Tensor], mult_bits: u32) -> IntModel {
 }
 
 fn sound(m: &IntModel) -> NetworkCircuit {
-    let c = ok(NetworkCircuit::compile_qint(m, 2));
-    let limit = ok(m.input_quant()).max_abs();
-    let k = ok(c.sound_primes(limit));
-    let c = ok(c.with_primes(k));
-    let bases = ok(c.sign_bases(limit));
-    ok(c.with_sign_bases(&bases))
+    ok(NetworkCircuit::compile_qint_sound(m))
 }
 
 fn section_k() {

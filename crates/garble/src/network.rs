@@ -421,7 +421,26 @@ struct Compiler<'g> {
     slot_of: Vec<usize>,
 }
 
-impl Compiler<'_> {
+/// The slot holding graph value `v`, or an error naming `node` if it is not computed yet.
+fn slot_value(slot_of: &[usize], v: usize, node: &str) -> Result<usize, GarbleError> {
+    slot_of
+        .get(v)
+        .copied()
+        .filter(|&s| s != usize::MAX)
+        .ok_or_else(|| unsupported(node, "reads a value that is not computed before it"))
+}
+
+/// See [`Compiler::node_io`].
+struct NodeIo<'g> {
+    n: &'g tessera_model::ir::Node,
+    in_value: usize,
+    x: usize,
+    in_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    out_len: usize,
+}
+
+impl<'g> Compiler<'g> {
     fn new_slot(&mut self, len: usize) -> usize {
         self.slot_len.push(len);
         self.slot_len.len() - 1
@@ -457,28 +476,44 @@ impl Compiler<'_> {
         Ok(self.push(node, slot, StepOp::Gather { idx }, len))
     }
 
-    fn node(&mut self, ni: usize, frac_bits: u32) -> Result<usize, GarbleError> {
+    /// What every node's compilation starts from: the node, its first input's value, slot and
+    /// shape, and its output's shape and length (an empty output is refused).
+    fn node_io(&self, ni: usize) -> Result<NodeIo<'g>, GarbleError> {
         let g = self.graph;
         let n = g.nodes.get(ni).ok_or(GarbleError::Internal("node index"))?;
         let name = n.name.as_str();
-        let value = |v: usize| -> Result<usize, GarbleError> {
-            self.slot_of
-                .get(v)
-                .copied()
-                .filter(|&s| s != usize::MAX)
-                .ok_or_else(|| unsupported(name, "reads a value that is not computed before it"))
-        };
         let in_value = *n
             .inputs
             .first()
             .ok_or_else(|| unsupported(name, "a node without a variable input"))?;
-        let x = value(in_value)?;
-        let in_shape = g.shape(in_value).to_vec();
+        let x = slot_value(&self.slot_of, in_value, name)?;
         let out_shape = g.shape(n.output).to_vec();
         let out_len = numel(&out_shape).ok_or_else(|| unsupported(name, "shape overflows"))?;
         if out_len == 0 {
             return Err(unsupported(name, "an empty tensor"));
         }
+        Ok(NodeIo {
+            n,
+            in_value,
+            x,
+            in_shape: g.shape(in_value).to_vec(),
+            out_shape,
+            out_len,
+        })
+    }
+
+    fn node(&mut self, ni: usize, frac_bits: u32) -> Result<usize, GarbleError> {
+        let g = self.graph;
+        let NodeIo {
+            n,
+            x,
+            in_shape,
+            out_shape,
+            out_len,
+            ..
+        } = self.node_io(ni)?;
+        let name = n.name.as_str();
+        let value = |v: usize| slot_value(&self.slot_of, v, name);
         let f = frac_bits;
         let slot = match &n.op {
             Op::Conv(c) => {
@@ -809,6 +844,21 @@ impl NetworkCircuit {
         primes: usize,
         pool_first: bool,
     ) -> Result<Self, GarbleError> {
+        Self::compile_nodes(graph, cfg.frac_bits, primes, pool_first, |c, ni| {
+            c.node(ni, cfg.frac_bits)
+        })
+    }
+
+    /// The compile driver both semantics share: checks the graph and k, walks the nodes in
+    /// order with `node` (which pushes a node's steps and returns its output slot), then moves
+    /// pools first where asked and records the last use of every slot.
+    fn compile_nodes(
+        graph: &Graph,
+        frac_bits: u32,
+        primes: usize,
+        pool_first: bool,
+        mut node: impl FnMut(&mut Compiler<'_>, usize) -> Result<usize, GarbleError>,
+    ) -> Result<Self, GarbleError> {
         graph
             .validate()
             .map_err(|e| unsupported(&graph.name, e.to_string()))?;
@@ -844,7 +894,7 @@ impl NetworkCircuit {
             *s = in_slot;
         }
         for (ni, n) in graph.nodes.iter().enumerate() {
-            let slot = c.node(ni, cfg.frac_bits)?;
+            let slot = node(&mut c, ni)?;
             if let Some(s) = c.slot_of.get_mut(n.output) {
                 *s = slot;
             }
@@ -864,7 +914,7 @@ impl NetworkCircuit {
         Ok(Self {
             name: graph.name.clone(),
             node_names: graph.nodes.iter().map(|n| n.name.clone()).collect(),
-            frac_bits: cfg.frac_bits,
+            frac_bits,
             primes,
             steps,
             slots,

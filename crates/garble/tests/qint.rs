@@ -25,12 +25,7 @@ fn model(g: &Graph, cfg: QintConfig, inputs: &[Tensor]) -> IntModel {
 
 /// The circuit at its sound k.
 fn sound_circuit(m: &IntModel) -> NetworkCircuit {
-    let c = ok(NetworkCircuit::compile_qint(m, 2));
-    let limit = ok(m.input_quant()).max_abs();
-    let k = ok(c.sound_primes(limit));
-    let c = ok(c.with_primes(k));
-    let bases = ok(c.sign_bases(limit));
-    ok(c.with_sign_bases(&bases))
+    ok(NetworkCircuit::compile_qint_sound(m))
 }
 
 fn garbled(c: &NetworkCircuit, x: &Tensor<i64>, seed: u8) -> Result<Tensor<i64>, GarbleError> {

@@ -96,6 +96,18 @@ struct RangeChoice {
     calibrated: Option<String>,
 }
 
+/// The k asked for (`--gc-primes`), or `bound` when none was; below `bound` is refused.
+fn fixed_or(opts: &GcOptions, bound: usize) -> Result<usize, GcError> {
+    let primes = opts.primes.unwrap_or(bound);
+    if primes < bound {
+        return Err(GcError::UnsoundPrimes {
+            primes,
+            sound: bound,
+        });
+    }
+    Ok(primes)
+}
+
 /// Chooses k (see [`GcOptions`]): sound unless a calibration is given and k falls below the
 /// sound bound; a fixed k below the applicable bound is an error.
 fn choose_range(
@@ -119,15 +131,8 @@ fn choose_range(
                 .sound_primes(limit)
                 .map_err(crate::no_sound_range)?
                 .saturating_add(opts.margin_bits as usize);
-            let primes = opts.primes.unwrap_or(bound);
-            if primes < bound {
-                return Err(GcError::UnsoundPrimes {
-                    primes,
-                    sound: bound,
-                });
-            }
             return Ok(RangeChoice {
-                primes,
+                primes: fixed_or(opts, bound)?,
                 sound_primes: Some(bound),
                 input_limit: u64::try_from(limit).unwrap_or(u64::MAX),
                 calibrated: None,
@@ -148,28 +153,15 @@ fn choose_range(
                     }));
             }
         };
-        let primes = opts.primes.unwrap_or(bound);
-        if primes < bound {
-            return Err(GcError::UnsoundPrimes {
-                primes,
-                sound: bound,
-            });
-        }
         return Ok(RangeChoice {
-            primes,
+            primes: fixed_or(opts, bound)?,
             sound_primes,
             input_limit: u64::try_from(sound_limit).unwrap_or(u64::MAX),
             calibrated: None,
         });
     };
     let cal_bound = probe.primes_needed(&cal.widths, cal.margin_bits)?;
-    let primes = opts.primes.unwrap_or(cal_bound);
-    if primes < cal_bound {
-        return Err(GcError::UnsoundPrimes {
-            primes,
-            sound: cal_bound,
-        });
-    }
+    let primes = fixed_or(opts, cal_bound)?;
     let is_sound = sound_primes.is_some_and(|b| primes >= b);
     // Inputs beyond what the calibration saw (or beyond the stated range) are refused too.
     let seen = cal.widths.first().map_or(0, |w| w.out_max);

@@ -171,29 +171,11 @@ impl IntModel {
             };
             let x = inq(0)?;
             let (op, out) = match &n.op {
-                Op::Conv(c) => {
-                    let rows = c.weight.shape().first().copied().unwrap_or(0);
-                    lower_linear(
-                        &c.weight,
-                        c.bias.as_ref(),
-                        rows,
-                        x,
-                        fresh(n.output)?,
-                        cfg,
-                        name,
-                    )?
-                }
-                Op::Dense(d) => {
-                    let rows = d.weight.shape().first().copied().unwrap_or(0);
-                    lower_linear(
-                        &d.weight,
-                        d.bias.as_ref(),
-                        rows,
-                        x,
-                        fresh(n.output)?,
-                        cfg,
-                        name,
-                    )?
+                Op::Conv(tessera_model::ir::Conv { weight, bias, .. })
+                | Op::Dense(tessera_model::ir::Dense { weight, bias }) => {
+                    let rows = weight.shape().first().copied().unwrap_or(0);
+                    let out = fresh(n.output)?;
+                    lower_linear(weight, bias.as_ref(), rows, x, out, cfg, name)?
                 }
                 Op::Binary {
                     op: op @ (BinOp::Add | BinOp::Sub),

@@ -29,10 +29,10 @@ use tessera_model::ir::Op;
 use tessera_model::tensor::broadcast_index_map;
 
 use super::{
-    Compiler, GarbleError, NetworkCircuit, Step, StepOp, clamp_bound, conv_step, global_pool_table,
-    last_uses, map_u32, max_pool_table, numel, pool_before_monotone, set, to_u32, unsupported,
+    Compiler, GarbleError, NetworkCircuit, NodeIo, Step, StepOp, clamp_bound, conv_step,
+    global_pool_table, map_u32, max_pool_table, set, slot_value, to_u32, unsupported,
 };
-use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
+use crate::crt::MAX_CRT_PRIMES;
 use crate::modulus::Modulus;
 
 impl Compiler<'_> {
@@ -86,27 +86,17 @@ impl Compiler<'_> {
 
     fn qint_node(&mut self, m: &IntModel, ni: usize) -> Result<usize, GarbleError> {
         let g = self.graph;
-        let n = g.nodes.get(ni).ok_or(GarbleError::Internal("node index"))?;
+        let NodeIo {
+            n,
+            in_value,
+            x,
+            in_shape,
+            out_shape,
+            out_len,
+        } = self.node_io(ni)?;
         let name = n.name.as_str();
         let op = m.op(ni).ok_or(GarbleError::Internal("lowered op"))?;
-        let value = |v: usize| -> Result<usize, GarbleError> {
-            self.slot_of
-                .get(v)
-                .copied()
-                .filter(|&s| s != usize::MAX)
-                .ok_or_else(|| unsupported(name, "reads a value that is not computed before it"))
-        };
-        let in_value = *n
-            .inputs
-            .first()
-            .ok_or_else(|| unsupported(name, "a node without a variable input"))?;
-        let x = value(in_value)?;
-        let in_shape = g.shape(in_value).to_vec();
-        let out_shape = g.shape(n.output).to_vec();
-        let out_len = numel(&out_shape).ok_or_else(|| unsupported(name, "shape overflows"))?;
-        if out_len == 0 {
-            return Err(unsupported(name, "an empty tensor"));
-        }
+        let value = |v: usize| slot_value(&self.slot_of, v, name);
         let interval = |v: usize| m.value(v).map(|q| (q.lo, q.hi));
         let in_iv = interval(in_value).ok_or(GarbleError::Internal("input interval"))?;
         // A value's interval before saturation is unknown to the compiler: always clamp.
@@ -297,70 +287,20 @@ impl NetworkCircuit {
     /// when k is at least [`Self::sound_primes`]. Max pooling is moved before rescales and ReLUs
     /// where exact.
     pub fn compile_qint(m: &IntModel, primes: usize) -> Result<Self, GarbleError> {
-        let graph = m.graph();
-        graph
-            .validate()
-            .map_err(|e| unsupported(&graph.name, e.to_string()))?;
-        CrtBasis::first_primes(primes)?;
-        if primes < 2 {
-            return Err(GarbleError::ResidueCount {
-                expected: 2,
-                got: primes,
-            });
-        }
-        let (input, output) = match (graph.inputs.as_slice(), graph.outputs.as_slice()) {
-            ([i], [o]) => (*i, *o),
-            _ => {
-                return Err(unsupported(
-                    &graph.name,
-                    "a network with more than one input or output",
-                ));
-            }
-        };
-        let input_shape = graph.shape(input).to_vec();
-        let in_len = numel(&input_shape).unwrap_or(0);
-        if in_len == 0 {
-            return Err(unsupported(&graph.name, "an empty input"));
-        }
-        let mut c = Compiler {
-            graph,
-            steps: Vec::new(),
-            slot_len: Vec::new(),
-            slot_of: vec![usize::MAX; graph.values.len()],
-        };
-        let in_slot = c.new_slot(in_len);
-        if let Some(s) = c.slot_of.get_mut(input) {
-            *s = in_slot;
-        }
-        for (ni, n) in graph.nodes.iter().enumerate() {
-            let slot = c.qint_node(m, ni)?;
-            if let Some(s) = c.slot_of.get_mut(n.output) {
-                *s = slot;
-            }
-        }
-        let out_slot = c
-            .slot_of
-            .get(output)
-            .copied()
-            .filter(|&s| s != usize::MAX)
-            .ok_or_else(|| unsupported(&graph.name, "the output is never computed"))?;
-        let slots = c.slot_len.len();
-        let mut steps = c.steps;
-        pool_before_monotone(&mut steps, slots, out_slot);
-        let last_use = last_uses(&steps, slots, out_slot);
-        Ok(Self {
-            name: graph.name.clone(),
-            node_names: graph.nodes.iter().map(|n| n.name.clone()).collect(),
-            frac_bits: 0,
-            primes,
-            steps,
-            slots,
-            input: in_slot,
-            output: out_slot,
-            input_shape,
-            output_shape: graph.shape(output).to_vec(),
-            last_use,
-        })
+        Self::compile_nodes(m.graph(), 0, primes, true, |c, ni| c.qint_node(m, ni))
+    }
+
+    /// [`Self::compile_qint`] at the sound k with every sign over the primes it needs
+    /// ([`Self::sound_primes`], [`Self::sign_bases`]): the circuit the `gc` enclave garbles.
+    pub fn compile_qint_sound(m: &IntModel) -> Result<Self, GarbleError> {
+        let limit = m
+            .input_quant()
+            .map_err(|e| unsupported(&m.graph().name, e.to_string()))?;
+        let c = Self::compile_qint(m, 2)?;
+        let k = c.sound_primes(limit.max_abs())?;
+        let c = c.with_primes(k)?;
+        let bases = c.sign_bases(limit.max_abs())?;
+        c.with_sign_bases(&bases)
     }
 
     /// The largest magnitude every gadget of this circuit must hold for inputs with
