@@ -2,19 +2,20 @@
 
 mod attested_cmd;
 mod calibrate;
+mod qint_cmd;
 mod remote;
 mod table;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use qint_cmd::{V2Layer, v2_layers};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use table::Table;
 use tessera_data::{Dataset, load_input, load_mnist_dir, synth};
 use tessera_engine::gemm::{View, dgemm, sgemm};
-use tessera_engine::qint::Calibration;
 use tessera_engine::quant::{NodeWidth, QuantConfig, QuantModel, merge_widths, static_widths};
 use tessera_engine::train::{TrainConfig, train_mlp};
 use tessera_engine::{ExactModel, Semantics};
@@ -131,54 +132,6 @@ impl QuantArgs {
             frac_bits: self.frac_bits,
             max_bits: self.max_bits,
         }
-    }
-
-    /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
-    /// --calibrate's data, or on generated inputs), which runs the float engine.
-    fn semantics(&self, g: &Graph) -> Result<Semantics> {
-        if self.semantics != "v2" {
-            return Ok(Semantics::Pow2(self.config()));
-        }
-        if self.gc_calibrated.is_some() {
-            return Err(CliError::Usage(
-                "--gc-calibrated applies to --semantics pow2 only: under v2 every activation \
-                 saturates, and the sound k is already the small one"
-                    .into(),
-            ));
-        }
-        let cfg = tessera_engine::qint::QintConfig {
-            weight_bits: self.weight_bits,
-            act_bits: self.act_bits,
-            out_bits: self.out_bits,
-            mult_bits: self.mult_bits,
-            aux_mult_bits: tessera_engine::qint::DEFAULT_AUX_MULT_BITS,
-        };
-        let calibration = match &self.calibrate {
-            Some(spec) => {
-                let d = parse_dataset(spec, &self.calibration_data)?;
-                let xs: Vec<tessera_model::Tensor> =
-                    (0..d.count).filter_map(|i| d.image(i)).collect();
-                if xs.is_empty() {
-                    return Err(CliError::Usage(format!(
-                        "--calibrate {spec}: the data set is empty; name a data set with images"
-                    )));
-                }
-                Calibration::from_inputs(g, &xs, format!("{spec} ({} images)", xs.len()))?
-            }
-            None => {
-                let r = self.calibrate_range;
-                let xs = tessera_engine::qint::default_calibration_inputs(g, 0.0, r, 16, 1)?;
-                Calibration::from_inputs(
-                    g,
-                    &xs,
-                    format!("16 generated inputs uniform in [0, {r}]"),
-                )?
-            }
-        };
-        let s = Semantics::V2 { cfg, calibration };
-        // Lower once here, so that a model outside v2 is refused with the node named.
-        tessera_engine::ExactModel::new(g, &s)?;
-        Ok(s)
     }
 }
 
@@ -740,63 +693,6 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
         (Err(e), _) => println!("{e}"),
     }
     Ok(())
-}
-
-/// One node of a model lowered to the integer semantics v2, for `inspect`.
-#[derive(Serialize)]
-struct V2Layer {
-    node: String,
-    op: &'static str,
-    /// Real value of one step of the node's output.
-    scale: f64,
-    /// The output's proven integer interval.
-    lo: i64,
-    hi: i64,
-    shift: Option<u32>,
-    /// Smallest and largest multiplier.
-    mult: Option<[i64; 2]>,
-    /// Largest |integer weight|.
-    weight_max: Option<i64>,
-}
-
-fn v2_layers(g: &Graph, sem: &Semantics) -> Result<Vec<V2Layer>> {
-    let ExactModel::V2(m) = ExactModel::new(g, sem)? else {
-        return Ok(Vec::new());
-    };
-    let span = |v: &[i64]| {
-        let lo = v.iter().copied().min()?;
-        Some([lo, v.iter().copied().max()?])
-    };
-    let mut out = Vec::new();
-    for (i, n) in g.nodes.iter().enumerate() {
-        let Some(op) = m.op(i) else { continue };
-        let Some(q) = m.value(n.output) else { continue };
-        use tessera_engine::qint::IntOp;
-        let (shift, mult, weight_max) = match op {
-            IntOp::Linear(l) => (
-                Some(l.shift),
-                span(&l.mult),
-                l.w.iter().map(|w| w.abs()).max(),
-            ),
-            IntOp::AddAct { ma, mb, shift, .. } => (Some(*shift), span(&[*ma, *mb]), None),
-            IntOp::MulConst { mult, shift, .. } | IntOp::AvgPool { mult, shift } => {
-                (Some(*shift), span(mult), None)
-            }
-            IntOp::GlobalAvgPool { mult, shift } => (Some(*shift), Some([*mult, *mult]), None),
-            _ => (None, None, None),
-        };
-        out.push(V2Layer {
-            node: n.name.clone(),
-            op: op.kind(),
-            scale: q.scale,
-            lo: q.lo,
-            hi: q.hi,
-            shift,
-            mult,
-            weight_max,
-        });
-    }
-    Ok(out)
 }
 
 fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {

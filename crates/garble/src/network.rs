@@ -82,12 +82,14 @@
 //!   no Δ): a second encoding under the same garbling does not compile.
 
 mod qint;
+mod tables;
+
+use tables::{conv_step, global_pool_table, max_pool_table};
 
 use std::io::{BufReader, BufWriter, Read, Write};
 
 use rayon::prelude::*;
 use tessera_engine::QuantConfig;
-use tessera_engine::float::conv_geometry;
 use tessera_engine::quant::{NodeWidth, quantize};
 use tessera_engine::window::{Geometry, pool_geometry};
 use tessera_model::ir::{BinOp, Graph, Op};
@@ -98,7 +100,9 @@ use crate::GarbleError;
 use crate::ProjectionBatch;
 use crate::cost::{CIPHERTEXT_BYTES, GarbleCost};
 use crate::crt::{CrtBasis, MAX_CRT_PRIMES};
-use crate::gadget::{Backend, BatchSink, LayerGarbleBackend, checked_phi, max2, rescale_pow2};
+use crate::gadget::{
+    Backend, BatchSink, LayerGarbleBackend, checked_phi, clamp, max2, relu_narrow, rescale_pow2,
+};
 use crate::gadget::{rescale_pow2_cost, rescale_pow2_onestep, rescale_pow2_onestep_cost};
 use crate::gate::{Evaluator, Garbler};
 use crate::label::Seed;
@@ -293,120 +297,6 @@ fn block_diagonal(
             .copy_from_slice(src);
     }
     Ok(out)
-}
-
-/// The free label GEMM of a 2-D convolution over NCHW with integer `weights` in the weight
-/// tensor's layout: an im2col gather table and the weight matrix (block-diagonal for grouped and
-/// depthwise convolutions). Returns the step, the output positions per plane and C_out.
-fn conv_step(
-    c: &tessera_model::ir::Conv,
-    in_shape: &[usize],
-    out_shape: &[usize],
-    weights: Vec<i64>,
-    name: &str,
-) -> Result<(StepOp, usize, usize), GarbleError> {
-    let ws = c.weight.shape();
-    if in_shape.len() != 4 || out_shape.len() != 4 || ws.len() != 4 {
-        return Err(unsupported(name, "a convolution that is not 2-D over NCHW"));
-    }
-    let geo = conv_geometry(c, in_shape, out_shape);
-    let (images, ci, co) = (in_shape[0], in_shape[1], out_shape[1]);
-    let groups = c.groups;
-    if groups == 0
-        || !ci.is_multiple_of(groups)
-        || !co.is_multiple_of(groups)
-        || ws[0] != co
-        || ws[1] != ci / groups
-    {
-        return Err(unsupported(
-            name,
-            "weight shape does not match the channels and groups",
-        ));
-    }
-    let plane = window_table(&geo, ci, name)?;
-    // window_table is [window, ci·npos]; im2col wants [ci·window, npos].
-    let (window, npos) = (geo.k[0] * geo.k[1], geo.oh * geo.ow);
-    let kk = ci * window;
-    let mut gather = vec![NONE; kk * npos];
-    for (c_in, rows) in gather.chunks_exact_mut(window * npos).enumerate() {
-        for (t, row) in rows.chunks_exact_mut(npos).enumerate() {
-            let src = plane
-                .get(t * ci * npos + c_in * npos..t * ci * npos + (c_in + 1) * npos)
-                .ok_or(GarbleError::Internal("conv table"))?;
-            row.copy_from_slice(src);
-        }
-    }
-    // A grouped (or depthwise) convolution is the dense one whose weight matrix is
-    // block-diagonal: output channel o reads only its group's input channels, every
-    // other weight is zero. Exact, since zeros add nothing; the free label GEMM does
-    // `groups` times the work of a per-group product.
-    let weights = if groups == 1 {
-        weights
-    } else {
-        block_diagonal(&weights, co, ci, groups, window, name)?
-    };
-    Ok((
-        StepOp::Linear {
-            weights,
-            rows: co,
-            kk,
-            npos,
-            images,
-            in_image: ci * geo.h * geo.w,
-            gather: Some(gather),
-        },
-        npos,
-        co,
-    ))
-}
-
-/// The candidate table of a max pool (`[window, out_len]`; a padded position takes the window's
-/// first in-range one, since max is idempotent).
-fn max_pool_table(
-    p: &tessera_model::ir::Pool,
-    in_shape: &[usize],
-    out_shape: &[usize],
-    out_len: usize,
-    name: &str,
-) -> Result<(Vec<u32>, usize), GarbleError> {
-    if in_shape.len() != 4 || out_shape.len() != 4 {
-        return Err(unsupported(name, "pooling that is not 2-D over NCHW"));
-    }
-    let geo = pool_geometry(p, in_shape, out_shape);
-    let window = geo.k[0] * geo.k[1];
-    let mut idx = window_table(&geo, in_shape[0] * in_shape[1], name)?;
-    for i in 0..out_len {
-        let first = (0..window)
-            .filter_map(|t| idx.get(t * out_len + i).copied())
-            .find(|&v| v != NONE)
-            .ok_or_else(|| unsupported(name, "a pooling window with no input"))?;
-        for t in 0..window {
-            if let Some(v) = idx.get_mut(t * out_len + i)
-                && *v == NONE
-            {
-                *v = first;
-            }
-        }
-    }
-    Ok((idx, window))
-}
-
-/// The sum table of global average pooling over NCHW: `[H·W, N·C]`.
-fn global_pool_table(in_shape: &[usize], name: &str) -> Result<(Vec<u32>, usize), GarbleError> {
-    if in_shape.len() != 4 {
-        return Err(unsupported(name, "global pooling that is not over NCHW"));
-    }
-    let hw = in_shape[2] * in_shape[3];
-    let planes = in_shape[0] * in_shape[1];
-    let mut idx = vec![0u32; hw * planes];
-    for t in 0..hw {
-        for pl in 0..planes {
-            if let Some(v) = idx.get_mut(t * planes + pl) {
-                *v = to_u32(pl * hw + t, name)?;
-            }
-        }
-    }
-    Ok((idx, hw))
 }
 
 fn map_u32(m: Vec<usize>, node: &str) -> Result<Vec<u32>, GarbleError> {
@@ -747,85 +637,6 @@ pub fn rescale_gadget<B: Backend>(
 /// The largest magnitude a clamp to `[lo, hi]` outputs.
 fn clamp_bound(lo: i64, hi: i64) -> u128 {
     u128::from(lo.unsigned_abs()).max(u128::from(hi.unsigned_abs()))
-}
-
-/// ReLU of the residue wires `x` with the sign computed over the first `sign_primes` of them (0:
-/// all): exact when |x| is below half the product of those primes, since x is then determined by
-/// its residues modulo them; the bit × residue products still cover every residue.
-pub fn relu_narrow<B: Backend>(
-    b: &mut B,
-    x: &[B::Wire],
-    sign_primes: u8,
-) -> Result<Vec<B::Wire>, GarbleError> {
-    let j = match usize::from(sign_primes) {
-        0 => x.len(),
-        j => j,
-    };
-    let head = x.get(..j).ok_or(GarbleError::Internal(
-        "a sign over more primes than the wire has",
-    ))?;
-    let s = crate::gadget::sign(b, head)?;
-    let positive = b.add_const(&s, 1)?;
-    x.iter()
-        .map(|r| crate::gadget::mul_bit(b, &positive, r))
-        .collect()
-}
-
-/// `clamp(x, lo, hi)` over the residue wires `x`, exact when |x| + max(|lo|, |hi|) is below half
-/// the product of the primes its two signs use (`sign_primes`, 0: all); `lo ≤ hi`.
-///
-/// With s_lo = [x < lo] and s_hi = [x < hi] (two signs) and t = s_lo ⊕ s_hi (free: one is 1 only
-/// when the other is), `clamp = hi + t·(x − lo) − s_hi·(hi − lo)`: below lo both bits are 1 and it
-/// gives lo, inside [lo, hi) t = 1 and it gives x, from hi on both are 0 and it gives hi. One bit ×
-/// residue product per residue (three projections) and one projection of s_hi per residue (one
-/// ciphertext), where `lo + relu(x − lo) − relu(x − hi)` needs two products per residue.
-pub fn clamp<B: Backend>(
-    b: &mut B,
-    x: &[B::Wire],
-    lo: i64,
-    hi: i64,
-    sign_primes: u8,
-) -> Result<Vec<B::Wire>, GarbleError> {
-    if lo > hi {
-        return Err(GarbleError::Internal("a clamp with lo > hi"));
-    }
-    let j = match usize::from(sign_primes) {
-        0 => x.len(),
-        j => j,
-    };
-    let shift = |b: &mut B, c: i64| -> Result<Vec<B::Wire>, GarbleError> {
-        x.iter()
-            .map(|w| {
-                let q = i64::from(b.modulus_of(w).q());
-                b.add_const(w, c.rem_euclid(q) as u64)
-            })
-            .collect()
-    };
-    let below = shift(b, -lo)?;
-    let above = shift(b, -hi)?;
-    let head = |v: &[B::Wire]| -> Result<Vec<B::Wire>, GarbleError> {
-        v.get(..j)
-            .map(<[B::Wire]>::to_vec)
-            .ok_or(GarbleError::Internal(
-                "a sign over more primes than the wire has",
-            ))
-    };
-    let s_lo = crate::gadget::sign(b, &head(&below)?)?;
-    let s_hi = crate::gadget::sign(b, &head(&above)?)?;
-    let t = b.add(&s_lo, &s_hi)?;
-    let span = i128::from(hi) - i128::from(lo);
-    below
-        .iter()
-        .map(|u| {
-            let m = b.modulus_of(u);
-            let q = i128::from(m.q());
-            let prod = crate::gadget::mul_bit(b, &t, u)?;
-            let d = u16::try_from(span.rem_euclid(q)).map_err(|_| GarbleError::Internal("span"))?;
-            let drop = b.project(&s_hi, m, &[0, d])?;
-            let y = b.sub(&prod, &drop)?;
-            b.add_const(&y, i128::from(hi).rem_euclid(q) as u64)
-        })
-        .collect()
 }
 
 impl NetworkCircuit {

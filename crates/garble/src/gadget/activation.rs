@@ -157,6 +157,83 @@ pub fn relu<B: Backend>(b: &mut B, residues: &[B::Wire]) -> Result<Vec<B::Wire>,
     residues.iter().map(|x| mul_bit(b, &positive, x)).collect()
 }
 
+/// ReLU of the residue wires `x` with the sign computed over the first `sign_primes` of them (0:
+/// all): exact when |x| is below half the product of those primes, since x is then determined by
+/// its residues modulo them; the bit × residue products still cover every residue.
+pub fn relu_narrow<B: Backend>(
+    b: &mut B,
+    x: &[B::Wire],
+    sign_primes: u8,
+) -> Result<Vec<B::Wire>, GarbleError> {
+    let j = match usize::from(sign_primes) {
+        0 => x.len(),
+        j => j,
+    };
+    let head = x.get(..j).ok_or(GarbleError::Internal(
+        "a sign over more primes than the wire has",
+    ))?;
+    let s = sign(b, head)?;
+    let positive = b.add_const(&s, 1)?;
+    x.iter().map(|r| mul_bit(b, &positive, r)).collect()
+}
+
+/// `clamp(x, lo, hi)` over the residue wires `x`, exact when |x| + max(|lo|, |hi|) is below half
+/// the product of the primes its two signs use (`sign_primes`, 0: all); `lo ≤ hi`.
+///
+/// With s_lo = [x < lo] and s_hi = [x < hi] (two signs) and t = s_lo ⊕ s_hi (free: one is 1 only
+/// when the other is), `clamp = hi + t·(x − lo) − s_hi·(hi − lo)`: below lo both bits are 1 and it
+/// gives lo, inside [lo, hi) t = 1 and it gives x, from hi on both are 0 and it gives hi. One bit ×
+/// residue product per residue (three projections) and one projection of s_hi per residue (one
+/// ciphertext), where `lo + relu(x − lo) − relu(x − hi)` needs two products per residue.
+pub fn clamp<B: Backend>(
+    b: &mut B,
+    x: &[B::Wire],
+    lo: i64,
+    hi: i64,
+    sign_primes: u8,
+) -> Result<Vec<B::Wire>, GarbleError> {
+    if lo > hi {
+        return Err(GarbleError::Internal("a clamp with lo > hi"));
+    }
+    let j = match usize::from(sign_primes) {
+        0 => x.len(),
+        j => j,
+    };
+    let shift = |b: &mut B, c: i64| -> Result<Vec<B::Wire>, GarbleError> {
+        x.iter()
+            .map(|w| {
+                let q = i64::from(b.modulus_of(w).q());
+                b.add_const(w, c.rem_euclid(q) as u64)
+            })
+            .collect()
+    };
+    let below = shift(b, -lo)?;
+    let above = shift(b, -hi)?;
+    let head = |v: &[B::Wire]| -> Result<Vec<B::Wire>, GarbleError> {
+        v.get(..j)
+            .map(<[B::Wire]>::to_vec)
+            .ok_or(GarbleError::Internal(
+                "a sign over more primes than the wire has",
+            ))
+    };
+    let s_lo = sign(b, &head(&below)?)?;
+    let s_hi = sign(b, &head(&above)?)?;
+    let t = b.add(&s_lo, &s_hi)?;
+    let span = i128::from(hi) - i128::from(lo);
+    below
+        .iter()
+        .map(|u| {
+            let m = b.modulus_of(u);
+            let q = i128::from(m.q());
+            let prod = mul_bit(b, &t, u)?;
+            let d = u16::try_from(span.rem_euclid(q)).map_err(|_| GarbleError::Internal("span"))?;
+            let drop = b.project(&s_hi, m, &[0, d])?;
+            let y = b.sub(&prod, &drop)?;
+            b.add_const(&y, i128::from(hi).rem_euclid(q) as u64)
+        })
+        .collect()
+}
+
 /// The garbled size of [`sign`] over the first k CRT primes.
 pub fn sign_cost(k: usize) -> Result<GarbleCost, GarbleError> {
     let mut c = CostBackend::default();

@@ -20,7 +20,8 @@
 //! construction; the evaluator still checks each table against the gate it expects (moduli)
 //! and reports missing or left-over tables as errors, since the tables come from a peer.
 //!
-//! The gadgets themselves are in [`activation`] (the exact sign of a CRT-encoded value and ReLU),
+//! The gadgets themselves are in [`activation`] (the exact sign of a CRT-encoded value, ReLU with
+//! the sign over all or only the first primes, and the clamp to an interval),
 //! [`scale`] (rescaling by 2^l with round half up by l halvings, and the max of two values) and
 //! [`rescale`] (the same rescale with one base extension and a column sum, far fewer
 //! ciphertexts).
@@ -32,7 +33,7 @@ pub mod scale;
 #[cfg(test)]
 mod test_support;
 
-pub use activation::{mul_bit, relu, relu_cost, sign, sign_cost};
+pub use activation::{clamp, mul_bit, relu, relu_cost, relu_narrow, sign, sign_cost};
 pub use layer::{BatchSink, LayerEvalBackend, LayerGarbleBackend};
 pub use rescale::{rescale_pow2_onestep, rescale_pow2_onestep_cost, rescale_pow2_onestep_max};
 pub use scale::{max2, max2_cost, rescale_pow2, rescale_pow2_cost};

@@ -533,9 +533,9 @@ impl NetworkCircuit {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{clamp, relu_narrow};
     use crate::crt::CrtBasis;
     use crate::gadget::{PlainBackend, PlainWire};
+    use crate::gadget::{clamp, relu_narrow};
     use proptest::prelude::*;
 
     fn wires(b: &CrtBasis, x: i64) -> Vec<PlainWire> {
