@@ -30,6 +30,13 @@ pub fn onnx(data: &[u8]) {
     if let Ok(q) = tessera_engine::QuantModel::new(&g, tessera_engine::QuantConfig::default()) {
         let _ = q.run(&inputs);
     }
+    if let [x] = inputs.as_slice()
+        && let Ok(c) =
+            tessera_engine::qint::Calibration::from_inputs(&g, std::slice::from_ref(x), "fuzz")
+        && let Ok(m) = tessera_engine::qint::IntModel::new(&g, Default::default(), &c)
+    {
+        let _ = m.run(x);
+    }
 }
 
 /// The frame decoder, frame after frame, as a peer's byte stream arrives.

@@ -37,7 +37,15 @@ fn run_engines(g: &Graph) -> (bool, bool) {
     let quant_ok = tessera_engine::QuantModel::new(g, tessera_engine::QuantConfig::default())
         .and_then(|q| q.run(&inputs))
         .is_ok();
-    (float_ok, quant_ok)
+    // The integer semantics v2 too: calibrate on the input, lower, run (errors are fine).
+    let v2_ok = match inputs.as_slice() {
+        [x] => tessera_engine::qint::Calibration::from_inputs(g, std::slice::from_ref(x), "fuzz")
+            .and_then(|c| tessera_engine::qint::IntModel::new(g, Default::default(), &c))
+            .and_then(|m| m.run(x))
+            .is_ok(),
+        _ => false,
+    };
+    (float_ok, quant_ok || v2_ok)
 }
 
 /// Total mutated inputs over all seed models.
