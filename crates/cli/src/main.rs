@@ -1022,13 +1022,15 @@ fn demo(
     quant: &QuantArgs,
     json: bool,
 ) -> Result<()> {
-    let (g, test) = match model {
+    let (g, test, calib, calib_source) = match model {
         Some(spec) => {
             let g = resolve_model(&spec, &quant.import_options())?;
             let dir = data.unwrap_or_else(|| PathBuf::from("../shared/data/mnist-t10k"));
             let mut d = load_mnist_dir(&dir)?;
             d.truncate(n);
-            (g, d)
+            let calib: Vec<tessera_model::Tensor> =
+                (0..d.count.min(64)).filter_map(|i| d.image(i)).collect();
+            (g, d, calib, "the first 64 images of --data")
         }
         None => {
             let train = synth::glyphs(6000, 11);
@@ -1066,10 +1068,17 @@ fn demo(
                     t0.elapsed().as_secs_f64()
                 );
             }
-            (g, test)
+            let calib: Vec<tessera_model::Tensor> =
+                (0..64).filter_map(|i| train.image(i)).collect();
+            (g, test, calib, "64 training glyphs")
         }
     };
-    let sem = quant.semantics(&g)?;
+    // v2 without --calibrate: the demo calibrates on its own images (the training glyphs, or
+    // the first 64 images of --data), which real deployments would do with their own data.
+    let sem = match (&quant.calibrate, quant.semantics.as_str()) {
+        (None, "v2") => quant.semantics_on(&g, &calib, calib_source)?,
+        _ => quant.semantics(&g)?,
+    };
     let mut rows = Vec::new();
     for &scheme in SCHEMES {
         // gc garbles the whole network afresh for every inference: a sample of the test set

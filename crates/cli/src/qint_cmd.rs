@@ -3,16 +3,19 @@
 
 use crate::{CliError, QuantArgs, Result, parse_dataset};
 use serde::Serialize;
-use tessera_engine::qint::Calibration;
+use tessera_engine::qint::{Calibration, QintConfig};
 use tessera_engine::{ExactModel, Semantics};
-use tessera_model::Graph;
+use tessera_model::{Graph, Tensor};
 
 impl QuantArgs {
-    /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
-    /// --calibrate's data, or on generated inputs), which runs the float engine.
-    pub(crate) fn semantics(&self, g: &Graph) -> Result<Semantics> {
-        if self.semantics != "v2" {
-            return Ok(Semantics::Pow2(self.config()));
+    /// v2's parameters, after refusing the flags that only mean something under pow2.
+    fn qint_config(&self) -> Result<QintConfig> {
+        if self.max_bits.is_some() {
+            return Err(CliError::Usage(
+                "--max-bits applies to --semantics pow2 only: under v2 every value saturates and \
+                 its interval is proven (`inspect --semantics v2` prints them)"
+                    .into(),
+            ));
         }
         if self.gc_calibrated.is_some() {
             return Err(CliError::Usage(
@@ -21,38 +24,58 @@ impl QuantArgs {
                     .into(),
             ));
         }
-        let cfg = tessera_engine::qint::QintConfig {
+        Ok(QintConfig {
             weight_bits: self.weight_bits,
             act_bits: self.act_bits,
             out_bits: self.out_bits,
             mult_bits: self.mult_bits,
             aux_mult_bits: tessera_engine::qint::DEFAULT_AUX_MULT_BITS,
-        };
-        let calibration = match &self.calibrate {
+        })
+    }
+
+    /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
+    /// --calibrate's data, or on generated inputs), which runs the float engine.
+    pub(crate) fn semantics(&self, g: &Graph) -> Result<Semantics> {
+        if self.semantics != "v2" {
+            return Ok(Semantics::Pow2(self.config()));
+        }
+        let (xs, source) = match &self.calibrate {
             Some(spec) => {
                 let d = parse_dataset(spec, &self.calibration_data)?;
-                let xs: Vec<tessera_model::Tensor> =
-                    (0..d.count).filter_map(|i| d.image(i)).collect();
+                let xs: Vec<Tensor> = (0..d.count).filter_map(|i| d.image(i)).collect();
                 if xs.is_empty() {
                     return Err(CliError::Usage(format!(
                         "--calibrate {spec}: the data set is empty; name a data set with images"
                     )));
                 }
-                Calibration::from_inputs(g, &xs, format!("{spec} ({} images)", xs.len()))?
+                let source = format!("{spec} ({} images)", xs.len());
+                (xs, source)
             }
             None => {
                 let r = self.calibrate_range;
                 let xs = tessera_engine::qint::default_calibration_inputs(g, 0.0, r, 16, 1)?;
-                Calibration::from_inputs(
-                    g,
-                    &xs,
-                    format!("16 generated inputs uniform in [0, {r}]"),
-                )?
+                (xs, format!("16 generated inputs uniform in [0, {r}]"))
             }
         };
+        self.semantics_on(g, &xs, &source)
+    }
+
+    /// [`Self::semantics`] with v2 calibrated on `inputs` (named `source` in reports) instead
+    /// of --calibrate's data or generated inputs.
+    pub(crate) fn semantics_on(
+        &self,
+        g: &Graph,
+        inputs: &[Tensor],
+        source: &str,
+    ) -> Result<Semantics> {
+        if self.semantics != "v2" {
+            return Ok(Semantics::Pow2(self.config()));
+        }
+        let cfg = self.qint_config()?;
+        let calibration = Calibration::from_inputs(g, inputs, source)?;
         let s = Semantics::V2 { cfg, calibration };
         // Lower once here, so that a model outside v2 is refused with the node named.
-        tessera_engine::ExactModel::new(g, &s)?;
+        ExactModel::new(g, &s)?;
         Ok(s)
     }
 }
