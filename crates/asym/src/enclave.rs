@@ -11,7 +11,6 @@ use rayon::prelude::*;
 use std::time::{Duration, Instant};
 use tessera_engine::float::softmax;
 use tessera_engine::gemm::{View, sgemm};
-use tessera_engine::window::{pool_geometry, pool_plane};
 use tessera_model::Tensor;
 use tessera_model::import::broadcast_apply;
 use tessera_model::ir::Op;
@@ -482,32 +481,8 @@ pub(crate) fn eval_local(
     Ok(match op {
         Op::Constant(t) => t.clone(),
         Op::Relu => first()?.map(|&v| v.max(0.0)),
-        Op::MaxPool(p) | Op::AvgPool(p) => {
-            let x = first()?;
-            let g = pool_geometry(p, x.shape(), out_shape);
-            let (pin, pout) = (g.h * g.w, g.oh * g.ow);
-            let mut out = vec![0f32; out_shape.iter().product()];
-            let is_max = matches!(op, Op::MaxPool(_));
-            let include = p.count_include_pad;
-            out.par_chunks_mut(pout.max(1))
-                .enumerate()
-                .for_each(|(pl, o)| {
-                    let xs = &x.data()[pl * pin..(pl + 1) * pin];
-                    if is_max {
-                        pool_plane(xs, &g, f32::NEG_INFINITY, f32::max, |a, _, _| a, o);
-                    } else {
-                        pool_plane(
-                            xs,
-                            &g,
-                            0f32,
-                            |a, v| a + v,
-                            |a, v, pd| a / (if include { pd } else { v }).max(1) as f32,
-                            o,
-                        );
-                    }
-                });
-            Tensor::new(out_shape.to_vec(), out)?
-        }
+        Op::MaxPool(p) => tessera_engine::float::pool_f32(first()?, p, true, out_shape)?,
+        Op::AvgPool(p) => tessera_engine::float::pool_f32(first()?, p, false, out_shape)?,
         Op::GlobalAvgPool => {
             let x = first()?;
             let hw = x.shape().get(2..4).map(|s| s[0] * s[1]).unwrap_or(1).max(1);

@@ -53,6 +53,11 @@ impl QuantArgs {
             }
             None => {
                 let r = self.calibrate_range;
+                eprintln!(
+                    "v2: no --calibrate given, so the activation scales come from 16 generated \
+                     inputs uniform in [0, {r}]; noise drives activations far past real data and \
+                     the scales are coarse — pass --calibrate DATA with inputs like yours"
+                );
                 let xs = tessera_engine::qint::default_calibration_inputs(g, 0.0, r, 16, 1)?;
                 (xs, format!("16 generated inputs uniform in [0, {r}]"))
             }

@@ -2,10 +2,9 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::window::{Geometry, im2col, pool_geometry, pool_plane};
-use rayon::prelude::*;
+use crate::window::{Geometry, im2col, pool_geometry, pool_planes};
 use tessera_model::import::broadcast_apply;
-use tessera_model::ir::{Conv, Graph, Op, ValueId};
+use tessera_model::ir::{Conv, Graph, Op, Pool, ValueId};
 use tessera_model::tensor::{
     Tensor, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
 };
@@ -152,33 +151,8 @@ fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, En
             None => broadcast_apply(ins[0], ins[1], |a, b| op.apply(a, b))?,
         },
         Op::Relu => ins[0].map(|&v| v.max(0.0)),
-        Op::MaxPool(p) | Op::AvgPool(p) => {
-            let x = ins[0];
-            let g = pool_geometry(p, x.shape(), out_shape);
-            let plane_in = g.h * g.w;
-            let plane_out = g.oh * g.ow;
-            let mut out = vec![0f32; out_shape.iter().product()];
-            let is_max = matches!(op, Op::MaxPool(_));
-            let include = p.count_include_pad;
-            out.par_chunks_mut(plane_out.max(1))
-                .enumerate()
-                .for_each(|(pl, o)| {
-                    let xs = &x.data()[pl * plane_in..(pl + 1) * plane_in];
-                    if is_max {
-                        pool_plane(xs, &g, f32::NEG_INFINITY, f32::max, |a, _, _| a, o);
-                    } else {
-                        pool_plane(
-                            xs,
-                            &g,
-                            0f32,
-                            |a, v| a + v,
-                            |a, v, pd| a / (if include { pd } else { v }).max(1) as f32,
-                            o,
-                        );
-                    }
-                });
-            Tensor::new(out_shape.to_vec(), out)?
-        }
+        Op::MaxPool(p) => pool_f32(ins[0], p, true, out_shape)?,
+        Op::AvgPool(p) => pool_f32(ins[0], p, false, out_shape)?,
         Op::GlobalAvgPool => {
             let x = ins[0];
             let hw = x.shape()[2] * x.shape()[3];
@@ -205,6 +179,40 @@ fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, En
         Op::Sigmoid => ins[0].map(|&v| 1.0 / (1.0 + (-v).exp())),
         Op::Tanh => ins[0].map(|&v| v.tanh()),
     })
+}
+
+/// Max (`max`) or average pooling of an NCHW tensor in f32: the maximum over a window's in-range
+/// positions, or their sum divided by their count (by the positions inside the padded input with
+/// `count_include_pad`). Shared by every float evaluator (the float engine, asym's enclave).
+pub fn pool_f32(
+    x: &Tensor,
+    p: &Pool,
+    max: bool,
+    out_shape: &[usize],
+) -> Result<Tensor, EngineError> {
+    let g = pool_geometry(p, x.shape(), out_shape);
+    let mut out = vec![0f32; out_shape.iter().product()];
+    let include = p.count_include_pad;
+    if max {
+        pool_planes(
+            x.data(),
+            &g,
+            f32::NEG_INFINITY,
+            f32::max,
+            |a, _, _| a,
+            &mut out,
+        );
+    } else {
+        pool_planes(
+            x.data(),
+            &g,
+            0f32,
+            |a, v| a + v,
+            |a, v, pd| a / (if include { pd } else { v }).max(1) as f32,
+            &mut out,
+        );
+    }
+    Ok(Tensor::new(out_shape.to_vec(), out)?)
 }
 
 /// Constant padding; `pads` holds every axis's begin pad, then every end pad.

@@ -43,8 +43,7 @@
 use crate::EngineError;
 use crate::float::conv_geometry;
 use crate::gemm::{View, dgemm, igemm};
-use crate::window::{im2col, pool_geometry, pool_plane};
-use rayon::prelude::*;
+use crate::window::{im2col, pool_geometry, pool_planes};
 use serde::{Deserialize, Serialize};
 use tessera_model::ir::{BinOp, Graph, Op};
 use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
@@ -582,33 +581,32 @@ impl QuantModel {
             (Op::MaxPool(p) | Op::AvgPool(p), _) => {
                 let x = ins[0];
                 let g = pool_geometry(p, x.shape(), out_shape);
-                let (pin, pout) = (g.h * g.w, g.oh * g.ow);
                 let is_max = matches!(op, Op::MaxPool(_));
                 let include = p.count_include_pad;
                 // The average pool's window sum is checked: a window of large activations can
                 // leave i64 (`None` marks the overflow and is reported below).
                 let mut sums = vec![Some(0i64); n_out];
-                sums.par_chunks_mut(pout.max(1))
-                    .enumerate()
-                    .for_each(|(pl, o)| {
-                        let xs = &x.data()[pl * pin..(pl + 1) * pin];
-                        if is_max {
-                            pool_plane(xs, &g, i64::MIN, i64::max, |a, _, _| Some(a), o);
-                        } else {
-                            pool_plane(
-                                xs,
-                                &g,
-                                Some(0i64),
-                                |a, v| a.and_then(|a| a.checked_add(v)),
-                                |a, v, pd| {
-                                    a.map(|a| {
-                                        rescale_div(a, (if include { pd } else { v }).max(1) as i64)
-                                    })
-                                },
-                                o,
-                            );
-                        }
-                    });
+                if is_max {
+                    pool_planes(
+                        x.data(),
+                        &g,
+                        i64::MIN,
+                        i64::max,
+                        |a, _, _| Some(a),
+                        &mut sums,
+                    );
+                } else {
+                    pool_planes(
+                        x.data(),
+                        &g,
+                        Some(0i64),
+                        |a, v| a.and_then(|a| a.checked_add(v)),
+                        |a, v, pd| {
+                            a.map(|a| rescale_div(a, (if include { pd } else { v }).max(1) as i64))
+                        },
+                        &mut sums,
+                    );
+                }
                 let out = sums
                     .into_iter()
                     .collect::<Option<Vec<i64>>>()

@@ -1,5 +1,6 @@
 //! Sliding-window helpers shared by the float and integer engines: im2col and pooling.
 
+use rayon::prelude::*;
 use tessera_model::ir::Pool;
 
 /// Geometry of a 2-D window over one NCHW image.
@@ -104,6 +105,30 @@ pub fn pool_plane<T: Copy, A: Copy, O>(
             out[oy * g.ow + ox] = finish(acc, valid, padded);
         }
     }
+}
+
+/// [`pool_plane`] over every channel plane of `x` (planes of `g.h·g.w` values, each giving
+/// `g.oh·g.ow` outputs in `out`), the planes in parallel: the pooling loop of every engine.
+pub fn pool_planes<T, A, O>(
+    x: &[T],
+    g: &Geometry,
+    init: A,
+    step: impl Fn(A, T) -> A + Sync,
+    finish: impl Fn(A, usize, usize) -> O + Sync,
+    out: &mut [O],
+) where
+    T: Copy + Sync,
+    A: Copy + Send + Sync,
+    O: Send,
+{
+    let (pin, pout) = (g.h * g.w, g.oh * g.ow);
+    out.par_chunks_mut(pout.max(1))
+        .enumerate()
+        .for_each(|(pl, o)| {
+            if let Some(xs) = x.get(pl * pin..(pl + 1) * pin) {
+                pool_plane(xs, g, init, &step, &finish, o);
+            }
+        });
 }
 
 /// Geometry of a pool over an input of `in_shape` (NCHW) producing `out_shape`.

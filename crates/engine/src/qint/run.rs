@@ -3,8 +3,7 @@
 use super::{IntModel, IntOp, ValueQuant};
 use crate::EngineError;
 use crate::quant::accumulate;
-use crate::window::{pool_geometry, pool_plane};
-use rayon::prelude::*;
+use crate::window::{pool_geometry, pool_planes};
 use tessera_model::ir::Op;
 use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
 
@@ -250,26 +249,17 @@ fn eval(
                 return Err(EngineError::Internal("pool op without its window".into()));
             };
             let g = pool_geometry(p, x.shape(), out_shape);
-            let (pin, pout) = (g.h * g.w, g.oh * g.ow);
+            let pout = g.oh * g.ow;
             let mut out = vec![0i64; n_out];
             match q {
                 IntOp::MaxPool => {
-                    out.par_chunks_mut(pout.max(1))
-                        .enumerate()
-                        .for_each(|(pl, o)| {
-                            let xs = &x.data()[pl * pin..(pl + 1) * pin];
-                            pool_plane(xs, &g, i64::MIN, i64::max, |a, _, _| a, o);
-                        })
+                    pool_planes(x.data(), &g, i64::MIN, i64::max, |a, _, _| a, &mut out);
                 }
                 IntOp::AvgPool { mult, shift } => {
                     // Sums in i128: no window of i64 values leaves it.
                     let mut sums = vec![0i128; n_out];
-                    sums.par_chunks_mut(pout.max(1))
-                        .enumerate()
-                        .for_each(|(pl, o)| {
-                            let xs = &x.data()[pl * pin..(pl + 1) * pin];
-                            pool_plane(xs, &g, 0i128, |a, v| a + i128::from(v), |a, _, _| a, o);
-                        });
+                    let add = |a: i128, v: i64| a + i128::from(v);
+                    pool_planes(x.data(), &g, 0i128, add, |a, _, _| a, &mut sums);
                     for (i, (o, s)) in out.iter_mut().zip(&sums).enumerate() {
                         let m = mult.get(i % pout.max(1)).copied().unwrap_or(1);
                         let v = rq(*s, m, *shift).ok_or_else(|| overflow("a pooling sum"))?;
