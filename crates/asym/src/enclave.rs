@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tessera_engine::float::softmax;
 use tessera_engine::gemm::{View, sgemm};
 use tessera_model::Tensor;
-use tessera_model::import::broadcast_apply;
 use tessera_model::ir::Op;
+use tessera_model::tensor::broadcast_apply;
 
 /// What one linear layer did in one forward pass.
 #[derive(Clone, Debug, PartialEq)]

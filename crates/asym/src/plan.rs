@@ -3,7 +3,7 @@
 use crate::AsymError;
 use crate::decompose::{DecompOptions, LowRank, RankSpec};
 use crate::kernels::ConvShape;
-use tessera_engine::float::conv_geometry;
+use tessera_engine::window::conv_geometry;
 use tessera_model::ir::{Conv, Dense, Graph, Op};
 
 /// How the rank of each split layer is chosen.

@@ -2,11 +2,10 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::window::{Geometry, im2col, pool_geometry, pool_planes};
-use tessera_model::import::broadcast_apply;
+use crate::window::{conv_geometry, im2col, pool_geometry, pool_planes};
 use tessera_model::ir::{Conv, Graph, Op, Pool, ValueId};
 use tessera_model::tensor::{
-    Tensor, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
+    Tensor, broadcast_apply, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
 };
 
 /// Check that `inputs` match the graph's declared inputs.
@@ -283,21 +282,6 @@ pub fn lrn(
         }
     }
     Ok(Tensor::new(s.to_vec(), out)?)
-}
-
-/// Geometry of a conv over `in_shape` producing `out_shape`.
-pub fn conv_geometry(c: &Conv, in_shape: &[usize], out_shape: &[usize]) -> Geometry {
-    let ws = c.weight.shape();
-    Geometry {
-        h: in_shape[2],
-        w: in_shape[3],
-        k: [ws[2], ws[3]],
-        s: c.strides,
-        p: c.pads,
-        d: c.dilations,
-        oh: out_shape[2],
-        ow: out_shape[3],
-    }
 }
 
 fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineError> {

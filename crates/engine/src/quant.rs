@@ -41,9 +41,8 @@
 //! worst-case widths from an input range without running data.
 
 use crate::EngineError;
-use crate::float::conv_geometry;
 use crate::gemm::{View, dgemm, igemm};
-use crate::window::{im2col, pool_geometry, pool_planes};
+use crate::window::{conv_geometry, im2col, pool_geometry, pool_planes};
 use serde::{Deserialize, Serialize};
 use tessera_model::ir::{BinOp, Graph, Op};
 use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};

@@ -1,7 +1,7 @@
 //! Sliding-window helpers shared by the float and integer engines: im2col and pooling.
 
 use rayon::prelude::*;
-use tessera_model::ir::Pool;
+use tessera_model::ir::{Conv, Pool};
 
 /// Geometry of a 2-D window over one NCHW image.
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +140,21 @@ pub fn pool_geometry(p: &Pool, in_shape: &[usize], out_shape: &[usize]) -> Geome
         s: p.strides,
         p: p.pads,
         d: p.dilations,
+        oh: out_shape[2],
+        ow: out_shape[3],
+    }
+}
+
+/// Geometry of a conv over `in_shape` producing `out_shape`.
+pub fn conv_geometry(c: &Conv, in_shape: &[usize], out_shape: &[usize]) -> Geometry {
+    let ws = c.weight.shape();
+    Geometry {
+        h: in_shape[2],
+        w: in_shape[3],
+        k: [ws[2], ws[3]],
+        s: c.strides,
+        p: c.pads,
+        d: c.dilations,
         oh: out_shape[2],
         ow: out_shape[3],
     }

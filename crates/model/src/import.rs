@@ -15,7 +15,7 @@ use crate::builder::GraphBuilder;
 use crate::ir::{BinOp, Conv, Dense, Gemm, Graph, Op, Pool, ValueId};
 use crate::limits::{ImportLimits, check_graph};
 use crate::proto::{AttributeProto, ModelProto, NodeProto, TensorProto, attr_type, data_type};
-use crate::tensor::{Tensor, broadcast_index_map, broadcast_shapes, numel};
+use crate::tensor::{Tensor, broadcast_apply, broadcast_shapes, numel};
 use prost::Message;
 use std::collections::HashMap;
 
@@ -957,23 +957,6 @@ fn per_output_bias(c: &Tensor, m: usize) -> Option<Vec<f32>> {
         d if d == m => Some(c.data().to_vec()),
         _ => None,
     }
-}
-
-/// Elementwise op of two float tensors with numpy broadcasting.
-pub fn broadcast_apply(
-    a: &Tensor,
-    b: &Tensor,
-    f: impl Fn(f32, f32) -> f32,
-) -> Result<Tensor, ModelError> {
-    let shape = broadcast_shapes(a.shape(), b.shape())?;
-    let ia = broadcast_index_map(a.shape(), &shape);
-    let ib = broadcast_index_map(b.shape(), &shape);
-    let data = ia
-        .iter()
-        .zip(&ib)
-        .map(|(&i, &j)| f(a.data()[i], b.data()[j]))
-        .collect();
-    Tensor::new(shape, data)
 }
 
 fn reshape_target(

@@ -212,3 +212,20 @@ pub fn concat<T: Copy>(ts: &[&Tensor<T>], axis: usize) -> Result<Tensor<T>, Mode
     }
     Tensor::new(out_shape, data)
 }
+
+/// Elementwise op of two float tensors with numpy broadcasting.
+pub fn broadcast_apply(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<Tensor, ModelError> {
+    let shape = broadcast_shapes(a.shape(), b.shape())?;
+    let ia = broadcast_index_map(a.shape(), &shape);
+    let ib = broadcast_index_map(b.shape(), &shape);
+    let data = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| f(a.data()[i], b.data()[j]))
+        .collect();
+    Tensor::new(shape, data)
+}

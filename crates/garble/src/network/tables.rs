@@ -1,7 +1,7 @@
 //! The gather tables and weight matrices of the linear and pooling layers, shared by the
 //! circuits of both integer semantics.
 
-use tessera_engine::float::conv_geometry;
+use tessera_engine::window::conv_geometry;
 use tessera_engine::window::pool_geometry;
 
 use super::{GarbleError, NONE, StepOp, block_diagonal, to_u32, unsupported, window_table};
