@@ -634,6 +634,22 @@ pub fn rescale_gadget<B: Backend>(
     }
 }
 
+/// The fewest of the first `max` CRT primes (at least 2) whose range holds every signed value
+/// of magnitude ≤ `need` (need ≤ M/2), or the error naming how far the largest falls short.
+fn primes_holding(need: u128, max: usize) -> Result<usize, GarbleError> {
+    let mut product = 1u128;
+    for (i, m) in Modulus::first_primes(max)?.iter().enumerate() {
+        product *= u128::from(m.q());
+        if i >= 1 && need <= product / 2 {
+            return Ok(i + 1);
+        }
+    }
+    Err(GarbleError::CrtOutOfRange {
+        x: i64::try_from(need).unwrap_or(i64::MAX),
+        half: u64::try_from(product / 2).unwrap_or(u64::MAX),
+    })
+}
+
 /// The largest magnitude a clamp to `[lo, hi]` outputs.
 fn clamp_bound(lo: i64, hi: i64) -> u128 {
     u128::from(lo.unsigned_abs()).max(u128::from(hi.unsigned_abs()))
@@ -871,18 +887,7 @@ impl NetworkCircuit {
         let need = need
             .checked_shl(margin_bits)
             .filter(|v| v >> margin_bits == need);
-        let need = need.unwrap_or(u128::MAX);
-        let mut product = 1u128;
-        for (i, m) in Modulus::first_primes(MAX_CRT_PRIMES)?.iter().enumerate() {
-            product *= u128::from(m.q());
-            if i >= 1 && need <= product / 2 {
-                return Ok(i + 1);
-            }
-        }
-        Err(GarbleError::CrtOutOfRange {
-            x: i64::try_from(need).unwrap_or(i64::MAX),
-            half: u64::try_from(product / 2).unwrap_or(u64::MAX),
-        })
+        primes_holding(need.unwrap_or(u128::MAX), MAX_CRT_PRIMES)
     }
 
     /// Runs the circuit on `b`, calling `after(step)` after each step.

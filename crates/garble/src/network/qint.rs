@@ -30,10 +30,10 @@ use tessera_model::tensor::broadcast_index_map;
 
 use super::{
     Compiler, GarbleError, NetworkCircuit, NodeIo, Step, StepOp, clamp_bound, conv_step,
-    global_pool_table, map_u32, max_pool_table, set, slot_value, to_u32, unsupported,
+    global_pool_table, map_u32, max_pool_table, primes_holding, set, slot_value, to_u32,
+    unsupported,
 };
 use crate::crt::MAX_CRT_PRIMES;
-use crate::modulus::Modulus;
 
 impl Compiler<'_> {
     /// `x · m[map[i]]` when some multiplier is not 1, then a rescale by 2^shift when shift > 0.
@@ -442,24 +442,13 @@ impl NetworkCircuit {
     /// evaluator receives the result and applies it with [`Self::with_sign_bases`].
     pub fn sign_bases(&self, input_max: u128) -> Result<Vec<u8>, GarbleError> {
         let (_, signs) = self.bounds(input_max)?;
-        let moduli = Modulus::first_primes(self.primes)?;
         signs
             .iter()
-            .map(|&need| {
-                if need == 0 {
-                    return Ok(0);
+            .map(|&need| match need {
+                0 => Ok(0),
+                need => {
+                    primes_holding(need, self.primes).map(|j| u8::try_from(j).unwrap_or(u8::MAX))
                 }
-                let mut product = 1u128;
-                for (i, m) in moduli.iter().enumerate() {
-                    product *= u128::from(m.q());
-                    if i >= 1 && need <= product / 2 {
-                        return Ok(u8::try_from(i + 1).unwrap_or(0));
-                    }
-                }
-                Err(GarbleError::CrtOutOfRange {
-                    x: i64::try_from(need).unwrap_or(i64::MAX),
-                    half: u64::try_from(product / 2).unwrap_or(u64::MAX),
-                })
             })
             .collect()
     }
@@ -503,18 +492,7 @@ impl NetworkCircuit {
     /// |x| ≤ `input_max` (for a v2 circuit, the input interval's largest magnitude): sound for
     /// every input, by construction of the saturating semantics.
     pub fn sound_primes(&self, input_max: u128) -> Result<usize, GarbleError> {
-        let need = self.sound_bound(input_max)?;
-        let mut product = 1u128;
-        for (i, m) in Modulus::first_primes(MAX_CRT_PRIMES)?.iter().enumerate() {
-            product *= u128::from(m.q());
-            if i >= 1 && need <= product / 2 {
-                return Ok(i + 1);
-            }
-        }
-        Err(GarbleError::CrtOutOfRange {
-            x: i64::try_from(need).unwrap_or(i64::MAX),
-            half: u64::try_from(product / 2).unwrap_or(u64::MAX),
-        })
+        primes_holding(self.sound_bound(input_max)?, MAX_CRT_PRIMES)
     }
 }
 
