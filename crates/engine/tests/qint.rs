@@ -426,3 +426,41 @@ fn bad_configs_and_ops_are_refused() {
         .to_string();
     assert!(e.contains("sig") && e.contains("Sigmoid"), "{e}");
 }
+
+/// What a party that holds the model with biases and added constants zeroed (the `gc` worker)
+/// lowers is exactly the full lowering with those constants zeroed: same ops, scales, shifts,
+/// multipliers and intervals. The worker compiles its circuit from that, so any dependence of
+/// these on a secret constant would make the two circuits differ.
+#[test]
+fn the_public_model_lowers_to_the_same_structure() {
+    use tessera_model::ir::BinOp;
+    let g = residual_net(13, 6, 7);
+    let cal = Calibration::from_inputs(
+        &g,
+        &default_calibration_inputs(&g, 0.0, 1.0, 4, 13).expect("inputs"),
+        "generated",
+    )
+    .expect("calibration");
+    let mut public = g.clone();
+    for n in &mut public.nodes {
+        match &mut n.op {
+            Op::Conv(c) => c.bias.iter_mut().for_each(|b| b.data_mut().fill(0.0)),
+            Op::Dense(d) => d.bias.iter_mut().for_each(|b| b.data_mut().fill(0.0)),
+            Op::Binary {
+                op: BinOp::Add | BinOp::Sub,
+                constant: Some(c),
+                ..
+            } => c.data_mut().fill(0.0),
+            _ => {}
+        }
+    }
+    let full = IntModel::new(&g, QintConfig::default(), &cal).expect("lowers");
+    let open = IntModel::new(&public, QintConfig::default(), &cal).expect("lowers");
+    let stripped = full.without_constants();
+    for i in 0..g.nodes.len() {
+        assert_eq!(stripped.op(i), open.op(i), "node {i}");
+    }
+    for v in 0..g.values.len() {
+        assert_eq!(full.value(v), open.value(v), "value {v}");
+    }
+}

@@ -103,3 +103,43 @@ fn a_k_below_the_sound_one_is_refused_under_v2() {
         "{e}"
     );
 }
+
+/// The worker compiles its circuit from the public model, whose added constants are zeroed: a
+/// ReLU right after a garbled constant (here an input shift that makes some inputs negative)
+/// must compile to the same circuit on both sides, so gc still agrees with plain bit for bit.
+#[test]
+fn relu_after_a_garbled_constant_compiles_the_same_on_both_sides() {
+    use tessera_model::ir::BinOp;
+    let mut b = tessera_model::GraphBuilder::new("shift-relu", 5);
+    let x = b.input("x", vec![1, 1, 6, 6]).expect("input");
+    let c = Tensor::new(vec![1], vec![0.5]).expect("constant");
+    let y = b.constant_op(x, BinOp::Sub, c).expect("sub");
+    let y = b.relu(y).expect("relu");
+    let y = b.conv(y, 2, 3, 1, 1).expect("conv");
+    let y = b.relu(y).expect("relu");
+    let y = b.flatten(y).expect("flatten");
+    let y = b.dense(y, 3).expect("dense");
+    let g = b.finish(vec![y]).expect("graph");
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 4, 2).expect("inputs");
+    let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
+    let sem = Semantics::V2 {
+        cfg: QintConfig::default(),
+        calibration,
+    };
+    let mut plain = Plain::new(&g, &sem).expect("plain");
+    let mut gc = Gc::new(
+        &g,
+        GcOptions {
+            semantics: sem,
+            pool: 1,
+            overlap: false,
+            ..GcOptions::default()
+        },
+    )
+    .expect("gc");
+    for x in &xs {
+        let want = plain.infer(x).expect("plain infers");
+        let got = gc.infer(x).expect("gc infers");
+        assert_eq!(got.exact.data(), want.exact.data());
+    }
+}

@@ -217,20 +217,17 @@ impl IntModel {
                             .iter()
                             .map(|&v| round_i64(sign * f64::from(v) / x.scale, name))
                             .collect::<Result<Vec<_>, _>>()?;
-                        let cmin = cq.iter().copied().min().unwrap_or(0);
-                        let cmax = cq.iter().copied().max().unwrap_or(0);
                         let neg_x = *op == BinOp::Sub && *constant_first;
-                        let (lo, hi) = if neg_x {
-                            (cmin.saturating_sub(x.hi), cmax.saturating_sub(x.lo))
-                        } else {
-                            (x.lo.saturating_add(cmin), x.hi.saturating_add(cmax))
-                        };
+                        // The interval may not depend on the constant: the `gc` worker holds
+                        // the model with added constants zeroed, and compiles its circuit
+                        // (which ReLUs and clips it elides) from the same intervals as the
+                        // enclave. So it is open until the next saturation.
                         (
                             IntOp::AddConst { c: cq, neg_x },
                             ValueQuant {
                                 scale: x.scale,
-                                lo,
-                                hi,
+                                lo: i64::MIN,
+                                hi: i64::MAX,
                             },
                         )
                     }

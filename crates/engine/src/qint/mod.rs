@@ -17,6 +17,8 @@
 //!   output uses [`QintConfig::out_bits`] instead of `b`.
 //! * Its scale is `max|v| / qmax` over the calibration data ([`Calibration`]), `qmax` the top
 //!   of the interval (a tensor that is 0 on all calibration data gets scale 1).
+//! * Intervals depend only on the weights' shapes, the op parameters and the calibration —
+//!   never on a bias or an added constant — so every party derives the same ones.
 //!
 //! # Rounding and requantization (the one rule)
 //!
@@ -50,7 +52,8 @@
 //! * **Mul by a constant** `c` (Div by `c` is Mul by `1/c`), per broadcast element `j`:
 //!   `y = clamp(rq(x·m_j, n), lo_y, hi_y)` with `m_j = round(c_j · s_x/s_y · 2^n)`.
 //! * **Add / Sub of a constant** `c`: `y = x ± quantize(c, s_x)` (or `quantize(c, s_x) − x`), at the
-//!   input's scale, no saturation; the interval widens by the constant's range.
+//!   input's scale, no saturation; its interval is unbounded until the next saturating op, so
+//!   that no interval depends on an added constant (the `gc` worker never learns them).
 //! * **ReLU**: `max(x, 0)`. **Clip(min, max)**: `clamp(x, quantize(min, s_x), quantize(max, s_x))`
 //!   (ReLU6 is Clip(0, 6)). **MaxPool**: maximum over the in-range window positions. All three
 //!   keep the input's scale.
