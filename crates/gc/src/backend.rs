@@ -128,9 +128,8 @@ fn choose_range(
             // Every input saturates into the input interval, so the bound holds for all inputs.
             let limit = m.input_quant()?.max_abs();
             let bound = probe
-                .sound_primes(limit)
-                .map_err(crate::no_sound_range)?
-                .saturating_add(opts.margin_bits as usize);
+                .sound_primes_with_margin(limit, opts.margin_bits)
+                .map_err(crate::no_sound_range)?;
             return Ok(RangeChoice {
                 primes: fixed_or(opts, bound)?,
                 sound_primes: Some(bound),

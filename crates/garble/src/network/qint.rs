@@ -492,7 +492,21 @@ impl NetworkCircuit {
     /// |x| ≤ `input_max` (for a v2 circuit, the input interval's largest magnitude): sound for
     /// every input, by construction of the saturating semantics.
     pub fn sound_primes(&self, input_max: u128) -> Result<usize, GarbleError> {
-        primes_holding(self.sound_bound(input_max)?, MAX_CRT_PRIMES)
+        self.sound_primes_with_margin(input_max, 0)
+    }
+
+    /// [`Self::sound_primes`] for the bound shifted left by `margin_bits`.
+    pub fn sound_primes_with_margin(
+        &self,
+        input_max: u128,
+        margin_bits: u32,
+    ) -> Result<usize, GarbleError> {
+        let need = self.sound_bound(input_max)?;
+        let wide = need
+            .checked_shl(margin_bits)
+            .filter(|v| v >> margin_bits == need)
+            .unwrap_or(u128::MAX);
+        primes_holding(wide, MAX_CRT_PRIMES)
     }
 }
 
