@@ -53,6 +53,9 @@ use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
 /// smaller weights; a scheme that needs narrow integers (gc's CRT range) can pass a smaller f.
 pub const DEFAULT_FRAC_BITS: u32 = 8;
 
+/// Why both integer semantics refuse a product of two activations.
+pub(crate) const PRODUCT_OF_ACTIVATIONS: &str = "a product of two activations is not in the integer semantics (only constant weights are); the float engine runs it";
+
 /// Largest magnitude an f64 holds exactly for every integer up to it.
 const F64_EXACT: i128 = 1 << 53;
 
@@ -305,9 +308,7 @@ impl QuantModel {
                 }
                 | Op::MatMul
                 | Op::Gemm(_) => {
-                    return Err(unsupported(
-                        "a product of two activations is not in the integer semantics (only constant weights are); the float engine runs it",
-                    ));
+                    return Err(unsupported(PRODUCT_OF_ACTIVATIONS));
                 }
                 Op::Constant(_) => {
                     return Err(unsupported(

@@ -366,6 +366,42 @@ impl<'g> Compiler<'g> {
         Ok(self.push(node, slot, StepOp::Gather { idx }, len))
     }
 
+    /// The two operands of binary node `ni`, each broadcast to `out_shape` (x is the first).
+    fn operands(
+        &mut self,
+        ni: usize,
+        x: usize,
+        in_shape: &[usize],
+        out_shape: &[usize],
+    ) -> Result<(usize, usize), GarbleError> {
+        let g = self.graph;
+        let n = g.nodes.get(ni).ok_or(GarbleError::Internal("node index"))?;
+        let name = n.name.as_str();
+        let other_value = *n
+            .inputs
+            .get(1)
+            .ok_or_else(|| unsupported(name, "a binary op with one input"))?;
+        let y = slot_value(&self.slot_of, other_value, name)?;
+        let other_shape = g.shape(other_value).to_vec();
+        let xb = self.broadcast(ni, x, in_shape, out_shape, name)?;
+        let yb = self.broadcast(ni, y, &other_shape, out_shape, name)?;
+        Ok((xb, yb))
+    }
+
+    /// A step over two slots (`Add` or `Sub`); returns its output slot.
+    fn push_pair(&mut self, node: usize, a: usize, b: usize, op: StepOp, len: usize) -> usize {
+        let output = self.new_slot(len);
+        self.steps.push(Step {
+            node,
+            input: a,
+            other: Some(b),
+            output,
+            len,
+            op,
+        });
+        output
+    }
+
     /// What every node's compilation starts from: the node, its first input's value, slot and
     /// shape, and its output's shape and length (an empty output is refused).
     fn node_io(&self, ni: usize) -> Result<NodeIo<'g>, GarbleError> {
@@ -393,7 +429,6 @@ impl<'g> Compiler<'g> {
     }
 
     fn node(&mut self, ni: usize, frac_bits: u32) -> Result<usize, GarbleError> {
-        let g = self.graph;
         let NodeIo {
             n,
             x,
@@ -403,7 +438,6 @@ impl<'g> Compiler<'g> {
             ..
         } = self.node_io(ni)?;
         let name = n.name.as_str();
-        let value = |v: usize| slot_value(&self.slot_of, v, name);
         let f = frac_bits;
         let slot = match &n.op {
             Op::Conv(c) => {
@@ -522,28 +556,13 @@ impl<'g> Compiler<'g> {
                 constant: None,
                 ..
             } => {
-                let other_value = *n
-                    .inputs
-                    .get(1)
-                    .ok_or_else(|| unsupported(name, "a binary op with one input"))?;
-                let y = value(other_value)?;
-                let other_shape = g.shape(other_value).to_vec();
-                let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
-                let yb = self.broadcast(ni, y, &other_shape, &out_shape, name)?;
-                let output = self.new_slot(out_len);
-                self.steps.push(Step {
-                    node: ni,
-                    input: xb,
-                    other: Some(yb),
-                    output,
-                    len: out_len,
-                    op: if *op == BinOp::Add {
-                        StepOp::Add
-                    } else {
-                        StepOp::Sub
-                    },
-                });
-                output
+                let (xb, yb) = self.operands(ni, x, &in_shape, &out_shape)?;
+                let step = if *op == BinOp::Add {
+                    StepOp::Add
+                } else {
+                    StepOp::Sub
+                };
+                self.push_pair(ni, xb, yb, step, out_len)
             }
             Op::Relu => self.push(ni, x, StepOp::Relu { sign_primes: 0 }, out_len),
             Op::MaxPool(p) => {

@@ -340,10 +340,7 @@ impl IntModel {
                 }
                 | Op::MatMul
                 | Op::Gemm(_) => {
-                    return Err(unsupported(
-                        name,
-                        "a product of two activations is not in the integer semantics (only constant weights are); the float engine runs it",
-                    ));
+                    return Err(unsupported(name, crate::quant::PRODUCT_OF_ACTIVATIONS));
                 }
                 other => {
                     return Err(unsupported(

@@ -29,9 +29,8 @@ use tessera_model::ir::Op;
 use tessera_model::tensor::broadcast_index_map;
 
 use super::{
-    Compiler, GarbleError, NetworkCircuit, NodeIo, Step, StepOp, clamp_bound, conv_step,
-    global_pool_table, map_u32, max_pool_table, primes_holding, set, slot_value, to_u32,
-    unsupported,
+    Compiler, GarbleError, NetworkCircuit, NodeIo, StepOp, clamp_bound, conv_step,
+    global_pool_table, map_u32, max_pool_table, primes_holding, set, to_u32, unsupported,
 };
 use crate::crt::MAX_CRT_PRIMES;
 
@@ -85,7 +84,6 @@ impl Compiler<'_> {
     }
 
     fn qint_node(&mut self, m: &IntModel, ni: usize) -> Result<usize, GarbleError> {
-        let g = self.graph;
         let NodeIo {
             n,
             in_value,
@@ -96,7 +94,6 @@ impl Compiler<'_> {
         } = self.node_io(ni)?;
         let name = n.name.as_str();
         let op = m.op(ni).ok_or(GarbleError::Internal("lowered op"))?;
-        let value = |v: usize| slot_value(&self.slot_of, v, name);
         let interval = |v: usize| m.value(v).map(|q| (q.lo, q.hi));
         let in_iv = interval(in_value).ok_or(GarbleError::Internal("input interval"))?;
         // A value's interval before saturation is unknown to the compiler: always clamp.
@@ -159,26 +156,11 @@ impl Compiler<'_> {
                     hi,
                 },
             ) => {
-                let other_value = *n
-                    .inputs
-                    .get(1)
-                    .ok_or_else(|| unsupported(name, "a binary op with one input"))?;
-                let y = value(other_value)?;
-                let other_shape = g.shape(other_value).to_vec();
-                let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
-                let yb = self.broadcast(ni, y, &other_shape, &out_shape, name)?;
+                let (xb, yb) = self.operands(ni, x, &in_shape, &out_shape)?;
                 let zeros = vec![0u32; out_len];
                 let xm = self.requant(ni, xb, vec![*ma], zeros.clone(), 0, out_len);
                 let ym = self.requant(ni, yb, vec![*mb], zeros, 0, out_len);
-                let sum = self.new_slot(out_len);
-                self.steps.push(Step {
-                    node: ni,
-                    input: xm,
-                    other: Some(ym),
-                    output: sum,
-                    len: out_len,
-                    op: StepOp::Add,
-                });
+                let sum = self.push_pair(ni, xm, ym, StepOp::Add, out_len);
                 let r = self.requant(ni, sum, vec![1], Vec::new(), *shift, out_len);
                 self.clamp_to(ni, r, open, *lo, *hi, out_len)
             }
