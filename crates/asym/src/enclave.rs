@@ -9,11 +9,9 @@ use crate::plan::{LinearKind, LinearLayer, Placement, Plan};
 use crate::worker::WorkerLink;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
-use tessera_engine::float::softmax;
 use tessera_engine::gemm::{View, sgemm};
 use tessera_model::Tensor;
 use tessera_model::ir::Op;
-use tessera_model::tensor::broadcast_apply;
 
 /// What one linear layer did in one forward pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -457,9 +455,15 @@ fn eval_linear_local(
             m,
             d.bias.as_ref().map(|b| b.data()),
         ),
+        // A grouped or depthwise convolution stays in the enclave (the plan never splits it:
+        // its block-diagonal matrix has no useful low-rank form, and a depthwise layer is a few
+        // MACs per output); the float engine's convolution runs it.
+        (Op::Conv(c), LinearKind::Conv(_)) if c.groups != 1 => {
+            return Ok(tessera_engine::float::eval_op(op, ins, out_shape)?);
+        }
         _ => {
-            return Err(AsymError::Unsupported(format!(
-                "layer '{}': grouped convolutions are not supported",
+            return Err(AsymError::Protocol(format!(
+                "layer '{}': the op and its plan disagree",
                 l.name
             )));
         }
@@ -467,63 +471,20 @@ fn eval_linear_local(
     Ok(Tensor::new(out_shape.to_vec(), data)?)
 }
 
-/// The enclave's non-linear and shape ops (the float engine's semantics).
+/// The enclave's non-linear and shape ops: the float engine's own evaluator of each op (one
+/// evaluator per op for every float path), the linear layers excepted.
 pub(crate) fn eval_local(
     op: &Op,
     ins: &[&Tensor],
     out_shape: &[usize],
 ) -> Result<Tensor, AsymError> {
-    let first = || {
-        ins.first()
-            .copied()
-            .ok_or_else(|| AsymError::Protocol("op without input".into()))
-    };
-    Ok(match op {
-        Op::Constant(t) => t.clone(),
-        Op::Relu => first()?.map(|&v| v.max(0.0)),
-        Op::MaxPool(p) => tessera_engine::float::pool_f32(first()?, p, true, out_shape)?,
-        Op::AvgPool(p) => tessera_engine::float::pool_f32(first()?, p, false, out_shape)?,
-        Op::GlobalAvgPool => {
-            let x = first()?;
-            let hw = x.shape().get(2..4).map(|s| s[0] * s[1]).unwrap_or(1).max(1);
-            let out = x
-                .data()
-                .chunks(hw)
-                .map(|c| c.iter().sum::<f32>() / hw as f32)
-                .collect();
-            Tensor::new(out_shape.to_vec(), out)?
-        }
-        Op::Reshape => first()?.clone().reshape(out_shape.to_vec())?,
-        Op::Binary {
-            op,
-            constant,
-            constant_first,
-        } => match (constant, ins) {
-            (Some(c), [x]) if *constant_first => broadcast_apply(c, x, |a, b| op.apply(a, b))?,
-            (Some(c), [x]) => broadcast_apply(x, c, |a, b| op.apply(a, b))?,
-            (None, [a, b]) => broadcast_apply(a, b, |a, b| op.apply(a, b))?,
-            _ => return Err(AsymError::Protocol("binary op arity".into())),
-        },
-        Op::Softmax { axis, coerce_2d } => softmax(first()?, *axis, *coerce_2d)?,
-        Op::Conv(_) | Op::Dense(_) | Op::MatMul | Op::Gemm(_) => {
-            return Err(AsymError::Unsupported(format!(
-                "{} is not a local op",
-                op.kind()
-            )));
-        }
-        Op::Concat { .. }
-        | Op::Transpose { .. }
-        | Op::Pad { .. }
-        | Op::Clip { .. }
-        | Op::Lrn { .. }
-        | Op::Sigmoid
-        | Op::Tanh => {
-            return Err(AsymError::Unsupported(format!(
-                "{} is not in the split protocol yet; the float engine runs it",
-                op.kind()
-            )));
-        }
-    })
+    if matches!(op, Op::Conv(_) | Op::Dense(_) | Op::MatMul | Op::Gemm(_)) {
+        return Err(AsymError::Unsupported(format!(
+            "{} is not a local op",
+            op.kind()
+        )));
+    }
+    Ok(tessera_engine::float::eval_op(op, ins, out_shape)?)
 }
 
 /// An inference: outputs and the per-layer report.

@@ -38,7 +38,9 @@ struct QuantArgs {
     /// Integer semantics every scheme reproduces: `pow2` (one global scale 2^f, --frac-bits) or
     /// `v2` (per-channel --weight-bits weights, calibrated per-tensor --act-bits activations,
     /// requantization by a --mult-bits multiplier and a shift, saturation after every layer).
-    #[arg(long, default_value = "pow2", value_parser = ["pow2", "v2"])]
+    /// `auto`: v2 with the model's own scales for an int8 model (QuantizeLinear, QLinearConv…),
+    /// pow2 otherwise.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pow2", "v2"])]
     semantics: String,
     /// pow2: fractional bits f of the fixed-point format (values are integers at scale 2^f).
     #[arg(long, default_value_t = tessera_engine::quant::DEFAULT_FRAC_BITS)]
@@ -1075,8 +1077,8 @@ fn demo(
     };
     // v2 without --calibrate: the demo calibrates on its own images (the training glyphs, or
     // the first 64 images of --data), which real deployments would do with their own data.
-    let sem = match (&quant.calibrate, quant.semantics.as_str()) {
-        (None, "v2") => quant.semantics_on(&g, &calib, calib_source)?,
+    let sem = match (&quant.calibrate, quant.v2_for(&g)) {
+        (None, true) => quant.semantics_on(&g, &calib, calib_source)?,
         _ => quant.semantics(&g)?,
     };
     let mut rows = Vec::new();

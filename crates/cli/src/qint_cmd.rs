@@ -35,9 +35,27 @@ impl QuantArgs {
 
     /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
     /// --calibrate's data, or on generated inputs), which runs the float engine.
+    /// `--semantics v2`, or `auto` on an int8 model.
+    pub(crate) fn v2_for(&self, g: &Graph) -> bool {
+        self.semantics == "v2" || (self.semantics == "auto" && is_int8(g))
+    }
+
     pub(crate) fn semantics(&self, g: &Graph) -> Result<Semantics> {
-        if self.semantics != "v2" {
+        if !self.v2_for(g) {
             return Ok(Semantics::Pow2(self.config()));
+        }
+        if self.calibrate.is_none() && is_int8(g) {
+            let calibration = Calibration {
+                ranges: Default::default(),
+                samples: 0,
+                source: "the model's own int8 scales".into(),
+            };
+            let s = Semantics::V2 {
+                cfg: self.qint_config()?,
+                calibration,
+            };
+            ExactModel::new(g, &s)?;
+            return Ok(s);
         }
         let (xs, source) = match &self.calibrate {
             Some(spec) => {
@@ -73,7 +91,7 @@ impl QuantArgs {
         inputs: &[Tensor],
         source: &str,
     ) -> Result<Semantics> {
-        if self.semantics != "v2" {
+        if !self.v2_for(g) {
             return Ok(Semantics::Pow2(self.config()));
         }
         let cfg = self.qint_config()?;
@@ -83,6 +101,13 @@ impl QuantArgs {
         ExactModel::new(g, &s)?;
         Ok(s)
     }
+}
+
+/// An int8 model: it quantizes to grids of its own (QuantizeLinear or a QLinear op).
+pub(crate) fn is_int8(g: &Graph) -> bool {
+    g.nodes
+        .iter()
+        .any(|n| matches!(n.op, tessera_model::ir::Op::Quantize(_)))
 }
 
 /// One node of a model lowered to the integer semantics v2, for `inspect`.
@@ -125,7 +150,15 @@ pub(crate) fn v2_layers(g: &Graph, sem: &Semantics) -> Result<Vec<V2Layer>> {
             IntOp::MulConst { mult, shift, .. } | IntOp::AvgPool { mult, shift } => {
                 (Some(*shift), span(mult), None)
             }
-            IntOp::GlobalAvgPool { mult, shift } => (Some(*shift), Some([*mult, *mult]), None),
+            IntOp::GlobalAvgPool { mult, shift } | IntOp::Requant { mult, shift, .. } => {
+                (Some(*shift), Some([*mult, *mult]), None)
+            }
+            // Concat: the largest shift, and the multipliers of its inputs.
+            IntOp::Concat { parts, .. } => (
+                parts.iter().map(|p| p.1).max(),
+                span(&parts.iter().map(|p| p.0).collect::<Vec<_>>()),
+                None,
+            ),
             _ => (None, None, None),
         };
         out.push(V2Layer {

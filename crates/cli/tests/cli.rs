@@ -94,6 +94,36 @@ fn build_writes_onnx_that_imports() {
 }
 
 #[test]
+fn an_int8_model_runs_under_its_own_scales_in_plain_and_tee() {
+    let Some(m) = tessera_data::shared_data("onnx-shufflenet-v2-12-int8") else {
+        return;
+    };
+    let model = m.join("model.onnx");
+    let input = m.join("test_data_set_0/input_0.pb");
+    let (model, input) = (model.to_str().expect("utf8"), input.to_str().expect("utf8"));
+    let mut exact = Vec::new();
+    for scheme in ["plain", "tee"] {
+        let (ok, out, err) =
+            tessera(&["run", model, "--input", input, "--scheme", scheme, "--json"]);
+        assert!(ok, "{scheme}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["class"], 556, "{scheme}: the zoo reference's class");
+        assert_eq!(v["float_class"], 556);
+        let sem = v["semantics"].as_str().expect("semantics");
+        assert!(sem.contains("the model's own int8 scales"), "{sem}");
+        exact.push(v["exact_output"].clone());
+    }
+    assert_eq!(exact[0], exact[1], "tee reproduces plain bit for bit");
+    // gc refuses before any work, naming the node, the op and the schemes that can run it.
+    let (ok, _, err) = tessera(&["run", model, "--input", input, "--scheme", "gc"]);
+    assert!(!ok);
+    assert!(
+        err.contains("Concat") && err.contains("schemes that can: plain, tee, asym"),
+        "{err}"
+    );
+}
+
+#[test]
 fn run_and_eval_mnist8() {
     let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
         return;
@@ -333,12 +363,14 @@ fn plain_matches_hand_computed_integers() {
     let d1 = Dense {
         weight: t(vec![2, 2], vec![1.0, 0.5, -0.25, 2.0]),
         bias: Some(t(vec![2], vec![0.125, -1.0])),
+        weight_scales: None,
     };
     let h = b.push("d1", Op::Dense(d1), vec![x], "").unwrap();
     let r = b.push("relu", Op::Relu, vec![h], "").unwrap();
     let d2 = Dense {
         weight: t(vec![2, 2], vec![0.5, 1.0, -1.0, 0.25]),
         bias: Some(t(vec![2], vec![0.25, 0.5])),
+        weight_scales: None,
     };
     let y = b.push("d2", Op::Dense(d2), vec![r], "").unwrap();
     let g = b.finish(vec![y]).unwrap();
@@ -482,6 +514,7 @@ fn hostile_model_is_refused_and_max_memory_raises_the_budget() {
         pads: [0; 4],
         dilations: [1, 1],
         groups: 1,
+        weight_scales: None,
     };
     let y = b.push("bomb", Op::Conv(conv), vec![x], "").unwrap();
     let g = b.finish(vec![y]).unwrap();

@@ -5,7 +5,8 @@ use crate::gemm::{View, sgemm};
 use crate::window::{conv_geometry, im2col, pool_geometry, pool_planes};
 use tessera_model::ir::{Conv, Graph, Op, Pool, ValueId};
 use tessera_model::tensor::{
-    Tensor, broadcast_apply, broadcast_index_map, broadcast_shapes, concat, strides, transpose,
+    Tensor, broadcast_apply, broadcast_index_map, broadcast_shapes, concat, slice_axis, strides,
+    transpose,
 };
 
 /// Check that `inputs` match the graph's declared inputs.
@@ -65,7 +66,7 @@ pub fn run_f32_observe(
             })
             .collect::<Result<_, _>>()?;
         let out_shape = g.shape(n.output).to_vec();
-        let y = eval_node(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+        let y = eval_op(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
         observe(n.output, &y);
         vals[n.output] = Some(y);
         for &i in &n.inputs {
@@ -84,7 +85,9 @@ pub fn run_f32_observe(
         .collect()
 }
 
-fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EngineError> {
+/// One node of the float engine: `op` on its inputs, yielding `out_shape`. The one float
+/// evaluator of every op, shared by every float path (the float engine, asym's enclave).
+pub fn eval_op(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EngineError> {
     Ok(match op {
         Op::Constant(t) => t.clone(),
         Op::Conv(c) => conv_f32(ins[0], c, out_shape)?,
@@ -177,6 +180,8 @@ fn eval_node(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, En
         } => lrn(ins[0], *size, *alpha, *beta, *bias)?,
         Op::Sigmoid => ins[0].map(|&v| 1.0 / (1.0 + (-v).exp())),
         Op::Tanh => ins[0].map(|&v| v.tanh()),
+        Op::Quantize(q) => ins[0].map(|&v| q.fake_quant(v)),
+        Op::Slice { axis, start, end } => slice_axis(ins[0], *axis, *start, *end)?,
     })
 }
 

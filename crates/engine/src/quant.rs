@@ -315,8 +315,14 @@ impl QuantModel {
                         "a free-standing constant feeds a float-only op",
                     ));
                 }
+                Op::Quantize(_) => {
+                    return Err(unsupported(
+                        "an int8 model's quantization grid is not in the power-of-two semantics; run it under --semantics v2",
+                    ));
+                }
                 Op::Concat { .. }
                 | Op::Transpose { .. }
+                | Op::Slice { .. }
                 | Op::Pad { .. }
                 | Op::Clip { .. }
                 | Op::Lrn { .. }

@@ -36,6 +36,11 @@ impl Semantics {
     pub fn label(&self) -> String {
         match self {
             Semantics::Pow2(c) => format!("pow2 f = {}", c.frac_bits),
+            Semantics::V2 { cfg, calibration } if calibration.samples == 0 => format!(
+                "v2 on {} (given weights, multipliers of at least {} bits)",
+                calibration.source,
+                cfg.mult_bits.max(crate::qint::GIVEN_MULT_BITS)
+            ),
             Semantics::V2 { cfg, calibration } => format!(
                 "v2 w{}a{} (logits {} bits), B = {}, calibrated on {}",
                 cfg.weight_bits, cfg.act_bits, cfg.out_bits, cfg.mult_bits, calibration.source

@@ -216,7 +216,11 @@ pub fn train_mlp(
         let bias = Some(Tensor::vector(l.b));
         v = b.push(
             &format!("fc{li}"),
-            Op::Dense(Dense { weight, bias }),
+            Op::Dense(Dense {
+                weight,
+                bias,
+                weight_scales: None,
+            }),
             vec![v],
             "",
         )?;

@@ -256,6 +256,7 @@ fn conv_dense_graph(cc: &ConvCase, wscale: f32, dense_out: usize) -> (Graph, Con
         pads: cc.p,
         dilations: cc.d,
         groups: cc.groups,
+        weight_scales: None,
     };
     let mut b = GraphBuilder::new("case", 0);
     let x = b.input("x", vec![cc.n, ci, cc.h, cc.w]).expect("input");
@@ -268,6 +269,7 @@ fn conv_dense_graph(cc: &ConvCase, wscale: f32, dense_out: usize) -> (Graph, Con
     let dense = Dense {
         weight: random_tensor(&mut rng, vec![dense_out, k], wscale),
         bias: Some(random_tensor(&mut rng, vec![dense_out], wscale)),
+        weight_scales: None,
     };
     let z = b
         .push("dense", Op::Dense(dense.clone()), vec![fl], "dense_out")
@@ -321,6 +323,7 @@ proptest! {
         let dense = Dense {
             weight: random_tensor(&mut rng, vec![m, k], scale),
             bias: Some(random_tensor(&mut rng, vec![m], scale)),
+            weight_scales: None,
         };
         let mut b = GraphBuilder::new("dense", 0);
         let x = b.input("x", vec![n, k]).expect("input");
@@ -376,6 +379,7 @@ fn i64_fallback_case(f: u32) {
             pads: cc.p,
             dilations: cc.d,
             groups: cc.groups,
+            weight_scales: None,
         };
         let xin = b
             .input("x", vec![cc.n, cc.groups * cc.cig, cc.h, cc.w])
@@ -424,6 +428,7 @@ fn i64_fallback_case(f: u32) {
     let dense = Dense {
         weight: random_tensor(&mut rng, vec![m, k], scale),
         bias: Some(random_tensor(&mut rng, vec![m], scale)),
+        weight_scales: None,
     };
     let mut b = GraphBuilder::new("bigdense", 0);
     let xin = b.input("x", vec![n, k]).expect("input");
@@ -462,6 +467,7 @@ fn accumulator_past_i64_is_an_overflow_error() {
     let dense = Dense {
         weight: Tensor::new(vec![1, 4], vec![100.0; 4]).expect("w"),
         bias: None,
+        weight_scales: None,
     };
     let mut b = GraphBuilder::new("huge", 0);
     let xin = b.input("x", vec![1, 4]).expect("input");

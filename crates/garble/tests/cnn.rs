@@ -424,6 +424,7 @@ fn seeded_conv(
         pads: [1; 4],
         dilations: [1, 1],
         groups,
+        weight_scales: None,
     }
 }
 

@@ -187,6 +187,7 @@ impl GraphBuilder {
             pads: [pad; 4],
             dilations: [1, 1],
             groups,
+            weight_scales: None,
         });
         self.push(&name, op, vec![x], "")
     }
@@ -238,7 +239,16 @@ impl GraphBuilder {
         let weight = self.he(vec![out, k], k)?;
         let bias = Some(self.small(out)?);
         let name = self.auto_name("dense");
-        self.push(&name, Op::Dense(Dense { weight, bias }), vec![x], "")
+        self.push(
+            &name,
+            Op::Dense(Dense {
+                weight,
+                bias,
+                weight_scales: None,
+            }),
+            vec![x],
+            "",
+        )
     }
 
     /// ReLU.

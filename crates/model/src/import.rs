@@ -21,6 +21,8 @@ use std::collections::HashMap;
 
 #[path = "import_ops.rs"]
 mod ops;
+#[path = "import_quant.rs"]
+mod quant;
 
 /// A constant tensor read from the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -366,6 +368,12 @@ struct Importer<'l> {
     vals: HashMap<String, Val>,
     opset: i64,
     softmax_outputs: Vec<String>,
+    /// Data type of every initializer and Constant output (a zero point's type is its grid's).
+    dtypes: HashMap<String, i32>,
+    /// The grid of every quantized activation of an int8 model.
+    grids: HashMap<ValueId, crate::ir::QParam>,
+    /// Constants that are a DequantizeLinear of integers: their scales, along an axis.
+    qconsts: HashMap<String, quant::QConst>,
 }
 
 impl Importer<'_> {
@@ -423,8 +431,17 @@ impl Importer<'_> {
             name,
             limits: self.limits,
         };
-        if !node.domain.is_empty() && node.domain != "ai.onnx" {
-            return Err(cx.unsupported(format!("custom domain '{}' is not supported", node.domain)));
+        let microsoft =
+            node.domain == "com.microsoft" && quant::MICROSOFT_OPS.contains(&node.op_type.as_str());
+        if !node.domain.is_empty() && node.domain != "ai.onnx" && !microsoft {
+            return Err(cx.unsupported(format!(
+                "custom domain '{}' is not supported (of com.microsoft, tessera reads {})",
+                node.domain,
+                quant::MICROSOFT_OPS.join(", ")
+            )));
+        }
+        if node.op_type == "Split" {
+            return self.split(&cx);
         }
         let out_name = node.output.first().cloned().unwrap_or_default();
         if out_name.is_empty() {
@@ -456,10 +473,14 @@ impl Importer<'_> {
                     .first()
                     .ok_or_else(|| cx.unsupported("Constant without a value"))?;
                 let c = match a.name.as_str() {
-                    "value" => parse_tensor(
-                        a.t.as_ref()
-                            .ok_or_else(|| cx.unsupported("Constant 'value' holds no tensor"))?,
-                    )?,
+                    "value" => {
+                        let t = a
+                            .t
+                            .as_ref()
+                            .ok_or_else(|| cx.unsupported("Constant 'value' holds no tensor"))?;
+                        self.dtypes.insert(out_name.clone(), t.data_type);
+                        parse_tensor(t)?
+                    }
                     "value_float" => ConstTensor::F32(Tensor::new(vec![], vec![a.f])?),
                     "value_floats" => {
                         ConstTensor::F32(Tensor::new(vec![a.floats.len()], a.floats.clone())?)
@@ -547,14 +568,25 @@ impl Importer<'_> {
             | "Transpose" | "Pad" | "Clip" | "LRN" | "Sigmoid" | "Tanh" => {
                 self.extra_op(&cx, &out_name)?
             }
+            "QuantizeLinear"
+            | "DequantizeLinear"
+            | "QLinearConv"
+            | "QLinearMatMul"
+            | "QLinearAdd"
+            | "QLinearGlobalAveragePool"
+            | "ReduceMean"
+            | "Slice" => self.quant_op(&cx, &out_name)?,
             other => {
                 return Err(cx.unsupported(format!(
                     "operator '{other}' is not supported; tessera supports Conv, Gemm, MatMul, Add, Sub, Mul, Div, Sum, Relu, Sigmoid, Tanh, Clip, \
                      MaxPool, AveragePool, GlobalAveragePool, LRN, Flatten, Reshape, Transpose, Concat, Pad (constant), Unsqueeze, Squeeze, \
-                     BatchNormalization, Identity, Dropout, Constant, ConstantOfShape, Shape and Gather (on constants) and Softmax (final layer)"
+                     BatchNormalization, Identity, Dropout, Constant, ConstantOfShape, Shape and Gather (on constants), Softmax (final layer), \
+                     Slice, Split, ReduceMean (spatial), and the int8 ops QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul, \
+                     QLinearAdd and QLinearGlobalAveragePool"
                 )));
             }
         };
+        self.keep_grid(node, &result);
         self.vals.insert(out_name, result);
         Ok(())
     }
@@ -679,6 +711,20 @@ impl Importer<'_> {
                 return Err(cx.unsupported("the bias B must be a constant initializer"));
             }
         };
+        let scales = self.weight_scales(cx, 1, 0)?;
+        self.conv_with(cx, x, weight, bias, scales, out)
+    }
+
+    /// A Conv node over `x` (attributes from `cx`), with an int8 model's weight scales if any.
+    fn conv_with(
+        &mut self,
+        cx: &Ctx,
+        x: ValueId,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        weight_scales: Option<Vec<f32>>,
+        out: &str,
+    ) -> Result<Val, ModelError> {
         let ws = weight.shape().to_vec();
         if ws.len() != 4 {
             return Err(cx.unsupported(format!(
@@ -734,6 +780,7 @@ impl Importer<'_> {
             pads,
             dilations,
             groups,
+            weight_scales,
         });
         Ok(Val::Dyn(self.b.push(&cx.name, op, vec![x], out)?))
     }
@@ -807,9 +854,14 @@ impl Importer<'_> {
             let w = w.to_f32();
             if self.b.shape(*x).len() == 2 && w.shape().len() == 2 {
                 let weight = transpose2(&w)?;
+                let weight_scales = self.weight_scales(cx, 1, 1)?;
                 return Ok(Val::Dyn(self.b.push(
                     &cx.name,
-                    Op::Dense(Dense { weight, bias: None }),
+                    Op::Dense(Dense {
+                        weight,
+                        bias: None,
+                        weight_scales,
+                    }),
                     vec![*x],
                     out,
                 )?));
@@ -850,13 +902,23 @@ impl Importer<'_> {
                     Some(Val::Dyn(_)) => None,
                 };
                 if let Some(bias) = bias {
+                    let weight_scales = self.weight_scales(cx, 1, if g.trans_b { 0 } else { 1 })?;
+                    if weight_scales.is_some() && g.alpha != 1.0 {
+                        return Err(cx.unsupported(
+                            "alpha ≠ 1 on an int8 model's quantized weights; fold it into the weight scales",
+                        ));
+                    }
                     for v in weight.data_mut() {
                         *v *= g.alpha;
                     }
                     let bias = bias.map(|b| Tensor::new(vec![m], b)).transpose()?;
                     return Ok(Val::Dyn(self.b.push(
                         &cx.name,
-                        Op::Dense(Dense { weight, bias }),
+                        Op::Dense(Dense {
+                            weight,
+                            bias,
+                            weight_scales,
+                        }),
                         vec![*x],
                         out,
                     )?));
@@ -1021,11 +1083,15 @@ pub fn import_model(bytes: &[u8], opts: &ImportOptions) -> Result<Graph, ModelEr
         vals: HashMap::new(),
         opset,
         softmax_outputs: vec![],
+        dtypes: HashMap::new(),
+        grids: HashMap::new(),
+        qconsts: HashMap::new(),
     };
     for t in &graph.initializer {
         if t.name.is_empty() {
             return Err(ModelError::Invalid("an initializer has no name".into()));
         }
+        imp.dtypes.insert(t.name.clone(), t.data_type);
         let c = parse_tensor(t)?;
         limits.shape(&t.name, "initializer", c.shape())?;
         imp.vals.insert(t.name.clone(), Val::Const(c));
@@ -1157,7 +1223,8 @@ pub fn fold_channel_constants(g: &mut Graph) -> Result<(), ModelError> {
             } else {
                 c.data().to_vec()
             };
-            let layer_ok = matches!(g.nodes[j].op, Op::Conv(_) | Op::Dense(_));
+            let layer_ok = matches!(&g.nodes[j].op, Op::Conv(c) if c.weight_scales.is_none())
+                || matches!(&g.nodes[j].op, Op::Dense(d) if d.weight_scales.is_none());
             if layer_ok && vals.len() == ch {
                 did = Some((i, j, *op, vals));
                 break;

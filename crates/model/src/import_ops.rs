@@ -19,7 +19,7 @@ use crate::tensor::{Tensor, concat, numel, transpose};
 const FOLD_ELEM: u64 = 20;
 
 /// Normalise a possibly negative axis against `rank`.
-fn norm_axis(cx: &Ctx, axis: i64, rank: usize) -> Result<usize, ModelError> {
+pub(super) fn norm_axis(cx: &Ctx, axis: i64, rank: usize) -> Result<usize, ModelError> {
     let r = rank as i64;
     let a = if axis < 0 {
         axis.saturating_add(r)

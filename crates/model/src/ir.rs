@@ -48,6 +48,9 @@ pub struct Conv {
     pub dilations: [usize; 2],
     /// Groups (1 = dense, C_in = depthwise).
     pub groups: usize,
+    /// The scales of an int8 model's weights, one per output channel (or one for the tensor):
+    /// every `weight / scale` is an integer, which the integer semantics v2 uses as given.
+    pub weight_scales: Option<Vec<f32>>,
 }
 
 /// Fully connected layer `y[n, m] = Σ_k x[n, k]·W[m, k] + b[m]` with constant weights `[M, K]`.
@@ -57,6 +60,71 @@ pub struct Dense {
     pub weight: Tensor,
     /// Bias `[M]`, if any.
     pub bias: Option<Tensor>,
+    /// The scales of an int8 model's weights, one per output row (or one for the tensor), as
+    /// in [`Conv::weight_scales`].
+    pub weight_scales: Option<Vec<f32>>,
+}
+
+/// The quantization grid of an int8 model's tensor (ONNX QuantizeLinear): the integer `q` in
+/// `[qmin, qmax]` stands for `scale · (q − zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParam {
+    /// Real value of one step (finite, > 0).
+    pub scale: f32,
+    /// The integer that stands for 0, inside `[qmin, qmax]`.
+    pub zero_point: i32,
+    /// Smallest integer of the storage type (0 for uint8, −128 for int8).
+    pub qmin: i32,
+    /// Largest integer of the storage type (255 for uint8, 127 for int8).
+    pub qmax: i32,
+}
+
+impl QParam {
+    /// A uint8 (`signed = false`) or int8 grid; rejects a scale that is not finite and
+    /// positive and a zero point outside the type.
+    pub fn new(scale: f32, zero_point: i32, signed: bool) -> Result<Self, ModelError> {
+        let (qmin, qmax) = if signed { (-128, 127) } else { (0, 255) };
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(ModelError::Invalid(format!(
+                "quantization scale {scale} is not a finite positive number"
+            )));
+        }
+        if !(qmin..=qmax).contains(&zero_point) {
+            return Err(ModelError::Invalid(format!(
+                "zero point {zero_point} is outside [{qmin}, {qmax}]"
+            )));
+        }
+        Ok(Self {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        })
+    }
+
+    /// The storage type is int8 (else uint8).
+    pub fn signed(&self) -> bool {
+        self.qmin < 0
+    }
+
+    /// The integers `q − zero_point` the grid can hold: `[qmin − zp, qmax − zp]`.
+    pub fn interval(&self) -> (i64, i64) {
+        let z = i64::from(self.zero_point);
+        (i64::from(self.qmin) - z, i64::from(self.qmax) - z)
+    }
+
+    /// ONNX QuantizeLinear then DequantizeLinear on a real: round half to even of `x / scale`,
+    /// saturate to the grid, scale back. NaN becomes 0 (the zero point).
+    pub fn fake_quant(&self, x: f32) -> f32 {
+        let (lo, hi) = self.interval();
+        let q = (f64::from(x) / f64::from(self.scale)).round_ties_even();
+        let q = if q.is_nan() {
+            0.0
+        } else {
+            q.clamp(lo as f64, hi as f64)
+        };
+        (q * f64::from(self.scale)) as f32
+    }
 }
 
 /// General matrix product `alpha·A'·B' + beta·C` with variable operands (float engine only).
@@ -204,6 +272,20 @@ pub enum Op {
     Sigmoid,
     /// tanh(x).
     Tanh,
+    /// An int8 model's quantization of its input to a grid: the float engines compute ONNX
+    /// QuantizeLinear followed by DequantizeLinear; the integer semantics v2 requantizes to the
+    /// grid's scale and saturates to its interval.
+    Quantize(QParam),
+    /// The elements `start..end` along `axis` (ONNX Slice with one axis and step 1, and each
+    /// output of Split).
+    Slice {
+        /// Axis, non-negative.
+        axis: usize,
+        /// First index taken.
+        start: usize,
+        /// One past the last index taken.
+        end: usize,
+    },
 }
 
 impl Op {
@@ -229,6 +311,8 @@ impl Op {
             Op::Lrn { .. } => "LRN",
             Op::Sigmoid => "Sigmoid",
             Op::Tanh => "Tanh",
+            Op::Quantize(_) => "QuantizeLinear",
+            Op::Slice { .. } => "Slice",
         }
     }
 }
@@ -422,6 +506,7 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
                     "node '{node}': bias must have shape [{co}]"
                 )));
             }
+            check_weight_scales(c.weight_scales.as_deref(), co, node)?;
             let oh = window_out(
                 h,
                 c.pads[0],
@@ -466,6 +551,7 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
                     ws[0]
                 )));
             }
+            check_weight_scales(d.weight_scales.as_deref(), ws[0], node)?;
             vec![n, ws[0]]
         }
         Op::MatMul => {
@@ -612,13 +698,44 @@ pub fn infer_shape(op: &Op, ins: &[&[usize]], node: &str) -> Result<Vec<usize>, 
             }
             ins[0].to_vec()
         }
-        Op::Clip { .. } | Op::Sigmoid | Op::Tanh => {
+        Op::Clip { .. } | Op::Sigmoid | Op::Tanh | Op::Quantize(_) => {
             arity(1)?;
             ins[0].to_vec()
+        }
+        Op::Slice { axis, start, end } => {
+            arity(1)?;
+            let mut s = ins[0].to_vec();
+            match s.get_mut(*axis) {
+                Some(d) if start < end && *end <= *d => *d = end - start,
+                _ => {
+                    return Err(ModelError::Shape(format!(
+                        "node '{node}': slice {start}..{end} of axis {axis} does not fit the input {:?}",
+                        ins[0]
+                    )));
+                }
+            }
+            s
         }
     };
     numel(&out)?;
     Ok(out)
+}
+
+/// Given weight scales: one per output channel or one in all, each finite and positive.
+fn check_weight_scales(s: Option<&[f32]>, channels: usize, node: &str) -> Result<(), ModelError> {
+    let Some(s) = s else { return Ok(()) };
+    if s.len() != 1 && s.len() != channels {
+        return Err(ModelError::Shape(format!(
+            "node '{node}': {} weight scales for {channels} output channels (need 1 or {channels})",
+            s.len()
+        )));
+    }
+    if let Some(v) = s.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        return Err(ModelError::Invalid(format!(
+            "node '{node}': weight scale {v} is not a finite positive number"
+        )));
+    }
+    Ok(())
 }
 
 /// True when `perm` is a permutation of `0..rank`.

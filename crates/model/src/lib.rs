@@ -18,7 +18,7 @@ pub mod tensor;
 
 pub use builder::GraphBuilder;
 pub use import::{ImportOptions, import_model, load_model};
-pub use ir::{BinOp, Conv, Dense, Gemm, Graph, Node, Op, Pool, ValueId, ValueInfo};
+pub use ir::{BinOp, Conv, Dense, Gemm, Graph, Node, Op, Pool, QParam, ValueId, ValueInfo};
 pub use limits::{Budget, ImportLimits};
 pub use tensor::Tensor;
 

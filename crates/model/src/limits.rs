@@ -279,12 +279,16 @@ fn node_cost(g: &Graph, k: usize) -> (u128, u128, u128) {
         Op::GlobalAvgPool => (ELEM.saturating_mul(out), 0, in_elems),
         Op::Constant(t) => (0, CONST_ELEM.saturating_mul(t.len() as u128), out),
         // One output-sized index or coordinate walk.
-        Op::Transpose { .. } | Op::Pad { .. } | Op::Concat { .. } => (0, 0, out),
+        Op::Transpose { .. } | Op::Pad { .. } | Op::Concat { .. } | Op::Slice { .. } => (0, 0, out),
         // A window of `size` channels read per output element.
         Op::Lrn { size, .. } => (0, 0, out.saturating_mul(*size as u128)),
-        Op::Relu | Op::Reshape | Op::Softmax { .. } | Op::Clip { .. } | Op::Sigmoid | Op::Tanh => {
-            (0, 0, out)
-        }
+        Op::Relu
+        | Op::Reshape
+        | Op::Softmax { .. }
+        | Op::Clip { .. }
+        | Op::Sigmoid
+        | Op::Tanh
+        | Op::Quantize(_) => (0, 0, out),
     }
 }
 

@@ -213,6 +213,32 @@ pub fn concat<T: Copy>(ts: &[&Tensor<T>], axis: usize) -> Result<Tensor<T>, Mode
     Tensor::new(out_shape, data)
 }
 
+/// The elements `start..end` along `axis` (bounds checked by [`crate::ir::infer_shape`]).
+pub fn slice_axis<T: Copy>(
+    t: &Tensor<T>,
+    axis: usize,
+    start: usize,
+    end: usize,
+) -> Result<Tensor<T>, ModelError> {
+    let shape = t.shape();
+    let dim = shape.get(axis).copied().unwrap_or(0);
+    if start >= end || end > dim {
+        return Err(ModelError::Shape(format!(
+            "slice {start}..{end} of axis {axis} does not fit {shape:?}"
+        )));
+    }
+    let inner = numel(&shape[axis + 1..])?;
+    let outer = numel(&shape[..axis])?;
+    let mut out_shape = shape.to_vec();
+    out_shape[axis] = end - start;
+    let mut data = Vec::with_capacity(numel(&out_shape)?);
+    for o in 0..outer {
+        let base = o * dim * inner;
+        data.extend_from_slice(&t.data()[base + start * inner..base + end * inner]);
+    }
+    Tensor::new(out_shape, data)
+}
+
 /// Elementwise op of two float tensors with numpy broadcasting.
 pub fn broadcast_apply(
     a: &Tensor,

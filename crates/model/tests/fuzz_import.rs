@@ -85,6 +85,9 @@ fn seed_models() -> Vec<(String, Vec<u8>)> {
         "node/test_concat_3d_axis_negative_2",
         "node/test_transpose_all_permutations_3",
         "node/test_clip_splitbounds",
+        "node/test_qlinearconv",
+        "node/test_qlinearmatmul_2D_uint8_float32",
+        "node/test_dequantizelinear_axis",
         "light/light_squeezenet.onnx",
         "light/light_zfnet512.onnx",
     ] {
@@ -394,6 +397,15 @@ const OPS: &[&str] = &[
     "Shape",
     "Gather",
     "ConstantOfShape",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QLinearGlobalAveragePool",
+    "Split",
+    "Slice",
+    "ReduceMean",
     "",
 ];
 

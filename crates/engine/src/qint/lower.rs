@@ -4,8 +4,13 @@
 use super::{Calibration, IntLinear, IntModel, IntOp, QintConfig, ValueQuant};
 use crate::EngineError;
 use crate::window::{pool_geometry, pool_plane};
-use tessera_model::ir::{BinOp, Graph, Op};
+use tessera_model::ir::{BinOp, Graph, Op, QParam};
 use tessera_model::tensor::Tensor;
+
+/// Multiplier bits (at least) of a layer whose integer weights an int8 model gives: the weight
+/// scale cannot absorb the multiplier's rounding, so the ratio `s_x·s_w,c/s_y` is approximated
+/// finely (one step in 2^16 of the largest channel's ratio).
+pub const GIVEN_MULT_BITS: u32 = 16;
 
 /// Largest shift a layer may use (keeps `a·m + 2^(n−1)` far inside i128 and the gc gadgets small).
 const MAX_SHIFT: u32 = 40;
@@ -84,13 +89,70 @@ fn act_interval(bits: u32, unsigned: bool) -> (i64, i64) {
     }
 }
 
+/// The grids an int8 model gives (module docs): every Quantize node's output, and the value it
+/// quantizes when nothing else reads that value — followed back through Reshape, Transpose,
+/// ReLU, MaxPool and Clip — so that the producing layer requantizes straight to the grid.
+fn given_grids(graph: &Graph) -> Vec<Option<QParam>> {
+    let nv = graph.values.len();
+    let counts = graph.consumer_counts();
+    let mut producer = vec![None; nv];
+    for (k, n) in graph.nodes.iter().enumerate() {
+        if let Some(p) = producer.get_mut(n.output) {
+            *p = Some(k);
+        }
+    }
+    let mut given = vec![None; nv];
+    for n in &graph.nodes {
+        let Op::Quantize(q) = &n.op else { continue };
+        if let Some(g) = given.get_mut(n.output) {
+            *g = Some(*q);
+        }
+        let mut v = n.inputs.first().copied();
+        while let Some(x) = v {
+            if counts.get(x) != Some(&1) || given.get(x).copied().flatten().is_some() {
+                break;
+            }
+            if let Some(g) = given.get_mut(x) {
+                *g = Some(*q);
+            }
+            v = match producer
+                .get(x)
+                .copied()
+                .flatten()
+                .and_then(|k| graph.nodes.get(k))
+            {
+                // Quantizing commutes with data movement and with the monotone ops that keep
+                // 0 (ReLU, max pooling, a clip: their bounds round on the same grid), so the
+                // grid moves back through them to the layer (a QDQ model's Conv → Relu → Q).
+                Some(p)
+                    if matches!(
+                        p.op,
+                        Op::Reshape
+                            | Op::Transpose { .. }
+                            | Op::Relu
+                            | Op::MaxPool(_)
+                            | Op::Clip { .. }
+                    ) =>
+                {
+                    p.inputs.first().copied()
+                }
+                _ => None,
+            };
+        }
+    }
+    given
+}
+
 impl IntModel {
     /// Lowers `graph` to the integer semantics v2 with the scales of `calib` (see the module
     /// docs). Rejects ops outside the semantics with the node named.
     pub fn new(graph: &Graph, cfg: QintConfig, calib: &Calibration) -> Result<Self, EngineError> {
         graph.validate()?;
         cfg.check()?;
-        calib.check(graph)?;
+        let given = given_grids(graph);
+        if given.iter().all(Option::is_none) {
+            calib.check(graph)?;
+        }
         let nv = graph.values.len();
         // Consumers of every value, for the unsigned-after-ReLU rule.
         let mut relu_only = vec![true; nv];
@@ -132,8 +194,20 @@ impl IntModel {
         }
         // The fresh quantization of value v: its scale and saturating interval.
         let fresh = |v: usize| -> Result<ValueQuant, EngineError> {
+            if let Some(q) = given.get(v).copied().flatten() {
+                let (lo, hi) = q.interval();
+                return Ok(ValueQuant {
+                    scale: f64::from(q.scale),
+                    lo,
+                    hi,
+                });
+            }
             let (lo_f, hi_f) = calib.range(graph, v).ok_or_else(|| {
-                EngineError::Internal(format!("value {v} has no calibration range"))
+                let name = graph.values.get(v).map_or("?", |i| i.name.as_str());
+                EngineError::Input(format!(
+                    "value '{name}' has neither a grid from the model nor a calibration range; \
+                     calibrate the model (--calibrate) or give it QuantizeLinear nodes"
+                ))
             })?;
             let is_out = out_src.get(v).copied().unwrap_or(false);
             let bits = if is_out { cfg.out_bits } else { cfg.act_bits };
@@ -171,12 +245,99 @@ impl IntModel {
             };
             let x = inq(0)?;
             let (op, out) = match &n.op {
-                Op::Conv(tessera_model::ir::Conv { weight, bias, .. })
-                | Op::Dense(tessera_model::ir::Dense { weight, bias }) => {
+                Op::Conv(tessera_model::ir::Conv {
+                    weight,
+                    bias,
+                    weight_scales,
+                    ..
+                })
+                | Op::Dense(tessera_model::ir::Dense {
+                    weight,
+                    bias,
+                    weight_scales,
+                }) => {
                     let rows = weight.shape().first().copied().unwrap_or(0);
                     let out = fresh(n.output)?;
-                    lower_linear(weight, bias.as_ref(), rows, x, out, cfg, name)?
+                    let l = Layer {
+                        weight,
+                        bias: bias.as_ref(),
+                        rows,
+                        x,
+                        out,
+                        name,
+                    };
+                    match weight_scales {
+                        Some(ws) => lower_given(&l, ws, cfg)?,
+                        None => lower_linear(&l, cfg)?,
+                    }
                 }
+                Op::Quantize(q) => {
+                    let (lo, hi) = q.interval();
+                    let o = ValueQuant {
+                        scale: f64::from(q.scale),
+                        lo,
+                        hi,
+                    };
+                    if o.scale == x.scale {
+                        let iv = ValueQuant {
+                            lo: x.lo.clamp(lo, hi),
+                            hi: x.hi.clamp(lo, hi),
+                            ..o
+                        };
+                        (IntOp::Clip { lo, hi }, iv)
+                    } else {
+                        let (shift, m) =
+                            lower_multipliers(&[x.scale / o.scale], cfg.aux_mult_bits, false)
+                                .ok_or_else(|| {
+                                    unsupported(name, "the requantization multiplier does not fit")
+                                })?;
+                        let mult = m.first().copied().unwrap_or(1);
+                        (
+                            IntOp::Requant {
+                                mult,
+                                shift,
+                                lo,
+                                hi,
+                            },
+                            o,
+                        )
+                    }
+                }
+                Op::Concat { .. } => {
+                    let ins = (0..n.inputs.len())
+                        .map(inq)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // The given or calibrated grid; else the inputs' common one.
+                    let o = match fresh(n.output) {
+                        Ok(o) => o,
+                        Err(e) => match ins.split_first() {
+                            Some((f, rest)) if rest.iter().all(|q| q == f) => *f,
+                            _ => return Err(e),
+                        },
+                    };
+                    let parts = ins
+                        .iter()
+                        .map(|q| {
+                            if q.scale == o.scale {
+                                return Ok((1, 0));
+                            }
+                            lower_multipliers(&[q.scale / o.scale], cfg.aux_mult_bits, false)
+                                .and_then(|(n, m)| Some((*m.first()?, n)))
+                                .ok_or_else(|| {
+                                    unsupported(name, "a concatenation multiplier does not fit")
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (
+                        IntOp::Concat {
+                            parts,
+                            lo: o.lo,
+                            hi: o.hi,
+                        },
+                        o,
+                    )
+                }
+                Op::Transpose { .. } | Op::Slice { .. } => (IntOp::Move, x),
                 Op::Binary {
                     op: op @ (BinOp::Add | BinOp::Sub),
                     constant: None,
@@ -320,16 +481,26 @@ impl IntModel {
                     let in_shape = n.inputs.first().map(|&i| graph.shape(i)).unwrap_or(&[]);
                     let hw = in_shape.get(2).copied().unwrap_or(1)
                         * in_shape.get(3).copied().unwrap_or(1);
-                    let (shift, mult) =
-                        lower_multipliers(&[1.0 / hw.max(1) as f64], cfg.aux_mult_bits, false)
-                            .ok_or_else(|| unsupported(name, "pooling multiplier does not fit"))?;
+                    // The input's scale, or straight to the grid an int8 model gives.
+                    let s_y = given
+                        .get(n.output)
+                        .copied()
+                        .flatten()
+                        .map_or(x.scale, |q| f64::from(q.scale));
+                    let ratio = x.scale / s_y / hw.max(1) as f64;
+                    let (shift, mult) = lower_multipliers(&[ratio], cfg.aux_mult_bits, false)
+                        .ok_or_else(|| unsupported(name, "pooling multiplier does not fit"))?;
                     let m = mult.first().copied().unwrap_or(1);
                     let v = i128::try_from(hw).unwrap_or(i128::MAX);
                     let lo = super::run::rq_i128(i128::from(x.lo) * v, m, shift);
                     let hi = super::run::rq_i128(i128::from(x.hi) * v, m, shift);
                     (
                         IntOp::GlobalAvgPool { mult: m, shift },
-                        ValueQuant { lo, hi, ..x },
+                        ValueQuant {
+                            scale: s_y,
+                            lo: lo.min(hi),
+                            hi: hi.max(lo),
+                        },
                     )
                 }
                 Op::Reshape | Op::Softmax { .. } => (IntOp::Pass, x),
@@ -366,16 +537,26 @@ impl IntModel {
     }
 }
 
-/// Conv/Dense lowering: per-channel multipliers with the exact weight scale (module docs).
-fn lower_linear(
-    weight: &Tensor,
-    bias: Option<&Tensor>,
+/// A conv or dense layer to lower.
+struct Layer<'a> {
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
     rows: usize,
     x: ValueQuant,
     out: ValueQuant,
-    cfg: QintConfig,
-    name: &str,
-) -> Result<(IntOp, ValueQuant), EngineError> {
+    name: &'a str,
+}
+
+/// Conv/Dense lowering: per-channel multipliers with the exact weight scale (module docs).
+fn lower_linear(l: &Layer, cfg: QintConfig) -> Result<(IntOp, ValueQuant), EngineError> {
+    let Layer {
+        weight,
+        bias,
+        rows,
+        x,
+        out,
+        name,
+    } = *l;
     let data = weight.data();
     if rows == 0 || data.len() % rows != 0 {
         return Err(unsupported(
@@ -433,6 +614,103 @@ fn lower_linear(
         }
         None => vec![0; rows],
     };
+    let wf = w.iter().map(|&v| v as f64).collect();
+    Ok((
+        IntOp::Linear(IntLinear {
+            w,
+            b,
+            mult,
+            shift,
+            lo: out.lo,
+            hi: out.hi,
+            row_abs,
+            wf,
+        }),
+        ValueQuant { scale: s_y, ..out },
+    ))
+}
+
+/// Conv/Dense lowering of an int8 model's layer: the integers `weight / s_w,c` as given, the
+/// bias rounded at the accumulator's scale `s_x·s_w,c`, and multipliers of at least
+/// [`GIVEN_MULT_BITS`] bits approximating `s_x·s_w,c / s_y`.
+fn lower_given(
+    l: &Layer,
+    scales: &[f32],
+    cfg: QintConfig,
+) -> Result<(IntOp, ValueQuant), EngineError> {
+    let Layer {
+        weight,
+        bias,
+        rows,
+        x,
+        out,
+        name,
+    } = *l;
+    let data = weight.data();
+    if rows == 0 || data.len() % rows != 0 || (scales.len() != 1 && scales.len() != rows) {
+        return Err(unsupported(
+            name,
+            "weights or weight scales that do not split into output channels",
+        ));
+    }
+    let k = data.len() / rows;
+    let scale = |r: usize| f64::from(scales.get(r).or(scales.first()).copied().unwrap_or(1.0));
+    let mut w = Vec::with_capacity(data.len());
+    let mut row_abs = Vec::with_capacity(rows);
+    for (r, row) in data.chunks(k.max(1)).enumerate() {
+        let s = scale(r);
+        let mut sum = 0i128;
+        for &v in row {
+            let e = f64::from(v) / s;
+            let q = round_i64(e, name)?;
+            if (e - q as f64).abs() > 1e-3 || q.unsigned_abs() > 1 << 16 {
+                return Err(unsupported(
+                    name,
+                    format!("weight {v} is not a small integer multiple of its scale {s}"),
+                ));
+            }
+            sum += i128::from(q).abs();
+            w.push(q);
+        }
+        row_abs.push(sum);
+    }
+    let b = match bias {
+        Some(b) if b.len() == rows => b
+            .data()
+            .iter()
+            .enumerate()
+            .map(|(r, &v)| round_i64(f64::from(v) / (x.scale * scale(r)), name))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(unsupported(
+                name,
+                "a bias that does not match the output channels",
+            ));
+        }
+        None => vec![0; rows],
+    };
+    let nums: Vec<f64> = (0..rows).map(|r| x.scale * scale(r)).collect();
+    let bits = cfg.mult_bits.max(GIVEN_MULT_BITS);
+    let (s_y, shift, mult) = fit_output(&nums, out.scale, bits, false, name)?;
+    // A multiplier that rounds to 0 (a channel whose weight scale is ~1e-15 of the layer's
+    // largest: batch-norm folding leaves such dead channels) is exact only where the channel's
+    // real output rounds to 0 for every input.
+    for (r, &m) in mult.iter().enumerate() {
+        if m >= 1 {
+            continue;
+        }
+        let reach = row_abs.get(r).copied().unwrap_or(0) as f64 * x.max_abs() as f64
+            + b.get(r).map_or(0.0, |v| v.unsigned_abs() as f64);
+        if reach * nums.get(r).copied().unwrap_or(0.0) / s_y >= 0.5 {
+            return Err(unsupported(
+                name,
+                format!(
+                    "output channel {r}'s requantization ratio rounds to 0 at this layer's shift \
+                     but its output need not; its weight scale is too far below the layer's largest"
+                ),
+            ));
+        }
+    }
     let wf = w.iter().map(|&v| v as f64).collect();
     Ok((
         IntOp::Linear(IntLinear {

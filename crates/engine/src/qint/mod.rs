@@ -61,11 +61,41 @@
 //!   `rq(sum; m_p, n)` with `m_p = round(2^n / d_p)`, `d_p` the divisor (in-range positions, or
 //!   the positions inside the padded input with `count_include_pad`); **GlobalAveragePool** the
 //!   same with `d = H·W`. The input's scale; no saturation (the interval is computed).
-//! * **Reshape / Flatten**: unchanged. **Softmax** (final layer only): left to the client, as in
-//!   [`crate::quant`]; the output is the logits at the output's scale.
+//! * **Reshape / Flatten**: unchanged. **Transpose / Slice**: the integers moved, the input's
+//!   scale. **Softmax** (final layer only): left to the client, as in [`crate::quant`]; the
+//!   output is the logits at the output's scale.
+//! * **Concat**: each input requantized to the output's scale, `clamp(rq(x_i; m_i, n_i), lo, hi)`
+//!   with `m_i / 2^(n_i) ≈ s_i / s_y` (element-wise multiplier bits; `(1, 0)` where the scales
+//!   are equal), then concatenated. The output's scale is the given one (below), else the
+//!   calibrated one, else — when every input has the same scale and interval — the inputs'.
 //!
-//! Concat, Transpose, Pad, LRN, Sigmoid, Tanh and products of two activations are refused here
-//! with the node named.
+//! Pad, LRN, Sigmoid, Tanh and products of two activations are refused here with the node named.
+//!
+//! # int8 models: grids and weights given by the model
+//!
+//! An int8 ONNX model (QDQ or QOperator, imported by `tessera_model`) carries its own
+//! quantization, and v2 takes it as given instead of calibrating:
+//!
+//! * A [`tessera_model::ir::Op::Quantize`] node's output is on its grid: scale `s`, interval
+//!   `[qmin − z, qmax − z]` (the integer `q − z`). So is the value it quantizes when nothing else
+//!   reads that value (followed back through Reshape, Transpose, ReLU, MaxPool and Clip, which
+//!   commute with quantization): the layer that produces it
+//!   requantizes straight to the grid, and the Quantize node is then a clamp (`Clip`). A
+//!   Quantize whose input has another scale is **Requant**: `clamp(rq(x; m, n), lo, hi)` with
+//!   `m / 2^n ≈ s_x / s` (element-wise multiplier bits). A GlobalAveragePool whose output is
+//!   on a given grid divides and rescales in one multiplier, `m / 2^n ≈ s_x / (H·W·s)`.
+//! * A Conv or Dense with weight scales ([`tessera_model::ir::Conv::weight_scales`]) uses the
+//!   integers `w = W / s_w,c` as given and the bias rounded at the accumulator's scale
+//!   `s_x·s_w,c` (for a QLinearConv, exactly its int32 bias); the multiplier cannot be absorbed
+//!   by the weight scale, so `m_c / 2^n ≈ s_x·s_w,c / s_y` with at least [`GIVEN_MULT_BITS`]
+//!   bits (one shift per layer, as always). A channel whose multiplier rounds to 0 (batch-norm
+//!   folding leaves weight scales 10^-15 of the layer's largest) is accepted only where its real
+//!   output rounds to 0 for every input in the intervals.
+//! * Inputs are quantized as everywhere in v2 (ties away from zero).
+//!
+//! onnxruntime's int8 kernels requantize in float32 with ties to even; v2 uses the integer rule
+//! above. On the zoo's ShuffleNet-v2 int8 the logits are at most 2 output steps from today's
+//! onnxruntime (`tests/int8_models.rs`).
 //!
 //! # The independent oracle
 //!
@@ -77,7 +107,7 @@ mod lower;
 mod run;
 
 pub use calib::{Calibration, default_calibration_inputs};
-pub use lower::lower_multipliers;
+pub use lower::{GIVEN_MULT_BITS, lower_multipliers};
 pub use run::rq;
 
 use serde::{Deserialize, Serialize};
@@ -177,7 +207,8 @@ pub struct IntLinear {
     pub w: Vec<i64>,
     /// Integer bias per output channel, in the accumulator's scale.
     pub b: Vec<i64>,
-    /// Multiplier per output channel (≥ 1).
+    /// Multiplier per output channel (≥ 1; 0 only in an int8 model's channel whose real output
+    /// rounds to 0 for every input).
     pub mult: Vec<i64>,
     /// The layer's shift n.
     pub shift: u32,
@@ -254,6 +285,29 @@ pub enum IntOp {
     },
     /// Values unchanged (Reshape, Flatten, final Softmax).
     Pass,
+    /// The graph op moves integers without changing them (Transpose, Slice).
+    Move,
+    /// `clamp(rq(x; mult, shift), lo, hi)`: an int8 model's Quantize to a grid of another scale.
+    Requant {
+        /// Multiplier.
+        mult: i64,
+        /// Shift.
+        shift: u32,
+        /// Saturation bounds (the grid's interval).
+        lo: i64,
+        /// Saturation bounds.
+        hi: i64,
+    },
+    /// Each input `i` requantized, `clamp(rq(x_i; mult_i, shift_i), lo, hi)`, then concatenated
+    /// along the graph op's axis.
+    Concat {
+        /// `(multiplier, shift)` per input (`(1, 0)` where the input has the output's scale).
+        parts: Vec<(i64, u32)>,
+        /// Saturation bounds.
+        lo: i64,
+        /// Saturation bounds.
+        hi: i64,
+    },
 }
 
 impl IntOp {
@@ -270,6 +324,9 @@ impl IntOp {
             IntOp::AvgPool { .. } => "avgpool",
             IntOp::GlobalAvgPool { .. } => "global-avgpool",
             IntOp::Pass => "pass",
+            IntOp::Move => "move",
+            IntOp::Requant { .. } => "requant",
+            IntOp::Concat { .. } => "concat",
         }
     }
 }

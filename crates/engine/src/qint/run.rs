@@ -5,7 +5,9 @@ use crate::EngineError;
 use crate::quant::accumulate;
 use crate::window::{pool_geometry, pool_planes};
 use tessera_model::ir::Op;
-use tessera_model::tensor::{Tensor, broadcast_index_map, broadcast_shapes};
+use tessera_model::tensor::{
+    Tensor, broadcast_index_map, broadcast_shapes, concat, slice_axis, transpose,
+};
 
 /// The v2 requantization `⌊(a·m + 2^(n−1)) / 2^n⌋` (`a·m` for `n = 0`), exact in i128; `None`
 /// when `a·m` leaves i128.
@@ -283,6 +285,50 @@ fn eval(
                 .collect::<Result<_, _>>()?
         }
         IntOp::Pass => x.data().to_vec(),
+        IntOp::Move => match op {
+            Op::Transpose { perm } => transpose(x, perm)?.into_parts().1,
+            Op::Slice { axis, start, end } => slice_axis(x, *axis, *start, *end)?.into_parts().1,
+            other => {
+                return Err(EngineError::Internal(format!(
+                    "{} does not move integers",
+                    other.kind()
+                )));
+            }
+        },
+        IntOp::Requant {
+            mult,
+            shift,
+            lo,
+            hi,
+        } => x
+            .data()
+            .iter()
+            .map(|&v| rq_clamp(i128::from(v), *mult, *shift, *lo, *hi))
+            .collect::<Result<_, _>>()?,
+        IntOp::Concat { parts, lo, hi } => {
+            let Op::Concat { axis } = op else {
+                return Err(EngineError::Internal("concat without its axis".into()));
+            };
+            if parts.len() != ins.len() {
+                return Err(EngineError::Internal(
+                    "one requantization per concatenated input".into(),
+                ));
+            }
+            let scaled = ins
+                .iter()
+                .zip(parts)
+                .map(|(t, &(m, n))| {
+                    let d = t
+                        .data()
+                        .iter()
+                        .map(|&v| rq_clamp(i128::from(v), m, n, *lo, *hi))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(Tensor::new(t.shape().to_vec(), d)?)
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            let refs: Vec<&Tensor<i64>> = scaled.iter().collect();
+            concat(&refs, *axis)?.into_parts().1
+        }
     };
     Ok(Tensor::new(out_shape.to_vec(), y)?)
 }
