@@ -314,7 +314,15 @@ pub fn export_model(g: &Graph) -> Result<Vec<u8>, ModelError> {
             Op::Relu => ("Relu", vec![]),
             Op::MaxPool(p) => ("MaxPool", window_attrs(p)),
             Op::AvgPool(p) => {
+                // AveragePool has no dilations before opset 19.
+                if p.dilations != [1, 1] {
+                    return Err(ModelError::Invalid(format!(
+                        "node '{}': a dilated average pool cannot be written at opset {EXPORT_OPSET}",
+                        n.name
+                    )));
+                }
                 let mut a = window_attrs(p);
+                a.retain(|x| x.name != "dilations");
                 a.push(int("count_include_pad", i64::from(p.count_include_pad)));
                 ("AveragePool", a)
             }
