@@ -1442,12 +1442,25 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
         );
         Ok(())
     })?;
+    let a8: Vec<i8> = (0..n * n).map(|i| (i % 255) as i8).collect();
+    let b8: Vec<u8> = (0..n * n).map(|i| (i % 251) as u8).collect();
+    let mut c8 = vec![0i32; n * n];
+    let kernel = tessera_engine::gemm_i8::Kernel::best();
+    let ms8 = time_median(reps, || {
+        tessera_engine::gemm_i8::gemm_u8i8(kernel, n, n, n, &a8, &b8, &mut c8);
+        Ok(())
+    })?;
     let macs = (n * n * n) as f64;
     let ceil32 = macs / ms32 / 1e6;
     let ceil64 = macs / ms64 / 1e6;
+    let ceil8 = macs / ms8 / 1e6;
     let mut row = |what: String, engine: &str, ms: f64, items: f64, macs_per_item: f64| {
         let gmacs = macs_per_item * items / ms / 1e6;
-        let ceil = if engine == "float" { ceil32 } else { ceil64 };
+        let ceil = match engine {
+            "float" => ceil32,
+            "integer v2" => ceil8,
+            _ => ceil64,
+        };
         rows.push(BenchRow {
             what,
             engine: engine.into(),
@@ -1462,6 +1475,13 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
         format!("GEMM {n}³ f64 (ceiling)"),
         "integer",
         ms64,
+        1.0,
+        macs,
+    );
+    row(
+        format!("GEMM {n}³ u8·i8 {kernel:?} (ceiling)"),
+        "integer v2",
+        ms8,
         1.0,
         macs,
     );
@@ -1500,12 +1520,18 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
             mnist8.display()
         );
     }
-    for name in ["resnet18-32", "vgg16-32"] {
+    for name in ["resnet18-32", "vgg16-32", "resnet50-224"] {
         let g = resolve_model(name, &ImportOptions::default())?;
         let qm = QuantModel::new(&g, QuantConfig::default())?;
-        let x = synth_images(&g, 1)
-            .pop()
-            .ok_or_else(|| CliError::Usage("no input".into()))?;
+        let mut xs = synth_images(&g, 5);
+        let x = xs.pop().ok_or_else(|| CliError::Usage("no input".into()))?;
+        // v2, calibrated on four other pseudo-images.
+        let calibration = tessera_engine::qint::Calibration::from_inputs(&g, &xs, "4 images")?;
+        let v2 = tessera_engine::qint::IntModel::new(
+            &g,
+            tessera_engine::qint::QintConfig::default(),
+            &calibration,
+        )?;
         let ms = time_median(reps, || {
             run_f32(&g, std::slice::from_ref(&x))
                 .map(|_| ())
@@ -1519,6 +1545,8 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
                 .map_err(Into::into)
         })?;
         row(format!("{name}, 1 image"), "integer", ms, 1.0, mm);
+        let ms = time_median(reps, || v2.run(&x).map(|_| ()).map_err(Into::into))?;
+        row(format!("{name}, 1 image"), "integer v2", ms, 1.0, mm);
     }
     if json {
         return print_json(&rows);

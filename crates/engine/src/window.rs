@@ -43,10 +43,22 @@ pub fn im2col<T: Copy + Default + Send + Sync>(
     g: &Geometry,
     out: &mut Vec<T>,
 ) {
+    im2col_fill(x, cin, g, out, T::default());
+}
+
+/// [`im2col`] with padded positions set to `pad` (the value that stands for 0 when the
+/// elements are offset, as in the 8-bit GEMM's `x − lo`).
+pub fn im2col_fill<T: Copy + Default + Send + Sync>(
+    x: &[T],
+    cin: usize,
+    g: &Geometry,
+    out: &mut Vec<T>,
+    pad: T,
+) {
     let (kh, kw) = (g.k[0], g.k[1]);
     let n = g.oh * g.ow;
     out.clear();
-    out.resize(cin * kh * kw * n, T::default());
+    out.resize(cin * kh * kw * n, pad);
     for c in 0..cin {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..kh {

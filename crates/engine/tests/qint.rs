@@ -514,6 +514,25 @@ proptest! {
     }
 
     #[test]
+    fn wide_nets_on_the_8bit_gemm_match_the_oracle(seed in any::<u64>(), c in 6usize..=9, hw in 5usize..=11) {
+        // 18 to 27 channels at w8a8: every conv and the dense head take the 8-bit GEMM (groups
+        // of 6 to 9 channels stay on the general path), with row and column tails.
+        let g = residual_net(seed, c * 3, hw);
+        let m = model(&g, QintConfig::default(), seed);
+        let iq = m.input_quant().expect("input");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 2);
+        let shape = g.shape(g.inputs[0]).to_vec();
+        let len: usize = shape.iter().product();
+        let x = Tensor::new(shape, (0..len).map(|i| match i % 5 {
+            0 => iq.lo,
+            1 => iq.hi,
+            _ => rng.random_range(iq.lo..=iq.hi),
+        }).collect()).expect("x");
+        let got = m.run_int(&x).expect("runs");
+        prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), oracle(&m, &x));
+    }
+
+    #[test]
     fn requantization_is_the_rounded_floor(a in -(1i64 << 40)..(1i64 << 40), m in -(1i64 << 20)..(1i64 << 20), n in 0u32..=40) {
         prop_assert_eq!(rq(i128::from(a), m, n), Some(ref_rq(i128::from(a), m, n)));
     }

@@ -274,11 +274,22 @@ impl GraphBuilder {
 
     /// Max pooling k×k, stride s, no padding.
     pub fn max_pool(&mut self, x: ValueId, k: usize, s: usize) -> Result<ValueId, ModelError> {
+        self.max_pool_padded(x, k, s, 0)
+    }
+
+    /// Max pooling k×k, stride s, `pad` on every side.
+    pub fn max_pool_padded(
+        &mut self,
+        x: ValueId,
+        k: usize,
+        s: usize,
+        pad: usize,
+    ) -> Result<ValueId, ModelError> {
         let name = self.auto_name("maxpool");
         let p = Pool {
             kernel: [k, k],
             strides: [s, s],
-            pads: [0; 4],
+            pads: [pad; 4],
             dilations: [1, 1],
             count_include_pad: false,
             ceil_mode: false,

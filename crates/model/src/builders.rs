@@ -76,6 +76,11 @@ pub const NETWORKS: &[NetworkSpec] = &[
         build: |s| resnet32(64, 200, s),
     },
     NetworkSpec {
+        name: "resnet50-224",
+        about: "ResNet-50 for ImageNet (224×224, 1000 classes; 4.1 G MACs)",
+        build: |s| resnet50(224, 1000, s),
+    },
+    NetworkSpec {
         name: "vgg16-32",
         about: "VGG-16 for CIFAR (32×32, no FC ReLUs, FC 512→10)",
         build: |s| vgg16(32, 10, s),
@@ -261,6 +266,49 @@ pub fn resnet18(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelErro
         &[(64, 2), (128, 2), (256, 2), (512, 2)],
         seed,
     )
+}
+
+/// A bottleneck block: 1×1 reduce, 3×3 (stride here), 1×1 expand ×4, projection shortcut where
+/// the shape changes.
+fn bottleneck(
+    b: &mut GraphBuilder,
+    x: ValueId,
+    planes: usize,
+    stride: usize,
+) -> Result<ValueId, ModelError> {
+    let c_in = b.shape(x).get(1).copied().unwrap_or(0);
+    let mut y = b.conv(x, planes, 1, 1, 0)?;
+    y = b.relu(y)?;
+    y = b.conv(y, planes, 3, stride, 1)?;
+    y = b.relu(y)?;
+    y = b.conv(y, 4 * planes, 1, 1, 0)?;
+    let short = if stride != 1 || c_in != 4 * planes {
+        b.conv(x, 4 * planes, 1, stride, 0)?
+    } else {
+        x
+    };
+    let s = b.add(y, short)?;
+    b.relu(s)
+}
+
+/// ResNet-50 in its ImageNet form: 7×7 stride-2 stem, 3×3 stride-2 max pool, bottleneck stages
+/// of 3, 4, 6 and 3 blocks (64, 128, 256, 512 planes), global average pooling, one FC layer
+/// (batch normalization folded into the convolutions, as an exported model has it).
+pub fn resnet50(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> {
+    let mut b = GraphBuilder::new(&format!("resnet50-{hw}"), seed);
+    let x = b.input("input", vec![1, 3, hw, hw])?;
+    let mut x = b.conv(x, 64, 7, 2, 3)?;
+    x = b.relu(x)?;
+    x = b.max_pool_padded(x, 3, 2, 1)?;
+    for (i, &(planes, blocks)) in [(64, 3), (128, 4), (256, 6), (512, 3)].iter().enumerate() {
+        for j in 0..blocks {
+            let stride = if i > 0 && j == 0 { 2 } else { 1 };
+            x = bottleneck(&mut b, x, planes, stride)?;
+        }
+    }
+    x = b.global_avg_pool(x)?;
+    let y = head(&mut b, x, &[], classes)?;
+    b.finish(vec![y])
 }
 
 /// ResNet-32 for CIFAR: 16-channel stem, three stages of five basic blocks (16, 32, 64 channels).

@@ -258,10 +258,15 @@ impl IntModel {
                 }) => {
                     let rows = weight.shape().first().copied().unwrap_or(0);
                     let out = fresh(n.output)?;
+                    let groups = match &n.op {
+                        Op::Conv(c) => c.groups,
+                        _ => 1,
+                    };
                     let l = Layer {
                         weight,
                         bias: bias.as_ref(),
                         rows,
+                        groups,
                         x,
                         out,
                         name,
@@ -542,6 +547,7 @@ struct Layer<'a> {
     weight: &'a Tensor,
     bias: Option<&'a Tensor>,
     rows: usize,
+    groups: usize,
     x: ValueQuant,
     out: ValueQuant,
     name: &'a str,
@@ -553,6 +559,7 @@ fn lower_linear(l: &Layer, cfg: QintConfig) -> Result<(IntOp, ValueQuant), Engin
         weight,
         bias,
         rows,
+        groups,
         x,
         out,
         name,
@@ -615,6 +622,7 @@ fn lower_linear(l: &Layer, cfg: QintConfig) -> Result<(IntOp, ValueQuant), Engin
         None => vec![0; rows],
     };
     let wf = w.iter().map(|&v| v as f64).collect();
+    let w8 = super::int8::weights_i8(&w, rows, groups);
     Ok((
         IntOp::Linear(IntLinear {
             w,
@@ -623,6 +631,7 @@ fn lower_linear(l: &Layer, cfg: QintConfig) -> Result<(IntOp, ValueQuant), Engin
             shift,
             lo: out.lo,
             hi: out.hi,
+            w8,
             row_abs,
             wf,
         }),
@@ -642,6 +651,7 @@ fn lower_given(
         weight,
         bias,
         rows,
+        groups,
         x,
         out,
         name,
@@ -712,6 +722,7 @@ fn lower_given(
         }
     }
     let wf = w.iter().map(|&v| v as f64).collect();
+    let w8 = super::int8::weights_i8(&w, rows, groups);
     Ok((
         IntOp::Linear(IntLinear {
             w,
@@ -720,6 +731,7 @@ fn lower_given(
             shift,
             lo: out.lo,
             hi: out.hi,
+            w8,
             row_abs,
             wf,
         }),

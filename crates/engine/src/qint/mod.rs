@@ -103,6 +103,7 @@
 //! i128 loops and checks [`IntModel::run_int`] against it on random layers and inputs.
 
 mod calib;
+mod int8;
 mod lower;
 mod run;
 
@@ -219,6 +220,8 @@ pub struct IntLinear {
     /// Σ|w| per output channel.
     pub row_abs: Vec<i128>,
     wf: Vec<f64>,
+    /// The weights packed for the 8-bit GEMM, where they fit it.
+    w8: Option<int8::Weights8>,
 }
 
 /// What one node computes in the integer semantics (see the module docs for each rule).
@@ -311,6 +314,21 @@ pub enum IntOp {
 }
 
 impl IntOp {
+    /// The op clamps its every output to exactly `q`'s interval, so it holds `q` by
+    /// construction (the engine checks the others' outputs against their proven intervals).
+    pub fn saturates_to(&self, q: &ValueQuant) -> bool {
+        let (lo, hi) = match self {
+            IntOp::Linear(l) => (l.lo, l.hi),
+            IntOp::AddAct { lo, hi, .. }
+            | IntOp::MulConst { lo, hi, .. }
+            | IntOp::Clip { lo, hi }
+            | IntOp::Requant { lo, hi, .. }
+            | IntOp::Concat { lo, hi, .. } => (*lo, *hi),
+            _ => return false,
+        };
+        (lo, hi) == (q.lo, q.hi)
+    }
+
     /// Short name for reports.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@ use super::{IntModel, IntOp, ValueQuant};
 use crate::EngineError;
 use crate::quant::accumulate;
 use crate::window::{pool_geometry, pool_planes};
+use rayon::prelude::*;
 use tessera_model::ir::Op;
 use tessera_model::tensor::{
     Tensor, broadcast_index_map, broadcast_shapes, concat, slice_axis, transpose,
@@ -35,7 +36,7 @@ fn overflow(what: &str) -> EngineError {
 }
 
 /// `clamp(rq(a; m, n), lo, hi)`.
-fn rq_clamp(a: i128, m: i64, n: u32, lo: i64, hi: i64) -> Result<i64, EngineError> {
+pub(super) fn rq_clamp(a: i128, m: i64, n: u32, lo: i64, hi: i64) -> Result<i64, EngineError> {
     let v = rq(a, m, n).ok_or_else(|| overflow("a requantization product"))?;
     // Clamped into [lo, hi] ⊂ i64, so the cast is lossless.
     Ok(v.clamp(i128::from(lo), i128::from(hi)) as i64)
@@ -123,9 +124,13 @@ impl IntModel {
                 })
                 .collect::<Result<_, _>>()?;
             let out_shape = g.shape(n.output).to_vec();
-            let y = eval(&n.op, op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+            let xq = n.inputs.first().and_then(|&i| self.value(i)).copied();
+            let y = eval(&n.op, op, &ins, xq, &out_shape).map_err(|e| e.at(&n.name))?;
+            // Ops that saturate to exactly the output's interval hold it by construction; the
+            // others are checked (in parallel).
             if let Some(q) = self.value(n.output)
-                && let Some(v) = y.data().iter().find(|&&v| v < q.lo || v > q.hi)
+                && !op.saturates_to(q)
+                && let Some(v) = outside(y.data(), q)
             {
                 return Err(EngineError::Internal(format!(
                     "node '{}' produced {v} outside its proven interval [{}, {}]",
@@ -149,6 +154,69 @@ impl IntModel {
     }
 }
 
+/// `clamp(rq(acc + b_c; m_c, n), lo, hi)` over output planes of `npos` positions (channel
+/// `c` = plane mod `rows`), in parallel. Where `(|acc| + |b_c|)·|m_c| + 2^(n−1)` provably fits
+/// i64 (from the channel's Σ|w|, the input interval being checked by the caller, and the bias)
+/// the product is taken in i64; the arithmetic is the same either way.
+fn requantize_planes(
+    acc: &[i64],
+    l: &super::IntLinear,
+    rows: usize,
+    npos: usize,
+) -> Result<Vec<i64>, EngineError> {
+    let mut out = vec![0i64; acc.len()];
+    let amax = acc.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+    out.par_chunks_mut(npos)
+        .zip(acc.par_chunks(npos))
+        .enumerate()
+        .try_for_each(|(p, (o, a))| {
+            let r = p % rows;
+            let (b, m) = (
+                l.b.get(r).copied().unwrap_or(0),
+                l.mult.get(r).copied().unwrap_or(1),
+            );
+            let reach = u128::from(amax) + u128::from(b.unsigned_abs());
+            let half = if l.shift == 0 {
+                0
+            } else {
+                1u128 << (l.shift - 1)
+            };
+            let fits = reach * u128::from(m.unsigned_abs()) + half < (1u128 << 62) && l.shift < 62;
+            if fits {
+                let (h, n) = (half as i64, l.shift);
+                for (y, &v) in o.iter_mut().zip(a) {
+                    let q = ((v + b) * m + h) >> n;
+                    *y = q.clamp(l.lo, l.hi);
+                }
+                Ok::<(), EngineError>(())
+            } else {
+                for (y, &v) in o.iter_mut().zip(a) {
+                    *y = rq_clamp(i128::from(v) + i128::from(b), m, l.shift, l.lo, l.hi)?;
+                }
+                Ok(())
+            }
+        })?;
+    Ok(out)
+}
+
+/// Elements per parallel task of the element-wise loops.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// `f` over `x`, in parallel chunks.
+fn par_map(x: &[i64], f: impl Fn(i64) -> i64 + Sync) -> Vec<i64> {
+    let mut out = vec![0i64; x.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(y, &v)| *y = f(v)));
+    out
+}
+
+/// The first element outside `q`'s interval, searched in parallel.
+fn outside(y: &[i64], q: &ValueQuant) -> Option<i64> {
+    y.par_chunks(PAR_CHUNK)
+        .find_map_first(|c| c.iter().copied().find(|&v| v < q.lo || v > q.hi))
+}
+
 fn first<'a>(ins: &[&'a Tensor<i64>]) -> Result<&'a Tensor<i64>, EngineError> {
     ins.first()
         .copied()
@@ -159,28 +227,22 @@ fn eval(
     op: &Op,
     q: &IntOp,
     ins: &[&Tensor<i64>],
+    xq: Option<ValueQuant>,
     out_shape: &[usize],
 ) -> Result<Tensor<i64>, EngineError> {
     let x = first(ins)?;
     let n_out: usize = out_shape.iter().product();
     let y: Vec<i64> = match q {
         IntOp::Linear(l) => {
+            if let Some(y) = xq.and_then(|xq| super::int8::linear_u8(op, l, xq, x, out_shape)) {
+                return Ok(Tensor::new(out_shape.to_vec(), y?)?);
+            }
             let rmax = l.row_abs.iter().copied().max().unwrap_or(0);
             let bmax = l.b.iter().map(|&v| i128::from(v).abs()).max().unwrap_or(0);
             let acc = accumulate(op, &l.w, &l.wf, rmax, bmax, x, out_shape)?;
             let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
             let npos = (n_out / x.shape().first().copied().unwrap_or(1).max(1) / rows).max(1);
-            acc.iter()
-                .enumerate()
-                .map(|(i, &a)| {
-                    let r = (i / npos) % rows;
-                    let (b, m) = (
-                        l.b.get(r).copied().unwrap_or(0),
-                        l.mult.get(r).copied().unwrap_or(1),
-                    );
-                    rq_clamp(i128::from(a) + i128::from(b), m, l.shift, l.lo, l.hi)
-                })
-                .collect::<Result<_, _>>()?
+            requantize_planes(&acc, l, rows, npos)?
         }
         IntOp::AddAct {
             ma,
@@ -192,17 +254,51 @@ fn eval(
             let b = ins
                 .get(1)
                 .ok_or_else(|| EngineError::Internal("add without a second input".into()))?;
-            let s = broadcast_shapes(x.shape(), b.shape())?;
-            let ia = broadcast_index_map(x.shape(), &s);
-            let ib = broadcast_index_map(b.shape(), &s);
-            ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| {
-                    let (p, r) = (x.data()[i], b.data()[j]);
-                    let v = i128::from(p) * i128::from(*ma) + i128::from(r) * i128::from(*mb);
-                    rq_clamp(v, 1, *shift, *lo, *hi)
-                })
-                .collect::<Result<_, _>>()?
+            let add = |p: i64, r: i64| {
+                let v = i128::from(p) * i128::from(*ma) + i128::from(r) * i128::from(*mb);
+                rq_clamp(v, 1, *shift, *lo, *hi)
+            };
+            // Where |p·ma| + |r·mb| + 2^(n−1) provably fits i64 (from the largest magnitudes
+            // present), the same arithmetic in i64.
+            let reach = |t: &Tensor<i64>, m: i64| {
+                u128::from(t.data().iter().map(|v| v.unsigned_abs()).max().unwrap_or(0))
+                    * u128::from(m.unsigned_abs())
+            };
+            let small = reach(x, *ma) + reach(b, *mb) + (1u128 << shift.saturating_sub(1).min(100))
+                < (1u128 << 62)
+                && *shift < 62;
+            if x.shape() == b.shape() && small {
+                // A residual connection: element by element, in i64, in parallel.
+                let h = if *shift == 0 { 0 } else { 1i64 << (shift - 1) };
+                let (ma, mb, n, lo, hi) = (*ma, *mb, *shift, *lo, *hi);
+                let mut out = vec![0i64; x.len()];
+                out.par_chunks_mut(PAR_CHUNK)
+                    .zip(
+                        x.data()
+                            .par_chunks(PAR_CHUNK)
+                            .zip(b.data().par_chunks(PAR_CHUNK)),
+                    )
+                    .for_each(|(o, (p, r))| {
+                        for (y, (&p, &r)) in o.iter_mut().zip(p.iter().zip(r)) {
+                            *y = ((p * ma + r * mb + h) >> n).clamp(lo, hi);
+                        }
+                    });
+                out
+            } else if x.shape() == b.shape() {
+                x.data()
+                    .iter()
+                    .zip(b.data())
+                    .map(|(&p, &r)| add(p, r))
+                    .collect::<Result<_, _>>()?
+            } else {
+                let s = broadcast_shapes(x.shape(), b.shape())?;
+                let ia = broadcast_index_map(x.shape(), &s);
+                let ib = broadcast_index_map(b.shape(), &s);
+                ia.iter()
+                    .zip(&ib)
+                    .map(|(&i, &j)| add(x.data()[i], b.data()[j]))
+                    .collect::<Result<_, _>>()?
+            }
         }
         IntOp::AddConst { c, neg_x } => {
             let Op::Binary {
@@ -244,8 +340,8 @@ fn eval(
                 .map(|(&i, &j)| rq_clamp(i128::from(x.data()[i]), mult[j], *shift, *lo, *hi))
                 .collect::<Result<_, _>>()?
         }
-        IntOp::Relu => x.data().iter().map(|&v| v.max(0)).collect(),
-        IntOp::Clip { lo, hi } => x.data().iter().map(|&v| v.max(*lo).min(*hi)).collect(),
+        IntOp::Relu => par_map(x.data(), |v| v.max(0)),
+        IntOp::Clip { lo, hi } => par_map(x.data(), |v| v.max(*lo).min(*hi)),
         IntOp::MaxPool | IntOp::AvgPool { .. } => {
             let (Op::MaxPool(p) | Op::AvgPool(p)) = op else {
                 return Err(EngineError::Internal("pool op without its window".into()));

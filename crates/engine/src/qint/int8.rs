@@ -1,0 +1,180 @@
+//! Conv and dense layers of v2 by the exact 8-bit GEMM ([`crate::gemm_i8`]) where a layer
+//! allows it: every weight fits i8, the input's proven interval `[lo, hi]` holds 0 and spans at
+//! most 256 integers (so `x − lo` is a u8 and a padded 0 is `−lo`), and no sum leaves i32. Then
+//! `Σ w·x = Σ w·(x − lo) + lo·Σ w` exactly, and the requantization reads the i32 sums
+//! directly; other layers take the general path ([`crate::quant::accumulate`]). The integers
+//! are the same either way (`tests/qint.rs` runs both against the oracle).
+
+use super::run::rq_clamp;
+use super::{IntLinear, ValueQuant};
+use crate::EngineError;
+use crate::gemm_i8::{Kernel, PackedA, fits_i32};
+use crate::window::{conv_geometry, im2col_fill};
+use rayon::prelude::*;
+use tessera_model::ir::Op;
+use tessera_model::tensor::Tensor;
+
+/// Output channels per group below which the per-group GEMM costs more than it saves
+/// (depthwise convolutions take the general path).
+const MIN_ROWS: usize = 8;
+
+/// A layer's weights packed for the 8-bit GEMM: one packed matrix per group, Σw per output
+/// channel, and the largest |w|.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Weights8 {
+    groups: Vec<PackedA>,
+    sums: Vec<i64>,
+    amax: u32,
+}
+
+/// Packs `w` (`rows` output channels in `groups` groups) when every weight fits i8 and the
+/// groups are wide enough to gain from the GEMM.
+pub(super) fn weights_i8(w: &[i64], rows: usize, groups: usize) -> Option<Weights8> {
+    let w8 = w
+        .iter()
+        .map(|&v| i8::try_from(v).ok())
+        .collect::<Option<Vec<i8>>>()?;
+    let (groups, rows) = (groups.max(1), rows.max(1));
+    let (k, per) = (w.len() / rows, rows / groups);
+    if per < MIN_ROWS {
+        return None;
+    }
+    let kernel = Kernel::best();
+    Some(Weights8 {
+        groups: w8
+            .chunks(per * k.max(1))
+            .map(|g| PackedA::new(kernel, g, per, k))
+            .collect(),
+        sums: w.chunks(k.max(1)).map(|r| r.iter().sum()).collect(),
+        amax: w8
+            .iter()
+            .map(|v| u32::from(v.unsigned_abs()))
+            .max()
+            .unwrap_or(0),
+    })
+}
+
+/// The layer's output, `clamp(rq(Σ w·x + b_c; m_c, n), lo, hi)`, or `None` when it does not
+/// meet the 8-bit conditions (module docs).
+pub(super) fn linear_u8(
+    op: &Op,
+    l: &IntLinear,
+    xq: ValueQuant,
+    x: &Tensor<i64>,
+    out_shape: &[usize],
+) -> Option<Result<Vec<i64>, EngineError>> {
+    let w8 = l.w8.as_ref()?;
+    let lo = xq.lo;
+    if lo > 0 || xq.hi < 0 || xq.hi - lo > 255 {
+        return None;
+    }
+    // In [0, 255]: run_int checked x against [lo, hi].
+    let off = |v: i64| (v - lo) as u8;
+    let n_out: usize = out_shape.iter().product();
+    let mut y = vec![0i64; n_out];
+    let mut sums = Vec::new();
+    let mut col = Vec::new();
+    match op {
+        Op::Conv(c) => {
+            let (nb, ci) = (*x.shape().first()?, *x.shape().get(1)?);
+            let co = *out_shape.get(1)?;
+            let g = conv_geometry(c, x.shape(), out_shape);
+            let (cig, cog) = (ci / c.groups, co / c.groups);
+            let kk = cig * g.k[0] * g.k[1];
+            if !fits_i32(kk, w8.amax) || w8.groups.len() != c.groups {
+                return None;
+            }
+            let npos = g.oh * g.ow;
+            let mut xu = vec![0u8; x.len()];
+            xu.par_chunks_mut(1 << 14)
+                .zip(x.data().par_chunks(1 << 14))
+                .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(u, &v)| *u = off(v)));
+            sums.resize(cog * npos, 0i32);
+            for b in 0..nb {
+                for (gr, pa) in w8.groups.iter().enumerate() {
+                    let xin =
+                        &xu[(b * ci + gr * cig) * g.h * g.w..(b * ci + (gr + 1) * cig) * g.h * g.w];
+                    let colv: &[u8] = if g.is_pointwise() {
+                        xin
+                    } else {
+                        im2col_fill(xin, cig, &g, &mut col, off(0));
+                        &col
+                    };
+                    pa.gemm(npos, colv, &mut sums);
+                    let first = gr * cog;
+                    let dst = &mut y[(b * co + first) * npos..(b * co + first + cog) * npos];
+                    if let Err(e) = requantize(&sums, l, lo, first, npos, dst) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        Op::Dense(_) => {
+            let (nb, k) = (*x.shape().first()?, *x.shape().get(1)?);
+            let m = *out_shape.get(1)?;
+            let pa = w8.groups.first()?;
+            if !fits_i32(k, w8.amax) || pa.rows() != m {
+                return None;
+            }
+            // B = xᵀ (k × batch); the sums come out m × batch.
+            let mut xt = vec![0u8; k * nb];
+            for (j, row) in x.data().chunks(k.max(1)).enumerate() {
+                for (p, &v) in row.iter().enumerate() {
+                    xt[p * nb + j] = off(v);
+                }
+            }
+            sums.resize(m * nb, 0i32);
+            pa.gemm(nb, &xt, &mut sums);
+            let mut t = vec![0i64; m * nb];
+            if let Err(e) = requantize(&sums, l, lo, 0, nb, &mut t) {
+                return Some(Err(e));
+            }
+            for (r, row) in t.chunks(nb.max(1)).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    y[j * m + r] = v;
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(Ok(y))
+}
+
+/// `dst[r][j] = clamp(rq(sums[r][j] + lo·Σw_c + b_c; m_c, n), lo, hi)` for channels
+/// `c = first + r`, rows of `npos` in parallel; in i64 where the product provably fits (the
+/// sums are i32), in i128 otherwise.
+fn requantize(
+    sums: &[i32],
+    l: &IntLinear,
+    lo: i64,
+    first: usize,
+    npos: usize,
+    dst: &mut [i64],
+) -> Result<(), EngineError> {
+    let w8 =
+        l.w8.as_ref()
+            .ok_or_else(|| EngineError::Internal("no 8-bit weights".into()))?;
+    dst.par_chunks_mut(npos.max(1))
+        .zip(sums.par_chunks(npos.max(1)))
+        .enumerate()
+        .try_for_each(|(r, (d, s))| {
+            let ch = first + r;
+            let corr =
+                lo * w8.sums.get(ch).copied().unwrap_or(0) + l.b.get(ch).copied().unwrap_or(0);
+            let m = l.mult.get(ch).copied().unwrap_or(1);
+            let n = l.shift;
+            let half = if n == 0 { 0 } else { 1u128 << (n - 1).min(100) };
+            let reach = (1u128 << 31) + u128::from(corr.unsigned_abs());
+            if n < 62 && reach * u128::from(m.unsigned_abs()) + half < (1u128 << 62) {
+                let h = half as i64;
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = (((i64::from(v) + corr) * m + h) >> n).clamp(l.lo, l.hi);
+                }
+            } else {
+                for (o, &v) in d.iter_mut().zip(s) {
+                    *o = rq_clamp(i128::from(v) + i128::from(corr), m, n, l.lo, l.hi)?;
+                }
+            }
+            Ok(())
+        })
+}
