@@ -59,29 +59,43 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
     let n = g.oh * g.ow;
     out.clear();
     out.resize(cin * kh * kw * n, pad);
-    for c in 0..cin {
-        let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for ki in 0..kh {
-            for kj in 0..kw {
-                let row = ((c * kh + ki) * kw + kj) * n;
-                let dst = &mut out[row..row + n];
+    if n == 0 || kh * kw == 0 {
+        return;
+    }
+    // One task per input channel (its kh·kw rows), in parallel.
+    out.par_chunks_mut(kh * kw * n)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for (r, dst) in rows.chunks_mut(n).enumerate() {
+                let (ki, kj) = (r / kw, r % kw);
+                // The output columns whose input column is inside the row: ix = ox·s + kj·d − p.
+                let off = (kj * g.d[1]) as isize - g.p[1] as isize;
+                let s1 = g.s[1] as isize;
+                let ox_lo = if off >= 0 { 0 } else { ((-off) + s1 - 1) / s1 } as usize;
+                let ox_hi = if (g.w as isize) <= off {
+                    0
+                } else {
+                    (((g.w as isize - off) + s1 - 1) / s1).min(g.ow as isize) as usize
+                };
                 for oy in 0..g.oh {
                     let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || ox_lo >= ox_hi {
                         continue;
                     }
                     let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                    for (ox, d) in drow.iter_mut().enumerate() {
-                        let ix = (ox * g.s[1] + kj * g.d[1]) as isize - g.p[1] as isize;
-                        if ix >= 0 && (ix as usize) < g.w {
-                            *d = src[ix as usize];
+                    let drow = &mut dst[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
+                    let first = (ox_lo as isize * s1 + off) as usize;
+                    if g.s[1] == 1 {
+                        drow.copy_from_slice(&src[first..first + drow.len()]);
+                    } else {
+                        for (d, &v) in drow.iter_mut().zip(src[first..].iter().step_by(g.s[1])) {
+                            *d = v;
                         }
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// Pool one channel plane: for each output position, fold the valid input values with `step`,

@@ -68,12 +68,54 @@ pub(super) fn linear_u8(
     if lo > 0 || xq.hi < 0 || xq.hi - lo > 255 {
         return None;
     }
-    // In [0, 255]: run_int checked x against [lo, hi].
-    let off = |v: i64| (v - lo) as u8;
     let n_out: usize = out_shape.iter().product();
     let mut y = vec![0i64; n_out];
-    let mut sums = Vec::new();
-    let mut col = Vec::new();
+    // Scratch buffers kept by the thread between layers and runs (no fresh pages per layer).
+    // A thread that waits inside a parallel GEMM may run another inference's layer (rayon
+    // steals work): that one finds the buffers taken and uses fresh ones.
+    SCRATCH
+        .with(|cell| {
+            let mut fresh = Scratch::default();
+            let mut guard = cell.try_borrow_mut();
+            let Scratch { xu, col, sums } = match guard.as_deref_mut() {
+                Ok(s) => s,
+                Err(_) => &mut fresh,
+            };
+            layer_u8(op, l, w8, lo, x, out_shape, &mut y, xu, col, sums)
+        })?
+        .map(|()| y)
+        .into()
+}
+
+/// Buffers one thread reuses across layers: the offset input, its im2col and the i32 sums.
+#[derive(Default)]
+struct Scratch {
+    xu: Vec<u8>,
+    col: Vec<u8>,
+    sums: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// [`linear_u8`]'s body over the thread's scratch buffers; `None` when the layer does not
+/// meet the 8-bit conditions after all.
+#[allow(clippy::too_many_arguments)] // the layer, its operands and the three scratch buffers
+fn layer_u8(
+    op: &Op,
+    l: &IntLinear,
+    w8: &Weights8,
+    lo: i64,
+    x: &Tensor<i64>,
+    out_shape: &[usize],
+    y: &mut [i64],
+    xu: &mut Vec<u8>,
+    col: &mut Vec<u8>,
+    sums: &mut Vec<i32>,
+) -> Option<Result<(), EngineError>> {
+    // In [0, 255]: run_int checked x against [lo, hi].
+    let off = |v: i64| (v - lo) as u8;
     match op {
         Op::Conv(c) => {
             let (nb, ci) = (*x.shape().first()?, *x.shape().get(1)?);
@@ -85,10 +127,12 @@ pub(super) fn linear_u8(
                 return None;
             }
             let npos = g.oh * g.ow;
-            let mut xu = vec![0u8; x.len()];
+            xu.clear();
+            xu.resize(x.len(), 0);
             xu.par_chunks_mut(1 << 14)
                 .zip(x.data().par_chunks(1 << 14))
                 .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(u, &v)| *u = off(v)));
+            sums.clear();
             sums.resize(cog * npos, 0i32);
             for b in 0..nb {
                 for (gr, pa) in w8.groups.iter().enumerate() {
@@ -97,13 +141,13 @@ pub(super) fn linear_u8(
                     let colv: &[u8] = if g.is_pointwise() {
                         xin
                     } else {
-                        im2col_fill(xin, cig, &g, &mut col, off(0));
-                        &col
+                        im2col_fill(xin, cig, &g, col, off(0));
+                        col
                     };
-                    pa.gemm(npos, colv, &mut sums);
+                    pa.gemm(npos, colv, sums);
                     let first = gr * cog;
                     let dst = &mut y[(b * co + first) * npos..(b * co + first + cog) * npos];
-                    if let Err(e) = requantize(&sums, l, lo, first, npos, dst) {
+                    if let Err(e) = requantize(sums, l, lo, first, npos, dst) {
                         return Some(Err(e));
                     }
                 }
@@ -123,10 +167,11 @@ pub(super) fn linear_u8(
                     xt[p * nb + j] = off(v);
                 }
             }
+            sums.clear();
             sums.resize(m * nb, 0i32);
-            pa.gemm(nb, &xt, &mut sums);
+            pa.gemm(nb, &xt, sums);
             let mut t = vec![0i64; m * nb];
-            if let Err(e) = requantize(&sums, l, lo, 0, nb, &mut t) {
+            if let Err(e) = requantize(sums, l, lo, 0, nb, &mut t) {
                 return Some(Err(e));
             }
             for (r, row) in t.chunks(nb.max(1)).enumerate() {
@@ -137,7 +182,7 @@ pub(super) fn linear_u8(
         }
         _ => return None,
     }
-    Some(Ok(y))
+    Some(Ok(()))
 }
 
 /// `dst[r][j] = clamp(rq(sums[r][j] + lo·Σw_c + b_c; m_c, n), lo, hi)` for channels
