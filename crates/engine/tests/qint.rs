@@ -236,6 +236,48 @@ fn oracle(m: &IntModel, x: &Tensor<i64>) -> Vec<i128> {
                     .collect()
             }
             (_, IntOp::Pass) => xv.clone(),
+            (Op::Sigmoid | Op::Tanh, IntOp::Table { first, table }) => xv
+                .iter()
+                .map(|&v| {
+                    i128::from(
+                        table[usize::try_from(v - i128::from(*first)).expect("in the interval")],
+                    )
+                })
+                .collect(),
+            (
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    bias,
+                },
+                IntOp::Lrn { s_x, s_y, lo, hi },
+            ) => {
+                let (c, inner) = (xs[1], xs[2..].iter().product::<usize>());
+                let mut y = vec![0; len];
+                for b in 0..xs[0] {
+                    for ch in 0..c {
+                        for i in 0..inner {
+                            let mut sq = 0i128;
+                            for cc in 0..c {
+                                // The window: (size − 1) / 2 channels before, the rest after.
+                                let before = (*size - 1) / 2;
+                                if cc + before >= ch && cc <= ch + (*size - 1 - before) {
+                                    let v = xv[(b * c + cc) * inner + i];
+                                    sq += v * v;
+                                }
+                            }
+                            let v = xv[(b * c + ch) * inner + i] as f64 * s_x;
+                            let den = (f64::from(*bias)
+                                + f64::from(*alpha) / *size as f64 * sq as f64 * s_x * s_x)
+                                .powf(f64::from(*beta));
+                            let q = (v / den / s_y).round() as i128;
+                            y[(b * c + ch) * inner + i] = clamp(q, *lo, *hi);
+                        }
+                    }
+                }
+                y
+            }
             (
                 Op::Quantize(_),
                 IntOp::Requant {
@@ -450,8 +492,56 @@ fn int8_net(seed: u64, c: usize, hw: usize) -> Graph {
     b.finish(vec![y]).expect("graph")
 }
 
+/// Conv → ReLU → LRN → conv → Tanh → global pool → dense → Sigmoid: the float-only ops of the
+/// light architectures under v2.
+fn nonlinear_net(seed: u64, c: usize, hw: usize, size: usize) -> Graph {
+    let mut b = GraphBuilder::new("nonlinear", seed);
+    let x = b.input("x", vec![1, 3, hw, hw]).expect("input");
+    let x = b.conv(x, c, 3, 1, 1).expect("conv");
+    let x = b.relu(x).expect("relu");
+    let lrn = Op::Lrn {
+        size,
+        alpha: 1e-2,
+        beta: 0.75,
+        bias: 1.0,
+    };
+    let x = b.push("lrn", lrn, vec![x], "").expect("lrn");
+    let x = b.conv(x, c, 3, 1, 1).expect("conv");
+    let x = b.push("tanh", Op::Tanh, vec![x], "").expect("tanh");
+    let x = b.global_avg_pool(x).expect("gap");
+    let x = b.reshape("flat", x, vec![1, c], "").expect("flatten");
+    let x = b.dense(x, 4).expect("dense");
+    let y = b
+        .push("sigmoid", Op::Sigmoid, vec![x], "")
+        .expect("sigmoid");
+    b.finish(vec![y]).expect("graph")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lrn_and_tables_match_the_oracle(seed in any::<u64>(), c in 2usize..=10, hw in 3usize..=6, size in 1usize..=5, act_bits in 4u32..=10) {
+        let g = nonlinear_net(seed, c, hw, size);
+        let cfg = QintConfig { act_bits, ..QintConfig::default() };
+        let m = model(&g, cfg, seed);
+        let kinds: Vec<&str> = (0..g.nodes.len()).filter_map(|i| m.op(i)).map(IntOp::kind).collect();
+        prop_assert!(kinds.contains(&"lrn") && kinds.contains(&"table"), "{:?}", kinds);
+        let iq = m.input_quant().expect("input");
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 5);
+        let shape = g.shape(g.inputs[0]).to_vec();
+        let len: usize = shape.iter().product();
+        let x = Tensor::new(shape, (0..len).map(|i| match i % 4 {
+            0 => iq.lo,
+            1 => iq.hi,
+            _ => rng.random_range(iq.lo..=iq.hi),
+        }).collect()).expect("x");
+        let got = m.run_int(&x).expect("runs");
+        prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), oracle(&m, &x));
+        // The sigmoid's output is on its fixed grid, probabilities at 1/(2^b − 1).
+        let oq = m.output_quant().expect("output");
+        prop_assert_eq!((oq.lo, oq.hi), (0, (1i64 << act_bits) - 1));
+    }
 
     #[test]
     fn random_int8_nets_match_the_oracle(seed in any::<u64>(), c in 1usize..=4, hw in 3usize..=8) {
@@ -673,17 +763,21 @@ fn bad_configs_and_ops_are_refused() {
     let a = IntModel::new(&g, QintConfig::default(), &cal).expect("lowers");
     let b = IntModel::new(&back, QintConfig::default(), &cal).expect("lowers the re-import");
     assert_eq!(a.run(&x).expect("runs"), b.run(&x).expect("runs"));
-    // A float-only op is refused with the node named.
+    // An op outside v2 is refused with the node named.
     let mut b = GraphBuilder::new("t", 0);
     let x = b.input("x", vec![1, 4]).expect("input");
-    let y = b.push("sig", Op::Sigmoid, vec![x], "").expect("sigmoid");
+    let pad = Op::Pad {
+        pads: vec![0, 0, 0, 1],
+        value: 0.0,
+    };
+    let y = b.push("pad", pad, vec![x], "").expect("pad");
     let g = b.finish(vec![y]).expect("graph");
     let inputs = default_calibration_inputs(&g, 0.0, 1.0, 2, 1).expect("inputs");
     let cal = Calibration::from_inputs(&g, &inputs, "generated").expect("calibration");
     let e = IntModel::new(&g, QintConfig::default(), &cal)
         .expect_err("refused")
         .to_string();
-    assert!(e.contains("sig") && e.contains("Sigmoid"), "{e}");
+    assert!(e.contains("pad") && e.contains("Pad"), "{e}");
 }
 
 /// What a party that holds the model with biases and added constants zeroed (the `gc` worker)

@@ -343,6 +343,22 @@ impl IntModel {
                     )
                 }
                 Op::Transpose { .. } | Op::Slice { .. } => (IntOp::Move, x),
+                Op::Sigmoid | Op::Tanh => {
+                    let sig = matches!(n.op, Op::Sigmoid);
+                    lower_table(sig, x, given.get(n.output).copied().flatten(), cfg, name)?
+                }
+                Op::Lrn { .. } => {
+                    let o = fresh(n.output)?;
+                    (
+                        IntOp::Lrn {
+                            s_x: x.scale,
+                            s_y: o.scale,
+                            lo: o.lo,
+                            hi: o.hi,
+                        },
+                        o,
+                    )
+                }
                 Op::Binary {
                     op: op @ (BinOp::Add | BinOp::Sub),
                     constant: None,
@@ -540,6 +556,64 @@ impl IntModel {
             ops,
         })
     }
+}
+
+/// Widest input interval a Sigmoid/Tanh table covers.
+const MAX_TABLE: i64 = 1 << 16;
+
+/// Sigmoid (`sig`) or Tanh as a table over the input's interval (module docs), on the model's
+/// grid when it gives one.
+fn lower_table(
+    sig: bool,
+    x: ValueQuant,
+    given: Option<QParam>,
+    cfg: QintConfig,
+    name: &str,
+) -> Result<(IntOp, ValueQuant), EngineError> {
+    if x.lo == i64::MIN || x.hi == i64::MAX || x.hi - x.lo >= MAX_TABLE {
+        return Err(unsupported(
+            name,
+            format!(
+                "{} of an input whose interval [{}, {}] is not saturated to at most {MAX_TABLE} integers; \
+                 saturate it first (a Clip, or a layer before it)",
+                if sig { "Sigmoid" } else { "Tanh" },
+                x.lo,
+                x.hi
+            ),
+        ));
+    }
+    let o = match given {
+        Some(q) => {
+            let (lo, hi) = q.interval();
+            ValueQuant {
+                scale: f64::from(q.scale),
+                lo,
+                hi,
+            }
+        }
+        None => {
+            let (lo, hi) = act_interval(cfg.act_bits, sig);
+            ValueQuant {
+                scale: 1.0 / hi as f64,
+                lo,
+                hi,
+            }
+        }
+    };
+    let f = |v: f64| {
+        if sig {
+            1.0 / (1.0 + (-v).exp())
+        } else {
+            v.tanh()
+        }
+    };
+    let table = (x.lo..=x.hi)
+        .map(|q| {
+            let r = (f(q as f64 * x.scale) / o.scale).round();
+            (r.clamp(o.lo as f64, o.hi as f64)) as i64
+        })
+        .collect();
+    Ok((IntOp::Table { first: x.lo, table }, o))
 }
 
 /// A conv or dense layer to lower.

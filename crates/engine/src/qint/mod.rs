@@ -69,7 +69,16 @@
 //!   are equal), then concatenated. The output's scale is the given one (below), else the
 //!   calibrated one, else — when every input has the same scale and interval — the inputs'.
 //!
-//! Pad, LRN, Sigmoid, Tanh and products of two activations are refused here with the node named.
+//! * **Sigmoid / Tanh**: a table, one output integer per integer of the (saturated, at most
+//!   65,536 wide) input interval: `clamp(round(f(s_x·x) / s_y), lo, hi)` with the output on a
+//!   fixed grid — Sigmoid unsigned `[0, 2^b − 1]`, `s_y = 1/(2^b − 1)`; Tanh signed
+//!   `[−(2^(b−1) − 1), 2^(b−1) − 1]`, `s_y = 1/(2^(b−1) − 1)` (or the model's own grid).
+//! * **LRN** (across channels, the float engine's window): evaluated in f64 on the integers,
+//!   `clamp(round(s_x·x_c / (bias + α/size · Σ (s_x·x_c')²)^β / s_y), lo, hi)`, the output
+//!   scale calibrated. The sum of squares is exact; `exp`, `tanh` and `powf` are the platform's,
+//!   so the parties agree bit for bit when they run the same build (plain and tee do).
+//!
+//! Pad and products of two activations are refused here with the node named.
 //!
 //! # int8 models: grids and weights given by the model
 //!
@@ -301,6 +310,26 @@ pub enum IntOp {
         /// Saturation bounds.
         hi: i64,
     },
+    /// `table[x − first]`: Sigmoid or Tanh of a saturated input, one entry per integer of its
+    /// interval.
+    Table {
+        /// The smallest input integer (`table[0]` is its image).
+        first: i64,
+        /// The output integer of every input integer.
+        table: Vec<i64>,
+    },
+    /// Local response normalisation across channels, evaluated in f64 on the integers:
+    /// `clamp(round(s_x·x_c / (bias + α/size · Σ (s_x·x_c')²)^β / s_y), lo, hi)`.
+    Lrn {
+        /// Input scale.
+        s_x: f64,
+        /// Output scale.
+        s_y: f64,
+        /// Saturation bounds.
+        lo: i64,
+        /// Saturation bounds.
+        hi: i64,
+    },
     /// Each input `i` requantized, `clamp(rq(x_i; mult_i, shift_i), lo, hi)`, then concatenated
     /// along the graph op's axis.
     Concat {
@@ -323,6 +352,7 @@ impl IntOp {
             | IntOp::MulConst { lo, hi, .. }
             | IntOp::Clip { lo, hi }
             | IntOp::Requant { lo, hi, .. }
+            | IntOp::Lrn { lo, hi, .. }
             | IntOp::Concat { lo, hi, .. } => (*lo, *hi),
             _ => return false,
         };
@@ -345,6 +375,8 @@ impl IntOp {
             IntOp::Move => "move",
             IntOp::Requant { .. } => "requant",
             IntOp::Concat { .. } => "concat",
+            IntOp::Table { .. } => "table",
+            IntOp::Lrn { .. } => "lrn",
         }
     }
 }

@@ -199,6 +199,52 @@ fn requantize_planes(
     Ok(out)
 }
 
+/// LRN on integers (the module docs' rule; the float engine's channel window).
+fn lrn_int(
+    x: &Tensor<i64>,
+    size: usize,
+    [alpha, beta, bias]: [f32; 3],
+    [s_x, s_y]: [f64; 2],
+    [lo, hi]: [i64; 2],
+) -> Result<Vec<i64>, EngineError> {
+    let s = x.shape();
+    let (Some(&n), Some(&c)) = (s.first(), s.get(1)) else {
+        return Err(EngineError::Input(format!(
+            "LRN over a tensor of shape {s:?}"
+        )));
+    };
+    if size == 0 {
+        return Err(EngineError::Input("LRN of size 0".into()));
+    }
+    let inner: usize = s.get(2..).map_or(1, |r| r.iter().product());
+    let (before, after) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let (alpha, beta, bias) = (f64::from(alpha), f64::from(beta), f64::from(bias));
+    let d = x.data();
+    let mut out = vec![0i64; d.len()];
+    out.par_chunks_mut(c * inner)
+        .zip(d.par_chunks(c * inner))
+        .take(n)
+        .for_each(|(o, xb)| {
+            for ch in 0..c {
+                let (from, to) = (ch.saturating_sub(before), (ch + after).min(c - 1));
+                for i in 0..inner {
+                    let sq: i128 = (from..=to)
+                        .map(|cc| i128::from(xb[cc * inner + i]).pow(2))
+                        .sum();
+                    let v = xb[ch * inner + i] as f64 * s_x;
+                    let den = (bias + alpha / size as f64 * sq as f64 * s_x * s_x).powf(beta);
+                    let q = (v / den / s_y).round();
+                    o[ch * inner + i] = if q.is_nan() {
+                        0
+                    } else {
+                        q.clamp(lo as f64, hi as f64) as i64
+                    };
+                }
+            }
+        });
+    Ok(out)
+}
+
 /// Elements per parallel task of the element-wise loops.
 const PAR_CHUNK: usize = 1 << 14;
 
@@ -391,6 +437,30 @@ fn eval(
                 )));
             }
         },
+        IntOp::Table { first, table } => x
+            .data()
+            .iter()
+            .map(|&v| {
+                usize::try_from(v - first)
+                    .ok()
+                    .and_then(|i| table.get(i).copied())
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!("{v} is outside the table's interval"))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        IntOp::Lrn { s_x, s_y, lo, hi } => {
+            let Op::Lrn {
+                size,
+                alpha,
+                beta,
+                bias,
+            } = op
+            else {
+                return Err(EngineError::Internal("lrn without its parameters".into()));
+            };
+            lrn_int(x, *size, [*alpha, *beta, *bias], [*s_x, *s_y], [*lo, *hi])?
+        }
         IntOp::Requant {
             mult,
             shift,
