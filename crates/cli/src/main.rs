@@ -269,6 +269,12 @@ enum Cmd {
         /// mnist-8 ONNX file (skipped when absent).
         #[arg(long, default_value = "../shared/data/onnx-mnist-8/model.onnx")]
         mnist8: PathBuf,
+        /// An int8 ONNX model timed under v2 with its own scales (skipped when absent).
+        #[arg(
+            long,
+            default_value = "../shared/data/onnx-shufflenet-v2-12-int8/model.onnx"
+        )]
+        int8: PathBuf,
         /// Repetitions per measurement (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -351,6 +357,7 @@ fn main() {
         } => demo(n, model, data, &quant, json),
         Cmd::Bench {
             mnist8,
+            int8,
             reps,
             gc,
             gc_frac_bits,
@@ -358,7 +365,7 @@ fn main() {
             json,
         } => {
             if gc.is_empty() {
-                bench(&mnist8, reps, json)
+                bench(&mnist8, &int8, reps, json)
             } else {
                 bench_gc(&gc, &mnist8, reps, gc_frac_bits, gc_measured_margin, json)
             }
@@ -1405,7 +1412,7 @@ fn bench_gc(
     Ok(())
 }
 
-fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
+fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Result<()> {
     use rayon::prelude::*;
     let mut rows = Vec::new();
     let batch = 256usize;
@@ -1547,6 +1554,44 @@ fn bench(mnist8: &Path, reps: usize, json: bool) -> Result<()> {
         row(format!("{name}, 1 image"), "integer", ms, 1.0, mm);
         let ms = time_median(reps, || v2.run(&x).map(|_| ()).map_err(Into::into))?;
         row(format!("{name}, 1 image"), "integer v2", ms, 1.0, mm);
+    }
+    if int8.exists() {
+        let g = load_model(int8, &ImportOptions::default())?;
+        let calibration = tessera_engine::qint::Calibration {
+            ranges: Default::default(),
+            samples: 0,
+            source: "the model's own int8 scales".into(),
+        };
+        let m = tessera_engine::qint::IntModel::new(
+            &g,
+            tessera_engine::qint::QintConfig::default(),
+            &calibration,
+        )?;
+        let x = synth_images(&g, 1)
+            .pop()
+            .ok_or_else(|| CliError::Usage("no input".into()))?
+            .map(|v| v / 255.0);
+        let mm = stats(&g).macs as f64;
+        let name = g.name.clone();
+        let ms = time_median(reps, || {
+            run_f32(&g, std::slice::from_ref(&x))
+                .map(|_| ())
+                .map_err(Into::into)
+        })?;
+        row(format!("{name} (int8 file), 1 image"), "float", ms, 1.0, mm);
+        let ms = time_median(reps, || m.run(&x).map(|_| ()).map_err(Into::into))?;
+        row(
+            format!("{name} (int8 file), 1 image"),
+            "integer v2",
+            ms,
+            1.0,
+            mm,
+        );
+    } else if !json {
+        println!(
+            "int8 model skipped: {} not found (pass --int8 FILE)",
+            int8.display()
+        );
     }
     if json {
         return print_json(&rows);

@@ -256,7 +256,12 @@ impl PackedA {
             })
             .collect();
         // Rows per task: two tasks per core where the rows allow, whole 4-row blocks.
-        let rows_per = (m.div_ceil(4 * rayon::current_num_threads().max(1) * 2) * 4).max(4);
+        // (A small product runs as one task: waking threads would cost more.)
+        let rows_per = if m * n * k < 1 << 20 {
+            m.div_ceil(4) * 4
+        } else {
+            (m.div_ceil(4 * rayon::current_num_threads().max(1) * 2) * 4).max(4)
+        };
         c[..m * n]
             .par_chunks_mut(rows_per * n)
             .enumerate()

@@ -64,6 +64,7 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
     }
     // One task per input channel (its kh·kw rows), in parallel.
     out.par_chunks_mut(kh * kw * n)
+        .with_min_len(((1 << 14) / (kh * kw * n)).max(1))
         .enumerate()
         .for_each(|(c, rows)| {
             let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];

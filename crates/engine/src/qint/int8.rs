@@ -4,6 +4,9 @@
 //! `Σ w·x = Σ w·(x − lo) + lo·Σ w` exactly, and the requantization reads the i32 sums
 //! directly; other layers take the general path ([`crate::quant::accumulate`]). The integers
 //! are the same either way (`tests/qint.rs` runs both against the oracle).
+//!
+//! Depthwise convolutions (one input and one output channel per group) take a direct loop
+//! instead ([`depthwise`]): a GEMM of one row per group costs more than its few MACs.
 
 use super::run::rq_clamp;
 use super::{IntLinear, ValueQuant};
@@ -13,6 +16,12 @@ use crate::window::{conv_geometry, im2col_fill};
 use rayon::prelude::*;
 use tessera_model::ir::Op;
 use tessera_model::tensor::Tensor;
+
+/// Rows of `len` elements per parallel task: enough work per task that small layers do not
+/// pay more in thread wake-ups than they gain.
+pub(super) fn min_rows(len: usize) -> usize {
+    ((1 << 14) / len.max(1)).max(1)
+}
 
 /// Output channels per group below which the per-group GEMM costs more than it saves
 /// (depthwise convolutions take the general path).
@@ -201,6 +210,7 @@ fn requantize(
             .ok_or_else(|| EngineError::Internal("no 8-bit weights".into()))?;
     dst.par_chunks_mut(npos.max(1))
         .zip(sums.par_chunks(npos.max(1)))
+        .with_min_len(min_rows(npos))
         .enumerate()
         .try_for_each(|(r, (d, s))| {
             let ch = first + r;
@@ -222,4 +232,96 @@ fn requantize(
             }
             Ok(())
         })
+}
+
+/// A depthwise convolution's output, `clamp(rq(Σ w·x + b_c; m_c, n), lo, hi)`, by a direct
+/// loop per channel (in parallel) in i64, or `None` when the layer is not depthwise or its
+/// sums could leave i64 (from Σ|w|, the input's proven interval and the bias).
+pub(super) fn depthwise(
+    op: &Op,
+    l: &IntLinear,
+    xq: ValueQuant,
+    x: &Tensor<i64>,
+    out_shape: &[usize],
+) -> Option<Result<Vec<i64>, EngineError>> {
+    let Op::Conv(c) = op else { return None };
+    let (nb, ci) = (*x.shape().first()?, *x.shape().get(1)?);
+    let co = *out_shape.get(1)?;
+    if c.groups != ci || co != ci {
+        return None;
+    }
+    let reach = l.row_abs.iter().copied().max().unwrap_or(0)
+        * i128::from(xq.max_abs().min(u128::from(u64::MAX)) as u64)
+        + l.b.iter().map(|v| i128::from(*v).abs()).max().unwrap_or(0);
+    let top = l
+        .mult
+        .iter()
+        .map(|m| i128::from(*m).abs())
+        .max()
+        .unwrap_or(0);
+    if l.shift >= 62 || reach.checked_mul(top)? + (1i128 << l.shift) >= 1i128 << 62 {
+        return None;
+    }
+    let g = conv_geometry(c, x.shape(), out_shape);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let npos = g.oh * g.ow;
+    let half = if l.shift == 0 {
+        0
+    } else {
+        1i64 << (l.shift - 1)
+    };
+    let mut y = vec![0i64; nb * co * npos];
+    y.par_chunks_mut(npos.max(1))
+        .zip(x.data().par_chunks((g.h * g.w).max(1)))
+        .with_min_len(min_rows(g.h * g.w * kh * kw))
+        .enumerate()
+        .for_each(|(plane, (out, xc))| {
+            let ch = plane % co;
+            let w = &l.w[ch * kh * kw..(ch + 1) * kh * kw];
+            let (b, m) = (
+                l.b.get(ch).copied().unwrap_or(0),
+                l.mult.get(ch).copied().unwrap_or(1),
+            );
+            // Tap by tap over the output columns whose input is inside the row (a slice op
+            // the compiler vectorizes at stride 1), then requantize the plane.
+            out.fill(b);
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let wv = w[ki * kw + kj];
+                    let off = (kj * g.d[1]) as isize - g.p[1] as isize;
+                    let s1 = g.s[1] as isize;
+                    let ox_lo = if off >= 0 { 0 } else { ((-off) + s1 - 1) / s1 } as usize;
+                    let ox_hi = if (g.w as isize) <= off {
+                        0
+                    } else {
+                        (((g.w as isize - off) + s1 - 1) / s1).min(g.ow as isize) as usize
+                    };
+                    if wv == 0 || ox_lo >= ox_hi {
+                        continue;
+                    }
+                    for oy in 0..g.oh {
+                        let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let dst = &mut out[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
+                        let first = (ox_lo as isize * s1 + off) as usize;
+                        if g.s[1] == 1 {
+                            for (a, &v) in dst.iter_mut().zip(&src[first..]) {
+                                *a += wv * v;
+                            }
+                        } else {
+                            for (a, &v) in dst.iter_mut().zip(src[first..].iter().step_by(g.s[1])) {
+                                *a += wv * v;
+                            }
+                        }
+                    }
+                }
+            }
+            for a in out.iter_mut() {
+                *a = ((*a * m + half) >> l.shift).clamp(l.lo, l.hi);
+            }
+        });
+    Some(Ok(y))
 }

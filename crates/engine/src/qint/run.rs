@@ -168,6 +168,7 @@ fn requantize_planes(
     let amax = acc.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
     out.par_chunks_mut(npos)
         .zip(acc.par_chunks(npos))
+        .with_min_len(super::int8::min_rows(npos))
         .enumerate()
         .try_for_each(|(p, (o, a))| {
             let r = p % rows;
@@ -223,6 +224,7 @@ fn lrn_int(
     let mut out = vec![0i64; d.len()];
     out.par_chunks_mut(c * inner)
         .zip(d.par_chunks(c * inner))
+        .with_min_len(super::int8::min_rows(c * inner * size))
         .take(n)
         .for_each(|(o, xb)| {
             for ch in 0..c {
@@ -245,11 +247,28 @@ fn lrn_int(
     Ok(out)
 }
 
+/// `clamp(rq(x; m, n), lo, hi)` of every element: in i64 and in parallel where
+/// `max|x|·|m| + 2^(n−1)` fits (the same arithmetic), in i128 otherwise.
+fn rq_map(x: &[i64], m: i64, n: u32, lo: i64, hi: i64) -> Result<Vec<i64>, EngineError> {
+    let top = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+    let half = if n == 0 { 0 } else { 1u128 << (n - 1).min(100) };
+    if n < 62 && u128::from(top) * u128::from(m.unsigned_abs()) + half < 1u128 << 62 {
+        let h = half as i64;
+        return Ok(par_map(x, |v| ((v * m + h) >> n).clamp(lo, hi)));
+    }
+    x.iter()
+        .map(|&v| rq_clamp(i128::from(v), m, n, lo, hi))
+        .collect()
+}
+
 /// Elements per parallel task of the element-wise loops.
 const PAR_CHUNK: usize = 1 << 14;
 
 /// `f` over `x`, in parallel chunks.
 fn par_map(x: &[i64], f: impl Fn(i64) -> i64 + Sync) -> Vec<i64> {
+    if x.len() <= PAR_CHUNK {
+        return x.iter().map(|&v| f(v)).collect();
+    }
     let mut out = vec![0i64; x.len()];
     out.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
@@ -259,6 +278,9 @@ fn par_map(x: &[i64], f: impl Fn(i64) -> i64 + Sync) -> Vec<i64> {
 
 /// The first element outside `q`'s interval, searched in parallel.
 fn outside(y: &[i64], q: &ValueQuant) -> Option<i64> {
+    if y.len() <= PAR_CHUNK {
+        return y.iter().copied().find(|&v| v < q.lo || v > q.hi);
+    }
     y.par_chunks(PAR_CHUNK)
         .find_map_first(|c| c.iter().copied().find(|&v| v < q.lo || v > q.hi))
 }
@@ -280,7 +302,11 @@ fn eval(
     let n_out: usize = out_shape.iter().product();
     let y: Vec<i64> = match q {
         IntOp::Linear(l) => {
-            if let Some(y) = xq.and_then(|xq| super::int8::linear_u8(op, l, xq, x, out_shape)) {
+            let fast = xq.and_then(|xq| {
+                super::int8::linear_u8(op, l, xq, x, out_shape)
+                    .or_else(|| super::int8::depthwise(op, l, xq, x, out_shape))
+            });
+            if let Some(y) = fast {
                 return Ok(Tensor::new(out_shape.to_vec(), y?)?);
             }
             let rmax = l.row_abs.iter().copied().max().unwrap_or(0);
@@ -466,11 +492,7 @@ fn eval(
             shift,
             lo,
             hi,
-        } => x
-            .data()
-            .iter()
-            .map(|&v| rq_clamp(i128::from(v), *mult, *shift, *lo, *hi))
-            .collect::<Result<_, _>>()?,
+        } => rq_map(x.data(), *mult, *shift, *lo, *hi)?,
         IntOp::Concat { parts, lo, hi } => {
             let Op::Concat { axis } = op else {
                 return Err(EngineError::Internal("concat without its axis".into()));
@@ -484,11 +506,7 @@ fn eval(
                 .iter()
                 .zip(parts)
                 .map(|(t, &(m, n))| {
-                    let d = t
-                        .data()
-                        .iter()
-                        .map(|&v| rq_clamp(i128::from(v), m, n, *lo, *hi))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let d = rq_map(t.data(), m, n, *lo, *hi)?;
                     Ok(Tensor::new(t.shape().to_vec(), d)?)
                 })
                 .collect::<Result<Vec<_>, EngineError>>()?;
