@@ -1557,11 +1557,7 @@ fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Result<()> {
     }
     if int8.exists() {
         let g = load_model(int8, &ImportOptions::default())?;
-        let calibration = tessera_engine::qint::Calibration {
-            ranges: Default::default(),
-            samples: 0,
-            source: "the model's own int8 scales".into(),
-        };
+        let calibration = tessera_engine::qint::Calibration::given("the model's own int8 scales");
         let m = tessera_engine::qint::IntModel::new(
             &g,
             tessera_engine::qint::QintConfig::default(),

@@ -45,11 +45,7 @@ impl QuantArgs {
             return Ok(Semantics::Pow2(self.config()));
         }
         if self.calibrate.is_none() && is_int8(g) {
-            let calibration = Calibration {
-                ranges: Default::default(),
-                samples: 0,
-                source: "the model's own int8 scales".into(),
-            };
+            let calibration = Calibration::given("the model's own int8 scales");
             let s = Semantics::V2 {
                 cfg: self.qint_config()?,
                 calibration,

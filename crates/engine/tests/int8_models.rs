@@ -28,11 +28,7 @@ fn argmax(v: &[f32]) -> usize {
 
 /// No calibration: every scale comes from the model.
 fn no_calibration() -> Calibration {
-    Calibration {
-        ranges: Default::default(),
-        samples: 0,
-        source: "the model's int8 grids".into(),
-    }
+    Calibration::given("the model's int8 grids")
 }
 
 #[test]

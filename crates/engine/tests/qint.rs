@@ -546,7 +546,7 @@ proptest! {
     #[test]
     fn random_int8_nets_match_the_oracle(seed in any::<u64>(), c in 1usize..=4, hw in 3usize..=8) {
         let g = int8_net(seed, c, hw);
-        let none = Calibration { ranges: Default::default(), samples: 0, source: "none".into() };
+        let none = Calibration::given("none");
         let m = IntModel::new(&g, QintConfig::default(), &none).expect("lowers from the grids alone");
         let kinds: Vec<&str> = (0..g.nodes.len()).filter_map(|i| m.op(i)).map(IntOp::kind).collect();
         for k in ["linear", "concat", "move", "requant", "clip"] {

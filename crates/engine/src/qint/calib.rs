@@ -76,6 +76,15 @@ impl Calibration {
         })
     }
 
+    /// No calibration data: every scale must come from the model's own grids (an int8 model).
+    pub fn given(source: impl Into<String>) -> Self {
+        Self {
+            ranges: Default::default(),
+            samples: 0,
+            source: source.into(),
+        }
+    }
+
     /// The calibrated `[min, max]` of value `v` of `graph`.
     pub fn range(&self, graph: &Graph, v: usize) -> Option<(f32, f32)> {
         let name = &graph.values.get(v)?.name;

@@ -114,6 +114,26 @@ impl IntModel {
             *v = Some(x.clone());
         }
         for (k, (n, op)) in g.nodes.iter().zip(&self.ops).enumerate() {
+            // An op that leaves every integer of its (proven) input interval unchanged — a
+            // ReLU of a non-negative value, a clip that the interval already satisfies, a
+            // reshape — passes its input's buffer on when nothing else reads it.
+            let xq = n.inputs.first().and_then(|&i| self.value(i)).copied();
+            let identity = match (op, xq) {
+                (IntOp::Pass, _) => true,
+                (IntOp::Relu, Some(q)) => q.lo >= 0,
+                (IntOp::Clip { lo, hi }, Some(q)) => q.lo >= *lo && q.hi <= *hi,
+                _ => false,
+            };
+            if let (true, &[i]) = (identity, n.inputs.as_slice())
+                && last.get(i) == Some(&k)
+                && let Some(t) = vals.get_mut(i).and_then(Option::take)
+            {
+                let y = t.reshape(g.shape(n.output).to_vec())?;
+                if let Some(v) = vals.get_mut(n.output) {
+                    *v = Some(y);
+                }
+                continue;
+            }
             let ins: Vec<&Tensor<i64>> = n
                 .inputs
                 .iter()
@@ -124,7 +144,6 @@ impl IntModel {
                 })
                 .collect::<Result<_, _>>()?;
             let out_shape = g.shape(n.output).to_vec();
-            let xq = n.inputs.first().and_then(|&i| self.value(i)).copied();
             let y = eval(&n.op, op, &ins, xq, &out_shape).map_err(|e| e.at(&n.name))?;
             // Ops that saturate to exactly the output's interval hold it by construction; the
             // others are checked (in parallel).
