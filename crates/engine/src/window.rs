@@ -25,6 +25,21 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// For kernel column `kj`: the output columns `lo..hi` whose input column
+    /// `ix = ox·s + kj·d − p` lies inside the row, and the input column of `lo`.
+    pub fn valid_columns(&self, kj: usize) -> (usize, usize, usize) {
+        let off = (kj * self.d[1]) as isize - self.p[1] as isize;
+        let s1 = self.s[1] as isize;
+        let lo = if off >= 0 { 0 } else { ((-off) + s1 - 1) / s1 } as usize;
+        let hi = if (self.w as isize) <= off {
+            0
+        } else {
+            (((self.w as isize - off) + s1 - 1) / s1).min(self.ow as isize) as usize
+        };
+        let first = (lo as isize * s1 + off).max(0) as usize;
+        (lo, hi, first)
+    }
+
     /// True when the window is a plain 1×1, stride-1, unpadded pass (im2col is the identity).
     pub fn is_pointwise(&self) -> bool {
         self.k == [1, 1] && self.s == [1, 1] && self.p == [0; 4]
@@ -70,15 +85,7 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
             let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
             for (r, dst) in rows.chunks_mut(n).enumerate() {
                 let (ki, kj) = (r / kw, r % kw);
-                // The output columns whose input column is inside the row: ix = ox·s + kj·d − p.
-                let off = (kj * g.d[1]) as isize - g.p[1] as isize;
-                let s1 = g.s[1] as isize;
-                let ox_lo = if off >= 0 { 0 } else { ((-off) + s1 - 1) / s1 } as usize;
-                let ox_hi = if (g.w as isize) <= off {
-                    0
-                } else {
-                    (((g.w as isize - off) + s1 - 1) / s1).min(g.ow as isize) as usize
-                };
+                let (ox_lo, ox_hi, first) = g.valid_columns(kj);
                 for oy in 0..g.oh {
                     let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
                     if iy < 0 || iy >= g.h as isize || ox_lo >= ox_hi {
@@ -86,7 +93,6 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
                     }
                     let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let drow = &mut dst[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
-                    let first = (ox_lo as isize * s1 + off) as usize;
                     if g.s[1] == 1 {
                         drow.copy_from_slice(&src[first..first + drow.len()]);
                     } else {

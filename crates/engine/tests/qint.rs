@@ -341,6 +341,23 @@ fn residual_net(seed: u64, c: usize, hw: usize) -> Graph {
     tessera_model::builders::mix(hw, c, seed).expect("builds")
 }
 
+/// An input anywhere in the model's input interval, the extremes every `period` elements.
+fn extreme_input(m: &IntModel, seed: u64, period: usize) -> Tensor<i64> {
+    let iq = m.input_quant().expect("input");
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let g = m.graph();
+    let shape = g.shape(g.inputs[0]).to_vec();
+    let len: usize = shape.iter().product();
+    let data = (0..len)
+        .map(|i| match i % period {
+            0 => iq.lo,
+            1 => iq.hi,
+            _ => rng.random_range(iq.lo..=iq.hi),
+        })
+        .collect();
+    Tensor::new(shape, data).expect("x")
+}
+
 fn model(g: &Graph, cfg: QintConfig, seed: u64) -> IntModel {
     let inputs = default_calibration_inputs(g, 0.0, 1.0, 8, seed).expect("inputs");
     let cal = Calibration::from_inputs(g, &inputs, "generated").expect("calibration");
@@ -527,15 +544,7 @@ proptest! {
         let m = model(&g, cfg, seed);
         let kinds: Vec<&str> = (0..g.nodes.len()).filter_map(|i| m.op(i)).map(IntOp::kind).collect();
         prop_assert!(kinds.contains(&"lrn") && kinds.contains(&"table"), "{:?}", kinds);
-        let iq = m.input_quant().expect("input");
-        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 5);
-        let shape = g.shape(g.inputs[0]).to_vec();
-        let len: usize = shape.iter().product();
-        let x = Tensor::new(shape, (0..len).map(|i| match i % 4 {
-            0 => iq.lo,
-            1 => iq.hi,
-            _ => rng.random_range(iq.lo..=iq.hi),
-        }).collect()).expect("x");
+        let x = extreme_input(&m, seed ^ 5, 4);
         let got = m.run_int(&x).expect("runs");
         prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), oracle(&m, &x));
         // The sigmoid's output is on its fixed grid, probabilities at 1/(2^b − 1).
@@ -552,15 +561,7 @@ proptest! {
         for k in ["linear", "concat", "move", "requant", "clip"] {
             prop_assert!(kinds.contains(&k), "{} lowers to {:?}", k, kinds);
         }
-        let iq = m.input_quant().expect("input");
-        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 3);
-        let shape = g.shape(g.inputs[0]).to_vec();
-        let len: usize = shape.iter().product();
-        let x = Tensor::new(shape, (0..len).map(|i| match i % 5 {
-            0 => iq.lo,
-            1 => iq.hi,
-            _ => rng.random_range(iq.lo..=iq.hi),
-        }).collect()).expect("x");
+        let x = extreme_input(&m, seed ^ 3, 5);
         let got = m.run_int(&x).expect("runs");
         prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), oracle(&m, &x));
         // The weights are the given integers.
@@ -588,16 +589,7 @@ proptest! {
         let g = residual_net(seed, c * 3, hw);
         let cfg = QintConfig { weight_bits, act_bits, out_bits: 16, mult_bits, aux_mult_bits };
         let m = model(&g, cfg, seed);
-        let iq = m.input_quant().expect("input");
-        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 1);
-        let shape = g.shape(g.inputs[0]).to_vec();
-        let len: usize = shape.iter().product();
-        // Inputs anywhere in the input's interval, the extremes included.
-        let x = Tensor::new(shape, (0..len).map(|i| match i % 7 {
-            0 => iq.lo,
-            1 => iq.hi,
-            _ => rng.random_range(iq.lo..=iq.hi),
-        }).collect()).expect("x");
+        let x = extreme_input(&m, seed ^ 1, 7);
         let got = m.run_int(&x).expect("runs");
         let want = oracle(&m, &x);
         prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), want);
@@ -609,15 +601,7 @@ proptest! {
         // of 6 to 9 channels stay on the general path), with row and column tails.
         let g = residual_net(seed, c * 3, hw);
         let m = model(&g, QintConfig::default(), seed);
-        let iq = m.input_quant().expect("input");
-        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 2);
-        let shape = g.shape(g.inputs[0]).to_vec();
-        let len: usize = shape.iter().product();
-        let x = Tensor::new(shape, (0..len).map(|i| match i % 5 {
-            0 => iq.lo,
-            1 => iq.hi,
-            _ => rng.random_range(iq.lo..=iq.hi),
-        }).collect()).expect("x");
+        let x = extreme_input(&m, seed ^ 2, 5);
         let got = m.run_int(&x).expect("runs");
         prop_assert_eq!(got.data().iter().map(|&v| i128::from(v)).collect::<Vec<_>>(), oracle(&m, &x));
     }

@@ -362,6 +362,16 @@ fn resolve_pads(
     }
 }
 
+/// The attributes of Conv (and QLinearConv).
+const CONV_ATTRS: &[&str] = &[
+    "auto_pad",
+    "dilations",
+    "group",
+    "kernel_shape",
+    "pads",
+    "strides",
+];
+
 struct Importer<'l> {
     limits: &'l ImportLimits,
     b: GraphBuilder,
@@ -693,14 +703,7 @@ impl Importer<'_> {
     }
 
     fn conv(&mut self, cx: &Ctx, out: &str) -> Result<Val, ModelError> {
-        cx.check_attrs(&[
-            "auto_pad",
-            "dilations",
-            "group",
-            "kernel_shape",
-            "pads",
-            "strides",
-        ])?;
+        cx.check_attrs(CONV_ATTRS)?;
         let x = self.need_dyn(cx, 0)?;
         let weight = self.need_const(cx, 1, "the weight W")?.to_f32();
         let bias = self.get(cx, 2)?;

@@ -332,14 +332,7 @@ impl Importer<'_> {
                 }
             }
             "QLinearConv" => {
-                cx.check_attrs(&[
-                    "auto_pad",
-                    "dilations",
-                    "group",
-                    "kernel_shape",
-                    "pads",
-                    "strides",
-                ])?;
+                cx.check_attrs(super::CONV_ATTRS)?;
                 let xq = self.grid_at(cx, 1, 2)?;
                 let x = self.on_grid(cx, 0, &xq)?;
                 let (weight, ws) = self.dequantized(cx, [3, 4, 5], 0, false)?;

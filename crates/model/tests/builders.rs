@@ -15,7 +15,7 @@ fn build(name: &str) -> Graph {
 
 #[test]
 fn every_network_builds_and_validates() {
-    assert_eq!(NETWORKS.len(), 13, "the builder list changed");
+    assert_eq!(NETWORKS.len(), 14, "the builder list changed");
     for spec in NETWORKS {
         let g = (spec.build)(SEED).unwrap_or_else(|e| panic!("{} does not build: {e}", spec.name));
         g.validate()
@@ -87,6 +87,21 @@ fn dash_and_cifar_net_shapes() {
         })
         .collect();
     assert_eq!(dense, [[128, 784], [128, 128], [10, 128]], "dash-a MLP");
+    // ResNet-50: 53 convolutions (the stem, 48 in the blocks, 4 projections),
+    // 4.1 G multiply-accumulates at 224×224, a 2048-wide head.
+    let r50 = build("resnet50-224");
+    let convs = r50
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv(_)))
+        .count();
+    assert_eq!(convs, 53, "resnet50 convolutions");
+    assert_eq!(first_dense_k(&r50), 2048, "resnet50 head");
+    let macs = stats(&r50).macs;
+    assert!(
+        (4_000_000_000..4_200_000_000).contains(&macs),
+        "resnet50 MACs {macs}"
+    );
     for (name, k) in [("f-small", 128), ("f", 144)] {
         let g = build(name);
         assert_eq!(first_dense_k(&g), k, "{name} dense input");
@@ -94,7 +109,11 @@ fn dash_and_cifar_net_shapes() {
     }
     for spec in NETWORKS {
         let g = (spec.build)(SEED).expect("builds");
-        let classes = if spec.name.ends_with("-64") { 200 } else { 10 };
+        let classes = match spec.name {
+            n if n.ends_with("-64") => 200,
+            n if n.ends_with("-224") => 1000,
+            _ => 10,
+        };
         assert_eq!(g.shape(g.outputs[0]), [1, classes], "{} output", spec.name);
     }
 }

@@ -3,12 +3,8 @@
 
 mod common;
 
-use common::{int, ints, value};
-use prost::Message;
-use tessera_model::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, attr_type,
-    data_type,
-};
+use common::{int, ints, model};
+use tessera_model::proto::{AttributeProto, NodeProto, TensorProto, attr_type, data_type};
 use tessera_model::{ImportLimits, ImportOptions, ModelError, Op, import_model};
 
 fn i64s(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
@@ -30,27 +26,6 @@ fn node(name: &str, op: &str, ins: &[&str], out: &str, attrs: Vec<AttributeProto
         attribute: attrs,
         ..Default::default()
     }
-}
-
-/// A model over input `x` of dims `x_dims` producing `y`.
-fn model(x_dims: &[i64], nodes: Vec<NodeProto>, inits: Vec<TensorProto>, opset: i64) -> Vec<u8> {
-    ModelProto {
-        ir_version: 7,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(GraphProto {
-            name: "ops".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![value("x", x_dims)],
-            output: vec![value("y", &[])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
 }
 
 #[test]

@@ -4,11 +4,8 @@
 
 mod common;
 
-use common::{int, ints, value};
-use prost::Message;
-use tessera_model::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, data_type,
-};
+use common::{int, ints};
+use tessera_model::proto::{AttributeProto, NodeProto, TensorProto, data_type};
 use tessera_model::{ImportOptions, ModelError, Op, QParam, import_model};
 
 fn node(op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
@@ -57,24 +54,9 @@ fn u8s(name: &str, v: &[i32]) -> TensorProto {
     bytes_of(name, &[], data_type::UINT8, v)
 }
 
+/// An opset-13 model (`common::model`).
 fn model(x_dims: &[i64], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> Vec<u8> {
-    ModelProto {
-        ir_version: 7,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(GraphProto {
-            name: "q".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![value("x", x_dims)],
-            output: vec![value("y", &[])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    common::model(x_dims, nodes, inits, 13)
 }
 
 /// QuantizeLinear → QLinearConv (2 output channels, per-channel int8 weights, int32 bias) →

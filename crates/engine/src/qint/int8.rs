@@ -288,14 +288,7 @@ pub(super) fn depthwise(
             for ki in 0..kh {
                 for kj in 0..kw {
                     let wv = w[ki * kw + kj];
-                    let off = (kj * g.d[1]) as isize - g.p[1] as isize;
-                    let s1 = g.s[1] as isize;
-                    let ox_lo = if off >= 0 { 0 } else { ((-off) + s1 - 1) / s1 } as usize;
-                    let ox_hi = if (g.w as isize) <= off {
-                        0
-                    } else {
-                        (((g.w as isize - off) + s1 - 1) / s1).min(g.ow as isize) as usize
-                    };
+                    let (ox_lo, ox_hi, first) = g.valid_columns(kj);
                     if wv == 0 || ox_lo >= ox_hi {
                         continue;
                     }
@@ -306,7 +299,6 @@ pub(super) fn depthwise(
                         }
                         let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
                         let dst = &mut out[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
-                        let first = (ox_lo as isize * s1 + off) as usize;
                         if g.s[1] == 1 {
                             for (a, &v) in dst.iter_mut().zip(&src[first..]) {
                                 *a += wv * v;

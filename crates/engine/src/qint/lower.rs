@@ -695,22 +695,8 @@ fn lower_linear(l: &Layer, cfg: QintConfig) -> Result<(IntOp, ValueQuant), Engin
         }
         None => vec![0; rows],
     };
-    let wf = w.iter().map(|&v| v as f64).collect();
-    let w8 = super::int8::weights_i8(&w, rows, groups);
-    Ok((
-        IntOp::Linear(IntLinear {
-            w,
-            b,
-            mult,
-            shift,
-            lo: out.lo,
-            hi: out.hi,
-            w8,
-            row_abs,
-            wf,
-        }),
-        ValueQuant { scale: s_y, ..out },
-    ))
+    let l = IntLinear::new(w, b, mult, shift, (out.lo, out.hi), row_abs, groups);
+    Ok((IntOp::Linear(l), ValueQuant { scale: s_y, ..out }))
 }
 
 /// Conv/Dense lowering of an int8 model's layer: the integers `weight / s_w,c` as given, the
@@ -795,22 +781,8 @@ fn lower_given(
             ));
         }
     }
-    let wf = w.iter().map(|&v| v as f64).collect();
-    let w8 = super::int8::weights_i8(&w, rows, groups);
-    Ok((
-        IntOp::Linear(IntLinear {
-            w,
-            b,
-            mult,
-            shift,
-            lo: out.lo,
-            hi: out.hi,
-            w8,
-            row_abs,
-            wf,
-        }),
-        ValueQuant { scale: s_y, ..out },
-    ))
+    let l = IntLinear::new(w, b, mult, shift, (out.lo, out.hi), row_abs, groups);
+    Ok((IntOp::Linear(l), ValueQuant { scale: s_y, ..out }))
 }
 
 #[cfg(test)]

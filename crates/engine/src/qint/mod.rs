@@ -233,6 +233,35 @@ pub struct IntLinear {
     w8: Option<int8::Weights8>,
 }
 
+impl IntLinear {
+    /// A lowered layer: its integer weights (in `groups` groups of output channels), biases,
+    /// multipliers, shift, saturation bounds and Σ|w| per channel; packs the 8-bit GEMM's
+    /// operand where the weights fit it.
+    pub(super) fn new(
+        w: Vec<i64>,
+        b: Vec<i64>,
+        mult: Vec<i64>,
+        shift: u32,
+        (lo, hi): (i64, i64),
+        row_abs: Vec<i128>,
+        groups: usize,
+    ) -> Self {
+        let wf = w.iter().map(|&v| v as f64).collect();
+        let w8 = int8::weights_i8(&w, row_abs.len(), groups);
+        Self {
+            w,
+            b,
+            mult,
+            shift,
+            lo,
+            hi,
+            row_abs,
+            wf,
+            w8,
+        }
+    }
+}
+
 /// What one node computes in the integer semantics (see the module docs for each rule).
 #[derive(Clone, Debug, PartialEq)]
 pub enum IntOp {

@@ -1,9 +1,37 @@
 //! ONNX protobuf pieces for the tests that craft models by hand.
 
+use prost::Message;
 use tessera_model::proto::{
-    AttributeProto, Dimension, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
-    attr_type, data_type,
+    AttributeProto, Dimension, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto, attr_type, data_type,
 };
+
+/// ONNX bytes of a one-input model over float input `x` (dims `x_dims`) producing `y`.
+#[allow(dead_code)] // not every test file that shares this module crafts whole models
+pub fn model(
+    x_dims: &[i64],
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    opset: i64,
+) -> Vec<u8> {
+    ModelProto {
+        ir_version: 7,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(GraphProto {
+            name: "t".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value("x", x_dims)],
+            output: vec![value("y", &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
 
 /// A float tensor value `name` with static dims.
 pub fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
