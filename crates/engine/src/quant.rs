@@ -480,6 +480,8 @@ impl QuantModel {
         Ok(IntRun { outputs, widths })
     }
 
+    /// One node: dispatches to the evaluator of its op; returns the output and the largest
+    /// magnitude an intermediate (accumulator, product, window sum) reached.
     fn eval(
         &self,
         op: &Op,
@@ -488,21 +490,11 @@ impl QuantModel {
         out_shape: &[usize],
     ) -> Result<(Tensor<i64>, u128), EngineError> {
         let f = self.cfg.frac_bits;
-        let n_out: usize = out_shape.iter().product();
-        match (op, q) {
-            (Op::Conv(_) | Op::Dense(_), QOp::Linear(l)) => {
-                let x = ins[0];
-                let mut acc =
-                    accumulate(op, &l.w, &l.wf, l.row_abs_max, l.bias_abs_max, x, out_shape)?;
-                let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
-                let npos = (n_out / x.shape()[0].max(1) / rows).max(1);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a += l.b[(i / npos) % rows];
-                }
-                let am = max_abs(&acc);
-                let y: Vec<i64> = acc.iter().map(|&a| rescale(a, f)).collect();
-                Ok((Tensor::new(out_shape.to_vec(), y)?, am))
-            }
+        let x = *ins
+            .first()
+            .ok_or_else(|| EngineError::Internal("an op without input".into()))?;
+        let (y, am) = match (op, q) {
+            (Op::Conv(_) | Op::Dense(_), QOp::Linear(l)) => linear_pow2(op, l, x, f, out_shape)?,
             (
                 Op::Binary {
                     op,
@@ -510,158 +502,196 @@ impl QuantModel {
                     constant_first,
                 },
                 QOp::AddConst(cq),
-            ) => {
-                let x = ins[0];
-                let xi = broadcast_index_map(x.shape(), out_shape);
-                let ci = broadcast_index_map(c.shape(), out_shape);
-                let y = xi
-                    .iter()
-                    .zip(&ci)
-                    .map(|(&i, &j)| {
-                        let (a, b) = (x.data()[i], cq[j]);
-                        match (op, constant_first) {
-                            (BinOp::Sub, false) => a.checked_sub(b),
-                            (BinOp::Sub, true) => b.checked_sub(a),
-                            _ => a.checked_add(b),
-                        }
-                        .ok_or_else(|| EngineError::Overflow("addition overflows i64".into()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((Tensor::new(out_shape.to_vec(), y)?, 0))
-            }
+            ) => (
+                add_const_pow2(x, c.shape(), cq, *op, *constant_first, out_shape)?,
+                0,
+            ),
             (
                 Op::Binary {
                     constant: Some(c), ..
                 },
                 QOp::MulConst(cq),
-            ) => {
-                let x = ins[0];
-                let xi = broadcast_index_map(x.shape(), out_shape);
-                let ci = broadcast_index_map(c.shape(), out_shape);
-                let prods = xi
-                    .iter()
-                    .zip(&ci)
-                    .map(|(&i, &j)| {
-                        x.data()[i].checked_mul(cq[j]).ok_or_else(|| {
-                            EngineError::Overflow(
-                                "product overflows i64; lower the fractional bits".into(),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let am = max_abs(&prods);
-                Ok((
-                    Tensor::new(
-                        out_shape.to_vec(),
-                        prods.iter().map(|&p| rescale(p, f)).collect(),
-                    )?,
-                    am,
-                ))
-            }
+            ) => mul_const_pow2(x, c.shape(), cq, f, out_shape)?,
             (
                 Op::Binary {
                     op, constant: None, ..
                 },
                 _,
             ) => {
-                let (a, b) = (ins[0], ins[1]);
-                let s = broadcast_shapes(a.shape(), b.shape())?;
-                let ia = broadcast_index_map(a.shape(), &s);
-                let ib = broadcast_index_map(b.shape(), &s);
-                let y = ia
-                    .iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| {
-                        let (p, r) = (a.data()[i], b.data()[j]);
-                        if *op == BinOp::Sub {
-                            p.checked_sub(r)
-                        } else {
-                            p.checked_add(r)
-                        }
-                        .ok_or_else(|| EngineError::Overflow("addition overflows i64".into()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((Tensor::new(s, y)?, 0))
+                let b = ins
+                    .get(1)
+                    .ok_or_else(|| EngineError::Internal("add without a second input".into()))?;
+                (add_act_pow2(x, b, *op)?, 0)
             }
-            (Op::Relu, _) => Ok((ins[0].map(|&v| v.max(0)), 0)),
+            (Op::Relu, _) => (x.data().iter().map(|&v| v.max(0)).collect(), 0),
             (Op::MaxPool(p) | Op::AvgPool(p), _) => {
-                let x = ins[0];
-                let g = pool_geometry(p, x.shape(), out_shape);
-                let is_max = matches!(op, Op::MaxPool(_));
-                let include = p.count_include_pad;
-                // The average pool's window sum is checked: a window of large activations can
-                // leave i64 (`None` marks the overflow and is reported below).
-                let mut sums = vec![Some(0i64); n_out];
-                if is_max {
-                    pool_planes(
-                        x.data(),
-                        &g,
-                        i64::MIN,
-                        i64::max,
-                        |a, _, _| Some(a),
-                        &mut sums,
-                    );
-                } else {
-                    pool_planes(
-                        x.data(),
-                        &g,
-                        Some(0i64),
-                        |a, v| a.and_then(|a| a.checked_add(v)),
-                        |a, v, pd| {
-                            a.map(|a| rescale_div(a, (if include { pd } else { v }).max(1) as i64))
-                        },
-                        &mut sums,
-                    );
-                }
-                let out = sums
-                    .into_iter()
-                    .collect::<Option<Vec<i64>>>()
-                    .ok_or_else(|| {
-                        EngineError::Overflow(
-                            "an average-pooling window sum overflows i64; lower the fractional bits"
-                                .into(),
-                        )
-                    })?;
-                let am = if is_max {
-                    0
-                } else {
-                    max_abs(x.data())
-                        .saturating_mul((p.kernel[0] as u128).saturating_mul(p.kernel[1] as u128))
-                };
-                Ok((Tensor::new(out_shape.to_vec(), out)?, am))
+                pool_pow2(x, p, matches!(op, Op::MaxPool(_)), out_shape)?
             }
-            (Op::GlobalAvgPool, _) => {
-                let x = ins[0];
-                let hw = (x.shape()[2] * x.shape()[3]).max(1);
-                let sums: Vec<i64> = x
-                    .data()
-                    .chunks(hw)
-                    .map(|c| {
-                        c.iter()
-                            .try_fold(0i64, |s, &v| s.checked_add(v))
-                            .ok_or_else(|| {
-                                EngineError::Overflow("pooling sum overflows i64".into())
-                            })
-                    })
-                    .collect::<Result<_, _>>()?;
-                let am = max_abs(&sums);
-                Ok((
-                    Tensor::new(
-                        out_shape.to_vec(),
-                        sums.iter().map(|&s| rescale_div(s, hw as i64)).collect(),
-                    )?,
-                    am,
-                ))
+            (Op::GlobalAvgPool, _) => global_avg_pool_pow2(x)?,
+            (Op::Reshape, _) | (Op::Softmax { .. }, _) => (x.data().to_vec(), 0),
+            _ => {
+                return Err(EngineError::Internal(format!(
+                    "op {} has no integer form",
+                    op.kind()
+                )));
             }
-            (Op::Reshape, _) | (Op::Softmax { .. }, _) => {
-                Ok((ins[0].clone().reshape(out_shape.to_vec())?, 0))
-            }
-            _ => Err(EngineError::Internal(format!(
-                "op {} has no integer form",
-                op.kind()
-            ))),
-        }
+        };
+        Ok((Tensor::new(out_shape.to_vec(), y)?, am))
     }
+}
+
+/// Conv or Dense at scale 2^f: exact accumulation plus the bias (at 2^2f), rescaled by f.
+fn linear_pow2(
+    op: &Op,
+    l: &QLinear,
+    x: &Tensor<i64>,
+    f: u32,
+    out_shape: &[usize],
+) -> Result<(Vec<i64>, u128), EngineError> {
+    let mut acc = accumulate(op, &l.w, &l.wf, l.row_abs_max, l.bias_abs_max, x, out_shape)?;
+    let n_out: usize = out_shape.iter().product();
+    let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
+    let npos = (n_out / x.shape().first().copied().unwrap_or(1).max(1) / rows).max(1);
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a += l.b.get((i / npos) % rows).copied().unwrap_or(0);
+    }
+    let am = max_abs(&acc);
+    Ok((acc.iter().map(|&a| rescale(a, f)).collect(), am))
+}
+
+/// `x ± c` or `c − x` at the input's scale (broadcast), checked.
+fn add_const_pow2(
+    x: &Tensor<i64>,
+    c_shape: &[usize],
+    cq: &[i64],
+    op: BinOp,
+    constant_first: bool,
+    out_shape: &[usize],
+) -> Result<Vec<i64>, EngineError> {
+    let xi = broadcast_index_map(x.shape(), out_shape);
+    let ci = broadcast_index_map(c_shape, out_shape);
+    xi.iter()
+        .zip(&ci)
+        .map(|(&i, &j)| {
+            let (a, b) = (x.data()[i], cq[j]);
+            match (op, constant_first) {
+                (BinOp::Sub, false) => a.checked_sub(b),
+                (BinOp::Sub, true) => b.checked_sub(a),
+                _ => a.checked_add(b),
+            }
+            .ok_or_else(|| EngineError::Overflow("addition overflows i64".into()))
+        })
+        .collect()
+}
+
+/// `x · c` (c at 2^f, broadcast), checked, rescaled by f.
+fn mul_const_pow2(
+    x: &Tensor<i64>,
+    c_shape: &[usize],
+    cq: &[i64],
+    f: u32,
+    out_shape: &[usize],
+) -> Result<(Vec<i64>, u128), EngineError> {
+    let xi = broadcast_index_map(x.shape(), out_shape);
+    let ci = broadcast_index_map(c_shape, out_shape);
+    let prods = xi
+        .iter()
+        .zip(&ci)
+        .map(|(&i, &j)| {
+            x.data()[i].checked_mul(cq[j]).ok_or_else(|| {
+                EngineError::Overflow("product overflows i64; lower the fractional bits".into())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let am = max_abs(&prods);
+    Ok((prods.iter().map(|&p| rescale(p, f)).collect(), am))
+}
+
+/// `a ± b` of two activations at one scale (broadcast), checked.
+fn add_act_pow2(a: &Tensor<i64>, b: &Tensor<i64>, op: BinOp) -> Result<Vec<i64>, EngineError> {
+    let s = broadcast_shapes(a.shape(), b.shape())?;
+    let ia = broadcast_index_map(a.shape(), &s);
+    let ib = broadcast_index_map(b.shape(), &s);
+    ia.iter()
+        .zip(&ib)
+        .map(|(&i, &j)| {
+            let (p, r) = (a.data()[i], b.data()[j]);
+            if op == BinOp::Sub {
+                p.checked_sub(r)
+            } else {
+                p.checked_add(r)
+            }
+            .ok_or_else(|| EngineError::Overflow("addition overflows i64".into()))
+        })
+        .collect()
+}
+
+/// Max pooling, or average pooling with the round-half-up division of the window sum.
+fn pool_pow2(
+    x: &Tensor<i64>,
+    p: &tessera_model::ir::Pool,
+    is_max: bool,
+    out_shape: &[usize],
+) -> Result<(Vec<i64>, u128), EngineError> {
+    let g = pool_geometry(p, x.shape(), out_shape);
+    let n_out: usize = out_shape.iter().product();
+    let include = p.count_include_pad;
+    // The average pool's window sum is checked: a window of large activations can leave i64
+    // (`None` marks the overflow and is reported below).
+    let mut sums = vec![Some(0i64); n_out];
+    if is_max {
+        pool_planes(
+            x.data(),
+            &g,
+            i64::MIN,
+            i64::max,
+            |a, _, _| Some(a),
+            &mut sums,
+        );
+    } else {
+        pool_planes(
+            x.data(),
+            &g,
+            Some(0i64),
+            |a, v| a.and_then(|a| a.checked_add(v)),
+            |a, v, pd| a.map(|a| rescale_div(a, (if include { pd } else { v }).max(1) as i64)),
+            &mut sums,
+        );
+    }
+    let out = sums
+        .into_iter()
+        .collect::<Option<Vec<i64>>>()
+        .ok_or_else(|| {
+            EngineError::Overflow(
+                "an average-pooling window sum overflows i64; lower the fractional bits".into(),
+            )
+        })?;
+    let am = if is_max {
+        0
+    } else {
+        max_abs(x.data()).saturating_mul((p.kernel[0] as u128).saturating_mul(p.kernel[1] as u128))
+    };
+    Ok((out, am))
+}
+
+/// The plane sum, checked, divided by H·W with round half up.
+fn global_avg_pool_pow2(x: &Tensor<i64>) -> Result<(Vec<i64>, u128), EngineError> {
+    let hw =
+        (x.shape().get(2).copied().unwrap_or(1) * x.shape().get(3).copied().unwrap_or(1)).max(1);
+    let sums: Vec<i64> = x
+        .data()
+        .chunks(hw)
+        .map(|c| {
+            c.iter()
+                .try_fold(0i64, |s, &v| s.checked_add(v))
+                .ok_or_else(|| EngineError::Overflow("pooling sum overflows i64".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let am = max_abs(&sums);
+    Ok((
+        sums.iter().map(|&s| rescale_div(s, hw as i64)).collect(),
+        am,
+    ))
 }
 
 /// Worst-case widths for inputs with |x| ≤ `input_max_abs` (real units), by interval arithmetic.

@@ -114,6 +114,7 @@
 mod calib;
 mod int8;
 mod lower;
+mod ops;
 mod run;
 
 pub use calib::{Calibration, default_calibration_inputs};
