@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tessera_engine::EngineError;
 use tessera_engine::quant::{QuantConfig, QuantModel, quantize, rescale, rescale_div};
-use tessera_model::ir::{Conv, Dense, Graph, Op};
+use tessera_model::ir::{BinOp, Conv, Dense, Graph, Op, Pool};
 use tessera_model::{GraphBuilder, Tensor};
 
 /// `⌊(a + 2^(f−1)) / 2^f⌋` in i128 (the identity for f = 0).
@@ -529,4 +529,97 @@ fn max_bits_bound_names_the_node() {
     let x = random_tensor(&mut rng, g.shape(g.inputs[0]).to_vec(), 1.0);
     let r = qm.run(&[x]).expect("fits in 48 bits");
     assert!(r.widths.iter().all(|w| w.acc_bits() <= 48));
+}
+
+/// The reference window: every (iy, ix) of output (oy, ox), in range or not.
+fn window(p: &Pool, oy: usize, ox: usize) -> impl Iterator<Item = (isize, isize)> + '_ {
+    (0..p.kernel[0]).flat_map(move |ky| {
+        (0..p.kernel[1]).map(move |kx| {
+            (
+                (oy * p.strides[0] + ky * p.dilations[0]) as isize - p.pads[0] as isize,
+                (ox * p.strides[1] + kx * p.dilations[1]) as isize - p.pads[1] as isize,
+            )
+        })
+    })
+}
+
+/// `⌊(a + ⌊d/2⌋) / d⌋`, the pow2 semantics' division (naive, i128).
+fn ref_div(a: i128, d: i128) -> i128 {
+    (a + d / 2).div_euclid(d)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Mul and Add by per-channel constants, a padded average pool (either divisor), a max pool
+    /// and global average pooling, each against naive i128 loops.
+    #[test]
+    fn pools_and_constant_ops_match_reference(
+        c in 1usize..=4, h in 3usize..=9, w in 3usize..=9, f in 0u32..=12, include in any::<bool>(),
+        stride in 1usize..=2, seed in any::<u64>()
+    ) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mul = random_tensor(&mut rng, vec![1, c, 1, 1], 3.0);
+        let add = random_tensor(&mut rng, vec![1, c, 1, 1], 3.0);
+        let avg = Pool {
+            kernel: [3, 3],
+            strides: [stride, stride],
+            pads: [1, 1, 1, 1],
+            dilations: [1, 1],
+            count_include_pad: include,
+            ceil_mode: false,
+        };
+        let max = Pool { kernel: [2, 2], strides: [1, 1], pads: [0; 4], count_include_pad: false, ..avg.clone() };
+        let mut b = GraphBuilder::new("pools", 0);
+        let x = b.input("x", vec![1, c, h, w]).expect("input");
+        let bin = |op, t: &Tensor| Op::Binary { op, constant: Some(t.clone()), constant_first: false };
+        let m = b.push("mul", bin(BinOp::Mul, &mul), vec![x], "").expect("mul");
+        let a = b.push("add", bin(BinOp::Add, &add), vec![m], "").expect("add");
+        let p = b.push("avg", Op::AvgPool(avg.clone()), vec![a], "").expect("avg");
+        let q = b.push("max", Op::MaxPool(max.clone()), vec![p], "").expect("max");
+        let g2 = b.push("gap", Op::GlobalAvgPool, vec![q], "").expect("gap");
+        let g = b.finish(vec![m, a, p, q, g2]).expect("graph");
+        let qm = QuantModel::new(&g, QuantConfig { frac_bits: f, max_bits: None }).expect("quantizes");
+        let xt = random_input(&mut rng, &[1, c, h, w], 1 << (f + 4));
+        let run = qm.run_int(std::slice::from_ref(&xt)).expect("runs");
+
+        let xv = as_i128(&xt);
+        let plane = h * w;
+        let mv: Vec<i128> = xv.iter().enumerate()
+            .map(|(i, &v)| ref_rescale(v * ref_quantize(mul.data()[i / plane], f), f))
+            .collect();
+        prop_assert_eq!(as_i128(&run.outputs[0]), mv.clone());
+        let av: Vec<i128> = mv.iter().enumerate()
+            .map(|(i, &v)| v + ref_quantize(add.data()[i / plane], f))
+            .collect();
+        prop_assert_eq!(as_i128(&run.outputs[1]), av.clone());
+        let pool = |src: &[i128], ih: usize, iw: usize, p: &Pool, is_max: bool| {
+            let oh = (ih + p.pads[0] + p.pads[2] - p.kernel[0]) / p.strides[0] + 1;
+            let ow = (iw + p.pads[1] + p.pads[3] - p.kernel[1]) / p.strides[1] + 1;
+            let mut out = Vec::new();
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let inside: Vec<i128> = window(p, oy, ox)
+                            .filter(|&(y, x)| y >= 0 && x >= 0 && (y as usize) < ih && (x as usize) < iw)
+                            .map(|(y, x)| src[(ch * ih + y as usize) * iw + x as usize])
+                            .collect();
+                        out.push(if is_max {
+                            inside.iter().copied().max().expect("a window")
+                        } else {
+                            let d = if p.count_include_pad { (p.kernel[0] * p.kernel[1]) as i128 } else { inside.len() as i128 };
+                            ref_div(inside.iter().sum(), d)
+                        });
+                    }
+                }
+            }
+            (oh, ow, out)
+        };
+        let (ph, pw, pv) = pool(&av, h, w, &avg, false);
+        prop_assert_eq!(as_i128(&run.outputs[2]), pv.clone());
+        let (qh, qw, qv) = pool(&pv, ph, pw, &max, true);
+        prop_assert_eq!(as_i128(&run.outputs[3]), qv.clone());
+        let gv: Vec<i128> = qv.chunks(qh * qw).map(|s| ref_div(s.iter().sum(), (qh * qw) as i128)).collect();
+        prop_assert_eq!(as_i128(&run.outputs[4]), gv);
+    }
 }
