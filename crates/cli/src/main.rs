@@ -39,7 +39,8 @@ struct QuantArgs {
     /// `v2` (per-channel --weight-bits weights, calibrated per-tensor --act-bits activations,
     /// requantization by a --mult-bits multiplier and a shift, saturation after every layer).
     /// `auto`: v2 with the model's own scales for an int8 model (QuantizeLinear, QLinearConv…),
-    /// pow2 otherwise.
+    /// v2 calibrated on the data when --calibrate is given, pow2 otherwise (v2 without
+    /// calibration data would calibrate on generated inputs, which is coarse).
     #[arg(long, default_value = "auto", value_parser = ["auto", "pow2", "v2"])]
     semantics: String,
     /// pow2: fractional bits f of the fixed-point format (values are integers at scale 2^f).

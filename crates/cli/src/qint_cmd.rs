@@ -35,9 +35,10 @@ impl QuantArgs {
 
     /// The integer semantics for `g`: for v2 this calibrates the activation scales (on
     /// --calibrate's data, or on generated inputs), which runs the float engine.
-    /// `--semantics v2`, or `auto` on an int8 model.
+    /// `--semantics v2`, or `auto` on an int8 model or with calibration data (`--calibrate`).
     pub(crate) fn v2_for(&self, g: &Graph) -> bool {
-        self.semantics == "v2" || (self.semantics == "auto" && is_int8(g))
+        self.semantics == "v2"
+            || (self.semantics == "auto" && (is_int8(g) || self.calibrate.is_some()))
     }
 
     pub(crate) fn semantics(&self, g: &Graph) -> Result<Semantics> {

@@ -124,6 +124,36 @@ fn an_int8_model_runs_under_its_own_scales_in_plain_and_tee() {
 }
 
 #[test]
+fn auto_semantics_follow_the_calibration_data() {
+    let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
+        return;
+    };
+    let Some(d) = tessera_data::shared_data("mnist-t10k") else {
+        return;
+    };
+    let model = m.join("model.onnx");
+    let input = m.join("test_data_set_0/input_0.pb");
+    let base = [
+        "run",
+        model.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--json",
+    ];
+    let semantics = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (ok, out, err) = tessera(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["semantics"].as_str().expect("semantics").to_string()
+    };
+    assert!(semantics(&[]).starts_with("pow2"), "no data: pow2");
+    let data = d.to_str().expect("utf8");
+    let with = semantics(&["--calibrate", "mnist:8", "--calibration-data", data]);
+    assert!(with.starts_with("v2") && with.contains("mnist:8"), "{with}");
+}
+
+#[test]
 fn run_and_eval_mnist8() {
     let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
         return;
