@@ -5,9 +5,10 @@
 //! travels with the result.
 
 use tessera_engine::Semantics;
-use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
+use tessera_engine::qint::{Calibration, IntModel, IntOp, QintConfig, default_calibration_inputs};
 use tessera_gc::GcOptions;
-use tessera_model::{Tensor, builders};
+use tessera_model::ir::{Conv, Dense, Graph, Op, QParam};
+use tessera_model::{GraphBuilder, Tensor, builders};
 use tessera_schemes::{Gc, Plain, Scheme, Tee, TeeOptions};
 
 #[test]
@@ -142,4 +143,128 @@ fn relu_after_a_garbled_constant_compiles_the_same_on_both_sides() {
         let got = gc.infer(x).expect("gc infers");
         assert_eq!(got.exact.data(), want.exact.data());
     }
+}
+
+/// A QDQ int8 CNN as an int8 ONNX model imports (grids from Quantize nodes, integer weights
+/// with per-channel scales, a ReLU under a grid, a requantization to another grid at the end).
+fn int8_cnn() -> Graph {
+    let grid = |s: f32, z: i32, signed: bool| QParam::new(s, z, signed).expect("grid");
+    let ints = |n: usize, k: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + k) % 255) as i32 - 127) as f32)
+            .collect()
+    };
+    let conv = |co: usize, ci: usize, scales: Vec<f32>, seed: usize| {
+        let k = ci * 9;
+        let w: Vec<f32> = ints(co * k, seed)
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| q * scales[i / k])
+            .collect();
+        Op::Conv(Conv {
+            weight: Tensor::new(vec![co, ci, 3, 3], w).expect("w"),
+            bias: Some(Tensor::new(vec![co], vec![0.05; co]).expect("b")),
+            strides: [1, 1],
+            pads: [1; 4],
+            dilations: [1, 1],
+            groups: 1,
+            weight_scales: Some(scales),
+        })
+    };
+    let mut b = GraphBuilder::new("int8-cnn", 0);
+    let x = b.input("x", vec![1, 1, 6, 6]).expect("input");
+    let x = b
+        .push("qin", Op::Quantize(grid(0.004, 0, false)), vec![x], "")
+        .expect("q");
+    let y = b
+        .push(
+            "c1",
+            conv(4, 1, vec![0.002, 0.003, 0.001, 0.004], 1),
+            vec![x],
+            "",
+        )
+        .expect("conv");
+    let y = b.push("r1", Op::Relu, vec![y], "").expect("relu");
+    let y = b
+        .push("q1", Op::Quantize(grid(0.01, 0, false)), vec![y], "")
+        .expect("q");
+    let y = b
+        .push("c2", conv(3, 4, vec![0.003, 0.002, 0.005], 2), vec![y], "")
+        .expect("conv");
+    let y = b
+        .push("q2", Op::Quantize(grid(0.02, 7, true)), vec![y], "")
+        .expect("q");
+    let y = b.global_avg_pool(y).expect("gap");
+    let y = b.reshape("flat", y, vec![1, 3], "").expect("flatten");
+    let y = b
+        .push("q3", Op::Quantize(grid(0.005, -3, true)), vec![y], "")
+        .expect("q");
+    let dense = Op::Dense(Dense {
+        weight: Tensor::new(vec![2, 3], ints(6, 3).iter().map(|q| q * 0.01).collect()).expect("w"),
+        bias: None,
+        weight_scales: Some(vec![0.01]),
+    });
+    let y = b.push("fc", dense, vec![y], "").expect("dense");
+    let y = b
+        .push("q4", Op::Quantize(grid(0.05, 10, false)), vec![y], "")
+        .expect("q");
+    let y = b
+        .push("q5", Op::Quantize(grid(0.03, -5, true)), vec![y], "")
+        .expect("q");
+    b.finish(vec![y]).expect("graph")
+}
+
+/// An int8 model's own grids and integer weights through plain, tee and gc: the same integers.
+#[test]
+fn an_int8_model_runs_bit_for_bit_in_plain_tee_and_gc() {
+    let g = int8_cnn();
+    let calibration = Calibration::given("the model's own int8 scales");
+    let cfg = QintConfig::default();
+    let sem = Semantics::V2 {
+        cfg,
+        calibration: calibration.clone(),
+    };
+    let reference = IntModel::new(&g, cfg, &calibration).expect("lowers");
+    assert!(
+        (0..g.nodes.len()).any(|i| matches!(reference.op(i), Some(IntOp::Requant { .. }))),
+        "the last grid change is a requantization"
+    );
+    let inputs: Vec<Tensor> = default_calibration_inputs(&g, 0.0, 1.2, 3, 4).expect("inputs");
+    let want: Vec<Tensor<i64>> = inputs
+        .iter()
+        .map(|x| reference.run(x).expect("runs"))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("tessera-int8-tee-{}", std::process::id()));
+    let gc = Gc::new(
+        &g,
+        GcOptions {
+            semantics: sem.clone(),
+            pool: 1,
+            overlap: false,
+            ..GcOptions::default()
+        },
+    )
+    .expect("gc takes the int8 model");
+    let mut schemes: Vec<Box<dyn Scheme>> = vec![
+        Box::new(Plain::new(&g, &sem).expect("plain")),
+        Box::new(
+            Tee::new(
+                &g,
+                &sem,
+                TeeOptions {
+                    state_dir: Some(dir.clone()),
+                    ..TeeOptions::default()
+                },
+            )
+            .expect("tee"),
+        ),
+        Box::new(gc),
+    ];
+    for s in &mut schemes {
+        for (x, w) in inputs.iter().zip(&want) {
+            let r = s.infer(x).expect("infers");
+            assert_eq!(r.exact.data(), w.data(), "{} differs from v2", s.name());
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -249,6 +249,19 @@ impl Compiler<'_> {
                 self.requant(ni, sum, vec![*mult], zeros, *shift, out_len)
             }
             (_, IntOp::Pass) => x,
+            // An int8 model's Quantize to a grid of another scale.
+            (
+                Op::Quantize(_),
+                IntOp::Requant {
+                    mult,
+                    shift,
+                    lo,
+                    hi,
+                },
+            ) => {
+                let y = self.requant(ni, x, vec![*mult], vec![0u32; out_len], *shift, out_len);
+                self.clamp_to(ni, y, open, *lo, *hi, out_len)
+            }
             (other, _) => {
                 return Err(unsupported(
                     name,
