@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use tessera_engine::qint::{
     Calibration, IntModel, IntOp, QintConfig, default_calibration_inputs, rq,
 };
-use tessera_model::ir::{Graph, Op, QParam};
+use tessera_model::ir::{Graph, Op};
 use tessera_model::{GraphBuilder, Tensor};
 
 fn ref_rq(a: i128, m: i64, n: u32) -> i128 {
@@ -364,151 +364,6 @@ fn model(g: &Graph, cfg: QintConfig, seed: u64) -> IntModel {
     IntModel::new(g, cfg, &cal).expect("lowers")
 }
 
-/// A random int8-style network as an int8 ONNX model imports: grids given by Quantize nodes,
-/// integer weights with per-channel scales, and ShuffleNet's channel split, concatenation of
-/// branches on different grids and channel shuffle (Reshape, Transpose, Reshape), a max pool,
-/// global average pooling to a finer grid and a dense head.
-fn int8_net(seed: u64, c: usize, hw: usize) -> Graph {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let mut b = GraphBuilder::new("int8", seed);
-    let grid = |rng: &mut ChaCha20Rng, signed: bool| {
-        let z = if signed {
-            rng.random_range(-20..=20)
-        } else {
-            rng.random_range(0..=140)
-        };
-        QParam::new(rng.random_range(0.005f32..0.08), z, signed).expect("grid")
-    };
-    let given = |rng: &mut ChaCha20Rng, co: usize, k: usize| {
-        let scales: Vec<f32> = (0..co).map(|_| rng.random_range(0.001f32..0.03)).collect();
-        let w: Vec<f32> = (0..co * k)
-            .map(|i| rng.random_range(-127i32..=127) as f32 * scales[i / k])
-            .collect();
-        let bias: Vec<f32> = (0..co).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-        (w, bias, scales)
-    };
-    let conv = |b: &mut GraphBuilder,
-                rng: &mut ChaCha20Rng,
-                x,
-                ci: usize,
-                co: usize,
-                groups: usize,
-                relu: bool| {
-        let k = ci / groups * 9;
-        let (w, bias, scales) = given(rng, co, k);
-        let op = Op::Conv(tessera_model::Conv {
-            weight: Tensor::new(vec![co, ci / groups, 3, 3], w).expect("w"),
-            bias: Some(Tensor::new(vec![co], bias).expect("b")),
-            strides: [1, 1],
-            pads: [1; 4],
-            dilations: [1, 1],
-            groups,
-            weight_scales: Some(scales),
-        });
-        let mut y = b.push("conv", op, vec![x], "").expect("conv");
-        if relu && rng.random_bool(0.5) {
-            // A QDQ model's Conv → Relu → QuantizeLinear: the grid moves back to the conv.
-            y = b.push("relu", Op::Relu, vec![y], "").expect("relu");
-        }
-        let q = if relu {
-            QParam::new(rng.random_range(0.005f32..0.08), 0, false).expect("grid")
-        } else {
-            let signed = rng.random_bool(0.5);
-            grid(rng, signed)
-        };
-        b.push("q", Op::Quantize(q), vec![y], "").expect("quantize")
-    };
-    let x = b.input("x", vec![1, c, hw, hw]).expect("input");
-    let g0 = grid(&mut rng, false);
-    let x = b
-        .push("qin", Op::Quantize(g0), vec![x], "")
-        .expect("quantize");
-    let a = conv(&mut b, &mut rng, x, c, 2 * c, 1, true);
-    let l = b
-        .push(
-            "split0",
-            Op::Slice {
-                axis: 1,
-                start: 0,
-                end: c,
-            },
-            vec![a],
-            "",
-        )
-        .expect("slice");
-    let r = b
-        .push(
-            "split1",
-            Op::Slice {
-                axis: 1,
-                start: c,
-                end: 2 * c,
-            },
-            vec![a],
-            "",
-        )
-        .expect("slice");
-    let r = conv(&mut b, &mut rng, r, c, c, c, false);
-    let r = conv(&mut b, &mut rng, r, c, c, 1, true);
-    let cat = b
-        .push("cat", Op::Concat { axis: 1 }, vec![l, r], "")
-        .expect("concat");
-    let s = b
-        .reshape("r1", cat, vec![1, 2, c, hw, hw], "")
-        .expect("reshape");
-    let s = b
-        .push(
-            "shuffle",
-            Op::Transpose {
-                perm: vec![0, 2, 1, 3, 4],
-            },
-            vec![s],
-            "",
-        )
-        .expect("t");
-    let s = b
-        .reshape("r2", s, vec![1, 2 * c, hw, hw], "")
-        .expect("reshape");
-    let g1 = grid(&mut rng, false);
-    let s = b
-        .push("qs", Op::Quantize(g1), vec![s], "")
-        .expect("quantize");
-    let pool = tessera_model::Pool {
-        kernel: [3, 3],
-        strides: [2, 2],
-        pads: [1; 4],
-        dilations: [1, 1],
-        count_include_pad: false,
-        ceil_mode: false,
-    };
-    let s = b
-        .push("max", Op::MaxPool(pool), vec![s], "")
-        .expect("maxpool");
-    let s = b.push("gap", Op::GlobalAvgPool, vec![s], "").expect("gap");
-    let s = b.reshape("flat", s, vec![1, 2 * c], "").expect("flatten");
-    let g2 = QParam::new(rng.random_range(0.0005f32..0.005), 0, false).expect("grid");
-    let s = b
-        .push("qg", Op::Quantize(g2), vec![s], "")
-        .expect("quantize");
-    let (w, bias, scales) = given(&mut rng, 5, 2 * c);
-    let dense = Op::Dense(tessera_model::Dense {
-        weight: Tensor::new(vec![5, 2 * c], w).expect("w"),
-        bias: Some(Tensor::new(vec![5], bias).expect("b")),
-        weight_scales: Some(scales),
-    });
-    let y = b.push("fc", dense, vec![s], "").expect("dense");
-    let g3 = grid(&mut rng, false);
-    let y = b
-        .push("qout", Op::Quantize(g3), vec![y], "")
-        .expect("quantize");
-    // A requantization to another grid at the end (QLinearAdd's output, say).
-    let g4 = grid(&mut rng, true);
-    let y = b
-        .push("qre", Op::Quantize(g4), vec![y], "")
-        .expect("quantize");
-    b.finish(vec![y]).expect("graph")
-}
-
 /// Conv → ReLU → LRN → conv → Tanh → global pool → dense → Sigmoid: the float-only ops of the
 /// light architectures under v2.
 fn nonlinear_net(seed: u64, c: usize, hw: usize, size: usize) -> Graph {
@@ -554,7 +409,7 @@ proptest! {
 
     #[test]
     fn random_int8_nets_match_the_oracle(seed in any::<u64>(), c in 1usize..=4, hw in 3usize..=8) {
-        let g = int8_net(seed, c, hw);
+        let g = tessera_model::builders::shuffle_int8(hw, c, seed).expect("builds");
         let none = Calibration::given("none");
         let m = IntModel::new(&g, QintConfig::default(), &none).expect("lowers from the grids alone");
         let kinds: Vec<&str> = (0..g.nodes.len()).filter_map(|i| m.op(i)).map(IntOp::kind).collect();

@@ -86,6 +86,39 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// int8 models with their own grids and weights: ShuffleNet's split (slices), concatenation
+    /// of branches on different grids and channel shuffle (a transpose) are gathers, masks and
+    /// sums of labels; the plaintext circuit equals the engine at the sound k.
+    #[test]
+    fn int8_shuffle_units_are_exact_at_the_sound_k(seed in any::<u64>(), c in 1usize..=3, hw in 3usize..=6) {
+        let g = ok(builders::shuffle_int8(hw, c, seed));
+        let m = ok(IntModel::new(&g, QintConfig::default(), &Calibration::given("the model's grids")));
+        let circuit = sound_circuit(&m);
+        for x in extreme_inputs(&m, seed) {
+            prop_assert_eq!(ok(circuit.run_plain(&x)), ok(m.run_int(&x)));
+        }
+    }
+}
+
+#[test]
+fn an_int8_shuffle_unit_is_exact_garbled() {
+    let g = ok(builders::shuffle_int8(5, 2, 8));
+    let m = ok(IntModel::new(
+        &g,
+        QintConfig::default(),
+        &Calibration::given("the model's grids"),
+    ));
+    let c = sound_circuit(&m);
+    for (i, x) in extreme_inputs(&m, 9).iter().enumerate() {
+        let want = ok(m.run_int(x));
+        assert_eq!(ok(garbled(&c, x, i as u8)), want, "garbled, input {i}");
+    }
+    eprintln!("shuffle-int8: k = {}", c.primes());
+}
+
 #[test]
 fn a_residual_net_is_exact_garbled() {
     let g = ok(builders::mix(8, 6, 21));

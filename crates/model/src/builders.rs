@@ -378,3 +378,129 @@ pub fn mix(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
     let y = head(&mut b, r, &[], 10)?;
     b.finish(vec![y])
 }
+
+/// A ShuffleNet-style unit as an int8 ONNX model imports (seeded): grids given by Quantize
+/// nodes, integer weights with per-channel scales, a channel split, a depthwise conv, the
+/// concatenation of two branches on different grids, the channel shuffle (Reshape, Transpose,
+/// Reshape), a max pool, global average pooling to a finer grid, a dense head and a final
+/// change of grid. `c` channels per branch, `hw` × `hw` input with `c` channels. For the
+/// exactness tests of every engine and scheme on int8 models.
+pub fn shuffle_int8(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
+    use crate::ir::{Conv, Dense, Op, Pool, QParam};
+    use crate::tensor::Tensor;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let mut b = GraphBuilder::new(&format!("shuffle-int8-{hw}"), seed);
+    let grid = |rng: &mut rand_chacha::ChaCha20Rng, signed: bool| {
+        let z = if signed {
+            rng.random_range(-20..=20)
+        } else {
+            rng.random_range(0..=140)
+        };
+        QParam::new(rng.random_range(0.005f32..0.08), z, signed)
+    };
+    // Integer weights in [−127, 127] times per-channel scales, small biases.
+    let given = |rng: &mut rand_chacha::ChaCha20Rng, co: usize, k: usize| {
+        let scales: Vec<f32> = (0..co).map(|_| rng.random_range(0.001f32..0.03)).collect();
+        let w: Vec<f32> = (0..co * k)
+            .map(|i| rng.random_range(-127i32..=127) as f32 * scales[i / k.max(1)])
+            .collect();
+        let bias: Vec<f32> = (0..co).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        (w, bias, scales)
+    };
+    let conv = |b: &mut GraphBuilder,
+                rng: &mut rand_chacha::ChaCha20Rng,
+                x: ValueId,
+                (ci, co, groups): (usize, usize, usize),
+                relu: bool|
+     -> Result<ValueId, ModelError> {
+        let k = ci / groups * 9;
+        let (w, bias, scales) = given(rng, co, k);
+        let op = Op::Conv(Conv {
+            weight: Tensor::new(vec![co, ci / groups, 3, 3], w)?,
+            bias: Some(Tensor::new(vec![co], bias)?),
+            strides: [1, 1],
+            pads: [1; 4],
+            dilations: [1, 1],
+            groups,
+            weight_scales: Some(scales),
+        });
+        let mut y = b.push("conv", op, vec![x], "")?;
+        if relu && rng.random_bool(0.5) {
+            // A QDQ model's Conv → Relu → QuantizeLinear: the grid moves back to the conv.
+            y = b.push("relu", Op::Relu, vec![y], "")?;
+        }
+        let q = if relu {
+            QParam::new(rng.random_range(0.005f32..0.08), 0, false)?
+        } else {
+            let signed = rng.random_bool(0.5);
+            grid(rng, signed)?
+        };
+        b.push("q", Op::Quantize(q), vec![y], "")
+    };
+    let x = b.input("x", vec![1, c, hw, hw])?;
+    let g0 = grid(&mut rng, false)?;
+    let x = b.push("qin", Op::Quantize(g0), vec![x], "")?;
+    let a = conv(&mut b, &mut rng, x, (c, 2 * c, 1), true)?;
+    let l = b.push(
+        "split0",
+        Op::Slice {
+            axis: 1,
+            start: 0,
+            end: c,
+        },
+        vec![a],
+        "",
+    )?;
+    let r = b.push(
+        "split1",
+        Op::Slice {
+            axis: 1,
+            start: c,
+            end: 2 * c,
+        },
+        vec![a],
+        "",
+    )?;
+    let r = conv(&mut b, &mut rng, r, (c, c, c), false)?;
+    let r = conv(&mut b, &mut rng, r, (c, c, 1), true)?;
+    let cat = b.push("cat", Op::Concat { axis: 1 }, vec![l, r], "")?;
+    let s = b.reshape("r1", cat, vec![1, 2, c, hw, hw], "")?;
+    let s = b.push(
+        "shuffle",
+        Op::Transpose {
+            perm: vec![0, 2, 1, 3, 4],
+        },
+        vec![s],
+        "",
+    )?;
+    let s = b.reshape("r2", s, vec![1, 2 * c, hw, hw], "")?;
+    let g1 = grid(&mut rng, false)?;
+    let s = b.push("qs", Op::Quantize(g1), vec![s], "")?;
+    let pool = Pool {
+        kernel: [3, 3],
+        strides: [2, 2],
+        pads: [1; 4],
+        dilations: [1, 1],
+        count_include_pad: false,
+        ceil_mode: false,
+    };
+    let s = b.push("max", Op::MaxPool(pool), vec![s], "")?;
+    let s = b.push("gap", Op::GlobalAvgPool, vec![s], "")?;
+    let s = b.reshape("flat", s, vec![1, 2 * c], "")?;
+    let g2 = QParam::new(rng.random_range(0.0005f32..0.005), 0, false)?;
+    let s = b.push("qg", Op::Quantize(g2), vec![s], "")?;
+    let (w, bias, scales) = given(&mut rng, 5, 2 * c);
+    let dense = Op::Dense(Dense {
+        weight: Tensor::new(vec![5, 2 * c], w)?,
+        bias: Some(Tensor::new(vec![5], bias)?),
+        weight_scales: Some(scales),
+    });
+    let y = b.push("fc", dense, vec![s], "")?;
+    let g3 = grid(&mut rng, false)?;
+    let y = b.push("qout", Op::Quantize(g3), vec![y], "")?;
+    // A requantization to another grid at the end (QLinearAdd's output, say).
+    let g4 = grid(&mut rng, true)?;
+    let y = b.push("qre", Op::Quantize(g4), vec![y], "")?;
+    b.finish(vec![y])
+}

@@ -7,8 +7,7 @@
 use tessera_engine::Semantics;
 use tessera_engine::qint::{Calibration, IntModel, IntOp, QintConfig, default_calibration_inputs};
 use tessera_gc::GcOptions;
-use tessera_model::ir::{Conv, Dense, Graph, Op, QParam};
-use tessera_model::{GraphBuilder, Tensor, builders};
+use tessera_model::{Tensor, builders};
 use tessera_schemes::{Gc, Plain, Scheme, Tee, TeeOptions};
 
 #[test]
@@ -145,79 +144,12 @@ fn relu_after_a_garbled_constant_compiles_the_same_on_both_sides() {
     }
 }
 
-/// A QDQ int8 CNN as an int8 ONNX model imports (grids from Quantize nodes, integer weights
-/// with per-channel scales, a ReLU under a grid, a requantization to another grid at the end).
-fn int8_cnn() -> Graph {
-    let grid = |s: f32, z: i32, signed: bool| QParam::new(s, z, signed).expect("grid");
-    let ints = |n: usize, k: usize| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + k) % 255) as i32 - 127) as f32)
-            .collect()
-    };
-    let conv = |co: usize, ci: usize, scales: Vec<f32>, seed: usize| {
-        let k = ci * 9;
-        let w: Vec<f32> = ints(co * k, seed)
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| q * scales[i / k])
-            .collect();
-        Op::Conv(Conv {
-            weight: Tensor::new(vec![co, ci, 3, 3], w).expect("w"),
-            bias: Some(Tensor::new(vec![co], vec![0.05; co]).expect("b")),
-            strides: [1, 1],
-            pads: [1; 4],
-            dilations: [1, 1],
-            groups: 1,
-            weight_scales: Some(scales),
-        })
-    };
-    let mut b = GraphBuilder::new("int8-cnn", 0);
-    let x = b.input("x", vec![1, 1, 6, 6]).expect("input");
-    let x = b
-        .push("qin", Op::Quantize(grid(0.004, 0, false)), vec![x], "")
-        .expect("q");
-    let y = b
-        .push(
-            "c1",
-            conv(4, 1, vec![0.002, 0.003, 0.001, 0.004], 1),
-            vec![x],
-            "",
-        )
-        .expect("conv");
-    let y = b.push("r1", Op::Relu, vec![y], "").expect("relu");
-    let y = b
-        .push("q1", Op::Quantize(grid(0.01, 0, false)), vec![y], "")
-        .expect("q");
-    let y = b
-        .push("c2", conv(3, 4, vec![0.003, 0.002, 0.005], 2), vec![y], "")
-        .expect("conv");
-    let y = b
-        .push("q2", Op::Quantize(grid(0.02, 7, true)), vec![y], "")
-        .expect("q");
-    let y = b.global_avg_pool(y).expect("gap");
-    let y = b.reshape("flat", y, vec![1, 3], "").expect("flatten");
-    let y = b
-        .push("q3", Op::Quantize(grid(0.005, -3, true)), vec![y], "")
-        .expect("q");
-    let dense = Op::Dense(Dense {
-        weight: Tensor::new(vec![2, 3], ints(6, 3).iter().map(|q| q * 0.01).collect()).expect("w"),
-        bias: None,
-        weight_scales: Some(vec![0.01]),
-    });
-    let y = b.push("fc", dense, vec![y], "").expect("dense");
-    let y = b
-        .push("q4", Op::Quantize(grid(0.05, 10, false)), vec![y], "")
-        .expect("q");
-    let y = b
-        .push("q5", Op::Quantize(grid(0.03, -5, true)), vec![y], "")
-        .expect("q");
-    b.finish(vec![y]).expect("graph")
-}
-
-/// An int8 model's own grids and integer weights through plain, tee and gc: the same integers.
+/// An int8 model's own grids and integer weights through plain, tee and gc — a ShuffleNet-style
+/// unit: split, depthwise conv, concatenation on different grids, channel shuffle, grid
+/// changes — the same integers.
 #[test]
 fn an_int8_model_runs_bit_for_bit_in_plain_tee_and_gc() {
-    let g = int8_cnn();
+    let g = builders::shuffle_int8(5, 2, 3).expect("builds");
     let calibration = Calibration::given("the model's own int8 scales");
     let cfg = QintConfig::default();
     let sem = Semantics::V2 {

@@ -26,11 +26,12 @@
 
 use tessera_engine::qint::{IntModel, IntOp};
 use tessera_model::ir::Op;
-use tessera_model::tensor::broadcast_index_map;
+use tessera_model::tensor::{Tensor, broadcast_index_map, concat, numel, slice_axis, transpose};
 
 use super::{
     Compiler, GarbleError, NetworkCircuit, NodeIo, StepOp, clamp_bound, conv_step,
-    global_pool_table, map_u32, max_pool_table, primes_holding, set, to_u32, unsupported,
+    global_pool_table, map_u32, max_pool_table, primes_holding, set, slot_value, to_u32,
+    unsupported,
 };
 use crate::crt::MAX_CRT_PRIMES;
 
@@ -81,6 +82,81 @@ impl Compiler<'_> {
                 len,
             )
         }
+    }
+
+    /// Concat: each input requantized and clamped to the output's grid, gathered into its
+    /// place with the other places multiplied by a public 0, and the pieces added — all free
+    /// label arithmetic but the requantizations and clamps.
+    fn concat_node(
+        &mut self,
+        m: &IntModel,
+        ni: usize,
+        axis: usize,
+        parts: &[(i64, u32)],
+        (lo, hi): (i64, i64),
+        out_len: usize,
+    ) -> Result<usize, GarbleError> {
+        let g = self.graph;
+        let n = g.nodes.get(ni).ok_or(GarbleError::Internal("node index"))?;
+        let name = n.name.as_str();
+        if parts.len() != n.inputs.len() {
+            return Err(GarbleError::Internal("one requantization per concat input"));
+        }
+        // Tag every output position with (input, index in that input).
+        let tags = n
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let shape = g.shape(v);
+                let len = numel(shape).map_err(|e| unsupported(name, e.to_string()))?;
+                Tensor::new(shape.to_vec(), (0..len).map(|j| (i, j)).collect())
+                    .map_err(|e| unsupported(name, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&Tensor<(usize, usize)>> = tags.iter().collect();
+        let placed = concat(&refs, axis)
+            .map_err(|e| unsupported(name, e.to_string()))?
+            .into_parts()
+            .1;
+        let mut sum: Option<usize> = None;
+        for (i, (&v, &(mult, shift))) in n.inputs.iter().zip(parts).enumerate() {
+            let slot = slot_value(&self.slot_of, v, name)?;
+            let len = numel(g.shape(v)).map_err(|e| unsupported(name, e.to_string()))?;
+            let iv = m
+                .value(v)
+                .map(|q| (q.lo, q.hi))
+                .ok_or(GarbleError::Internal("input interval"))?;
+            let y = if (mult, shift) == (1, 0) {
+                self.clamp_to(ni, slot, iv, lo, hi, len)
+            } else {
+                let r = self.requant(ni, slot, vec![mult], vec![0u32; len], shift, len);
+                self.clamp_to(ni, r, (i64::MIN, i64::MAX), lo, hi, len)
+            };
+            let idx = placed
+                .iter()
+                .map(|&(k, j)| to_u32(if k == i { j } else { 0 }, name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mask = placed
+                .iter()
+                .map(|&(k, _)| u32::from(k != i))
+                .collect::<Vec<_>>();
+            let spread = self.push(ni, y, StepOp::Gather { idx }, out_len);
+            let own = self.push(
+                ni,
+                spread,
+                StepOp::MulPublic {
+                    consts: vec![1, 0],
+                    map: mask,
+                },
+                out_len,
+            );
+            sum = Some(match sum {
+                None => own,
+                Some(acc) => self.push_pair(ni, acc, own, StepOp::Add, out_len),
+            });
+        }
+        sum.ok_or_else(|| unsupported(name, "a concatenation of nothing"))
     }
 
     fn qint_node(&mut self, m: &IntModel, ni: usize) -> Result<usize, GarbleError> {
@@ -249,6 +325,23 @@ impl Compiler<'_> {
                 self.requant(ni, sum, vec![*mult], zeros, *shift, out_len)
             }
             (_, IntOp::Pass) => x,
+            // Transpose and Slice move wires: a gather, free.
+            (Op::Transpose { .. } | Op::Slice { .. }, IntOp::Move) => {
+                let n_in = numel(&in_shape).map_err(|e| unsupported(name, e.to_string()))?;
+                let ids = Tensor::new(in_shape.clone(), (0..n_in).collect())
+                    .map_err(|e| unsupported(name, e.to_string()))?;
+                let moved = match &n.op {
+                    Op::Transpose { perm } => transpose(&ids, perm),
+                    Op::Slice { axis, start, end } => slice_axis(&ids, *axis, *start, *end),
+                    _ => return Err(GarbleError::Internal("a move op")),
+                }
+                .map_err(|e| unsupported(name, e.to_string()))?;
+                let idx = map_u32(moved.into_parts().1, name)?;
+                self.push(ni, x, StepOp::Gather { idx }, out_len)
+            }
+            (Op::Concat { axis }, IntOp::Concat { parts, lo, hi }) => {
+                self.concat_node(m, ni, *axis, parts, (*lo, *hi), out_len)?
+            }
             // An int8 model's Quantize to a grid of another scale.
             (
                 Op::Quantize(_),
