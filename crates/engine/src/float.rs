@@ -2,7 +2,8 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::window::{conv_geometry, im2col, pool_geometry, pool_planes};
+use crate::window::{conv_geometry, depthwise_plane, im2col, pool_geometry, pool_planes};
+use rayon::prelude::*;
 use tessera_model::ir::{Conv, Graph, Op, Pool, ValueId};
 use tessera_model::tensor::{
     Tensor, broadcast_apply, broadcast_index_map, broadcast_shapes, concat, slice_axis, strides,
@@ -298,6 +299,21 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
     let kk = cig * g.k[0] * g.k[1];
     let npos = g.oh * g.ow;
     let mut out = vec![0f32; n * co * npos];
+    if groups == ci && co == ci {
+        // Depthwise: a direct loop per plane (a one-row GEMM per channel costs more).
+        let (kh, kw) = (g.k[0], g.k[1]);
+        out.par_chunks_mut(npos.max(1))
+            .zip(x.data().par_chunks((g.h * g.w).max(1)))
+            .with_min_len(((1 << 14) / (g.h * g.w * kh * kw).max(1)).max(1))
+            .enumerate()
+            .for_each(|(plane, (o, xc))| {
+                let ch = plane % co;
+                let w = &c.weight.data()[ch * kh * kw..(ch + 1) * kh * kw];
+                let bias = c.bias.as_ref().map_or(0.0, |b| b.data()[ch]);
+                depthwise_plane(xc, w, bias, &g, o);
+            });
+        return Ok(Tensor::new(out_shape.to_vec(), out)?);
+    }
     let mut col = Vec::new();
     for b in 0..n {
         for gr in 0..groups {

@@ -105,6 +105,43 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
         });
 }
 
+/// One plane of a depthwise convolution: `out = bias + Σ_taps w[tap]·x[tap]` over the in-range
+/// taps, accumulated tap by tap over contiguous output rows (the compiler vectorizes the
+/// stride-1 case). Shared by the float engine and v2's integer path.
+pub fn depthwise_plane<T>(xc: &[T], w: &[T], bias: T, g: &Geometry, out: &mut [T])
+where
+    T: Copy + Default + PartialEq + std::ops::Mul<Output = T> + std::ops::AddAssign,
+{
+    let (kh, kw) = (g.k[0], g.k[1]);
+    out.fill(bias);
+    for ki in 0..kh {
+        for kj in 0..kw {
+            let wv = w[ki * kw + kj];
+            let (ox_lo, ox_hi, first) = g.valid_columns(kj);
+            if wv == T::default() || ox_lo >= ox_hi {
+                continue;
+            }
+            for oy in 0..g.oh {
+                let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                let dst = &mut out[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
+                if g.s[1] == 1 {
+                    for (a, &v) in dst.iter_mut().zip(&src[first..]) {
+                        *a += wv * v;
+                    }
+                } else {
+                    for (a, &v) in dst.iter_mut().zip(src[first..].iter().step_by(g.s[1])) {
+                        *a += wv * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Pool one channel plane: for each output position, fold the valid input values with `step`,
 /// then `finish(acc, valid_count, padded_count)`.
 pub fn pool_plane<T: Copy, A: Copy, O>(

@@ -245,6 +245,16 @@ pub fn broadcast_apply(
     b: &Tensor,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<Tensor, ModelError> {
+    if a.shape() == b.shape() {
+        // No broadcast (a residual connection): element by element, no index maps.
+        let data = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .map(|(&p, &q)| f(p, q))
+            .collect();
+        return Tensor::new(a.shape().to_vec(), data);
+    }
     let shape = broadcast_shapes(a.shape(), b.shape())?;
     let ia = broadcast_index_map(a.shape(), &shape);
     let ib = broadcast_index_map(b.shape(), &shape);

@@ -12,7 +12,7 @@ use super::run::rq_clamp;
 use super::{IntLinear, ValueQuant};
 use crate::EngineError;
 use crate::gemm_i8::{Kernel, PackedA, fits_i32};
-use crate::window::{conv_geometry, im2col_fill};
+use crate::window::{conv_geometry, depthwise_plane, im2col_fill};
 use rayon::prelude::*;
 use tessera_model::ir::Op;
 use tessera_model::tensor::Tensor;
@@ -282,35 +282,7 @@ pub(super) fn depthwise(
                 l.b.get(ch).copied().unwrap_or(0),
                 l.mult.get(ch).copied().unwrap_or(1),
             );
-            // Tap by tap over the output columns whose input is inside the row (a slice op
-            // the compiler vectorizes at stride 1), then requantize the plane.
-            out.fill(b);
-            for ki in 0..kh {
-                for kj in 0..kw {
-                    let wv = w[ki * kw + kj];
-                    let (ox_lo, ox_hi, first) = g.valid_columns(kj);
-                    if wv == 0 || ox_lo >= ox_hi {
-                        continue;
-                    }
-                    for oy in 0..g.oh {
-                        let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        let dst = &mut out[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
-                        if g.s[1] == 1 {
-                            for (a, &v) in dst.iter_mut().zip(&src[first..]) {
-                                *a += wv * v;
-                            }
-                        } else {
-                            for (a, &v) in dst.iter_mut().zip(src[first..].iter().step_by(g.s[1])) {
-                                *a += wv * v;
-                            }
-                        }
-                    }
-                }
-            }
+            depthwise_plane(xc, w, b, &g, out);
             for a in out.iter_mut() {
                 *a = ((*a * m + half) >> l.shift).clamp(l.lo, l.hi);
             }
