@@ -10,6 +10,41 @@ use tessera_gc::GcOptions;
 use tessera_model::{Tensor, builders};
 use tessera_schemes::{Gc, Plain, Scheme, Tee, TeeOptions};
 
+/// plain, tee (state in `dir`) and gc (one garbling at a time) over `g` under `sem`, and gc's
+/// statistics.
+fn exact_schemes(
+    g: &tessera_model::Graph,
+    sem: &Semantics,
+    dir: &std::path::Path,
+) -> (Vec<Box<dyn Scheme>>, tessera_gc::GcStats) {
+    let gc = Gc::new(
+        g,
+        GcOptions {
+            semantics: sem.clone(),
+            pool: 1,
+            overlap: false,
+            ..GcOptions::default()
+        },
+    )
+    .expect("gc");
+    let st = gc.stats();
+    let tee = Tee::new(
+        g,
+        sem,
+        TeeOptions {
+            state_dir: Some(dir.to_path_buf()),
+            ..TeeOptions::default()
+        },
+    )
+    .expect("tee");
+    let schemes: Vec<Box<dyn Scheme>> = vec![
+        Box::new(Plain::new(g, sem).expect("plain")),
+        Box::new(tee),
+        Box::new(gc),
+    ];
+    (schemes, st)
+}
+
 #[test]
 fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
     let g = builders::mix(8, 6, 3).expect("builds");
@@ -32,34 +67,9 @@ fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
         .collect();
 
     let dir = std::env::temp_dir().join(format!("tessera-v2-tee-{}", std::process::id()));
-    let mut schemes: Vec<Box<dyn Scheme>> = vec![
-        Box::new(Plain::new(&g, &sem).expect("plain")),
-        Box::new(
-            Tee::new(
-                &g,
-                &sem,
-                TeeOptions {
-                    state_dir: Some(dir.clone()),
-                    ..TeeOptions::default()
-                },
-            )
-            .expect("tee"),
-        ),
-    ];
-    let gc = Gc::new(
-        &g,
-        GcOptions {
-            semantics: sem.clone(),
-            pool: 1,
-            overlap: false,
-            ..GcOptions::default()
-        },
-    )
-    .expect("gc");
-    let st = gc.stats();
+    let (mut schemes, st) = exact_schemes(&g, &sem, &dir);
     assert_eq!(st.sound_primes, Some(st.primes), "gc runs at the sound k");
     assert!(st.calibrated.is_none(), "v2's k is sound, never calibrated");
-    schemes.push(Box::new(gc));
     for s in &mut schemes {
         for (x, w) in inputs.iter().zip(&want) {
             let r = s.infer(x).expect("infers");
@@ -167,31 +177,7 @@ fn an_int8_model_runs_bit_for_bit_in_plain_tee_and_gc() {
         .map(|x| reference.run(x).expect("runs"))
         .collect();
     let dir = std::env::temp_dir().join(format!("tessera-int8-tee-{}", std::process::id()));
-    let gc = Gc::new(
-        &g,
-        GcOptions {
-            semantics: sem.clone(),
-            pool: 1,
-            overlap: false,
-            ..GcOptions::default()
-        },
-    )
-    .expect("gc takes the int8 model");
-    let mut schemes: Vec<Box<dyn Scheme>> = vec![
-        Box::new(Plain::new(&g, &sem).expect("plain")),
-        Box::new(
-            Tee::new(
-                &g,
-                &sem,
-                TeeOptions {
-                    state_dir: Some(dir.clone()),
-                    ..TeeOptions::default()
-                },
-            )
-            .expect("tee"),
-        ),
-        Box::new(gc),
-    ];
+    let (mut schemes, _) = exact_schemes(&g, &sem, &dir);
     for s in &mut schemes {
         for (x, w) in inputs.iter().zip(&want) {
             let r = s.infer(x).expect("infers");
