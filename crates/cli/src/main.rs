@@ -659,6 +659,10 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
             "integer widths: worst case for |input| ≤ {input_range} at f = {} (signed bits; `eval` reports the widths real data reach)",
             quant.frac_bits
         ),
+        // Under v2 the power-of-two widths are only a side note.
+        Err(e) if v2_layers.is_some() => {
+            println!("(the power-of-two semantics cannot run this model: {e})")
+        }
         Err(e) => println!("integer semantics: not available for this model: {e}"),
     }
     if let Some(layers) = &v2_layers {
