@@ -656,3 +656,58 @@ fn the_public_model_lowers_to_the_same_structure() {
         assert_eq!(full.value(v), open.value(v), "value {v}");
     }
 }
+
+/// A bias near 2^60 in the accumulator's scale (a QDQ model's float bias over a tiny weight
+/// scale): the requantization cannot run in i64 and takes the i128 path, on the 8-bit GEMM
+/// (8 rows) and on the general path (3 rows); both equal the oracle.
+#[test]
+fn huge_biases_requantize_exactly() {
+    use tessera_model::ir::{Dense, QParam};
+    for rows in [8usize, 3] {
+        let k = 4;
+        let s_w = 1e-3f32;
+        let weight: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 37 % 255) as i32 - 127) as f32 * s_w)
+            .collect();
+        // b / (s_x · s_w) ≈ ±2^60 for s_x = 0.01.
+        let bias: Vec<f32> = (0..rows)
+            .map(|r| if r % 2 == 0 { 1.15e13 } else { -1.15e13 })
+            .collect();
+        let mut b = GraphBuilder::new("huge-bias", 0);
+        let x = b.input("x", vec![1, k]).expect("input");
+        let grid = |s, z| QParam::new(s, z, false).expect("grid");
+        let x = b
+            .push("qin", Op::Quantize(grid(0.01, 0)), vec![x], "")
+            .expect("q");
+        let dense = Op::Dense(Dense {
+            weight: Tensor::new(vec![rows, k], weight).expect("w"),
+            bias: Some(Tensor::new(vec![rows], bias).expect("b")),
+            weight_scales: Some(vec![s_w]),
+        });
+        let y = b.push("fc", dense, vec![x], "").expect("dense");
+        let y = b
+            .push("qout", Op::Quantize(grid(0.05, 100)), vec![y], "")
+            .expect("q");
+        let g = b.finish(vec![y]).expect("graph");
+        let m =
+            IntModel::new(&g, QintConfig::default(), &Calibration::given("given")).expect("lowers");
+        let Some(IntOp::Linear(l)) = m.op(1) else {
+            panic!("a linear layer")
+        };
+        assert!(l.b.iter().all(|v| v.unsigned_abs() > 1 << 59), "{:?}", l.b);
+        for seed in 0..4 {
+            let x = extreme_input(&m, seed, 3);
+            let got = m.run_int(&x).expect("runs");
+            let want = oracle(&m, &x);
+            assert_eq!(
+                got.data()
+                    .iter()
+                    .map(|&v| i128::from(v))
+                    .collect::<Vec<_>>(),
+                want
+            );
+            // The saturation is what the bias drives every output to.
+            assert!(got.data().iter().all(|&v| v == -100 || v == 155), "{got:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! Depthwise convolutions (one input and one output channel per group) take a direct loop
 //! instead ([`depthwise`]): a GEMM of one row per group costs more than its few MACs.
 
-use super::run::rq_clamp;
+use super::ops::requantize_rows;
 use super::{IntLinear, ValueQuant};
 use crate::EngineError;
 use crate::gemm_i8::{Kernel, PackedA, fits_i32};
@@ -195,8 +195,7 @@ fn layer_u8(
 }
 
 /// `dst[r][j] = clamp(rq(sums[r][j] + lo·Σw_c + b_c; m_c, n), lo, hi)` for channels
-/// `c = first + r`, rows of `npos` in parallel; in i64 where the product provably fits (the
-/// sums are i32), in i128 otherwise.
+/// `c = first + r` ([`super::ops::requantize_rows`]; the sums are i32).
 fn requantize(
     sums: &[i32],
     l: &IntLinear,
@@ -208,30 +207,12 @@ fn requantize(
     let w8 =
         l.w8.as_ref()
             .ok_or_else(|| EngineError::Internal("no 8-bit weights".into()))?;
-    dst.par_chunks_mut(npos.max(1))
-        .zip(sums.par_chunks(npos.max(1)))
-        .with_min_len(min_rows(npos))
-        .enumerate()
-        .try_for_each(|(r, (d, s))| {
-            let ch = first + r;
-            let corr =
-                lo * w8.sums.get(ch).copied().unwrap_or(0) + l.b.get(ch).copied().unwrap_or(0);
-            let m = l.mult.get(ch).copied().unwrap_or(1);
-            let n = l.shift;
-            let half = if n == 0 { 0 } else { 1u128 << (n - 1).min(100) };
-            let reach = (1u128 << 31) + u128::from(corr.unsigned_abs());
-            if n < 62 && reach * u128::from(m.unsigned_abs()) + half < (1u128 << 62) {
-                let h = half as i64;
-                for (o, &v) in d.iter_mut().zip(s) {
-                    *o = (((i64::from(v) + corr) * m + h) >> n).clamp(l.lo, l.hi);
-                }
-            } else {
-                for (o, &v) in d.iter_mut().zip(s) {
-                    *o = rq_clamp(i128::from(v) + i128::from(corr), m, n, l.lo, l.hi)?;
-                }
-            }
-            Ok(())
-        })
+    requantize_rows(sums, dst, npos, l, 1u128 << 31, |r| {
+        let c = first + r;
+        let corr = i128::from(lo) * i128::from(w8.sums.get(c).copied().unwrap_or(0))
+            + i128::from(l.b.get(c).copied().unwrap_or(0));
+        (c, corr)
+    })
 }
 
 /// A depthwise convolution's output, `clamp(rq(Σ w·x + b_c; m_c, n), lo, hi)`, by a direct

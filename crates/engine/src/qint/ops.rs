@@ -10,7 +10,7 @@ use crate::window::{pool_geometry, pool_planes};
 use rayon::prelude::*;
 use tessera_model::ir::Op;
 use tessera_model::tensor::{
-    Tensor, broadcast_index_map, broadcast_shapes, concat, slice_axis, transpose,
+    Tensor, broadcast_shapes, broadcast_zip, concat, slice_axis, transpose,
 };
 
 fn first<'a>(ins: &[&'a Tensor<i64>]) -> Result<&'a Tensor<i64>, EngineError> {
@@ -160,20 +160,9 @@ fn add_act(
                 }
             });
         Ok(out)
-    } else if x.shape() == b.shape() {
-        x.data()
-            .iter()
-            .zip(b.data())
-            .map(|(&p, &r)| add(p, r))
-            .collect()
     } else {
         let s = broadcast_shapes(x.shape(), b.shape())?;
-        let ia = broadcast_index_map(x.shape(), &s);
-        let ib = broadcast_index_map(b.shape(), &s);
-        ia.iter()
-            .zip(&ib)
-            .map(|(&i, &j)| add(x.data()[i], b.data()[j]))
-            .collect()
+        broadcast_zip((x.data(), x.shape()), (b.data(), b.shape()), &s, add)
     }
 }
 
@@ -185,15 +174,10 @@ fn add_const(
     neg_x: bool,
     out_shape: &[usize],
 ) -> Result<Vec<i64>, EngineError> {
-    let xi = broadcast_index_map(x.shape(), out_shape);
-    let ci = broadcast_index_map(c_shape, out_shape);
-    xi.iter()
-        .zip(&ci)
-        .map(|(&i, &j)| {
-            let (a, k) = (i128::from(x.data()[i]), i128::from(c[j]));
-            to_i64(if neg_x { k - a } else { k + a }, "an added constant")
-        })
-        .collect()
+    broadcast_zip((x.data(), x.shape()), (c, c_shape), out_shape, |a, k| {
+        let (a, k) = (i128::from(a), i128::from(k));
+        to_i64(if neg_x { k - a } else { k + a }, "an added constant")
+    })
 }
 
 /// `clamp(rq(x·m[j], n), lo, hi)` (broadcast).
@@ -205,12 +189,9 @@ fn mul_const(
     [lo, hi]: [i64; 2],
     out_shape: &[usize],
 ) -> Result<Vec<i64>, EngineError> {
-    let xi = broadcast_index_map(x.shape(), out_shape);
-    let ci = broadcast_index_map(c_shape, out_shape);
-    xi.iter()
-        .zip(&ci)
-        .map(|(&i, &j)| rq_clamp(i128::from(x.data()[i]), mult[j], shift, lo, hi))
-        .collect()
+    broadcast_zip((x.data(), x.shape()), (mult, c_shape), out_shape, |v, m| {
+        rq_clamp(i128::from(v), m, shift, lo, hi)
+    })
 }
 
 /// Max pooling (the maximum over in-range positions) or average pooling (the window sum in
@@ -297,9 +278,7 @@ fn concat_requantized(
 }
 
 /// `clamp(rq(acc + b_c; m_c, n), lo, hi)` over output planes of `npos` positions (channel
-/// `c` = plane mod `rows`), in parallel. Where `(|acc| + |b_c|)·|m_c| + 2^(n−1)` provably fits
-/// i64 (from the channel's Σ|w|, the input interval being checked by the caller, and the bias)
-/// the product is taken in i64; the arithmetic is the same either way.
+/// `c` = plane mod `rows`), in parallel ([`requantize_rows`]).
 fn requantize_planes(
     acc: &[i64],
     l: &IntLinear,
@@ -308,38 +287,55 @@ fn requantize_planes(
 ) -> Result<Vec<i64>, EngineError> {
     let mut out = vec![0i64; acc.len()];
     let amax = acc.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
-    out.par_chunks_mut(npos)
-        .zip(acc.par_chunks(npos))
+    requantize_rows(acc, &mut out, npos, l, u128::from(amax), |p| {
+        let c = p % rows.max(1);
+        (c, i128::from(l.b.get(c).copied().unwrap_or(0)))
+    })?;
+    Ok(out)
+}
+
+/// `dst[p][j] = clamp(rq(src[p][j] + corr; m_c, n), lo, hi)` over planes `p` of `npos` values,
+/// where `chan(p)` gives the plane's channel `c` and its correction (the bias, and for the 8-bit
+/// GEMM `lo·Σw`), in parallel. `amax` bounds |src|. Where `amax + |corr|` and
+/// `(amax + |corr|)·|m_c| + 2^(n−1)` provably fit i64 the arithmetic runs in i64, else in i128:
+/// the same integers either way.
+pub(super) fn requantize_rows<T: Copy + Into<i64> + Sync>(
+    src: &[T],
+    dst: &mut [i64],
+    npos: usize,
+    l: &IntLinear,
+    amax: u128,
+    chan: impl Fn(usize) -> (usize, i128) + Sync,
+) -> Result<(), EngineError> {
+    let (n, lo, hi) = (l.shift, l.lo, l.hi);
+    let limit = 1u128 << 62;
+    dst.par_chunks_mut(npos.max(1))
+        .zip(src.par_chunks(npos.max(1)))
         .with_min_len(super::int8::min_rows(npos))
         .enumerate()
-        .try_for_each(|(p, (o, a))| {
-            let r = p % rows;
-            let (b, m) = (
-                l.b.get(r).copied().unwrap_or(0),
-                l.mult.get(r).copied().unwrap_or(1),
-            );
-            let reach = u128::from(amax) + u128::from(b.unsigned_abs());
-            let half = if l.shift == 0 {
-                0
-            } else {
-                1u128 << (l.shift - 1)
-            };
-            let fits = reach * u128::from(m.unsigned_abs()) + half < (1u128 << 62) && l.shift < 62;
-            if fits {
-                let (h, n) = (half as i64, l.shift);
-                for (y, &v) in o.iter_mut().zip(a) {
-                    let q = ((v + b) * m + h) >> n;
-                    *y = q.clamp(l.lo, l.hi);
+        .try_for_each(|(p, (d, s))| {
+            let (c, corr) = chan(p);
+            let m = l.mult.get(c).copied().unwrap_or(1);
+            let half = if n == 0 { 0 } else { 1u128 << (n - 1).min(100) };
+            let reach = amax.saturating_add(corr.unsigned_abs());
+            let small = n < 62
+                && reach < limit
+                && reach.saturating_mul(u128::from(m.unsigned_abs())) + half < limit;
+            match i64::try_from(corr) {
+                Ok(k) if small => {
+                    let h = half as i64;
+                    for (o, &v) in d.iter_mut().zip(s) {
+                        *o = (((v.into() + k) * m + h) >> n).clamp(lo, hi);
+                    }
                 }
-                Ok::<(), EngineError>(())
-            } else {
-                for (y, &v) in o.iter_mut().zip(a) {
-                    *y = rq_clamp(i128::from(v) + i128::from(b), m, l.shift, l.lo, l.hi)?;
+                _ => {
+                    for (o, &v) in d.iter_mut().zip(s) {
+                        *o = rq_clamp(i128::from(v.into()) + corr, m, n, lo, hi)?;
+                    }
                 }
-                Ok(())
             }
-        })?;
-    Ok(out)
+            Ok(())
+        })
 }
 
 /// LRN on integers (the module docs' rule; the float engine's channel window).
@@ -364,6 +360,10 @@ fn lrn_int(
     let (alpha, beta, bias) = (f64::from(alpha), f64::from(beta), f64::from(bias));
     let d = x.data();
     let mut out = vec![0i64; d.len()];
+    // (An empty tensor has nothing to normalise; chunks of 0 would panic.)
+    if d.is_empty() {
+        return Ok(out);
+    }
     out.par_chunks_mut(c * inner)
         .zip(d.par_chunks(c * inner))
         .with_min_len(super::int8::min_rows(c * inner * size))
