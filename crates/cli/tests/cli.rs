@@ -123,12 +123,18 @@ fn an_int8_model_runs_under_its_own_scales_in_plain_and_tee() {
     assert_eq!(v["gc_sound_primes"], 12);
 }
 
+/// The mnist-8 model directory and the MNIST test set (shared data; `None`, after a printed
+/// reason, when absent outside CI).
+fn mnist8_and_data() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    Some((
+        tessera_data::shared_data("onnx-mnist-8")?,
+        tessera_data::shared_data("mnist-t10k")?,
+    ))
+}
+
 #[test]
 fn auto_semantics_follow_the_calibration_data() {
-    let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
-        return;
-    };
-    let Some(d) = tessera_data::shared_data("mnist-t10k") else {
+    let Some((m, d)) = mnist8_and_data() else {
         return;
     };
     let model = m.join("model.onnx");
@@ -155,10 +161,7 @@ fn auto_semantics_follow_the_calibration_data() {
 
 #[test]
 fn run_and_eval_mnist8() {
-    let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
-        return;
-    };
-    let Some(d) = tessera_data::shared_data("mnist-t10k") else {
+    let Some((m, d)) = mnist8_and_data() else {
         return;
     };
     let model = m.join("model.onnx");
@@ -846,10 +849,7 @@ fn integer_semantics_v2_through_inspect_and_eval() {
         "{err}"
     );
 
-    let Some(m) = tessera_data::shared_data("onnx-mnist-8") else {
-        return;
-    };
-    let Some(d) = tessera_data::shared_data("mnist-t10k") else {
+    let Some((m, d)) = mnist8_and_data() else {
         return;
     };
     let model = m.join("model.onnx");

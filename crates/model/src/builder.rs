@@ -7,6 +7,18 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+/// A k×k window, stride s, `pad` on every side, undilated, padded positions not counted.
+fn square_pool(k: usize, s: usize, pad: usize) -> Pool {
+    Pool {
+        kernel: [k, k],
+        strides: [s, s],
+        pads: [pad; 4],
+        dilations: [1, 1],
+        count_include_pad: false,
+        ceil_mode: false,
+    }
+}
+
 /// Builds a [`Graph`] node by node; every `push` infers and checks the output shape.
 #[derive(Debug)]
 pub struct GraphBuilder {
@@ -218,15 +230,7 @@ impl GraphBuilder {
         pad: usize,
     ) -> Result<ValueId, ModelError> {
         let name = self.auto_name("avgpool");
-        let p = Pool {
-            kernel: [k, k],
-            strides: [s, s],
-            pads: [pad; 4],
-            dilations: [1, 1],
-            count_include_pad: false,
-            ceil_mode: false,
-        };
-        self.push(&name, Op::AvgPool(p), vec![x], "")
+        self.push(&name, Op::AvgPool(square_pool(k, s, pad)), vec![x], "")
     }
 
     /// Fully connected layer with seeded weights.
@@ -286,15 +290,7 @@ impl GraphBuilder {
         pad: usize,
     ) -> Result<ValueId, ModelError> {
         let name = self.auto_name("maxpool");
-        let p = Pool {
-            kernel: [k, k],
-            strides: [s, s],
-            pads: [pad; 4],
-            dilations: [1, 1],
-            count_include_pad: false,
-            ceil_mode: false,
-        };
-        self.push(&name, Op::MaxPool(p), vec![x], "")
+        self.push(&name, Op::MaxPool(square_pool(k, s, pad)), vec![x], "")
     }
 
     /// Global average pooling.

@@ -239,29 +239,37 @@ pub fn slice_axis<T: Copy>(
     Tensor::new(out_shape, data)
 }
 
+/// `f(a[i], b[j])` over the broadcast of `a` (shape `sa`) and `b` (shape `sb`) to `out`, the
+/// elements paired by numpy's rules (element by element when both already have shape `out`),
+/// stopping at the first error. Shared by every engine's element-wise ops.
+pub fn broadcast_zip<A: Copy, B: Copy, R, E>(
+    (a, sa): (&[A], &[usize]),
+    (b, sb): (&[B], &[usize]),
+    out: &[usize],
+    mut f: impl FnMut(A, B) -> Result<R, E>,
+) -> Result<Vec<R>, E> {
+    if sa == out && sb == out {
+        // No broadcast (a residual connection): no index maps.
+        return a.iter().zip(b).map(|(&p, &q)| f(p, q)).collect();
+    }
+    let ia = broadcast_index_map(sa, out);
+    let ib = broadcast_index_map(sb, out);
+    ia.iter().zip(&ib).map(|(&i, &j)| f(a[i], b[j])).collect()
+}
+
 /// Elementwise op of two float tensors with numpy broadcasting.
 pub fn broadcast_apply(
     a: &Tensor,
     b: &Tensor,
     f: impl Fn(f32, f32) -> f32,
 ) -> Result<Tensor, ModelError> {
-    if a.shape() == b.shape() {
-        // No broadcast (a residual connection): element by element, no index maps.
-        let data = a
-            .data()
-            .iter()
-            .zip(b.data())
-            .map(|(&p, &q)| f(p, q))
-            .collect();
-        return Tensor::new(a.shape().to_vec(), data);
-    }
     let shape = broadcast_shapes(a.shape(), b.shape())?;
-    let ia = broadcast_index_map(a.shape(), &shape);
-    let ib = broadcast_index_map(b.shape(), &shape);
-    let data = ia
-        .iter()
-        .zip(&ib)
-        .map(|(&i, &j)| f(a.data()[i], b.data()[j]))
-        .collect();
+    let data = broadcast_zip(
+        (a.data(), a.shape()),
+        (b.data(), b.shape()),
+        &shape,
+        |p, q| Ok::<_, std::convert::Infallible>(f(p, q)),
+    )
+    .unwrap_or_else(|e| match e {});
     Tensor::new(shape, data)
 }

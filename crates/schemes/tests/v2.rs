@@ -45,6 +45,29 @@ fn exact_schemes(
     (schemes, st)
 }
 
+/// Every scheme returns the reference integers bit for bit, with the reference's output scale
+/// and no caveat.
+fn assert_all_agree(
+    schemes: &mut [Box<dyn Scheme>],
+    inputs: &[Tensor],
+    want: &[Tensor<i64>],
+    scale: f64,
+) {
+    for s in schemes {
+        for (x, w) in inputs.iter().zip(want) {
+            let r = s.infer(x).expect("infers");
+            assert_eq!(
+                r.exact.data(),
+                w.data(),
+                "{} differs from the v2 reference",
+                s.name()
+            );
+            assert_eq!(r.scale, scale, "{}: output scale", s.name());
+            assert_eq!(s.caveat(), None);
+        }
+    }
+}
+
 #[test]
 fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
     let g = builders::mix(8, 6, 3).expect("builds");
@@ -70,19 +93,7 @@ fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
     let (mut schemes, st) = exact_schemes(&g, &sem, &dir);
     assert_eq!(st.sound_primes, Some(st.primes), "gc runs at the sound k");
     assert!(st.calibrated.is_none(), "v2's k is sound, never calibrated");
-    for s in &mut schemes {
-        for (x, w) in inputs.iter().zip(&want) {
-            let r = s.infer(x).expect("infers");
-            assert_eq!(
-                r.exact.data(),
-                w.data(),
-                "{} differs from the v2 reference",
-                s.name()
-            );
-            assert_eq!(r.scale, scale, "{}: output scale", s.name());
-            assert_eq!(s.caveat(), None);
-        }
-    }
+    assert_all_agree(&mut schemes, &inputs, &want, scale);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -178,11 +189,7 @@ fn an_int8_model_runs_bit_for_bit_in_plain_tee_and_gc() {
         .collect();
     let dir = std::env::temp_dir().join(format!("tessera-int8-tee-{}", std::process::id()));
     let (mut schemes, _) = exact_schemes(&g, &sem, &dir);
-    for s in &mut schemes {
-        for (x, w) in inputs.iter().zip(&want) {
-            let r = s.infer(x).expect("infers");
-            assert_eq!(r.exact.data(), w.data(), "{} differs from v2", s.name());
-        }
-    }
+    let scale = reference.output_quant().expect("output").scale;
+    assert_all_agree(&mut schemes, &inputs, &want, scale);
     let _ = std::fs::remove_dir_all(dir);
 }
