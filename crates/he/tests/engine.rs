@@ -139,3 +139,92 @@ proptest! {
         compare(&b.finish(vec![y]).expect("graph"), seed);
     }
 }
+
+/// A whole residual CNN (`builders::mix`: grouped and depthwise convs, clamps, a residual add,
+/// pools, a dense head) run by the engine with every conv and dense layer's accumulators computed
+/// on ciphertexts (ciphertext × ciphertext, as the `lhe` server does): the same output.
+#[test]
+fn a_whole_network_with_every_linear_layer_encrypted_matches() {
+    let g = tessera_model::builders::mix(8, 6, 5).expect("builds");
+    let m = lower(&g, 5);
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let iq = m.input_quant().expect("input");
+    let shape = g.shape(g.inputs[0]).to_vec();
+    let x: Vec<i64> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.random_range(iq.lo..=iq.hi))
+        .collect();
+    let x = Tensor::new(shape, x).expect("x");
+    let want = m.run_int(&x).expect("engine");
+    let mut layers = 0;
+    let got = m
+        .run_split(&x, &mut |k, input, out_shape| {
+            let Some(IntOp::Linear(l)) = m.op(k) else {
+                return Ok(None);
+            };
+            let node = &g.nodes[k];
+            let ishape = input.shape();
+            let plan_of = |n: usize| match &node.op {
+                Op::Conv(c) => {
+                    let ws = c.weight.shape();
+                    LinearPlan::Conv(
+                        ConvPlan::new(
+                            ConvShape {
+                                c_in: ishape[1],
+                                h: ishape[2],
+                                w: ishape[3],
+                                c_out: ws[0],
+                                k: [ws[2], ws[3]],
+                                stride: c.strides,
+                                pads: c.pads,
+                                dil: c.dilations,
+                                groups: c.groups,
+                            },
+                            n,
+                        )
+                        .expect("plan"),
+                    )
+                }
+                Op::Dense(d) => LinearPlan::Dense(
+                    DensePlan::new(d.weight.shape()[1], d.weight.shape()[0], n).expect("plan"),
+                ),
+                _ => unreachable!("linear"),
+            };
+            let xq = m.value(node.inputs[0]).expect("interval").max_abs();
+            let acc_bound = l.row_abs.iter().map(|&r| r as u128 * xq).max().unwrap_or(0)
+                + l.b
+                    .iter()
+                    .map(|b| u128::from(b.unsigned_abs()))
+                    .max()
+                    .unwrap_or(0);
+            let probe = plan_of(4096);
+            let nd = LayerNeed {
+                name: node.name.clone(),
+                acc_bound,
+                x_bound: xq,
+                w_bound: 127,
+                terms: probe.terms(),
+                products: probe.max_products(),
+                product: Product::Encrypted,
+            };
+            let params = HeParams::choose(&[nd], ParamOptions::default()).expect("params");
+            let plan = plan_of(params.degree());
+            let keys = KeyPair::generate(&params, &mut rng);
+            let cx = encrypt_input(&keys.public, &plan, input.data(), &mut rng).expect("enc");
+            let w = EncryptedWeights::encrypt(&keys.public, &plan, &l.w, &l.b, &mut rng)
+                .expect("enc w")
+                .prepare(&params, plan.clone())
+                .expect("prep");
+            let acc = decrypt_output(
+                &keys.secret,
+                &plan,
+                &w.eval(&params, &cx).expect("eval"),
+                acc_bound,
+            )
+            .expect("decrypt");
+            layers += 1;
+            Ok(Some(Tensor::new(out_shape.to_vec(), acc)?))
+        })
+        .expect("split run");
+    assert!(layers >= 4, "only {layers} linear layers went through HE");
+    assert_eq!(got, want);
+}

@@ -107,7 +107,8 @@ fn check_layer(
     for product in [Product::Plain, Product::Encrypted] {
         let probe = plan_of(4096);
         let nd = need("layer", &probe, xb, wb, bb, fan_in, product);
-        let params = HeParams::choose(std::slice::from_ref(&nd), ParamOptions::default()).expect("params");
+        let params =
+            HeParams::choose(std::slice::from_ref(&nd), ParamOptions::default()).expect("params");
         let plan = plan_of(params.degree());
         let keys = KeyPair::generate(&params, &mut rng);
         let cx = encrypt_input(&keys.public, &plan, &x, &mut rng).expect("encrypt");

@@ -125,6 +125,36 @@ fn linear(
     requantize_planes(&acc, l, rows, npos)
 }
 
+/// Conv or Dense from accumulators computed elsewhere (bias included, `[N, C, …]` order):
+/// `clamp(rq(acc; m_c, n), lo, hi)` per output channel `c` — the requantization of [`linear`]
+/// without its own accumulation (the `lhe` scheme's server computes `Σ w·x + b` on ciphertexts).
+pub(super) fn requantize_accumulators(
+    l: &IntLinear,
+    acc: &Tensor<i64>,
+    out_shape: &[usize],
+) -> Result<Vec<i64>, EngineError> {
+    if acc.shape() != out_shape {
+        return Err(EngineError::Input(format!(
+            "accumulators of shape {:?} for a layer whose output is {out_shape:?}",
+            acc.shape()
+        )));
+    }
+    let n_out: usize = out_shape.iter().product();
+    let rows = out_shape.get(1).copied().unwrap_or(1).max(1);
+    let npos = (n_out / out_shape.first().copied().unwrap_or(1).max(1) / rows).max(1);
+    let mut out = vec![0i64; n_out];
+    let amax = acc
+        .data()
+        .iter()
+        .map(|v| v.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    requantize_rows(acc.data(), &mut out, npos, l, u128::from(amax), |p| {
+        (p % rows, 0)
+    })?;
+    Ok(out)
+}
+
 /// `clamp(rq(a·ma + b·mb; 1, n), lo, hi)` with broadcasting; in i64 and in parallel for a
 /// residual connection (same shapes) where `|a·ma| + |b·mb| + 2^(n−1)` provably fits.
 fn add_act(

@@ -1,6 +1,6 @@
 //! Running a lowered [`IntModel`] on integers.
 
-use super::ops::{eval, outside};
+use super::ops::{eval, outside, requantize_accumulators};
 use super::{IntModel, IntOp, ValueQuant};
 use crate::EngineError;
 use tessera_model::tensor::Tensor;
@@ -80,6 +80,24 @@ impl IntModel {
 
     /// Runs on an already-quantized input, which must lie in the input's interval.
     pub fn run_int(&self, x: &Tensor<i64>) -> Result<Tensor<i64>, EngineError> {
+        self.run_split(x, &mut |_, _, _| Ok(None))
+    }
+
+    /// [`IntModel::run_int`] with the accumulators of conv and dense layers supplied by
+    /// `linear(node, input, output_shape)` where it returns `Some` (`Σ w·x + b` per output, bias
+    /// included, in the layer's output shape): the engine then requantizes and clamps them by the
+    /// layer's rule and goes on. Where it returns `None` the engine computes the layer itself.
+    /// The `lhe` scheme's enclave computes every other op here and the linear layers on an
+    /// untrusted server.
+    pub fn run_split(
+        &self,
+        x: &Tensor<i64>,
+        linear: &mut dyn FnMut(
+            usize,
+            &Tensor<i64>,
+            &[usize],
+        ) -> Result<Option<Tensor<i64>>, EngineError>,
+    ) -> Result<Tensor<i64>, EngineError> {
         let g = &self.graph;
         let (&input, &output) = match (g.inputs.as_slice(), g.outputs.as_slice()) {
             ([i], [o]) => (i, o),
@@ -139,7 +157,22 @@ impl IntModel {
                 })
                 .collect::<Result<_, _>>()?;
             let out_shape = g.shape(n.output).to_vec();
-            let y = eval(&n.op, op, &ins, xq, &out_shape).map_err(|e| e.at(&n.name))?;
+            let supplied = match (op, ins.first()) {
+                (IntOp::Linear(l), Some(x)) => linear(k, x, &out_shape)
+                    .and_then(|acc| {
+                        acc.map(|a| {
+                            requantize_accumulators(l, &a, &out_shape)
+                                .and_then(|y| Ok(Tensor::new(out_shape.clone(), y)?))
+                        })
+                        .transpose()
+                    })
+                    .map_err(|e| e.at(&n.name))?,
+                _ => None,
+            };
+            let y = match supplied {
+                Some(y) => y,
+                None => eval(&n.op, op, &ins, xq, &out_shape).map_err(|e| e.at(&n.name))?,
+            };
             // Ops that saturate to exactly the output's interval hold it by construction; the
             // others are checked (in parallel).
             if let Some(q) = self.value(n.output)
