@@ -119,7 +119,7 @@ mod run;
 
 pub use calib::{Calibration, default_calibration_inputs};
 pub use lower::{GIVEN_MULT_BITS, lower_multipliers};
-pub use run::rq;
+pub use run::{LinearHook, rq};
 
 use serde::{Deserialize, Serialize};
 use tessera_model::ir::Graph;

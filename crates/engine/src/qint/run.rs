@@ -41,6 +41,11 @@ pub(super) fn to_i64(v: i128, what: &str) -> Result<i64, EngineError> {
     i64::try_from(v).map_err(|_| overflow(what))
 }
 
+/// Supplies a linear layer's accumulators: `(node, input, output shape)` → `Σ w·x + b` in the
+/// output shape, or `None` to let the engine compute them ([`IntModel::run_split`]).
+pub type LinearHook<'a> =
+    dyn FnMut(usize, &Tensor<i64>, &[usize]) -> Result<Option<Tensor<i64>>, EngineError> + 'a;
+
 impl IntModel {
     /// Quantizes a float input: `clamp(round_half_away_from_zero(x / s_in), lo_in, hi_in)`.
     /// A non-finite element is an error.
@@ -92,11 +97,7 @@ impl IntModel {
     pub fn run_split(
         &self,
         x: &Tensor<i64>,
-        linear: &mut dyn FnMut(
-            usize,
-            &Tensor<i64>,
-            &[usize],
-        ) -> Result<Option<Tensor<i64>>, EngineError>,
+        linear: &mut LinearHook<'_>,
     ) -> Result<Tensor<i64>, EngineError> {
         let g = &self.graph;
         let (&input, &output) = match (g.inputs.as_slice(), g.outputs.as_slice()) {
