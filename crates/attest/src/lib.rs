@@ -360,6 +360,19 @@ pub const SESSION_DOMAIN: &[u8] = b"tessera-session-report-data-v1\0";
 /// the verifier only through these bytes; they are as trustworthy as the launch image that
 /// computes them (which the policy must pin, see [`Policy::require_session_pins`]).
 pub fn session_report_data(nonce: &[u8], cert: &[u8], app_measurement: &[u8; 48]) -> [u8; 64] {
+    session_report_data_with_key(nonce, cert, app_measurement, &[])
+}
+
+/// [`session_report_data`] that also binds a key the enclave generated at start (the `lhe`
+/// scheme's HE public key, by its hash): with a nonempty `key_binding` the hashed bytes go on
+/// with `len(key_binding) u64le ‖ key_binding`; with an empty one the result is
+/// [`session_report_data`]'s.
+pub fn session_report_data_with_key(
+    nonce: &[u8],
+    cert: &[u8],
+    app_measurement: &[u8; 48],
+    key_binding: &[u8],
+) -> [u8; 64] {
     let mut h = Sha512::new();
     h.update(SESSION_DOMAIN);
     h.update((nonce.len() as u64).to_le_bytes());
@@ -367,6 +380,10 @@ pub fn session_report_data(nonce: &[u8], cert: &[u8], app_measurement: &[u8; 48]
     h.update((cert.len() as u64).to_le_bytes());
     h.update(cert);
     h.update(app_measurement);
+    if !key_binding.is_empty() {
+        h.update((key_binding.len() as u64).to_le_bytes());
+        h.update(key_binding);
+    }
     h.finalize().into()
 }
 
@@ -379,6 +396,9 @@ pub struct SessionBinding<'a> {
     pub cert: &'a [u8],
     /// The application measurement the enclave claims (sent beside the evidence).
     pub app_measurement: &'a [u8; 48],
+    /// A key the enclave says it generated (empty: none), bound by
+    /// [`session_report_data_with_key`].
+    pub key_binding: &'a [u8],
 }
 
 /// The binding check of an enclave session, on claims whose authenticity [`verify`] has
@@ -396,7 +416,12 @@ pub fn check_session_binding(
     policy: &Policy,
     binding: &SessionBinding<'_>,
 ) -> Result<(), AttestError> {
-    let want = session_report_data(binding.nonce, binding.cert, binding.app_measurement);
+    let want = session_report_data_with_key(
+        binding.nonce,
+        binding.cert,
+        binding.app_measurement,
+        binding.key_binding,
+    );
     if !bool::from(claims.report_data.ct_eq(&want)) {
         return Err(AttestError::ReportDataMismatch);
     }

@@ -350,6 +350,7 @@ fn session_policy_for_a_real_tee_must_pin_measurements() {
         nonce: b"nonce",
         cert: b"cert",
         app_measurement: &[1; 48],
+        key_binding: &[],
     };
     let mut p = Policy::default();
     let err = verify_session(&s.evidence(), &p, snp_time(), &binding).unwrap_err();
@@ -425,6 +426,7 @@ fn snp_binding_refuses_another_application_measurement() {
         nonce,
         cert,
         app_measurement: &wrong,
+        key_binding: &[],
     };
     let err = check_session_binding(&claims, &p, &b).unwrap_err();
     assert!(
@@ -436,12 +438,27 @@ fn snp_binding_refuses_another_application_measurement() {
         nonce,
         cert,
         app_measurement: &right,
+        key_binding: &[],
     };
     let err = check_session_binding(&claims, &p, &b).unwrap_err();
     assert!(matches!(err, AttestError::ReportDataMismatch), "{err}");
     // The right application, bound honestly, passes.
     claims.report_data = session_report_data(nonce, cert, &right);
     check_session_binding(&claims, &p, &b).expect("the expected application");
+    // A key the enclave generated is bound too: evidence binding one key vouches for no other.
+    claims.report_data =
+        tessera_attest::session_report_data_with_key(nonce, cert, &right, b"key A");
+    let kb = SessionBinding {
+        key_binding: b"key B",
+        ..b
+    };
+    let err = check_session_binding(&claims, &p, &kb).unwrap_err();
+    assert!(matches!(err, AttestError::ReportDataMismatch), "{err}");
+    let ka = SessionBinding {
+        key_binding: b"key A",
+        ..b
+    };
+    check_session_binding(&claims, &p, &ka).expect("the bound key");
     // Nonce, certificate and measurement are each length-delimited and domain-separated.
     assert_ne!(
         session_report_data(b"ab", b"c", &right),

@@ -33,7 +33,7 @@
 use crate::HeError;
 
 /// A conv layer's geometry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvShape {
     /// Input channels.
     pub c_in: usize,

@@ -52,6 +52,8 @@ pub enum Role {
     Worker,
     /// A relay of opaque bytes.
     Relay,
+    /// The model owner (`lhe`: uploads the encrypted model to the server).
+    Owner,
 }
 
 #[derive(Serialize, Deserialize)]

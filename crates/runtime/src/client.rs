@@ -16,6 +16,7 @@ use tessera_model::Tensor;
 pub struct AttestedClient {
     ch: Channel,
     claims: Claims,
+    key_binding: Vec<u8>,
 }
 
 /// The enclave's answer to one inference.
@@ -55,19 +56,25 @@ impl AttestedClient {
         let mut nonce = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce);
         ch.send(&ClientMsg::Attest { nonce })?;
-        let (evidence, cert, app_measurement) = match ch.recv::<EnclaveMsg>()? {
+        let (evidence, cert, app_measurement, key_binding) = match ch.recv::<EnclaveMsg>()? {
             EnclaveMsg::Evidence {
                 evidence,
                 cert,
                 app_measurement,
-            } => (evidence, cert, app_measurement),
+                key_binding,
+            } => (evidence, cert, app_measurement, key_binding),
             _ => {
                 let e = RuntimeError::Protocol("expected evidence from the enclave".into());
                 ch.send_error(&e.to_string());
                 return Err(e);
             }
         };
-        let claims = match verify_binding(&evidence, &cert, &app_measurement, &nonce, policy, now) {
+        let bound = Bound {
+            cert: &cert,
+            app_measurement: &app_measurement,
+            key_binding: &key_binding,
+        };
+        let claims = match verify_binding(&evidence, &bound, &nonce, policy, now) {
             Ok(c) => c,
             Err(e) => {
                 ch.send_error(&format!("attestation rejected: {e}"));
@@ -90,7 +97,28 @@ impl AttestedClient {
         ch.continue_from(seq_out, seq_in, peer);
         // The enclave may compute for long (a garbling, a large model) before it answers.
         ch.set_deadline(Some(crate::channel::IDLE_DEADLINE))?;
-        Ok(Self { ch, claims })
+        Ok(Self {
+            ch,
+            claims,
+            key_binding,
+        })
+    }
+
+    /// The key the evidence binds besides the channel (`lhe`: SHA-256 of the enclave's HE
+    /// public key; empty for other schemes). A client compares it with the key it is given.
+    pub fn key_binding(&self) -> &[u8] {
+        &self.key_binding
+    }
+
+    /// Open a scheme-specific session inside TLS (`lhe`).
+    pub fn session(&mut self) -> Result<Vec<u8>, RuntimeError> {
+        self.ch.send(&ClientMsg::Session)?;
+        match self.ch.recv::<EnclaveMsg>()? {
+            EnclaveMsg::Session(b) => Ok(b),
+            _ => Err(RuntimeError::Protocol(
+                "expected a session from the enclave".into(),
+            )),
+        }
     }
 
     /// What the evidence established.
@@ -149,6 +177,17 @@ impl AttestedClient {
     }
 }
 
+/// What the enclave sent beside its evidence, which the evidence must bind.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound<'a> {
+    /// The TLS certificate offered (DER).
+    pub cert: &'a [u8],
+    /// The application measurement claimed (48 bytes).
+    pub app_measurement: &'a [u8],
+    /// The key binding claimed (empty: none).
+    pub key_binding: &'a [u8],
+}
+
 /// Verify `evidence` against `policy` and check what it binds, through
 /// [`tessera_attest::verify_session`]: a policy for a real TEE must pin the hardware and the
 /// application measurements ([`tessera_attest::AttestError::MeasurementRequired`]); the evidence
@@ -159,23 +198,23 @@ impl AttestedClient {
 /// ([`tessera_attest::AttestError::AppMeasurementMismatch`]).
 pub fn verify_binding(
     evidence: &[u8],
-    cert: &[u8],
-    app_measurement: &[u8],
+    bound: &Bound<'_>,
     nonce: &[u8],
     policy: &Policy,
     now: SystemTime,
 ) -> Result<Claims, RuntimeError> {
     let ev = Evidence::decode(evidence)?;
-    let app_measurement: &[u8; 48] = app_measurement.try_into().map_err(|_| {
+    let app_measurement: &[u8; 48] = bound.app_measurement.try_into().map_err(|_| {
         RuntimeError::Malformed(format!(
             "the enclave's application measurement has {} bytes, expected 48",
-            app_measurement.len()
+            bound.app_measurement.len()
         ))
     })?;
     let binding = SessionBinding {
         nonce,
-        cert,
+        cert: bound.cert,
         app_measurement,
+        key_binding: bound.key_binding,
     };
     Ok(tessera_attest::verify_session(&ev, policy, now, &binding)?)
 }

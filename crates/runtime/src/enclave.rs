@@ -134,6 +134,20 @@ pub trait InferBackend: Send + Sync {
     fn output_scale(&self) -> Option<f64> {
         None
     }
+    /// A key the backend generated inside the enclave that clients must be able to tie to the
+    /// evidence (`lhe`: the hash of its HE public key); it goes into every session's report
+    /// data ([`tessera_attest::session_report_data_with_key`]). Empty: none.
+    fn key_binding(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Scheme-specific set-up for one attested client (`lhe`: the HE parameters and public key,
+    /// and a fresh session with its result key), sent inside TLS.
+    fn session(&self) -> Result<Vec<u8>, RuntimeError> {
+        Err(RuntimeError::BadRequest(format!(
+            "the {} scheme has no client sessions",
+            self.scheme()
+        )))
+    }
 }
 
 /// An optional backend in a configuration.
@@ -349,8 +363,12 @@ impl Enclave {
     /// Evidence whose report data binds `nonce`, this enclave's certificate and its
     /// application measurement ([`tessera_attest::session_report_data`]).
     pub fn evidence(&self, nonce: &[u8]) -> Result<Evidence, RuntimeError> {
-        let rd =
-            tessera_attest::session_report_data(nonce, self.identity.cert(), &self.measurement);
+        let rd = tessera_attest::session_report_data_with_key(
+            nonce,
+            self.identity.cert(),
+            &self.measurement,
+            &self.key_binding(),
+        );
         match &self.platform {
             Platform::Sim(k) => Ok(k.attest(&self.measurement, &rd)),
             Platform::Tsm => {
@@ -370,6 +388,15 @@ impl Enclave {
                 Ok(e)
             }
         }
+    }
+
+    /// The key binding of the backend (empty for `tee`).
+    pub fn key_binding(&self) -> Vec<u8> {
+        self.backend
+            .0
+            .as_ref()
+            .map(|b| b.key_binding())
+            .unwrap_or_default()
     }
 
     /// The real value of one step of the integers this enclave returns.
@@ -475,6 +502,7 @@ impl Enclave {
             evidence: evidence.encode(),
             cert: self.identity.cert().to_vec(),
             app_measurement: self.measurement.to_vec(),
+            key_binding: self.key_binding(),
         })?;
         let (seq_out, seq_in, peer) = ch.position();
         let (io, link) = ch.into_parts()?;
@@ -522,6 +550,21 @@ impl Enclave {
                     }
                 },
                 ClientMsg::Info => EnclaveMsg::Info(self.info()),
+                ClientMsg::Session => {
+                    let made = match &self.backend.0 {
+                        Some(b) => b.session(),
+                        None => Err(RuntimeError::BadRequest(
+                            "the tee scheme has no client sessions".into(),
+                        )),
+                    };
+                    match made {
+                        Ok(bytes) => EnclaveMsg::Session(bytes),
+                        Err(e) => {
+                            ch.send_error(&e.to_string());
+                            return Err(e);
+                        }
+                    }
+                }
                 ClientMsg::Attest { .. } => {
                     let e = RuntimeError::Protocol("a second attestation request".into());
                     ch.send_error(&e.to_string());
@@ -538,6 +581,7 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Attest { .. } => "Attest",
         ClientMsg::Infer(_) => "Infer",
         ClientMsg::Info => "Info",
+        ClientMsg::Session => "Session",
     }
 }
 

@@ -24,6 +24,8 @@ pub enum ClientMsg {
     Infer(TensorMsg),
     /// Describe the enclave.
     Info,
+    /// Open a scheme-specific session (`lhe`: HE parameters, public key, result key).
+    Session,
 }
 
 /// What the enclave says about itself.
@@ -84,6 +86,9 @@ pub enum EnclaveMsg {
         cert: Vec<u8>,
         /// The enclave's application measurement (48 bytes: binary, model, enclave policy).
         app_measurement: Vec<u8>,
+        /// A key the enclave generated at start, bound into the report data (`lhe`: SHA-256 of
+        /// its HE public key); empty for schemes without one.
+        key_binding: Vec<u8>,
     },
     /// The model's exact integer output.
     Output {
@@ -100,4 +105,6 @@ pub enum EnclaveMsg {
     },
     /// Answer to `Info`.
     Info(EnclaveInfo),
+    /// Answer to `Session`: the scheme's session bytes.
+    Session(Vec<u8>),
 }

@@ -149,7 +149,12 @@ fn evidence_for_another_nonce_or_certificate_is_refused() {
     let p = policy(&m);
     let now = std::time::SystemTime::now();
     let verify = |cert: &[u8], app: &[u8], nonce: &[u8]| {
-        tessera_runtime::client::verify_binding(&ev, cert, app, nonce, &p, now)
+        let bound = tessera_runtime::client::Bound {
+            cert,
+            app_measurement: app,
+            key_binding: &[],
+        };
+        tessera_runtime::client::verify_binding(&ev, &bound, nonce, &p, now)
     };
     verify(enclave.cert(), &m, b"nonce one").unwrap();
     for (cert, app, nonce) in [
@@ -221,6 +226,7 @@ fn real_tee_policy_without_measurements_is_refused() {
             evidence: ev.encode(),
             cert: b"cert".to_vec(),
             app_measurement: vec![0; 48],
+            key_binding: Vec::new(),
         })
         .unwrap();
         let _ = ch.recv::<tessera_runtime::protocol::ClientMsg>();

@@ -45,12 +45,24 @@ pub(crate) fn start(
     let measurement = *enclave.measurement();
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback port"))?;
     let server = serve_enclave(enclave, listener, 64)?;
-    let stream = TcpStream::connect(server.addr()).map_err(io("connecting to the enclave"))?;
+    let client = connect(server.addr(), &measurement)?;
+    Ok((server, client))
+}
+
+/// Another attested client of the simulated enclave at `addr`, pinning its `measurement`.
+pub(crate) fn connect(
+    addr: std::net::SocketAddr,
+    measurement: &[u8],
+) -> Result<AttestedClient, SchemeError> {
+    let stream = TcpStream::connect(addr).map_err(io("connecting to the enclave"))?;
     let _ = stream.set_nodelay(true);
     let mut policy = tessera_attest::Policy::simulated_dev();
-    policy.measurements = vec![tessera_runtime::enclave::hex(&measurement)];
-    let client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
-    Ok((server, client))
+    policy.measurements = vec![tessera_runtime::enclave::hex(measurement)];
+    Ok(AttestedClient::connect(
+        stream,
+        &policy,
+        ChannelOptions::default(),
+    )?)
 }
 
 /// The enclave's answer as an [`Inference`]: dequantized output, argmax, and `cost` completed

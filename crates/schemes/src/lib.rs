@@ -94,15 +94,17 @@ pub trait Scheme {
 mod asym;
 mod embedded;
 mod gc;
+mod lhe;
 mod tee;
 pub use asym::Asym;
 pub use gc::Gc;
+pub use lhe::Lhe;
 pub use tee::{Tee, TeeOptions};
 pub use tessera_asym::AsymOptions;
 pub use tessera_gc::GcOptions;
 
 /// The names of the schemes this build offers.
-pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym"];
+pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym", "lhe"];
 
 /// Whether scheme `name` can run `g`, decided before any work (no enclave, worker or garbling is
 /// started): the integer semantics for every scheme (the enclave runs them), the circuit for
@@ -114,6 +116,9 @@ pub fn check(name: &str, g: &Graph, semantics: &Semantics) -> Result<(), SchemeE
         "gc" => tessera_gc::check_model(g, semantics)
             .map_err(|e| SchemeError::Unsupported(e.to_string())),
         "asym" => tessera_asym::Plan::new(g, &AsymOptions::default())
+            .map(|_| ())
+            .map_err(|e| SchemeError::Unsupported(e.to_string())),
+        "lhe" => tessera_lhe::LheModel::new(g, semantics)
             .map(|_| ())
             .map_err(|e| SchemeError::Unsupported(e.to_string())),
         other => Err(SchemeError::Unsupported(format!(

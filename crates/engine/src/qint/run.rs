@@ -55,13 +55,7 @@ impl IntModel {
         let d = x
             .data()
             .iter()
-            .map(|&v| {
-                if !v.is_finite() {
-                    return Err(EngineError::Input(format!("input value {v} is not finite")));
-                }
-                let r = (f64::from(v) / q.scale).round();
-                Ok(r.clamp(q.lo as f64, q.hi as f64) as i64)
-            })
+            .map(|&v| q.quantize(v))
             .collect::<Result<Vec<_>, _>>()?;
         let shape = self
             .graph
@@ -203,6 +197,17 @@ impl IntModel {
 }
 
 impl ValueQuant {
+    /// `clamp(round_half_away_from_zero(v / scale), lo, hi)`: how an input is quantized (by
+    /// the engine, and by an `lhe` data owner encrypting its own input). A non-finite value is
+    /// an error.
+    pub fn quantize(&self, v: f32) -> Result<i64, EngineError> {
+        if !v.is_finite() {
+            return Err(EngineError::Input(format!("input value {v} is not finite")));
+        }
+        let r = (f64::from(v) / self.scale).round();
+        Ok(r.clamp(self.lo as f64, self.hi as f64) as i64)
+    }
+
     /// The real value of integer `q`.
     pub fn real(&self, q: i64) -> f64 {
         q as f64 * self.scale
