@@ -2,9 +2,7 @@
 //! enclave's public key, sends it to the server, and opens the sealed result.
 
 use crate::messages::{ClientToServer, ServerToClient};
-use crate::{InputEncoding, LheError, LheResult, SessionInfo, result_aad, result_nonce};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::{InputEncoding, LheError, LheResult, SessionInfo, open_result};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -100,6 +98,11 @@ impl DataOwner {
         })
     }
 
+    /// The session number the enclave issued.
+    pub fn session(&self) -> u64 {
+        self.opened.info.session
+    }
+
     /// The HE parameters of the session.
     pub fn params(&self) -> &HeParams {
         &self.opened.params
@@ -160,29 +163,7 @@ impl DataOwner {
             }
         };
         let (up1, down1, _) = counters.snapshot();
-        let cipher = Aes256Gcm::new_from_slice(&info.result_key)
-            .map_err(|e| LheError::Protocol(format!("result key: {e}")))?;
-        let nonce = result_nonce(request);
-        let plain = zeroize::Zeroizing::new(
-            cipher
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: &sealed,
-                        aad: &result_aad(info.session, request),
-                    },
-                )
-                .map_err(|_| LheError::Protocol("the sealed result does not open under this session's key: altered, or another session's".into()))?,
-        );
-        let result: LheResult = postcard::from_bytes(&plain)
-            .map_err(|e| LheError::Protocol(format!("the result does not decode: {e}")))?;
-        if result.exact.len() != result.shape.iter().product::<usize>()
-            || !(result.scale.is_finite() && result.scale > 0.0)
-        {
-            return Err(LheError::Protocol(
-                "the result's shape or scale is inconsistent".into(),
-            ));
-        }
+        let result = open_result(&info.result_key, info.session, request, &sealed)?;
         Ok((
             result,
             ClientCost {

@@ -3,12 +3,7 @@
 //! the output for the data owner.
 
 use crate::messages::{EnclaveToServer, ServerToEnclave};
-use crate::{
-    InputEncoding, LheError, LheModel, LheResult, PublicSetup, SessionInfo, result_aad,
-    result_nonce,
-};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use crate::{InputEncoding, LheError, LheModel, LheResult, PublicSetup, SessionInfo, seal_result};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -75,6 +70,11 @@ impl LheBackend {
     /// The model under lhe (layers, bounds, parameters).
     pub fn model(&self) -> &LheModel {
         &self.model
+    }
+
+    /// The public key's wire bytes.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
     }
 
     /// The public set-up the server receives.
@@ -207,22 +207,7 @@ impl LheBackend {
         stats.shape = out.shape().to_vec();
         stats.exact = out.data().to_vec();
         stats.scale = self.model.int.output_quant()?.scale;
-        let plain = Zeroizing::new(
-            postcard::to_allocvec(&stats)
-                .map_err(|e| LheError::Protocol(format!("encoding the result: {e}")))?,
-        );
-        let cipher = Aes256Gcm::new_from_slice(key.as_ref())
-            .map_err(|e| LheError::Protocol(format!("result key: {e}")))?;
-        let nonce = result_nonce(request);
-        cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &result_aad(session, request),
-                },
-            )
-            .map_err(|e| LheError::Protocol(format!("sealing the result: {e}")))
+        seal_result(&key, session, request, &stats)
     }
 
     fn run(

@@ -445,7 +445,7 @@ impl Drop for SessionInfo {
 }
 
 /// The sealed result's associated data: domain, session and request.
-pub(crate) fn result_aad(session: u64, request: u64) -> Vec<u8> {
+fn result_aad(session: u64, request: u64) -> Vec<u8> {
     let mut a = b"tessera-lhe-result-v1\0".to_vec();
     a.extend_from_slice(&session.to_le_bytes());
     a.extend_from_slice(&request.to_le_bytes());
@@ -454,10 +454,74 @@ pub(crate) fn result_aad(session: u64, request: u64) -> Vec<u8> {
 
 /// The nonce of request `request` (unique per session: the enclave accepts each request number
 /// once, in increasing order).
-pub(crate) fn result_nonce(request: u64) -> [u8; 12] {
+fn result_nonce(request: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&request.to_le_bytes());
     n
+}
+
+/// Seal `result` for the data owner of `session` (AES-256-GCM under its result key, the
+/// request number as nonce, session and request in the associated data).
+pub fn seal_result(
+    key: &[u8; 32],
+    session: u64,
+    request: u64,
+    result: &LheResult,
+) -> Result<Vec<u8>, LheError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let plain = zeroize::Zeroizing::new(
+        postcard::to_allocvec(result)
+            .map_err(|e| LheError::Protocol(format!("encoding the result: {e}")))?,
+    );
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(key)
+        .map_err(|e| LheError::Protocol(format!("result key: {e}")))?;
+    cipher
+        .encrypt(
+            &aes_gcm::Nonce::from(result_nonce(request)),
+            Payload {
+                msg: &plain,
+                aad: &result_aad(session, request),
+            },
+        )
+        .map_err(|e| LheError::Protocol(format!("sealing the result: {e}")))
+}
+
+/// Open a sealed result of request `request` of `session`; anything altered, replayed from
+/// another request or sealed for another session is refused.
+pub fn open_result(
+    key: &[u8; 32],
+    session: u64,
+    request: u64,
+    sealed: &[u8],
+) -> Result<LheResult, LheError> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(key)
+        .map_err(|e| LheError::Protocol(format!("result key: {e}")))?;
+    let plain = zeroize::Zeroizing::new(
+        cipher
+            .decrypt(
+                &aes_gcm::Nonce::from(result_nonce(request)),
+                Payload {
+                    msg: sealed,
+                    aad: &result_aad(session, request),
+                },
+            )
+            .map_err(|_| {
+                LheError::Protocol(format!(
+                    "the sealed result does not open as request {request} of session {session}: altered, replayed from another request, or another session's"
+                ))
+            })?,
+    );
+    let result: LheResult = postcard::from_bytes(&plain)
+        .map_err(|e| LheError::Protocol(format!("the result does not decode: {e}")))?;
+    if result.exact.len() != result.shape.iter().product::<usize>()
+        || !(result.scale.is_finite() && result.scale > 0.0)
+    {
+        return Err(LheError::Protocol(
+            "the result's shape or scale is inconsistent".into(),
+        ));
+    }
+    Ok(result)
 }
 
 /// An inference's output and what it cost, sealed for the data owner.
