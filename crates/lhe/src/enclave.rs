@@ -185,15 +185,13 @@ impl LheBackend {
         let out = match out {
             Ok(y) => y,
             Err(e) => {
-                if matches!(
-                    e,
-                    LheError::He(HeError::OutOfRange { .. })
-                        | LheError::AtLayer {
-                            source: HeError::OutOfRange { .. },
-                            ..
-                        }
-                ) && let Some(st) = self.sessions().get_mut(&session)
-                {
+                let out_of_range = match &e {
+                    LheError::He(h) | LheError::AtLayer { source: h, .. } => {
+                        matches!(**h, HeError::OutOfRange { .. })
+                    }
+                    _ => false,
+                };
+                if out_of_range && let Some(st) = self.sessions().get_mut(&session) {
                     st.dead = true;
                 }
                 return Err(e);
@@ -357,7 +355,7 @@ impl LheBackend {
             decrypt_output(&self.keys.secret, plan, &outs, need.acc_bound).map_err(|source| {
                 LheError::AtLayer {
                     layer: need.name.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         Ok(Tensor::new(out_shape.to_vec(), acc)?)

@@ -76,14 +76,14 @@ use tessera_model::ir::Op;
 pub enum LheError {
     /// The HE layer.
     #[error(transparent)]
-    He(#[from] HeError),
+    He(Box<HeError>),
     /// The HE layer, at a named linear layer.
     #[error("layer '{layer}': {source}")]
     AtLayer {
         /// The layer's node name.
         layer: String,
         /// What failed.
-        source: HeError,
+        source: Box<HeError>,
     },
     /// The engine.
     #[error(transparent)]
@@ -108,6 +108,12 @@ pub enum LheError {
         /// What failed.
         reason: String,
     },
+}
+
+impl From<HeError> for LheError {
+    fn from(e: HeError) -> Self {
+        LheError::He(Box::new(e))
+    }
 }
 
 impl From<LheError> for tessera_runtime::RuntimeError {
