@@ -2,6 +2,7 @@
 
 mod attested_cmd;
 mod calibrate;
+mod lhe_cmd;
 mod qint_cmd;
 mod remote;
 mod table;
@@ -23,7 +24,7 @@ use tessera_engine::{argmax, run_f32};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, ImportOptions, builders, load_model};
 use tessera_schemes::{
-    Asym, Gc, GcOptions, Plain, SCHEMES, Scheme, Summary, Tee, TeeOptions, summarize,
+    Asym, Gc, GcOptions, Lhe, Plain, SCHEMES, Scheme, Summary, Tee, TeeOptions, summarize,
 };
 
 #[derive(Parser)]
@@ -247,6 +248,12 @@ enum Cmd {
     Train(train_cmd::TrainArgs),
     /// Forward clients' bytes to an enclave (the untrusted host's role); sees only ciphertext.
     Relay(remote::RelayArgs),
+    /// lhe: the untrusted server — stores the encrypted model, computes every conv and dense
+    /// layer on ciphertexts for the enclave, relays sealed results to data owners.
+    Server(lhe_cmd::ServerArgs),
+    /// lhe: the model owner — attest the enclave, encrypt the model's weights under its HE key,
+    /// upload them to the server.
+    Upload(lhe_cmd::UploadArgs),
     /// Attestation evidence tools.
     Attest {
         #[command(subcommand)]
@@ -381,6 +388,8 @@ fn main() {
         Cmd::Stakeholder(c) => attested_cmd::run_stakeholder(c).map_err(CliError::Usage),
         Cmd::AttestedDemo(a) => attested_cmd::run_attested_demo(a).map_err(CliError::Usage),
         Cmd::Relay(a) => remote::relay(&a),
+        Cmd::Server(a) => lhe_cmd::server(&a),
+        Cmd::Upload(a) => lhe_cmd::upload(&a),
         Cmd::Attest { cmd, json } => remote::attest(&cmd, json),
     };
     if let Err(e) = res {
@@ -521,6 +530,17 @@ fn make_scheme(
                 },
                 human(st.material_bytes),
                 human(st.kept_bytes)
+            );
+            Ok(Box::new(t))
+        }
+        "lhe" => {
+            let t = Lhe::new(g, sem)?;
+            let u = t.upload();
+            eprintln!(
+                "lhe: {}; the model owner uploaded {} ciphertexts ({})",
+                t.params(),
+                u.ciphertexts,
+                human(u.bytes_stored)
             );
             Ok(Box::new(t))
         }
@@ -711,7 +731,7 @@ fn inspect(spec: &str, input_range: f32, quant: &QuantArgs, json: bool) -> Resul
 
 fn run(spec: &str, input: &str, scheme: &str, quant: &QuantArgs, json: bool) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
-    let sem = quant.semantics(&g)?;
+    let sem = quant.semantics_for(&g, scheme)?;
     require_scheme(scheme, &g, &sem)?;
     let x = load_input(input)?;
     let float = run_f32(&g, std::slice::from_ref(&x))?;
@@ -934,7 +954,7 @@ fn eval(
     json: bool,
 ) -> Result<()> {
     let g = resolve_model(spec, &quant.import_options())?;
-    let sem = quant.semantics(&g)?;
+    let sem = quant.semantics_for(&g, scheme)?;
     require_scheme(scheme, &g, &sem)?;
     let d = parse_dataset(dataset, dir)?;
     let r = evaluate(&g, &d, scheme, quant, &sem, !json)?;
@@ -1105,16 +1125,29 @@ fn demo(
         } else {
             &test
         };
-        let r = evaluate(&g, data, scheme, quant, &sem, !json)?;
+        // lhe reproduces v2 only: under pow2 it runs v2 calibrated on the same images, and its
+        // row says so.
+        let own;
+        let (sem_s, note) = match (&sem, scheme) {
+            (Semantics::Pow2(_), "lhe") => {
+                let mut q = quant.clone();
+                q.semantics = "v2".into();
+                own = q.semantics_on(&g, &calib, calib_source)?;
+                (&own, " (v2)")
+            }
+            _ => (&sem, ""),
+        };
+        let mut r = evaluate(&g, data, scheme, quant, sem_s, !json)?;
         if !json {
             println!(
-                "{scheme}: float top-1 {}, quantized top-1 {}, {} of {} bit-exact with the integer reference",
+                "{scheme}{note}: float top-1 {}, quantized top-1 {}, {} of {} bit-exact with the integer reference",
                 pct(r.float_correct, r.images),
                 pct(r.quantized_correct, r.images),
                 r.scheme.exact_matches,
                 r.images
             );
         }
+        r.scheme.scheme.push_str(note);
         rows.push(r.scheme);
     }
     // attested: train on an attested (software-TPM) host with keys from the broker in the

@@ -40,12 +40,17 @@ pub struct EnclaveArgs {
     /// Print the measurement and exit without serving.
     #[arg(long)]
     measure_only: bool,
-    /// Scheme: tee (the enclave runs the model) or gc (the enclave garbles, a worker evaluates).
+    /// Scheme: tee (the enclave runs the model), gc (the enclave garbles, a worker evaluates) or
+    /// lhe (the enclave holds the HE key and runs the non-linear layers, a server the rest).
     #[arg(long, default_value = "tee")]
     scheme: String,
     /// gc: the worker's address (`tessera worker`).
     #[arg(long)]
     worker: Option<String>,
+    /// lhe: the untrusted server's address (`tessera server`); the enclave connects to it and
+    /// drives every request.
+    #[arg(long)]
+    server: Option<String>,
     /// gc: garblings kept ready on the worker.
     #[arg(long, default_value_t = 2)]
     pool: usize,
@@ -82,10 +87,27 @@ pub struct WorkerArgs {
 pub struct ClientArgs {
     /// Enclave (or relay) address.
     #[arg(long, default_value = "127.0.0.1:7100")]
-    connect: String,
+    pub(crate) connect: String,
     /// Input: FILE.pb, FILE.npy, FILE.png or IDXFILE:INDEX.
     #[arg(long)]
-    input: String,
+    pub(crate) input: String,
+    /// Scheme of the enclave: tee, gc and asym take the input over the attested channel; lhe
+    /// opens a session there and sends the encrypted input to --server.
+    #[arg(long, default_value = "tee")]
+    pub(crate) scheme: String,
+    /// lhe: the untrusted server's address (`tessera server`).
+    #[arg(long)]
+    pub(crate) server: Option<String>,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What a party accepts as evidence from an enclave.
+#[derive(Args)]
+pub struct PolicyArgs {
     /// Attestation policy (JSON). Without it, only --allow-simulated evidence is accepted.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -102,9 +124,41 @@ pub struct ClientArgs {
     /// snp/tdx/sgx policies must name one.
     #[arg(long)]
     app_measurement: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+}
+
+impl PolicyArgs {
+    /// The attestation policy these flags describe.
+    pub(crate) fn policy(&self) -> Result<tessera_attest::Policy> {
+        let mut policy = match &self.policy {
+            Some(p) => tessera_attest::Policy::load(p).map_err(usage)?,
+            None if self.allow_simulated => tessera_attest::Policy::simulated_dev(),
+            None => {
+                return Err(usage(
+                    "give --policy FILE (expected measurements, TCB, allowed TEE kinds), or \
+                     --allow-simulated to talk to a simulated enclave (no security)",
+                ));
+            }
+        };
+        if self.allow_simulated {
+            policy.allow_simulated = true;
+        }
+        if let Some(m) = &self.measurement {
+            policy.measurements.push(m.to_lowercase());
+        }
+        if let Some(m) = &self.app_measurement {
+            policy.app_measurements.push(m.to_lowercase());
+        }
+        Ok(policy)
+    }
+
+    /// An attested channel to the enclave at `addr`.
+    pub(crate) fn connect(&self, addr: &str) -> Result<AttestedClient> {
+        let policy = self.policy()?;
+        let stream = TcpStream::connect(addr)
+            .map_err(|e| usage(format!("cannot connect to the enclave at {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        AttestedClient::connect(stream, &policy, ChannelOptions::default()).map_err(usage)
+    }
 }
 
 /// `tessera relay`.
@@ -173,9 +227,28 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
     })?;
     // The semantics is measured with the model; v2 calibrates on the model here, before TLS.
     let g = tessera_model::import_model(&model_onnx, &a.quant.import_options())?;
-    let semantics = a.quant.semantics(&g)?;
+    let semantics = a.quant.semantics_for(&g, &a.scheme)?;
     let backend = match a.scheme.as_str() {
         "tee" => Backend(None),
+        "lhe" => {
+            let addr = a.server.as_deref().ok_or_else(|| {
+                usage("--scheme lhe needs --server ADDR (a running `tessera server`)")
+            })?;
+            let stream = TcpStream::connect(addr)
+                .map_err(|e| usage(format!("cannot connect to the server at {addr}: {e}")))?;
+            let b = tessera_lhe::enclave::LheBackend::new(&g, &semantics).map_err(usage)?;
+            let (stored, _link) = b.drive(stream, ChannelOptions::default()).map_err(usage)?;
+            eprintln!(
+                "lhe: {} (key generated in the enclave, its hash bound into every report); {}",
+                b.model().params.describe(),
+                if stored {
+                    "the server holds the encrypted model for this key"
+                } else {
+                    "the server has no encrypted model for this key yet: run `tessera upload`"
+                }
+            );
+            Backend(Some(b))
+        }
         "gc" => {
             let addr = a.worker.as_deref().ok_or_else(|| {
                 usage("--scheme gc needs --worker ADDR (a running `tessera worker`)")
@@ -211,7 +284,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         }
         other => {
             return Err(usage(format!(
-                "the enclave serves --scheme tee or gc, not '{other}'"
+                "the enclave serves --scheme tee, gc or lhe, not '{other}'"
             )));
         }
     };
@@ -313,25 +386,10 @@ pub fn enclave(a: &EnclaveArgs) -> Result<()> {
 
 /// Send one input to an enclave and print the prediction.
 pub fn client(a: &ClientArgs) -> Result<()> {
-    let mut policy = match &a.policy {
-        Some(p) => tessera_attest::Policy::load(p).map_err(usage)?,
-        None if a.allow_simulated => tessera_attest::Policy::simulated_dev(),
-        None => {
-            return Err(usage(
-                "give --policy FILE (expected measurements, TCB, allowed TEE kinds), or \
-                 --allow-simulated to talk to a simulated enclave (no security)",
-            ));
-        }
-    };
-    if a.allow_simulated {
-        policy.allow_simulated = true;
+    if a.scheme == "lhe" {
+        return crate::lhe_cmd::client(a);
     }
-    if let Some(m) = &a.measurement {
-        policy.measurements.push(m.to_lowercase());
-    }
-    if let Some(m) = &a.app_measurement {
-        policy.app_measurements.push(m.to_lowercase());
-    }
+    let policy = a.policy.policy()?;
     let x = load_input(&a.input)?;
     let stream = TcpStream::connect(&a.connect)
         .map_err(|e| usage(format!("cannot connect to {}: {e}", a.connect)))?;

@@ -892,3 +892,111 @@ fn integer_semantics_v2_through_inspect_and_eval() {
     let v = v2("gc", "mnist:4");
     assert_eq!(v["scheme"]["exact_matches"], 4, "{v}");
 }
+
+/// lhe as four processes — the server, the enclave driving it, the model owner's upload and the
+/// data owner's client — bit-exact with `run` under the same v2 semantics.
+#[test]
+fn lhe_server_enclave_owner_and_client_processes() {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-lhe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("dash-c.onnx");
+    let (ok, _, err) = tessera(&["build", "dash-c", "-o", model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let input = dir.join("x.npy");
+    let x = tessera_model::Tensor::new(
+        vec![1, 1, 28, 28],
+        (0..784u32)
+            .map(|i| ((i * 29) % 256) as f32 / 255.0)
+            .collect(),
+    )
+    .unwrap();
+    std::fs::write(&input, tessera_data::npy::to_npy(&x)).unwrap();
+    let store = dir.join("store");
+    let (mut server, saddr, _) = spawn_until(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        "lhe server listening on ",
+    );
+    let state = dir.join("state");
+    let (mut enclave, eaddr, seen) = spawn_until(
+        &[
+            "enclave",
+            model.to_str().unwrap(),
+            "--scheme",
+            "lhe",
+            "--server",
+            &saddr,
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+        "listening on ",
+    );
+    let m = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("measurement "))
+        .expect("measurement printed")
+        .to_string();
+    let policy = ["--allow-simulated", "--measurement", &m];
+    let (ok_up, up, err_up) = tessera(
+        &[
+            &[
+                "upload",
+                model.to_str().unwrap(),
+                "--enclave",
+                &eaddr,
+                "--server",
+                &saddr,
+            ][..],
+            &policy,
+            &["--json"],
+        ]
+        .concat(),
+    );
+    let (ok, out, err) = tessera(
+        &[
+            &[
+                "client",
+                "--scheme",
+                "lhe",
+                "--connect",
+                &eaddr,
+                "--server",
+                &saddr,
+            ][..],
+            &["--input", input.to_str().unwrap()],
+            &policy,
+            &["--json"],
+        ]
+        .concat(),
+    );
+    let (ok2, plain, err2) = tessera(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--semantics",
+        "v2",
+        "--json",
+    ]);
+    let _ = enclave.kill();
+    let _ = server.kill();
+    let _ = enclave.wait();
+    let _ = server.wait();
+    assert!(ok_up, "upload: {err_up}");
+    assert!(ok, "client: {err}");
+    assert!(ok2, "run: {err2}");
+    let u: serde_json::Value = serde_json::from_str(&up).unwrap();
+    assert_eq!(u["layers"], 3, "{u}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(v["exact_output"], p["exact_output"]);
+    assert!(v["products"].as_u64().unwrap_or(0) > 0, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
