@@ -246,3 +246,234 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// One network's lhe figures, with tee and gc on the same input in the same run.
+#[derive(Serialize)]
+struct LheBenchRow {
+    network: String,
+    params: String,
+    /// Median end-to-end latency seen by the data owner, ms.
+    latency_ms: f64,
+    /// Median server time, ms.
+    server_ms: f64,
+    /// Median enclave time (decrypt, check, requantize, non-linear layers, encrypt), ms.
+    enclave_ms: f64,
+    /// Enclave time over latency.
+    enclave_share: f64,
+    /// Data owner ↔ server and enclave ↔ server bytes per inference.
+    bytes: u64,
+    rounds: u64,
+    /// The encrypted model on the server's disk.
+    stored_bytes: u64,
+    /// The model owner's encryption time, ms.
+    upload_encrypt_ms: f64,
+    products: u64,
+    decryptions: u64,
+    encryptions: u64,
+    exact: bool,
+    tee_ms: f64,
+    gc_online_ms: Option<f64>,
+    gc_garble_ms: Option<f64>,
+    layers: Vec<tessera_lhe::LayerCost>,
+}
+
+/// A network for the benchmarks with v2 calibrated on its inputs: mnist-8 (on MNIST images when
+/// `mnist_dir` has them) or a built-in network (on generated inputs in [0, 1]).
+fn bench_network(
+    name: &str,
+    mnist8: &std::path::Path,
+    mnist_dir: &std::path::Path,
+) -> Result<Option<(Graph, tessera_model::Tensor, Semantics)>> {
+    use tessera_engine::qint::{Calibration, QintConfig, default_calibration_inputs};
+    let (g, x, cal) = if name == "mnist-8" {
+        if !mnist8.exists() {
+            eprintln!("skipping mnist-8: {} not found", mnist8.display());
+            return Ok(None);
+        }
+        let g = tessera_model::load_model(mnist8, &tessera_model::ImportOptions::default())?;
+        let dir = mnist8.parent().unwrap_or(std::path::Path::new("."));
+        let x = tessera_data::load_pb(&dir.join("test_data_set_0/input_0.pb"))?;
+        let cal = match tessera_data::load_mnist_dir(mnist_dir) {
+            Ok(d) => {
+                let xs: Vec<_> = (0..32).filter_map(|i| d.image(i)).collect();
+                Calibration::from_inputs(&g, &xs, "mnist:32")?
+            }
+            Err(_) => Calibration::from_inputs(
+                &g,
+                &default_calibration_inputs(&g, 0.0, 255.0, 16, 1)?,
+                "generated",
+            )?,
+        };
+        (g, x, cal)
+    } else {
+        let g = crate::resolve_model(name, &tessera_model::ImportOptions::default())?;
+        let x = default_calibration_inputs(&g, 0.0, 1.0, 1, 99)?.remove(0);
+        let cal = Calibration::from_inputs(
+            &g,
+            &default_calibration_inputs(&g, 0.0, 1.0, 16, 1)?,
+            "generated",
+        )?;
+        (g, x, cal)
+    };
+    let sem = Semantics::V2 {
+        cfg: QintConfig::default(),
+        calibration: cal,
+    };
+    Ok(Some((g, x, sem)))
+}
+
+fn median_ms(v: &mut [f64]) -> f64 {
+    tessera_schemes::median(v)
+}
+
+/// `tessera bench --lhe NETS`: lhe end to end and per layer, tee and gc beside it.
+pub fn bench_lhe(nets: &[String], mnist8: &std::path::Path, reps: usize, json: bool) -> Result<()> {
+    use tessera_schemes::{Gc, GcOptions, Lhe, Scheme, Tee, TeeOptions};
+    let mnist_dir = mnist8
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("mnist-t10k"))
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for name in nets {
+        let Some((g, x, sem)) = bench_network(name, mnist8, &mnist_dir)? else {
+            continue;
+        };
+        if !json {
+            eprintln!("lhe bench: {name}: keys, upload, {reps} inferences; then tee and gc…");
+        }
+        let reference = tessera_engine::ExactModel::new(&g, &sem)?.run(&x)?;
+        let mut s = Lhe::new(&g, &sem)?;
+        let (mut lat, mut srv, mut enc) = (Vec::new(), Vec::new(), Vec::new());
+        let mut exact = true;
+        let mut last = None;
+        for _ in 0..reps.max(1) {
+            let r = s.infer(&x)?;
+            exact &= r.exact == reference;
+            lat.push(r.cost.latency.as_secs_f64() * 1e3);
+            let d = s.last_detail().ok_or_else(|| usage("no lhe result"))?;
+            srv.push(d.server_ns as f64 / 1e6);
+            enc.push(d.enclave_ns as f64 / 1e6);
+            last = Some(r);
+        }
+        let lr = s
+            .last_detail()
+            .ok_or_else(|| usage("no lhe result"))?
+            .clone();
+        let cost = last.map(|r| r.cost).unwrap_or_default();
+        let mut tee = Tee::new(&g, &sem, TeeOptions::default())?;
+        let mut tee_ms = Vec::new();
+        for _ in 0..reps.max(1) {
+            tee_ms.push(tee.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
+        }
+        let (gc_online, gc_garble) = match Gc::new(
+            &g,
+            GcOptions {
+                semantics: sem.clone(),
+                pool: 1,
+                overlap: false,
+                ..GcOptions::default()
+            },
+        ) {
+            Ok(mut gc) => {
+                let mut on = Vec::new();
+                for _ in 0..reps.clamp(1, 3) {
+                    gc.wait_ready(std::time::Duration::from_secs(7200))?;
+                    on.push(gc.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
+                }
+                (Some(median_ms(&mut on)), Some(gc.stats().garble_ms))
+            }
+            Err(e) => {
+                eprintln!("gc cannot run {name}: {e}");
+                (None, None)
+            }
+        };
+        let latency_ms = median_ms(&mut lat);
+        let enclave_ms = median_ms(&mut enc);
+        rows.push(LheBenchRow {
+            network: name.clone(),
+            params: s.params(),
+            latency_ms,
+            server_ms: median_ms(&mut srv),
+            enclave_ms,
+            enclave_share: enclave_ms / latency_ms.max(1e-9),
+            bytes: cost.bytes_up + cost.bytes_down,
+            rounds: cost.rounds,
+            stored_bytes: cost.stored_bytes,
+            upload_encrypt_ms: s.upload().encrypt_ns as f64 / 1e6,
+            products: lr.products,
+            decryptions: lr.decryptions,
+            encryptions: lr.encryptions,
+            exact,
+            tee_ms: median_ms(&mut tee_ms),
+            gc_online_ms: gc_online,
+            gc_garble_ms: gc_garble,
+            layers: lr.layers.clone(),
+        });
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = crate::table::Table::new(&[
+        "network",
+        "lhe ms",
+        "server ms",
+        "enclave ms",
+        "enclave share",
+        "bytes",
+        "rounds",
+        "stored",
+        "ct×ct",
+        "dec/enc",
+        "exact",
+        "tee ms",
+        "gc online ms",
+        "gc garble ms",
+    ]);
+    for r in &rows {
+        t.row(vec![
+            r.network.clone(),
+            format!("{:.1}", r.latency_ms),
+            format!("{:.1}", r.server_ms),
+            format!("{:.1}", r.enclave_ms),
+            format!("{:.0}%", 100.0 * r.enclave_share),
+            crate::human(r.bytes),
+            r.rounds.to_string(),
+            crate::human(r.stored_bytes),
+            r.products.to_string(),
+            format!("{}/{}", r.decryptions, r.encryptions),
+            if r.exact { "yes" } else { "NO" }.into(),
+            format!("{:.2}", r.tee_ms),
+            r.gc_online_ms.map_or("—".into(), |v| format!("{v:.1}")),
+            r.gc_garble_ms.map_or("—".into(), |v| format!("{v:.0}")),
+        ]);
+    }
+    println!("{}", t.render());
+    for r in &rows {
+        println!("{} ({}):", r.network, r.params);
+        let mut t = crate::table::Table::new(&[
+            "layer",
+            "server ms",
+            "enclave ms",
+            "to server",
+            "from server",
+            "ct×ct",
+            "dec",
+            "enc",
+        ]);
+        for l in &r.layers {
+            t.row(vec![
+                l.name.clone(),
+                format!("{:.2}", l.server_ns as f64 / 1e6),
+                format!("{:.2}", l.enclave_ns as f64 / 1e6),
+                crate::human(l.bytes_to_server),
+                crate::human(l.bytes_from_server),
+                l.products.to_string(),
+                l.decryptions.to_string(),
+                l.encryptions.to_string(),
+            ]);
+        }
+        println!("{}", t.render());
+    }
+    Ok(())
+}

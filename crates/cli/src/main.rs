@@ -291,6 +291,11 @@ enum Cmd {
         /// latency and bytes.
         #[arg(long, value_delimiter = ',')]
         gc: Vec<String>,
+        /// Benchmark the lhe scheme on these networks instead (comma-separated: mnist-8,
+        /// dash-a..dash-d, f-small, …): end to end and per layer — server and enclave time,
+        /// bytes, stored bytes, HE operation counts — with tee and gc on the same input.
+        #[arg(long, value_delimiter = ',')]
+        lhe: Vec<String>,
         /// Fractional bits for --gc.
         #[arg(long, default_value_t = 4)]
         gc_frac_bits: u32,
@@ -370,9 +375,12 @@ fn main() {
             gc,
             gc_frac_bits,
             gc_measured_margin,
+            lhe,
             json,
         } => {
-            if gc.is_empty() {
+            if !lhe.is_empty() {
+                lhe_cmd::bench_lhe(&lhe, &mnist8, reps, json)
+            } else if gc.is_empty() {
                 bench(&mnist8, &int8, reps, json)
             } else {
                 bench_gc(&gc, &mnist8, reps, gc_frac_bits, gc_measured_margin, json)
@@ -446,7 +454,7 @@ fn selftest(device: &str, seed: u64) -> Result<()> {
 }
 
 /// An ONNX path, or a built-in network name.
-fn resolve_model(spec: &str, opts: &ImportOptions) -> Result<Graph> {
+pub(crate) fn resolve_model(spec: &str, opts: &ImportOptions) -> Result<Graph> {
     let p = Path::new(spec);
     if p.exists() {
         return Ok(load_model(p, opts)?);
@@ -572,7 +580,7 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.2} G", n as f64 / 1e9),
         n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),

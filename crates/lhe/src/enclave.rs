@@ -3,7 +3,9 @@
 //! the output for the data owner.
 
 use crate::messages::{EnclaveToServer, ServerToEnclave};
-use crate::{InputEncoding, LheError, LheModel, LheResult, PublicSetup, SessionInfo, seal_result};
+use crate::{
+    InputEncoding, LayerCost, LheError, LheModel, LheResult, PublicSetup, SessionInfo, seal_result,
+};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -180,6 +182,7 @@ impl LheBackend {
             decryptions: 0,
             encryptions: 0,
             products: 0,
+            layers: Vec::new(),
         };
         let out = self.run(ch, request, &mut stats, &mut waited);
         let out = match out {
@@ -310,13 +313,20 @@ impl LheBackend {
             .get(li)
             .zip(m.needs.get(li))
             .ok_or_else(|| LheError::Protocol(format!("no linear layer {li}")))?;
+        let t_enc = Instant::now();
+        let (up0, down0, _) = ch.counters().snapshot();
+        let mut cost = LayerCost {
+            name: need.name.clone(),
+            ..LayerCost::default()
+        };
         let input = if li == 0 && m.input == InputEncoding::FirstLayer {
             None
         } else {
             let cts = encrypt_input(&self.keys.public, plan, input.data(), &mut rand::rng())?;
-            stats.encryptions += cts.len() as u64;
+            cost.encryptions = cts.len() as u64;
             Some(write_cts(p, &cts)?)
         };
+        cost.enclave_ns = t_enc.elapsed().as_nanos() as u64;
         ch.send(&EnclaveToServer::Compute {
             request,
             layer: li as u32,
@@ -337,7 +347,8 @@ impl LheBackend {
             }
         };
         *waited += t.elapsed();
-        stats.server_ns += server_ns;
+        let t_dec = Instant::now();
+        cost.server_ns = server_ns;
         let outs = read_cts(p, &outs, plan.n_outputs())?;
         if outs.len() != plan.n_outputs() {
             return Err(LheError::Protocol(format!(
@@ -347,8 +358,8 @@ impl LheBackend {
                 plan.n_outputs()
             )));
         }
-        stats.decryptions += outs.len() as u64;
-        stats.products += (0..plan.n_outputs())
+        cost.decryptions = outs.len() as u64;
+        cost.products = (0..plan.n_outputs())
             .map(|o| plan.products(o).len() as u64)
             .sum::<u64>();
         let acc =
@@ -358,6 +369,15 @@ impl LheBackend {
                     source: Box::new(source),
                 }
             })?;
+        cost.enclave_ns += t_dec.elapsed().as_nanos() as u64;
+        let (up1, down1, _) = ch.counters().snapshot();
+        cost.bytes_to_server = up1 - up0;
+        cost.bytes_from_server = down1 - down0;
+        stats.server_ns += cost.server_ns;
+        stats.decryptions += cost.decryptions;
+        stats.encryptions += cost.encryptions;
+        stats.products += cost.products;
+        stats.layers.push(cost);
         Ok(Tensor::new(out_shape.to_vec(), acc)?)
     }
 }

@@ -555,4 +555,28 @@ pub struct LheResult {
     pub encryptions: u64,
     /// Ciphertext × ciphertext products the server computed.
     pub products: u64,
+    /// Per linear layer.
+    pub layers: Vec<LayerCost>,
+}
+
+/// What one linear layer cost within a request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LayerCost {
+    /// The layer's node name.
+    pub name: String,
+    /// Server time (its own measurement), ns.
+    pub server_ns: u64,
+    /// Enclave time on this layer's ciphertexts (encrypting its input, decrypting and checking
+    /// its output), ns.
+    pub enclave_ns: u64,
+    /// Bytes enclave → server.
+    pub bytes_to_server: u64,
+    /// Bytes server → enclave.
+    pub bytes_from_server: u64,
+    /// Ciphertext × ciphertext products.
+    pub products: u64,
+    /// Ciphertexts decrypted.
+    pub decryptions: u64,
+    /// Ciphertexts encrypted.
+    pub encryptions: u64,
 }

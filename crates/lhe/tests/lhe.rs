@@ -155,6 +155,7 @@ fn result() -> LheResult {
         decryptions: 6,
         encryptions: 7,
         products: 8,
+        layers: Vec::new(),
     }
 }
 

@@ -48,6 +48,7 @@ pub struct Lhe {
     linear_macs: u64,
     profile: Profile,
     footprint: Footprint,
+    last: Option<tessera_lhe::LheResult>,
 }
 
 impl Lhe {
@@ -114,12 +115,19 @@ impl Lhe {
             linear_macs,
             profile,
             footprint: Footprint::of(graph),
+            last: None,
         })
     }
 
     /// The model owner's upload (ciphertexts, bytes sent and stored, encryption time).
     pub fn upload(&self) -> &UploadReport {
         &self.upload
+    }
+
+    /// The last inference's detail as the enclave reported it (server and enclave time, HE
+    /// operation counts, per-layer costs).
+    pub fn last_detail(&self) -> Option<&tessera_lhe::LheResult> {
+        self.last.as_ref()
     }
 
     /// The HE parameters, in words.
@@ -157,10 +165,12 @@ impl Scheme for Lhe {
                 latency.saturating_sub(enclave) + Duration::from_nanos(tee.modeled_ns),
             ),
         };
+        let scale = r.scale;
+        self.last = Some(r);
         Ok(Inference {
             output,
             exact,
-            scale: r.scale,
+            scale,
             class,
             cost,
         })
