@@ -6,6 +6,11 @@
 
 use crate::{HeError, HeParams};
 use fhe::bfv::{Ciphertext, Encoding, Plaintext};
+use fhe_math::rns::ScalingFactor;
+use fhe_math::rq::scaler::Scaler;
+use fhe_math::rq::traits::TryConvertFrom;
+use fhe_math::rq::{Context, Poly, Representation};
+use num_bigint::BigUint;
 use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
@@ -27,10 +32,57 @@ impl Ct {
     }
 }
 
-/// The secret key (zeroized on drop by the library).
+/// The secret key (zeroized on drop by the library), with `s` and `s²` in NTT form at every
+/// level for decryption (zeroized on drop).
 pub struct SecretKey {
     pub(crate) sk: fhe::bfv::SecretKey,
     pub(crate) params: HeParams,
+    levels: Vec<LevelKey>,
+}
+
+/// `s`, `s²` and the `t/q` scaler at one level.
+struct LevelKey {
+    s: Zeroizing<Poly>,
+    s2: Zeroizing<Poly>,
+    scaler: Scaler,
+    q0: u64,
+}
+
+impl SecretKey {
+    fn new(sk: fhe::bfv::SecretKey, params: &HeParams) -> Result<Self, HeError> {
+        use fhe_traits::Serialize;
+        use prost::Message;
+        let proto = fhe::proto::bfv::SecretKey::decode(sk.to_bytes().as_slice())
+            .map_err(|e| HeError::Operand(format!("secret key did not round-trip: {e}")))?;
+        let coeffs = Zeroizing::new(proto.coeffs);
+        let bfv = params.bfv();
+        let plain_ctx = Context::new_arc(&bfv.moduli()[..1], bfv.degree())?;
+        let t = BigUint::from(params.plaintext());
+        let mut levels = Vec::with_capacity(bfv.max_level() + 1);
+        for level in 0..=bfv.max_level() {
+            let ctx = bfv.context_at_level(level)?;
+            let mut s = Zeroizing::new(Poly::try_convert_from(
+                coeffs.as_slice(),
+                ctx,
+                false,
+                Representation::PowerBasis,
+            )?);
+            s.change_representation(Representation::Ntt);
+            let s2 = Zeroizing::new(&*s * &*s);
+            let scaler = Scaler::new(ctx, &plain_ctx, ScalingFactor::new(&t, ctx.modulus()))?;
+            levels.push(LevelKey {
+                s,
+                s2,
+                scaler,
+                q0: bfv.moduli()[0],
+            });
+        }
+        Ok(Self {
+            sk,
+            params: params.clone(),
+            levels,
+        })
+    }
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -60,16 +112,21 @@ impl KeyPair {
     pub fn generate<R: RngCore + CryptoRng>(params: &HeParams, rng: &mut R) -> Self {
         let sk = fhe::bfv::SecretKey::random(params.bfv(), rng);
         let pk = fhe::bfv::PublicKey::new(&sk, rng);
-        Self {
-            secret: SecretKey {
+        let public = PublicKey {
+            pk,
+            params: params.clone(),
+        };
+        // Building the per-level decryption keys uses only contexts these parameters already
+        // built; it cannot fail for parameters that exist.
+        let secret = match SecretKey::new(sk.clone(), params) {
+            Ok(s) => s,
+            Err(_) => SecretKey {
                 sk,
                 params: params.clone(),
+                levels: Vec::new(),
             },
-            public: PublicKey {
-                pk,
-                params: params.clone(),
-            },
-        }
+        };
+        Self { secret, public }
     }
 }
 
@@ -139,23 +196,51 @@ impl SecretKey {
         &self.params
     }
 
-    /// Decrypt to the `N` centred coefficients.
+    /// Decrypt to the `N` centred coefficients: the phase `c₀ + c₁·s (+ c₂·s²)` with `s` and
+    /// `s²` kept in NTT form per level, scaled by `t/q` with the library's scaler (rounded), and
+    /// read centred mod `t`. Ciphertexts of more than three polynomials go through the
+    /// library's general decryption.
     pub fn decrypt(&self, ct: &Ct) -> Result<Zeroizing<Vec<i64>>, HeError> {
         let level = self.params.level_of(ct)?;
-        let pt = self.sk.try_decrypt(&ct.0)?;
-        let v = Zeroizing::new(Vec::<u64>::try_decode(&pt, Encoding::poly_at_level(level))?);
         let t = self.params.plaintext();
-        Ok(Zeroizing::new(v.iter().map(|&r| centred(t, r)).collect()))
+        let Some(k) = self.levels.get(level).filter(|_| ct.parts() <= 3) else {
+            let pt = self.sk.try_decrypt(&ct.0)?;
+            let v = Zeroizing::new(Vec::<u64>::try_decode(&pt, Encoding::poly_at_level(level))?);
+            return Ok(Zeroizing::new(v.iter().map(|&r| centred(t, r)).collect()));
+        };
+        let mut parts = ct.0.iter();
+        let Some(c0) = parts.next() else {
+            return Err(HeError::Operand("an empty ciphertext".into()));
+        };
+        let mut phase = Zeroizing::new(c0.clone());
+        phase.change_representation(Representation::Ntt);
+        for (c, key) in parts.zip([&k.s, &k.s2]) {
+            let mut c = c.clone();
+            c.change_representation(Representation::Ntt);
+            c *= key.as_ref();
+            *phase += &c;
+        }
+        phase.change_representation(Representation::PowerBasis);
+        let d = Zeroizing::new(phase.scale(&k.scaler)?);
+        let v = Zeroizing::new(Vec::<u64>::from(d.as_ref()));
+        let (q0, ti) = (i128::from(k.q0), i128::from(t));
+        Ok(Zeroizing::new(
+            v.iter()
+                .map(|&r| {
+                    // round(t·phase/q) in (−t, t), held mod q₀: centre it, then mod t.
+                    let r = i128::from(r);
+                    let r = if r > q0 / 2 { r - q0 } else { r };
+                    centred(t, r.rem_euclid(ti) as u64)
+                })
+                .collect(),
+        ))
     }
 
     /// The noise of every coefficient, `phase − (q/t)·m` with the phase centred mod `q`, as f64
     /// (variable time; for the circuit-privacy tests and parameter studies, never on a path
     /// that answers a peer).
     pub fn noise_coefficients(&self, ct: &Ct) -> Result<Vec<f64>, HeError> {
-        use fhe_math::rq::traits::TryConvertFrom;
-        use fhe_math::rq::{Poly, Representation};
         use fhe_traits::Serialize;
-        use num_bigint::BigUint;
         use num_traits::ToPrimitive;
         use prost::Message;
         let m = self.decrypt(ct)?;

@@ -271,6 +271,18 @@ impl PreparedWeights {
     }
 }
 
+/// Switch results down to the last level, the first prime only (the rule sizes it to hold the
+/// rounding noise of a degree-2 result): fewer bytes to send and a cheaper decryption. A no-op
+/// where the parameters have one prime.
+pub fn switch_down(params: &HeParams, cts: &mut [Ct]) -> Result<(), HeError> {
+    let last = params.bfv().max_level();
+    for ct in cts {
+        params.level_of(ct)?;
+        ct.0.switch_to_level(last)?;
+    }
+    Ok(())
+}
+
 /// Encrypt a layer's input by its layout.
 pub fn encrypt_input<R: RngCore + CryptoRng>(
     pk: &PublicKey,

@@ -25,8 +25,11 @@
 //!      above (`λ` = [`ParamOptions::stat_bits`], statistical distance ≤ `N·2^(−λ)` per
 //!      ciphertext), and the result is switched down to the first modulus `q₀`.
 //! 3. **Ciphertext modulus**: `log q ≥ ℓ + 1 + log₂(noise) + 4` (`q > 2t·noise` with 16×
-//!    headroom); with flooding the first prime `q₀` has `ℓ + log₂(100·√N) + 4` bits so the
-//!    switched ciphertext still decrypts. Primes of at most 60 bits, each `≡ 1 mod 2N`.
+//!    headroom). Results are switched down to the first prime `q₀` before they leave the
+//!    evaluator (half the bytes, a fraction of the decryption), so `q₀` holds the switch's
+//!    rounding noise: `ℓ + 1 + log₂(29·N) + 3` bits ([`switched_noise_bits`]: 10 standard
+//!    deviations of `r₂·s²` for a degree-2 result), or with flooding `ℓ + log₂(100·√N) + 4`
+//!    bits (degree-1 results). Primes of at most 60 bits, each `≡ 1 mod 2N`.
 //! 4. **Ring degree**: the smallest `N ∈ {2048, …, 32768}` whose `log q` is within the HE
 //!    standard's 128-bit classical bound ([`max_log_q`]), and at least the degree the layers'
 //!    layouts ask for ([`ParamOptions::min_degree`]). If none fits, the layer that needs the
@@ -128,6 +131,12 @@ pub fn fresh_noise_bits(n: usize) -> u32 {
     log2_ceil_f(100.0 * (2.0 * n as f64).sqrt())
 }
 
+/// `log₂` of the rounding noise a degree-2 ciphertext picks up when switched down to the first
+/// prime: 10 standard deviations of `r₂·s²`, `10·N·σ²/√12 ≈ 29·N`.
+pub fn switched_noise_bits(n: usize) -> u32 {
+    log2_ceil_f(29.0 * n as f64)
+}
+
 /// Estimated noise bits of one layer's results (rule step 2).
 pub fn layer_noise_bits(need: &LayerNeed, n: usize, plain_bits: u32) -> u32 {
     let b = 100.0 * (2.0 * n as f64).sqrt();
@@ -140,20 +149,25 @@ pub fn layer_noise_bits(need: &LayerNeed, n: usize, plain_bits: u32) -> u32 {
     log2_ceil_f(v)
 }
 
-fn split_moduli(total: u32, first: Option<u32>) -> Vec<usize> {
+/// Prime sizes summing to at least `total` bits, each of at most 60 bits and at least `min`
+/// (every prime must exceed the plaintext modulus), the first of `first` bits where asked and
+/// the rest can form primes of their own.
+fn split_moduli(total: u32, first: Option<u32>, min: u32) -> Vec<usize> {
+    let min = min.clamp(20, 60);
     let mut sizes = Vec::new();
     let mut rest = total;
-    if let Some(f) = first {
-        let f = f.clamp(20, 60);
+    if let Some(f) = first.map(|f| f.clamp(min, 60))
+        && total >= f + min
+    {
         sizes.push(f as usize);
-        rest = rest.saturating_sub(f);
+        rest -= f;
     }
-    if rest > 0 {
+    if rest > 0 || sizes.is_empty() {
         let k = rest.div_ceil(60).max(1);
         let base = rest / k;
         let extra = rest % k;
         for i in 0..k {
-            sizes.push((base + u32::from(i < extra)).max(20) as usize);
+            sizes.push((base + u32::from(i < extra)).max(min) as usize);
         }
     }
     sizes
@@ -188,9 +202,13 @@ impl HeParams {
                 let total = (plain_bits + flood + 4).max(q0 + 20);
                 (total, Some(q0), Some(flood))
             } else {
-                (plain_bits + 1 + noise_bits + 4, None, None)
+                // The first prime holds a switched-down degree-2 result: its rounding noise
+                // (dominated by r₂·s², standard deviation N·σ²/√12) below 10 standard deviations.
+                let q0 = plain_bits + 1 + switched_noise_bits(n) + 3;
+                let total = (plain_bits + 1 + noise_bits + 4).max(q0);
+                (total, Some(q0), None)
             };
-            let sizes = split_moduli(total, first);
+            let sizes = split_moduli(total, first, plain_bits + 2);
             let bits: usize = sizes.iter().sum();
             if bits as u32 > limit {
                 last = format!(
@@ -246,6 +264,12 @@ impl HeParams {
         if !(2..=60).contains(&plain_bits) {
             return Err(HeError::Operand(format!(
                 "plaintext modulus 2^{plain_bits} is outside 2^2 … 2^60"
+            )));
+        }
+        if let Some(b) = moduli_bits.iter().find(|&&b| b < plain_bits as usize + 2 || b > 62) {
+            return Err(HeError::Operand(format!(
+                "a {b}-bit prime cannot carry the plaintext modulus 2^{plain_bits} (each prime needs {} to 62 bits)",
+                plain_bits + 2
             )));
         }
         let bfv = BfvParametersBuilder::new()

@@ -136,6 +136,12 @@ fn check_layer(
             "{product:?} {}: measured 2^{measured}, rule 2^{est}",
             params.describe()
         );
+        // Switched down to the first prime, as results leave the evaluator: still exact.
+        let mut low = outs.clone();
+        tessera_he::linear::switch_down(&params, &mut low).expect("switch");
+        let got_low = decrypt_output(&keys.secret, &plan, &low, nd.acc_bound).expect("switched");
+        let got_low: Vec<i128> = got_low.iter().map(|&v| i128::from(v)).collect();
+        assert_eq!(got_low, want, "{product:?} switched down");
         assert!(
             measured as u32 <= est,
             "{product:?}: measured noise 2^{measured} over the rule's 2^{est}"

@@ -98,6 +98,13 @@ fn each_check_stops_its_own_defect() {
     let prime_at = 4 + 1 + 1 + 32 + 8 + 4 + 3 + 16 + 1 + 1;
     pb[prime_at] ^= 2;
     assert!(wire_detail(read_params(&reseal(pb)).expect_err("primes")).contains("primes"));
+    // Prime sizes too small for the plaintext modulus (the library would assert): refused by
+    // the size check, before any prime is generated.
+    let mut small = write_params(&p);
+    let first_size = 4 + 1 + 1 + 32 + 8 + 4 + 3 + 16 + 1;
+    small[first_size] = 12;
+    let e = wire_detail(read_params(&reseal(small)).expect_err("small prime"));
+    assert!(e.contains("cannot carry the plaintext modulus"), "{e}");
     // A public key that claims a degree-2 ciphertext.
     let mut pk = write_public(&keys.public).expect("pk");
     pk[4 + 1 + 1 + 32 + 8] = 3;

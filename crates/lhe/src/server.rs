@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tessera_he::linear::{EncryptedWeights, PreparedWeights};
+use tessera_he::linear::{EncryptedWeights, PreparedWeights, switch_down};
 use tessera_he::wire::{read_cts, read_params, write_cts};
 use tessera_he::{Ct, HeParams, LinearPlan};
 use tessera_runtime::RuntimeError;
@@ -270,6 +270,8 @@ fn enclave_link(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Resu
                             )));
                         }
                     };
+                    let mut outs = outs;
+                    switch_down(&setup.params, &mut outs)?;
                     let server_ns = t0.elapsed().as_nanos() as u64;
                     ch.send(&ServerToEnclave::Computed {
                         request,

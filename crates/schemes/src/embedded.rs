@@ -58,11 +58,11 @@ pub(crate) fn connect(
     let _ = stream.set_nodelay(true);
     let mut policy = tessera_attest::Policy::simulated_dev();
     policy.measurements = vec![tessera_runtime::enclave::hex(measurement)];
-    Ok(AttestedClient::connect(
-        stream,
-        &policy,
-        ChannelOptions::default(),
-    )?)
+    let mut client = AttestedClient::connect(stream, &policy, ChannelOptions::default())?;
+    // One request now ends the connection's unauthenticated phase, whose short deadline would
+    // otherwise close it while a scheme prepares (gc's first garbling of a large network).
+    client.info()?;
+    Ok(client)
 }
 
 /// The enclave's answer as an [`Inference`]: dequantized output, argmax, and `cost` completed
