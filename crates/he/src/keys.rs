@@ -10,8 +10,8 @@ use fhe_math::rns::ScalingFactor;
 use fhe_math::rq::scaler::Scaler;
 use fhe_math::rq::traits::TryConvertFrom;
 use fhe_math::rq::{Context, Poly, Representation};
-use num_bigint::BigUint;
 use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+use num_bigint::BigUint;
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 

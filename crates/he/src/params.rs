@@ -266,7 +266,10 @@ impl HeParams {
                 "plaintext modulus 2^{plain_bits} is outside 2^2 … 2^60"
             )));
         }
-        if let Some(b) = moduli_bits.iter().find(|&&b| b < plain_bits as usize + 2 || b > 62) {
+        if let Some(b) = moduli_bits
+            .iter()
+            .find(|&&b| b < plain_bits as usize + 2 || b > 62)
+        {
             return Err(HeError::Operand(format!(
                 "a {b}-bit prime cannot carry the plaintext modulus 2^{plain_bits} (each prime needs {} to 62 bits)",
                 plain_bits + 2
