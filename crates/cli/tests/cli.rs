@@ -23,6 +23,11 @@ fn demo_runs_from_the_repository_alone() {
     let (ok, out, err) = tessera(&["demo", "--n", "100"]);
     assert!(ok, "demo failed: {err}");
     assert!(out.contains("scheme") && out.contains("plain"), "{out}");
+    // lhe runs in the demo, bit-exact with its (v2) reference on every image.
+    assert!(
+        out.contains("lhe (v2): float top-1") && out.contains("100 of 100 bit-exact"),
+        "{out}"
+    );
     let (ok, json, _) = tessera(&["demo", "--n", "50", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&json).expect("demo --json is JSON");
@@ -53,6 +58,8 @@ fn every_command_has_help() {
         "agent",
         "stakeholder",
         "attested-demo",
+        "server",
+        "upload",
     ] {
         let (ok, out, _) = tessera(&[c, "--help"]);
         assert!(ok && out.contains("Usage"), "{c} --help: {out}");
