@@ -52,7 +52,8 @@ impl SecretKey {
     fn new(sk: fhe::bfv::SecretKey, params: &HeParams) -> Result<Self, HeError> {
         use fhe_traits::Serialize;
         use prost::Message;
-        let proto = fhe::proto::bfv::SecretKey::decode(sk.to_bytes().as_slice())
+        let bytes = Zeroizing::new(sk.to_bytes());
+        let proto = fhe::proto::bfv::SecretKey::decode(bytes.as_slice())
             .map_err(|e| HeError::Operand(format!("secret key did not round-trip: {e}")))?;
         let coeffs = Zeroizing::new(proto.coeffs);
         let bfv = params.bfv();
@@ -244,7 +245,8 @@ impl SecretKey {
         use num_traits::ToPrimitive;
         use prost::Message;
         let m = self.decrypt(ct)?;
-        let proto = fhe::proto::bfv::SecretKey::decode(self.sk.to_bytes().as_slice())
+        let bytes = Zeroizing::new(self.sk.to_bytes());
+        let proto = fhe::proto::bfv::SecretKey::decode(bytes.as_slice())
             .map_err(|e| HeError::Operand(format!("secret key did not round-trip: {e}")))?;
         let coeffs = Zeroizing::new(proto.coeffs);
         let first =

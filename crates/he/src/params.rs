@@ -195,20 +195,23 @@ impl HeParams {
                 .map(|nd| (layer_noise_bits(nd, n, plain_bits), nd.name.as_str()))
                 .max()
                 .unwrap_or((fresh_noise_bits(n), ""));
+            // Every prime exceeds the plaintext modulus (and is at least 20 bits).
+            let min_prime = (plain_bits + 2).max(20);
             let (total, first, flood_bits) = if opts.flood {
                 let flood = noise_bits + opts.stat_bits;
                 let q0 = plain_bits + log2_ceil_f(100.0 * (n as f64).sqrt()) + 4;
                 // q ≥ 4·t·flood so the switched flood noise is ≤ q₀/(4t).
-                let total = (plain_bits + flood + 4).max(q0 + 20);
+                let total = (plain_bits + flood + 4).max(q0 + min_prime);
                 (total, Some(q0), Some(flood))
             } else {
                 // The first prime holds a switched-down degree-2 result: its rounding noise
                 // (dominated by r₂·s², standard deviation N·σ²/√12) below 10 standard deviations.
                 let q0 = plain_bits + 1 + switched_noise_bits(n) + 3;
-                let total = (plain_bits + 1 + noise_bits + 4).max(q0);
+                // At least one more prime beside q₀, so results can always be switched down to it.
+                let total = (plain_bits + 1 + noise_bits + 4).max(q0 + min_prime);
                 (total, Some(q0), None)
             };
-            let sizes = split_moduli(total, first, plain_bits + 2);
+            let sizes = split_moduli(total, first, min_prime);
             let bits: usize = sizes.iter().sum();
             if bits as u32 > limit {
                 last = format!(

@@ -139,6 +139,16 @@ fn check_layer(
         // Switched down to the first prime, as results leave the evaluator: still exact.
         let mut low = outs.clone();
         tessera_he::linear::switch_down(&params, &mut low).expect("switch");
+        let switched = low
+            .iter()
+            .map(|c| keys.secret.noise_bits(c).expect("noise"))
+            .max()
+            .unwrap_or(0);
+        let bound = tessera_he::params::switched_noise_bits(params.degree());
+        assert!(
+            switched as u32 <= bound,
+            "{product:?}: switched noise 2^{switched} over the rule's 2^{bound}"
+        );
         let got_low = decrypt_output(&keys.secret, &plan, &low, nd.acc_bound).expect("switched");
         let got_low: Vec<i128> = got_low.iter().map(|&v| i128::from(v)).collect();
         assert_eq!(got_low, want, "{product:?} switched down");
@@ -459,5 +469,40 @@ fn sanitized_results_carry_no_trace_of_the_weights_in_their_noise() {
     assert!(
         (ah / al - 1.0).abs() < 0.03 && (sh / sl - 1.0).abs() < 0.03,
         "heavy {ah}/{sh} vs light {al}/{sl}"
+    );
+}
+
+#[test]
+fn a_layer_beyond_every_parameter_set_is_named() {
+    let huge = LayerNeed {
+        name: "conv-huge".into(),
+        acc_bound: 1 << 70,
+        x_bound: 255,
+        w_bound: 127,
+        terms: 9,
+        products: 1,
+        product: Product::Encrypted,
+    };
+    let small = LayerNeed {
+        name: "conv-small".into(),
+        acc_bound: 1000,
+        ..huge.clone()
+    };
+    let e = HeParams::choose(&[small.clone(), huge], ParamOptions::default()).expect_err("no fit");
+    match e {
+        HeError::DoesNotFit { layer, .. } => assert_eq!(layer, "conv-huge"),
+        e => panic!("{e}"),
+    }
+    // Noise beyond N = 32768 (a product sum no modulus at 128-bit security holds).
+    let deep = LayerNeed {
+        name: "dense-deep".into(),
+        acc_bound: 1 << 59,
+        products: 1 << 40,
+        ..small.clone()
+    };
+    let e = HeParams::choose(&[small, deep], ParamOptions::default()).expect_err("no fit");
+    assert!(
+        matches!(&e, HeError::DoesNotFit { layer, .. } if layer == "dense-deep"),
+        "{e}"
     );
 }

@@ -42,6 +42,7 @@ pub struct LheBackend {
     public_key: Vec<u8>,
     key_hash: [u8; 32],
     setup: PublicSetup,
+    commitment: [u8; 32],
     sessions: Mutex<HashMap<u64, SessionState>>,
     next_session: AtomicU64,
     footprint: Footprint,
@@ -55,6 +56,7 @@ impl LheBackend {
         let public_key = write_public(&keys.public)?;
         let key_hash: [u8; 32] = Sha256::digest(&public_key).into();
         let setup = model.public_setup(&public_key);
+        let commitment = model.commitment()?;
         let mut start = [0u8; 8];
         rand::rng().fill_bytes(&mut start);
         Ok(Arc::new(Self {
@@ -64,6 +66,7 @@ impl LheBackend {
             public_key,
             key_hash,
             setup,
+            commitment,
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(u64::from_le_bytes(start) >> 1),
         }))
@@ -428,6 +431,7 @@ impl InferBackend for LheBackend {
             result_key: *key,
             public_key: self.public_key.clone(),
             setup: self.setup.clone(),
+            model: self.commitment,
             input_shape: g
                 .inputs
                 .first()

@@ -47,7 +47,11 @@
 //! * **The data owner** learns its own output (the logits at the output scale) and the public
 //!   set-up, nothing about the weights beyond what the outputs reveal.
 //! * **The model owner** learns nothing about inputs: it talks to the enclave and the server,
-//!   never sees a request.
+//!   never sees a request. Its upload is checked against the commitment to the measured
+//!   model's integer weights that the enclave sends inside TLS, which catches a wrong model
+//!   file; the enclave does not decrypt the upload, so a model owner who wants to can upload
+//!   other weights than the measured ones — a data owner's assurance about which weights run
+//!   rests on the model owner as well as on the measurement.
 //! * Messages between the data or model owner and the enclave travel inside attested TLS;
 //!   messages through the server are authenticated only where they matter to confidentiality
 //!   (the sealed result is AES-GCM under a key the server never sees; ciphertexts are checked
@@ -411,6 +415,24 @@ impl LheModel {
         self.input_len().div_ceil(self.params.degree())
     }
 
+    /// SHA-256 over every linear layer's integer weights and biases (and the requantization
+    /// the enclave applies is fixed by the measured model and semantics): what a model owner
+    /// compares with its own before uploading. Sent only inside TLS, never to the server.
+    pub fn commitment(&self) -> Result<[u8; 32], LheError> {
+        let mut h = Sha256::new();
+        h.update(b"tessera-lhe-model-v1\0");
+        for i in 0..self.layers.len() {
+            let (w, b) = self.weights(i)?;
+            for part in [w, b] {
+                h.update((part.len() as u64).to_le_bytes());
+                for v in part {
+                    h.update(v.to_le_bytes());
+                }
+            }
+        }
+        Ok(h.finalize().into())
+    }
+
     /// The public set-up for a public key's wire bytes.
     pub fn public_setup(&self, public_key: &[u8]) -> PublicSetup {
         PublicSetup {
@@ -434,6 +456,9 @@ pub struct SessionInfo {
     pub public_key: Vec<u8>,
     /// The public set-up (parameters, layers, input encoding).
     pub setup: PublicSetup,
+    /// The model's commitment ([`LheModel::commitment`]): a model owner uploads only weights
+    /// that match it.
+    pub model: [u8; 32],
     /// Input shape.
     pub input_shape: Vec<usize>,
     /// Input quantization: scale.

@@ -39,7 +39,7 @@ pub fn upload<T: Transport + 'static>(
     let opened = open_session(enclave)?;
     let model = LheModel::with_params(graph, semantics, opened.params.clone())?;
     let mine = model.public_setup(&opened.info.public_key);
-    if mine != opened.info.setup {
+    if mine != opened.info.setup || model.commitment()? != opened.info.model {
         return Err(LheError::Protocol(
             "the enclave runs another model or layout than the one being uploaded (check the model and --semantics)".into(),
         ));

@@ -390,3 +390,33 @@ fn truncated_and_malformed_uploads_leave_nothing_behind() {
         .infer(&p.input())
         .expect("serves");
 }
+
+#[test]
+fn an_upload_of_another_model_is_refused() {
+    let p = parties("othermodel", |b| b);
+    // The measured model with one weight's sign flipped, under the same semantics: the same
+    // shapes, bounds, parameters and public set-up, so only the enclave's commitment to its
+    // measured weights tells them apart.
+    let mut other = p.graph.clone();
+    let w = other
+        .nodes
+        .iter_mut()
+        .find_map(|n| match &mut n.op {
+            tessera_model::ir::Op::Conv(c) => Some(&mut c.weight),
+            _ => None,
+        })
+        .expect("a conv");
+    w.data_mut()[0] = -w.data()[0];
+    let mut owner = p.attested();
+    let e = tessera_lhe::owner::upload(
+        &mut owner,
+        &other,
+        &p.sem,
+        tcp(p.server.addr()),
+        ChannelOptions::default(),
+        &mut |_, _| {},
+    )
+    .expect_err("refused");
+    assert!(e.to_string().contains("runs another model"), "{e}");
+    assert_eq!(std::fs::read_dir(&p.store).expect("store").count(), 0);
+}

@@ -572,6 +572,10 @@ impl Enclave {
                 }
             };
             ch.send(&reply)?;
+            // A session carries secrets (lhe's result key): wipe this copy once it is sent.
+            if let EnclaveMsg::Session(mut bytes) = reply {
+                zeroize::Zeroize::zeroize(&mut bytes);
+            }
         }
     }
 }

@@ -18,16 +18,23 @@ fn v2(g: &tessera_model::Graph) -> (Semantics, IntModel) {
 fn lhe_matches_v2_on_a_residual_cnn() {
     // Input normalisation first (raw input encoding), grouped and depthwise convs, a residual
     // add, pools and a dense head.
-    let g = builders::mix(8, 6, 3).expect("builds");
-    let (sem, reference) = v2(&g);
-    let mut lhe = Lhe::new(&g, &sem).expect("lhe");
-    let inputs: Vec<Tensor> = default_calibration_inputs(&g, -0.5, 1.5, 3, 9).expect("inputs");
-    for x in &inputs {
-        let r = lhe.infer(x).expect("infers");
-        assert_eq!(r.exact, reference.run(x).expect("reference"));
-        assert_eq!(r.scale, reference.output_quant().expect("q").scale);
-        assert!(r.cost.trusted_macs < r.cost.total_macs);
-        assert!(r.cost.bytes_up > 0 && r.cost.stored_bytes > 0);
+    for (hw, c, seed) in [(8, 6, 3), (10, 3, 11), (6, 9, 29)] {
+        let g = builders::mix(hw, c, seed).expect("builds");
+        let (sem, reference) = v2(&g);
+        let mut lhe = Lhe::new(&g, &sem).expect("lhe");
+        let inputs: Vec<Tensor> =
+            default_calibration_inputs(&g, -0.5, 1.5, 3, seed + 6).expect("inputs");
+        for x in &inputs {
+            let r = lhe.infer(x).expect("infers");
+            assert_eq!(
+                r.exact,
+                reference.run(x).expect("reference"),
+                "mix({hw}, {c}, {seed})"
+            );
+            assert_eq!(r.scale, reference.output_quant().expect("q").scale);
+            assert!(r.cost.trusted_macs < r.cost.total_macs);
+            assert!(r.cost.bytes_up > 0 && r.cost.stored_bytes > 0);
+        }
     }
 }
 
