@@ -18,6 +18,9 @@ use crate::block::Block;
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 
+/// Hashes per AES pass of [`Tccr::hash_batch`].
+pub const BATCH: usize = 128;
+
 /// The most AND gates one garbler garbles under one key and Δ before it must re-key.
 pub const MAX_GATES_PER_KEY: u64 = 1 << 40;
 
@@ -77,6 +80,30 @@ impl Tccr {
         }
         #[cfg(test)]
         TWEAKS.with(|t| t.borrow_mut().extend_from_slice(tweaks));
+    }
+
+    /// `H(xs[i], tweaks[i])` for up to [`BATCH`] inputs in one AES pass (more are done in
+    /// passes of `BATCH`): independent hashes fill the AES pipeline.
+    pub fn hash_batch(&self, xs: &[Block], tweaks: &[u128], out: &mut [Block]) {
+        let mut s = [Block::ZERO; BATCH];
+        let mut buf = [aes::Block::default(); BATCH];
+        for ((xs, ts), out) in xs
+            .chunks(BATCH)
+            .zip(tweaks.chunks(BATCH))
+            .zip(out.chunks_mut(BATCH))
+        {
+            let n = xs.len().min(ts.len()).min(out.len());
+            for i in 0..n {
+                s[i] = sigma(xs[i]);
+                buf[i] = Array::from((s[i].0 ^ ts[i]).to_le_bytes());
+            }
+            self.aes.encrypt_blocks(&mut buf[..n]);
+            for i in 0..n {
+                out[i] = Block(u128::from_le_bytes(buf[i].0) ^ s[i].0);
+            }
+            #[cfg(test)]
+            TWEAKS.with(|t| t.borrow_mut().extend_from_slice(&ts[..n]));
+        }
     }
 
     /// π itself on a batch of blocks (for the OT extension's hashing).

@@ -1,0 +1,132 @@
+//! Garbling and evaluation speed against the fixed-key AES ceiling measured in the same run;
+//! the AES-128 and SHA-256 Bristol circuits per circuit.
+//!
+//! `cargo bench -p tessera-mpc --bench mpc` (release). One thread (the garbler and the evaluator
+//! each use one core). Prints a markdown table; medians of 5.
+
+use aes::Aes128;
+use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::time::Instant;
+use tessera_mpc::circuit::{Circuit, Gate};
+use tessera_mpc::garble::{evaluate, garble};
+use tessera_mpc::stream::{StreamReader, StreamWriter};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `n` AND gates, each on two random wires among the last 4096 (real circuits read recent
+/// wires; reading uniformly over millions of labels would measure cache misses, not garbling),
+/// with an XOR after every fourth, over 256 inputs.
+fn and_circuit(n: usize) -> Circuit {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let inputs: Vec<u32> = (0..256).collect();
+    let mut gates = Vec::with_capacity(n + n / 4);
+    let mut w = 256u32;
+    for i in 0..n {
+        let lo = w.saturating_sub(4096);
+        let a = rng.random_range(lo..w);
+        let b = rng.random_range(lo..w);
+        gates.push(Gate::And { a, b, out: w });
+        w += 1;
+        if i % 4 == 0 {
+            gates.push(Gate::Xor {
+                a: w - 1,
+                b: a,
+                out: w,
+            });
+            w += 1;
+        }
+    }
+    Circuit {
+        wires: w as usize,
+        inputs: vec![inputs],
+        outputs: vec![vec![w - 1]],
+        gates,
+    }
+}
+
+/// Fixed-key AES blocks per second in batches of `batch` (the half-gates evaluator hashes 2 at a
+/// time, the garbler 4).
+fn aes_rate(batch: usize) -> f64 {
+    let aes = Aes128::new(&Array::from([3u8; 16]));
+    let mut buf = vec![aes::Block::default(); batch];
+    let total = 1 << 24;
+    let t = Instant::now();
+    for _ in 0..total / batch {
+        aes.encrypt_blocks(&mut buf);
+        buf[0][0] ^= buf[batch - 1][1];
+    }
+    std::hint::black_box(&buf);
+    total as f64 / t.elapsed().as_secs_f64()
+}
+
+fn time_circuit(c: &Circuit, reps: usize) -> (f64, f64, usize) {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let (mut g_ms, mut e_ms) = (Vec::new(), Vec::new());
+    let mut bytes_len = 0;
+    for _ in 0..reps {
+        let mut w = StreamWriter::new(Vec::with_capacity(c.and_count() * 32 + 1024));
+        let t = Instant::now();
+        let g = garble(c, &mut rng, &mut w).expect("garbles");
+        g_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let bytes = w.into_inner();
+        bytes_len = bytes.len();
+        let labels = g
+            .inputs
+            .encode(0, &vec![false; c.input_bits()])
+            .expect("encode");
+        let t = Instant::now();
+        let out =
+            evaluate(c, &labels, &mut StreamReader::new(bytes.as_slice())).expect("evaluates");
+        e_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        g.check.check(&out).expect("valid");
+    }
+    (median(g_ms), median(e_ms), bytes_len)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let a2 = aes_rate(2);
+    let a4 = aes_rate(4);
+    let a1k = aes_rate(1024);
+    println!(
+        "fixed-key AES, one core: {:.1} M blocks/s in pairs, {:.1} M in fours, {:.1} M in batches of 1024",
+        a2 / 1e6,
+        a4 / 1e6,
+        a1k / 1e6
+    );
+    println!(
+        "| circuit | ANDs | garble ms | evaluate ms | garble M AND/s | evaluate M AND/s | material | ceiling garble / evaluate |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut rows: Vec<(String, Circuit)> =
+        vec![("random local, 2^20 ANDs".into(), and_circuit(1 << 20))];
+    if let Some(dir) = tessera_data::shared_data("bristol-fashion") {
+        for name in ["aes_128.txt", "sha256.txt"] {
+            let text = std::fs::read_to_string(dir.join(name)).expect("readable");
+            rows.push((
+                name.into(),
+                tessera_mpc::bristol::parse(&text).expect("parses"),
+            ));
+        }
+    }
+    for (name, c) in rows {
+        let (g, e, bytes) = time_circuit(&c, 5);
+        let n = c.and_count() as f64;
+        println!(
+            "| {name} | {} | {g:.2} | {e:.2} | {:.2} | {:.2} | {:.2} MB | {:.1} / {:.1} M AND/s |",
+            c.and_count(),
+            n / g / 1e3,
+            n / e / 1e3,
+            bytes as f64 / 1e6,
+            a4 / 4.0 / 1e6,
+            a2 / 2.0 / 1e6
+        );
+    }
+}
