@@ -29,6 +29,7 @@ pub mod bristol;
 pub mod circuit;
 pub mod garble;
 pub mod hash;
+pub mod ot;
 pub mod stream;
 
 pub use block::Block;

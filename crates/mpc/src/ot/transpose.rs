@@ -1,0 +1,112 @@
+//! The IKNP matrix transpose: 128 rows of `m` bits (one per base OT) to `m` blocks of 128 bits
+//! (one per extended OT). Block `j`'s bit `i` is bit `j` of row `i` (bit `j` of a row is bit
+//! `j mod 8` of its byte `j / 8`).
+//!
+//! Two paths, the same output: SSE2 (`movemask` collects one bit of 16 rows at a time; every
+//! x86-64 CPU has SSE2) and a portable one (8×8 bit-matrix transposes in a u64), which the tests
+//! check the SIMD path against.
+
+/// Transpose `rows` (128 rows of `m / 8` bytes each, row-major; `m` a multiple of 8) into `m`
+/// blocks of 16 bytes.
+pub fn transpose(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        transpose_sse2(rows, m)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        transpose_portable(rows, m)
+    }
+}
+
+fn check(rows: &[u8], m: usize) -> usize {
+    let rb = m / 8;
+    debug_assert!(m.is_multiple_of(8) && rows.len() >= 128 * rb);
+    rb
+}
+
+#[inline(always)]
+fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^= t ^ (t << 28);
+    x
+}
+
+/// The portable path.
+pub fn transpose_portable(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+    let rb = check(rows, m);
+    let mut out = vec![[0u8; 16]; m];
+    for g in 0..16 {
+        for c in 0..rb {
+            let mut x = 0u64;
+            for k in 0..8 {
+                x |= u64::from(rows[(8 * g + k) * rb + c]) << (8 * k);
+            }
+            let y = transpose8(x);
+            for k in 0..8 {
+                out[8 * c + k][g] = (y >> (8 * k)) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// The SSE2 path.
+#[cfg(target_arch = "x86_64")]
+pub fn transpose_sse2(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_slli_epi64};
+    let rb = check(rows, m);
+    let mut out = vec![[0u8; 16]; m];
+    let mut col = [0u8; 16];
+    for h in 0..8 {
+        // Rows 16h..16h + 16.
+        for c in 0..rb {
+            for (k, b) in col.iter_mut().enumerate() {
+                *b = rows[(16 * h + k) * rb + c];
+            }
+            // SAFETY: SSE2 is part of x86-64; the load reads the 16 bytes of `col`.
+            unsafe {
+                let mut v: __m128i = _mm_loadu_si128(col.as_ptr().cast());
+                for s in 0..8 {
+                    // After shifting left by s, each byte's top bit is its bit 7 − s.
+                    let bits = _mm_movemask_epi8(v) as u16;
+                    let j = 8 * c + 7 - s;
+                    out[j][2 * h..2 * h + 2].copy_from_slice(&bits.to_le_bytes());
+                    v = _mm_slli_epi64(v, 1);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn every_path_agrees_with_the_definition() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        for m in [8, 128, 1024, 136] {
+            let rows: Vec<u8> = (0..128 * m / 8).map(|_| rng.random()).collect();
+            let p = transpose_portable(&rows, m);
+            for j in 0..m {
+                for i in 0..128 {
+                    let want = (rows[i * m / 8 + j / 8] >> (j % 8)) & 1;
+                    assert_eq!(
+                        (p[j][i / 8] >> (i % 8)) & 1,
+                        want,
+                        "portable m {m} ({i}, {j})"
+                    );
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(transpose_sse2(&rows, m), p, "sse2 m {m}");
+        }
+    }
+}
