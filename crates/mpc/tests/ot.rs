@@ -39,11 +39,10 @@ fn base_ot_gives_the_receiver_exactly_its_chosen_keys() {
     }
 }
 
-fn cot(
-    m: usize,
-    calls: usize,
-    seed: u64,
-) -> (Block, Vec<Vec<bool>>, Vec<Vec<Block>>, Vec<Vec<Block>>) {
+/// Δ, the receiver's choices per call, the sender's q's and the receiver's t's per call.
+type CotRun = (Block, Vec<Vec<bool>>, Vec<Vec<Block>>, Vec<Vec<Block>>);
+
+fn cot(m: usize, calls: usize, seed: u64) -> CotRun {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let delta = Block(rng.random::<u128>() | 1);
     let rs: Vec<Vec<bool>> = (0..calls)
