@@ -9,8 +9,11 @@ use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::time::Instant;
+use tessera_mpc::Block;
 use tessera_mpc::circuit::{Circuit, Gate};
 use tessera_mpc::garble::{evaluate, garble};
+use tessera_mpc::ot::iknp::{CotReceiver, CotSender};
+use tessera_mpc::ot::{base, duplex};
 use tessera_mpc::stream::{StreamReader, StreamWriter};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -116,6 +119,7 @@ fn main() {
             ));
         }
     }
+    ot_bench();
     for (name, c) in rows {
         let (g, e, bytes) = time_circuit(&c, 5);
         let n = c.and_count() as f64;
@@ -129,4 +133,69 @@ fn main() {
             a2 / 2.0 / 1e6
         );
     }
+}
+
+/// Base OT (128 instances) and IKNP COT extension (2^20 per call), sender and receiver on their
+/// own threads over an in-memory duplex.
+fn ot_bench() {
+    let mut base_ms = Vec::new();
+    for i in 0..5u64 {
+        let (mut x, mut y) = duplex();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                base::send(&mut x, &mut ChaCha20Rng::seed_from_u64(i), b"b", 128).expect("send")
+            });
+            let choices = vec![true; 128];
+            base::receive(
+                &mut y,
+                &mut ChaCha20Rng::seed_from_u64(i + 9),
+                b"b",
+                &choices,
+            )
+            .expect("receive");
+            h.join().expect("thread");
+        });
+        base_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let m = 1 << 20;
+    let (mut x, mut y) = duplex();
+    let reps = 5;
+    let (send_ms, recv_ms, bytes) = std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let mut snd =
+                CotSender::setup(&mut x, &mut ChaCha20Rng::seed_from_u64(1), b"c", Block(3))
+                    .expect("setup");
+            let mut ms = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                std::hint::black_box(snd.extend(&mut x, m).expect("extend"));
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            ms
+        });
+        let mut rcv =
+            CotReceiver::setup(&mut y, &mut ChaCha20Rng::seed_from_u64(2), b"c").expect("setup");
+        let choices: Vec<bool> = (0..m).map(|j| j % 3 == 0).collect();
+        let before = y.sent;
+        let mut ms = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            std::hint::black_box(rcv.extend(&mut y, &choices).expect("extend"));
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        (
+            h.join().expect("thread"),
+            ms,
+            (y.sent - before) / reps as u64,
+        )
+    });
+    let (s_ms, r_ms) = (median(send_ms), median(recv_ms));
+    println!(
+        "base OT, 128 instances: {:.2} ms (median of 5); COT extension of 2^20: sender {s_ms:.1} ms ({:.1} M COT/s), receiver {r_ms:.1} ms ({:.1} M COT/s), {:.1} bytes per COT on the wire",
+        median(base_ms),
+        m as f64 / s_ms / 1e3,
+        m as f64 / r_ms / 1e3,
+        bytes as f64 / m as f64
+    );
 }

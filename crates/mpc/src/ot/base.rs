@@ -72,6 +72,7 @@ pub fn send<C: Channel, R: RngCore + CryptoRng>(
     let big_a = &a * RISTRETTO_BASEPOINT_TABLE;
     let a_bytes = big_a.compress().to_bytes();
     ch.send(a_bytes.to_vec())?;
+    let a_a = a * big_a;
     let msg = ch.recv()?;
     if msg.len() != 32 * n {
         return Err(MpcError::Protocol(format!(
@@ -88,7 +89,8 @@ pub fn send<C: Channel, R: RngCore + CryptoRng>(
             let mut bb = [0u8; 32];
             bb.copy_from_slice(c);
             let ab = a * b;
-            let ab_minus = a * (b - big_a);
+            // a·(B − A) = a·B − a·A, with a·A computed once.
+            let ab_minus = ab - a_a;
             Ok([
                 key(sid, i, &a_bytes, &bb, &ab),
                 key(sid, i, &a_bytes, &bb, &ab_minus),

@@ -57,11 +57,23 @@ impl Prg {
             self.counter += n as u128;
             self.aes.encrypt_blocks(&mut buf[..n]);
             for (dst, src) in chunk.chunks_exact_mut(16).zip(&buf[..n]) {
-                for (d, s) in dst.iter_mut().zip(src.iter()) {
-                    *d ^= *s;
-                }
+                let mut d = [0u8; 16];
+                d.copy_from_slice(dst);
+                let x = u128::from_le_bytes(d) ^ u128::from_le_bytes(src.0);
+                dst.copy_from_slice(&x.to_le_bytes());
             }
         }
+    }
+}
+
+/// `dst ^= src & mask`, eight bytes at a time (the rows are whole multiples of 16 bytes).
+fn xor_masked(dst: &mut [u8], src: &[u8], mask: u64) {
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(d);
+        b.copy_from_slice(s);
+        d.copy_from_slice(&(u64::from_le_bytes(a) ^ (u64::from_le_bytes(b) & mask)).to_le_bytes());
     }
 }
 
@@ -80,6 +92,7 @@ pub struct CotSender {
     prgs: Vec<Prg>,
     done: u128,
     hash: Tccr,
+    scratch: Vec<u8>,
 }
 
 /// The COT receiver (the evaluator).
@@ -87,6 +100,7 @@ pub struct CotReceiver {
     prgs: Vec<[Prg; 2]>,
     done: u128,
     hash: Tccr,
+    scratch: Vec<u8>,
 }
 
 impl CotSender {
@@ -107,6 +121,7 @@ impl CotSender {
             prgs,
             done: 0,
             hash: Tccr::new(OT_HASH_KEY),
+            scratch: Vec::new(),
         })
     }
 
@@ -127,21 +142,18 @@ impl CotSender {
                 128 * rb
             )));
         }
-        let mut q = vec![0u8; 128 * rb];
+        let q = &mut self.scratch;
+        q.clear();
+        q.resize(128 * rb, 0);
         for (i, prg) in self.prgs.iter_mut().enumerate() {
             let row = &mut q[i * rb..(i + 1) * rb];
             prg.xor_into(row);
-            let bit = ((self.delta.0 >> i) & 1) as u8;
-            let mask = bit.wrapping_neg();
-            for (d, &x) in row.iter_mut().zip(&u[i * rb..(i + 1) * rb]) {
-                *d ^= x & mask;
-            }
+            let mask = (((self.delta.0 >> i) & 1) as u64).wrapping_neg();
+            xor_masked(row, &u[i * rb..(i + 1) * rb], mask);
         }
-        let out = transpose(&q, mp)
-            .into_iter()
-            .take(m)
-            .map(Block::from_bytes)
-            .collect();
+        let mut out = Vec::new();
+        transpose(q, mp, &mut out);
+        out.truncate(m);
         q.zeroize();
         self.done += mp as u128;
         Ok(out)
@@ -201,6 +213,7 @@ impl CotReceiver {
             prgs,
             done: 0,
             hash: Tccr::new(OT_HASH_KEY),
+            scratch: Vec::new(),
         })
     }
 
@@ -213,22 +226,21 @@ impl CotReceiver {
         for (j, &b) in r.iter().enumerate() {
             rbits[j / 8] |= u8::from(b) << (j % 8);
         }
-        let mut t = vec![0u8; 128 * rb];
+        let t = &mut self.scratch;
+        t.clear();
+        t.resize(128 * rb, 0);
         let mut u = vec![0u8; 128 * rb];
         for (i, [p0, p1]) in self.prgs.iter_mut().enumerate() {
             let (ti, ui) = (&mut t[i * rb..(i + 1) * rb], &mut u[i * rb..(i + 1) * rb]);
             p0.xor_into(ti);
             p1.xor_into(ui);
-            for ((x, &y), &c) in ui.iter_mut().zip(ti.iter()).zip(&rbits) {
-                *x ^= y ^ c;
-            }
+            xor_masked(ui, ti, u64::MAX);
+            xor_masked(ui, &rbits, u64::MAX);
         }
         ch.send(u)?;
-        let out = transpose(&t, mp)
-            .into_iter()
-            .take(m)
-            .map(Block::from_bytes)
-            .collect();
+        let mut out = Vec::new();
+        transpose(t, mp, &mut out);
+        out.truncate(m);
         t.zeroize();
         rbits.zeroize();
         self.done += mp as u128;

@@ -6,18 +6,20 @@
 //! x86-64 CPU has SSE2) and a portable one (8×8 bit-matrix transposes in a u64), which the tests
 //! check the SIMD path against.
 
-/// Transpose `rows` (128 rows of `m / 8` bytes each, row-major; `m` a multiple of 8) into `m`
-/// blocks of 16 bytes.
-pub fn transpose(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+/// Transpose `rows` (128 rows of `m / 8` bytes each, row-major; `m` a multiple of 8) into the
+/// first `m` blocks of `out` (resized to `m`).
+pub fn transpose(rows: &[u8], m: usize, out: &mut Vec<Block>) {
     #[cfg(target_arch = "x86_64")]
     {
-        transpose_sse2(rows, m)
+        transpose_sse2(rows, m, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        transpose_portable(rows, m)
+        transpose_portable(rows, m, out)
     }
 }
+
+use crate::block::Block;
 
 fn check(rows: &[u8], m: usize) -> usize {
     let rb = m / 8;
@@ -37,9 +39,10 @@ fn transpose8(mut x: u64) -> u64 {
 }
 
 /// The portable path.
-pub fn transpose_portable(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+pub fn transpose_portable(rows: &[u8], m: usize, out: &mut Vec<Block>) {
     let rb = check(rows, m);
-    let mut out = vec![[0u8; 16]; m];
+    out.clear();
+    out.resize(m, Block::ZERO);
     for g in 0..16 {
         for c in 0..rb {
             let mut x = 0u64;
@@ -48,19 +51,19 @@ pub fn transpose_portable(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
             }
             let y = transpose8(x);
             for k in 0..8 {
-                out[8 * c + k][g] = (y >> (8 * k)) as u8;
+                out[8 * c + k].0 |= u128::from((y >> (8 * k)) as u8) << (8 * g);
             }
         }
     }
-    out
 }
 
 /// The SSE2 path.
 #[cfg(target_arch = "x86_64")]
-pub fn transpose_sse2(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
+pub fn transpose_sse2(rows: &[u8], m: usize, out: &mut Vec<Block>) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_slli_epi64};
     let rb = check(rows, m);
-    let mut out = vec![[0u8; 16]; m];
+    out.clear();
+    out.resize(m, Block::ZERO);
     let mut col = [0u8; 16];
     for h in 0..8 {
         // Rows 16h..16h + 16.
@@ -74,14 +77,12 @@ pub fn transpose_sse2(rows: &[u8], m: usize) -> Vec<[u8; 16]> {
                 for s in 0..8 {
                     // After shifting left by s, each byte's top bit is its bit 7 − s.
                     let bits = _mm_movemask_epi8(v) as u16;
-                    let j = 8 * c + 7 - s;
-                    out[j][2 * h..2 * h + 2].copy_from_slice(&bits.to_le_bytes());
+                    out[8 * c + 7 - s].0 |= u128::from(bits) << (16 * h);
                     v = _mm_slli_epi64(v, 1);
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -94,19 +95,20 @@ mod tests {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         for m in [8, 128, 1024, 136] {
             let rows: Vec<u8> = (0..128 * m / 8).map(|_| rng.random()).collect();
-            let p = transpose_portable(&rows, m);
+            let mut p = Vec::new();
+            transpose_portable(&rows, m, &mut p);
             for j in 0..m {
                 for i in 0..128 {
                     let want = (rows[i * m / 8 + j / 8] >> (j % 8)) & 1;
-                    assert_eq!(
-                        (p[j][i / 8] >> (i % 8)) & 1,
-                        want,
-                        "portable m {m} ({i}, {j})"
-                    );
+                    assert_eq!((p[j].0 >> i) as u8 & 1, want, "portable m {m} ({i}, {j})");
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            assert_eq!(transpose_sse2(&rows, m), p, "sse2 m {m}");
+            {
+                let mut q = Vec::new();
+                transpose_sse2(&rows, m, &mut q);
+                assert_eq!(q, p, "sse2 m {m}");
+            }
         }
     }
 }
