@@ -4,6 +4,7 @@ use zeroize::Zeroize;
 
 /// A 128-bit block. Bit 0 (the least significant) of a label is its permute (colour) bit.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Zeroize)]
+#[repr(transparent)]
 pub struct Block(pub u128);
 
 impl std::fmt::Debug for Block {

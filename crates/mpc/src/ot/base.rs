@@ -2,9 +2,10 @@
 //!
 //! The sender draws `a` and sends `A = a·G`. For choice `c_i` the receiver draws `b_i` and sends
 //! `B_i = b_i·G` (c = 0) or `A + b_i·G` (c = 1). Keys:
-//! `k_{i,0} = H(sid, i, A, B_i, a·B_i)`, `k_{i,1} = H(sid, i, A, B_i, a·(B_i − A))` for the
-//! sender, `k_{i,c_i} = H(sid, i, A, B_i, b_i·A)` for the receiver, H = SHA-256 with a domain
-//! separator, truncated to a block. Identity points are refused, every point must decompress,
+//! `k_{i,0} = H(sid, i, A, B_i, 2·a·B_i)`, `k_{i,1} = H(sid, i, A, B_i, 2·a·(B_i − A))` for the
+//! sender, `k_{i,c_i} = H(sid, i, A, B_i, 2·b_i·A)` for the receiver, H = SHA-256 with a domain
+//! separator, truncated to a block (the shared points enter doubled: each side compresses them
+//! all in one batch with one field inversion, which yields the encoding of 2P). Identity points are refused, every point must decompress,
 //! and the session id and transcript are in every key, so keys of one session or instance
 //! are useless in another.
 
@@ -12,7 +13,7 @@ use crate::MpcError;
 use crate::block::Block;
 use crate::ot::Channel;
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
-use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoBasepointTable, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::Identity;
 use rand::{CryptoRng, RngCore};
@@ -41,15 +42,18 @@ fn point(bytes: &[u8], what: &str) -> Result<RistrettoPoint, MpcError> {
     Ok(p)
 }
 
-fn key(sid: &[u8], i: usize, a: &[u8; 32], b: &[u8; 32], shared: &RistrettoPoint) -> Block {
+/// The key of instance `i` from the transcript and `shared2`, the compression of twice the
+/// shared point (each side compresses all its shared points in one batch, with one field
+/// inversion, which yields the encoding of 2P).
+fn key(sid: &[u8], i: usize, a: &[u8; 32], b: &[u8; 32], shared2: &CompressedRistretto) -> Block {
     let mut h = Sha256::new();
-    h.update(b"tessera-base-ot-v1\0");
+    h.update(b"tessera-base-ot-v2\0");
     h.update((sid.len() as u64).to_le_bytes());
     h.update(sid);
     h.update((i as u64).to_le_bytes());
     h.update(a);
     h.update(b);
-    h.update(shared.compress().as_bytes());
+    h.update(shared2.as_bytes());
     let d = h.finalize();
     let mut k = [0u8; 16];
     k.copy_from_slice(&d[..16]);
@@ -81,24 +85,29 @@ pub fn send<C: Channel, R: RngCore + CryptoRng>(
             32 * n
         )));
     }
-    let out = msg
+    let mut shared = Vec::with_capacity(2 * n);
+    for c in msg.chunks_exact(32) {
+        let ab = a * point(c, "a receiver's point")?;
+        // a·(B − A) = a·B − a·A, with a·A computed once.
+        shared.push(ab);
+        shared.push(ab - a_a);
+    }
+    a.zeroize();
+    let comp = RistrettoPoint::double_and_compress_batch(&shared);
+    shared.zeroize();
+    Ok(msg
         .chunks_exact(32)
+        .zip(comp.chunks_exact(2))
         .enumerate()
-        .map(|(i, c)| {
-            let b = point(c, "a receiver's point")?;
+        .map(|(i, (c, k))| {
             let mut bb = [0u8; 32];
             bb.copy_from_slice(c);
-            let ab = a * b;
-            // a·(B − A) = a·B − a·A, with a·A computed once.
-            let ab_minus = ab - a_a;
-            Ok([
-                key(sid, i, &a_bytes, &bb, &ab),
-                key(sid, i, &a_bytes, &bb, &ab_minus),
-            ])
+            [
+                key(sid, i, &a_bytes, &bb, &k[0]),
+                key(sid, i, &a_bytes, &bb, &k[1]),
+            ]
         })
-        .collect();
-    a.zeroize();
-    out
+        .collect())
 }
 
 /// The receiver's side: the key of each chosen message.
@@ -118,33 +127,44 @@ pub fn receive<C: Channel, R: RngCore + CryptoRng>(
     let big_a = point(&msg, "the sender's point")?;
     let mut a_bytes = [0u8; 32];
     a_bytes.copy_from_slice(&msg);
+    // B_i = b_i·G (+ A) is sent as the encoding of 2·X_i with X_i = (b_i/2)·G (+ A/2): all
+    // the encodings come out of one batch with one field inversion.
+    let half = Scalar::from(2u8).invert();
+    let a_half = half * big_a;
     let mut bs = Vec::with_capacity(n);
-    let mut out_msg = Vec::with_capacity(32 * n);
+    let mut xs = Vec::with_capacity(n);
     for &c in choices {
         let b = scalar(rng);
-        let base = &b * RISTRETTO_BASEPOINT_TABLE;
+        let base = &(b * half) * RISTRETTO_BASEPOINT_TABLE;
         // Both branches computed; the choice selects without a branch on the secret.
-        let chosen = RistrettoPoint::conditional_select(
+        xs.push(RistrettoPoint::conditional_select(
             &base,
-            &(base + big_a),
+            &(base + a_half),
             subtle::Choice::from(u8::from(c)),
-        );
-        out_msg.extend_from_slice(chosen.compress().as_bytes());
+        ));
         bs.push(b);
     }
+    let out_msg: Vec<u8> = RistrettoPoint::double_and_compress_batch(&xs)
+        .iter()
+        .flat_map(|p| p.to_bytes())
+        .collect();
+    xs.zeroize();
     ch.send(out_msg.clone())?;
-    let keys = bs
-        .iter_mut()
+    // b·A for every instance from one table of A (fixed-base multiplication).
+    let table = RistrettoBasepointTable::create(&big_a);
+    let mut shared: Vec<RistrettoPoint> = bs.iter().map(|b| b * &table).collect();
+    bs.iter_mut().for_each(|b| b.zeroize());
+    let comp = RistrettoPoint::double_and_compress_batch(&shared);
+    shared.zeroize();
+    Ok(comp
+        .iter()
         .enumerate()
-        .map(|(i, b)| {
+        .map(|(i, k)| {
             let mut bb = [0u8; 32];
             bb.copy_from_slice(&out_msg[32 * i..32 * i + 32]);
-            let k = key(sid, i, &a_bytes, &bb, &(*b * big_a));
-            b.zeroize();
-            k
+            key(sid, i, &a_bytes, &bb, k)
         })
-        .collect();
-    Ok(keys)
+        .collect())
 }
 
 use subtle::ConditionallySelectable;

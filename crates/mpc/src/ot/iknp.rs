@@ -4,9 +4,10 @@
 //!
 //! Set-up: 128 base OTs with the roles swapped — the COT sender receives `k_{i,Δ_i}` (its choice
 //! bits are Δ's bits), the COT receiver sends both `k_{i,0}, k_{i,1}`.
-//! Extension of `m` OTs (m rounded up to a multiple of 128): the receiver expands
-//! `t_i = G(k_{i,0})`, sends `u_i = t_i ⊕ G(k_{i,1}) ⊕ r` for each of the 128 columns (16 bytes
-//! per OT); the sender computes `q_i = G(k_{i,Δ_i}) ⊕ Δ_i·u_i = t_i ⊕ Δ_i·r`; both transpose.
+//! Extension of `m` OTs (m rounded up to a multiple of 128), in sub-batches of [`SUB_BATCH`]:
+//! the receiver expands `t_i = G(k_{i,0})`, sends `u_i = t_i ⊕ G(k_{i,1}) ⊕ r` for each of the
+//! 128 columns (16 bytes per OT, one message per sub-batch); the sender computes
+//! `q_i = G(k_{i,Δ_i}) ⊕ Δ_i·u_i = t_i ⊕ Δ_i·r`; both transpose.
 //! G is AES-128 in counter mode under the base key, its counter continuing across calls so no
 //! key stream is reused.
 //!
@@ -28,6 +29,10 @@ use zeroize::Zeroize;
 /// The public hash key of the OT's correlation-robust hash (a fixed public constant: the
 /// tweak `j` makes every use distinct within a session, and the session's keys differ).
 const OT_HASH_KEY: [u8; 16] = *b"tessera-ot-hash1";
+
+/// OTs per extension message: the 128-row matrix of one sub-batch (256 kB) stays in cache, and
+/// the receiver sends one message per sub-batch.
+pub const SUB_BATCH: usize = 1 << 14;
 
 /// Most OTs one extension call may produce.
 pub const MAX_EXTEND: usize = 1 << 26;
@@ -133,28 +138,35 @@ impl CotSender {
     /// `m` correlated OTs: the sender's `q_j` (the receiver holds `q_j ⊕ r_j·Δ`).
     pub fn extend<C: Channel>(&mut self, ch: &mut C, m: usize) -> Result<Vec<Block>, MpcError> {
         let mp = padded(m)?;
-        let rb = mp / 8;
-        let u = ch.recv()?;
-        if u.len() != 128 * rb {
-            return Err(MpcError::Protocol(format!(
-                "{} bytes of extension columns for {m} OTs (expected {})",
-                u.len(),
-                128 * rb
-            )));
+        let mut out = Vec::with_capacity(mp);
+        let mut part = Vec::with_capacity(SUB_BATCH);
+        for first in (0..mp).step_by(SUB_BATCH) {
+            let n = SUB_BATCH.min(mp - first);
+            let rb = n / 8;
+            let u = ch.recv()?;
+            if u.len() != 128 * rb {
+                return Err(MpcError::Protocol(format!(
+                    "{} bytes of extension columns for OTs {first}..{} of {m} (expected {})",
+                    u.len(),
+                    first + n,
+                    128 * rb
+                )));
+            }
+            let q = &mut self.scratch;
+            q.clear();
+            q.resize(128 * rb, 0);
+            for (i, prg) in self.prgs.iter_mut().enumerate() {
+                let row = &mut q[i * rb..(i + 1) * rb];
+                prg.xor_into(row);
+                let mask = (((self.delta.0 >> i) & 1) as u64).wrapping_neg();
+                xor_masked(row, &u[i * rb..(i + 1) * rb], mask);
+            }
+            transpose(q, n, &mut part);
+            out.extend_from_slice(&part);
         }
-        let q = &mut self.scratch;
-        q.clear();
-        q.resize(128 * rb, 0);
-        for (i, prg) in self.prgs.iter_mut().enumerate() {
-            let row = &mut q[i * rb..(i + 1) * rb];
-            prg.xor_into(row);
-            let mask = (((self.delta.0 >> i) & 1) as u64).wrapping_neg();
-            xor_masked(row, &u[i * rb..(i + 1) * rb], mask);
-        }
-        let mut out = Vec::new();
-        transpose(q, mp, &mut out);
+        self.scratch.zeroize();
+        part.zeroize();
         out.truncate(m);
-        q.zeroize();
         self.done += mp as u128;
         Ok(out)
     }
@@ -221,28 +233,35 @@ impl CotReceiver {
     pub fn extend<C: Channel>(&mut self, ch: &mut C, r: &[bool]) -> Result<Vec<Block>, MpcError> {
         let m = r.len();
         let mp = padded(m)?;
-        let rb = mp / 8;
-        let mut rbits = vec![0u8; rb];
-        for (j, &b) in r.iter().enumerate() {
-            rbits[j / 8] |= u8::from(b) << (j % 8);
+        let mut out = Vec::with_capacity(mp);
+        let mut part = Vec::with_capacity(SUB_BATCH);
+        let mut rbits = vec![0u8; SUB_BATCH / 8];
+        for first in (0..mp).step_by(SUB_BATCH) {
+            let n = SUB_BATCH.min(mp - first);
+            let rb = n / 8;
+            rbits.iter_mut().for_each(|b| *b = 0);
+            for (j, &b) in r.iter().skip(first).take(n).enumerate() {
+                rbits[j / 8] |= u8::from(b) << (j % 8);
+            }
+            let t = &mut self.scratch;
+            t.clear();
+            t.resize(128 * rb, 0);
+            let mut u = vec![0u8; 128 * rb];
+            for (i, [p0, p1]) in self.prgs.iter_mut().enumerate() {
+                let (ti, ui) = (&mut t[i * rb..(i + 1) * rb], &mut u[i * rb..(i + 1) * rb]);
+                p0.xor_into(ti);
+                p1.xor_into(ui);
+                xor_masked(ui, ti, u64::MAX);
+                xor_masked(ui, &rbits[..rb], u64::MAX);
+            }
+            ch.send(u)?;
+            transpose(t, n, &mut part);
+            out.extend_from_slice(&part);
         }
-        let t = &mut self.scratch;
-        t.clear();
-        t.resize(128 * rb, 0);
-        let mut u = vec![0u8; 128 * rb];
-        for (i, [p0, p1]) in self.prgs.iter_mut().enumerate() {
-            let (ti, ui) = (&mut t[i * rb..(i + 1) * rb], &mut u[i * rb..(i + 1) * rb]);
-            p0.xor_into(ti);
-            p1.xor_into(ui);
-            xor_masked(ui, ti, u64::MAX);
-            xor_masked(ui, &rbits, u64::MAX);
-        }
-        ch.send(u)?;
-        let mut out = Vec::new();
-        transpose(t, mp, &mut out);
-        out.truncate(m);
-        t.zeroize();
+        self.scratch.zeroize();
+        part.zeroize();
         rbits.zeroize();
+        out.truncate(m);
         self.done += mp as u128;
         Ok(out)
     }
