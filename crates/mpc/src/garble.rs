@@ -102,31 +102,57 @@ impl OutputDecoding {
     }
 }
 
-/// The garbler's check of returned output labels: each must be its wire's 0- or 1-label.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// The garbler's check of returned output labels, by **hashed labels**: for output `i` it keeps
+/// only `H_k(W⁰_i, i)` and `H_k(W¹_i, i)` under a secret key `k` of its own (not Δ, not the
+/// labels), and a returned label must hash to one of the two. So the garbler can forget Δ and
+/// every label once it has garbled, and an evaluator that returns anything else is caught
+/// (except with probability 2^−127 per output).
 pub struct OutputCheck {
-    delta: Block,
-    zero: Vec<Block>,
+    hash: Tccr,
+    digests: Vec<[Block; 2]>,
+}
+
+/// The output check's tweaks carry the top bit: a domain of their own, apart from the AND
+/// gates' `2j`, `2j + 1` (and under a key of its own).
+const CHECK_TWEAK: u128 = 1 << 127;
+
+impl Drop for OutputCheck {
+    fn drop(&mut self) {
+        self.digests.zeroize();
+    }
 }
 
 impl OutputCheck {
+    fn new(key: [u8; 16], zero: &[Block], delta: Block) -> Self {
+        let hash = Tccr::new(key);
+        let digests = zero
+            .iter()
+            .enumerate()
+            .map(|(i, &z)| {
+                let t = CHECK_TWEAK | i as u128;
+                [hash.hash(z, t), hash.hash(z ^ delta, t)]
+            })
+            .collect();
+        Self { hash, digests }
+    }
+
     /// Decode and check labels the evaluator returned.
     pub fn check(&self, labels: &[Block]) -> Result<Vec<bool>, MpcError> {
-        if labels.len() != self.zero.len() {
+        if labels.len() != self.digests.len() {
             return Err(MpcError::Input(format!(
                 "{} output labels for {} outputs",
                 labels.len(),
-                self.zero.len()
+                self.digests.len()
             )));
         }
         labels
             .iter()
-            .zip(&self.zero)
+            .zip(&self.digests)
             .enumerate()
-            .map(|(i, (l, z))| {
-                let one = *z ^ self.delta;
-                let is0 = l.0.to_le_bytes().ct_eq(&z.0.to_le_bytes());
-                let is1 = l.0.to_le_bytes().ct_eq(&one.0.to_le_bytes());
+            .map(|(i, (l, [d0, d1]))| {
+                let h = self.hash.hash(*l, CHECK_TWEAK | i as u128).0.to_le_bytes();
+                let is0 = h.ct_eq(&d0.0.to_le_bytes());
+                let is1 = h.ct_eq(&d1.0.to_le_bytes());
                 if bool::from(is0 | is1) {
                     Ok(bool::from(is1))
                 } else {
@@ -154,7 +180,7 @@ pub struct Garbled {
 
 impl std::fmt::Debug for OutputCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OutputCheck({} outputs)", self.zero.len())
+        write!(f, "OutputCheck({} outputs)", self.digests.len())
     }
 }
 
@@ -174,6 +200,8 @@ pub fn garble<R: RngCore + CryptoRng, S: TableSink>(
     }
     let mut hash_key = [0u8; 16];
     rng.fill_bytes(&mut hash_key);
+    let mut check_key = [0u8; 16];
+    rng.fill_bytes(&mut check_key);
     let hash = Tccr::new(hash_key);
     let delta = Block(rng.random::<u128>() | 1);
     let mut labels = vec![Block::ZERO; c.wires];
@@ -231,10 +259,7 @@ pub fn garble<R: RngCore + CryptoRng, S: TableSink>(
         decoding: OutputDecoding {
             bits: out_zero.iter().map(|l| l.lsb()).collect(),
         },
-        check: OutputCheck {
-            delta,
-            zero: out_zero,
-        },
+        check: OutputCheck::new(check_key, &out_zero, delta),
         hash_key,
     })
 }
@@ -310,7 +335,13 @@ mod tests {
         let mut w = StreamWriter::new(Vec::new());
         crate::hash::TWEAKS.with(|t| t.borrow_mut().clear());
         let g = garble(&c, &mut rng, &mut w).expect("garble");
-        let garbler: Vec<u128> = crate::hash::TWEAKS.with(|t| t.borrow_mut().drain(..).collect());
+        let all: Vec<u128> = crate::hash::TWEAKS.with(|t| t.borrow_mut().drain(..).collect());
+        let (check, garbler): (Vec<u128>, Vec<u128>) =
+            all.into_iter().partition(|t| t & CHECK_TWEAK != 0);
+        assert_eq!(
+            check.len(),
+            2 * c.outputs.iter().map(Vec::len).sum::<usize>()
+        );
         let labels = g.inputs.encode(0, &[false; 32]).expect("encode");
         let bytes = w.into_inner();
         evaluate(&c, &labels, &mut StreamReader::new(bytes.as_slice())).expect("evaluate");

@@ -152,3 +152,27 @@ fn constants_fold_and_cost_nothing() {
     assert_eq!((from_bits(&out[0]), from_bits(&out[1])), (5, 0));
     assert_eq!(run_garbled(&c, &[to_bits(200, 8)], 1), out.concat());
 }
+
+/// An evaluator returning any label but its wire's two is refused by the hashed-label check
+/// (the permute-bit decoding would have read it as a bit).
+#[test]
+fn the_output_check_refuses_a_label_that_is_not_the_wires() {
+    let c = random_circuit(7, 8, 4);
+    let inputs = vec![to_bits(3, 8), to_bits(200, 8)];
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let mut w = StreamWriter::new(Vec::new());
+    let g = garble(&c, &mut rng, &mut w).expect("garbles");
+    let flat: Vec<bool> = inputs.iter().flatten().copied().collect();
+    let labels = g.inputs.encode(0, &flat).expect("encode");
+    let bytes = w.into_inner();
+    let mut out =
+        evaluate(&c, &labels, &mut StreamReader::new(bytes.as_slice())).expect("evaluates");
+    assert!(g.check.check(&out).is_ok());
+    out[0].0 ^= 1 << 5;
+    assert!(
+        g.decoding.decode(&out).is_ok(),
+        "permute bits alone cannot tell"
+    );
+    let e = g.check.check(&out).expect_err("refused");
+    assert!(matches!(e, tessera_mpc::MpcError::Cheating(_)), "{e}");
+}

@@ -244,3 +244,73 @@ fn malformed_and_short_messages_are_errors() {
     let e = res.expect_err("refused");
     assert!(e.to_string().contains("extension columns"), "{e}");
 }
+
+/// A channel that flips one bit in row 0 of the first message of `len` bytes it carries (a
+/// receiver sending inconsistent columns: the message is well-formed, so only the KOS check can
+/// object; row 0 is used because Δ's bit 0 is 1, so the flip reaches the sender's output).
+struct Flip {
+    inner: MemChannel,
+    len: usize,
+    done: bool,
+}
+
+impl Channel for Flip {
+    fn send(&mut self, mut msg: Vec<u8>) -> Result<(), MpcError> {
+        if !self.done && msg.len() == self.len {
+            msg[5] ^= 0x10;
+            self.done = true;
+        }
+        self.inner.send(msg)
+    }
+    fn recv(&mut self) -> Result<Vec<u8>, MpcError> {
+        self.inner.recv()
+    }
+}
+
+#[test]
+fn the_kos_check_passes_honest_extensions_and_refuses_inconsistent_columns() {
+    let m = 1000;
+    let delta = Block(0x1234_5678_9abc_def0_0fed_cba9_8765_4321 | 1);
+    let r: Vec<bool> = (0..m).map(|j| j % 5 == 1).collect();
+    let r2 = r.clone();
+    let (qs, ts) = both(
+        move |ch| {
+            let mut s = CotSender::setup(ch, &mut ChaCha20Rng::seed_from_u64(31), b"kos", delta)
+                .expect("setup")
+                .with_consistency_check();
+            s.extend(ch, m).expect("an honest extension passes")
+        },
+        move |ch| {
+            let mut rc = CotReceiver::setup(ch, &mut ChaCha20Rng::seed_from_u64(32), b"kos")
+                .expect("setup")
+                .with_consistency_check();
+            rc.extend(ch, &r2).expect("extend")
+        },
+    );
+    for j in 0..m {
+        assert_eq!(ts[j], qs[j] ^ delta.and_bit(r[j]));
+    }
+    // The receiver's column message for m + 256 OTs (padded to 1280): 128 rows of 160 bytes.
+    let (mut x, y) = duplex();
+    let mut flip = Flip {
+        inner: y,
+        len: 128 * 1280 / 8,
+        done: false,
+    };
+    let (res, _) = std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let mut rc = CotReceiver::setup(&mut flip, &mut ChaCha20Rng::seed_from_u64(34), b"kos")
+                .expect("setup")
+                .with_consistency_check();
+            let _ = rc.extend(&mut flip, &vec![true; m]);
+        });
+        let mut snd = CotSender::setup(&mut x, &mut ChaCha20Rng::seed_from_u64(33), b"kos", delta)
+            .expect("setup")
+            .with_consistency_check();
+        let res = snd.extend(&mut x, m);
+        drop(x);
+        (res, h.join())
+    });
+    let e = res.expect_err("refused");
+    assert!(matches!(e, MpcError::Cheating(_)), "{e}");
+}

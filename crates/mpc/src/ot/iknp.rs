@@ -20,10 +20,12 @@
 use crate::MpcError;
 use crate::block::Block;
 use crate::hash::Tccr;
-use crate::ot::{Channel, base, transpose::transpose};
+use crate::ot::{Channel, base, gf128, transpose::transpose};
 use aes::Aes128;
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
+use rand::Rng;
 use rand::{CryptoRng, RngCore};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 /// The public hash key of the OT's correlation-robust hash (a fixed public constant: the
@@ -82,6 +84,25 @@ fn xor_masked(dst: &mut [u8], src: &[u8], mask: u64) {
     }
 }
 
+/// Extra OTs a checked extension runs and discards: they hide the receiver's choices in the
+/// linear combination the check reveals.
+const KOS_EXTRA: usize = 256;
+
+/// The challenges χ_j: AES-CTR under the sender's fresh seed.
+fn challenges(seed: [u8; 16], n: usize) -> Vec<u128> {
+    let mut prg = Prg::new(Block::from_bytes(seed));
+    let mut bytes = vec![0u8; 16 * n];
+    prg.xor_into(&mut bytes);
+    bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(c);
+            u128::from_le_bytes(b)
+        })
+        .collect()
+}
+
 fn padded(m: usize) -> Result<usize, MpcError> {
     if m == 0 || m > MAX_EXTEND {
         return Err(MpcError::Protocol(format!(
@@ -98,6 +119,7 @@ pub struct CotSender {
     done: u128,
     hash: Tccr,
     scratch: Vec<u8>,
+    check: bool,
 }
 
 /// The COT receiver (the evaluator).
@@ -106,6 +128,7 @@ pub struct CotReceiver {
     done: u128,
     hash: Tccr,
     scratch: Vec<u8>,
+    check: bool,
 }
 
 impl CotSender {
@@ -127,7 +150,14 @@ impl CotSender {
             done: 0,
             hash: Tccr::new(OT_HASH_KEY),
             scratch: Vec::new(),
+            check: false,
         })
+    }
+
+    /// Check every extension with KOS (the receiver must switch it on too).
+    pub fn with_consistency_check(mut self) -> Self {
+        self.check = true;
+        self
     }
 
     /// Δ.
@@ -137,6 +167,43 @@ impl CotSender {
 
     /// `m` correlated OTs: the sender's `q_j` (the receiver holds `q_j ⊕ r_j·Δ`).
     pub fn extend<C: Channel>(&mut self, ch: &mut C, m: usize) -> Result<Vec<Block>, MpcError> {
+        if !self.check {
+            return self.extend_raw(ch, m);
+        }
+        padded(m)?;
+        let mut qs = self.extend_raw(ch, m + KOS_EXTRA)?;
+        let mut seed = [0u8; 16];
+        rand::rng().fill_bytes(&mut seed);
+        ch.send(seed.to_vec())?;
+        let msg = ch.recv()?;
+        if msg.len() != 32 {
+            return Err(MpcError::Protocol(format!(
+                "a {}-byte consistency answer (expected 32)",
+                msg.len()
+            )));
+        }
+        let mut x = [0u8; 16];
+        let mut t = [0u8; 16];
+        x.copy_from_slice(&msg[..16]);
+        t.copy_from_slice(&msg[16..]);
+        let (x, t) = (u128::from_le_bytes(x), u128::from_le_bytes(t));
+        let chi = challenges(seed, qs.len());
+        let mut acc = gf128::Wide::default();
+        for (q, c) in qs.iter().zip(&chi) {
+            acc ^= gf128::mul_wide(q.0, *c);
+        }
+        let q = gf128::reduce(acc);
+        let want = t ^ gf128::mul(x, self.delta.0);
+        if !bool::from(q.to_le_bytes().ct_eq(&want.to_le_bytes())) {
+            return Err(MpcError::Cheating(
+                "the receiver's extension columns are inconsistent (KOS check failed)".into(),
+            ));
+        }
+        qs.truncate(m);
+        Ok(qs)
+    }
+
+    fn extend_raw<C: Channel>(&mut self, ch: &mut C, m: usize) -> Result<Vec<Block>, MpcError> {
         let mp = padded(m)?;
         let mut out = Vec::with_capacity(mp);
         let mut part = Vec::with_capacity(SUB_BATCH);
@@ -226,11 +293,50 @@ impl CotReceiver {
             done: 0,
             hash: Tccr::new(OT_HASH_KEY),
             scratch: Vec::new(),
+            check: false,
         })
+    }
+
+    /// Answer the KOS check on every extension (the sender must switch it on too).
+    pub fn with_consistency_check(mut self) -> Self {
+        self.check = true;
+        self
     }
 
     /// `m` correlated OTs with choices `r`: the blocks `t_j = q_j ⊕ r_j·Δ`.
     pub fn extend<C: Channel>(&mut self, ch: &mut C, r: &[bool]) -> Result<Vec<Block>, MpcError> {
+        if !self.check {
+            return self.extend_raw(ch, r);
+        }
+        let m = r.len();
+        padded(m)?;
+        let mut rng = rand::rng();
+        let mut all = r.to_vec();
+        all.extend((0..KOS_EXTRA).map(|_| rng.random::<bool>()));
+        let mut ts = self.extend_raw(ch, &all)?;
+        let seed = ch.recv()?;
+        let seed: [u8; 16] = seed.as_slice().try_into().map_err(|_| {
+            MpcError::Protocol(format!(
+                "a {}-byte challenge seed (expected 16)",
+                seed.len()
+            ))
+        })?;
+        let chi = challenges(seed, ts.len());
+        let mut x = 0u128;
+        let mut acc = gf128::Wide::default();
+        for ((t, c), &b) in ts.iter().zip(&chi).zip(&all) {
+            x ^= c & u128::from(b).wrapping_neg();
+            acc ^= gf128::mul_wide(t.0, *c);
+        }
+        let mut msg = x.to_le_bytes().to_vec();
+        msg.extend_from_slice(&gf128::reduce(acc).to_le_bytes());
+        ch.send(msg)?;
+        all.zeroize();
+        ts.truncate(m);
+        Ok(ts)
+    }
+
+    fn extend_raw<C: Channel>(&mut self, ch: &mut C, r: &[bool]) -> Result<Vec<Block>, MpcError> {
         let m = r.len();
         let mp = padded(m)?;
         let mut out = Vec::with_capacity(mp);
