@@ -158,7 +158,7 @@ fn constants_fold_and_cost_nothing() {
 #[test]
 fn the_output_check_refuses_a_label_that_is_not_the_wires() {
     let c = random_circuit(7, 8, 4);
-    let inputs = vec![to_bits(3, 8), to_bits(200, 8)];
+    let inputs = [to_bits(3, 8), to_bits(200, 8)];
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let mut w = StreamWriter::new(Vec::new());
     let g = garble(&c, &mut rng, &mut w).expect("garbles");
