@@ -338,6 +338,19 @@ fn encode_err(e: postcard::Error) -> RuntimeError {
     RuntimeError::Malformed(format!("encoding a message: {e}"))
 }
 
+/// The two-party building blocks (`tessera_mpc`: oblivious transfer) talk through this channel:
+/// each OT message is one frame, so it gets the channel's size limit, sequence numbers,
+/// deadlines and byte counters.
+impl tessera_mpc::ot::Channel for Channel {
+    fn send(&mut self, msg: Vec<u8>) -> Result<(), tessera_mpc::MpcError> {
+        Channel::send(self, &msg).map_err(|e| tessera_mpc::MpcError::Protocol(e.to_string()))
+    }
+
+    fn recv(&mut self) -> Result<Vec<u8>, tessera_mpc::MpcError> {
+        Channel::recv::<Vec<u8>>(self).map_err(|e| tessera_mpc::MpcError::Protocol(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,18 +532,5 @@ mod tests {
             ),
             "{e}"
         );
-    }
-}
-
-/// The two-party building blocks (`tessera_mpc`: oblivious transfer) talk through this channel:
-/// each OT message is one frame, so it gets the channel's size limit, sequence numbers,
-/// deadlines and byte counters.
-impl tessera_mpc::ot::Channel for Channel {
-    fn send(&mut self, msg: Vec<u8>) -> Result<(), tessera_mpc::MpcError> {
-        Channel::send(self, &msg).map_err(|e| tessera_mpc::MpcError::Protocol(e.to_string()))
-    }
-
-    fn recv(&mut self) -> Result<Vec<u8>, tessera_mpc::MpcError> {
-        Channel::recv::<Vec<u8>>(self).map_err(|e| tessera_mpc::MpcError::Protocol(e.to_string()))
     }
 }
