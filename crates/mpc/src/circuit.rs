@@ -164,6 +164,26 @@ impl Circuit {
     }
 }
 
+/// A circuit that passed [`Circuit::validate`] and can no longer change: garbling and
+/// evaluating it many times checks it once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked(Circuit);
+
+impl Checked {
+    /// Validate `c` once.
+    pub fn new(c: Circuit) -> Result<Self, MpcError> {
+        c.validate()?;
+        Ok(Self(c))
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = Circuit;
+    fn deref(&self) -> &Circuit {
+        &self.0
+    }
+}
+
 /// A wire of a circuit under construction, or a constant the builder folded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bit {

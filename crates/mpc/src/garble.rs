@@ -29,7 +29,7 @@
 
 use crate::MpcError;
 use crate::block::Block;
-use crate::circuit::{Circuit, Gate};
+use crate::circuit::{Checked, Circuit, Gate};
 use crate::hash::{MAX_GATES_PER_KEY, Tccr};
 use crate::stream::{TableSink, TableSource};
 use rand::{CryptoRng, Rng, RngCore};
@@ -191,6 +191,24 @@ pub fn garble<R: RngCore + CryptoRng, S: TableSink>(
     sink: &mut S,
 ) -> Result<Garbled, MpcError> {
     c.validate()?;
+    garble_unchecked(c, rng, sink)
+}
+
+/// [`garble`] for a circuit validated once ([`Checked`]).
+pub fn garble_checked<R: RngCore + CryptoRng, S: TableSink>(
+    c: &Checked,
+    rng: &mut R,
+    sink: &mut S,
+) -> Result<Garbled, MpcError> {
+    garble_unchecked(c, rng, sink)
+}
+
+/// The garbling of a validated circuit (every wire index in range and defined before use).
+fn garble_unchecked<R: RngCore + CryptoRng, S: TableSink>(
+    c: &Circuit,
+    rng: &mut R,
+    sink: &mut S,
+) -> Result<Garbled, MpcError> {
     if c.and_count() as u64 > MAX_GATES_PER_KEY {
         return Err(MpcError::Circuit(format!(
             "{} AND gates is over the {} one hash key and Δ may garble",
@@ -272,6 +290,24 @@ pub fn evaluate<S: TableSource>(
     source: &mut S,
 ) -> Result<Vec<Block>, MpcError> {
     c.validate()?;
+    evaluate_unchecked(c, inputs, source)
+}
+
+/// [`evaluate`] for a circuit validated once ([`Checked`]).
+pub fn evaluate_checked<S: TableSource>(
+    c: &Checked,
+    inputs: &[Block],
+    source: &mut S,
+) -> Result<Vec<Block>, MpcError> {
+    evaluate_unchecked(c, inputs, source)
+}
+
+/// The evaluation of a validated circuit.
+fn evaluate_unchecked<S: TableSource>(
+    c: &Circuit,
+    inputs: &[Block],
+    source: &mut S,
+) -> Result<Vec<Block>, MpcError> {
     if inputs.len() != c.input_bits() {
         return Err(MpcError::Input(format!(
             "{} input labels for {} input bits",

@@ -36,6 +36,7 @@ pub fn sigma(x: Block) -> Block {
 #[derive(Clone)]
 pub struct Tccr {
     aes: Aes128,
+    fixed: crate::aesni::FixedAes,
 }
 
 impl std::fmt::Debug for Tccr {
@@ -49,6 +50,7 @@ impl Tccr {
     pub fn new(key: [u8; 16]) -> Self {
         Self {
             aes: Aes128::new(&Array::from(key)),
+            fixed: crate::aesni::FixedAes::new(key),
         }
     }
 
@@ -68,15 +70,11 @@ impl Tccr {
         tweaks: &[u128; N],
         out: &mut [Block; N],
     ) {
-        let mut s = [Block::ZERO; N];
-        let mut buf: [aes::Block; N] = std::array::from_fn(|_| aes::Block::default());
+        let s: [u128; N] = std::array::from_fn(|i| sigma(xs[i]).0);
+        let mut buf: [u128; N] = std::array::from_fn(|i| s[i] ^ tweaks[i]);
+        self.fixed.encrypt(&mut buf);
         for i in 0..N {
-            s[i] = sigma(xs[i]);
-            buf[i] = Array::from((s[i].0 ^ tweaks[i]).to_le_bytes());
-        }
-        self.aes.encrypt_blocks(&mut buf);
-        for i in 0..N {
-            out[i] = Block(u128::from_le_bytes(buf[i].0) ^ s[i].0);
+            out[i] = Block(buf[i] ^ s[i]);
         }
         #[cfg(test)]
         TWEAKS.with(|t| t.borrow_mut().extend_from_slice(tweaks));

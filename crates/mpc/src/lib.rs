@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aesni;
 pub mod block;
 pub mod bristol;
 pub mod circuit;
