@@ -220,14 +220,62 @@ fn garble_unchecked<R: RngCore + CryptoRng, S: TableSink>(
     rng.fill_bytes(&mut hash_key);
     let mut check_key = [0u8; 16];
     rng.fill_bytes(&mut check_key);
-    let hash = Tccr::new(hash_key);
     let delta = Block(rng.random::<u128>() | 1);
+    let zero_inputs: Vec<Block> = (0..c.input_bits()).map(|_| Block(rng.random())).collect();
+    garble_core(c, delta, zero_inputs, hash_key, check_key, rng, sink)
+}
+
+/// [`garble_checked`] with Δ and the inputs' 0-labels chosen by the caller — for example the
+/// sender's blocks `q_j` of a correlated OT whose offset is `delta`, so that the evaluator's OT
+/// outputs are its input labels. Δ must have lsb 1 and must not be reused for another circuit;
+/// the hash key and the output check's key are fresh from `rng`.
+pub fn garble_with<R: RngCore + CryptoRng, S: TableSink>(
+    c: &Checked,
+    delta: Block,
+    zero_inputs: Vec<Block>,
+    rng: &mut R,
+    sink: &mut S,
+) -> Result<Garbled, MpcError> {
+    if !delta.lsb() {
+        return Err(MpcError::Input(
+            "Δ must have its lsb set (point-and-permute)".into(),
+        ));
+    }
+    if zero_inputs.len() != c.input_bits() {
+        return Err(MpcError::Input(format!(
+            "{} input labels for {} input bits",
+            zero_inputs.len(),
+            c.input_bits()
+        )));
+    }
+    if c.and_count() as u64 > MAX_GATES_PER_KEY {
+        return Err(MpcError::Circuit(format!(
+            "{} AND gates is over the {} one hash key and Δ may garble",
+            c.and_count(),
+            MAX_GATES_PER_KEY
+        )));
+    }
+    let mut hash_key = [0u8; 16];
+    rng.fill_bytes(&mut hash_key);
+    let mut check_key = [0u8; 16];
+    rng.fill_bytes(&mut check_key);
+    garble_core(c, delta, zero_inputs, hash_key, check_key, rng, sink)
+}
+
+/// Garble a validated circuit under Δ with these input 0-labels and keys.
+fn garble_core<R: RngCore + CryptoRng, S: TableSink>(
+    c: &Circuit,
+    delta: Block,
+    zero_inputs: Vec<Block>,
+    hash_key: [u8; 16],
+    check_key: [u8; 16],
+    rng: &mut R,
+    sink: &mut S,
+) -> Result<Garbled, MpcError> {
+    let hash = Tccr::new(hash_key);
     let mut labels = vec![Block::ZERO; c.wires];
-    let mut zero_inputs = Vec::with_capacity(c.input_bits());
-    for &w in c.inputs.iter().flatten() {
-        let l = Block(rng.random());
+    for (&w, &l) in c.inputs.iter().flatten().zip(&zero_inputs) {
         labels[w as usize] = l;
-        zero_inputs.push(l);
     }
     sink.begin(hash_key)?;
     let mut j: u128 = 0;
