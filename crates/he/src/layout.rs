@@ -344,6 +344,37 @@ impl ConvPlan {
         Ok(acc)
     }
 
+    /// Place values `[c_out, oh, ow]` at the outputs' target coefficients (zeros elsewhere):
+    /// the inverse of [`ConvPlan::decode`], for masking a result in its own layout.
+    pub fn encode_output(&self, v: &[i64]) -> Result<Vec<Vec<i64>>, HeError> {
+        let s = &self.shape;
+        let (oh, ow) = s.out_hw();
+        if v.len() != s.c_out * oh * ow {
+            return Err(HeError::Operand(format!(
+                "{} output values for a conv with {}×{}×{}",
+                v.len(),
+                s.c_out,
+                oh,
+                ow
+            )));
+        }
+        let mut polys = vec![vec![0i64; self.n]; self.n_outputs()];
+        let mut it = v.iter();
+        for o in 0..s.c_out {
+            for oy in 0..oh {
+                let y1 = oy * s.stride[0];
+                let (tile, y) = (y1 / self.rows, y1 % self.rows);
+                for ox in 0..ow {
+                    if let Some(&x) = it.next() {
+                        polys[o * self.tiles + tile]
+                            [self.origin + y * self.wp + ox * s.stride[1]] = x;
+                    }
+                }
+            }
+        }
+        Ok(polys)
+    }
+
     /// Nonzero weights in one kernel polynomial (for the noise rule).
     pub fn terms(&self) -> usize {
         let s = &self.shape;
@@ -488,6 +519,23 @@ impl DensePlan {
             .collect())
     }
 
+    /// Place `m` values at the outputs' target coefficients (the inverse of
+    /// [`DensePlan::decode`]).
+    pub fn encode_output(&self, v: &[i64]) -> Result<Vec<Vec<i64>>, HeError> {
+        if v.len() != self.m {
+            return Err(HeError::Operand(format!(
+                "{} output values for a dense layer with {}",
+                v.len(),
+                self.m
+            )));
+        }
+        let mut polys = vec![vec![0i64; self.n]; self.row_blocks];
+        for (r, &x) in v.iter().enumerate() {
+            polys[r / self.mb][(r % self.mb) * self.kc + self.kc - 1] = x;
+        }
+        Ok(polys)
+    }
+
     /// The `m` accumulators from the decrypted outputs.
     pub fn decode(&self, outs: &[&[i64]]) -> Result<Vec<i64>, HeError> {
         if outs.len() != self.row_blocks || outs.iter().any(|o| o.len() != self.n) {
@@ -582,6 +630,14 @@ impl LinearPlan {
         match self {
             Self::Conv(p) => p.encode_bias(b),
             Self::Dense(p) => p.encode_bias(b),
+        }
+    }
+
+    /// Place output values at the target coefficients (the inverse of decoding).
+    pub fn encode_output(&self, v: &[i64]) -> Result<Vec<Vec<i64>>, HeError> {
+        match self {
+            Self::Conv(p) => p.encode_output(v),
+            Self::Dense(p) => p.encode_output(v),
         }
     }
 

@@ -271,6 +271,37 @@ impl PreparedWeights {
     }
 }
 
+/// `outs − v` for output values `v` placed at the layout's target coefficients (the 2pc
+/// server's mask `s`); the other coefficients are left as they are.
+pub fn sub_plain(
+    params: &HeParams,
+    plan: &LinearPlan,
+    outs: &[Ct],
+    v: &[i64],
+) -> Result<Vec<Ct>, HeError> {
+    let polys = plan.encode_output(v)?;
+    if polys.len() != outs.len() {
+        return Err(HeError::Operand(format!(
+            "{} ciphertexts for a layout with {} outputs",
+            outs.len(),
+            polys.len()
+        )));
+    }
+    outs.iter()
+        .zip(&polys)
+        .map(|(ct, p)| {
+            if params.level_of(ct)? != 0 || ct.parts() != 2 {
+                return Err(HeError::Operand(
+                    "masking needs a degree-1 result at the full modulus".into(),
+                ));
+            }
+            let mut c = ct.0.clone();
+            c -= &bias_plaintext(params, p)?;
+            Ok(Ct(c))
+        })
+        .collect()
+}
+
 /// Switch results down to the last level, the first prime only (the rule sizes it to hold the
 /// rounding noise of a degree-2 result): fewer bytes to send and a cheaper decryption. A no-op
 /// where the parameters have one prime.

@@ -1,0 +1,121 @@
+//! The non-linear step of `2pc` as a boolean circuit: from the two additive shares of a linear
+//! layer's accumulator to the next layer's masked input, exactly as the integer semantics v2
+//! computes it.
+//!
+//! For one activation with the layer's public multiplier `m`, shift `n` and clamp `[lo, hi]`:
+//!
+//! 1. `acc = a + c mod 2^ℓ` (the server's and the client's share), read as a signed ℓ-bit value
+//!    — exact because the parameters make `2^(ℓ−1)` exceed every accumulator's proven bound;
+//! 2. `q = ⌊(acc·m + 2^(n−1)) / 2^n⌋` — `rq` of v2 (`tessera_engine::qint::rq`): the product by
+//!    the public `m` as shifted adds of `acc` (one per set bit of `|m|`, negated for `m < 0`),
+//!    the rounding constant folded in, the shift free;
+//! 3. `y = clamp(q, lo, hi)` (ReLU is the clamp with `lo = 0`);
+//! 4. `out = y − r mod 2^ℓ'` with the client's mask `r` of the next layer's input.
+//!
+//! AND gates: ℓ (the sum) + about `popcount(m)·w` (the product, `w` the product's width) + w
+//! (rounding) + 2w (the two comparisons) + 2·ℓ' (the two selections) + ℓ' (the mask).
+
+use tessera_mpc::MpcError;
+use tessera_mpc::circuit::{Bit, Builder, Circuit, Word};
+
+/// The public constants of one requantize-and-clamp step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requant {
+    /// Share width ℓ (the HE plaintext modulus is 2^ℓ).
+    pub share_bits: usize,
+    /// Multiplier `m`.
+    pub mult: i64,
+    /// Shift `n`.
+    pub shift: u32,
+    /// Clamp bounds.
+    pub lo: i64,
+    /// Clamp bounds.
+    pub hi: i64,
+    /// Width of the output share (the next layer's mask ring, 2^ℓ').
+    pub out_bits: usize,
+}
+
+fn bits_for(v: i128) -> usize {
+    (129 - v.unsigned_abs().leading_zeros()) as usize
+}
+
+/// Sign-extend `w` to `width` bits.
+fn extend(w: &Word, width: usize) -> Word {
+    let sign = w.last().copied().unwrap_or(Bit::Const(false));
+    (0..width)
+        .map(|i| w.get(i).copied().unwrap_or(sign))
+        .collect()
+}
+
+/// Add the step's gates to `b`: shares `a` (ℓ bits) and `c` (ℓ bits), mask `r` (ℓ' bits) →
+/// the masked output (ℓ' bits).
+pub fn requant_clamp(
+    b: &mut Builder,
+    q: &Requant,
+    a: &Word,
+    c: &Word,
+    r: &Word,
+) -> Result<Word, MpcError> {
+    if q.share_bits < 2
+        || q.share_bits > 62
+        || q.out_bits < 2
+        || q.out_bits > 62
+        || q.shift > 62
+        || q.lo > q.hi
+    {
+        return Err(MpcError::Circuit(format!(
+            "unsupported requantization {q:?}"
+        )));
+    }
+    if a.len() != q.share_bits || c.len() != q.share_bits || r.len() != q.out_bits {
+        return Err(MpcError::Circuit(
+            "share or mask width does not match the step".into(),
+        ));
+    }
+    let acc = b.add(a, c);
+    // The product's width: |acc| < 2^(ℓ−1), |m| < 2^bits(m), plus the rounding carry.
+    let w = q.share_bits + bits_for(i128::from(q.mult)) + 2;
+    let acc = extend(&acc, w);
+    let mut prod = b.constant(0, w);
+    let mag = q.mult.unsigned_abs();
+    for k in 0..64 {
+        if (mag >> k) & 1 == 1 {
+            let shifted = b.shl(&acc, k);
+            prod = b.add(&prod, &shifted);
+        }
+    }
+    if q.mult < 0 {
+        let zero = b.constant(0, w);
+        prod = b.sub(&zero, &prod);
+    }
+    let half = if q.shift == 0 {
+        0
+    } else {
+        1i128 << (q.shift - 1)
+    };
+    let rounding = b.constant(half, w);
+    let sum = b.add(&prod, &rounding);
+    let shifted = b.shr(&sum, q.shift as usize, true);
+    let lo = b.constant(i128::from(q.lo), w);
+    let hi = b.constant(i128::from(q.hi), w);
+    let below = b.lt_signed(&shifted, &lo);
+    let above = b.lt_signed(&hi, &shifted);
+    let y = b.mux_word(below, &lo, &shifted);
+    let y = b.mux_word(above, &hi, &y);
+    let y: Word = y.into_iter().take(q.out_bits).collect();
+    Ok(b.sub(&y, r))
+}
+
+/// A circuit of `n` independent steps with the same constants: inputs (server shares, client
+/// shares, client masks), one output group per step.
+pub fn layer_circuit(q: &Requant, n: usize) -> Result<Circuit, MpcError> {
+    let mut b = Builder::new();
+    let a: Vec<Word> = (0..n).map(|_| b.input(q.share_bits)).collect();
+    let c: Vec<Word> = (0..n).map(|_| b.input(q.share_bits)).collect();
+    let r: Vec<Word> = (0..n).map(|_| b.input(q.out_bits)).collect();
+    for i in 0..n {
+        let o = requant_clamp(&mut b, q, &a[i], &c[i], &r[i])?;
+        b.output(&o);
+    }
+    b.finish()
+}
