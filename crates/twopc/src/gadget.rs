@@ -56,20 +56,27 @@ pub fn requant_clamp(
     c: &Word,
     r: &Word,
 ) -> Result<Word, MpcError> {
-    if q.share_bits < 2
-        || q.share_bits > 62
-        || q.out_bits < 2
-        || q.out_bits > 62
-        || q.shift > 62
-        || q.lo > q.hi
-    {
+    if r.len() != q.out_bits || q.out_bits < 2 || q.out_bits > 62 {
+        return Err(MpcError::Circuit(
+            "mask width does not match the step".into(),
+        ));
+    }
+    let y = requant_value(b, q, a, c)?;
+    let y = extend(&y, q.out_bits);
+    Ok(b.sub(&y, r))
+}
+
+/// Steps 1–3: the clamped value `clamp(rq(a + c; m, n), lo, hi)` as a signed word just wide
+/// enough for `[lo, hi]`.
+pub fn requant_value(b: &mut Builder, q: &Requant, a: &Word, c: &Word) -> Result<Word, MpcError> {
+    if q.share_bits < 2 || q.share_bits > 62 || q.shift > 62 || q.lo > q.hi {
         return Err(MpcError::Circuit(format!(
             "unsupported requantization {q:?}"
         )));
     }
-    if a.len() != q.share_bits || c.len() != q.share_bits || r.len() != q.out_bits {
+    if a.len() != q.share_bits || c.len() != q.share_bits {
         return Err(MpcError::Circuit(
-            "share or mask width does not match the step".into(),
+            "share width does not match the step".into(),
         ));
     }
     let acc = b.add(a, c);
@@ -102,8 +109,9 @@ pub fn requant_clamp(
     let above = b.lt_signed(&hi, &shifted);
     let y = b.mux_word(below, &lo, &shifted);
     let y = b.mux_word(above, &hi, &y);
-    let y: Word = y.into_iter().take(q.out_bits).collect();
-    Ok(b.sub(&y, r))
+    // [lo, hi] fits this many signed bits; the value is in it after the clamp.
+    let vb = (bits_for(i128::from(q.lo)).max(bits_for(i128::from(q.hi))) + 1).min(w);
+    Ok(y.into_iter().take(vb).collect())
 }
 
 /// A circuit of `n` independent steps with the same constants: inputs (server shares, client

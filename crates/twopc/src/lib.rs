@@ -20,5 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod gadget;
+pub mod model;
 pub mod offline;
+pub mod protocol;
 pub mod share;
