@@ -227,8 +227,10 @@ fn garble_unchecked<R: RngCore + CryptoRng, S: TableSink>(
 
 /// [`garble_checked`] with Δ and the inputs' 0-labels chosen by the caller — for example the
 /// sender's blocks `q_j` of a correlated OT whose offset is `delta`, so that the evaluator's OT
-/// outputs are its input labels. Δ must have lsb 1 and must not be reused for another circuit;
-/// the hash key and the output check's key are fresh from `rng`.
+/// outputs are its input labels. Δ must have lsb 1. One Δ may serve the several circuits of one
+/// session (as one COT session serves them all): each circuit gets a fresh hash key from `rng`,
+/// so no (key, tweak) pair repeats, and the bound of [`crate::hash`] then counts the session's
+/// AND gates together. Input labels must not be reused across circuits.
 pub fn garble_with<R: RngCore + CryptoRng, S: TableSink>(
     c: &Checked,
     delta: Block,
