@@ -93,12 +93,18 @@ impl Swtpm {
                 .map_err(|e| AttestedError::Swtpm(format!("starting swtpm: {e}")))?;
             let mut tpm = Swtpm { child, dir, port };
             let deadline = Instant::now() + Duration::from_secs(10);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port + 1));
+            // Ready when both the control and the TPM port accept connections: swtpm opens
+            // them one after the other, and a client that connects to the TPM port between the
+            // two is refused (seen under load in CI).
+            let ctrl = SocketAddr::from(([127, 0, 0, 1], port + 1));
+            let server = SocketAddr::from(([127, 0, 0, 1], port));
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = tpm.child.try_wait() {
                     break;
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                if TcpStream::connect_timeout(&ctrl, Duration::from_millis(200)).is_ok()
+                    && TcpStream::connect_timeout(&server, Duration::from_millis(200)).is_ok()
+                {
                     return Ok(tpm);
                 }
                 std::thread::sleep(Duration::from_millis(50));
