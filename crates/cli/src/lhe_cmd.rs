@@ -56,10 +56,10 @@ impl QuantArgs {
     /// The semantics for `scheme`: lhe reproduces v2 only, so `auto` means v2 for it (with a
     /// note), where the other schemes would take pow2.
     pub(crate) fn semantics_for(&self, g: &Graph, scheme: &str) -> Result<Semantics> {
-        if scheme == "lhe" && self.semantics == "auto" && !self.v2_for(g) {
+        if matches!(scheme, "lhe" | "2pc") && self.semantics == "auto" && !self.v2_for(g) {
             eprintln!(
-                "lhe: --semantics auto means v2 for lhe (it needs every activation saturated to \
-                 bound the plaintext modulus)"
+                "{scheme}: --semantics auto means v2 for {scheme} (it needs every activation \
+                 saturated to bound the plaintext modulus)"
             );
             let mut q = self.clone();
             q.semantics = "v2".into();

@@ -28,6 +28,11 @@ fn demo_runs_from_the_repository_alone() {
         out.contains("lhe (v2): float top-1") && out.contains("100 of 100 bit-exact"),
         "{out}"
     );
+    // 2pc runs in the demo on its sample, bit-exact.
+    assert!(
+        out.contains("2pc (v2): float top-1") && out.contains("20 of 20 bit-exact"),
+        "{out}"
+    );
     let (ok, json, _) = tessera(&["demo", "--n", "50", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&json).expect("demo --json is JSON");

@@ -96,15 +96,17 @@ mod embedded;
 mod gc;
 mod lhe;
 mod tee;
+mod twopc;
 pub use asym::Asym;
 pub use gc::Gc;
 pub use lhe::Lhe;
 pub use tee::{Tee, TeeOptions};
 pub use tessera_asym::AsymOptions;
 pub use tessera_gc::GcOptions;
+pub use twopc::TwoPc;
 
 /// The names of the schemes this build offers.
-pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym", "lhe"];
+pub const SCHEMES: &[&str] = &["plain", "tee", "gc", "asym", "lhe", "2pc"];
 
 /// Whether scheme `name` can run `g`, decided before any work (no enclave, worker or garbling is
 /// started): the integer semantics for every scheme (the enclave runs them), the circuit for
@@ -121,6 +123,11 @@ pub fn check(name: &str, g: &Graph, semantics: &Semantics) -> Result<(), SchemeE
         "lhe" => tessera_lhe::LheModel::new(g, semantics)
             .map(|_| ())
             .map_err(|e| SchemeError::Unsupported(e.to_string())),
+        "2pc" => twopc::lowered(g, semantics).and_then(|m| {
+            tessera_twopc::model::Cut::new(m)
+                .map(|_| ())
+                .map_err(|e| SchemeError::Unsupported(e.to_string()))
+        }),
         other => Err(SchemeError::Unsupported(format!(
             "unknown scheme '{other}'; this build offers: {}",
             SCHEMES.join(", ")

@@ -6,7 +6,8 @@
 //! Segments run the ops v2 defines for them exactly (`tessera_engine::qint`): ReLU as
 //! `max(x, 0)`, Clip as a clamp, MaxPool as the maximum over each window's in-range positions.
 //! Other ops between linear layers (average pools, residual adds, concatenations, tables) are
-//! refused by name for now.
+//! refused by name for now. Ops before the first linear layer run on the client, in the clear,
+//! on its own input (it learns their constants, such as an input normalisation).
 
 use crate::gadget::{Requant, requant_value};
 use tessera_engine::qint::{IntModel, IntOp};
@@ -162,8 +163,9 @@ impl Cut {
                     };
                     layers.push(Self::layer(&int, k, &node.name, shape, l)?);
                 }
-                // A reshape before the first linear layer changes no value.
-                (IntOp::Pass, _) if layers.is_empty() => {}
+                // Before the first linear layer the client computes on its own input in the
+                // clear (input normalisation and the like; it learns their constants).
+                (_, _) if layers.is_empty() && !matches!(op, IntOp::Linear(_)) => {}
                 (IntOp::Relu, _)
                 | (IntOp::Clip { .. }, _)
                 | (IntOp::MaxPool, _)

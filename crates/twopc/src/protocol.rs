@@ -139,6 +139,30 @@ impl TwoPc {
         })
     }
 
+    /// The first linear layer's input: the client runs the ops before it on its own input.
+    fn first_input(&self, xq: &Tensor<i64>) -> Result<Tensor<i64>, TwoPcError> {
+        let first = self.cut.layers.first().map(|l| l.node);
+        let mut captured: Option<Tensor<i64>> = None;
+        let res = self.cut.int.run_split(xq, &mut |k, input, _| {
+            if Some(k) == first {
+                captured = Some(input.clone());
+                // Stop here: nothing after the first linear layer runs in the clear.
+                return Err(tessera_engine::EngineError::Internal("stop".into()));
+            }
+            Ok(None)
+        });
+        match (captured, res) {
+            (Some(t), _) => Ok(t),
+            (None, Err(e)) => Err(e.into()),
+            (None, Ok(_)) => Err(TwoPcError::Party("the model has no linear layer".into())),
+        }
+    }
+
+    /// Segments (one garbled circuit and one online round each).
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     /// The HE parameters, in words.
     pub fn describe(&self) -> String {
         format!(
@@ -151,7 +175,7 @@ impl TwoPc {
 
     /// Run one inference on `x`; returns the output integers and the cost.
     pub fn infer(&self, x: &Tensor, seed: u64) -> Result<(Tensor<i64>, RunCost), TwoPcError> {
-        let xq = self.cut.int.quantize_input(x)?;
+        let xq = self.first_input(&self.cut.int.quantize_input(x)?)?;
         let out_shape = {
             let g = self.cut.int.graph();
             g.outputs

@@ -1,0 +1,97 @@
+//! `2pc` (Delphi's server-garbler variant): a client holding the input and a server holding the
+//! model, no TEE — the linear layers on additive shares preprocessed with HE, the non-linear
+//! layers as garbled circuits. Both parties run in this process on their own threads over
+//! in-memory channels (`tessera_twopc::protocol`); the separate processes, stored
+//! precomputation and the client-garbler variant are not built yet.
+
+use crate::{Cost, Inference, Scheme, SchemeError};
+use std::time::Instant;
+use tessera_engine::{ExactModel, Semantics, argmax};
+use tessera_model::stats::stats;
+use tessera_model::{Graph, Tensor};
+use tessera_twopc::protocol::TwoPc as Protocol;
+
+/// The `2pc` scheme with both parties in this process.
+pub struct TwoPc {
+    protocol: Protocol,
+    scale: f64,
+    macs: u64,
+    rounds: u64,
+    next_seed: u64,
+}
+
+fn unsupported(e: impl std::fmt::Display) -> SchemeError {
+    SchemeError::Unsupported(e.to_string())
+}
+
+/// The model lowered to v2, or why 2pc cannot take it.
+pub(crate) fn lowered(
+    graph: &Graph,
+    semantics: &Semantics,
+) -> Result<tessera_engine::qint::IntModel, SchemeError> {
+    match ExactModel::new(graph, semantics)? {
+        ExactModel::V2(m) => Ok(m),
+        ExactModel::Pow2(_) => Err(unsupported(
+            "2pc reproduces the integer semantics v2 (its shares need every accumulator's proven bound); run with --semantics v2 or --calibrate DATA",
+        )),
+    }
+}
+
+impl TwoPc {
+    /// Cut the model, choose the HE parameters, build the segment circuits.
+    pub fn new(graph: &Graph, semantics: &Semantics) -> Result<Self, SchemeError> {
+        let int = lowered(graph, semantics)?;
+        let scale = int.output_quant()?.scale;
+        let protocol = Protocol::new(int).map_err(unsupported)?;
+        let rounds = protocol.segments() as u64;
+        Ok(Self {
+            protocol,
+            scale,
+            macs: stats(graph).macs,
+            rounds,
+            next_seed: rand::random(),
+        })
+    }
+
+    /// The parameters and circuit sizes, in words.
+    pub fn describe(&self) -> String {
+        self.protocol.describe()
+    }
+}
+
+impl Scheme for TwoPc {
+    fn name(&self) -> &'static str {
+        "2pc"
+    }
+    fn protects(&self) -> &'static str {
+        "data from the server, the model from the client (HE + garbled circuits); no TEE"
+    }
+    fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
+        self.next_seed = self.next_seed.wrapping_add(1);
+        let t0 = Instant::now();
+        let (exact, c) = self
+            .protocol
+            .infer(input, self.next_seed)
+            .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
+        let latency = t0.elapsed();
+        let output = exact.map(|&v| (v as f64 * self.scale) as f32);
+        let class = argmax(output.data());
+        let cost = Cost {
+            latency,
+            bytes_up: c.offline_up + c.online_up,
+            bytes_down: c.offline_down + c.online_down,
+            rounds: self.rounds,
+            stored_bytes: c.garbled_bytes,
+            trusted_macs: 0,
+            total_macs: self.macs,
+            modeled_tee: None,
+        };
+        Ok(Inference {
+            output,
+            exact,
+            scale: self.scale,
+            class,
+            cost,
+        })
+    }
+}

@@ -1,0 +1,45 @@
+//! `2pc` through the common scheme interface: bit-exact with the v2 reference, with its offline
+//! and online bytes and the client's stored garbled material in the cost report.
+
+use tessera_engine::Semantics;
+use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
+use tessera_model::builders;
+use tessera_schemes::{Scheme, TwoPc};
+
+#[test]
+fn two_pc_matches_v2_through_the_scheme_interface() {
+    let g = builders::dash_b(5).expect("dash-b");
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 8, 1).expect("inputs");
+    let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
+    let cfg = QintConfig::default();
+    let reference = IntModel::new(&g, cfg, &calibration).expect("lowers");
+    let mut s = TwoPc::new(&g, &Semantics::V2 { cfg, calibration }).expect("2pc");
+    for x in default_calibration_inputs(&g, 0.0, 1.0, 2, 3).expect("inputs") {
+        let r = s.infer(&x).expect("infers");
+        assert_eq!(r.exact, reference.run(&x).expect("reference"));
+        assert!(r.cost.stored_bytes > 0 && r.cost.bytes_down > r.cost.stored_bytes);
+        assert_eq!(r.cost.rounds, 6, "one online round per segment");
+    }
+}
+
+#[test]
+fn two_pc_refuses_pow2_and_what_it_cannot_run_by_name() {
+    let g = builders::dash_b(5).expect("dash-b");
+    let e = TwoPc::new(&g, &Semantics::default())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("semantics v2"), "{e}");
+    let g = builders::mix(8, 6, 3).expect("mix");
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 8, 1).expect("inputs");
+    let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
+    let e = tessera_schemes::check(
+        "2pc",
+        &g,
+        &Semantics::V2 {
+            cfg: QintConfig::default(),
+            calibration,
+        },
+    )
+    .expect_err("residual adds are not in 2pc yet");
+    assert!(e.to_string().contains("cannot run node"), "{e}");
+}
