@@ -20,15 +20,34 @@ fn usage(e: impl std::fmt::Display) -> CliError {
 /// `tessera server`.
 #[derive(Args)]
 pub struct ServerArgs {
-    /// Scheme served: lhe (stores the encrypted model, computes linear layers on ciphertexts).
-    #[arg(long, default_value = "lhe")]
-    scheme: String,
-    /// Address to listen on for the enclave, the model owner and data owners.
-    #[arg(long, default_value = "127.0.0.1:7300")]
-    listen: String,
-    /// Where uploaded encrypted models are stored (one file per set-up).
+    /// Scheme served: lhe (stores the encrypted model, computes linear layers on ciphertexts
+    /// for the enclave) or 2pc (holds MODEL in the clear and runs Delphi's protocol, either
+    /// variant, with each client that connects).
+    #[arg(long, default_value = "lhe", value_parser = ["lhe", "2pc"])]
+    pub(crate) scheme: String,
+    /// 2pc: the model served (ONNX file or built-in network); its weights never leave this
+    /// process, its architecture and requantization constants are sent to each client.
+    pub(crate) model: Option<String>,
+    /// Address to listen on (lhe: the enclave, the model owner and data owners; 2pc: clients).
+    /// Default: 127.0.0.1:7300 for lhe, 127.0.0.1:7400 for 2pc.
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// lhe: where uploaded encrypted models are stored (one file per set-up).
     #[arg(long, default_value = "tessera-server-store")]
-    store: PathBuf,
+    pub(crate) store: PathBuf,
+    /// 2pc: the server's TLS key (PKCS#8), made on first start and reused after, so clients
+    /// that pinned the certificate keep trusting this server.
+    #[arg(long, default_value = "tessera-2pc-identity.key")]
+    pub(crate) identity: PathBuf,
+    /// 2pc: where to write the server's certificate (DER) for clients to pin (`tessera client
+    /// --scheme 2pc --server-cert FILE`).
+    #[arg(long, default_value = "tessera-2pc-server.crt")]
+    pub(crate) cert: PathBuf,
+    /// 2pc: sessions served at once.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_sessions: usize,
+    #[command(flatten)]
+    pub(crate) quant: QuantArgs,
 }
 
 /// `tessera upload`.
@@ -71,14 +90,17 @@ impl QuantArgs {
 
 /// Run the untrusted server until killed.
 pub fn server(a: &ServerArgs) -> Result<()> {
-    if a.scheme != "lhe" {
-        return Err(usage(format!(
-            "the server serves --scheme lhe, not '{}' (gc and asym use `tessera worker`)",
-            a.scheme
-        )));
+    if a.scheme == "2pc" {
+        return crate::twopc_cmd::server(a);
     }
-    let listener = TcpListener::bind(&a.listen)
-        .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    if a.model.is_some() {
+        return Err(usage(
+            "an lhe server takes no MODEL: the model owner uploads it encrypted (`tessera upload`)",
+        ));
+    }
+    let listen = a.listen.as_deref().unwrap_or("127.0.0.1:7300");
+    let listener =
+        TcpListener::bind(listen).map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
     let h = tessera_lhe::server::serve_server(
         listener,
         tessera_lhe::server::ServerOptions::new(a.store.clone()),

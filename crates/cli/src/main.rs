@@ -7,6 +7,7 @@ mod qint_cmd;
 mod remote;
 mod table;
 mod train_cmd;
+mod twopc_cmd;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -89,6 +90,11 @@ struct QuantArgs {
     /// gc: bits of range added above the calibrated widths.
     #[arg(long, default_value_t = 1, value_name = "B")]
     gc_margin_bits: u32,
+    /// 2pc: which party garbles — server-garbler (Delphi: the server garbles offline, the
+    /// client evaluates) or client-garbler (CryptoNite: the client garbles, the server
+    /// evaluates, less online traffic and client storage).
+    #[arg(long, default_value = "server-garbler", value_parser = ["server-garbler", "client-garbler"])]
+    variant: String,
     /// Memory a model may need when it is loaded, in bytes (K, M, G suffixes: powers of 1024),
     /// per layer and in all. A model over it is refused at import, naming the layer. Default:
     /// 2 GiB per layer, 4 GiB in all.
@@ -249,7 +255,8 @@ enum Cmd {
     /// Forward clients' bytes to an enclave (the untrusted host's role); sees only ciphertext.
     Relay(remote::RelayArgs),
     /// lhe: the untrusted server — stores the encrypted model, computes every conv and dense
-    /// layer on ciphertexts for the enclave, relays sealed results to data owners.
+    /// layer on ciphertexts for the enclave, relays sealed results to data owners. 2pc: the
+    /// model's holder, running Delphi's protocol (either variant) with each client.
     Server(lhe_cmd::ServerArgs),
     /// lhe: the model owner — attest the enclave, encrypt the model's weights under its HE key,
     /// upload them to the server.
@@ -553,9 +560,11 @@ fn make_scheme(
             Ok(Box::new(t))
         }
         "2pc" => {
-            let t = TwoPc::new(g, sem)?;
+            let variant = quant.variant.parse().map_err(CliError::Usage)?;
+            let t = TwoPc::with_variant(g, sem, variant)?;
             eprintln!(
-                "2pc (server-garbler, both parties in this process): {}",
+                "2pc ({}, both parties in this process): {}",
+                quant.variant,
                 t.describe()
             );
             Ok(Box::new(t))
@@ -1046,7 +1055,7 @@ fn build(name: Option<String>, output: Option<PathBuf>, seed: u64, list: bool) -
 }
 
 /// Write via a temporary file and rename, so a failure leaves no half-written file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp-tessera");
     let io = |source| CliError::Io {
         path: path.display().to_string(),

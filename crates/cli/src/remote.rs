@@ -91,13 +91,21 @@ pub struct ClientArgs {
     /// Input: FILE.pb, FILE.npy, FILE.png or IDXFILE:INDEX.
     #[arg(long)]
     pub(crate) input: String,
-    /// Scheme of the enclave: tee, gc and asym take the input over the attested channel; lhe
-    /// opens a session there and sends the encrypted input to --server.
+    /// Scheme: tee, gc and asym take the input over the enclave's attested channel; lhe
+    /// opens a session there and sends the encrypted input to --server; 2pc runs Delphi's
+    /// protocol with the `tessera server --scheme 2pc` at --connect (no enclave).
     #[arg(long, default_value = "tee")]
     pub(crate) scheme: String,
     /// lhe: the untrusted server's address (`tessera server`).
     #[arg(long)]
     pub(crate) server: Option<String>,
+    /// 2pc: the server's certificate (DER), as `tessera server --scheme 2pc` wrote it; the
+    /// client talks only to the holder of its key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) server_cert: Option<PathBuf>,
+    /// 2pc: server-garbler (Delphi) or client-garbler (CryptoNite).
+    #[arg(long, default_value = "server-garbler", value_parser = ["server-garbler", "client-garbler"])]
+    pub(crate) variant: String,
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
     /// Print JSON.
@@ -388,6 +396,9 @@ pub fn enclave(a: &EnclaveArgs) -> Result<()> {
 pub fn client(a: &ClientArgs) -> Result<()> {
     if a.scheme == "lhe" {
         return crate::lhe_cmd::client(a);
+    }
+    if a.scheme == "2pc" {
+        return crate::twopc_cmd::client(a);
     }
     let policy = a.policy.policy()?;
     let x = load_input(&a.input)?;

@@ -1012,3 +1012,92 @@ fn lhe_server_enclave_owner_and_client_processes() {
     assert!(v["products"].as_u64().unwrap_or(0) > 0, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 2pc as two processes — the server holding the model, the client holding the input — in both
+/// variants, bit-exact with `run` under the same v2 semantics; a client that pins another
+/// certificate is refused.
+#[test]
+fn two_pc_server_and_client_processes() {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-2pc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("dash-c.onnx");
+    let (ok, _, err) = tessera(&["build", "dash-c", "-o", model.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let input = dir.join("x.npy");
+    let x = tessera_model::Tensor::new(
+        vec![1, 1, 28, 28],
+        (0..784u32)
+            .map(|i| ((i * 31) % 256) as f32 / 255.0)
+            .collect(),
+    )
+    .unwrap();
+    std::fs::write(&input, tessera_data::npy::to_npy(&x)).unwrap();
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let (mut server, addr, _) = spawn_until(
+        &[
+            "server",
+            "--scheme",
+            "2pc",
+            model.to_str().unwrap(),
+            "--semantics",
+            "v2",
+            "--listen",
+            "127.0.0.1:0",
+            "--identity",
+            key.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ],
+        "2pc server listening on ",
+    );
+    let client = |variant: &str, cert: &std::path::Path| {
+        tessera(&[
+            "client",
+            "--scheme",
+            "2pc",
+            "--connect",
+            &addr,
+            "--server-cert",
+            cert.to_str().unwrap(),
+            "--variant",
+            variant,
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let sg = client("server-garbler", &cert);
+    let cg = client("client-garbler", &cert);
+    let other = dir.join("other.crt");
+    let id = tessera_runtime::tls::Identity::generate().unwrap();
+    std::fs::write(&other, id.cert()).unwrap();
+    let wrong = client("server-garbler", &other);
+    let _ = server.kill();
+    let _ = server.wait();
+    let (ok2, plain, err2) = tessera(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--semantics",
+        "v2",
+        "--json",
+    ]);
+    assert!(ok2, "run: {err2}");
+    let p: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    for (name, (ok, out, err)) in [("server-garbler", sg), ("client-garbler", cg)] {
+        assert!(ok, "{name} client: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["exact_output"], p["exact_output"], "{name}");
+        assert_eq!(v["variant"], name);
+        assert!(v["client_stored_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert!(v["server_stored_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
+    }
+    assert!(
+        !wrong.0,
+        "a client pinning another certificate must be refused"
+    );
+    assert!(wrong.2.contains("not the one pinned"), "{}", wrong.2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -136,6 +136,11 @@ impl OutputCheck {
         Self { hash, digests }
     }
 
+    /// Outputs it checks.
+    pub fn outputs(&self) -> usize {
+        self.digests.len()
+    }
+
     /// Decode and check labels the evaluator returned.
     pub fn check(&self, labels: &[Block]) -> Result<Vec<bool>, MpcError> {
         if labels.len() != self.digests.len() {

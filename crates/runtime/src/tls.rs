@@ -117,6 +117,7 @@ impl Identity {
 struct Pinned {
     cert: Vec<u8>,
     provider: Arc<CryptoProvider>,
+    refusal: &'static str,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -131,9 +132,7 @@ impl ServerCertVerifier for Pinned {
         if intermediates.is_empty() && end_entity.as_ref() == self.cert.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "the server's certificate is not the one its attestation evidence binds".into(),
-            ))
+            Err(rustls::Error::General(self.refusal.into()))
         }
     }
 
@@ -167,8 +166,18 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-/// A client configuration that trusts only `cert`.
+/// A client configuration that trusts only `cert`, the one attestation evidence bound.
 pub fn pinned_client_config(cert: &[u8]) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
+    pinned_config(
+        cert,
+        "the server's certificate is not the one its attestation evidence binds",
+    )
+}
+
+fn pinned_config(
+    cert: &[u8],
+    refusal: &'static str,
+) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
     let p = provider();
     let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -177,6 +186,7 @@ pub fn pinned_client_config(cert: &[u8]) -> Result<Arc<rustls::ClientConfig>, Ru
         .with_custom_certificate_verifier(Arc::new(Pinned {
             cert: cert.to_vec(),
             provider: p,
+            refusal,
         }))
         .with_no_client_auth();
     Ok(Arc::new(cfg))
@@ -185,4 +195,48 @@ pub fn pinned_client_config(cert: &[u8]) -> Result<Arc<rustls::ClientConfig>, Ru
 /// The server name the client presents.
 pub fn server_name() -> Result<ServerName<'static>, RuntimeError> {
     ServerName::try_from(ENCLAVE_NAME).map_err(|e| tls_err("server name", e))
+}
+
+/// Continue `ch` (after its hello) in TLS as the server presenting `id`: for a server without
+/// attestation (`2pc`), whose clients pin its certificate out of band.
+pub fn accept(
+    ch: crate::Channel,
+    id: &Identity,
+    opts: crate::ChannelOptions,
+) -> Result<crate::Channel, RuntimeError> {
+    let (seq_out, seq_in, peer) = ch.position();
+    let (io, link) = ch.into_parts()?;
+    let conn = rustls::ServerConnection::new(id.server_config()?)
+        .map_err(|e| tls_err("starting TLS", e))?;
+    let mut ch =
+        crate::Channel::from_parts(Box::new(rustls::StreamOwned::new(conn, io)), link, opts)?;
+    ch.continue_from(seq_out, seq_in, peer);
+    Ok(ch)
+}
+
+/// Continue `ch` (after its hello) in TLS as a client that accepts only the server holding
+/// `cert` (DER), given out of band (`tessera server --scheme 2pc` writes it).
+pub fn connect(
+    ch: crate::Channel,
+    cert: &[u8],
+    opts: crate::ChannelOptions,
+) -> Result<crate::Channel, RuntimeError> {
+    let (seq_out, seq_in, peer) = ch.position();
+    let (io, link) = ch.into_parts()?;
+    let cfg = pinned_config(
+        cert,
+        "the server's certificate is not the one pinned (--server-cert): another server, or the file is stale",
+    )?;
+    let conn = rustls::ClientConnection::new(cfg, server_name()?)
+        .map_err(|e| tls_err("starting TLS", e))?;
+    let mut stream = rustls::StreamOwned::new(conn, io);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| tls_err("TLS handshake with the server", e))?;
+    }
+    let mut ch = crate::Channel::from_parts(Box::new(stream), link, opts)?;
+    ch.continue_from(seq_out, seq_in, peer);
+    Ok(ch)
 }

@@ -1,8 +1,8 @@
-//! `2pc` (Delphi's server-garbler variant): a client holding the input and a server holding the
-//! model, no TEE — the linear layers on additive shares preprocessed with HE, the non-linear
-//! layers as garbled circuits. Both parties run in this process on their own threads over
-//! in-memory channels (`tessera_twopc::protocol`); the separate processes, stored
-//! precomputation and the client-garbler variant are not built yet.
+//! `2pc` (Delphi's server-garbler variant, or CryptoNite's client-garbler): a client holding the
+//! input and a server holding the model, no TEE — the linear layers on additive shares
+//! preprocessed with HE, the non-linear layers as garbled circuits. Both parties run in this
+//! process on their own threads over an in-memory channel, one session per inference (the
+//! same session code the separate processes run, `tessera_twopc::session`).
 
 use crate::{Cost, Inference, Scheme, SchemeError};
 use std::time::Instant;
@@ -10,6 +10,7 @@ use tessera_engine::{ExactModel, Semantics, argmax};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, Tensor};
 use tessera_twopc::protocol::TwoPc as Protocol;
+use tessera_twopc::session::Variant;
 
 /// The `2pc` scheme with both parties in this process.
 pub struct TwoPc {
@@ -18,6 +19,7 @@ pub struct TwoPc {
     macs: u64,
     rounds: u64,
     next_seed: u64,
+    variant: Variant,
 }
 
 fn unsupported(e: impl std::fmt::Display) -> SchemeError {
@@ -38,8 +40,17 @@ pub(crate) fn lowered(
 }
 
 impl TwoPc {
-    /// Cut the model, choose the HE parameters, build the segment circuits.
+    /// Cut the model, choose the HE parameters, build the segment circuits (server-garbler).
     pub fn new(graph: &Graph, semantics: &Semantics) -> Result<Self, SchemeError> {
+        Self::with_variant(graph, semantics, Variant::ServerGarbler)
+    }
+
+    /// The same in `variant`.
+    pub fn with_variant(
+        graph: &Graph,
+        semantics: &Semantics,
+        variant: Variant,
+    ) -> Result<Self, SchemeError> {
         let int = lowered(graph, semantics)?;
         let scale = int.output_quant()?.scale;
         let protocol = Protocol::new(int).map_err(unsupported)?;
@@ -50,6 +61,7 @@ impl TwoPc {
             macs: stats(graph).macs,
             rounds,
             next_seed: rand::random(),
+            variant,
         })
     }
 
@@ -71,7 +83,7 @@ impl Scheme for TwoPc {
         let t0 = Instant::now();
         let (exact, c) = self
             .protocol
-            .infer(input, self.next_seed)
+            .infer(input, self.next_seed, self.variant)
             .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
         let latency = t0.elapsed();
         let output = exact.map(|&v| (v as f64 * self.scale) as f32);
@@ -81,7 +93,7 @@ impl Scheme for TwoPc {
             bytes_up: c.offline_up + c.online_up,
             bytes_down: c.offline_down + c.online_down,
             rounds: self.rounds,
-            stored_bytes: c.garbled_bytes,
+            stored_bytes: c.client_stored + c.server_stored,
             trusted_macs: 0,
             total_macs: self.macs,
             modeled_tee: None,

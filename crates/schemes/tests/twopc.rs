@@ -5,6 +5,7 @@ use tessera_engine::Semantics;
 use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
 use tessera_model::builders;
 use tessera_schemes::{Scheme, TwoPc};
+use tessera_twopc::session::Variant;
 
 #[test]
 fn two_pc_matches_v2_through_the_scheme_interface() {
@@ -13,12 +14,15 @@ fn two_pc_matches_v2_through_the_scheme_interface() {
     let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
     let cfg = QintConfig::default();
     let reference = IntModel::new(&g, cfg, &calibration).expect("lowers");
-    let mut s = TwoPc::new(&g, &Semantics::V2 { cfg, calibration }).expect("2pc");
-    for x in default_calibration_inputs(&g, 0.0, 1.0, 2, 3).expect("inputs") {
-        let r = s.infer(&x).expect("infers");
-        assert_eq!(r.exact, reference.run(&x).expect("reference"));
-        assert!(r.cost.stored_bytes > 0 && r.cost.bytes_down > r.cost.stored_bytes);
-        assert_eq!(r.cost.rounds, 6, "one online round per segment");
+    let sem = Semantics::V2 { cfg, calibration };
+    for v in [Variant::ServerGarbler, Variant::ClientGarbler] {
+        let mut s = TwoPc::with_variant(&g, &sem, v).expect("2pc");
+        for x in default_calibration_inputs(&g, 0.0, 1.0, 2, 3).expect("inputs") {
+            let r = s.infer(&x).expect("infers");
+            assert_eq!(r.exact, reference.run(&x).expect("reference"), "{v:?}");
+            assert!(r.cost.stored_bytes > 0 && r.cost.bytes_up > 0 && r.cost.bytes_down > 0);
+            assert_eq!(r.cost.rounds, 6, "one online round per segment");
+        }
     }
 }
 

@@ -19,8 +19,13 @@
 
 #![warn(missing_docs)]
 
+pub mod cg;
 pub mod gadget;
 pub mod model;
+pub mod net;
 pub mod offline;
 pub mod protocol;
+pub mod public;
+pub mod session;
+pub mod sg;
 pub mod share;

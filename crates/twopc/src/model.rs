@@ -9,16 +9,16 @@
 //! refused by name for now. Ops before the first linear layer run on the client, in the clear,
 //! on its own input (it learns their constants, such as an input normalisation).
 
-use crate::gadget::{Requant, requant_value};
+use crate::public::{PublicLayer, segment_circuit};
 use tessera_engine::qint::{IntModel, IntOp};
 use tessera_engine::window::pool_geometry;
 use tessera_he::layout::{ConvPlan, ConvShape, DensePlan, LinearPlan};
 use tessera_model::ir::Op;
 use tessera_mpc::MpcError;
-use tessera_mpc::circuit::{Bit, Builder, Checked, Word};
+use tessera_mpc::circuit::Checked;
 
 /// A linear layer's geometry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Shape {
     /// A convolution.
     Conv(ConvShape),
@@ -61,7 +61,7 @@ impl Shape {
 }
 
 /// One op after a linear layer, before the next.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Post {
     /// `clamp(x, lo, hi)` (ReLU is `lo = 0, hi = +∞`).
     Clamp {
@@ -113,6 +113,10 @@ pub struct Cut {
     pub int: IntModel,
     /// Linear layers in order, each with the segment after it.
     pub layers: Vec<Layer>,
+    /// The ops before the first linear layer that are more than a reshape: the client runs
+    /// them on its own input, in the clear, so it must have them (the embedded scheme does;
+    /// a remote client has only the public description, which cannot carry them).
+    pub prefix: Vec<String>,
 }
 
 fn unsupported(node: &str, what: &str) -> MpcError {
@@ -124,6 +128,7 @@ impl Cut {
     pub fn new(int: IntModel) -> Result<Self, MpcError> {
         let g = int.graph().clone();
         let mut layers: Vec<Layer> = Vec::new();
+        let mut prefix = Vec::new();
         for (k, node) in g.nodes.iter().enumerate() {
             let op = int
                 .op(k)
@@ -165,7 +170,11 @@ impl Cut {
                 }
                 // Before the first linear layer the client computes on its own input in the
                 // clear (input normalisation and the like; it learns their constants).
-                (_, _) if layers.is_empty() && !matches!(op, IntOp::Linear(_)) => {}
+                (_, _) if layers.is_empty() && !matches!(op, IntOp::Linear(_)) => {
+                    if !matches!(op, IntOp::Pass) {
+                        prefix.push(node.name.clone());
+                    }
+                }
                 (IntOp::Relu, _)
                 | (IntOp::Clip { .. }, _)
                 | (IntOp::MaxPool, _)
@@ -232,7 +241,11 @@ impl Cut {
         if layers.is_empty() {
             return Err(MpcError::Circuit("the model has no linear layer".into()));
         }
-        Ok(Self { int, layers })
+        Ok(Self {
+            int,
+            layers,
+            prefix,
+        })
     }
 
     fn layer(
@@ -277,10 +290,7 @@ impl Cut {
         })
     }
 
-    /// The segment circuit after layer `i`: inputs the server's shares, the client's shares
-    /// (ℓ bits each, one per accumulator), and — unless it is the last — the client's masks of
-    /// the next input (ℓ bits each); outputs the next input minus its mask (ℓ bits each), or for
-    /// the last segment the model's output values as signed `out_bits`-bit integers.
+    /// The segment circuit after layer `i` ([`segment_circuit`]).
     pub fn segment(
         &self,
         i: usize,
@@ -291,87 +301,27 @@ impl Cut {
             .layers
             .get(i)
             .ok_or_else(|| MpcError::Circuit(format!("no layer {i}")))?;
-        let last = i + 1 == self.layers.len();
-        let (n, channels) = layer.shape.outputs();
-        let per = n / channels.max(1);
-        let mut b = Builder::new();
-        let a: Vec<Word> = (0..n).map(|_| b.input(share_bits)).collect();
-        let c: Vec<Word> = (0..n).map(|_| b.input(share_bits)).collect();
-        let r: Vec<Word> = if last {
-            Vec::new()
-        } else {
-            (0..layer.out_len).map(|_| b.input(share_bits)).collect()
-        };
-        let mut vals: Vec<Word> = Vec::with_capacity(n);
-        for j in 0..n {
-            let q = Requant {
-                share_bits,
-                mult: layer.mult.get(j / per.max(1)).copied().unwrap_or(1),
-                shift: layer.shift,
-                lo: layer.lo,
-                hi: layer.hi,
-                out_bits: share_bits,
-            };
-            vals.push(requant_value(&mut b, &q, &a[j], &c[j])?);
+        segment_circuit(
+            &layer.public(),
+            i + 1 == self.layers.len(),
+            share_bits,
+            out_bits,
+        )
+    }
+}
+
+impl Layer {
+    /// The layer without its weights and biases.
+    pub fn public(&self) -> PublicLayer {
+        PublicLayer {
+            name: self.name.clone(),
+            shape: self.shape.clone(),
+            mult: self.mult.clone(),
+            shift: self.shift,
+            lo: self.lo,
+            hi: self.hi,
+            posts: self.posts.clone(),
+            out_len: self.out_len,
         }
-        for p in &layer.posts {
-            vals = match p {
-                Post::Clamp { lo, hi } => vals
-                    .iter()
-                    .map(|v| {
-                        let w = v.len();
-                        let mut v = v.clone();
-                        if (*lo as i128) > -(1i128 << (w - 1)) {
-                            let lo_w = b.constant(i128::from(*lo), w);
-                            let below = b.lt_signed(&v, &lo_w);
-                            v = b.mux_word(below, &lo_w, &v);
-                        }
-                        if *hi < i64::MAX && (*hi as i128) < (1i128 << (w - 1)) {
-                            let hi_w = b.constant(i128::from(*hi), w);
-                            let above = b.lt_signed(&hi_w, &v);
-                            v = b.mux_word(above, &hi_w, &v);
-                        }
-                        v
-                    })
-                    .collect(),
-                Post::MaxPool { windows } => windows
-                    .iter()
-                    .map(|win| {
-                        let mut m = vals[win[0]].clone();
-                        for &idx in &win[1..] {
-                            let x = &vals[idx];
-                            let lt = b.lt_signed(&m, x);
-                            m = b.mux_word(lt, x, &m);
-                        }
-                        m
-                    })
-                    .collect(),
-            };
-        }
-        if vals.len() != layer.out_len {
-            return Err(MpcError::Circuit(format!(
-                "segment after '{}' yields {} values for {}",
-                layer.name,
-                vals.len(),
-                layer.out_len
-            )));
-        }
-        for (j, v) in vals.iter().enumerate() {
-            if last {
-                let sign = v.last().copied().unwrap_or(Bit::Const(false));
-                let o: Word = (0..out_bits)
-                    .map(|k| v.get(k).copied().unwrap_or(sign))
-                    .collect();
-                b.output(&o);
-            } else {
-                let sign = v.last().copied().unwrap_or(Bit::Const(false));
-                let x: Word = (0..share_bits)
-                    .map(|k| v.get(k).copied().unwrap_or(sign))
-                    .collect();
-                let masked = b.sub(&x, &r[j]);
-                b.output(&masked);
-            }
-        }
-        Checked::new(b.finish()?)
     }
 }

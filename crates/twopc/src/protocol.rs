@@ -1,40 +1,37 @@
-//! One inference of the server-garbler variant (Delphi) with both parties in this process, each
-//! on its own thread, talking only through in-memory channels: the protocol as the separate
-//! processes will run it, without the network and the storage of precomputation (next steps of
-//! the `2pc` issue).
+//! What both variants share: the server's model (public description, HE parameters, encoded
+//! weights), the HE offline phase of the linear layers, the server's online linear layers on
+//! its shares, message helpers over any [`Channel`], and the embedded runner that puts both
+//! parties of one session in this process on their own threads over an in-memory channel.
 //!
-//! Offline: the client draws a mask `r_i` for every linear layer's input and sends `Enc(r_i)`;
-//! the server answers `Enc(W_i·r_i − s_i)` (flooded, switched down) and the client decrypts its
-//! shares `c_i`. Then one correlated-OT session whose offset is the server's Δ gives the client
-//! the labels of its segment inputs (its shares `c_i` and next masks `r_(i+1)`), and the server
-//! garbles every segment with those OT blocks as the 0-labels and sends the material.
-//! Online: the client sends `x − r_0`; per layer the server computes its share
-//! `a_i = W_i·y_i + b_i + s_i` and sends the labels of `a_i`; the client evaluates the segment
-//! and returns the output labels, which the server checks and decodes into the next masked
-//! input `y_(i+1) = x_(i+1) − r_(i+1)`; for the last segment the server sends the permute bits
-//! of the output wires instead, and only the client decodes the output.
+//! The HE offline phase (both variants): the client draws a fresh key pair and a mask `r_i`
+//! for every linear layer's input and sends `Enc(r_i)`; the server answers `Enc(W_i·r_i − s_i)`
+//! (flooded, switched down) and keeps `s_i`; the client decrypts its share `c_i`. Online the
+//! client sends `x − r_0`, and for each layer the server computes its share
+//! `a_i = W_i·y_i + b_i + s_i` of the accumulators from the masked input `y_i`, so that
+//! `a_i + c_i = W_i·x_i + b_i`. What the variants do with the shares is in [`crate::sg`]
+//! (server garbles) and [`crate::cg`] (client garbles).
 
 use crate::model::{Cut, Shape};
+use crate::public::{PUBLIC_VERSION, Public, PublicModel};
+use crate::session::{self, Variant};
 use crate::{offline, share};
-use rand::{Rng, SeedableRng};
+use rand::{CryptoRng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use std::sync::Arc;
 use tessera_engine::qint::IntModel;
 use tessera_he::linear::PlainWeights;
 use tessera_he::params::{LayerNeed, ParamOptions, Product};
 use tessera_he::wire::{read_cts, read_public, write_cts, write_public};
-use tessera_he::{HeParams, KeyPair, LinearPlan};
+use tessera_he::{HeParams, KeyPair};
 use tessera_model::Tensor;
 use tessera_mpc::block::Block;
-use tessera_mpc::circuit::{Checked, from_bits, to_bits};
-use tessera_mpc::garble::{evaluate_checked, garble_with};
-use tessera_mpc::ot::iknp::{CotReceiver, CotSender};
-use tessera_mpc::ot::{Channel, MemChannel, duplex};
-use tessera_mpc::stream::{StreamReader, StreamWriter};
+use tessera_mpc::circuit::to_bits;
+use tessera_mpc::ot::{Channel, duplex};
 
 /// Errors of a 2pc run.
 #[derive(Debug, thiserror::Error)]
 pub enum TwoPcError {
-    /// Garbling, OT, circuits.
+    /// Garbling, OT, circuits, the channel.
     #[error(transparent)]
     Mpc(#[from] tessera_mpc::MpcError),
     /// The HE layer.
@@ -43,15 +40,27 @@ pub enum TwoPcError {
     /// The engine.
     #[error(transparent)]
     Engine(#[from] tessera_engine::EngineError),
+    /// A message that is malformed, out of order or not the expected one.
+    #[error("2pc protocol: {0}")]
+    Protocol(String),
+    /// The client's input does not fit the model.
+    #[error("2pc input: {0}")]
+    Input(String),
+    /// An online phase asked for preprocessing that was never made or was already used.
+    #[error(
+        "2pc: no unused preprocessing for this inference — each mask and each garbled circuit serves one inference; run the offline phase first"
+    )]
+    NoPreprocessing,
     /// A party's thread failed.
     #[error("2pc: {0}")]
     Party(String),
 }
 
-/// What one inference cost, per phase.
+/// What one inference cost, per phase, as the client measured it (bytes each way on its
+/// channel) plus the figures both sides report.
 #[derive(Clone, Debug, Default)]
 pub struct RunCost {
-    /// Offline bytes client → server and server → client.
+    /// Offline bytes client → server.
     pub offline_up: u64,
     /// Offline bytes server → client.
     pub offline_down: u64,
@@ -59,30 +68,167 @@ pub struct RunCost {
     pub online_up: u64,
     /// Online bytes server → client.
     pub online_down: u64,
-    /// Garbled material bytes (part of offline down).
+    /// Garbled tables and their headers (part of the offline bytes).
     pub garbled_bytes: u64,
     /// AND gates garbled.
     pub and_gates: u64,
     /// Correlated OTs.
     pub ots: u64,
+    /// Bytes the client keeps between its offline and online phase.
+    pub client_stored: u64,
+    /// Bytes the server keeps between its offline and online phase (it reports them).
+    pub server_stored: u64,
+    /// Offline wall time, milliseconds.
+    pub offline_ms: f64,
+    /// Online wall time, milliseconds.
+    pub online_ms: f64,
+    /// Online messages (each direction change is a round).
+    pub online_messages: u64,
 }
 
-/// A model ready for 2pc: its cut, the HE parameters (with flooding room) and layouts, the
-/// server's encoded weights and the segment circuits.
-pub struct TwoPc {
-    cut: Cut,
-    params: HeParams,
-    plans: Vec<LinearPlan>,
+/// A channel that counts what passes through it.
+pub struct Meter<'a, C: Channel> {
+    inner: &'a mut C,
+    /// Bytes sent.
+    pub sent: u64,
+    /// Bytes received.
+    pub received: u64,
+    /// Messages either way.
+    pub messages: u64,
+}
+
+impl<'a, C: Channel> Meter<'a, C> {
+    /// Count on `inner`.
+    pub fn new(inner: &'a mut C) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            received: 0,
+            messages: 0,
+        }
+    }
+}
+
+impl<C: Channel> Channel for Meter<'_, C> {
+    fn send(&mut self, msg: Vec<u8>) -> Result<(), tessera_mpc::MpcError> {
+        self.sent += msg.len() as u64;
+        self.messages += 1;
+        self.inner.send(msg)
+    }
+    fn recv(&mut self) -> Result<Vec<u8>, tessera_mpc::MpcError> {
+        let m = self.inner.recv()?;
+        self.received += m.len() as u64;
+        self.messages += 1;
+        Ok(m)
+    }
+}
+
+/// The largest frame this protocol sends; larger payloads go in pieces.
+pub const PIECE: usize = 8 << 20;
+
+/// Send `bytes` of any size: its length, then pieces of at most [`PIECE`] bytes.
+pub fn send_big<C: Channel>(ch: &mut C, bytes: Vec<u8>) -> Result<(), TwoPcError> {
+    ch.send((bytes.len() as u64).to_le_bytes().to_vec())?;
+    if bytes.len() <= PIECE {
+        ch.send(bytes)?;
+    } else {
+        for piece in bytes.chunks(PIECE) {
+            ch.send(piece.to_vec())?;
+        }
+    }
+    Ok(())
+}
+
+/// Receive what [`send_big`] sent, refusing more than `max` bytes in all.
+pub fn recv_big<C: Channel>(ch: &mut C, max: u64, what: &str) -> Result<Vec<u8>, TwoPcError> {
+    let head = ch.recv()?;
+    let len = <[u8; 8]>::try_from(head.as_slice())
+        .map(u64::from_le_bytes)
+        .map_err(|_| TwoPcError::Protocol(format!("{what}: a length of {} bytes", head.len())))?;
+    if len > max {
+        return Err(TwoPcError::Protocol(format!(
+            "{what}: {len} bytes announced where at most {max} can be right"
+        )));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u64) < len {
+        let piece = ch.recv()?;
+        if piece.is_empty() || out.len() as u64 + piece.len() as u64 > len {
+            return Err(TwoPcError::Protocol(format!(
+                "{what}: pieces do not add up to the {len} bytes announced"
+            )));
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+/// Labels as bytes.
+pub fn blocks_bytes(b: &[Block]) -> Vec<u8> {
+    b.iter().flat_map(|x| x.to_bytes()).collect()
+}
+
+/// Exactly `n` labels from `b`.
+pub fn bytes_blocks(b: &[u8], n: usize, what: &str) -> Result<Vec<Block>, TwoPcError> {
+    if b.len() != n * 16 {
+        return Err(TwoPcError::Protocol(format!(
+            "{what}: {} bytes where {n} labels take {}",
+            b.len(),
+            n * 16
+        )));
+    }
+    Ok(b.chunks_exact(16)
+        .map(|c| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(c);
+            Block::from_bytes(a)
+        })
+        .collect())
+}
+
+/// Ring elements as little-endian u64s.
+pub fn pack(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Exactly `n` ring elements of `bits` bits from `b`.
+pub fn unpack(b: &[u8], n: usize, bits: usize, what: &str) -> Result<Vec<u64>, TwoPcError> {
+    if b.len() != n * 8 {
+        return Err(TwoPcError::Protocol(format!(
+            "{what}: {} bytes where {n} values take {}",
+            b.len(),
+            n * 8
+        )));
+    }
+    Ok(b.chunks_exact(8)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            share::reduce(u64::from_le_bytes(a), bits)
+        })
+        .collect())
+}
+
+/// The bits of a list of ring elements, `bits` each, least significant first.
+pub fn ring_bits(v: &[u64], bits: usize) -> Vec<bool> {
+    v.iter()
+        .flat_map(|&x| to_bits(u128::from(x), bits))
+        .collect()
+}
+
+/// The server's side: the public model, its HE parameters (with flooding), the encoded weights
+/// and the integer weights and biases of its online linear layers.
+pub struct ServerModel {
+    /// What the client sees.
+    pub public: Arc<Public>,
     weights: Vec<PlainWeights>,
-    segments: Vec<Checked>,
-    share_bits: usize,
-    out_bits: usize,
+    linear: Vec<(Vec<i64>, Vec<i64>)>,
 }
 
-impl TwoPc {
-    /// Cut the model, choose parameters, encode the weights, build the circuits.
-    pub fn new(int: IntModel) -> Result<Self, TwoPcError> {
-        let cut = Cut::new(int)?;
+impl ServerModel {
+    /// Choose the HE parameters for `cut` (circuit privacy on), encode the weights, build the
+    /// public description and the circuits.
+    pub fn new(cut: &Cut) -> Result<Self, TwoPcError> {
         let needs: Vec<LayerNeed> = cut
             .layers
             .iter()
@@ -111,41 +257,172 @@ impl TwoPc {
                 ..ParamOptions::default()
             },
         )?;
-        let plans = cut
-            .layers
-            .iter()
-            .map(|l| l.shape.plan(params.degree()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let g = cut.int.graph();
+        let shape_of = |v: Option<&usize>| v.map(|&v| g.shape(v).to_vec()).unwrap_or_default();
+        let oq = cut.int.output_quant()?;
+        let model = PublicModel {
+            version: PUBLIC_VERSION,
+            input_shape: shape_of(g.inputs.first()),
+            input: cut.int.input_quant()?,
+            output_shape: shape_of(g.outputs.first()),
+            output_scale: oq.scale,
+            out_bits: (129 - oq.max_abs().leading_zeros()) as usize + 1,
+            he: tessera_he::wire::write_params(&params),
+            layers: cut.layers.iter().map(|l| l.public()).collect(),
+        };
+        let public = Public::new(model, Some(params))?;
         let weights = cut
             .layers
             .iter()
-            .zip(&plans)
-            .map(|(l, p)| PlainWeights::new(&params, p.clone(), &l.w, &vec![0; l.b.len()]))
-            .collect::<Result<Vec<_>, _>>()?;
-        let share_bits = params.plain_bits as usize;
-        let oq = cut.int.output_quant()?;
-        let out_bits = (129 - oq.max_abs().leading_zeros()) as usize + 1;
-        let segments = (0..cut.layers.len())
-            .map(|i| cut.segment(i, share_bits, out_bits))
+            .zip(&public.plans)
+            .map(|(l, p)| PlainWeights::new(&public.params, p.clone(), &l.w, &vec![0; l.b.len()]))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            cut,
-            params,
-            plans,
+            public: Arc::new(public),
             weights,
-            segments,
-            share_bits,
-            out_bits,
+            linear: cut
+                .layers
+                .iter()
+                .map(|l| (l.w.clone(), l.b.clone()))
+                .collect(),
         })
     }
 
+    /// The server's share of layer `i`'s accumulators, `W·y + b + s`, as the segment's input
+    /// bits.
+    pub fn share_bits_of(&self, i: usize, y: &[u64], s: &[u64]) -> Result<Vec<bool>, TwoPcError> {
+        let bits = self.public.share_bits;
+        let (layer, (w, b)) = self
+            .public
+            .model
+            .layers
+            .get(i)
+            .zip(self.linear.get(i))
+            .ok_or_else(|| TwoPcError::Protocol(format!("no linear layer {i}")))?;
+        if y.len() != layer.shape.inputs() {
+            return Err(TwoPcError::Protocol(format!(
+                "layer '{}' got {} masked inputs for {}",
+                layer.name,
+                y.len(),
+                layer.shape.inputs()
+            )));
+        }
+        let lin = match &layer.shape {
+            Shape::Conv(c) => share::conv(c, y, w, b, bits),
+            Shape::Dense { k, m } => share::dense(*k, *m, y, w, b, bits),
+        };
+        let a: Vec<u64> = lin
+            .iter()
+            .zip(s)
+            .map(|(&v, &s)| share::reduce(v.wrapping_add(s), bits))
+            .collect();
+        Ok(ring_bits(&a, bits))
+    }
+}
+
+/// The server's HE offline phase: answer every layer's encrypted mask; returns the `s_i`.
+pub fn he_server<C: Channel, R: RngCore + CryptoRng>(
+    m: &ServerModel,
+    ch: &mut C,
+    rng: &mut R,
+) -> Result<Vec<Vec<u64>>, TwoPcError> {
+    let p = &m.public;
+    let pk = read_public(&p.params, &ch.recv()?)?;
+    let mut ss = Vec::with_capacity(p.plans.len());
+    for ((w, plan), layer) in m.weights.iter().zip(&p.plans).zip(&p.model.layers) {
+        let enc_r = read_cts(&p.params, &ch.recv()?, plan.n_inputs())?;
+        let (s, answer) =
+            offline::server_answer(&p.params, &pk, w, layer.shape.outputs().0, &enc_r, rng)?;
+        send_big(ch, write_cts(&p.params, &answer)?)?;
+        ss.push(s);
+    }
+    Ok(ss)
+}
+
+/// One ring vector per linear layer.
+pub type Masks = Vec<Vec<u64>>;
+
+/// The client's HE offline phase: fresh keys, a mask per layer input, its share per layer.
+/// Returns the masks `r_i` and the shares `c_i`.
+pub fn he_client<C: Channel, R: RngCore + CryptoRng>(
+    p: &Public,
+    ch: &mut C,
+    rng: &mut R,
+) -> Result<(Masks, Masks), TwoPcError> {
+    let keys = KeyPair::generate(&p.params, rng);
+    ch.send(write_public(&keys.public)?)?;
+    let mut rs = Vec::with_capacity(p.plans.len());
+    let mut cs = Vec::with_capacity(p.plans.len());
+    // A ciphertext at the switched-down level takes at most this many bytes (two polynomials
+    // of N coefficients of at most 8 bytes per prime), so a layer's answer is bounded.
+    let per_ct = 2 * p.params.degree() as u64 * 8 * p.params.moduli_bits.len() as u64 + 4096;
+    for (plan, layer) in p.plans.iter().zip(&p.model.layers) {
+        let (r, enc) = offline::client_mask(&keys.public, plan, layer.shape.inputs(), rng)?;
+        ch.send(write_cts(&p.params, &enc)?)?;
+        let bytes = recv_big(ch, per_ct * plan.n_outputs() as u64, "an HE answer")?;
+        let answer = read_cts(&p.params, &bytes, plan.n_outputs())?;
+        cs.push(offline::client_share(&keys.secret, plan, &answer)?);
+        rs.push(r);
+    }
+    Ok((rs, cs))
+}
+
+/// A model ready for 2pc with both parties in this process.
+pub struct TwoPc {
+    server: Arc<ServerModel>,
+    client: Arc<Public>,
+    cut: Cut,
+}
+
+impl TwoPc {
+    /// Cut the model, choose parameters, encode the weights, build the circuits (the client's
+    /// copy from the public description alone, as a remote client builds it).
+    pub fn new(int: IntModel) -> Result<Self, TwoPcError> {
+        let cut = Cut::new(int)?;
+        let server = Arc::new(ServerModel::new(&cut)?);
+        let client = Arc::new(Public::new(server.public.model.clone(), None)?);
+        Ok(Self {
+            server,
+            client,
+            cut,
+        })
+    }
+
+    /// The server's model (for serving remote clients).
+    pub fn server(&self) -> Arc<ServerModel> {
+        self.server.clone()
+    }
+
+    /// The ops the client must run before the first linear layer (empty when a remote client
+    /// can run this model).
+    pub fn client_prefix(&self) -> &[String] {
+        &self.cut.prefix
+    }
+
+    /// Segments (one garbled circuit and one online round each).
+    pub fn segments(&self) -> usize {
+        self.client.segments.len()
+    }
+
+    /// The parameters and circuit sizes, in words.
+    pub fn describe(&self) -> String {
+        let p = &self.server.public;
+        format!(
+            "{}; {} segments, {} AND gates for {} activations per inference",
+            p.params.describe(),
+            p.segments.len(),
+            p.and_gates(),
+            p.activations()
+        )
+    }
+
     /// The first linear layer's input: the client runs the ops before it on its own input.
-    fn first_input(&self, xq: &Tensor<i64>) -> Result<Tensor<i64>, TwoPcError> {
+    fn first_input(&self, xq: &Tensor<i64>) -> Result<Vec<i64>, TwoPcError> {
         let first = self.cut.layers.first().map(|l| l.node);
-        let mut captured: Option<Tensor<i64>> = None;
+        let mut captured: Option<Vec<i64>> = None;
         let res = self.cut.int.run_split(xq, &mut |k, input, _| {
             if Some(k) == first {
-                captured = Some(input.clone());
+                captured = Some(input.data().to_vec());
                 // Stop here: nothing after the first linear layer runs in the clear.
                 return Err(tessera_engine::EngineError::Internal("stop".into()));
             }
@@ -158,281 +435,46 @@ impl TwoPc {
         }
     }
 
-    /// Segments (one garbled circuit and one online round each).
-    pub fn segments(&self) -> usize {
-        self.segments.len()
-    }
-
-    /// The HE parameters, in words.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}; {} segments, {} AND gates per inference",
-            self.params.describe(),
-            self.segments.len(),
-            self.segments.iter().map(|s| s.and_count()).sum::<usize>()
-        )
-    }
-
-    /// Run one inference on `x`; returns the output integers and the cost.
-    pub fn infer(&self, x: &Tensor, seed: u64) -> Result<(Tensor<i64>, RunCost), TwoPcError> {
+    /// Run one inference on `x` in `variant`: a server thread and this thread as the client,
+    /// one session with one offline and one online phase. Returns the output integers and the
+    /// cost.
+    pub fn infer(
+        &self,
+        x: &Tensor,
+        seed: u64,
+        variant: Variant,
+    ) -> Result<(Tensor<i64>, RunCost), TwoPcError> {
         let xq = self.first_input(&self.cut.int.quantize_input(x)?)?;
-        let out_shape = {
-            let g = self.cut.int.graph();
-            g.outputs
-                .first()
-                .map(|&v| g.shape(v).to_vec())
-                .unwrap_or_default()
-        };
-        let (mut sch, mut cch) = duplex();
-        let (mut sot, mut cot) = duplex();
+        let out_shape = self.client.model.output_shape.clone();
+        let (mut sch, cch) = duplex();
         let result = std::thread::scope(|s| {
-            let server = s.spawn(move || self.server(&mut sch, &mut sot, seed));
-            let client = self.client(&mut cch, &mut cot, xq.data(), seed ^ 0x5eed);
+            let server = s.spawn(move || {
+                let mut rng = ChaCha20Rng::seed_from_u64(seed);
+                session::serve(&self.server, &mut sch, &mut rng, 1)
+            });
+            let client = (|| {
+                let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_c11e);
+                let mut c = session::Client::open_known(cch, variant, self.client.clone())?;
+                let mut cost = c.offline(&mut rng)?;
+                let (y, online) = c.online(&xq)?;
+                cost.add_online(&online);
+                c.close()?;
+                Ok::<_, TwoPcError>((y, cost))
+            })();
             let server = server
                 .join()
                 .map_err(|_| TwoPcError::Party("the server thread panicked".into()))?;
-            Ok::<_, TwoPcError>((server?, client?))
-        })?;
-        let (cost_s, (y, cost_c)) = result;
-        let cost = RunCost {
-            offline_up: cost_c.offline_up,
-            offline_down: cost_s.offline_down,
-            online_up: cost_c.online_up,
-            online_down: cost_s.online_down,
-            garbled_bytes: cost_s.garbled_bytes,
-            and_gates: cost_s.and_gates,
-            ots: cost_c.ots,
-        };
+            // When one party fails the other sees its channel close: report both.
+            match (server, client) {
+                (Ok(_), Ok(r)) => Ok(r),
+                (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+                (Err(s), Err(c)) => Err(TwoPcError::Party(format!("server: {s}; client: {c}"))),
+            }
+        });
+        let (y, cost) = result?;
         Ok((
             Tensor::new(out_shape, y).map_err(tessera_engine::EngineError::from)?,
             cost,
         ))
     }
-
-    fn server(
-        &self,
-        ch: &mut MemChannel,
-        ot: &mut MemChannel,
-        seed: u64,
-    ) -> Result<RunCost, TwoPcError> {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let bits = self.share_bits;
-        let mut cost = RunCost::default();
-        // Offline, HE: the client's key and masks.
-        let pk = read_public(&self.params, &ch.recv()?)?;
-        let mut ss = Vec::with_capacity(self.plans.len());
-        for (i, w) in self.weights.iter().enumerate() {
-            let enc_r = read_cts(&self.params, &ch.recv()?, self.plans[i].n_inputs())?;
-            let (s, answer) = offline::server_answer(
-                &self.params,
-                &pk,
-                w,
-                self.cut.layers[i].shape.outputs().0,
-                &enc_r,
-                &mut rng,
-            )?;
-            let bytes = write_cts(&self.params, &answer)?;
-            cost.offline_down += bytes.len() as u64;
-            ch.send(bytes)?;
-            ss.push(s);
-        }
-        // Offline, OT and garbling.
-        let delta = Block(rng.random::<u128>() | 1);
-        let mut cots = CotSender::setup(ot, &mut rng, b"tessera-2pc", delta)?;
-        let n_ot: usize = (0..self.segments.len())
-            .map(|i| self.segments[i].input_bits() - self.server_bits(i))
-            .sum();
-        let qs = cots.extend(ot, n_ot)?;
-        let mut q_at = 0;
-        let mut garbled = Vec::with_capacity(self.segments.len());
-        for (i, seg) in self.segments.iter().enumerate() {
-            let own = self.server_bits(i);
-            let n_client = seg.input_bits() - own;
-            let mut zero: Vec<Block> = (0..own).map(|_| Block(rng.random())).collect();
-            zero.extend_from_slice(&qs[q_at..q_at + n_client]);
-            q_at += n_client;
-            let mut w = StreamWriter::new(Vec::new());
-            let g = garble_with(seg, delta, zero, &mut rng, &mut w)?;
-            let material = w.into_inner();
-            cost.garbled_bytes += material.len() as u64;
-            cost.offline_down += material.len() as u64;
-            cost.and_gates += seg.and_count() as u64;
-            ch.send(material)?;
-            garbled.push(g);
-        }
-        // Online.
-        let mut y: Vec<u64> = unpack(&ch.recv()?, bits)?;
-        let last = self.segments.len() - 1;
-        for (i, layer) in self.cut.layers.iter().enumerate() {
-            let lin = match &layer.shape {
-                Shape::Conv(s) => share::conv(s, &y, &layer.w, &layer.b, bits),
-                Shape::Dense { k, m } => share::dense(*k, *m, &y, &layer.w, &layer.b, bits),
-            };
-            let a: Vec<bool> = lin
-                .iter()
-                .zip(&ss[i])
-                .flat_map(|(&v, &s)| {
-                    to_bits(u128::from(share::reduce(v.wrapping_add(s), bits)), bits)
-                })
-                .collect();
-            let labels = garbled[i].inputs.encode(0, &a)?;
-            let msg = blocks_bytes(&labels);
-            cost.online_down += msg.len() as u64;
-            ch.send(msg)?;
-            if i == last {
-                let d: Vec<u8> = garbled[i]
-                    .decoding
-                    .bits
-                    .iter()
-                    .map(|&b| u8::from(b))
-                    .collect();
-                cost.online_down += d.len() as u64;
-                ch.send(d)?;
-            } else {
-                let out = bytes_blocks(&ch.recv()?)?;
-                let bits_out = garbled[i].check.check(&out)?;
-                y = bits_out.chunks(bits).map(|c| from_bits(c) as u64).collect();
-            }
-        }
-        Ok(cost)
-    }
-
-    /// The server's input bits of segment `i`: its shares of the layer's accumulators, which
-    /// come first among the segment's inputs.
-    fn server_bits(&self, i: usize) -> usize {
-        self.cut
-            .layers
-            .get(i)
-            .map_or(0, |l| l.shape.outputs().0 * self.share_bits)
-    }
-
-    fn client(
-        &self,
-        ch: &mut MemChannel,
-        ot: &mut MemChannel,
-        x: &[i64],
-        seed: u64,
-    ) -> Result<(Vec<i64>, RunCost), TwoPcError> {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let bits = self.share_bits;
-        let mut cost = RunCost::default();
-        let keys = KeyPair::generate(&self.params, &mut rng);
-        let pk = write_public(&keys.public)?;
-        cost.offline_up += pk.len() as u64;
-        ch.send(pk)?;
-        let mut rs = Vec::with_capacity(self.plans.len());
-        let mut cs = Vec::with_capacity(self.plans.len());
-        for (i, plan) in self.plans.iter().enumerate() {
-            let (r, enc) = offline::client_mask(
-                &keys.public,
-                plan,
-                self.cut.layers[i].shape.inputs(),
-                &mut rng,
-            )?;
-            let bytes = write_cts(&self.params, &enc)?;
-            cost.offline_up += bytes.len() as u64;
-            ch.send(bytes)?;
-            let answer = read_cts(&self.params, &ch.recv()?, plan.n_outputs())?;
-            cs.push(offline::client_share(&keys.secret, plan, &answer)?);
-            rs.push(r);
-        }
-        // The client's segment inputs: its shares and the next layer's mask.
-        let mut choices = Vec::new();
-        for (i, c_i) in cs.iter().enumerate() {
-            for &c in c_i {
-                choices.extend(to_bits(u128::from(c), bits));
-            }
-            if let Some(r) = rs.get(i + 1) {
-                for &v in r {
-                    choices.extend(to_bits(u128::from(v), bits));
-                }
-            }
-        }
-        let mut cotr = CotReceiver::setup(ot, &mut rng, b"tessera-2pc")?;
-        let ts = cotr.extend(ot, &choices)?;
-        cost.ots = ts.len() as u64;
-        let materials: Vec<Vec<u8>> = (0..self.segments.len())
-            .map(|_| ch.recv())
-            .collect::<Result<_, _>>()?;
-        // Online.
-        let y0: Vec<u64> = x
-            .iter()
-            .zip(&rs[0])
-            .map(|(&v, &r)| share::reduce(share::residue(v, bits).wrapping_sub(r), bits))
-            .collect();
-        let msg = pack(&y0, bits);
-        cost.online_up += msg.len() as u64;
-        ch.send(msg)?;
-        let mut t_at = 0;
-        let last = self.segments.len() - 1;
-        let mut out = Vec::new();
-        for (i, seg) in self.segments.iter().enumerate() {
-            let server_labels = bytes_blocks(&ch.recv()?)?;
-            let n_client = seg.input_bits() - server_labels.len();
-            let mut labels = server_labels;
-            labels.extend_from_slice(&ts[t_at..t_at + n_client]);
-            t_at += n_client;
-            let res = evaluate_checked(
-                seg,
-                &labels,
-                &mut StreamReader::new(materials[i].as_slice()),
-            )?;
-            if i == last {
-                let d = ch.recv()?;
-                if d.len() != res.len() {
-                    return Err(TwoPcError::Party(
-                        "decoding bits of the wrong length".into(),
-                    ));
-                }
-                let bits_out: Vec<bool> = res
-                    .iter()
-                    .zip(&d)
-                    .map(|(l, &b)| l.lsb() ^ (b == 1))
-                    .collect();
-                out = bits_out
-                    .chunks(self.out_bits)
-                    .map(|c| share::signed(from_bits(c) as u64, self.out_bits))
-                    .collect();
-            } else {
-                let msg = blocks_bytes(&res);
-                cost.online_up += msg.len() as u64;
-                ch.send(msg)?;
-            }
-        }
-        Ok((out, cost))
-    }
-}
-
-fn blocks_bytes(b: &[Block]) -> Vec<u8> {
-    b.iter().flat_map(|x| x.to_bytes()).collect()
-}
-
-fn bytes_blocks(b: &[u8]) -> Result<Vec<Block>, TwoPcError> {
-    if !b.len().is_multiple_of(16) {
-        return Err(TwoPcError::Party("labels of the wrong length".into()));
-    }
-    Ok(b.chunks_exact(16)
-        .map(|c| {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(c);
-            Block::from_bytes(a)
-        })
-        .collect())
-}
-
-fn pack(v: &[u64], _bits: usize) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn unpack(b: &[u8], bits: usize) -> Result<Vec<u64>, TwoPcError> {
-    if !b.len().is_multiple_of(8) {
-        return Err(TwoPcError::Party("masked input of the wrong length".into()));
-    }
-    Ok(b.chunks_exact(8)
-        .map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            share::reduce(u64::from_le_bytes(a), bits)
-        })
-        .collect())
 }

@@ -4,6 +4,9 @@
 use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
 use tessera_model::{Graph, Tensor, builders};
 use tessera_twopc::protocol::TwoPc;
+use tessera_twopc::session::Variant;
+
+const BOTH: [Variant; 2] = [Variant::ServerGarbler, Variant::ClientGarbler];
 
 fn lower(g: &Graph, cal_inputs: &[Tensor]) -> IntModel {
     let cal = Calibration::from_inputs(g, cal_inputs, "test").expect("calibrates");
@@ -25,9 +28,17 @@ fn conv_nets_with_max_pools_are_exact() {
             .iter()
             .enumerate()
         {
-            let (y, cost) = p.infer(x, seed * 100 + k as u64).expect("infers");
-            assert_eq!(y, m.run(x).expect("reference"), "{} input {k}", g.name);
-            assert!(cost.garbled_bytes > 0 && cost.ots > 0);
+            for v in BOTH {
+                let (y, cost) = p.infer(x, seed * 100 + k as u64, v).expect("infers");
+                assert_eq!(
+                    y,
+                    m.run(x).expect("reference"),
+                    "{} input {k} {v:?}",
+                    g.name
+                );
+                assert!(cost.garbled_bytes > 0 && cost.ots > 0);
+                assert!(cost.client_stored > 0 && cost.server_stored > 0);
+            }
         }
     }
 }
@@ -51,17 +62,23 @@ fn mnist8_is_exact_under_2pc() {
     let p = TwoPc::new(m.clone()).expect("2pc");
     eprintln!("mnist-8: {}", p.describe());
     for (k, x) in images[32..].iter().enumerate() {
-        let (y, cost) = p.infer(x, k as u64).expect("infers");
-        assert_eq!(y, m.run(x).expect("reference"), "image {k}");
-        eprintln!(
-            "mnist-8 image {k}: offline {} B up, {} B down ({} B garbled, {} ANDs, {} OTs); online {} B up, {} B down",
-            cost.offline_up,
-            cost.offline_down,
-            cost.garbled_bytes,
-            cost.and_gates,
-            cost.ots,
-            cost.online_up,
-            cost.online_down
-        );
+        for v in BOTH {
+            let (y, cost) = p.infer(x, k as u64, v).expect("infers");
+            assert_eq!(y, m.run(x).expect("reference"), "image {k} {v:?}");
+            eprintln!(
+                "mnist-8 image {k} {v:?}: offline {} B up, {} B down ({} B garbled, {} ANDs, {} OTs, {:.0} ms); online {} B up, {} B down ({:.0} ms); stored client {} B, server {} B",
+                cost.offline_up,
+                cost.offline_down,
+                cost.garbled_bytes,
+                cost.and_gates,
+                cost.ots,
+                cost.offline_ms,
+                cost.online_up,
+                cost.online_down,
+                cost.online_ms,
+                cost.client_stored,
+                cost.server_stored
+            );
+        }
     }
 }

@@ -194,7 +194,7 @@ impl QintConfig {
 }
 
 /// The scale and proven interval of one activation tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValueQuant {
     /// Real value of one integer step.
     pub scale: f64,

@@ -1,0 +1,201 @@
+//! The 2pc scheme's two parties on the command line: `server --scheme 2pc MODEL` (holds the
+//! model) and `client --scheme 2pc` (holds the input). No enclave: the client pins the server's
+//! certificate, which the server writes to a file on start.
+
+use crate::lhe_cmd::ServerArgs;
+use crate::remote::ClientArgs;
+use crate::{CliError, Result, human, print_json};
+use rand::SeedableRng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use tessera_data::load_input;
+use tessera_engine::{ExactModel, argmax};
+use tessera_runtime::ChannelOptions;
+use tessera_runtime::tls::Identity;
+use tessera_twopc::net::{ServeOptions, connect, serve};
+use tessera_twopc::protocol::TwoPc;
+use tessera_twopc::session::Variant;
+
+fn usage(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> CliError {
+    CliError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+/// The server's TLS identity: read from `path`, or made and written there (owner-only) on the
+/// first start.
+fn identity(path: &Path) -> Result<Identity> {
+    match std::fs::read(path) {
+        Ok(b) => Identity::from_bytes(&b).map_err(|e| {
+            usage(format!(
+                "{} is not a tessera identity ({e}); move it away to make a new one (clients must then pin the new certificate)",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Identity::generate().map_err(usage)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(path).map_err(|e| io_err(path, e))?;
+            f.write_all(&id.to_bytes()).map_err(|e| io_err(path, e))?;
+            f.sync_all().map_err(|e| io_err(path, e))?;
+            Ok(id)
+        }
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+/// Serve the model until killed.
+pub fn server(a: &ServerArgs) -> Result<()> {
+    let spec = a
+        .model
+        .as_deref()
+        .ok_or_else(|| usage("--scheme 2pc serves a model: tessera server --scheme 2pc MODEL"))?;
+    let g = crate::resolve_model(spec, &a.quant.import_options())?;
+    let sem = a.quant.semantics_for(&g, "2pc")?;
+    let int = match ExactModel::new(&g, &sem)? {
+        ExactModel::V2(m) => m,
+        ExactModel::Pow2(_) => {
+            return Err(usage(
+                "2pc reproduces the integer semantics v2; run with --semantics v2 or --calibrate DATA",
+            ));
+        }
+    };
+    let t = TwoPc::new(int).map_err(usage)?;
+    if let Some(op) = t.client_prefix().first() {
+        return Err(usage(format!(
+            "'{op}' comes before the model's first conv or dense layer: a remote client would have to run it on its input, and the public description carries only linear layers and their segments (run this model with `tessera run --scheme 2pc`, where both parties are local)"
+        )));
+    }
+    let id = identity(&a.identity)?;
+    crate::write_atomic(&a.cert, id.cert())?;
+    let listen = a.listen.as_deref().unwrap_or("127.0.0.1:7400");
+    let listener =
+        TcpListener::bind(listen).map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
+    let h = serve(
+        listener,
+        t.server(),
+        Arc::new(id),
+        ServeOptions {
+            max_sessions: a.max_sessions.max(1),
+            ..ServeOptions::default()
+        },
+    )
+    .map_err(usage)?;
+    let cert = std::fs::read(&a.cert).map_err(|e| io_err(&a.cert, e))?;
+    println!(
+        "2pc server listening on {} for {} ({}); certificate {} (SHA-256 {}) — clients pin it with --server-cert",
+        h.addr(),
+        g.name,
+        t.describe(),
+        a.cert.display(),
+        hex::encode(Sha256::digest(&cert))
+    );
+    h.wait();
+    Ok(())
+}
+
+/// One private inference with a 2pc server.
+pub fn client(a: &ClientArgs) -> Result<()> {
+    let cert_path = a.server_cert.as_deref().ok_or_else(|| {
+        usage("--scheme 2pc needs --server-cert FILE (the certificate `tessera server --scheme 2pc` wrote)")
+    })?;
+    let cert = std::fs::read(cert_path).map_err(|e| io_err(cert_path, e))?;
+    let variant: Variant = a.variant.parse().map_err(usage)?;
+    let x = load_input(&a.input)?;
+    let mut c = connect(&a.connect, &cert, variant, ChannelOptions::default()).map_err(usage)?;
+    let xq = c
+        .public()
+        .model
+        .quantize(x.data(), x.shape())
+        .map_err(usage)?;
+    let scale = c.public().model.output_scale;
+    if !a.json {
+        eprintln!(
+            "2pc ({}): {} segments, {} AND gates; offline phase…",
+            variant.name(),
+            c.public().segments.len(),
+            c.public().and_gates()
+        );
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+    let mut cost = c.offline(&mut rng).map_err(usage)?;
+    let (y, online) = c.online(&xq).map_err(usage)?;
+    cost.add_online(&online);
+    c.close().map_err(usage)?;
+    let output: Vec<f32> = y.iter().map(|&v| (v as f64 * scale) as f32).collect();
+    let class = argmax(&output);
+    if a.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            class: usize,
+            output: &'a [f32],
+            exact_output: &'a [i64],
+            scale: f64,
+            variant: &'a str,
+            offline_ms: f64,
+            online_ms: f64,
+            offline_bytes_up: u64,
+            offline_bytes_down: u64,
+            online_bytes_up: u64,
+            online_bytes_down: u64,
+            online_messages: u64,
+            garbled_bytes: u64,
+            and_gates: u64,
+            client_stored_bytes: u64,
+            server_stored_bytes: u64,
+        }
+        return print_json(&Out {
+            class,
+            output: &output,
+            exact_output: &y,
+            scale,
+            variant: variant.name(),
+            offline_ms: cost.offline_ms,
+            online_ms: cost.online_ms,
+            offline_bytes_up: cost.offline_up,
+            offline_bytes_down: cost.offline_down,
+            online_bytes_up: cost.online_up,
+            online_bytes_down: cost.online_down,
+            online_messages: cost.online_messages,
+            garbled_bytes: cost.garbled_bytes,
+            and_gates: cost.and_gates,
+            client_stored_bytes: cost.client_stored,
+            server_stored_bytes: cost.server_stored,
+        });
+    }
+    println!("class {class}");
+    println!("output {output:?}");
+    println!(
+        "offline {:.0} ms, {} up / {} down ({} garbled, {} AND gates); online {:.0} ms, {} up / {} down in {} messages",
+        cost.offline_ms,
+        human(cost.offline_up),
+        human(cost.offline_down),
+        human(cost.garbled_bytes),
+        cost.and_gates,
+        cost.online_ms,
+        human(cost.online_up),
+        human(cost.online_down),
+        cost.online_messages
+    );
+    println!(
+        "stored between the phases: client {}, server {}",
+        human(cost.client_stored),
+        human(cost.server_stored)
+    );
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The server-garbler variant (Delphi).
+//!
+//! Offline, after the HE phase ([`crate::protocol::he_server`]): one correlated-OT session
+//! whose offset is the server's Δ gives the client the labels of its segment inputs (its shares
+//! `c_i` and next masks `r_(i+1)`, known offline), and the server garbles every segment with
+//! those OT blocks as the 0-labels and sends the tables. The server keeps its shares `s_i`, the
+//! 0-labels of its own inputs, Δ, and each segment's output check; the client keeps its masks,
+//! its input labels and the tables.
+//!
+//! Online: the client sends `x − r_0`; per layer the server computes its share `a_i` and sends
+//! the labels of `a_i`; the client evaluates the segment and returns the output labels, which
+//! the server checks (hashed labels: a label that is neither of its wire's is caught) and
+//! decodes into the next masked input `y_(i+1) = x_(i+1) − r_(i+1)`; for the last segment the
+//! server sends the permute bits of the output wires instead, and only the client decodes the
+//! output.
+
+use crate::protocol::{
+    RunCost, ServerModel, TwoPcError, blocks_bytes, bytes_blocks, he_client, he_server, pack,
+    recv_big, ring_bits, send_big, unpack,
+};
+use crate::public::Public;
+use crate::share;
+use rand::{CryptoRng, Rng, RngCore};
+use tessera_mpc::block::Block;
+use tessera_mpc::circuit::from_bits;
+use tessera_mpc::garble::{Garbled, evaluate_checked, garble_with};
+use tessera_mpc::ot::Channel;
+use tessera_mpc::ot::iknp::{CotReceiver, CotSender};
+use tessera_mpc::stream::{StreamReader, StreamWriter};
+use zeroize::Zeroize;
+
+/// OT session tag of this variant.
+const OT_TAG: &[u8] = b"tessera-2pc-sg";
+
+/// What the server keeps between its offline and online phase.
+pub struct ServerPre {
+    ss: Vec<Vec<u64>>,
+    garbled: Vec<Garbled>,
+    own_bits: u64,
+    outputs: u64,
+}
+
+impl ServerPre {
+    /// Bytes the server must keep: its shares (8 each), the 0-labels of its own inputs and Δ
+    /// (16 each), two hashed labels per checked output, one permute bit per final output.
+    pub fn stored_bytes(&self) -> u64 {
+        let shares: u64 = self.ss.iter().map(|s| s.len() as u64 * 8).sum();
+        shares + self.own_bits * 16 + 16 + self.outputs * 32
+    }
+}
+
+impl Drop for ServerPre {
+    fn drop(&mut self) {
+        for s in &mut self.ss {
+            s.zeroize();
+        }
+    }
+}
+
+/// What the client keeps between its offline and online phase.
+pub struct ClientPre {
+    rs: Vec<Vec<u64>>,
+    ts: Vec<Block>,
+    materials: Vec<Vec<u8>>,
+}
+
+impl ClientPre {
+    /// Bytes the client must keep: masks (8 each), input labels (16 each), garbled tables.
+    pub fn stored_bytes(&self) -> u64 {
+        let masks: u64 = self.rs.iter().map(|r| r.len() as u64 * 8).sum();
+        masks
+            + self.ts.len() as u64 * 16
+            + self.materials.iter().map(|m| m.len() as u64).sum::<u64>()
+    }
+}
+
+impl Drop for ClientPre {
+    fn drop(&mut self) {
+        for r in &mut self.rs {
+            r.zeroize();
+        }
+    }
+}
+
+/// The most bytes a segment's garbled stream can take (two blocks per AND gate, the stream's
+/// headers and chunk framing).
+pub(crate) fn material_bound(and_gates: usize) -> u64 {
+    and_gates as u64 * 32 + (and_gates as u64 / 1024 + 16) * 64 + 4096
+}
+
+/// The client's input bits of every segment: its share of the layer, then its mask of the next
+/// layer's input.
+fn client_choices(p: &Public, rs: &[Vec<u64>], cs: &[Vec<u64>]) -> Vec<bool> {
+    let bits = p.share_bits;
+    let mut choices = Vec::new();
+    for (i, c_i) in cs.iter().enumerate() {
+        choices.extend(ring_bits(c_i, bits));
+        if let Some(r) = rs.get(i + 1) {
+            choices.extend(ring_bits(r, bits));
+        }
+    }
+    choices
+}
+
+/// The server's offline phase.
+pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
+    m: &ServerModel,
+    ch: &mut C,
+    rng: &mut R,
+) -> Result<ServerPre, TwoPcError> {
+    let p = &m.public;
+    let ss = he_server(m, ch, rng)?;
+    let delta = Block(rng.random::<u128>() | 1);
+    let mut cots = CotSender::setup(ch, rng, OT_TAG, delta)?;
+    let n_ot: usize = (0..p.segments.len())
+        .map(|i| p.segments[i].input_bits() - p.server_bits(i))
+        .sum();
+    let qs = cots.extend(ch, n_ot)?;
+    let mut q_at = 0;
+    let mut garbled = Vec::with_capacity(p.segments.len());
+    let mut own_bits = 0;
+    let mut outputs = 0;
+    for (i, seg) in p.segments.iter().enumerate() {
+        let own = p.server_bits(i);
+        let n_client = seg.input_bits() - own;
+        let mut zero: Vec<Block> = (0..own).map(|_| Block(rng.random())).collect();
+        zero.extend_from_slice(&qs[q_at..q_at + n_client]);
+        q_at += n_client;
+        let mut w = StreamWriter::new(Vec::new());
+        let g = garble_with(seg, delta, zero, rng, &mut w)?;
+        send_big(ch, w.into_inner())?;
+        own_bits += own as u64;
+        outputs += g.decoding.bits.len() as u64;
+        garbled.push(g);
+    }
+    Ok(ServerPre {
+        ss,
+        garbled,
+        own_bits,
+        outputs,
+    })
+}
+
+/// The client's offline phase.
+pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
+    p: &Public,
+    ch: &mut C,
+    rng: &mut R,
+) -> Result<(ClientPre, RunCost), TwoPcError> {
+    let (rs, cs) = he_client(p, ch, rng)?;
+    let choices = client_choices(p, &rs, &cs);
+    let mut cotr = CotReceiver::setup(ch, rng, OT_TAG)?;
+    let ts = cotr.extend(ch, &choices)?;
+    let mut garbled_bytes = 0;
+    let materials: Vec<Vec<u8>> = p
+        .segments
+        .iter()
+        .map(|s| {
+            let m = recv_big(ch, material_bound(s.and_count()), "garbled tables")?;
+            garbled_bytes += m.len() as u64;
+            Ok(m)
+        })
+        .collect::<Result<_, TwoPcError>>()?;
+    let pre = ClientPre { rs, ts, materials };
+    let cost = RunCost {
+        garbled_bytes,
+        ots: choices.len() as u64,
+        client_stored: pre.stored_bytes(),
+        ..RunCost::default()
+    };
+    Ok((pre, cost))
+}
+
+/// The server's online phase.
+pub fn server_online<C: Channel>(
+    m: &ServerModel,
+    ch: &mut C,
+    pre: ServerPre,
+) -> Result<(), TwoPcError> {
+    let p = &m.public;
+    let bits = p.share_bits;
+    let first = p.model.layers.first().map_or(0, |l| l.shape.inputs());
+    let mut y = unpack(&ch.recv()?, first, bits, "the masked input")?;
+    let last = p.segments.len() - 1;
+    for (i, (g, s)) in pre.garbled.iter().zip(&pre.ss).enumerate() {
+        let a = m.share_bits_of(i, &y, s)?;
+        let labels = g.inputs.encode(0, &a)?;
+        ch.send(blocks_bytes(&labels))?;
+        if i == last {
+            ch.send(g.decoding.bits.iter().map(|&b| u8::from(b)).collect())?;
+        } else {
+            let n_out = g.decoding.bits.len();
+            let out = bytes_blocks(&ch.recv()?, n_out, "output labels")?;
+            let bits_out = g.check.check(&out)?;
+            y = bits_out.chunks(bits).map(|c| from_bits(c) as u64).collect();
+        }
+    }
+    Ok(())
+}
+
+/// The client's online phase on the first layer's quantized input `x`; the output integers.
+pub fn client_online<C: Channel>(
+    p: &Public,
+    ch: &mut C,
+    pre: ClientPre,
+    x: &[i64],
+) -> Result<Vec<i64>, TwoPcError> {
+    let bits = p.share_bits;
+    let r0 = pre.rs.first().map(Vec::as_slice).unwrap_or_default();
+    let y0: Vec<u64> = x
+        .iter()
+        .zip(r0)
+        .map(|(&v, &r)| share::reduce(share::residue(v, bits).wrapping_sub(r), bits))
+        .collect();
+    ch.send(pack(&y0))?;
+    let mut t_at = 0;
+    let last = p.segments.len() - 1;
+    for (i, (seg, material)) in p.segments.iter().zip(&pre.materials).enumerate() {
+        let own = p.server_bits(i);
+        let mut labels = bytes_blocks(&ch.recv()?, own, "the server's input labels")?;
+        let n_client = seg.input_bits() - own;
+        let mine = pre
+            .ts
+            .get(t_at..t_at + n_client)
+            .ok_or_else(|| TwoPcError::Protocol("too few OT labels".into()))?;
+        labels.extend_from_slice(mine);
+        t_at += n_client;
+        let res = evaluate_checked(seg, &labels, &mut StreamReader::new(material.as_slice()))?;
+        if i == last {
+            let d = ch.recv()?;
+            if d.len() != res.len() || d.iter().any(|&b| b > 1) {
+                return Err(TwoPcError::Protocol(format!(
+                    "{} decoding bits for {} outputs",
+                    d.len(),
+                    res.len()
+                )));
+            }
+            let bits_out: Vec<bool> = res
+                .iter()
+                .zip(&d)
+                .map(|(l, &b)| l.lsb() ^ (b == 1))
+                .collect();
+            return Ok(bits_out
+                .chunks(p.model.out_bits)
+                .map(|c| share::signed(from_bits(c) as u64, p.model.out_bits))
+                .collect());
+        }
+        ch.send(blocks_bytes(&res))?;
+    }
+    Err(TwoPcError::Protocol("the model has no segment".into()))
+}
