@@ -33,7 +33,7 @@ fn two_pc_refuses_pow2_and_what_it_cannot_run_by_name() {
         .err()
         .expect("refused");
     assert!(e.to_string().contains("semantics v2"), "{e}");
-    let g = builders::mix(8, 6, 3).expect("mix");
+    let g = builders::shuffle_int8(8, 4, 3).expect("shuffle");
     let xs = default_calibration_inputs(&g, 0.0, 1.0, 8, 1).expect("inputs");
     let calibration = Calibration::from_inputs(&g, &xs, "generated").expect("calibrates");
     let e = tessera_schemes::check(
@@ -44,6 +44,6 @@ fn two_pc_refuses_pow2_and_what_it_cannot_run_by_name() {
             calibration,
         },
     )
-    .expect_err("residual adds are not in 2pc yet");
+    .expect_err("concatenations and transposes are not in 2pc yet");
     assert!(e.to_string().contains("cannot run node"), "{e}");
 }

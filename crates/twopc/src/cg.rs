@@ -17,8 +17,8 @@
 //! segment returns the output labels, which the client checks (hashed labels) and decodes.
 
 use crate::protocol::{
-    RunCost, ServerModel, TwoPcError, blocks_bytes, bytes_blocks, he_client, he_server, pack,
-    recv_big, ring_bits, send_big, unpack,
+    RunCost, ServerModel, TwoPcError, blocks_bytes, bytes_blocks, client_inputs, he_client,
+    he_server, pack, recv_big, send_big, take_writes, unpack,
 };
 use crate::public::Public;
 use crate::sg::material_bound;
@@ -125,11 +125,9 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         client_labels.push(bytes_blocks(&ch.recv()?, n_client, "the client's labels")?);
         if i != last {
             let d = ch.recv()?;
-            let n_out = p
-                .model
-                .layers
-                .get(i)
-                .map_or(0, |l| l.out_len * p.share_bits);
+            let n_out = p.model.segments.get(i).map_or(0, |s| {
+                s.writes.iter().map(|&w| p.value_len(w)).sum::<usize>() * p.share_bits
+            });
             if d.len() != n_out || d.iter().any(|&v| v > 1) {
                 return Err(TwoPcError::Protocol(format!(
                     "{} permute bits for {n_out} outputs",
@@ -155,7 +153,6 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     ch: &mut C,
     rng: &mut R,
 ) -> Result<(ClientPre, RunCost), TwoPcError> {
-    let bits = p.share_bits;
     let (rs, cs) = he_client(p, ch, rng)?;
     let delta = Block(rng.random::<u128>() | 1);
     let n_ot: usize = (0..p.segments.len()).map(|i| p.server_bits(i)).sum();
@@ -173,11 +170,7 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
             zq.push(*z ^ *q);
         }
         q_at += own;
-        // The client's own inputs: its share of this layer, its mask of the next layer's input.
-        let mut mine = ring_bits(cs.get(i).map(Vec::as_slice).unwrap_or_default(), bits);
-        if let Some(r) = rs.get(i + 1) {
-            mine.extend(ring_bits(r, bits));
-        }
+        let mine = client_inputs(p, i, &rs, &cs);
         let mut w = StreamWriter::new(Vec::new());
         let g = garble_with(seg, delta, zero, rng, &mut w)?;
         let material = w.into_inner();
@@ -214,19 +207,22 @@ pub fn server_online<C: Channel>(
 ) -> Result<(), TwoPcError> {
     let p = &m.public;
     let bits = p.share_bits;
-    let first = p.model.layers.first().map_or(0, |l| l.shape.inputs());
-    let mut y = unpack(&ch.recv()?, first, bits, "the masked input")?;
+    let mut ys: Vec<Option<Vec<u64>>> = vec![None; p.model.values.len()];
+    ys[0] = Some(unpack(
+        &ch.recv()?,
+        p.value_len(0),
+        bits,
+        "the masked input",
+    )?);
     let last = p.segments.len() - 1;
     let mut at = 0;
-    for (i, seg) in p.segments.iter().enumerate() {
-        let (s, material, theirs) = pre
-            .ss
-            .get(i)
-            .zip(pre.materials.get(i))
-            .zip(pre.client_labels.get(i))
-            .map(|((s, m), l)| (s, m, l))
-            .ok_or_else(|| TwoPcError::Protocol(format!("no preprocessing for segment {i}")))?;
-        let a = m.share_bits_of(i, &y, s)?;
+    for (j, seg) in p.segments.iter().enumerate() {
+        let (material, theirs) = pre
+            .materials
+            .get(j)
+            .zip(pre.client_labels.get(j))
+            .ok_or_else(|| TwoPcError::Protocol(format!("no preprocessing for segment {j}")))?;
+        let a = m.server_inputs(j, &ys, &pre.ss)?;
         let span = at..at + a.len();
         let (b, ts) = pre
             .b
@@ -239,16 +235,16 @@ pub fn server_online<C: Channel>(
         let mut labels = derandomize_receive(ts, &zs)?;
         labels.extend_from_slice(theirs);
         let res = evaluate_checked(seg, &labels, &mut StreamReader::new(material.as_slice()))?;
-        if i == last {
+        if j == last {
             ch.send(blocks_bytes(&res))?;
         } else {
             let d = pre
                 .decodings
-                .get(i)
+                .get(j)
                 .filter(|d| d.len() == res.len())
                 .ok_or_else(|| TwoPcError::Protocol("permute bits missing".into()))?;
             let bits_out: Vec<bool> = res.iter().zip(d).map(|(l, &p)| l.lsb() ^ p).collect();
-            y = bits_out.chunks(bits).map(|c| from_bits(c) as u64).collect();
+            take_writes(p, j, &bits_out, &mut ys)?;
         }
     }
     Ok(())
@@ -263,6 +259,13 @@ pub fn client_online<C: Channel>(
 ) -> Result<Vec<i64>, TwoPcError> {
     let bits = p.share_bits;
     let r0 = pre.rs.first().map(Vec::as_slice).unwrap_or_default();
+    if x.len() != r0.len() {
+        return Err(TwoPcError::Input(format!(
+            "{} input values for a model input of {}",
+            x.len(),
+            r0.len()
+        )));
+    }
     let y0: Vec<u64> = x
         .iter()
         .zip(r0)

@@ -35,12 +35,13 @@ pub struct Requant {
     pub out_bits: usize,
 }
 
-fn bits_for(v: i128) -> usize {
+/// Bits of `|v|`.
+pub fn bits_for(v: i128) -> usize {
     (129 - v.unsigned_abs().leading_zeros()) as usize
 }
 
-/// Sign-extend `w` to `width` bits.
-fn extend(w: &Word, width: usize) -> Word {
+/// Sign-extend `w` to `width` bits (or cut it to them).
+pub fn extend(w: &Word, width: usize) -> Word {
     let sign = w.last().copied().unwrap_or(Bit::Const(false));
     (0..width)
         .map(|i| w.get(i).copied().unwrap_or(sign))
@@ -80,38 +81,53 @@ pub fn requant_value(b: &mut Builder, q: &Requant, a: &Word, c: &Word) -> Result
         ));
     }
     let acc = b.add(a, c);
-    // The product's width: |acc| < 2^(ℓ−1), |m| < 2^bits(m), plus the rounding carry.
-    let w = q.share_bits + bits_for(i128::from(q.mult)) + 2;
-    let acc = extend(&acc, w);
+    let v = mul_rq(b, &acc, q.mult, q.shift);
+    Ok(clamp_to(b, &v, q.lo, q.hi))
+}
+
+/// `⌊(x·m + 2^(n−1)) / 2^n⌋` (v2's `rq`) of the signed word `x`: the product by the public `m`
+/// as shifted adds (one per set bit of `|m|`, negated for `m < 0`), the rounding constant
+/// added, the shift free. The result is as wide as the product.
+pub fn mul_rq(b: &mut Builder, x: &Word, m: i64, shift: u32) -> Word {
+    // The product's width: |x| < 2^(len−1), |m| < 2^bits(m), plus the rounding carry.
+    let w = x.len() + bits_for(i128::from(m)) + 2;
+    let x = extend(x, w);
     let mut prod = b.constant(0, w);
-    let mag = q.mult.unsigned_abs();
+    let mag = m.unsigned_abs();
     for k in 0..64 {
         if (mag >> k) & 1 == 1 {
-            let shifted = b.shl(&acc, k);
+            let shifted = b.shl(&x, k);
             prod = b.add(&prod, &shifted);
         }
     }
-    if q.mult < 0 {
+    if m < 0 {
         let zero = b.constant(0, w);
         prod = b.sub(&zero, &prod);
     }
-    let half = if q.shift == 0 {
-        0
-    } else {
-        1i128 << (q.shift - 1)
-    };
+    let half = if shift == 0 { 0 } else { 1i128 << (shift - 1) };
     let rounding = b.constant(half, w);
     let sum = b.add(&prod, &rounding);
-    let shifted = b.shr(&sum, q.shift as usize, true);
-    let lo = b.constant(i128::from(q.lo), w);
-    let hi = b.constant(i128::from(q.hi), w);
-    let below = b.lt_signed(&shifted, &lo);
-    let above = b.lt_signed(&hi, &shifted);
-    let y = b.mux_word(below, &lo, &shifted);
-    let y = b.mux_word(above, &hi, &y);
+    b.shr(&sum, shift as usize, true)
+}
+
+/// `clamp(x, lo, hi)` of the signed word `x`, as a signed word just wide enough for `[lo, hi]`.
+pub fn clamp_to(b: &mut Builder, x: &Word, lo: i64, hi: i64) -> Word {
+    let w = x.len();
+    let lo_w = b.constant(i128::from(lo), w);
+    let hi_w = b.constant(i128::from(hi), w);
+    let below = b.lt_signed(x, &lo_w);
+    let above = b.lt_signed(&hi_w, x);
+    let y = b.mux_word(below, &lo_w, x);
+    let y = b.mux_word(above, &hi_w, &y);
     // [lo, hi] fits this many signed bits; the value is in it after the clamp.
-    let vb = (bits_for(i128::from(q.lo)).max(bits_for(i128::from(q.hi))) + 1).min(w);
-    Ok(y.into_iter().take(vb).collect())
+    let vb = (bits_for(i128::from(lo)).max(bits_for(i128::from(hi))) + 1).min(w);
+    y.into_iter().take(vb).collect()
+}
+
+/// The low `bits` bits of `x` sign-extended or cut to exactly `bits`: exact when the value is
+/// known to fit `bits` signed bits.
+pub fn fit(x: &Word, bits: usize) -> Word {
+    extend(x, bits).into_iter().take(bits).collect()
 }
 
 /// A circuit of `n` independent steps with the same constants: inputs (server shares, client

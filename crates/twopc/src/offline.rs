@@ -22,8 +22,19 @@ pub fn client_mask<R: RngCore + CryptoRng>(
 ) -> Result<(Vec<u64>, Vec<Ct>), HeError> {
     let bits = pk.params().plain_bits as usize;
     let r: Vec<u64> = (0..n).map(|_| share::reduce(rng.random(), bits)).collect();
-    let cts = encrypt_input(pk, plan, &centred(&r, bits), rng)?;
+    let cts = encrypt_mask(pk, plan, &r, rng)?;
     Ok((r, cts))
+}
+
+/// The encryption of the mask `r` (residues mod `t`) in the layer's layout.
+pub fn encrypt_mask<R: RngCore + CryptoRng>(
+    pk: &PublicKey,
+    plan: &LinearPlan,
+    r: &[u64],
+    rng: &mut R,
+) -> Result<Vec<Ct>, HeError> {
+    let bits = pk.params().plain_bits as usize;
+    encrypt_input(pk, plan, &centred(r, bits), rng)
 }
 
 /// The server's answer: `Enc(W·r − s)` for its fresh `s` (returned), sanitized for the client.

@@ -15,7 +15,7 @@ use crate::model::{Cut, Shape};
 use crate::public::{PUBLIC_VERSION, Public, PublicModel};
 use crate::session::{self, Variant};
 use crate::{offline, share};
-use rand::{CryptoRng, RngCore, SeedableRng};
+use rand::{CryptoRng, Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::sync::Arc;
 use tessera_engine::qint::IntModel;
@@ -25,7 +25,7 @@ use tessera_he::wire::{read_cts, read_public, write_cts, write_public};
 use tessera_he::{HeParams, KeyPair};
 use tessera_model::Tensor;
 use tessera_mpc::block::Block;
-use tessera_mpc::circuit::to_bits;
+use tessera_mpc::circuit::{from_bits, to_bits};
 use tessera_mpc::ot::{Channel, duplex};
 
 /// Errors of a 2pc run.
@@ -233,9 +233,9 @@ impl ServerModel {
             .layers
             .iter()
             .map(|l| {
-                let probe = l.shape.plan(4096)?;
+                let probe = l.public.shape.plan(4096)?;
                 Ok(LayerNeed {
-                    name: l.name.clone(),
+                    name: l.public.name.clone(),
                     acc_bound: l.acc_bound,
                     x_bound: 1 << 20,
                     w_bound: l
@@ -268,7 +268,9 @@ impl ServerModel {
             output_scale: oq.scale,
             out_bits: (129 - oq.max_abs().leading_zeros()) as usize + 1,
             he: tessera_he::wire::write_params(&params),
-            layers: cut.layers.iter().map(|l| l.public()).collect(),
+            values: cut.values.clone(),
+            layers: cut.public_layers(),
+            segments: cut.segments.clone(),
         };
         let public = Public::new(model, Some(params))?;
         let weights = cut
@@ -288,9 +290,8 @@ impl ServerModel {
         })
     }
 
-    /// The server's share of layer `i`'s accumulators, `W·y + b + s`, as the segment's input
-    /// bits.
-    pub fn share_bits_of(&self, i: usize, y: &[u64], s: &[u64]) -> Result<Vec<bool>, TwoPcError> {
+    /// The server's share of layer `i`'s accumulators, `W·y + b + s`, as input bits.
+    fn share_bits_of(&self, i: usize, y: &[u64], s: &[u64]) -> Result<Vec<bool>, TwoPcError> {
         let bits = self.public.share_bits;
         let (layer, (w, b)) = self
             .public
@@ -318,6 +319,94 @@ impl ServerModel {
             .collect();
         Ok(ring_bits(&a, bits))
     }
+
+    /// The server's input bits of segment `j`: its shares of the layers the segment takes
+    /// (computed now from the masked values `ys` it holds) and the masked values it reads.
+    pub fn server_inputs(
+        &self,
+        j: usize,
+        ys: &[Option<Vec<u64>>],
+        ss: &[Vec<u64>],
+    ) -> Result<Vec<bool>, TwoPcError> {
+        let p = &self.public;
+        let seg = p
+            .model
+            .segments
+            .get(j)
+            .ok_or_else(|| TwoPcError::Protocol(format!("no segment {j}")))?;
+        let missing = |v: usize| TwoPcError::Protocol(format!("masked value {v} is not known yet"));
+        let mut bits = Vec::with_capacity(p.server_bits(j));
+        for &l in &seg.linears {
+            let v = p.model.layers.get(l).map_or(usize::MAX, |x| x.input);
+            let y = ys
+                .get(v)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| missing(v))?;
+            let s = ss
+                .get(l)
+                .ok_or_else(|| TwoPcError::Protocol(format!("no share of layer {l}")))?;
+            bits.extend(self.share_bits_of(l, y, s)?);
+        }
+        for &v in &seg.reads {
+            let y = ys
+                .get(v)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| missing(v))?;
+            bits.extend(ring_bits(y, p.share_bits));
+        }
+        Ok(bits)
+    }
+}
+
+/// The client's input bits of segment `j`: its shares `c` of the layers taken, the masks of the
+/// values read, the fresh masks of the values written.
+pub fn client_inputs(p: &Public, j: usize, rs: &[Vec<u64>], cs: &[Vec<u64>]) -> Vec<bool> {
+    let Some(seg) = p.model.segments.get(j) else {
+        return Vec::new();
+    };
+    let bits = p.share_bits;
+    let mut out = Vec::new();
+    for &l in &seg.linears {
+        out.extend(ring_bits(
+            cs.get(l).map(Vec::as_slice).unwrap_or_default(),
+            bits,
+        ));
+    }
+    for &v in seg.reads.iter().chain(&seg.writes) {
+        out.extend(ring_bits(
+            rs.get(v).map(Vec::as_slice).unwrap_or_default(),
+            bits,
+        ));
+    }
+    out
+}
+
+/// The server's masked values after segment `j`'s outputs `bits` are decoded.
+pub fn take_writes(
+    p: &Public,
+    j: usize,
+    bits: &[bool],
+    ys: &mut [Option<Vec<u64>>],
+) -> Result<(), TwoPcError> {
+    let seg = p
+        .model
+        .segments
+        .get(j)
+        .ok_or_else(|| TwoPcError::Protocol(format!("no segment {j}")))?;
+    let l = p.share_bits;
+    let mut at = 0;
+    for &w in &seg.writes {
+        let n = p.value_len(w) * l;
+        let chunk = bits
+            .get(at..at + n)
+            .ok_or_else(|| TwoPcError::Protocol(format!("segment {j} output too short")))?;
+        at += n;
+        let slot = ys
+            .get_mut(w)
+            .ok_or_else(|| TwoPcError::Protocol(format!("no masked value {w}")))?;
+        *slot = Some(chunk.chunks(l).map(|c| from_bits(c) as u64).collect());
+    }
+    Ok(())
 }
 
 /// The server's HE offline phase: answer every layer's encrypted mask; returns the `s_i`.
@@ -342,8 +431,8 @@ pub fn he_server<C: Channel, R: RngCore + CryptoRng>(
 /// One ring vector per linear layer.
 pub type Masks = Vec<Vec<u64>>;
 
-/// The client's HE offline phase: fresh keys, a mask per layer input, its share per layer.
-/// Returns the masks `r_i` and the shares `c_i`.
+/// The client's HE offline phase: fresh keys, a mask per masked value, its share per layer.
+/// Returns the masks `r_v` (per value) and the shares `c_i` (per layer).
 pub fn he_client<C: Channel, R: RngCore + CryptoRng>(
     p: &Public,
     ch: &mut C,
@@ -351,18 +440,26 @@ pub fn he_client<C: Channel, R: RngCore + CryptoRng>(
 ) -> Result<(Masks, Masks), TwoPcError> {
     let keys = KeyPair::generate(&p.params, rng);
     ch.send(write_public(&keys.public)?)?;
-    let mut rs = Vec::with_capacity(p.plans.len());
+    let bits = p.share_bits;
+    let rs: Masks = p
+        .model
+        .values
+        .iter()
+        .map(|&n| (0..n).map(|_| share::reduce(rng.random(), bits)).collect())
+        .collect();
     let mut cs = Vec::with_capacity(p.plans.len());
     // A ciphertext at the switched-down level takes at most this many bytes (two polynomials
     // of N coefficients of at most 8 bytes per prime), so a layer's answer is bounded.
     let per_ct = 2 * p.params.degree() as u64 * 8 * p.params.moduli_bits.len() as u64 + 4096;
     for (plan, layer) in p.plans.iter().zip(&p.model.layers) {
-        let (r, enc) = offline::client_mask(&keys.public, plan, layer.shape.inputs(), rng)?;
+        let r = rs
+            .get(layer.input)
+            .ok_or_else(|| TwoPcError::Protocol(format!("no mask for layer '{}'", layer.name)))?;
+        let enc = offline::encrypt_mask(&keys.public, plan, r, rng)?;
         ch.send(write_cts(&p.params, &enc)?)?;
         let bytes = recv_big(ch, per_ct * plan.n_outputs() as u64, "an HE answer")?;
         let answer = read_cts(&p.params, &bytes, plan.n_outputs())?;
         cs.push(offline::client_share(&keys.secret, plan, &answer)?);
-        rs.push(r);
     }
     Ok((rs, cs))
 }

@@ -289,12 +289,7 @@ impl<C: Channel> Client<C> {
             .pending
             .pop_front()
             .ok_or(TwoPcError::NoPreprocessing)?;
-        let first = self
-            .public
-            .model
-            .layers
-            .first()
-            .map_or(0, |l| l.shape.inputs());
+        let first = self.public.value_len(0);
         if x.len() != first {
             return Err(TwoPcError::Input(format!(
                 "{} input values for a first layer of {first}",

@@ -15,8 +15,8 @@
 //! output.
 
 use crate::protocol::{
-    RunCost, ServerModel, TwoPcError, blocks_bytes, bytes_blocks, he_client, he_server, pack,
-    recv_big, ring_bits, send_big, unpack,
+    RunCost, ServerModel, TwoPcError, blocks_bytes, bytes_blocks, client_inputs, he_client,
+    he_server, pack, recv_big, send_big, take_writes, unpack,
 };
 use crate::public::Public;
 use crate::share;
@@ -88,20 +88,6 @@ pub(crate) fn material_bound(and_gates: usize) -> u64 {
     and_gates as u64 * 32 + (and_gates as u64 / 1024 + 16) * 64 + 4096
 }
 
-/// The client's input bits of every segment: its share of the layer, then its mask of the next
-/// layer's input.
-fn client_choices(p: &Public, rs: &[Vec<u64>], cs: &[Vec<u64>]) -> Vec<bool> {
-    let bits = p.share_bits;
-    let mut choices = Vec::new();
-    for (i, c_i) in cs.iter().enumerate() {
-        choices.extend(ring_bits(c_i, bits));
-        if let Some(r) = rs.get(i + 1) {
-            choices.extend(ring_bits(r, bits));
-        }
-    }
-    choices
-}
-
 /// The server's offline phase.
 pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
     m: &ServerModel,
@@ -148,7 +134,9 @@ pub fn client_offline<C: Channel, R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<(ClientPre, RunCost), TwoPcError> {
     let (rs, cs) = he_client(p, ch, rng)?;
-    let choices = client_choices(p, &rs, &cs);
+    let choices: Vec<bool> = (0..p.segments.len())
+        .flat_map(|j| client_inputs(p, j, &rs, &cs))
+        .collect();
     let mut cotr = CotReceiver::setup(ch, rng, OT_TAG)?;
     let ts = cotr.extend(ch, &choices)?;
     let mut garbled_bytes = 0;
@@ -179,20 +167,25 @@ pub fn server_online<C: Channel>(
 ) -> Result<(), TwoPcError> {
     let p = &m.public;
     let bits = p.share_bits;
-    let first = p.model.layers.first().map_or(0, |l| l.shape.inputs());
-    let mut y = unpack(&ch.recv()?, first, bits, "the masked input")?;
+    let mut ys: Vec<Option<Vec<u64>>> = vec![None; p.model.values.len()];
+    ys[0] = Some(unpack(
+        &ch.recv()?,
+        p.value_len(0),
+        bits,
+        "the masked input",
+    )?);
     let last = p.segments.len() - 1;
-    for (i, (g, s)) in pre.garbled.iter().zip(&pre.ss).enumerate() {
-        let a = m.share_bits_of(i, &y, s)?;
+    for (j, g) in pre.garbled.iter().enumerate() {
+        let a = m.server_inputs(j, &ys, &pre.ss)?;
         let labels = g.inputs.encode(0, &a)?;
         ch.send(blocks_bytes(&labels))?;
-        if i == last {
+        if j == last {
             ch.send(g.decoding.bits.iter().map(|&b| u8::from(b)).collect())?;
         } else {
             let n_out = g.decoding.bits.len();
             let out = bytes_blocks(&ch.recv()?, n_out, "output labels")?;
             let bits_out = g.check.check(&out)?;
-            y = bits_out.chunks(bits).map(|c| from_bits(c) as u64).collect();
+            take_writes(p, j, &bits_out, &mut ys)?;
         }
     }
     Ok(())
@@ -207,6 +200,13 @@ pub fn client_online<C: Channel>(
 ) -> Result<Vec<i64>, TwoPcError> {
     let bits = p.share_bits;
     let r0 = pre.rs.first().map(Vec::as_slice).unwrap_or_default();
+    if x.len() != r0.len() {
+        return Err(TwoPcError::Input(format!(
+            "{} input values for a model input of {}",
+            x.len(),
+            r0.len()
+        )));
+    }
     let y0: Vec<u64> = x
         .iter()
         .zip(r0)
