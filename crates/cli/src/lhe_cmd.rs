@@ -301,7 +301,7 @@ struct LheBenchRow {
 
 /// A network for the benchmarks with v2 calibrated on its inputs: mnist-8 (on MNIST images when
 /// `mnist_dir` has them) or a built-in network (on generated inputs in [0, 1]).
-fn bench_network(
+pub(crate) fn bench_network(
     name: &str,
     mnist8: &std::path::Path,
     mnist_dir: &std::path::Path,

@@ -303,6 +303,11 @@ enum Cmd {
         /// bytes, stored bytes, HE operation counts — with tee and gc on the same input.
         #[arg(long, value_delimiter = ',')]
         lhe: Vec<String>,
+        /// Benchmark the 2pc scheme on these networks instead (comma-separated: mnist-8,
+        /// dash-a..dash-d, resnet32-32, …): both variants' offline and online time and bytes,
+        /// stored bytes on each side, per activation, with tee and lhe on the same input.
+        #[arg(long = "2pc", value_delimiter = ',')]
+        two_pc: Vec<String>,
         /// Fractional bits for --gc.
         #[arg(long, default_value_t = 4)]
         gc_frac_bits: u32,
@@ -383,9 +388,12 @@ fn main() {
             gc_frac_bits,
             gc_measured_margin,
             lhe,
+            two_pc,
             json,
         } => {
-            if !lhe.is_empty() {
+            if !two_pc.is_empty() {
+                twopc_cmd::bench_2pc(&two_pc, &mnist8, reps, json)
+            } else if !lhe.is_empty() {
                 lhe_cmd::bench_lhe(&lhe, &mnist8, reps, json)
             } else if gc.is_empty() {
                 bench(&mnist8, &int8, reps, json)

@@ -199,3 +199,160 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// One network and variant's 2pc figures, with tee and lhe on the same input in the same run.
+#[derive(Serialize)]
+struct TwoPcBenchRow {
+    network: String,
+    variant: &'static str,
+    activations: u64,
+    and_gates: u64,
+    segments: usize,
+    /// Medians, ms.
+    offline_ms: f64,
+    online_ms: f64,
+    offline_up: u64,
+    offline_down: u64,
+    online_up: u64,
+    online_down: u64,
+    online_messages: u64,
+    garbled_bytes: u64,
+    client_stored: u64,
+    server_stored: u64,
+    exact: bool,
+    tee_ms: f64,
+    lhe_ms: Option<f64>,
+}
+
+/// `tessera bench --2pc NETS`: both variants end to end (offline and online, bytes each way,
+/// stored bytes on each side), per activation, with tee and lhe on the same input.
+pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Result<()> {
+    use tessera_schemes::{Lhe, Scheme, Tee, TeeOptions};
+    let mnist_dir = mnist8
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("mnist-t10k"))
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for name in nets {
+        let Some((g, x, sem)) = crate::lhe_cmd::bench_network(name, mnist8, &mnist_dir)? else {
+            continue;
+        };
+        let int = match ExactModel::new(&g, &sem)? {
+            ExactModel::V2(m) => m,
+            ExactModel::Pow2(_) => return Err(usage("2pc benchmarks run v2")),
+        };
+        let reference = int.run(&x)?;
+        let t = TwoPc::new(int).map_err(usage)?;
+        let p = t.server().public.clone();
+        if !json {
+            eprintln!("2pc bench: {name}: {}", t.describe());
+        }
+        let mut tee = Tee::new(&g, &sem, TeeOptions::default())?;
+        let mut tee_ms = Vec::new();
+        for _ in 0..reps.max(1) {
+            tee_ms.push(tee.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
+        }
+        let tee_ms = tessera_schemes::median(&mut tee_ms);
+        let lhe_ms = Lhe::new(&g, &sem).ok().and_then(|mut l| {
+            let mut v = Vec::new();
+            for _ in 0..reps.max(1) {
+                v.push(l.infer(&x).ok()?.cost.latency.as_secs_f64() * 1e3);
+            }
+            Some(tessera_schemes::median(&mut v))
+        });
+        for variant in [Variant::ServerGarbler, Variant::ClientGarbler] {
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            let mut exact = true;
+            let mut last = None;
+            for k in 0..reps.max(1) {
+                let (y, c) = t.infer(&x, k as u64, variant).map_err(usage)?;
+                exact &= y == reference;
+                off.push(c.offline_ms);
+                on.push(c.online_ms);
+                last = Some(c);
+            }
+            let c = last.unwrap_or_default();
+            rows.push(TwoPcBenchRow {
+                network: name.clone(),
+                variant: variant.name(),
+                activations: p.activations(),
+                and_gates: p.and_gates(),
+                segments: p.segments.len(),
+                offline_ms: tessera_schemes::median(&mut off),
+                online_ms: tessera_schemes::median(&mut on),
+                offline_up: c.offline_up,
+                offline_down: c.offline_down,
+                online_up: c.online_up,
+                online_down: c.online_down,
+                online_messages: c.online_messages,
+                garbled_bytes: c.garbled_bytes,
+                client_stored: c.client_stored,
+                server_stored: c.server_stored,
+                exact,
+                tee_ms,
+                lhe_ms,
+            });
+        }
+    }
+    if json {
+        return print_json(&rows);
+    }
+    let mut t = crate::table::Table::new(&[
+        "network",
+        "variant",
+        "offline ms",
+        "offline up/down",
+        "online ms",
+        "online up/down",
+        "msgs",
+        "stored client/server",
+        "exact",
+        "tee ms",
+        "lhe ms",
+    ]);
+    for r in &rows {
+        t.row(vec![
+            r.network.clone(),
+            r.variant.into(),
+            format!("{:.0}", r.offline_ms),
+            format!("{} / {}", human(r.offline_up), human(r.offline_down)),
+            format!("{:.1}", r.online_ms),
+            format!("{} / {}", human(r.online_up), human(r.online_down)),
+            r.online_messages.to_string(),
+            format!("{} / {}", human(r.client_stored), human(r.server_stored)),
+            if r.exact { "yes" } else { "NO" }.into(),
+            format!("{:.2}", r.tee_ms),
+            r.lhe_ms.map_or("—".into(), |v| format!("{v:.1}")),
+        ]);
+    }
+    println!("{}", t.render());
+    let mut t = crate::table::Table::new(&[
+        "network",
+        "variant",
+        "activations",
+        "ANDs/act",
+        "garbled B/act",
+        "online B/act",
+        "client stored B/act",
+        "server stored B/act",
+    ]);
+    for r in &rows {
+        let per = |v: u64| format!("{:.0}", v as f64 / r.activations.max(1) as f64);
+        t.row(vec![
+            r.network.clone(),
+            r.variant.into(),
+            r.activations.to_string(),
+            per(r.and_gates),
+            per(r.garbled_bytes),
+            per(r.online_up + r.online_down),
+            per(r.client_stored),
+            per(r.server_stored),
+        ]);
+    }
+    println!("{}", t.render());
+    println!(
+        "activations: accumulators of conv and dense layers, each requantized and clamped in a garbled circuit (pools and residual adds add their gates to the same count)"
+    );
+    Ok(())
+}
