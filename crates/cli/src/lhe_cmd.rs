@@ -32,9 +32,13 @@ pub struct ServerArgs {
     /// Default: 127.0.0.1:7300 for lhe, 127.0.0.1:7400 for 2pc.
     #[arg(long)]
     pub(crate) listen: Option<String>,
-    /// lhe: where uploaded encrypted models are stored (one file per set-up).
+    /// Where the server keeps what it stores: lhe's uploaded encrypted models (one file per
+    /// set-up), 2pc's preprocessing made for clients that precompute.
     #[arg(long, default_value = "tessera-server-store")]
     pub(crate) store: PathBuf,
+    /// 2pc: the most bytes stored preprocessing may take in --store (K, M, G suffixes).
+    #[arg(long, default_value = "64G", value_parser = crate::parse_bytes)]
+    pub(crate) storage: u64,
     /// 2pc: the server's TLS key (PKCS#8), made on first start and reused after, so clients
     /// that pinned the certificate keep trusting this server.
     #[arg(long, default_value = "tessera-2pc-identity.key")]
@@ -186,7 +190,11 @@ pub fn client(a: &ClientArgs) -> Result<()> {
         .server
         .as_deref()
         .ok_or_else(|| usage("--scheme lhe needs --server ADDR (a running `tessera server`)"))?;
-    let x = load_input(&a.input)?;
+    let x = load_input(
+        a.input
+            .as_deref()
+            .ok_or_else(|| usage("--input X is required"))?,
+    )?;
     let t0 = Instant::now();
     let mut enclave = a.policy.connect(&a.connect)?;
     let claims = tessera_attest::describe(enclave.claims());

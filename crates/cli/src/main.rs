@@ -107,7 +107,7 @@ struct QuantArgs {
 }
 
 /// Bytes with an optional K, M or G (powers of 1024) suffix.
-fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim();
     let (num, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),

@@ -88,9 +88,9 @@ pub struct ClientArgs {
     /// Enclave (or relay) address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub(crate) connect: String,
-    /// Input: FILE.pb, FILE.npy, FILE.png or IDXFILE:INDEX.
+    /// Input: FILE.pb, FILE.npy, FILE.png or IDXFILE:INDEX (2pc with --precompute may omit it).
     #[arg(long)]
-    pub(crate) input: String,
+    pub(crate) input: Option<String>,
     /// Scheme: tee, gc and asym take the input over the enclave's attested channel; lhe
     /// opens a session there and sends the encrypted input to --server; 2pc runs Delphi's
     /// protocol with the `tessera server --scheme 2pc` at --connect (no enclave).
@@ -103,6 +103,17 @@ pub struct ClientArgs {
     /// client talks only to the holder of its key.
     #[arg(long, value_name = "FILE")]
     pub(crate) server_cert: Option<PathBuf>,
+    /// 2pc: run N offline phases first and keep them on disk here and on the server (with a
+    /// progress bar); later clients (and this one, with --input) use one per inference.
+    #[arg(long, value_name = "N")]
+    pub(crate) precompute: Option<usize>,
+    /// 2pc: where the client keeps stored preprocessing (used when it holds some for this
+    /// server's model and the variant).
+    #[arg(long, default_value = "tessera-2pc-client-store", value_name = "DIR")]
+    pub(crate) store: PathBuf,
+    /// 2pc: the most bytes stored preprocessing may take in --store (K, M, G suffixes).
+    #[arg(long, default_value = "16G", value_parser = crate::parse_bytes)]
+    pub(crate) storage: u64,
     /// 2pc: server-garbler (Delphi) or client-garbler (CryptoNite).
     #[arg(long, default_value = "server-garbler", value_parser = ["server-garbler", "client-garbler"])]
     pub(crate) variant: String,
@@ -401,7 +412,11 @@ pub fn client(a: &ClientArgs) -> Result<()> {
         return crate::twopc_cmd::client(a);
     }
     let policy = a.policy.policy()?;
-    let x = load_input(&a.input)?;
+    let x = load_input(
+        a.input
+            .as_deref()
+            .ok_or_else(|| usage("--input X is required"))?,
+    )?;
     let stream = TcpStream::connect(&a.connect)
         .map_err(|e| usage(format!("cannot connect to {}: {e}", a.connect)))?;
     let _ = stream.set_nodelay(true);

@@ -19,6 +19,7 @@ use tessera_runtime::tls::Identity;
 use tessera_twopc::net::{ServeOptions, connect, serve};
 use tessera_twopc::protocol::TwoPc;
 use tessera_twopc::session::Variant;
+use tessera_twopc::store::Store;
 
 fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
@@ -92,6 +93,7 @@ pub fn server(a: &ServerArgs) -> Result<()> {
         Arc::new(id),
         ServeOptions {
             max_sessions: a.max_sessions.max(1),
+            store: Some(Store::open(&a.store, a.storage).map_err(usage)?),
             ..ServeOptions::default()
         },
     )
@@ -116,26 +118,93 @@ pub fn client(a: &ClientArgs) -> Result<()> {
     })?;
     let cert = std::fs::read(cert_path).map_err(|e| io_err(cert_path, e))?;
     let variant: Variant = a.variant.parse().map_err(usage)?;
-    let x = load_input(&a.input)?;
+    if a.input.is_none() && a.precompute.is_none() {
+        return Err(usage(
+            "give --input X, or --precompute N to prepare inferences",
+        ));
+    }
     let mut c = connect(&a.connect, &cert, variant, ChannelOptions::default()).map_err(usage)?;
+    let store = Store::open(&a.store, a.storage).map_err(usage)?;
+    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+    if let Some(n) = a.precompute {
+        let pb = if a.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            crate::progress(n as u64, "2pc offline phases")
+        };
+        let (mut client_b, mut server_b, mut up, mut down, mut ms) = (0u64, 0u64, 0u64, 0u64, 0f64);
+        for _ in 0..n {
+            let (_, cost) = c.offline_stored(&store, &mut rng).map_err(usage)?;
+            client_b += cost.client_stored;
+            server_b += cost.server_stored;
+            up += cost.offline_up;
+            down += cost.offline_down;
+            ms += cost.offline_ms;
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let ready = c.stored(&store).map_err(usage)?;
+        if a.json && a.input.is_none() {
+            #[derive(Serialize)]
+            struct Pre {
+                precomputed: usize,
+                ready: usize,
+                offline_ms: f64,
+                offline_bytes_up: u64,
+                offline_bytes_down: u64,
+                client_stored_bytes: u64,
+                server_stored_bytes: u64,
+            }
+            return print_json(&Pre {
+                precomputed: n,
+                ready,
+                offline_ms: ms,
+                offline_bytes_up: up,
+                offline_bytes_down: down,
+                client_stored_bytes: client_b,
+                server_stored_bytes: server_b,
+            });
+        }
+        if !a.json {
+            println!(
+                "precomputed {n} inferences in {:.1} s ({} up / {} down); stored: client {} in {}, server {}; {ready} ready",
+                ms / 1e3,
+                human(up),
+                human(down),
+                human(client_b),
+                a.store.display(),
+                human(server_b)
+            );
+        }
+    }
+    let Some(input) = a.input.as_deref() else {
+        return c.close().map_err(usage);
+    };
+    let x = load_input(input)?;
     let xq = c
         .public()
         .model
         .quantize(x.data(), x.shape())
         .map_err(usage)?;
     let scale = c.public().model.output_scale;
-    if !a.json {
-        eprintln!(
-            "2pc ({}): {} segments, {} AND gates; offline phase…",
-            variant.name(),
-            c.public().segments.len(),
-            c.public().and_gates()
-        );
-    }
-    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
-    let mut cost = c.offline(&mut rng).map_err(usage)?;
-    let (y, online) = c.online(&xq).map_err(usage)?;
-    cost.add_online(&online);
+    let stored = c.stored(&store).map_err(usage)?;
+    let (y, cost, from_store) = if stored > 0 {
+        let (y, online, _) = c.online_stored(&store, &xq).map_err(usage)?;
+        (y, online, true)
+    } else {
+        if !a.json {
+            eprintln!(
+                "2pc ({}): {} segments, {} AND gates; offline phase…",
+                variant.name(),
+                c.public().segments.len(),
+                c.public().and_gates()
+            );
+        }
+        let mut cost = c.offline(&mut rng).map_err(usage)?;
+        let (y, online) = c.online(&xq).map_err(usage)?;
+        cost.add_online(&online);
+        (y, cost, false)
+    };
     c.close().map_err(usage)?;
     let output: Vec<f32> = y.iter().map(|&v| (v as f64 * scale) as f32).collect();
     let class = argmax(&output);
@@ -158,6 +227,8 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             and_gates: u64,
             client_stored_bytes: u64,
             server_stored_bytes: u64,
+            /// The offline phase ran earlier (--precompute); its figures are not in this output.
+            preprocessing_from_store: bool,
         }
         return print_json(&Out {
             class,
@@ -176,10 +247,21 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             and_gates: cost.and_gates,
             client_stored_bytes: cost.client_stored,
             server_stored_bytes: cost.server_stored,
+            preprocessing_from_store: from_store,
         });
     }
     println!("class {class}");
     println!("output {output:?}");
+    if from_store {
+        println!(
+            "online {:.0} ms, {} up / {} down in {} messages (preprocessing made earlier with --precompute)",
+            cost.online_ms,
+            human(cost.online_up),
+            human(cost.online_down),
+            cost.online_messages
+        );
+        return Ok(());
+    }
     println!(
         "offline {:.0} ms, {} up / {} down ({} garbled, {} AND gates); online {:.0} ms, {} up / {} down in {} messages",
         cost.offline_ms,
@@ -254,13 +336,17 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
             tee_ms.push(tee.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
         }
         let tee_ms = tessera_schemes::median(&mut tee_ms);
-        let lhe_ms = Lhe::new(&g, &sem).ok().and_then(|mut l| {
-            let mut v = Vec::new();
-            for _ in 0..reps.max(1) {
-                v.push(l.infer(&x).ok()?.cost.latency.as_secs_f64() * 1e3);
-            }
-            Some(tessera_schemes::median(&mut v))
-        });
+        // lhe keeps the whole encrypted model in memory: only beside small networks.
+        let lhe_ms = (p.activations() <= 50_000)
+            .then(|| Lhe::new(&g, &sem).ok())
+            .flatten()
+            .and_then(|mut l| {
+                let mut v = Vec::new();
+                for _ in 0..reps.max(1) {
+                    v.push(l.infer(&x).ok()?.cost.latency.as_secs_f64() * 1e3);
+                }
+                Some(tessera_schemes::median(&mut v))
+            });
         for variant in [Variant::ServerGarbler, Variant::ClientGarbler] {
             let (mut off, mut on) = (Vec::new(), Vec::new());
             let mut exact = true;

@@ -1048,6 +1048,8 @@ fn two_pc_server_and_client_processes() {
             key.to_str().unwrap(),
             "--cert",
             cert.to_str().unwrap(),
+            "--store",
+            dir.join("server-store").to_str().unwrap(),
         ],
         "2pc server listening on ",
     );
@@ -1069,6 +1071,34 @@ fn two_pc_server_and_client_processes() {
     };
     let sg = client("server-garbler", &cert);
     let cg = client("client-garbler", &cert);
+    // Precomputation kept on disk on both sides, then used by two later inferences.
+    let cstore = dir.join("client-store");
+    let pre = |extra: &[&str]| {
+        tessera(
+            &[
+                &[
+                    "client",
+                    "--scheme",
+                    "2pc",
+                    "--connect",
+                    &addr,
+                    "--server-cert",
+                    cert.to_str().unwrap(),
+                    "--variant",
+                    "client-garbler",
+                    "--store",
+                    cstore.to_str().unwrap(),
+                    "--json",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let made = pre(&["--precompute", "2"]);
+    let used: Vec<_> = (0..3)
+        .map(|_| pre(&["--input", input.to_str().unwrap()]))
+        .collect();
     let other = dir.join("other.crt");
     let id = tessera_runtime::tls::Identity::generate().unwrap();
     std::fs::write(&other, id.cert()).unwrap();

@@ -108,6 +108,7 @@ impl OutputDecoding {
 /// every label once it has garbled, and an evaluator that returns anything else is caught
 /// (except with probability 2^−127 per output).
 pub struct OutputCheck {
+    key: [u8; 16],
     hash: Tccr,
     digests: Vec<[Block; 2]>,
 }
@@ -118,6 +119,7 @@ const CHECK_TWEAK: u128 = 1 << 127;
 
 impl Drop for OutputCheck {
     fn drop(&mut self) {
+        self.key.zeroize();
         self.digests.zeroize();
     }
 }
@@ -133,7 +135,46 @@ impl OutputCheck {
                 [hash.hash(z, t), hash.hash(z ^ delta, t)]
             })
             .collect();
-        Self { hash, digests }
+        Self { key, hash, digests }
+    }
+
+    /// The check as bytes, to keep between an offline and an online phase: its key, then two
+    /// digests per output (16 + 32·n bytes). Secret: whoever has it can tell the output labels.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + 32 * self.digests.len());
+        v.extend_from_slice(&self.key);
+        for [a, b] in &self.digests {
+            v.extend_from_slice(&a.to_bytes());
+            v.extend_from_slice(&b.to_bytes());
+        }
+        v
+    }
+
+    /// Read what [`OutputCheck::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, MpcError> {
+        let (key, rest) = b
+            .split_first_chunk::<16>()
+            .ok_or_else(|| MpcError::Input("an output check shorter than its key".into()))?;
+        if !rest.len().is_multiple_of(32) {
+            return Err(MpcError::Input(format!(
+                "an output check of {} bytes is not a key and whole digest pairs",
+                b.len()
+            )));
+        }
+        let block = |c: &[u8]| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(c);
+            Block::from_bytes(a)
+        };
+        let digests = rest
+            .chunks_exact(32)
+            .map(|c| [block(&c[..16]), block(&c[16..])])
+            .collect();
+        Ok(Self {
+            key: *key,
+            hash: Tccr::new(*key),
+            digests,
+        })
     }
 
     /// Outputs it checks.

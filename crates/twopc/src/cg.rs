@@ -21,9 +21,10 @@ use crate::protocol::{
     he_server, pack, recv_big, send_big, take_writes, unpack,
 };
 use crate::public::Public;
-use crate::sg::material_bound;
+use crate::sg::{decode, encode, material_bound};
 use crate::share;
 use rand::{CryptoRng, Rng, RngCore};
+use serde::{Deserialize, Serialize};
 use tessera_mpc::block::Block;
 use tessera_mpc::circuit::from_bits;
 use tessera_mpc::garble::{OutputCheck, evaluate_checked, garble_with};
@@ -45,7 +46,50 @@ pub struct ServerPre {
     decodings: Vec<Vec<bool>>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ServerRepr {
+    ss: Vec<Vec<u64>>,
+    b: Vec<bool>,
+    ts: Vec<u128>,
+    materials: Vec<Vec<u8>>,
+    client_labels: Vec<Vec<u128>>,
+    decodings: Vec<Vec<bool>>,
+}
+
 impl ServerPre {
+    /// The bytes to store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TwoPcError> {
+        encode(&ServerRepr {
+            ss: self.ss.clone(),
+            b: self.b.clone(),
+            ts: self.ts.iter().map(|t| t.0).collect(),
+            materials: self.materials.clone(),
+            client_labels: self
+                .client_labels
+                .iter()
+                .map(|l| l.iter().map(|x| x.0).collect())
+                .collect(),
+            decodings: self.decodings.clone(),
+        })
+    }
+
+    /// Read what [`ServerPre::to_bytes`] wrote.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TwoPcError> {
+        let r: ServerRepr = decode(bytes)?;
+        Ok(Self {
+            ss: r.ss,
+            b: r.b,
+            ts: r.ts.into_iter().map(Block).collect(),
+            materials: r.materials,
+            client_labels: r
+                .client_labels
+                .into_iter()
+                .map(|l| l.into_iter().map(Block).collect())
+                .collect(),
+            decodings: r.decodings,
+        })
+    }
+
     /// Bytes the server must keep: its shares (8 each), its random choices (1 bit) and OT
     /// labels (16) per input bit, the tables, the client's labels (16 each), permute bits.
     pub fn stored_bytes(&self) -> u64 {
@@ -78,7 +122,36 @@ pub struct ClientPre {
     check: OutputCheck,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ClientRepr {
+    rs: Vec<Vec<u64>>,
+    delta: u128,
+    zq: Vec<u128>,
+    check: Vec<u8>,
+}
+
 impl ClientPre {
+    /// The bytes to store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TwoPcError> {
+        encode(&ClientRepr {
+            rs: self.rs.clone(),
+            delta: self.delta.0,
+            zq: self.zq.iter().map(|z| z.0).collect(),
+            check: self.check.to_bytes(),
+        })
+    }
+
+    /// Read what [`ClientPre::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, TwoPcError> {
+        let r: ClientRepr = decode(b)?;
+        Ok(Self {
+            rs: r.rs,
+            delta: Block(r.delta),
+            zq: r.zq.into_iter().map(Block).collect(),
+            check: OutputCheck::from_bytes(&r.check)?,
+        })
+    }
+
     /// Bytes the client must keep: masks (8 each), `A ⊕ q` per server input bit and Δ (16
     /// each), two hashed labels per final output.
     pub fn stored_bytes(&self) -> u64 {

@@ -54,3 +54,4 @@ pub mod public;
 pub mod session;
 pub mod sg;
 pub mod share;
+pub mod store;

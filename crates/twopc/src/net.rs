@@ -10,6 +10,7 @@
 
 use crate::protocol::{ServerModel, TwoPcError};
 use crate::session::{self, Client, Variant};
+use crate::store::Store;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::net::{TcpListener, TcpStream};
@@ -20,7 +21,7 @@ use tessera_runtime::tls::Identity;
 use tessera_runtime::{Channel, ChannelOptions, Role, RuntimeError, ServerHandle};
 
 /// Server settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Sessions served at once.
     pub max_sessions: usize,
@@ -28,6 +29,8 @@ pub struct ServeOptions {
     pub max_pending: usize,
     /// Channel limits.
     pub channel: ChannelOptions,
+    /// Where preprocessing is kept on disk between sessions (none: in memory, per session).
+    pub store: Option<Store>,
 }
 
 impl Default for ServeOptions {
@@ -36,6 +39,7 @@ impl Default for ServeOptions {
             max_sessions: 16,
             max_pending: 4,
             channel: ChannelOptions::default(),
+            store: None,
         }
     }
 }
@@ -51,14 +55,21 @@ pub fn serve(
     identity: Arc<Identity>,
     opts: ServeOptions,
 ) -> Result<ServerHandle, RuntimeError> {
-    serve_tcp(listener, opts.max_sessions, move |stream| {
+    let max_sessions = opts.max_sessions;
+    serve_tcp(listener, max_sessions, move |stream| {
         let mut ch = Channel::new(stream, opts.channel)?;
         ch.handshake(Role::Worker, &[Role::Client])?;
         let mut ch = tessera_runtime::tls::accept(ch, &identity, opts.channel)?;
         // HE answers and garbling take a while between messages on a large model.
         ch.set_deadline(Some(IDLE_DEADLINE))?;
         let mut rng = ChaCha20Rng::from_os_rng();
-        match session::serve(&model, &mut ch, &mut rng, opts.max_pending) {
+        match session::serve(
+            &model,
+            &mut ch,
+            &mut rng,
+            opts.max_pending,
+            opts.store.as_ref(),
+        ) {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = e.to_string();

@@ -54,6 +54,9 @@ pub enum TwoPcError {
     /// A party's thread failed.
     #[error("2pc: {0}")]
     Party(String),
+    /// Stored preprocessing could not be written, found or read.
+    #[error("2pc preprocessing store: {0}")]
+    Store(String),
 }
 
 /// What one inference cost, per phase, as the client measured it (bytes each way on its
@@ -547,7 +550,7 @@ impl TwoPc {
         let result = std::thread::scope(|s| {
             let server = s.spawn(move || {
                 let mut rng = ChaCha20Rng::seed_from_u64(seed);
-                session::serve(&self.server, &mut sch, &mut rng, 1)
+                session::serve(&self.server, &mut sch, &mut rng, 1, None)
             });
             let client = (|| {
                 let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_c11e);

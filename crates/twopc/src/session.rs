@@ -15,6 +15,7 @@
 
 use crate::protocol::{RunCost, ServerModel, TwoPcError, recv_big, send_big};
 use crate::public::{Public, PublicModel};
+use crate::store::{Id, Kind, Store, model_digest};
 use crate::{cg, sg};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,16 @@ pub enum Control {
     },
     /// Client: run an online phase.
     Online,
+    /// Client: run an offline phase whose preprocessing the server stores on disk as `id`.
+    OfflineStored {
+        /// The preprocessing's name (16 random bytes).
+        id: [u8; 16],
+    },
+    /// Client: run an online phase on the server's stored preprocessing `id` (taken: removed).
+    OnlineStored {
+        /// The preprocessing's name.
+        id: [u8; 16],
+    },
     /// Client: end the session.
     Bye,
 }
@@ -116,15 +127,50 @@ impl ServerPre {
             ServerPre::Cg(p) => p.stored_bytes(),
         }
     }
+
+    fn make<C: Channel, R: RngCore + CryptoRng>(
+        variant: Variant,
+        m: &ServerModel,
+        ch: &mut C,
+        rng: &mut R,
+    ) -> Result<Self, TwoPcError> {
+        Ok(match variant {
+            Variant::ServerGarbler => ServerPre::Sg(sg::server_offline(m, ch, rng)?),
+            Variant::ClientGarbler => ServerPre::Cg(cg::server_offline(m, ch, rng)?),
+        })
+    }
+
+    fn run<C: Channel>(self, m: &ServerModel, ch: &mut C) -> Result<(), TwoPcError> {
+        match self {
+            ServerPre::Sg(p) => sg::server_online(m, ch, p),
+            ServerPre::Cg(p) => cg::server_online(m, ch, p),
+        }
+    }
 }
 
-/// Serve one session on `ch`, keeping at most `max_pending` unused preprocessings; returns the
-/// number of inferences served.
+fn server_kind(v: Variant) -> Kind {
+    match v {
+        Variant::ServerGarbler => Kind::ServerSg,
+        Variant::ClientGarbler => Kind::ServerCg,
+    }
+}
+
+fn client_kind(v: Variant) -> Kind {
+    match v {
+        Variant::ServerGarbler => Kind::ClientSg,
+        Variant::ClientGarbler => Kind::ClientCg,
+    }
+}
+
+/// Serve one session on `ch`, keeping at most `max_pending` unused preprocessings in memory
+/// and, where `store` is given, any number on disk within its limit; returns the number of
+/// inferences served.
 pub fn serve<C: Channel, R: RngCore + CryptoRng>(
     m: &ServerModel,
     ch: &mut C,
     rng: &mut R,
     max_pending: usize,
+    store: Option<&Store>,
 ) -> Result<u64, TwoPcError> {
     let variant = match recv_ctl(ch)? {
         Control::Hello { version, variant } if version == SESSION_VERSION => variant,
@@ -142,6 +188,12 @@ pub fn serve<C: Channel, R: RngCore + CryptoRng>(
     let model = postcard::to_allocvec(&m.public.model)
         .map_err(|e| TwoPcError::Protocol(format!("encoding the model description: {e}")))?;
     send_big(ch, model)?;
+    let digest = model_digest(&m.public.model)?;
+    let no_store = || {
+        TwoPcError::Store(
+            "this server keeps no preprocessing on disk (start it with --store DIR)".into(),
+        )
+    };
     let mut pending: VecDeque<ServerPre> = VecDeque::new();
     let mut served = 0;
     loop {
@@ -153,10 +205,7 @@ pub fn serve<C: Channel, R: RngCore + CryptoRng>(
                         max_pending.max(1)
                     )));
                 }
-                let pre = match variant {
-                    Variant::ServerGarbler => ServerPre::Sg(sg::server_offline(m, ch, rng)?),
-                    Variant::ClientGarbler => ServerPre::Cg(cg::server_offline(m, ch, rng)?),
-                };
+                let pre = ServerPre::make(variant, m, ch, rng)?;
                 send_ctl(
                     ch,
                     &Control::Prepared {
@@ -165,11 +214,36 @@ pub fn serve<C: Channel, R: RngCore + CryptoRng>(
                 )?;
                 pending.push_back(pre);
             }
+            Control::OfflineStored { id } => {
+                let store = store.ok_or_else(no_store)?;
+                let pre = ServerPre::make(variant, m, ch, rng)?;
+                let bytes = match &pre {
+                    ServerPre::Sg(p) => p.to_bytes()?,
+                    ServerPre::Cg(p) => p.to_bytes()?,
+                };
+                let stored = store.put(&id, server_kind(variant), &digest, &bytes)?;
+                send_ctl(
+                    ch,
+                    &Control::Prepared {
+                        server_stored: stored,
+                    },
+                )?;
+            }
             Control::Online => {
-                match pending.pop_front().ok_or(TwoPcError::NoPreprocessing)? {
-                    ServerPre::Sg(p) => sg::server_online(m, ch, p)?,
-                    ServerPre::Cg(p) => cg::server_online(m, ch, p)?,
-                }
+                pending
+                    .pop_front()
+                    .ok_or(TwoPcError::NoPreprocessing)?
+                    .run(m, ch)?;
+                served += 1;
+            }
+            Control::OnlineStored { id } => {
+                let store = store.ok_or_else(no_store)?;
+                let bytes = store.take(&id, server_kind(variant), &digest)?;
+                let pre = match variant {
+                    Variant::ServerGarbler => ServerPre::Sg(sg::ServerPre::from_bytes(&bytes)?),
+                    Variant::ClientGarbler => ServerPre::Cg(cg::ServerPre::from_bytes(&bytes)?),
+                };
+                pre.run(m, ch)?;
                 served += 1;
             }
             Control::Bye => return Ok(served),
@@ -252,8 +326,37 @@ impl<C: Channel> Client<C> {
 
     /// Run one offline phase; its cost (offline fields and stored bytes).
     pub fn offline<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> Result<RunCost, TwoPcError> {
+        let (pre, cost) = self.run_offline(&Control::Offline, rng)?;
+        self.pending.push_back(pre);
+        Ok(cost)
+    }
+
+    /// Run one offline phase whose preprocessing both sides keep on disk (the server in its
+    /// store, the client in `store`); its name and cost.
+    pub fn offline_stored<R: RngCore + CryptoRng>(
+        &mut self,
+        store: &Store,
+        rng: &mut R,
+    ) -> Result<(Id, RunCost), TwoPcError> {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let (pre, mut cost) = self.run_offline(&Control::OfflineStored { id }, rng)?;
+        let bytes = match &pre {
+            ClientPre::Sg(p) => p.to_bytes()?,
+            ClientPre::Cg(p) => p.to_bytes()?,
+        };
+        let digest = model_digest(&self.public.model)?;
+        cost.client_stored = store.put(&id, client_kind(self.variant), &digest, &bytes)?;
+        Ok((id, cost))
+    }
+
+    fn run_offline<R: RngCore + CryptoRng>(
+        &mut self,
+        request: &Control,
+        rng: &mut R,
+    ) -> Result<(ClientPre, RunCost), TwoPcError> {
         let t0 = Instant::now();
-        send_ctl(&mut self.ch, &Control::Offline)?;
+        send_ctl(&mut self.ch, request)?;
         let mut meter = crate::protocol::Meter::new(&mut self.ch);
         let (pre, mut cost) = match self.variant {
             Variant::ServerGarbler => {
@@ -278,8 +381,7 @@ impl<C: Channel> Client<C> {
         cost.server_stored = server_stored;
         cost.and_gates = self.public.and_gates();
         cost.offline_ms = t0.elapsed().as_secs_f64() * 1e3;
-        self.pending.push_back(pre);
-        Ok(cost)
+        Ok((pre, cost))
     }
 
     /// Run one online phase on the first linear layer's quantized input, consuming the oldest
@@ -289,6 +391,36 @@ impl<C: Channel> Client<C> {
             .pending
             .pop_front()
             .ok_or(TwoPcError::NoPreprocessing)?;
+        self.run_online(&Control::Online, pre, x)
+    }
+
+    /// Run one online phase on the oldest preprocessing in `store` (taken from the disk on both
+    /// sides before the phase starts); the output, the cost and the preprocessing's name.
+    pub fn online_stored(
+        &mut self,
+        store: &Store,
+        x: &[i64],
+    ) -> Result<(Vec<i64>, RunCost, Id), TwoPcError> {
+        let digest = model_digest(&self.public.model)?;
+        let id = *store
+            .ids(client_kind(self.variant), &digest)?
+            .first()
+            .ok_or(TwoPcError::NoPreprocessing)?;
+        let bytes = store.take(&id, client_kind(self.variant), &digest)?;
+        let pre = match self.variant {
+            Variant::ServerGarbler => ClientPre::Sg(sg::ClientPre::from_bytes(&bytes)?),
+            Variant::ClientGarbler => ClientPre::Cg(Box::new(cg::ClientPre::from_bytes(&bytes)?)),
+        };
+        let (y, cost) = self.run_online(&Control::OnlineStored { id }, pre, x)?;
+        Ok((y, cost, id))
+    }
+
+    fn run_online(
+        &mut self,
+        request: &Control,
+        pre: ClientPre,
+        x: &[i64],
+    ) -> Result<(Vec<i64>, RunCost), TwoPcError> {
         let first = self.public.value_len(0);
         if x.len() != first {
             return Err(TwoPcError::Input(format!(
@@ -297,7 +429,7 @@ impl<C: Channel> Client<C> {
             )));
         }
         let t0 = Instant::now();
-        send_ctl(&mut self.ch, &Control::Online)?;
+        send_ctl(&mut self.ch, request)?;
         let mut meter = crate::protocol::Meter::new(&mut self.ch);
         let y = match pre {
             ClientPre::Sg(p) => sg::client_online(&self.public, &mut meter, p, x)?,
@@ -311,6 +443,12 @@ impl<C: Channel> Client<C> {
             ..RunCost::default()
         };
         Ok((y, cost))
+    }
+
+    /// Preprocessings in `store` this session can use (its model and variant).
+    pub fn stored(&self, store: &Store) -> Result<usize, TwoPcError> {
+        let digest = model_digest(&self.public.model)?;
+        Ok(store.ids(client_kind(self.variant), &digest)?.len())
     }
 
     /// End the session.

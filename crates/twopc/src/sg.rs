@@ -21,9 +21,10 @@ use crate::protocol::{
 use crate::public::Public;
 use crate::share;
 use rand::{CryptoRng, Rng, RngCore};
+use serde::{Deserialize, Serialize};
 use tessera_mpc::block::Block;
 use tessera_mpc::circuit::from_bits;
-use tessera_mpc::garble::{Garbled, evaluate_checked, garble_with};
+use tessera_mpc::garble::{OutputCheck, evaluate_checked, garble_with};
 use tessera_mpc::ot::Channel;
 use tessera_mpc::ot::iknp::{CotReceiver, CotSender};
 use tessera_mpc::stream::{StreamReader, StreamWriter};
@@ -32,20 +33,71 @@ use zeroize::Zeroize;
 /// OT session tag of this variant.
 const OT_TAG: &[u8] = b"tessera-2pc-sg";
 
-/// What the server keeps between its offline and online phase.
+/// What the server keeps between its offline and online phase: its shares, the 0-labels of its
+/// own inputs, Δ, each non-last segment's output check, the last segment's permute bits.
 pub struct ServerPre {
     ss: Vec<Vec<u64>>,
-    garbled: Vec<Garbled>,
-    own_bits: u64,
-    outputs: u64,
+    own_zero: Vec<Vec<Block>>,
+    delta: Block,
+    checks: Vec<OutputCheck>,
+    last_decoding: Vec<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ServerRepr {
+    ss: Vec<Vec<u64>>,
+    own_zero: Vec<Vec<u128>>,
+    delta: u128,
+    checks: Vec<Vec<u8>>,
+    last_decoding: Vec<bool>,
 }
 
 impl ServerPre {
-    /// Bytes the server must keep: its shares (8 each), the 0-labels of its own inputs and Δ
-    /// (16 each), two hashed labels per checked output, one permute bit per final output.
+    /// Bytes the server must keep (as [`ServerPre::to_bytes`] writes them).
     pub fn stored_bytes(&self) -> u64 {
         let shares: u64 = self.ss.iter().map(|s| s.len() as u64 * 8).sum();
-        shares + self.own_bits * 16 + 16 + self.outputs * 32
+        let labels: u64 = self.own_zero.iter().map(|z| z.len() as u64 * 16).sum();
+        let checks: u64 = self
+            .checks
+            .iter()
+            .map(|c| 16 + c.outputs() as u64 * 32)
+            .sum();
+        shares + labels + 16 + checks + self.last_decoding.len() as u64
+    }
+
+    /// The bytes to store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TwoPcError> {
+        encode(&ServerRepr {
+            ss: self.ss.clone(),
+            own_zero: self
+                .own_zero
+                .iter()
+                .map(|z| z.iter().map(|b| b.0).collect())
+                .collect(),
+            delta: self.delta.0,
+            checks: self.checks.iter().map(OutputCheck::to_bytes).collect(),
+            last_decoding: self.last_decoding.clone(),
+        })
+    }
+
+    /// Read what [`ServerPre::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, TwoPcError> {
+        let r: ServerRepr = decode(b)?;
+        Ok(Self {
+            ss: r.ss,
+            own_zero: r
+                .own_zero
+                .into_iter()
+                .map(|z| z.into_iter().map(Block).collect())
+                .collect(),
+            delta: Block(r.delta),
+            checks: r
+                .checks
+                .iter()
+                .map(|c| OutputCheck::from_bytes(c))
+                .collect::<Result<_, _>>()?,
+            last_decoding: r.last_decoding,
+        })
     }
 }
 
@@ -54,6 +106,7 @@ impl Drop for ServerPre {
         for s in &mut self.ss {
             s.zeroize();
         }
+        self.delta = Block(0);
     }
 }
 
@@ -61,6 +114,13 @@ impl Drop for ServerPre {
 pub struct ClientPre {
     rs: Vec<Vec<u64>>,
     ts: Vec<Block>,
+    materials: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClientRepr {
+    rs: Vec<Vec<u64>>,
+    ts: Vec<u128>,
     materials: Vec<Vec<u8>>,
 }
 
@@ -72,6 +132,25 @@ impl ClientPre {
             + self.ts.len() as u64 * 16
             + self.materials.iter().map(|m| m.len() as u64).sum::<u64>()
     }
+
+    /// The bytes to store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TwoPcError> {
+        encode(&ClientRepr {
+            rs: self.rs.clone(),
+            ts: self.ts.iter().map(|b| b.0).collect(),
+            materials: self.materials.clone(),
+        })
+    }
+
+    /// Read what [`ClientPre::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, TwoPcError> {
+        let r: ClientRepr = decode(b)?;
+        Ok(Self {
+            rs: r.rs,
+            ts: r.ts.into_iter().map(Block).collect(),
+            materials: r.materials,
+        })
+    }
 }
 
 impl Drop for ClientPre {
@@ -80,6 +159,18 @@ impl Drop for ClientPre {
             r.zeroize();
         }
     }
+}
+
+/// A stored form as bytes.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TwoPcError> {
+    postcard::to_allocvec(v)
+        .map_err(|e| TwoPcError::Store(format!("encoding a preprocessing: {e}")))
+}
+
+/// A stored form from bytes.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, TwoPcError> {
+    postcard::from_bytes(b)
+        .map_err(|e| TwoPcError::Store(format!("a stored preprocessing does not decode: {e}")))
 }
 
 /// The most bytes a segment's garbled stream can take (two blocks per AND gate, the stream's
@@ -103,9 +194,10 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         .sum();
     let qs = cots.extend(ch, n_ot)?;
     let mut q_at = 0;
-    let mut garbled = Vec::with_capacity(p.segments.len());
-    let mut own_bits = 0;
-    let mut outputs = 0;
+    let last = p.segments.len() - 1;
+    let mut own_zero = Vec::with_capacity(p.segments.len());
+    let mut checks = Vec::with_capacity(last);
+    let mut last_decoding = Vec::new();
     for (i, seg) in p.segments.iter().enumerate() {
         let own = p.server_bits(i);
         let n_client = seg.input_bits() - own;
@@ -113,17 +205,22 @@ pub fn server_offline<C: Channel, R: RngCore + CryptoRng>(
         zero.extend_from_slice(&qs[q_at..q_at + n_client]);
         q_at += n_client;
         let mut w = StreamWriter::new(Vec::new());
+        let mine: Vec<Block> = zero[..own].to_vec();
         let g = garble_with(seg, delta, zero, rng, &mut w)?;
         send_big(ch, w.into_inner())?;
-        own_bits += own as u64;
-        outputs += g.decoding.bits.len() as u64;
-        garbled.push(g);
+        own_zero.push(mine);
+        if i == last {
+            last_decoding = g.decoding.bits;
+        } else {
+            checks.push(g.check);
+        }
     }
     Ok(ServerPre {
         ss,
-        garbled,
-        own_bits,
-        outputs,
+        own_zero,
+        delta,
+        checks,
+        last_decoding,
     })
 }
 
@@ -175,16 +272,28 @@ pub fn server_online<C: Channel>(
         "the masked input",
     )?);
     let last = p.segments.len() - 1;
-    for (j, g) in pre.garbled.iter().enumerate() {
+    for j in 0..p.segments.len() {
         let a = m.server_inputs(j, &ys, &pre.ss)?;
-        let labels = g.inputs.encode(0, &a)?;
+        let zero = pre
+            .own_zero
+            .get(j)
+            .filter(|z| z.len() == a.len())
+            .ok_or_else(|| TwoPcError::Protocol(format!("no input labels for segment {j}")))?;
+        let labels: Vec<Block> = zero
+            .iter()
+            .zip(&a)
+            .map(|(z, &bit)| *z ^ pre.delta.and_bit(bit))
+            .collect();
         ch.send(blocks_bytes(&labels))?;
         if j == last {
-            ch.send(g.decoding.bits.iter().map(|&b| u8::from(b)).collect())?;
+            ch.send(pre.last_decoding.iter().map(|&b| u8::from(b)).collect())?;
         } else {
-            let n_out = g.decoding.bits.len();
-            let out = bytes_blocks(&ch.recv()?, n_out, "output labels")?;
-            let bits_out = g.check.check(&out)?;
+            let check = pre
+                .checks
+                .get(j)
+                .ok_or_else(|| TwoPcError::Protocol(format!("no output check for segment {j}")))?;
+            let out = bytes_blocks(&ch.recv()?, check.outputs(), "output labels")?;
+            let bits_out = check.check(&out)?;
             take_writes(p, j, &bits_out, &mut ys)?;
         }
     }

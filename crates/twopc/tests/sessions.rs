@@ -61,7 +61,7 @@ fn serve_thread<C: Channel + Send + 'static>(
 ) -> std::thread::JoinHandle<Result<u64, TwoPcError>> {
     std::thread::spawn(move || {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
-        session::serve(&server, &mut ch, &mut rng, 2)
+        session::serve(&server, &mut ch, &mut rng, 2, None)
     })
 }
 
@@ -83,6 +83,7 @@ fn preprocessing_serves_one_inference() {
         ));
         // A client that asks the server for a second online phase anyway is refused.
         send_ctl(client.channel(), &Control::Online).expect("sends");
+        drop(client);
         let e = h.join().expect("joins").expect_err("refused");
         assert!(matches!(e, TwoPcError::NoPreprocessing), "{v:?}: {e}");
     }
@@ -176,4 +177,98 @@ fn an_unexpected_message_ends_the_session_with_its_name() {
     client.channel().send(vec![0xff; 9]).expect("sends");
     let e = h.join().expect("joins").expect_err("refused");
     assert!(e.to_string().contains("do not decode as one"), "{e}");
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tessera-2pc-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Preprocessing kept on disk on both sides: used once by a later online phase in another
+/// session; asking the server for it again is refused because its file is gone; a file whose
+/// bytes changed is refused by its checksum and stays for inspection.
+#[test]
+fn stored_preprocessing_serves_one_later_inference() {
+    use tessera_twopc::store::Store;
+    let (want, x, server) = model();
+    let sdir = temp_dir("server-store");
+    let cdir = temp_dir("client-store");
+    let sstore = Store::open(&sdir, 1 << 30).expect("store");
+    let cstore = Store::open(&cdir, 1 << 30).expect("store");
+    for v in [Variant::ServerGarbler, Variant::ClientGarbler] {
+        // Session 1: two offline phases, stored.
+        let (s, c) = duplex();
+        let srv = server.clone();
+        let st = sstore.clone();
+        let h = std::thread::spawn(move || {
+            let mut ch = s;
+            let mut rng = ChaCha20Rng::seed_from_u64(9);
+            session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+        });
+        let mut client = Client::open(c, v).expect("opens");
+        let mut rng = ChaCha20Rng::seed_from_u64(10);
+        let (id1, cost) = client.offline_stored(&cstore, &mut rng).expect("stored 1");
+        assert!(cost.client_stored > 0 && cost.server_stored > 0);
+        client.offline_stored(&cstore, &mut rng).expect("stored 2");
+        assert_eq!(client.stored(&cstore).expect("count"), 2);
+        client.close().expect("bye");
+        h.join().expect("joins").expect("served");
+        // Session 2: both used, oldest first; then none is left.
+        let (s, c) = duplex();
+        let srv = server.clone();
+        let st = sstore.clone();
+        let h = std::thread::spawn(move || {
+            let mut ch = s;
+            let mut rng = ChaCha20Rng::seed_from_u64(11);
+            session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+        });
+        let mut client = Client::open(c, v).expect("opens");
+        let (y, _, used) = client.online_stored(&cstore, &x).expect("online 1");
+        assert_eq!(y, want, "{v:?}");
+        assert_eq!(used, id1, "the oldest goes first");
+        let (y, _, _) = client.online_stored(&cstore, &x).expect("online 2");
+        assert_eq!(y, want, "{v:?}");
+        assert!(matches!(
+            client.online_stored(&cstore, &x),
+            Err(TwoPcError::NoPreprocessing)
+        ));
+        // The server's copy of id1 is gone too: asking for it again is refused.
+        send_ctl(client.channel(), &Control::OnlineStored { id: id1 }).expect("sends");
+        drop(client);
+        let e = h.join().expect("joins").expect_err("refused");
+        assert!(
+            e.to_string().contains("no stored preprocessing"),
+            "{v:?}: {e}"
+        );
+    }
+    // A corrupted file is refused by its checksum, and stays.
+    let (s, c) = duplex();
+    let srv = server.clone();
+    let st = sstore.clone();
+    let h = std::thread::spawn(move || {
+        let mut ch = s;
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+    });
+    let mut client = Client::open(c, Variant::ServerGarbler).expect("opens");
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    client.offline_stored(&cstore, &mut rng).expect("stored");
+    let file = std::fs::read_dir(&cdir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".pre"))
+        .expect("a stored file")
+        .path();
+    let mut bytes = std::fs::read(&file).expect("reads");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("writes");
+    let e = client.online_stored(&cstore, &x).expect_err("refused");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert!(file.exists(), "a refused file is not removed");
+    drop(client);
+    let _ = h.join();
+    let _ = std::fs::remove_dir_all(&sdir);
+    let _ = std::fs::remove_dir_all(&cdir);
 }
