@@ -1124,6 +1124,17 @@ fn two_pc_server_and_client_processes() {
         assert!(v["client_stored_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
         assert!(v["server_stored_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
     }
+    assert!(made.0, "precompute: {}", made.2);
+    let m: serde_json::Value = serde_json::from_str(&made.1).unwrap();
+    assert_eq!(m["ready"], 2, "{m}");
+    assert!(m["server_stored_bytes"].as_u64().unwrap_or(0) > 0, "{m}");
+    for (k, (ok, out, err)) in used.into_iter().enumerate() {
+        assert!(ok, "stored inference {k}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["exact_output"], p["exact_output"], "stored inference {k}");
+        // Two were precomputed: the third runs its own offline phase.
+        assert_eq!(v["preprocessing_from_store"], k < 2, "{v}");
+    }
     assert!(
         !wrong.0,
         "a client pinning another certificate must be refused"
