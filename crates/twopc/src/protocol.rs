@@ -475,12 +475,14 @@ pub struct TwoPc {
 }
 
 impl TwoPc {
-    /// Cut the model, choose parameters, encode the weights, build the circuits (the client's
-    /// copy from the public description alone, as a remote client builds it).
+    /// Cut the model, choose parameters, encode the weights, build the circuits.
     pub fn new(int: IntModel) -> Result<Self, TwoPcError> {
         let cut = Cut::new(int)?;
         let server = Arc::new(ServerModel::new(&cut)?);
-        let client = Arc::new(Public::new(server.public.model.clone(), None)?);
+        // Both parties build the same circuits from the same description (a remote client
+        // builds its own from the server's, `session::Client::open`); in one process they
+        // share them, which halves the memory a large network's circuits take.
+        let client = server.public.clone();
         Ok(Self {
             server,
             client,
