@@ -92,9 +92,10 @@ struct QuantArgs {
     gc_margin_bits: u32,
     /// 2pc: which party garbles — server-garbler (Delphi: the server garbles offline, the
     /// client evaluates) or client-garbler (CryptoNite: the client garbles, the server
-    /// evaluates, less online traffic and client storage).
-    #[arg(long, default_value = "server-garbler", value_parser = ["server-garbler", "client-garbler"])]
-    variant: String,
+    /// evaluates, less online traffic and client storage). Default for run/eval/demo:
+    /// server-garbler; `server --scheme 2pc` without it serves whichever a client asks for.
+    #[arg(long, value_parser = ["server-garbler", "client-garbler"])]
+    variant: Option<String>,
     /// Memory a model may need when it is loaded, in bytes (K, M, G suffixes: powers of 1024),
     /// per layer and in all. A model over it is refused at import, naming the layer. Default:
     /// 2 GiB per layer, 4 GiB in all.
@@ -305,7 +306,7 @@ enum Cmd {
         lhe: Vec<String>,
         /// Benchmark the 2pc scheme on these networks instead (comma-separated: mnist-8,
         /// dash-a..dash-d, resnet32-32, …): both variants' offline and online time and bytes,
-        /// stored bytes on each side, per activation, with tee and lhe on the same input.
+        /// stored bytes on each side, per activation, with tee, lhe and gc on the same input.
         #[arg(long = "2pc", value_delimiter = ',')]
         two_pc: Vec<String>,
         /// Fractional bits for --gc.
@@ -568,11 +569,16 @@ fn make_scheme(
             Ok(Box::new(t))
         }
         "2pc" => {
-            let variant = quant.variant.parse().map_err(CliError::Usage)?;
+            let variant: tessera_twopc::session::Variant = quant
+                .variant
+                .as_deref()
+                .unwrap_or("server-garbler")
+                .parse()
+                .map_err(CliError::Usage)?;
             let t = TwoPc::with_variant(g, sem, variant)?;
             eprintln!(
                 "2pc ({}, both parties in this process): {}",
-                quant.variant,
+                variant.name(),
                 t.describe()
             );
             Ok(Box::new(t))

@@ -18,7 +18,7 @@ use tessera_runtime::ChannelOptions;
 use tessera_runtime::tls::Identity;
 use tessera_twopc::net::{ServeOptions, connect, serve};
 use tessera_twopc::protocol::TwoPc;
-use tessera_twopc::session::Variant;
+use tessera_twopc::session::{ServeConfig, Variant};
 use tessera_twopc::store::Store;
 
 fn usage(e: impl std::fmt::Display) -> CliError {
@@ -93,7 +93,17 @@ pub fn server(a: &ServerArgs) -> Result<()> {
         Arc::new(id),
         ServeOptions {
             max_sessions: a.max_sessions.max(1),
-            store: Some(Store::open(&a.store, a.storage).map_err(usage)?),
+            session: ServeConfig {
+                max_pending: 4,
+                store: Some(Store::open(&a.store, a.storage).map_err(usage)?),
+                only: a
+                    .quant
+                    .variant
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(usage)?,
+            },
             ..ServeOptions::default()
         },
     )
@@ -304,12 +314,14 @@ struct TwoPcBenchRow {
     exact: bool,
     tee_ms: f64,
     lhe_ms: Option<f64>,
+    gc_online_ms: Option<f64>,
+    gc_garble_ms: Option<f64>,
 }
 
 /// `tessera bench --2pc NETS`: both variants end to end (offline and online, bytes each way,
-/// stored bytes on each side), per activation, with tee and lhe on the same input.
+/// stored bytes on each side), per activation, with tee, lhe and gc on the same input.
 pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Result<()> {
-    use tessera_schemes::{Lhe, Scheme, Tee, TeeOptions};
+    use tessera_schemes::{Gc, GcOptions, Lhe, Scheme, Tee, TeeOptions};
     let mnist_dir = mnist8
         .parent()
         .and_then(|p| p.parent())
@@ -347,6 +359,35 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
                 }
                 Some(tessera_schemes::median(&mut v))
             });
+        // gc garbles the whole network per inference in the enclave: beside small networks.
+        let gc_run = || -> std::result::Result<(f64, f64), tessera_schemes::SchemeError> {
+            let mut gc = Gc::new(
+                &g,
+                GcOptions {
+                    semantics: sem.clone(),
+                    pool: 1,
+                    overlap: false,
+                    ..GcOptions::default()
+                },
+            )?;
+            let mut on = Vec::new();
+            for _ in 0..reps.clamp(1, 3) {
+                gc.wait_ready(std::time::Duration::from_secs(7200))?;
+                on.push(gc.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
+            }
+            Ok((tessera_schemes::median(&mut on), gc.stats().garble_ms))
+        };
+        let (gc_online_ms, gc_garble_ms) = if p.activations() <= 50_000 {
+            match gc_run() {
+                Ok((on, garble)) => (Some(on), Some(garble)),
+                Err(e) => {
+                    eprintln!("gc did not run {name}: {e}");
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
         for variant in [Variant::ServerGarbler, Variant::ClientGarbler] {
             let (mut off, mut on) = (Vec::new(), Vec::new());
             let mut exact = true;
@@ -378,6 +419,8 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
                 exact,
                 tee_ms,
                 lhe_ms,
+                gc_online_ms,
+                gc_garble_ms,
             });
         }
     }
@@ -396,6 +439,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
         "exact",
         "tee ms",
         "lhe ms",
+        "gc online / garble ms",
     ]);
     for r in &rows {
         t.row(vec![
@@ -410,6 +454,10 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
             if r.exact { "yes" } else { "NO" }.into(),
             format!("{:.2}", r.tee_ms),
             r.lhe_ms.map_or("—".into(), |v| format!("{v:.1}")),
+            match (r.gc_online_ms, r.gc_garble_ms) {
+                (Some(on), Some(garble)) => format!("{on:.1} / {garble:.0}"),
+                _ => "—".into(),
+            },
         ]);
     }
     println!("{}", t.render());

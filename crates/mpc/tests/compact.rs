@@ -13,7 +13,10 @@ fn program(ops: &[(u8, usize, usize)], width: usize) -> tessera_mpc::circuit::Ci
     let mut b = Builder::new();
     let mut words: Vec<Word> = (0..3).map(|_| b.input(width)).collect();
     for &(op, i, j) in ops {
-        let (x, y) = (words[i % words.len()].clone(), words[j % words.len()].clone());
+        let (x, y) = (
+            words[i % words.len()].clone(),
+            words[j % words.len()].clone(),
+        );
         let w = match op % 6 {
             0 => b.add(&x, &y),
             1 => b.sub(&x, &y),

@@ -9,8 +9,7 @@
 //! label) is ended with an error frame naming what was wrong; other sessions go on.
 
 use crate::protocol::{ServerModel, TwoPcError};
-use crate::session::{self, Client, Variant};
-use crate::store::Store;
+use crate::session::{self, Client, ServeConfig, Variant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::net::{TcpListener, TcpStream};
@@ -25,21 +24,21 @@ use tessera_runtime::{Channel, ChannelOptions, Role, RuntimeError, ServerHandle}
 pub struct ServeOptions {
     /// Sessions served at once.
     pub max_sessions: usize,
-    /// Unused preprocessings a session may hold.
-    pub max_pending: usize,
     /// Channel limits.
     pub channel: ChannelOptions,
-    /// Where preprocessing is kept on disk between sessions (none: in memory, per session).
-    pub store: Option<Store>,
+    /// Preprocessing limits, the store and the variants served.
+    pub session: ServeConfig,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             max_sessions: 16,
-            max_pending: 4,
             channel: ChannelOptions::default(),
-            store: None,
+            session: ServeConfig {
+                max_pending: 4,
+                ..ServeConfig::default()
+            },
         }
     }
 }
@@ -63,13 +62,7 @@ pub fn serve(
         // HE answers and garbling take a while between messages on a large model.
         ch.set_deadline(Some(IDLE_DEADLINE))?;
         let mut rng = ChaCha20Rng::from_os_rng();
-        match session::serve(
-            &model,
-            &mut ch,
-            &mut rng,
-            opts.max_pending,
-            opts.store.as_ref(),
-        ) {
+        match session::serve(&model, &mut ch, &mut rng, &opts.session) {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = e.to_string();

@@ -552,7 +552,15 @@ impl TwoPc {
         let result = std::thread::scope(|s| {
             let server = s.spawn(move || {
                 let mut rng = ChaCha20Rng::seed_from_u64(seed);
-                session::serve(&self.server, &mut sch, &mut rng, 1, None)
+                session::serve(
+                    &self.server,
+                    &mut sch,
+                    &mut rng,
+                    &session::ServeConfig {
+                        max_pending: 1,
+                        ..Default::default()
+                    },
+                )
             });
             let client = (|| {
                 let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_c11e);

@@ -162,16 +162,26 @@ fn client_kind(v: Variant) -> Kind {
     }
 }
 
-/// Serve one session on `ch`, keeping at most `max_pending` unused preprocessings in memory
-/// and, where `store` is given, any number on disk within its limit; returns the number of
-/// inferences served.
+/// How a server serves sessions.
+#[derive(Clone, Debug, Default)]
+pub struct ServeConfig {
+    /// Unused preprocessings a session may hold in memory (at least 1).
+    pub max_pending: usize,
+    /// Where preprocessing is kept on disk between sessions (none: refused).
+    pub store: Option<Store>,
+    /// The only variant served (none: the one each client asks for).
+    pub only: Option<Variant>,
+}
+
+/// Serve one session on `ch`; returns the number of inferences served.
 pub fn serve<C: Channel, R: RngCore + CryptoRng>(
     m: &ServerModel,
     ch: &mut C,
     rng: &mut R,
-    max_pending: usize,
-    store: Option<&Store>,
+    cfg: &ServeConfig,
 ) -> Result<u64, TwoPcError> {
+    let max_pending = cfg.max_pending;
+    let store = cfg.store.as_ref();
     let variant = match recv_ctl(ch)? {
         Control::Hello { version, variant } if version == SESSION_VERSION => variant,
         Control::Hello { version, .. } => {
@@ -185,6 +195,13 @@ pub fn serve<C: Channel, R: RngCore + CryptoRng>(
             )));
         }
     };
+    if let Some(only) = cfg.only.filter(|&o| o != variant) {
+        return Err(TwoPcError::Protocol(format!(
+            "this server runs the {} variant only; the client asked for {}",
+            only.name(),
+            variant.name()
+        )));
+    }
     let model = postcard::to_allocvec(&m.public.model)
         .map_err(|e| TwoPcError::Protocol(format!("encoding the model description: {e}")))?;
     send_big(ch, model)?;

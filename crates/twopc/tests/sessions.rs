@@ -12,7 +12,7 @@ use tessera_model::builders;
 use tessera_mpc::MpcError;
 use tessera_mpc::ot::{Channel, MemChannel, duplex};
 use tessera_twopc::protocol::{ServerModel, TwoPcError};
-use tessera_twopc::session::{self, Client, Control, Variant, send_ctl};
+use tessera_twopc::session::{self, Client, Control, ServeConfig, Variant, send_ctl};
 
 fn model() -> (Vec<i64>, Vec<i64>, Arc<ServerModel>) {
     let g = builders::dash_a(4).expect("dash-a");
@@ -61,7 +61,15 @@ fn serve_thread<C: Channel + Send + 'static>(
 ) -> std::thread::JoinHandle<Result<u64, TwoPcError>> {
     std::thread::spawn(move || {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
-        session::serve(&server, &mut ch, &mut rng, 2, None)
+        session::serve(
+            &server,
+            &mut ch,
+            &mut rng,
+            &ServeConfig {
+                max_pending: 2,
+                ..ServeConfig::default()
+            },
+        )
     })
 }
 
@@ -204,7 +212,16 @@ fn stored_preprocessing_serves_one_later_inference() {
         let h = std::thread::spawn(move || {
             let mut ch = s;
             let mut rng = ChaCha20Rng::seed_from_u64(9);
-            session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+            session::serve(
+                &srv,
+                &mut ch,
+                &mut rng,
+                &ServeConfig {
+                    max_pending: 1,
+                    store: Some(st),
+                    only: None,
+                },
+            )
         });
         let mut client = Client::open(c, v).expect("opens");
         let mut rng = ChaCha20Rng::seed_from_u64(10);
@@ -221,7 +238,16 @@ fn stored_preprocessing_serves_one_later_inference() {
         let h = std::thread::spawn(move || {
             let mut ch = s;
             let mut rng = ChaCha20Rng::seed_from_u64(11);
-            session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+            session::serve(
+                &srv,
+                &mut ch,
+                &mut rng,
+                &ServeConfig {
+                    max_pending: 1,
+                    store: Some(st),
+                    only: None,
+                },
+            )
         });
         let mut client = Client::open(c, v).expect("opens");
         let (y, _, used) = client.online_stored(&cstore, &x).expect("online 1");
@@ -249,7 +275,16 @@ fn stored_preprocessing_serves_one_later_inference() {
     let h = std::thread::spawn(move || {
         let mut ch = s;
         let mut rng = ChaCha20Rng::seed_from_u64(12);
-        session::serve(&srv, &mut ch, &mut rng, 1, Some(&st))
+        session::serve(
+            &srv,
+            &mut ch,
+            &mut rng,
+            &ServeConfig {
+                max_pending: 1,
+                store: Some(st),
+                only: None,
+            },
+        )
     });
     let mut client = Client::open(c, Variant::ServerGarbler).expect("opens");
     let mut rng = ChaCha20Rng::seed_from_u64(13);
@@ -271,4 +306,28 @@ fn stored_preprocessing_serves_one_later_inference() {
     let _ = h.join();
     let _ = std::fs::remove_dir_all(&sdir);
     let _ = std::fs::remove_dir_all(&cdir);
+}
+
+/// A server that runs one variant only refuses a client that asks for the other, by name.
+#[test]
+fn a_server_with_one_variant_refuses_the_other() {
+    let (_, _, server) = model();
+    let (s, c) = duplex();
+    let h = std::thread::spawn(move || {
+        let mut ch = s;
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        session::serve(
+            &server,
+            &mut ch,
+            &mut rng,
+            &ServeConfig {
+                max_pending: 1,
+                store: None,
+                only: Some(Variant::ClientGarbler),
+            },
+        )
+    });
+    assert!(Client::open(c, Variant::ServerGarbler).is_err());
+    let e = h.join().expect("joins").expect_err("refused");
+    assert!(e.to_string().contains("client-garbler variant only"), "{e}");
 }
