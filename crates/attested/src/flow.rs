@@ -109,6 +109,10 @@ pub struct Report {
     pub modeled_sgx_mean_ms: f64,
     /// Bytes the data owner sent and received for all predictions (TLS).
     pub inference_bytes: (u64, u64),
+    /// Round trips of all predictions.
+    pub inference_rounds: u64,
+    /// The inference enclave's measured compute time over all predictions, nanoseconds.
+    pub inference_enclave_ns: u64,
     /// Wall time of the whole run (s).
     pub total_seconds: f64,
 }
@@ -401,7 +405,9 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
     let _ = stream.set_nodelay(true);
     let mut client = AttestedClient::connect(stream, &pol, ChannelOptions::default())?;
     let n = opts.max_test.unwrap_or(usize::MAX).min(data.test.rows());
-    let (mut correct, mut lat, mut modeled) = (0usize, Duration::ZERO, 0u64);
+    let (mut correct, mut lat, mut modeled, mut enclave_ns) = (0usize, Duration::ZERO, 0u64, 0u64);
+    // The predictions' own traffic (the attested handshake before them is not counted).
+    let (up0, down0, rounds0) = client.counters().snapshot();
     for i in 0..n {
         let row = data.test.row(i).unwrap_or_default();
         let x = Tensor::new(data.test.input_shape.clone(), row.to_vec())
@@ -410,6 +416,7 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         let out = client.infer(&x)?;
         lat += t0.elapsed();
         modeled += out.tee.modeled_ns;
+        enclave_ns = enclave_ns.saturating_add(out.tee.measured_ns);
         let pred = out
             .exact
             .data()
@@ -426,7 +433,12 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
             correct += 1;
         }
     }
-    let (up, down, _) = client.counters().snapshot();
+    let (up, down, rounds) = client.counters().snapshot();
+    let (up, down, rounds) = (
+        up.saturating_sub(up0),
+        down.saturating_sub(down0),
+        rounds.saturating_sub(rounds0),
+    );
     drop(client);
     drop(service);
     drop(server);
@@ -459,6 +471,8 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         inference_mean_ms: lat.as_secs_f64() * 1e3 / nf,
         modeled_sgx_mean_ms: modeled as f64 / 1e6 / nf,
         inference_bytes: (up, down),
+        inference_rounds: rounds,
+        inference_enclave_ns: enclave_ns,
         total_seconds: t_all.elapsed().as_secs_f64(),
     })
 }

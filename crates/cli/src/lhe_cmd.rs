@@ -431,7 +431,7 @@ pub fn bench_lhe(nets: &[String], mnist8: &std::path::Path, reps: usize, json: b
             enclave_share: enclave_ms / latency_ms.max(1e-9),
             bytes: cost.bytes_up + cost.bytes_down,
             rounds: cost.rounds,
-            stored_bytes: cost.stored_bytes,
+            stored_bytes: cost.stored_server,
             upload_encrypt_ms: s.upload().encrypt_ns as f64 / 1e6,
             products: lr.products,
             decryptions: lr.decryptions,

@@ -20,27 +20,40 @@ fn demo_runs_from_the_repository_alone() {
     // The demo's "bit-exact" column compares each scheme with `QuantModel::run`, which is also
     // what `plain` runs, so it is no check of `plain`; the glyph labels are the oracle here, and
     // `plain_matches_hand_computed_integers` and `run_and_eval_mnist8` check `plain`'s numbers.
-    let (ok, out, err) = tessera(&["demo", "--n", "100"]);
+    let dir = std::env::temp_dir().join(format!("tessera-demo-test-{}", std::process::id()));
+    let out_dir = dir.display().to_string();
+    let (ok, out, err) = tessera(&["demo", "--n", "100", "--out", &out_dir]);
     assert!(ok, "demo failed: {err}");
     assert!(out.contains("scheme") && out.contains("plain"), "{out}");
-    // lhe runs in the demo, bit-exact with its (v2) reference on every image.
-    assert!(
-        out.contains("lhe (v2): float top-1") && out.contains("100 of 100 bit-exact"),
-        "{out}"
-    );
-    // 2pc runs in the demo on its sample, bit-exact.
-    assert!(
-        out.contains("2pc (v2): float top-1") && out.contains("20 of 20 bit-exact"),
-        "{out}"
-    );
-    let (ok, json, _) = tessera(&["demo", "--n", "50", "--json"]);
-    assert!(ok);
+    // lhe runs every image bit-exact with its (v2) reference, 2pc its sample.
+    assert!(out.contains("lhe: 100 of 100 bit-exact"), "{out}");
+    assert!(out.contains("2pc: 20 of 20 bit-exact"), "{out}");
+    let (ok, json, err) = tessera(&["demo", "--n", "50", "--json", "--out", &out_dir]);
+    assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("demo --json is JSON");
-    let acc = v[0]["correct"].as_u64().expect("correct count");
+    let rows = v["rows"].as_array().expect("rows");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["scheme"].as_str().is_some_and(|s| s.starts_with(name)))
+            .unwrap_or_else(|| panic!("no {name} row: {v}"))
+    };
+    let acc = row("plain")["correct"].as_u64().expect("correct count");
     assert!(
         acc >= 45,
-        "the demo model should classify glyphs well: {acc}/50"
+        "the demo's CNN should classify glyphs well: {acc}/50"
     );
+    // The demo's CNN gives asym layers to split: the worker gets work and bytes.
+    let asym = row("asym");
+    assert!(asym["rounds"].as_u64() >= Some(1), "{asym}");
+    assert!(asym["bytes_up"].as_u64() > Some(0), "{asym}");
+    // Every scheme of the build has a row, attested's computed from its own run.
+    for s in ["tee", "gc", "lhe", "2pc", "attested"] {
+        let r = row(s);
+        assert!(r["latency_ms_median"].as_f64() > Some(0.0), "{r}");
+    }
+    assert!(row("attested")["rounds"].as_u64() >= Some(1));
+    assert!(dir.join("compare.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -51,6 +64,8 @@ fn every_command_has_help() {
         "eval",
         "build",
         "demo",
+        "compare",
+        "characterize",
         "bench",
         "enclave",
         "client",

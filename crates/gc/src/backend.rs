@@ -310,6 +310,8 @@ fn prepare(
     sh: &Shared,
 ) -> Result<Ready, GcError> {
     let t0 = Instant::now();
+    let counters = ch.counters();
+    let (sent0, _, _) = counters.snapshot();
     let mut sink = MaterialSink {
         ch,
         slot,
@@ -326,13 +328,16 @@ fn prepare(
         last: true,
     })?;
     let garble_ns = t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+    // What the worker must keep is what the enclave sent it for this slot, counted on the
+    // enclave's side of the channel (the worker's own figure is not used).
+    let (sent1, _, _) = counters.snapshot();
     match ch.recv::<FromWorker>()? {
-        FromWorker::Stored { slot: s, bytes } if s == slot => Ok(Ready {
+        FromWorker::Stored { slot: s, .. } if s == slot => Ok(Ready {
             slot,
             kept: secrets.bytes_kept() as u64,
             secrets,
             garble_ns,
-            stored: bytes,
+            stored: sent1.saturating_sub(sent0),
         }),
         _ => Err(GcError::Protocol(
             "the worker did not confirm storing the garbling".into(),

@@ -74,19 +74,23 @@ impl Scheme for Asym {
         false
     }
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
+        let counters = self.client.counters();
+        let before = counters.snapshot();
         let t0 = Instant::now();
         let out = self.client.infer(input)?;
         let latency = t0.elapsed();
+        let after = counters.snapshot();
         let off = out.offload.clone().unwrap_or_default();
         let cost = Cost {
-            bytes_up: off.bytes_to_worker,
-            bytes_down: off.bytes_from_worker,
-            rounds: off.rounds,
-            stored_bytes: 0,
+            untrusted_ns: off.worker_ns,
             trusted_macs: off.trusted_macs,
             total_macs: self.macs,
             ..Cost::default()
-        };
+        }
+        .with_links(vec![
+            crate::embedded::client_link(before, after),
+            crate::embedded::worker_link(&off, 0),
+        ]);
         Ok(crate::embedded::inference(out, latency, cost))
     }
 }

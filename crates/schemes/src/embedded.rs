@@ -1,7 +1,7 @@
 //! What the embedded enclave schemes (`tee`, `gc`, `asym`) share: a simulated enclave on
 //! loopback reached over attested TLS, and turning its answer into an [`Inference`].
 
-use crate::{Cost, Inference, SchemeError};
+use crate::{Cost, Inference, Link, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 use tessera_engine::Semantics;
@@ -68,11 +68,35 @@ pub(crate) fn connect(
 /// The enclave's answer as an [`Inference`]: dequantized output, argmax, and `cost` completed
 /// with the latency and the modeled TEE time (the client-side latency with the enclave's
 /// measured compute replaced by its modeled time).
+/// The client's leg to the enclave: counters of `client`'s channel before and after.
+pub(crate) fn client_link(before: (u64, u64, u64), after: (u64, u64, u64)) -> Link {
+    Link {
+        name: "client-enclave".into(),
+        up: after.0.saturating_sub(before.0),
+        down: after.1.saturating_sub(before.1),
+        rounds: after.2.saturating_sub(before.2),
+        ..Link::default()
+    }
+}
+
+/// The enclave's link to an untrusted worker, from what the enclave counted on it.
+pub(crate) fn worker_link(off: &tessera_runtime::protocol::OffloadCost, offline_up: u64) -> Link {
+    Link {
+        name: "enclave-worker".into(),
+        up: off.bytes_to_worker,
+        down: off.bytes_from_worker,
+        rounds: off.rounds,
+        offline_up,
+        offline_down: 0,
+    }
+}
+
 pub(crate) fn inference(out: EnclaveOutput, latency: Duration, mut cost: Cost) -> Inference {
     let scale = out.scale;
     let output = out.exact.map(|&v| (v as f64 * scale) as f32);
     let class = argmax(output.data());
     cost.latency = latency;
+    cost.trusted_ns = cost.trusted_ns.saturating_add(out.tee.measured_ns);
     cost.modeled_tee = Some(
         latency.saturating_sub(Duration::from_nanos(out.tee.measured_ns))
             + Duration::from_nanos(out.tee.modeled_ns),

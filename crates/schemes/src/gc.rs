@@ -115,20 +115,37 @@ impl Scheme for Gc {
             .map(|_| tessera_gc::CALIBRATED_LABEL.to_string())
     }
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
-        let _ = self.backend.wait_ready(Duration::from_secs(3600));
+        // Waiting for a ready garbling is part of this request's time, reported as `waited`.
+        let w0 = Instant::now();
+        self.backend
+            .wait_ready(Duration::from_secs(3600))
+            .map_err(|e| SchemeError::Runtime(e.into()))?;
+        let waited = w0.elapsed();
+        let counters = self.client.counters();
+        let before = counters.snapshot();
         let t0 = Instant::now();
         let out = self.client.infer(input)?;
         let latency = t0.elapsed();
+        let after = counters.snapshot();
         let off = out.offload.clone().unwrap_or_default();
         let cost = Cost {
-            bytes_up: off.bytes_to_worker,
-            bytes_down: off.bytes_from_worker,
-            rounds: off.rounds,
-            stored_bytes: off.stored_bytes,
+            waited,
+            offline: Duration::from_nanos(off.offline_ns),
+            // The garbled material, counted by the enclave as it sent it; the worker keeps it.
+            stored_server: off.stored_bytes,
+            // The enclave keeps the garbling's secrets (seeds, decoding) for the client.
+            stored_client: off.enclave_bytes_kept,
+            // Garbling is the enclave's offline work; evaluation the worker's.
+            trusted_ns: off.offline_ns,
+            untrusted_ns: off.worker_ns,
             trusted_macs: off.trusted_macs,
             total_macs: self.macs,
             ..Cost::default()
-        };
+        }
+        .with_links(vec![
+            crate::embedded::client_link(before, after),
+            crate::embedded::worker_link(&off, off.stored_bytes),
+        ]);
         Ok(crate::embedded::inference(out, latency, cost))
     }
 }

@@ -3,7 +3,7 @@
 //! holds the HE secret key and drives the server, the model owner's upload through its own
 //! attested connection, and the data owner's session.
 
-use crate::{Cost, Inference, Scheme, SchemeError};
+use crate::{Cost, Inference, Link, Scheme, SchemeError};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,16 +155,33 @@ impl Scheme for Lhe {
         let tee = model_request(&self.profile, &self.footprint, enclave, 2 + 2 * r.rounds);
         let cost = Cost {
             latency,
-            bytes_up: c.bytes_up + r.bytes_to_server,
-            bytes_down: c.bytes_down + r.bytes_from_server,
-            rounds: 1 + r.rounds,
-            stored_bytes: self.upload.bytes_stored,
+            // The encrypted model, uploaded once and kept by the server.
+            stored_server: self.upload.bytes_stored,
+            trusted_ns: r.enclave_ns,
+            untrusted_ns: r.server_ns,
             trusted_macs: self.macs.saturating_sub(self.linear_macs),
             total_macs: self.macs,
             modeled_tee: Some(
                 latency.saturating_sub(enclave) + Duration::from_nanos(tee.modeled_ns),
             ),
-        };
+            ..Cost::default()
+        }
+        .with_links(vec![
+            Link {
+                name: "client-server".into(),
+                up: c.bytes_up,
+                down: c.bytes_down,
+                rounds: 1,
+                ..Link::default()
+            },
+            Link {
+                name: "enclave-server".into(),
+                up: r.bytes_to_server,
+                down: r.bytes_from_server,
+                rounds: r.rounds,
+                ..Link::default()
+            },
+        ]);
         let scale = r.scale;
         self.last = Some(r);
         Ok(Inference {

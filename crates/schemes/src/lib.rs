@@ -12,50 +12,11 @@
 
 #![warn(missing_docs)]
 
-use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tessera_engine::{EngineError, argmax};
 use tessera_engine::{ExactModel, Semantics};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, Tensor};
-
-/// Costs of one inference, measured.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Cost {
-    /// Wall time from input to prediction.
-    pub latency: Duration,
-    /// Bytes sent by the data owner's side (client or enclave) to untrusted parties.
-    pub bytes_up: u64,
-    /// Bytes received back.
-    pub bytes_down: u64,
-    /// Round trips between parties.
-    pub rounds: u64,
-    /// Bytes of precomputed material stored for this inference (garbled circuits, HE keys, …).
-    pub stored_bytes: u64,
-    /// Multiply-accumulates run on the trusted side.
-    pub trusted_macs: u64,
-    /// All multiply-accumulates of the inference.
-    pub total_macs: u64,
-    /// Modeled time of the trusted part inside a real TEE (from the runtime's cost model), where
-    /// the scheme has one. A model, never added to `latency`.
-    pub modeled_tee: Option<Duration>,
-}
-
-/// The result of one private inference.
-#[derive(Clone, Debug)]
-pub struct Inference {
-    /// The model output in real units (dequantized logits or probabilities).
-    pub output: Tensor,
-    /// The exact integer output (the value every scheme must reproduce; `output` is it times
-    /// the output scale).
-    pub exact: Tensor<i64>,
-    /// The real value of one step of `exact`.
-    pub scale: f64,
-    /// Argmax of the output.
-    pub class: usize,
-    /// What it cost.
-    pub cost: Cost,
-}
 
 /// Errors of a scheme.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +53,14 @@ pub trait Scheme {
 }
 
 mod asym;
+mod cost;
 mod embedded;
 mod gc;
 mod lhe;
 mod tee;
 mod twopc;
 pub use asym::Asym;
+pub use cost::{Cost, Inference, Link, Summary, median, summarize};
 pub use gc::Gc;
 pub use lhe::Lhe;
 pub use tee::{Tee, TeeOptions};
@@ -186,105 +149,5 @@ impl Scheme for Plain {
             class,
             cost,
         })
-    }
-}
-
-/// Aggregated costs of a scheme over many inferences (medians).
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    /// Scheme name.
-    pub scheme: String,
-    /// What it hides from the untrusted side.
-    pub protects: String,
-    /// Inferences run.
-    pub inferences: usize,
-    /// Correct top-1 predictions, when labels were known.
-    pub correct: Option<usize>,
-    /// Inferences whose exact integer output equals the plain reference bit for bit.
-    pub exact_matches: usize,
-    /// Whether the scheme computes the integer semantics (false: float, like `asym`).
-    pub exact_semantics: bool,
-    /// Median latency in milliseconds.
-    pub latency_ms_median: f64,
-    /// Median bytes up per inference.
-    pub bytes_up: u64,
-    /// Median bytes down per inference.
-    pub bytes_down: u64,
-    /// Median rounds per inference.
-    pub rounds: u64,
-    /// Median stored bytes per inference.
-    pub stored_bytes: u64,
-    /// Trusted share of the multiply-accumulates (0..1), `None` where no trusted part exists.
-    pub trusted_share: Option<f64>,
-    /// Median modeled TEE time in milliseconds, where the scheme has a trusted part.
-    pub modeled_tee_ms_median: Option<f64>,
-}
-
-/// Median of a list (upper median; 0 for empty).
-pub fn median<T: Copy + PartialOrd + Default>(v: &mut [T]) -> T {
-    if v.is_empty() {
-        return T::default();
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
-/// Summarise a scheme's inferences.
-pub fn summarize(
-    scheme: &dyn Scheme,
-    runs: &[Inference],
-    labels: Option<&[u8]>,
-    reference: &[Tensor<i64>],
-    has_trusted_part: bool,
-) -> Summary {
-    let mut lat: Vec<f64> = runs
-        .iter()
-        .map(|r| r.cost.latency.as_secs_f64() * 1e3)
-        .collect();
-    let mut up: Vec<u64> = runs.iter().map(|r| r.cost.bytes_up).collect();
-    let mut down: Vec<u64> = runs.iter().map(|r| r.cost.bytes_down).collect();
-    let mut rounds: Vec<u64> = runs.iter().map(|r| r.cost.rounds).collect();
-    let mut stored: Vec<u64> = runs.iter().map(|r| r.cost.stored_bytes).collect();
-    let mut modeled: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| r.cost.modeled_tee.map(|d| d.as_secs_f64() * 1e3))
-        .collect();
-    let (tm, am) = runs.iter().fold((0u64, 0u64), |(t, a), r| {
-        (t + r.cost.trusted_macs, a + r.cost.total_macs)
-    });
-    Summary {
-        scheme: match scheme.caveat() {
-            Some(c) => format!("{} ({c})", scheme.name()),
-            None => scheme.name().into(),
-        },
-        protects: scheme.protects().into(),
-        inferences: runs.len(),
-        correct: labels.map(|l| {
-            runs.iter()
-                .zip(l)
-                .filter(|(r, y)| r.class == usize::from(**y))
-                .count()
-        }),
-        exact_matches: runs
-            .iter()
-            .zip(reference)
-            .filter(|(r, e)| r.exact.data() == e.data())
-            .count(),
-        exact_semantics: scheme.exact(),
-        latency_ms_median: median(&mut lat),
-        bytes_up: median(&mut up),
-        bytes_down: median(&mut down),
-        rounds: median(&mut rounds),
-        stored_bytes: median(&mut stored),
-        trusted_share: if has_trusted_part && am > 0 {
-            Some(tm as f64 / am as f64)
-        } else {
-            None
-        },
-        modeled_tee_ms_median: if modeled.is_empty() {
-            None
-        } else {
-            Some(median(&mut modeled))
-        },
     }
 }

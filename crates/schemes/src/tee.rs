@@ -83,13 +83,14 @@ impl Scheme for Tee {
         let latency = t0.elapsed();
         let (s1, r1, n1) = counters.snapshot();
         let cost = Cost {
-            bytes_up: s1 - s0,
-            bytes_down: r1 - r0,
-            rounds: n1 - n0,
             trusted_macs: self.macs,
             total_macs: self.macs,
             ..Cost::default()
-        };
+        }
+        .with_links(vec![crate::embedded::client_link(
+            (s0, r0, n0),
+            (s1, r1, n1),
+        )]);
         Ok(crate::embedded::inference(out, latency, cost))
     }
 }

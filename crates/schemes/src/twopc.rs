@@ -4,8 +4,8 @@
 //! process on their own threads over an in-memory channel, one session per inference (the
 //! same session code the separate processes run, `tessera_twopc::session`).
 
-use crate::{Cost, Inference, Scheme, SchemeError};
-use std::time::Instant;
+use crate::{Cost, Inference, Link, Scheme, SchemeError};
+use std::time::Duration;
 use tessera_engine::{ExactModel, Semantics, argmax};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, Tensor};
@@ -80,24 +80,31 @@ impl Scheme for TwoPc {
     }
     fn infer(&mut self, input: &Tensor) -> Result<Inference, SchemeError> {
         self.next_seed = self.next_seed.wrapping_add(1);
-        let t0 = Instant::now();
         let (exact, c) = self
             .protocol
             .infer(input, self.next_seed, self.variant)
             .map_err(|e| SchemeError::Unsupported(e.to_string()))?;
-        let latency = t0.elapsed();
         let output = exact.map(|&v| (v as f64 * self.scale) as f32);
         let class = argmax(output.data());
+        let offline = Duration::from_secs_f64(c.offline_ms.max(0.0) / 1e3);
         let cost = Cost {
-            latency,
-            bytes_up: c.offline_up + c.online_up,
-            bytes_down: c.offline_down + c.online_down,
-            rounds: self.rounds,
-            stored_bytes: c.client_stored + c.server_stored,
-            trusted_macs: 0,
+            latency: Duration::from_secs_f64(c.online_ms.max(0.0) / 1e3),
+            offline,
+            // Embedded, each inference runs its offline phase right before its online one.
+            waited: offline,
+            stored_client: c.client_stored,
+            stored_server: c.server_stored,
             total_macs: self.macs,
-            modeled_tee: None,
-        };
+            ..Cost::default()
+        }
+        .with_links(vec![Link {
+            name: "client-server".into(),
+            up: c.online_up,
+            down: c.online_down,
+            rounds: self.rounds,
+            offline_up: c.offline_up,
+            offline_down: c.offline_down,
+        }]);
         Ok(Inference {
             output,
             exact,

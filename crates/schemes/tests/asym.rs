@@ -34,5 +34,13 @@ fn dash_b_split_over_the_wire_matches_the_float_model() {
         }
         assert!(r.cost.rounds >= 1, "at least one layer goes to the worker");
         assert!(r.cost.bytes_up > 0 && r.cost.bytes_down > 0);
+        let share = r
+            .cost
+            .trusted_share()
+            .expect("enclave and worker both work");
+        assert!(share > 0.0 && share <= 1.0, "{share}");
+        let names: Vec<&str> = r.cost.links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["client-enclave", "enclave-worker"]);
+        assert!(r.cost.links.iter().all(|l| l.up > 0 && l.down > 0));
     }
 }

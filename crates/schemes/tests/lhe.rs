@@ -33,7 +33,13 @@ fn lhe_matches_v2_on_a_residual_cnn() {
             );
             assert_eq!(r.scale, reference.output_quant().expect("q").scale);
             assert!(r.cost.trusted_macs < r.cost.total_macs);
-            assert!(r.cost.bytes_up > 0 && r.cost.stored_bytes > 0);
+            assert!(r.cost.bytes_up > 0 && r.cost.stored_server > 0);
+            let share = r
+                .cost
+                .trusted_share()
+                .expect("enclave and server both work");
+            assert!(share > 0.0 && share < 1.0, "{share}");
+            assert_eq!(r.cost.links.len(), 2, "client-server and enclave-server");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `2pc` through the common scheme interface: bit-exact with the v2 reference, with its offline
 //! and online bytes and the client's stored garbled material in the cost report.
 
+use std::time::Duration;
 use tessera_engine::Semantics;
 use tessera_engine::qint::{Calibration, IntModel, QintConfig, default_calibration_inputs};
 use tessera_model::builders;
@@ -20,8 +21,21 @@ fn two_pc_matches_v2_through_the_scheme_interface() {
         for x in default_calibration_inputs(&g, 0.0, 1.0, 2, 3).expect("inputs") {
             let r = s.infer(&x).expect("infers");
             assert_eq!(r.exact, reference.run(&x).expect("reference"), "{v:?}");
-            assert!(r.cost.stored_bytes > 0 && r.cost.bytes_up > 0 && r.cost.bytes_down > 0);
-            assert_eq!(r.cost.rounds, 6, "one online round per segment");
+            let c = &r.cost;
+            assert!(c.stored_client > 0 && c.stored_server > 0 && c.bytes_up > 0);
+            assert!(c.offline_up > 0 && c.offline_down > 0 && c.offline > Duration::ZERO);
+            assert_eq!(
+                c.waited, c.offline,
+                "embedded: the offline phase runs first"
+            );
+            assert_eq!(c.rounds, 6, "one online round per segment");
+            assert_eq!(c.trusted_share(), None, "no trusted party");
+            // The garbled tables sit with the evaluator: the client in server-garbler, the
+            // server in client-garbler (CryptoNite's storage shift).
+            match v {
+                Variant::ServerGarbler => assert!(c.stored_client > c.stored_server),
+                Variant::ClientGarbler => assert!(c.stored_server > c.stored_client),
+            }
         }
     }
 }

@@ -64,6 +64,7 @@ fn assert_all_agree(
             );
             assert_eq!(r.scale, scale, "{}: output scale", s.name());
             assert_eq!(s.caveat(), None);
+            assert_cost_is_comparable(s.name(), &r.cost);
         }
     }
 }
@@ -192,4 +193,36 @@ fn an_int8_model_runs_bit_for_bit_in_plain_tee_and_gc() {
     let scale = reference.output_quant().expect("output").scale;
     assert_all_agree(&mut schemes, &inputs, &want, scale);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The cost report follows one definition in every scheme: every link counted (the client's
+/// leg included), offline work and stored bytes on their own, a trusted share from measured
+/// time in 0..1.
+fn assert_cost_is_comparable(name: &str, c: &tessera_schemes::Cost) {
+    let names: Vec<&str> = c.links.iter().map(|l| l.name.as_str()).collect();
+    match name {
+        "plain" => {
+            assert!(names.is_empty());
+            assert_eq!(c.trusted_share(), None);
+        }
+        "tee" => {
+            assert_eq!(names, ["client-enclave"]);
+            assert!(c.bytes_up > 0 && c.bytes_down > 0 && c.rounds >= 1);
+            assert_eq!(c.trusted_share(), Some(1.0), "all work in the enclave");
+            assert_eq!(c.offline, std::time::Duration::ZERO);
+        }
+        "gc" => {
+            assert_eq!(names, ["client-enclave", "enclave-worker"]);
+            let worker = &c.links[1];
+            assert!(
+                c.offline > std::time::Duration::ZERO,
+                "garbling is reported"
+            );
+            assert!(c.stored_server > 0 && c.stored_server == worker.offline_up);
+            assert_eq!(c.bytes_up, c.links[0].up + worker.up, "every link counted");
+            let share = c.trusted_share().expect("enclave and worker both work");
+            assert!(share > 0.0 && share < 1.0, "{share}");
+        }
+        other => panic!("unexpected scheme {other}"),
+    }
 }
