@@ -47,6 +47,20 @@ fn draw_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> CliError + '_ {
     move |e| CliError::Usage(format!("drawing {}: {e}", path.display()))
 }
 
+/// An axis value in short form: 1 k, 20 M, 3 G, 0.001.
+fn short(v: &f64) -> String {
+    let a = v.abs();
+    let (x, suffix) = match a {
+        a if a >= 1e9 => (v / 1e9, " G"),
+        a if a >= 1e6 => (v / 1e6, " M"),
+        a if a >= 1e3 => (v / 1e3, " k"),
+        _ => (*v, ""),
+    };
+    let t = format!("{x:.3}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    format!("{t}{suffix}")
+}
+
 /// One named series of values, one per category (bars) or per x value (lines).
 pub(crate) struct Series {
     /// Legend text.
@@ -151,6 +165,7 @@ fn draw_bars<DB: DrawingBackend>(
                 .disable_x_mesh()
                 .x_labels(n)
                 .x_label_formatter(&label)
+                .y_label_formatter(&short)
                 .y_desc(y_desc)
                 .label_style(("sans-serif", 14))
                 .draw()
@@ -254,6 +269,8 @@ fn draw_lines<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&short)
+        .y_label_formatter(&short)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(&e)?;

@@ -245,8 +245,29 @@ pub(crate) fn compare(
     let mut skipped = Vec::new();
     let mut notes = Vec::new();
     let mut sampled = Vec::new();
+    // 2pc runs as two rows, one per variant, unless --variant picks one.
+    let mut runs: Vec<(String, Option<&str>)> = Vec::new();
     for name in names {
+        match (name.as_str(), &quant.variant) {
+            ("2pc", None) => {
+                runs.push((name.clone(), Some("server-garbler")));
+                runs.push((name.clone(), Some("client-garbler")));
+            }
+            ("2pc", Some(_)) => runs.push((name.clone(), quant.variant.as_deref())),
+            _ => runs.push((name.clone(), None)),
+        }
+    }
+    for (name, variant) in &runs {
         let s = name.as_str();
+        let label = match variant {
+            Some(v) => format!("{s} {v}"),
+            None => s.to_string(),
+        };
+        let mut quant = quant.clone();
+        if let Some(v) = variant {
+            quant.variant = Some(v.to_string());
+        }
+        let quant = &quant;
         if s == "attested" {
             skipped.push(Skipped {
                 scheme: s.into(),
@@ -277,16 +298,21 @@ pub(crate) fn compare(
         let data = if matches!(s, "gc" | "2pc") && d.count > slow_n {
             sample = d.clone();
             sample.truncate(slow_n);
-            sampled.push(s);
+            if !sampled.contains(&s) {
+                sampled.push(s);
+            }
             &sample
         } else {
             d
         };
         match evaluate(g, data, s, quant, sem_s, show) {
-            Ok(r) => {
+            Ok(mut r) => {
+                if variant.is_some() {
+                    r.scheme.scheme = r.scheme.scheme.replacen(s, &label, 1);
+                }
                 if show {
                     println!(
-                        "{s}: {} of {} bit-exact with the integer reference{}",
+                        "{label}: {} of {} bit-exact with the integer reference{}",
                         r.scheme.exact_matches,
                         r.images,
                         r.scheme
@@ -301,7 +327,7 @@ pub(crate) fn compare(
                 });
             }
             Err(e) => skipped.push(Skipped {
-                scheme: s.into(),
+                scheme: label,
                 reason: format!("failed: {e}"),
             }),
         }
