@@ -435,7 +435,15 @@ fn charts(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let names: Vec<String> = r
         .rows
         .iter()
-        .map(|x| x.summary.scheme.split(' ').next().unwrap_or("").to_string())
+        .map(|x| {
+            // The name without its caveat; 2pc's variants shortened to fit under a bar group.
+            let s = &x.summary.scheme;
+            s.split(" (")
+                .next()
+                .unwrap_or(s)
+                .replace("server-garbler", "sg")
+                .replace("client-garbler", "cg")
+        })
         .collect();
     let col = |name: &str, f: &dyn Fn(&Summary) -> f64| Series {
         name: name.into(),

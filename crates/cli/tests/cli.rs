@@ -27,8 +27,14 @@ fn demo_runs_from_the_repository_alone() {
     assert!(out.contains("scheme") && out.contains("plain"), "{out}");
     // lhe runs every image bit-exact with its (v2) reference, 2pc its sample.
     assert!(out.contains("lhe: 100 of 100 bit-exact"), "{out}");
-    assert!(out.contains("2pc server-garbler: 20 of 20 bit-exact"), "{out}");
-    assert!(out.contains("2pc client-garbler: 20 of 20 bit-exact"), "{out}");
+    assert!(
+        out.contains("2pc server-garbler: 20 of 20 bit-exact"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2pc client-garbler: 20 of 20 bit-exact"),
+        "{out}"
+    );
     let (ok, json, err) = tessera(&["demo", "--n", "50", "--json", "--out", &out_dir]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("demo --json is JSON");

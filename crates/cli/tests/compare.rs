@@ -133,7 +133,11 @@ fn compare_runs_every_scheme_with_one_cost_definition() {
     // The report and the charts are written.
     let written: Value = serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap())
         .expect("compare.json is JSON");
-    assert_eq!(written["rows"].as_array().map(Vec::len), Some(7), "2pc in both variants");
+    assert_eq!(
+        written["rows"].as_array().map(Vec::len),
+        Some(7),
+        "2pc in both variants"
+    );
     if have_font() {
         for f in ["latency", "bytes", "stored"] {
             let png = std::fs::read(out.join(format!("{f}.png"))).expect("png written");
@@ -165,7 +169,11 @@ fn compare_runs_every_scheme_with_one_cost_definition() {
     assert!(ok, "characterize failed: {err}");
     let c: Value = serde_json::from_str(&json).expect("characterize --json is JSON");
     let points = c["points"].as_array().expect("points");
-    assert_eq!(points.len(), 6 * 2, "tee, gc, asym, lhe, 2pc ×2 at two rates");
+    assert_eq!(
+        points.len(),
+        6 * 2,
+        "tee, gc, asym, lhe, 2pc ×2 at two rates"
+    );
     for p in points {
         if p["lambda"].as_f64() == Some(0.01) {
             assert_eq!(p["stable"], true, "{p}");
