@@ -94,6 +94,13 @@ fn seed_for(base: u64, layer: usize, sample: usize, step: u64, salt: u64) -> u64
     m.next_u64()
 }
 
+/// A standard normal deviate from `rng` (Box–Muller).
+fn gauss(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
 fn layer_of(plan: &Plan, id: usize) -> Result<&LinearLayer, AsymError> {
     plan.layers
         .get(id)
@@ -156,11 +163,14 @@ pub fn enclave_split(
     let mut residual = Vec::with_capacity(per * mats);
     let mut factors = Vec::with_capacity(mats);
     let mut energy = Vec::with_capacity(mats);
-    for (b, p) in parts.into_iter().enumerate() {
+    for p in parts {
         if opts.noise_sigma > 0.0 {
-            let mut rng = SplitMix::new(seed_for(opts.seed, layer, b, step, 2));
+            // The noise is drawn here, from the OS-seeded CSPRNG, for every residual afresh:
+            // nothing the worker holds (the options, the layer, the step) determines it, so the
+            // worker cannot regenerate and subtract it.
+            let mut rng = rand::rng();
             let s = f64::from(opts.noise_sigma);
-            residual.extend(p.residual.iter().map(|&r| r + (s * rng.gauss()) as f32));
+            residual.extend(p.residual.iter().map(|&r| r + (s * gauss(&mut rng)) as f32));
         } else {
             residual.extend_from_slice(&p.residual);
         }

@@ -28,22 +28,36 @@
 //! # Threat model and leakage
 //!
 //! The enclave is trusted for confidentiality and integrity; the worker and the host are not.
-//! The worker holds the model's weights (AsymML protects the data, not the model). What crosses:
+//! The worker is sent the architecture and the weights of the layers it computes (the split
+//! ones); every layer kept in the enclave — the classifier head among them — reaches it with
+//! zero weights and bias ([`Plan::worker_graph`]), and the enclave's seed is not sent. AsymML
+//! protects the data, not the split layers' weights. Exactly what the worker learns:
 //!
-//! * **Forward, to the worker:** every residual `R`. `R` is *not* encrypted or blinded: it is
-//!   the part of each activation outside its top-`k` channel subspace — edges and fine texture
-//!   of the input image at the first layer. `‖R‖²/‖X‖²` (reported per layer) is the fraction of
-//!   the activation's energy the worker sees; at τ = 0.1 that is up to 10%. The raw input never
-//!   reaches the worker (its first layer is split at rank ≥ 1 or kept in the enclave), but an
-//!   input with little energy outside a few components is still partly visible. The optional
-//!   Gaussian noise σ on `R` (3LegRace's DP variant) blurs it, at the price of exactness.
-//! * **Forward, from the worker:** `L(R)`. An untrusted worker can return anything: the enclave
+//! * **Inference, per split layer:** the residual `R = X − U·V` in the clear. `R` is *not*
+//!   encrypted or blinded: it is the part of each activation outside its top-`k` channel
+//!   subspace — edges and fine texture of the input image at the first layer. `‖R‖²/‖X‖²`
+//!   (reported per layer) is the fraction of the activation's energy the worker sees; at τ = 0.1
+//!   that is up to 10%. From `R` the worker also learns the rank `k` kept (the numerical rank of
+//!   `R` is at most `C − k`) and the singular values of `X` below the `k`-th (they are those of
+//!   `R`). The raw input never reaches the worker (its first layer is split at rank ≥ 1 or kept in
+//!   the enclave), but an input with little energy outside a few components is still partly
+//!   visible. With the optional Gaussian noise σ (3LegRace's DP variant) the worker sees
+//!   `R + N(0, σ²)` instead, the noise drawn in the enclave from the OS-seeded CSPRNG afresh for
+//!   every residual, so nothing the worker holds lets it regenerate and subtract the noise; the
+//!   output is then no longer exact.
+//! * **Inference, from the worker:** `L(R)`. An untrusted worker can return anything: the enclave
 //!   checks shapes and finiteness, but nothing here verifies the arithmetic (no Freivalds check as
 //!   in Slalom); a malicious worker can corrupt the output, not learn more.
-//! * **Training:** the upstream gradient `G = ∂ℓ/∂Y` of every split layer goes to the worker in
-//!   the clear (as in AsymML), and the worker learns every weight update. Gradients carry
-//!   information about the batch's inputs and labels (gradient-inversion attacks); this scheme
-//!   does not hide them. The loss, the labels and the head's gradients stay in the enclave.
+//! * **Training:** for every split layer the upstream gradient `G = ∂ℓ/∂Y` in the clear (as in
+//!   AsymML), the residuals it is applied to, and every update of its weights. `G` is zero where
+//!   the ReLU that follows was inactive and outside each max-pool's chosen position, so the
+//!   activation and pooling masks of the batch can be read off it; for the last split layer
+//!   `G` is that mask times the head's backward pass of `softmax − onehot(label)`, which carries
+//!   the labels through the head's weights: the worker is not sent those weights, but each `G`
+//!   is a fixed linear image of `softmax − onehot(label)` under them, so over many steps the
+//!   labels are not safe from it. Gradients carry information about the batch's
+//!   inputs (gradient-inversion attacks); this scheme does not hide them. The loss, the head's
+//!   weights and gradients, and the low-rank parts stay in the enclave.
 //! * Shapes, ranks per layer and timing are visible to the host.
 //!
 //! # API for the runtime

@@ -182,6 +182,38 @@ impl Plan {
         Self::build(graph, opts, true)
     }
 
+    /// The model as the worker may see it: the same ops and shapes, the weights and biases of
+    /// the layers it computes (the split ones), and every other linear layer — kept whole in the
+    /// enclave, the classifier head among them — with zero weights and bias. Planning it gives
+    /// the same placements (they depend on shapes and options only).
+    pub fn worker_graph(&self) -> Graph {
+        let mut g = self.graph.clone();
+        for (i, n) in g.nodes.iter_mut().enumerate() {
+            let split = self
+                .layer_of_node
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|l| self.layers.get(l))
+                .is_some_and(|l| matches!(l.placement, Placement::Split(_)));
+            if split {
+                continue;
+            }
+            match &mut n.op {
+                Op::Conv(c) => {
+                    c.weight = c.weight.map(|_| 0.0);
+                    c.bias = c.bias.as_ref().map(|b| b.map(|_| 0.0));
+                }
+                Op::Dense(d) => {
+                    d.weight = d.weight.map(|_| 0.0);
+                    d.bias = d.bias.as_ref().map(|b| b.map(|_| 0.0));
+                }
+                _ => {}
+            }
+        }
+        g
+    }
+
     /// The TEE-only baseline: the same graph with every layer in the enclave.
     pub fn enclave_only(graph: &Graph) -> Result<Self, AsymError> {
         Self::build(graph, &AsymOptions::default(), false)

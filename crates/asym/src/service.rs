@@ -60,7 +60,8 @@ impl From<&AsymOptions> for OptionsMsg {
             b,
             threshold,
             noise_sigma: o.noise_sigma,
-            seed: o.seed,
+            // The enclave's seed (sketches) never leaves it; the worker needs none.
+            seed: 0,
             oversample: o.decomp.oversample as u64,
             power_iters: o.decomp.power_iters as u64,
             skip_unprofitable: o.skip_unprofitable,
@@ -354,7 +355,10 @@ pub fn setup_worker<T: Transport + 'static>(
 ) -> Result<Channel, AsymError> {
     let mut ch = Channel::new(stream, channel).map_err(rt)?;
     ch.handshake(Role::Enclave, &[Role::Worker]).map_err(rt)?;
-    let model_onnx = export_model(graph)
+    // The worker gets the architecture and the weights of the layers it computes, nothing else:
+    // the layers kept in the enclave (the head among them) travel with zero weights.
+    let plan = Plan::new(graph, opts)?;
+    let model_onnx = export_model(&plan.worker_graph())
         .map_err(|e| AsymError::Protocol(format!("exporting the model: {e}")))?;
     ch.send(&ToAsymWorker::Setup {
         model_onnx,

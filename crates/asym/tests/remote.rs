@@ -88,3 +88,65 @@ fn remote_training_matches_local() {
         "forward, backward and updates crossed the wire"
     );
 }
+
+/// What the worker is sent at setup: the architecture and the weights of the layers it computes,
+/// nothing of the layers kept in the enclave (the head's weights arrive as zeros), and no seed.
+/// A stand-in worker records the setup message; the real worker runs on it in
+/// `remote_training_matches_local`.
+#[test]
+fn the_worker_setup_carries_no_head_weights_and_no_seed() {
+    use tessera_asym::service::ToAsymWorker;
+    use tessera_model::ir::Op;
+    use tessera_runtime::channel::{Channel, Role};
+    let g = cnn();
+    let split = AsymOptions {
+        rank: RankRule::Fixed(2),
+        skip_unprofitable: false,
+        seed: 0xfeed_beef,
+        ..AsymOptions::default()
+    };
+    let (a, b) = tessera_runtime::transport::duplex();
+    let fake = std::thread::spawn(move || {
+        let mut ch = Channel::new(b, ChannelOptions::default()).expect("channel");
+        ch.handshake(Role::Worker, &[Role::Enclave])
+            .expect("handshake");
+        ch.recv::<ToAsymWorker>().expect("setup message")
+    });
+    // The stand-in never answers, so the enclave's setup ends in an error; the message is what
+    // counts here.
+    let _ = setup_worker(&g, &split, a, ChannelOptions::default());
+    let ToAsymWorker::Setup {
+        model_onnx,
+        options,
+    } = fake.join().expect("fake worker")
+    else {
+        panic!("the first message is not Setup");
+    };
+    assert_eq!(options.seed, 0, "the enclave's seed never leaves it");
+    let sent = tessera_model::import_model(&model_onnx, &Default::default()).expect("imports");
+    let weights = |g: &Graph, i: usize| match &g.nodes[i].op {
+        Op::Conv(c) => Some(c.weight.data().to_vec()),
+        Op::Dense(d) => Some(d.weight.data().to_vec()),
+        _ => None,
+    };
+    let plan = tessera_asym::Plan::new(&g, &split).expect("plan");
+    let mut seen_head = false;
+    for l in plan.layers() {
+        let (Some(orig), Some(got)) = (weights(&g, l.node), weights(&sent, l.node)) else {
+            panic!("layer {} is not linear in both graphs", l.name);
+        };
+        match l.placement {
+            tessera_asym::Placement::Split(_) => assert_eq!(got, orig, "{}", l.name),
+            _ => {
+                assert!(orig.iter().any(|&w| w != 0.0));
+                assert!(
+                    got.iter().all(|&w| w == 0.0),
+                    "{} reached the worker",
+                    l.name
+                );
+                seen_head = true;
+            }
+        }
+    }
+    assert!(seen_head, "the head stays in the enclave");
+}

@@ -563,3 +563,46 @@ fn unsplit_gradients_match_finite_differences() {
         );
     }
 }
+
+/// The DP noise on a residual is drawn in the enclave afresh: the same layer, input and step
+/// (everything the worker holds or sees besides the noised residual) give different noise, so
+/// the worker cannot regenerate it. Without noise the split is deterministic.
+#[test]
+fn residual_noise_is_fresh_and_not_reproducible_by_the_worker() {
+    let g = builders::vgg16(32, 10, 2).unwrap();
+    let x = rand_input(&[1, 3, 32, 32], 9, 255.0);
+    let sigma = 0.5f32;
+    let noisy = Plan::new(
+        &g,
+        &AsymOptions {
+            noise_sigma: sigma,
+            ..AsymOptions::default()
+        },
+    )
+    .unwrap();
+    let clean = Plan::new(&g, &AsymOptions::default()).unwrap();
+    let (r0, _) = tessera_asym::enclave_split(&clean, 0, &x, 3).unwrap();
+    let (r0b, _) = tessera_asym::enclave_split(&clean, 0, &x, 3).unwrap();
+    assert_eq!(r0.data(), r0b.data(), "the split itself is deterministic");
+    let (r1, _) = tessera_asym::enclave_split(&noisy, 0, &x, 3).unwrap();
+    let (r2, _) = tessera_asym::enclave_split(&noisy, 0, &x, 3).unwrap();
+    assert_ne!(
+        r1.data(),
+        r2.data(),
+        "same options, layer, input and step: new noise"
+    );
+    // It is noise of the stated size around the clean residual.
+    let d: Vec<f64> = r1
+        .data()
+        .iter()
+        .zip(r0.data())
+        .map(|(a, b)| f64::from(a - b))
+        .collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let sd = (d.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    assert!(
+        mean.abs() < 0.05 && (sd - f64::from(sigma)).abs() < 0.05,
+        "{mean} {sd}"
+    );
+}
