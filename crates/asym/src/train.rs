@@ -7,7 +7,7 @@
 use crate::AsymError;
 use crate::enclave::{LayerRun, LowRankState, forward};
 use crate::kernels::{
-    conv_bias_grad, conv_input_grad, conv_weight_grad, dense_backward, maxpool_backward,
+    ConvShape, conv_bias_grad, conv_input_grad, conv_weight_grad, dense_backward, maxpool_backward,
 };
 use crate::plan::{AsymOptions, LinearKind, LinearLayer, Placement, Plan};
 use crate::worker::WorkerLink;
@@ -444,6 +444,61 @@ fn lowrank_weight_grad(
     }
 }
 
+/// Backward pass of a grouped (or depthwise) convolution, kept whole in the enclave: each group
+/// is an ordinary convolution over its slice of the channels, so the groups=1 kernels run on
+/// gathered slices and the results are scattered back.
+fn grouped_conv_backward(
+    c: &tessera_model::ir::Conv,
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    gy: &[f32],
+    needs_dx: bool,
+) -> Result<(Grads, Option<Vec<f32>>), AsymError> {
+    let groups = c.groups;
+    if groups == 0 || !s.c.is_multiple_of(groups) || !s.co.is_multiple_of(groups) {
+        return Err(AsymError::Shape(format!(
+            "{groups} groups do not divide {} input and {} output channels",
+            s.c, s.co
+        )));
+    }
+    let (cg, cog) = (s.c / groups, s.co / groups);
+    let sg = s.with_channels(cg);
+    let sg = ConvShape { co: cog, ..sg };
+    let (hw, ohw, wlen) = (s.hw(), s.ohw(), cog * cg * s.kk());
+    let short = || AsymError::Shape("grouped conv: input, gradient or weights too short".into());
+    let w = c.weight.data();
+    let mut dw = vec![0f32; groups * wlen];
+    let mut dx = needs_dx.then(|| vec![0f32; n * s.c * hw]);
+    for gi in 0..groups {
+        let mut xg = Vec::with_capacity(n * cg * hw);
+        let mut gyg = Vec::with_capacity(n * cog * ohw);
+        for b in 0..n {
+            let at = (b * s.c + gi * cg) * hw;
+            xg.extend_from_slice(x.get(at..at + cg * hw).ok_or_else(short)?);
+            let at = (b * s.co + gi * cog) * ohw;
+            gyg.extend_from_slice(gy.get(at..at + cog * ohw).ok_or_else(short)?);
+        }
+        let dwg = conv_weight_grad(&xg, &gyg, n, &sg);
+        dw.get_mut(gi * wlen..(gi + 1) * wlen)
+            .ok_or_else(short)?
+            .copy_from_slice(dwg.get(..wlen).ok_or_else(short)?);
+        if let Some(dx) = dx.as_mut() {
+            let wg = w.get(gi * wlen..(gi + 1) * wlen).ok_or_else(short)?;
+            let mut dxg = vec![0f32; n * cg * hw];
+            conv_input_grad(&gyg, n, &sg, wg, &mut dxg);
+            for b in 0..n {
+                let at = (b * s.c + gi * cg) * hw;
+                dx.get_mut(at..at + cg * hw)
+                    .ok_or_else(short)?
+                    .copy_from_slice(dxg.get(b * cg * hw..(b + 1) * cg * hw).ok_or_else(short)?);
+            }
+        }
+    }
+    let db = c.bias.as_ref().map(|_| conv_bias_grad(gy, n, s.co, ohw));
+    Ok((Grads { w: dw, b: db }, dx))
+}
+
 fn local_linear_backward(
     op: &Op,
     l: &LinearLayer,
@@ -452,6 +507,9 @@ fn local_linear_backward(
     needs_dx: bool,
 ) -> Result<(Grads, Option<Vec<f32>>), AsymError> {
     match (op, l.kind) {
+        (Op::Conv(c), LinearKind::Conv(s)) if c.groups != 1 => {
+            grouped_conv_backward(c, &s, l.batch, x.data(), gy, needs_dx)
+        }
         (Op::Conv(c), LinearKind::Conv(s)) if c.groups == 1 => {
             let n = l.batch;
             let w = c.weight.data();

@@ -150,3 +150,122 @@ fn the_worker_setup_carries_no_head_weights_and_no_seed() {
     }
     assert!(seen_head, "the head stays in the enclave");
 }
+
+/// A grouped convolution is kept whole in the enclave and trains there: one step on a network
+/// with one gives the same loss and the same updated weights as the equivalent network with
+/// that layer as an ordinary convolution whose weights are block-diagonal (the blocks equal to
+/// the groups' weights), both unsplit and through the split.
+#[test]
+fn grouped_convolutions_train_in_the_enclave() {
+    use tessera_model::ir::Op;
+    let mut b = GraphBuilder::new("grouped", 3);
+    let mut x = b.input("input", vec![4, 4, 8, 8]).unwrap();
+    x = b.conv(x, 4, 3, 1, 1).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.conv_grouped(x, 8, 3, 1, 1, 2).unwrap();
+    x = b.relu(x).unwrap();
+    x = b.flatten(x).unwrap();
+    let y = b.dense(x, 5).unwrap();
+    let grouped = b.finish(vec![y]).unwrap();
+    // The same layer as a groups = 1 convolution with block-diagonal weights.
+    let mut full = grouped.clone();
+    let gi = full
+        .nodes
+        .iter()
+        .position(|n| matches!(&n.op, Op::Conv(c) if c.groups == 2))
+        .unwrap();
+    let Op::Conv(c) = &mut full.nodes[gi].op else {
+        unreachable!()
+    };
+    let (co, cg, kk) = (8, 2, 9);
+    let mut w = vec![0f32; co * 4 * kk];
+    for o in 0..co {
+        let g = o / 4;
+        for i in 0..cg {
+            for t in 0..kk {
+                w[(o * 4 + g * cg + i) * kk + t] = c.weight.data()[(o * cg + i) * kk + t];
+            }
+        }
+    }
+    c.weight = Tensor::new(vec![co, 4, 3, 3], w).unwrap();
+    c.groups = 1;
+    let (xb, labels) = {
+        let n = 4 * 4 * 8 * 8;
+        let v = (0..n)
+            .map(|i| ((i * 29 % 83) as f32) / 83.0 - 0.4)
+            .collect();
+        (Tensor::new(vec![4, 4, 8, 8], v).unwrap(), vec![0, 3, 1, 4])
+    };
+    for split in [
+        None,
+        Some(AsymOptions {
+            rank: RankRule::Fixed(2),
+            skip_unprofitable: false,
+            ..AsymOptions::default()
+        }),
+    ] {
+        let opts = TrainOptions {
+            lr: 0.1,
+            momentum: 0.0,
+            split: split.clone(),
+        };
+        let mut a = Trainer::new(&grouped, opts.clone()).unwrap();
+        let mut b = Trainer::new(&full, opts).unwrap();
+        let (mut wa, mut wb) = (
+            LocalWorker::new(a.plan().worker_layers()),
+            LocalWorker::new(b.plan().worker_layers()),
+        );
+        let (la, lb) = if split.is_some() {
+            (
+                a.step(&xb, &labels, Some(&mut wa)).unwrap(),
+                b.step(&xb, &labels, Some(&mut wb)).unwrap(),
+            )
+        } else {
+            (
+                a.step(&xb, &labels, None).unwrap(),
+                b.step(&xb, &labels, None).unwrap(),
+            )
+        };
+        assert!(
+            (la.loss - lb.loss).abs() < 1e-5,
+            "{} vs {}",
+            la.loss,
+            lb.loss
+        );
+        let close = |p: &[f32], q: &[f32], what: &str| {
+            assert_eq!(p.len(), q.len());
+            for (u, v) in p.iter().zip(q) {
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "{what}: {u} vs {v}"
+                );
+            }
+        };
+        let (ga, gb) = (a.graph(), b.graph());
+        for (i, (na, nb)) in ga.nodes.iter().zip(&gb.nodes).enumerate() {
+            match (&na.op, &nb.op) {
+                (Op::Conv(ca), Op::Conv(cb)) if i == gi => {
+                    // The groups' updated weights are the diagonal blocks of the full layer's.
+                    for o in 0..co {
+                        let g = o / 4;
+                        let got = &ca.weight.data()[o * cg * kk..(o + 1) * cg * kk];
+                        let want =
+                            &cb.weight.data()[(o * 4 + g * cg) * kk..(o * 4 + g * cg + cg) * kk];
+                        close(got, want, "grouped weights");
+                    }
+                    close(
+                        ca.bias.as_ref().unwrap().data(),
+                        cb.bias.as_ref().unwrap().data(),
+                        "grouped bias",
+                    );
+                }
+                // The layer before it learns through the grouped layer's input gradient.
+                (Op::Conv(ca), Op::Conv(cb)) => close(ca.weight.data(), cb.weight.data(), "conv"),
+                (Op::Dense(da), Op::Dense(db)) => {
+                    close(da.weight.data(), db.weight.data(), "dense")
+                }
+                _ => {}
+            }
+        }
+    }
+}
