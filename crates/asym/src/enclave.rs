@@ -72,7 +72,7 @@ impl Pending {
     }
 }
 
-fn placement_name(p: &Placement) -> &'static str {
+pub(crate) fn placement_name(p: &Placement) -> &'static str {
     use crate::plan::EnclaveReason::*;
     match p {
         Placement::Split(_) => "split",

@@ -74,6 +74,7 @@ pub mod decompose;
 pub mod enclave;
 pub mod kernels;
 pub mod plan;
+pub mod profile;
 pub mod service;
 pub mod train;
 pub mod worker;
@@ -86,6 +87,7 @@ pub use plan::{
     AsymOptions, EnclaveReason, LinearKind, LinearLayer, Placement, Plan, RankRule, WorkerLayer,
     WorkerOp, rebatch,
 };
+pub use profile::{LayerProfile, RankProfile, rank_profile};
 pub use train::{StepReport, TrainOptions, Trainer};
 pub use worker::{LocalWorker, WorkerGrads, WorkerLink, worker_backward, worker_linear};
 

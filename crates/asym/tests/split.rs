@@ -606,3 +606,38 @@ fn residual_noise_is_fresh_and_not_reproducible_by_the_worker() {
         "{mean} {sd}"
     );
 }
+
+/// The rank profile measures what the split would need: a rank-1 input (three equal channels)
+/// needs rank 1 at every threshold, a random one more as τ falls; kept layers report their full
+/// rank; bad thresholds and an empty sample set are errors.
+#[test]
+fn rank_profile_measures_the_rank_each_threshold_needs() {
+    let g = builders::vgg16(32, 10, 2).unwrap();
+    let plane = rand_input(&[1, 1, 32, 32], 4, 255.0);
+    let same: Vec<f32> = (0..3).flat_map(|_| plane.data().iter().copied()).collect();
+    let rank1 = Tensor::new(vec![1, 3, 32, 32], same).unwrap();
+    let random = rand_input(&[1, 3, 32, 32], 5, 255.0);
+    let taus = [0.1f32, 0.01, 0.0001];
+    let opts = AsymOptions::default();
+    let p1 = tessera_asym::rank_profile(&g, &[rank1], &taus, &opts).unwrap();
+    let first = &p1.layers[0];
+    assert_eq!(first.placement, "split");
+    assert_eq!(
+        first.ranks,
+        vec![1, 1, 1],
+        "three equal channels are rank 1"
+    );
+    assert!(first.trusted_share[0] < 1.0);
+    let pr = tessera_asym::rank_profile(&g, &[random], &taus, &opts).unwrap();
+    let r = &pr.layers[0].ranks;
+    assert!(r[0] <= r[1] && r[1] <= r[2] && r[2] > 1, "{r:?}");
+    let head = pr.layers.last().unwrap();
+    assert_eq!(head.placement, "head");
+    assert_eq!(head.trusted_share, vec![1.0; 3]);
+    assert!(pr.trusted_share.windows(2).all(|w| w[0] <= w[1] + 1e-12));
+    assert!(tessera_asym::rank_profile(&g, &[], &taus, &opts).is_err());
+    assert!(
+        tessera_asym::rank_profile(&g, &[rand_input(&[1, 3, 32, 32], 6, 1.0)], &[1.5], &opts)
+            .is_err()
+    );
+}

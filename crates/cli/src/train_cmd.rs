@@ -91,6 +91,10 @@ struct Report {
     modeled_sgx_step_ms: Option<f64>,
     trusted_share_forward: f64,
     mean_residual_energy: Option<f64>,
+    /// Ranks per layer for ‖R‖²/‖X‖² ≤ 0.1, 0.05, 0.01 on held-out images, trained network.
+    rank_profile_trained: tessera_asym::RankProfile,
+    /// The same for the architecture with random (He) weights.
+    rank_profile_random_weights: tessera_asym::RankProfile,
 }
 
 fn usage(e: impl std::fmt::Display) -> CliError {
@@ -245,6 +249,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         right += usize::from(labels.first() == Some(&argmax(o.data())));
     }
     let test_n = data.count - train_n;
+    // How low-rank the trained network's activations are, against the same architecture with
+    // random weights, on up to 32 held-out images.
+    let samples: Vec<Tensor> = (train_n..data.count.min(train_n + 32))
+        .map(|i| batch_of(&data, &[i]).map(|b| b.0))
+        .collect::<Result<_>>()?;
+    let thresholds = [0.1f32, 0.05, 0.01];
+    let profile_opts = split_opts.clone().unwrap_or_default();
+    let trained_profile =
+        tessera_asym::rank_profile(&eval, &samples, &thresholds, &profile_opts).map_err(usage)?;
+    let random_profile =
+        tessera_asym::rank_profile(&cnn(1, data.rows)?, &samples, &thresholds, &profile_opts)
+            .map_err(usage)?;
     let step_ms = tessera_schemes::median(&mut steps_ms);
     // Training keeps weights, gradients and momentum: three copies of the weights, and the
     // activations of the whole batch for the backward pass.
@@ -270,6 +286,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         modeled_sgx_step_ms: modeled,
         trusted_share_forward: trusted as f64 / unsplit.max(1) as f64,
         mean_residual_energy: (energy_n > 0).then(|| energy / energy_n as f64),
+        rank_profile_trained: trained_profile,
+        rank_profile_random_weights: random_profile,
     };
     if let Some(p) = &a.output {
         let bytes = tessera_model::export::export_model(&eval)?;
@@ -312,5 +330,43 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         tb.row(vec!["mean residual energy".into(), format!("{e:.3}")]);
     }
     println!("{}", tb.render());
+    print_profiles(&report);
     Ok(())
+}
+
+/// Ranks per layer for each energy threshold, trained against random weights.
+fn print_profiles(r: &Report) {
+    let (t, x) = (&r.rank_profile_trained, &r.rank_profile_random_weights);
+    let taus: Vec<String> = t.thresholds.iter().map(|v| format!("τ={v}")).collect();
+    let mut head = vec!["layer".to_string(), "placement".into(), "full rank".into()];
+    head.extend(taus.iter().map(|s| format!("rank {s} trained / random")));
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&head);
+    for (a, b) in t.layers.iter().zip(&x.layers) {
+        let mut row = vec![
+            a.layer.clone(),
+            a.placement.clone(),
+            a.full_rank.to_string(),
+        ];
+        row.extend(
+            a.ranks
+                .iter()
+                .zip(&b.ranks)
+                .map(|(p, q)| format!("{p} / {q}")),
+        );
+        tb.row(row);
+    }
+    let mut row = vec!["trusted share".into(), String::new(), String::new()];
+    row.extend(
+        t.trusted_share
+            .iter()
+            .zip(&x.trusted_share)
+            .map(|(p, q)| format!("{:.1}% / {:.1}%", 100.0 * p, 100.0 * q)),
+    );
+    tb.row(row);
+    println!(
+        "rank each layer's input needs to keep ‖R‖²/‖X‖² ≤ τ (median over {} held-out images), the trained network against the same architecture with random weights:\n{}",
+        t.samples,
+        tb.render()
+    );
 }
