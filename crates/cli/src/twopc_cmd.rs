@@ -228,6 +228,8 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             variant: &'a str,
             offline_ms: f64,
             online_ms: f64,
+            /// Of online_ms, the time waiting for the server (its work and the transfer).
+            online_wait_ms: f64,
             offline_bytes_up: u64,
             offline_bytes_down: u64,
             online_bytes_up: u64,
@@ -248,6 +250,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
             variant: variant.name(),
             offline_ms: cost.offline_ms,
             online_ms: cost.online_ms,
+            online_wait_ms: cost.online_wait_ms,
             offline_bytes_up: cost.offline_up,
             offline_bytes_down: cost.offline_down,
             online_bytes_up: cost.online_up,
@@ -303,6 +306,8 @@ struct TwoPcBenchRow {
     /// Medians, ms.
     offline_ms: f64,
     online_ms: f64,
+    /// Of online_ms, the client's wait for the server (its work and the transfer).
+    online_wait_ms: f64,
     offline_up: u64,
     offline_down: u64,
     online_up: u64,
@@ -389,7 +394,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
             (None, None)
         };
         for variant in [Variant::ServerGarbler, Variant::ClientGarbler] {
-            let (mut off, mut on) = (Vec::new(), Vec::new());
+            let (mut off, mut on, mut wait) = (Vec::new(), Vec::new(), Vec::new());
             let mut exact = true;
             let mut last = None;
             for k in 0..reps.max(1) {
@@ -397,6 +402,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
                 exact &= y == reference;
                 off.push(c.offline_ms);
                 on.push(c.online_ms);
+                wait.push(c.online_wait_ms);
                 last = Some(c);
             }
             let c = last.unwrap_or_default();
@@ -408,6 +414,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
                 segments: p.segments.len(),
                 offline_ms: tessera_schemes::median(&mut off),
                 online_ms: tessera_schemes::median(&mut on),
+                online_wait_ms: tessera_schemes::median(&mut wait),
                 offline_up: c.offline_up,
                 offline_down: c.offline_down,
                 online_up: c.online_up,
@@ -433,6 +440,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
         "offline ms",
         "offline up/down",
         "online ms",
+        "client waits ms",
         "online up/down",
         "msgs",
         "stored client/server",
@@ -448,6 +456,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
             format!("{:.0}", r.offline_ms),
             format!("{} / {}", human(r.offline_up), human(r.offline_down)),
             format!("{:.1}", r.online_ms),
+            format!("{:.1}", r.online_wait_ms),
             format!("{} / {}", human(r.online_up), human(r.online_down)),
             r.online_messages.to_string(),
             format!("{} / {}", human(r.client_stored), human(r.server_stored)),

@@ -8,9 +8,22 @@ use tessera_he::linear::{PlainWeights, decrypt_output, encrypt_input, sub_plain}
 use tessera_he::privacy::sanitize;
 use tessera_he::{Ct, HeError, HeParams, LinearPlan, PublicKey, SecretKey};
 
-/// Residues mod `t` as centred integers (what the HE encoders take).
-fn centred(v: &[u64], bits: usize) -> Vec<i64> {
-    v.iter().map(|&x| share::signed(x, bits)).collect()
+/// Residues mod `t = 2^ℓ` as the centred integers the HE encoders take, in `(−t/2, t/2]`: the
+/// residue `t/2` is `+t/2` (read as a signed ℓ-bit integer it would be `−t/2`, which the
+/// encoders refuse; a uniform mask or share hits it with probability 2^−ℓ per value).
+pub(crate) fn centred(v: &[u64], bits: usize) -> Vec<i64> {
+    let bits = bits.clamp(1, 62);
+    let (t, half) = (1u64 << bits, 1u64 << (bits - 1));
+    v.iter()
+        .map(|&x| {
+            let x = share::reduce(x, bits);
+            if x > half {
+                x as i64 - t as i64
+            } else {
+                x as i64
+            }
+        })
+        .collect()
 }
 
 /// The client's mask of a layer input of `n` values and its encryption in the layer's layout.

@@ -85,6 +85,9 @@ pub struct RunCost {
     pub offline_ms: f64,
     /// Online wall time, milliseconds.
     pub online_ms: f64,
+    /// Of `online_ms`, the time the client waited for the server's messages (the server's
+    /// work and the transfer); the rest is the client's own work.
+    pub online_wait_ms: f64,
     /// Online messages (each direction change is a round).
     pub online_messages: u64,
 }
@@ -98,6 +101,8 @@ pub struct Meter<'a, C: Channel> {
     pub received: u64,
     /// Messages either way.
     pub messages: u64,
+    /// Time spent waiting in `recv` (the peer's work and the transfer), nanoseconds.
+    pub waited_ns: u64,
 }
 
 impl<'a, C: Channel> Meter<'a, C> {
@@ -108,6 +113,7 @@ impl<'a, C: Channel> Meter<'a, C> {
             sent: 0,
             received: 0,
             messages: 0,
+            waited_ns: 0,
         }
     }
 }
@@ -119,7 +125,11 @@ impl<C: Channel> Channel for Meter<'_, C> {
         self.inner.send(msg)
     }
     fn recv(&mut self) -> Result<Vec<u8>, tessera_mpc::MpcError> {
+        let t0 = std::time::Instant::now();
         let m = self.inner.recv()?;
+        self.waited_ns = self
+            .waited_ns
+            .saturating_add(t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
         self.received += m.len() as u64;
         self.messages += 1;
         Ok(m)

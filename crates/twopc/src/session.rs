@@ -457,6 +457,7 @@ impl<C: Channel> Client<C> {
             online_down: meter.received,
             online_messages: meter.messages,
             online_ms: t0.elapsed().as_secs_f64() * 1e3,
+            online_wait_ms: meter.waited_ns as f64 / 1e6,
             ..RunCost::default()
         };
         Ok((y, cost))
@@ -485,6 +486,7 @@ impl RunCost {
         self.online_up += o.online_up;
         self.online_down += o.online_down;
         self.online_ms += o.online_ms;
+        self.online_wait_ms += o.online_wait_ms;
         self.online_messages += o.online_messages;
     }
 }

@@ -181,3 +181,59 @@ fn conv_and_dense_shares_add_up_to_the_accumulator() {
     };
     run(case, 9);
 }
+
+/// Masks and shares are uniform residues mod 2^ℓ; the residue 2^(ℓ−1) (read as a signed ℓ-bit
+/// integer, −2^(ℓ−1)) must reach the HE encoders as +2^(ℓ−1), the one representative of their
+/// range (−t/2, t/2]. A mask made only of that residue, and of the others at the range's ends,
+/// goes through the offline phase and the shares still add up to W·r.
+#[test]
+fn masks_at_the_edge_of_the_ring_go_through_the_offline_phase() {
+    use tessera_twopc::offline::encrypt_mask;
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let n_in = 16usize;
+    let w: Vec<i64> = (0..4 * n_in).map(|i| (i as i64 % 7) - 3).collect();
+    let nd = LayerNeed {
+        name: "edge".into(),
+        acc_bound: 1 << 20,
+        x_bound: 1 << 23,
+        w_bound: 127,
+        terms: n_in,
+        products: 4 * n_in,
+        product: Product::Plain,
+    };
+    let params = HeParams::choose(
+        &[nd],
+        ParamOptions {
+            flood: true,
+            ..ParamOptions::default()
+        },
+    )
+    .expect("params");
+    let bits = params.plain_bits as usize;
+    let plan = LinearPlan::Dense(DensePlan::new(n_in, 4, params.degree()).expect("plan"));
+    let keys = KeyPair::generate(&params, &mut rng);
+    let half = 1u64 << (bits - 1);
+    let t = 1u64 << bits;
+    let r: Vec<u64> = (0..n_in)
+        .map(|i| match i % 3 {
+            0 => half,
+            1 => half + 1,
+            _ => t - 1,
+        })
+        .collect();
+    let enc_r = encrypt_mask(&keys.public, &plan, &r, &mut rng).expect("the edge residue encrypts");
+    let weights = PlainWeights::new(&params, plan.clone(), &w, &[0; 4]).expect("weights");
+    let (s, answer) =
+        server_answer(&params, &keys.public, &weights, 4, &enc_r, &mut rng).expect("answer");
+    let c = client_share(&keys.secret, &plan, &answer).expect("share");
+    for o in 0..4 {
+        let wr = (0..n_in).fold(0u64, |acc, i| {
+            acc.wrapping_add((w[o * n_in + i] as u64).wrapping_mul(r[i]))
+        });
+        assert_eq!(
+            share::reduce(c[o].wrapping_add(s[o]), bits),
+            share::reduce(wr, bits),
+            "output {o}"
+        );
+    }
+}
