@@ -6,7 +6,7 @@
 
 use crate::AsymError;
 use crate::decompose::{RankSpec, decompose};
-use crate::plan::{AsymOptions, LinearKind, Placement, Plan, RankRule};
+use crate::plan::{AsymOptions, Placement, Plan, RankRule};
 use serde::Serialize;
 use tessera_model::{Graph, Tensor};
 
@@ -116,10 +116,7 @@ pub fn rank_profile(
     let mut net = vec![(0u64, 0u64); thresholds.len()];
     for (l, per) in plan.layers().iter().zip(ranks) {
         let (rows, cols) = l.matrix();
-        let full = match l.kind {
-            LinearKind::Conv(_) => rows.min(cols),
-            LinearKind::Dense { .. } => rows.min(cols),
-        };
+        let full = rows.min(cols);
         let macs = l.macs();
         let mut lr = Vec::with_capacity(thresholds.len());
         let mut ls = Vec::with_capacity(thresholds.len());

@@ -56,6 +56,31 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
+/// gc on the same input as another scheme's benchmark: the median online latency over up to
+/// three inferences (one garbling each, none overlapped) and the median garbling time, in ms.
+pub(crate) fn gc_beside(
+    g: &Graph,
+    sem: &Semantics,
+    x: &tessera_model::Tensor,
+    reps: usize,
+) -> std::result::Result<(f64, f64), tessera_schemes::SchemeError> {
+    let mut gc = Gc::new(
+        g,
+        GcOptions {
+            semantics: sem.clone(),
+            pool: 1,
+            overlap: false,
+            ..GcOptions::default()
+        },
+    )?;
+    let mut on = Vec::new();
+    for _ in 0..reps.clamp(1, 3) {
+        gc.wait_ready(std::time::Duration::from_secs(7200))?;
+        on.push(gc.infer(x)?.cost.latency.as_secs_f64() * 1e3);
+    }
+    Ok((tessera_schemes::median(&mut on), gc.stats().garble_ms))
+}
+
 pub(crate) fn main(a: &BenchArgs) -> Result<()> {
     if !a.two_pc.is_empty() {
         crate::twopc_cmd::bench_2pc(&a.two_pc, &a.mnist8, a.reps, a.json)

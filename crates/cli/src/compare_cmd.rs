@@ -81,6 +81,11 @@ pub(crate) struct Report {
 }
 
 pub(crate) fn main(a: &CompareArgs) -> Result<()> {
+    if a.slow_n == 0 {
+        return Err(CliError::Usage(
+            "--slow-n 0 would run gc and 2pc on no input; give at least 1".into(),
+        ));
+    }
     let g = resolve_model(&a.model, &a.quant.import_options())?;
     let d = load_inputs(&a.dataset, &a.data, &g)?;
     let calib: Vec<Tensor> = (0..d.count.min(64)).filter_map(|i| d.image(i)).collect();
@@ -131,17 +136,9 @@ pub(crate) fn finish(r: &mut Report, out: Option<&Path>, json: bool) -> Result<(
     Ok(())
 }
 
-/// The inputs named by `spec`, shaped for `g`.
+/// The inputs named by `spec`, shaped for `g`: a folder, `generated[:N]` (the benchmarks'
+/// seeded inputs), or a data set `parse_dataset` knows.
 fn load_inputs(spec: &str, dir: &Path, g: &Graph) -> Result<Dataset> {
-    let (name, n) = match spec.split_once(':') {
-        Some((a, b)) => (
-            a,
-            Some(b.parse::<usize>().map_err(|_| {
-                CliError::Usage(format!("'{b}' is not a count in --dataset {spec}"))
-            })?),
-        ),
-        None => (spec, None),
-    };
     let shape: Vec<usize> = g
         .inputs
         .first()
@@ -152,27 +149,35 @@ fn load_inputs(spec: &str, dir: &Path, g: &Graph) -> Result<Dataset> {
             "compare feeds [1, C, H, W] inputs; this model's input is {shape:?}"
         )));
     };
-    let mut d = if name == "generated" {
-        let n = n.unwrap_or(20);
-        let len = c * h * w;
+    let d = if Path::new(spec).is_dir() {
+        folder(Path::new(spec), [c, h, w])?
+    } else if let Some(n) = spec.strip_prefix("generated") {
+        let n = match n.strip_prefix(':') {
+            Some(k) => k.parse::<usize>().map_err(|_| {
+                CliError::Usage(format!("'{k}' is not a count in --dataset {spec}"))
+            })?,
+            None if n.is_empty() => 20,
+            None => {
+                return Err(CliError::Usage(format!(
+                    "unknown data set '{spec}'; use generated[:N], mnist[:N], glyphs[:N] or a folder"
+                )));
+            }
+        };
+        let images = crate::bench_cmd::synth_images(g, n);
         Dataset {
-            count: n,
+            count: images.len(),
             channels: c,
             rows: h,
             cols: w,
-            pixels: (0..n * len)
-                .map(|i| ((i % len * 7919 + i / len * 104_729) % 256) as f32)
+            pixels: images
+                .iter()
+                .flat_map(|t| t.data().iter().copied())
                 .collect(),
             labels: Vec::new(),
         }
-    } else if Path::new(spec).is_dir() {
-        folder(Path::new(spec), [c, h, w])?
     } else {
         crate::parse_dataset(spec, dir)?
     };
-    if let Some(n) = n {
-        d.truncate(n);
-    }
     if (d.channels, d.rows, d.cols) != (c, h, w) {
         return Err(CliError::Usage(format!(
             "the inputs of {spec} are {}×{}×{}, the model takes {c}×{h}×{w}",

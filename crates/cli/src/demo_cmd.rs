@@ -78,25 +78,10 @@ fn train_cnn(train: &Dataset, json: bool) -> Result<Graph> {
     } else {
         progress((epochs * steps) as u64, "training")
     };
-    let side = synth::SIDE * synth::SIDE;
     for _ in 0..epochs {
         for s in 0..steps {
-            let idx = s * batch..(s + 1) * batch;
-            let px = train
-                .pixels
-                .get(idx.start * side..idx.end * side)
-                .ok_or_else(|| usage("the training set is shorter than its count".into()))?;
-            let x = Tensor::new(
-                vec![batch, 1, synth::SIDE, synth::SIDE],
-                px.iter().map(|v| v / 255.0).collect(),
-            )?;
-            let labels: Vec<usize> = train
-                .labels
-                .get(idx)
-                .ok_or_else(|| usage("the training set has too few labels".into()))?
-                .iter()
-                .map(|&l| usize::from(l))
-                .collect();
+            let idx: Vec<usize> = (s * batch..(s + 1) * batch).collect();
+            let (x, labels) = crate::train_cmd::batch_of(train, &idx)?;
             let r = t
                 .step(&x, &labels, None)
                 .map_err(|e| usage(e.to_string()))?;

@@ -358,7 +358,7 @@ fn median_ms(v: &mut [f64]) -> f64 {
 
 /// `tessera bench --lhe NETS`: lhe end to end and per layer, tee and gc beside it.
 pub fn bench_lhe(nets: &[String], mnist8: &std::path::Path, reps: usize, json: bool) -> Result<()> {
-    use tessera_schemes::{Gc, GcOptions, Lhe, Scheme, Tee, TeeOptions};
+    use tessera_schemes::{Lhe, Scheme, Tee, TeeOptions};
     let mnist_dir = mnist8
         .parent()
         .and_then(|p| p.parent())
@@ -396,23 +396,7 @@ pub fn bench_lhe(nets: &[String], mnist8: &std::path::Path, reps: usize, json: b
         for _ in 0..reps.max(1) {
             tee_ms.push(tee.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
         }
-        let gc_run = || -> std::result::Result<(f64, f64), tessera_schemes::SchemeError> {
-            let mut gc = Gc::new(
-                &g,
-                GcOptions {
-                    semantics: sem.clone(),
-                    pool: 1,
-                    overlap: false,
-                    ..GcOptions::default()
-                },
-            )?;
-            let mut on = Vec::new();
-            for _ in 0..reps.clamp(1, 3) {
-                gc.wait_ready(std::time::Duration::from_secs(7200))?;
-                on.push(gc.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
-            }
-            Ok((median_ms(&mut on), gc.stats().garble_ms))
-        };
+        let gc_run = || crate::bench_cmd::gc_beside(&g, &sem, &x, reps);
         let (gc_online, gc_garble) = match gc_run() {
             Ok((on, garble)) => (Some(on), Some(garble)),
             Err(e) => {

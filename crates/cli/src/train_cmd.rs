@@ -101,7 +101,8 @@ fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-fn batch_of(d: &Dataset, idx: &[usize]) -> Result<(Tensor, Vec<usize>)> {
+/// Images `idx` of `d` as one batch `[n, 1, rows, cols]` scaled to [0, 1], and their labels.
+pub(crate) fn batch_of(d: &Dataset, idx: &[usize]) -> Result<(Tensor, Vec<usize>)> {
     let n = d.rows * d.cols;
     let mut x = Vec::with_capacity(idx.len() * n);
     for &i in idx {

@@ -326,7 +326,7 @@ struct TwoPcBenchRow {
 /// `tessera bench --2pc NETS`: both variants end to end (offline and online, bytes each way,
 /// stored bytes on each side), per activation, with tee, lhe and gc on the same input.
 pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Result<()> {
-    use tessera_schemes::{Gc, GcOptions, Lhe, Scheme, Tee, TeeOptions};
+    use tessera_schemes::{Lhe, Scheme, Tee, TeeOptions};
     let mnist_dir = mnist8
         .parent()
         .and_then(|p| p.parent())
@@ -365,23 +365,7 @@ pub fn bench_2pc(nets: &[String], mnist8: &Path, reps: usize, json: bool) -> Res
                 Some(tessera_schemes::median(&mut v))
             });
         // gc garbles the whole network per inference in the enclave: beside small networks.
-        let gc_run = || -> std::result::Result<(f64, f64), tessera_schemes::SchemeError> {
-            let mut gc = Gc::new(
-                &g,
-                GcOptions {
-                    semantics: sem.clone(),
-                    pool: 1,
-                    overlap: false,
-                    ..GcOptions::default()
-                },
-            )?;
-            let mut on = Vec::new();
-            for _ in 0..reps.clamp(1, 3) {
-                gc.wait_ready(std::time::Duration::from_secs(7200))?;
-                on.push(gc.infer(&x)?.cost.latency.as_secs_f64() * 1e3);
-            }
-            Ok((tessera_schemes::median(&mut on), gc.stats().garble_ms))
-        };
+        let gc_run = || crate::bench_cmd::gc_beside(&g, &sem, &x, reps);
         let (gc_online_ms, gc_garble_ms) = if p.activations() <= 50_000 {
             match gc_run() {
                 Ok((on, garble)) => (Some(on), Some(garble)),

@@ -308,19 +308,11 @@ pub fn client_online<C: Channel>(
     x: &[i64],
 ) -> Result<Vec<i64>, TwoPcError> {
     let bits = p.share_bits;
-    let r0 = pre.rs.first().map(Vec::as_slice).unwrap_or_default();
-    if x.len() != r0.len() {
-        return Err(TwoPcError::Input(format!(
-            "{} input values for a model input of {}",
-            x.len(),
-            r0.len()
-        )));
-    }
-    let y0: Vec<u64> = x
-        .iter()
-        .zip(r0)
-        .map(|(&v, &r)| share::reduce(share::residue(v, bits).wrapping_sub(r), bits))
-        .collect();
+    let y0 = share::masked_input(
+        x,
+        pre.rs.first().map(Vec::as_slice).unwrap_or_default(),
+        bits,
+    )?;
     ch.send(pack(&y0))?;
     let mut t_at = 0;
     let last = p.segments.len() - 1;

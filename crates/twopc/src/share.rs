@@ -26,6 +26,26 @@ pub fn residue(v: i64, bits: usize) -> u64 {
     reduce(v as u64, bits)
 }
 
+/// The client's first online message: its quantized input `x` minus the mask `r0` of the model
+/// input, mod 2^ℓ. Errors when the input does not have the model input's length.
+pub fn masked_input(
+    x: &[i64],
+    r0: &[u64],
+    bits: usize,
+) -> Result<Vec<u64>, crate::protocol::TwoPcError> {
+    if x.len() != r0.len() {
+        return Err(crate::protocol::TwoPcError::Input(format!(
+            "{} input values for a model input of {}",
+            x.len(),
+            r0.len()
+        )));
+    }
+    Ok(x.iter()
+        .zip(r0)
+        .map(|(&v, &r)| reduce(residue(v, bits).wrapping_sub(r), bits))
+        .collect())
+}
+
 /// A residue mod 2^ℓ read as a signed ℓ-bit integer.
 #[inline]
 pub fn signed(v: u64, bits: usize) -> i64 {
