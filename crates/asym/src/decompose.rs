@@ -2,7 +2,8 @@
 //!
 //! Method: a randomized range finder (Halko–Martinsson–Tropp) with optional subspace (power)
 //! iterations, then an exact eigen-decomposition of the small Gram matrix of the sketch, so the
-//! kept components come ordered by captured energy. `U` has orthonormal columns and
+//! kept components come ordered by captured energy. On a wide matrix the subspace is estimated
+//! on a stratified sample of its columns and the projection is exact on all of them. `U` has orthonormal columns and
 //! `V = Uᵀ·X`, hence `‖R‖² = ‖X‖² − ‖V‖²` and every choice of rank keeps `U·V + R = X` up to
 //! float rounding: a rough factorization costs no accuracy, it only moves work and information.
 //! The products are BLAS-3 (`engine::gemm::sgemm`), the only O(s³) step is the Jacobi
@@ -32,6 +33,12 @@ pub struct DecompOptions {
     pub oversample: usize,
     /// Subspace iterations (each costs two more products with X; 0 is the plain range finder).
     pub power_iters: usize,
+    /// Estimate the subspace on this many columns drawn from a wide matrix (one per stratum),
+    /// at least the row count; 0 = on every column. `V` and `R` are always computed on every
+    /// column, so the sample changes which components are kept, never the identity
+    /// `U·V + R = X`; it cuts the enclave's sketching work from `O(rows·cols·s)` to
+    /// `O(rows·sample·s)` on large activations (a conv input at 32×32, or a whole batch).
+    pub sample_cols: usize,
 }
 
 impl Default for DecompOptions {
@@ -39,6 +46,7 @@ impl Default for DecompOptions {
         Self {
             oversample: 4,
             power_iters: 1,
+            sample_cols: 256,
         }
     }
 }
@@ -65,11 +73,16 @@ pub struct LowRank {
 impl LowRank {
     /// Multiply-adds the decomposition of a `rows × cols` matrix costs at rank `k` with the given
     /// options (sketch, subspace iterations, Gram matrix, projection and residual).
+    /// With column sampling the sketch runs on the sample and `V = Uᵀ·X` costs `rows·cols·k`.
     pub fn cost_macs(rows: usize, cols: usize, k: usize, opts: &DecompOptions) -> u64 {
-        let full = rows.min(cols);
+        let sample = sampled_count(rows, cols, opts);
+        let scols = sample.unwrap_or(cols);
+        let full = rows.min(scols);
         let s = (k + opts.oversample).min(full) as u64;
-        let (r, c, k) = (rows as u64, cols as u64, k.min(full) as u64);
-        (2 + 2 * opts.power_iters as u64) * r * c * s + s * s * c + k * s * (r + c) + r * c * k
+        let (r, c, sc, k) = (rows as u64, cols as u64, scols as u64, k.min(full) as u64);
+        let sketch = (2 + 2 * opts.power_iters as u64) * r * sc * s + s * s * sc + s * s * (r + sc);
+        let project = if sample.is_some() { r * c * k } else { 0 };
+        sketch + project + r * c * k
     }
 }
 
@@ -107,8 +120,178 @@ impl SplitMix {
     }
 }
 
+/// The columns the subspace is estimated on: every column, or (when `cols` is well above
+/// `opts.sample_cols` and the row count) one column drawn at random from each of that many
+/// equal strata.
+fn sample_columns(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    opts: &DecompOptions,
+    seed: u64,
+) -> Option<Vec<f32>> {
+    let want = sampled_count(rows, cols, opts)?;
+    let mut rng = SplitMix::new(seed ^ 0x5a5a_5a5a_a5a5_a5a5);
+    let picks: Vec<usize> = (0..want)
+        .map(|j| {
+            let lo = j * cols / want;
+            let hi = ((j + 1) * cols / want).max(lo + 1);
+            lo + (rng.next_u64() % (hi - lo) as u64) as usize
+        })
+        .collect();
+    let mut xs = vec![0f32; rows * want];
+    for i in 0..rows {
+        let row = &x[i * cols..(i + 1) * cols];
+        for (dst, &c) in xs[i * want..(i + 1) * want].iter_mut().zip(&picks) {
+            *dst = row.get(c).copied().unwrap_or(0.0);
+        }
+    }
+    Some(xs)
+}
+
+/// How many columns the subspace is estimated on, when fewer than all (see [`sample_columns`]).
+fn sampled_count(rows: usize, cols: usize, opts: &DecompOptions) -> Option<usize> {
+    if opts.sample_cols == 0 {
+        return None;
+    }
+    let want = opts.sample_cols.max(rows);
+    (cols > 2 * want).then_some(want)
+}
+
+/// The candidate components of a sketch: `Uᵀ` (`q × rows`, orthonormal rows ordered by the
+/// energy they capture in `xs`), those energies, and `B = Qᵀ·xs` with its eigenvectors (for
+/// the exact projection when `xs` is the whole matrix).
+struct Components {
+    q: usize,
+    ut: Vec<f32>,
+    lambda: Vec<f64>,
+    /// `Eᵀ·B` (`q × scols`): the projections of `xs` on the components.
+    proj: Vec<f32>,
+}
+
+fn components(
+    xs: &[f32],
+    rows: usize,
+    scols: usize,
+    s: usize,
+    opts: &DecompOptions,
+    seed: u64,
+) -> Components {
+    // Sketch: Yᵀ (s × rows) = Ωᵀ (s × scols) · Xᵀ.
+    let mut rng = SplitMix::new(seed);
+    let omega_t: Vec<f32> = (0..s * scols).map(|_| rng.sym()).collect();
+    let mut yt = vec![0f32; s * rows];
+    sgemm(
+        s,
+        scols,
+        rows,
+        1.0,
+        View::rows(&omega_t, scols),
+        View::transposed(xs, scols),
+        0.0,
+        &mut yt,
+    );
+    let mut q = orthonormalize(&mut yt, s, rows);
+    let mut b = vec![0f32; s * scols];
+    for _ in 0..opts.power_iters {
+        // B = Qᵀ·X (q × cols), then Yᵀ = B·Xᵀ (q × rows).
+        sgemm(
+            q,
+            rows,
+            scols,
+            1.0,
+            View::rows(&yt, rows),
+            View::rows(xs, scols),
+            0.0,
+            &mut b,
+        );
+        let mut y2 = vec![0f32; q * rows];
+        sgemm(
+            q,
+            scols,
+            rows,
+            1.0,
+            View::rows(&b, scols),
+            View::transposed(xs, scols),
+            0.0,
+            &mut y2,
+        );
+        q = orthonormalize(&mut y2, q, rows);
+        yt = y2;
+    }
+    // B = Qᵀ·X (q × cols).
+    b.resize(q * scols, 0.0);
+    sgemm(
+        q,
+        rows,
+        scols,
+        1.0,
+        View::rows(&yt, rows),
+        View::rows(xs, scols),
+        0.0,
+        &mut b,
+    );
+    // Gram of B (q × q) in f64, eigen-decomposed: B·Bᵀ = E·Λ·Eᵀ.
+    let mut gram = vec![0f64; q * q];
+    for i in 0..q {
+        let bi = &b[i * scols..(i + 1) * scols];
+        for j in i..q {
+            let bj = &b[j * scols..(j + 1) * scols];
+            let d: f64 = bi
+                .iter()
+                .zip(bj)
+                .map(|(&a, &c)| f64::from(a) * f64::from(c))
+                .sum();
+            gram[i * q + j] = d;
+            gram[j * q + i] = d;
+        }
+    }
+    let (lambda, evec) = sym_eigen(&mut gram, q);
+    // Eᵀ (q × q), then Uᵀ = Eᵀ·Qᵀ (q × rows) and Eᵀ·B (q × scols).
+    let mut et = vec![0f32; q * q];
+    for j in 0..q {
+        for i in 0..q {
+            et[j * q + i] = evec[i * q + j] as f32;
+        }
+    }
+    let mut ut = vec![0f32; q * rows];
+    sgemm(
+        q,
+        q,
+        rows,
+        1.0,
+        View::rows(&et, q),
+        View::rows(&yt, rows),
+        0.0,
+        &mut ut,
+    );
+    let mut proj = vec![0f32; q * scols];
+    sgemm(
+        q,
+        q,
+        scols,
+        1.0,
+        View::rows(&et, q),
+        View::rows(&b, scols),
+        0.0,
+        &mut proj,
+    );
+    Components {
+        q,
+        ut,
+        lambda,
+        proj,
+    }
+}
+
 /// Decompose `x` (`rows × cols`, row-major): keep `spec` components, return `U`, `V`, `R`.
 /// `seed` fixes the random sketch. Errors on a size mismatch or a non-finite element.
+///
+/// The subspace is estimated on a sample of the columns when the matrix is wide
+/// ([`DecompOptions::sample_cols`]); `V = Uᵀ·X` and the residual are then computed on every
+/// column, so `U·V + R = X` holds whatever the sample, and the energy rule is checked on the
+/// exact `‖R‖²/‖X‖²`: components are added (and the sketch widened) until it holds or the rank
+/// cap is reached.
 pub fn decompose(
     x: &[f32],
     rows: usize,
@@ -151,149 +334,166 @@ pub fn decompose(
             energy: if total == 0.0 { 0.0 } else { 1.0 },
         });
     }
-    let s = (kmax + opts.oversample).min(rows.min(cols));
-    // Sketch: Yᵀ (s × rows) = Ωᵀ (s × cols) · Xᵀ.
-    let mut rng = SplitMix::new(seed);
-    let omega_t: Vec<f32> = (0..s * cols).map(|_| rng.sym()).collect();
-    let mut yt = vec![0f32; s * rows];
-    sgemm(
-        s,
-        cols,
-        rows,
-        1.0,
-        View::rows(&omega_t, cols),
-        View::transposed(x, cols),
-        0.0,
-        &mut yt,
-    );
-    let mut q = orthonormalize(&mut yt, s, rows);
-    let mut b = vec![0f32; s * cols];
-    for _ in 0..opts.power_iters {
-        // Bᵀ-side: B = Qᵀ·X (q × cols), then Yᵀ = B·Xᵀ (q × rows).
-        sgemm(
-            q,
-            rows,
-            cols,
-            1.0,
-            View::rows(&yt, rows),
-            View::rows(x, cols),
-            0.0,
-            &mut b,
-        );
-        let mut y2 = vec![0f32; q * rows];
-        sgemm(
-            q,
-            cols,
-            rows,
-            1.0,
-            View::rows(&b, cols),
-            View::transposed(x, cols),
-            0.0,
-            &mut y2,
-        );
-        q = orthonormalize(&mut y2, q, rows);
-        yt = y2;
+    let sampled = sample_columns(x, rows, cols, opts, seed);
+    let (xs, scols) = match &sampled {
+        Some(v) => (v.as_slice(), v.len() / rows.max(1)),
+        None => (x, cols),
+    };
+    let full = rows.min(scols);
+    let stotal: f64 = xs
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    // The energy rule starts from a narrow sketch and widens it only when needed.
+    let mut s = match threshold {
+        None => kmax + opts.oversample,
+        Some(_) => kmax.min(8) + opts.oversample,
     }
-    // B = Qᵀ·X (q × cols).
-    b.resize(q * cols, 0.0);
-    sgemm(
-        q,
-        rows,
-        cols,
-        1.0,
-        View::rows(&yt, rows),
-        View::rows(x, cols),
-        0.0,
-        &mut b,
-    );
-    // Gram of B (q × q) in f64, eigen-decomposed: B·Bᵀ = E·Λ·Eᵀ.
-    let mut gram = vec![0f64; q * q];
-    for i in 0..q {
-        let bi = &b[i * cols..(i + 1) * cols];
-        for j in i..q {
-            let bj = &b[j * cols..(j + 1) * cols];
-            let d: f64 = bi
-                .iter()
-                .zip(bj)
-                .map(|(&a, &c)| f64::from(a) * f64::from(c))
-                .sum();
-            gram[i * q + j] = d;
-            gram[j * q + i] = d;
-        }
-    }
-    let (lambda, evec) = sym_eigen(&mut gram, q);
-    let kcap = kmax.min(q);
-    let k = match threshold {
-        None => kcap,
-        Some(t) => {
-            let mut kept = 0f64;
-            let mut k = kcap;
-            for (i, &l) in lambda.iter().enumerate().take(kcap) {
-                kept += l.max(0.0);
-                if (total - kept) / total <= t {
-                    k = i + 1;
-                    break;
+    .min(full);
+    let mut attempt = 0u64;
+    loop {
+        let c = components(xs, rows, scols, s, opts, seed.wrapping_add(attempt));
+        let kcap = kmax.min(c.q);
+        // The rank the (sampled) spectrum suggests.
+        let mut k = match threshold {
+            None => kcap,
+            Some(t) => {
+                let mut kept = 0f64;
+                let mut k = kcap;
+                for (i, &l) in c.lambda.iter().enumerate().take(kcap) {
+                    kept += l.max(0.0);
+                    if (stotal - kept) / stotal <= t {
+                        k = i + 1;
+                        break;
+                    }
+                }
+                k.max(1)
+            }
+        };
+        // V = Uᵀ·X on every column: from the sketch's own projections when it saw them all.
+        let project = |from: usize, to: usize| -> Vec<f32> {
+            let m = to - from;
+            if sampled.is_none() {
+                c.proj[from * cols..to * cols].to_vec()
+            } else {
+                let mut v = vec![0f32; m * cols];
+                sgemm(
+                    m,
+                    rows,
+                    cols,
+                    1.0,
+                    View::rows(&c.ut[from * rows..to * rows], rows),
+                    View::rows(x, cols),
+                    0.0,
+                    &mut v,
+                );
+                v
+            }
+        };
+        let mut v = project(0, k);
+        let sq = |v: &[f32]| v.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>();
+        let mut kept = sq(&v);
+        if let Some(t) = threshold {
+            while (total - kept) / total > t && k < kcap {
+                let more = project(k, k + 1);
+                kept += sq(&more);
+                v.extend_from_slice(&more);
+                k += 1;
+            }
+            if (total - kept) / total > t && k < kmax {
+                if s < full {
+                    s = (2 * s).min(full);
+                    attempt += 1;
+                    continue;
+                }
+                if sampled.is_some() {
+                    // The sample misses a direction the threshold needs: use every column.
+                    let all = DecompOptions {
+                        sample_cols: 0,
+                        ..*opts
+                    };
+                    return decompose(x, rows, cols, spec, &all, seed);
                 }
             }
-            k.max(1)
         }
+        let mut u = vec![0f32; rows * k];
+        for j in 0..k {
+            for i in 0..rows {
+                u[i * k + j] = c.ut[j * rows + i];
+            }
+        }
+        let mut residual = x.to_vec();
+        sgemm(
+            rows,
+            k,
+            cols,
+            -1.0,
+            View::rows(&u, k),
+            View::rows(&v, cols),
+            1.0,
+            &mut residual,
+        );
+        let rr: f64 = residual.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        return Ok(LowRank {
+            rows,
+            cols,
+            rank: k,
+            u,
+            v,
+            residual,
+            energy: rr / total,
+        });
+    }
+}
+
+/// The residual energy `‖R‖²/‖X‖²` the best rank-`k` basis leaves, for `k = 0, 1, …` up to
+/// `max_k` (or the sketch's rank), estimated from the eigenvalues of a sketch of `x` (on sampled
+/// columns for a wide matrix, one extra subspace iteration): what [`crate::select`] chooses
+/// ranks from. Entry 0 is 1 (0 for a zero matrix).
+pub fn energy_curve(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    max_k: usize,
+    opts: &DecompOptions,
+    seed: u64,
+) -> Result<Vec<f64>, AsymError> {
+    if rows.checked_mul(cols) != Some(x.len()) {
+        return Err(AsymError::Shape(format!(
+            "energy curve: {} values for a {rows}×{cols} matrix",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(AsymError::Input(format!(
+            "element {i} of the layer input is not finite"
+        )));
+    }
+    let sampled = sample_columns(x, rows, cols, opts, seed);
+    let (xs, scols) = match &sampled {
+        Some(v) => (v.as_slice(), v.len() / rows.max(1)),
+        None => (x, cols),
     };
-    // Eₖᵀ (k × q), then Uᵀ = Eₖᵀ·Qᵀ (k × rows) and V = Eₖᵀ·B (k × cols).
-    let mut ekt = vec![0f32; k * q];
-    for j in 0..k {
-        for i in 0..q {
-            ekt[j * q + i] = evec[i * q + j] as f32;
-        }
+    let full = rows.min(scols);
+    let stotal: f64 = xs.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    if stotal == 0.0 || full == 0 {
+        return Ok(vec![0.0; max_k.min(rows.min(cols)) + 1]);
     }
-    let mut ut = vec![0f32; k * rows];
-    sgemm(
-        k,
-        q,
-        rows,
-        1.0,
-        View::rows(&ekt, q),
-        View::rows(&yt, rows),
-        0.0,
-        &mut ut,
-    );
-    let mut v = vec![0f32; k * cols];
-    sgemm(
-        k,
-        q,
-        cols,
-        1.0,
-        View::rows(&ekt, q),
-        View::rows(&b, cols),
-        0.0,
-        &mut v,
-    );
-    let mut u = vec![0f32; rows * k];
-    for j in 0..k {
-        for i in 0..rows {
-            u[i * k + j] = ut[j * rows + i];
-        }
+    let s = (max_k + opts.oversample).min(full);
+    let tuned = DecompOptions {
+        power_iters: opts.power_iters + 1,
+        ..*opts
+    };
+    let c = components(xs, rows, scols, s, &tuned, seed);
+    let mut curve = Vec::with_capacity(max_k.min(c.q) + 1);
+    let mut kept = 0f64;
+    curve.push(1.0);
+    for &l in c.lambda.iter().take(max_k.min(c.q)) {
+        kept += l.max(0.0);
+        curve.push(((stotal - kept) / stotal).max(0.0));
     }
-    let mut residual = x.to_vec();
-    sgemm(
-        rows,
-        k,
-        cols,
-        -1.0,
-        View::rows(&u, k),
-        View::rows(&v, cols),
-        1.0,
-        &mut residual,
-    );
-    let rr: f64 = residual.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-    Ok(LowRank {
-        rows,
-        cols,
-        rank: k,
-        u,
-        v,
-        residual,
-        energy: rr / total,
-    })
+    Ok(curve)
 }
 
 /// Orthonormalize the first `m` rows (length `len`) of `a` in place by modified Gram–Schmidt,

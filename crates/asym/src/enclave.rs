@@ -51,8 +51,10 @@ impl LayerRun {
 /// The low-rank factors the enclave keeps for a split layer's backward pass.
 #[derive(Clone, Debug)]
 pub struct LowRankState {
-    /// Per decomposed matrix (per sample for a conv; one for a dense layer's batch): `U`
-    /// (`rows × k`) and `V` (`k × cols`), row-major, with `k`.
+    /// Per decomposed matrix (per sample for a per-sample conv basis; one otherwise): `U`
+    /// (`rows × k`) and `V`, row-major, with `k`. `V` is `k × cols`, except under a batch conv
+    /// basis, where it is stored per sample as `[N, k, H·W]` (the layout the batched low-rank
+    /// convolution and its weight gradient read).
     pub factors: Vec<(usize, Vec<f32>, Vec<f32>)>,
 }
 
@@ -81,6 +83,7 @@ pub(crate) fn placement_name(p: &Placement) -> &'static str {
         Placement::Enclave(Grouped) => "grouped",
         Placement::Enclave(NoGain) => "no-gain",
         Placement::Enclave(Baseline) => "enclave",
+        Placement::Enclave(Chosen) => "chosen-whole",
     }
 }
 
@@ -134,10 +137,7 @@ pub fn enclave_split(
     };
     let (rows, cols) = l.matrix();
     let per = rows * cols;
-    let mats = match l.kind {
-        LinearKind::Conv(_) => l.batch,
-        LinearKind::Dense { .. } => 1,
-    };
+    let mats = l.matrices();
     if x.len() != per * mats {
         return Err(AsymError::Shape(format!(
             "layer '{}' expects {} input values, got {}",
@@ -147,11 +147,24 @@ pub fn enclave_split(
         )));
     }
     let opts = &plan.opts;
+    // A batch conv basis decomposes the batch as one `C × N·H·W` matrix.
+    let batch_conv = match l.kind {
+        LinearKind::Conv(s) if l.shared_basis => Some(s),
+        _ => None,
+    };
+    let gathered;
+    let xm: &[f32] = match batch_conv {
+        Some(s) => {
+            gathered = to_channel_major(x.data(), l.batch, s.c, s.hw());
+            &gathered
+        }
+        None => x.data(),
+    };
     let parts: Vec<LowRank> = (0..mats)
         .into_par_iter()
         .map(|b| {
             decompose(
-                &x.data()[b * per..(b + 1) * per],
+                &xm[b * per..(b + 1) * per],
                 rows,
                 cols,
                 spec,
@@ -164,18 +177,25 @@ pub fn enclave_split(
     let mut factors = Vec::with_capacity(mats);
     let mut energy = Vec::with_capacity(mats);
     for p in parts {
+        let (r, v) = match batch_conv {
+            Some(s) => (
+                to_channel_major(&p.residual, s.c, l.batch, s.hw()),
+                to_channel_major(&p.v, p.rank, l.batch, s.hw()),
+            ),
+            None => (p.residual, p.v),
+        };
         if opts.noise_sigma > 0.0 {
             // The noise is drawn here, from the OS-seeded CSPRNG, for every residual afresh:
             // nothing the worker holds (the options, the layer, the step) determines it, so the
             // worker cannot regenerate and subtract it.
             let mut rng = rand::rng();
             let s = f64::from(opts.noise_sigma);
-            residual.extend(p.residual.iter().map(|&r| r + (s * gauss(&mut rng)) as f32));
+            residual.extend(r.iter().map(|&r| r + (s * gauss(&mut rng)) as f32));
         } else {
-            residual.extend_from_slice(&p.residual);
+            residual.extend_from_slice(&r);
         }
         energy.push(p.energy);
-        factors.push((p.rank, p.u, p.v));
+        factors.push((p.rank, p.u, v));
     }
     let residual = Tensor::new(x.shape().to_vec(), residual)?;
     Ok((
@@ -189,13 +209,25 @@ pub fn enclave_split(
     ))
 }
 
-/// The low-rank part of a conv for one sample: `conv(V, W·U)` with `W·U` the weights folded to
-/// `k` virtual input channels. `w` is `co × c·kk`.
-fn conv_lowrank(s: &ConvShape, w: &[f32], k: usize, u: &[f32], v: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    if k == 0 {
-        return;
+/// `[a, b, n]` → `[b, a, n]`: a batch `[N, C, H·W]` to the channel-major matrix `C × N·H·W`
+/// (`a = N, b = C`), and back (`a = C, b = N`).
+pub(crate) fn to_channel_major(x: &[f32], a: usize, b: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for i in 0..a {
+        for j in 0..b {
+            if let (Some(src), Some(dst)) = (
+                x.get((i * b + j) * n..(i * b + j + 1) * n),
+                out.get_mut((j * a + i) * n..(j * a + i + 1) * n),
+            ) {
+                dst.copy_from_slice(src);
+            }
+        }
     }
+    out
+}
+
+/// The weight folded to `k` virtual input channels, `W·U` as `[co, k·kk]` (`w` is `co × c·kk`).
+fn fold_weight(s: &ConvShape, w: &[f32], k: usize, u: &[f32]) -> Vec<f32> {
     let kk = s.kk();
     // Wt: [c, co·kk] (the weight with its input channel first).
     let mut wt = vec![0f32; s.c * s.co * kk];
@@ -225,6 +257,17 @@ fn conv_lowrank(s: &ConvShape, w: &[f32], k: usize, u: &[f32], v: &[f32], out: &
                 .copy_from_slice(&f[(j * s.co + o) * kk..(j * s.co + o + 1) * kk]);
         }
     }
+    wf
+}
+
+/// The low-rank part of a conv for one sample: `conv(V, W·U)` with `W·U` the weights folded to
+/// `k` virtual input channels. `w` is `co × c·kk`.
+fn conv_lowrank(s: &ConvShape, w: &[f32], k: usize, u: &[f32], v: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    if k == 0 {
+        return;
+    }
+    let wf = fold_weight(s, w, k, u);
     conv_forward(v, 1, &s.with_channels(k), |_| &wf, None, out);
 }
 
@@ -259,6 +302,19 @@ pub fn enclave_combine(
     let mut y = worker_out.data().to_vec();
     let factors = &pending.state.factors;
     match (&node.op, l.kind) {
+        (Op::Conv(c), LinearKind::Conv(s)) if l.shared_basis => {
+            // One basis for the batch: fold once, one batched k-channel convolution.
+            if let Some((k, u, v)) = factors.first()
+                && *k > 0
+            {
+                let wf = fold_weight(&s, c.weight.data(), *k, u);
+                let mut low = vec![0f32; y.len()];
+                conv_forward(v, l.batch, &s.with_channels(*k), |_| &wf, None, &mut low);
+                for (a, b) in y.iter_mut().zip(&low) {
+                    *a += b;
+                }
+            }
+        }
         (Op::Conv(c), LinearKind::Conv(s)) => {
             let w = c.weight.data();
             let per = s.co * s.ohw();
@@ -297,20 +353,8 @@ pub fn enclave_combine(
     }
     let ranks: Vec<usize> = factors.iter().map(|f| f.0).collect();
     let nmat = ranks.len().max(1);
-    let (mut trusted, mut untrusted) = (0u64, 0u64);
-    for &k in &ranks {
-        let (t, u) = l.split_macs(k, &plan.opts.decomp);
-        match l.kind {
-            LinearKind::Conv(_) => {
-                trusted += t / l.batch.max(1) as u64;
-                untrusted = u;
-            }
-            LinearKind::Dense { .. } => {
-                trusted += t;
-                untrusted = u;
-            }
-        }
-    }
+    let trusted = l.trusted_macs(&ranks, &plan.opts.decomp);
+    let untrusted = l.macs();
     let run = LayerRun {
         id: l.id,
         name: l.name.clone(),

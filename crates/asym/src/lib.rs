@@ -75,6 +75,7 @@ pub mod enclave;
 pub mod kernels;
 pub mod plan;
 pub mod profile;
+pub mod select;
 pub mod service;
 pub mod train;
 pub mod worker;
@@ -84,10 +85,11 @@ pub use enclave::{
     Inference, LayerRun, LowRankState, Pending, enclave_combine, enclave_split, infer,
 };
 pub use plan::{
-    AsymOptions, EnclaveReason, LinearKind, LinearLayer, Placement, Plan, RankRule, WorkerLayer,
-    WorkerOp, rebatch,
+    AsymOptions, Basis, EnclaveReason, LinearKind, LinearLayer, Placement, Plan, RankRule,
+    WorkerLayer, WorkerOp, rebatch,
 };
 pub use profile::{LayerProfile, RankProfile, rank_profile};
+pub use select::{LayerChoice, LayerSpectrum, Selection, Target, select, spectra};
 pub use train::{StepReport, TrainOptions, Trainer};
 pub use worker::{LocalWorker, WorkerGrads, WorkerLink, worker_backward, worker_linear};
 

@@ -7,7 +7,7 @@ use tessera_engine::window::conv_geometry;
 use tessera_model::ir::{Conv, Dense, Graph, Op};
 
 /// How the rank of each split layer is chosen.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum RankRule {
     /// The same rank everywhere (`--rank r`).
     Fixed(usize),
@@ -27,6 +27,25 @@ pub enum RankRule {
         /// Cap on the rank.
         max_rank: usize,
     },
+    /// One rank per linear layer in execution order (what [`crate::select`] chooses for a
+    /// global trusted-share or energy target); 0 keeps that layer whole in the enclave. The
+    /// classifier head stays whole whatever its entry says.
+    PerLayer(Vec<usize>),
+}
+
+/// Which activations share one low-rank basis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// AsymML's form: every sample's conv input `C × H·W` gets its own `U`, and the fold `W·U`
+    /// is paid per sample. The worker sees each sample's residual outside that sample's own
+    /// top-`k` channel subspace.
+    PerSample,
+    /// One basis for the whole batch: a conv input is decomposed as `C × N·H·W`, the fold is
+    /// paid once per batch. The residual of each sample is what lies outside the batch's
+    /// common top-`k` subspace, so a sample unlike the rest of its batch leaves more of its
+    /// energy to the worker than it would alone; the energy rule bounds the batch's total
+    /// residual energy, not each sample's. Dense layers always use the batch matrix.
+    Batch,
 }
 
 /// Options of the split.
@@ -37,8 +56,10 @@ pub struct AsymOptions {
     /// Standard deviation of the Gaussian noise added to each residual before it leaves the
     /// enclave (0 = none; the DP variant of 3LegRace). With noise the output is no longer exact.
     pub noise_sigma: f32,
-    /// Seed of the sketches and the noise.
+    /// Seed of the sketches (the noise is drawn from the OS CSPRNG, see [`crate::enclave`]).
     pub seed: u64,
+    /// Per-sample or per-batch basis for conv inputs.
+    pub basis: Basis,
     /// Range-finder tuning.
     pub decomp: DecompOptions,
     /// Keep a layer in the enclave when, at its fixed rank, splitting would cost the enclave at
@@ -53,6 +74,7 @@ impl Default for AsymOptions {
             rank: RankRule::Schedule { start: 2, cap: 32 },
             noise_sigma: 0.0,
             seed: 0x5eed,
+            basis: Basis::PerSample,
             decomp: DecompOptions::default(),
             skip_unprofitable: true,
         }
@@ -84,6 +106,9 @@ pub enum EnclaveReason {
     NoGain,
     /// The plan runs everything in the enclave (the TEE-only baseline).
     Baseline,
+    /// A per-layer rank of 0 ([`RankRule::PerLayer`]): the rank selection found keeping the
+    /// layer whole cheaper or needed.
+    Chosen,
 }
 
 /// Linear layer kind with its static geometry.
@@ -115,15 +140,27 @@ pub struct LinearLayer {
     pub kind: LinearKind,
     /// Where it runs.
     pub placement: Placement,
+    /// One basis for the whole batch (conv under [`Basis::Batch`]; always for dense layers).
+    pub shared_basis: bool,
 }
 
 impl LinearLayer {
-    /// The matrix each input is decomposed as: per sample `C × H·W` for a conv, the batch
-    /// `N × K` for a dense layer.
+    /// The matrix each input is decomposed as: per sample `C × H·W` for a conv (`C × N·H·W`
+    /// with a batch basis), the batch `N × K` for a dense layer.
     pub fn matrix(&self) -> (usize, usize) {
         match self.kind {
+            LinearKind::Conv(s) if self.shared_basis => (s.c, s.hw() * self.batch),
             LinearKind::Conv(s) => (s.c, s.hw()),
             LinearKind::Dense { k, .. } => (self.batch, k),
+        }
+    }
+
+    /// How many matrices one pass decomposes: one per sample for a per-sample conv basis, one
+    /// otherwise.
+    pub fn matrices(&self) -> usize {
+        match self.kind {
+            LinearKind::Conv(_) if !self.shared_basis => self.batch,
+            _ => 1,
         }
     }
 
@@ -136,29 +173,43 @@ impl LinearLayer {
         }
     }
 
-    /// (trusted, untrusted) multiply-adds of one forward pass when the kept rank is `k` (per
-    /// sample for a conv).
-    pub fn split_macs(&self, k: usize, decomp: &DecompOptions) -> (u64, u64) {
-        let full = self.macs();
-        match self.placement {
-            Placement::Enclave(_) => (full, 0),
-            Placement::Split(_) => {
-                let (rows, cols) = self.matrix();
+    /// The enclave's multiply-adds for one split pass with `ranks` kept (one per decomposed
+    /// matrix, see [`LinearLayer::matrices`]): decomposition, the fold `W·U`, the low-rank layer.
+    pub fn trusted_macs(&self, ranks: &[usize], decomp: &DecompOptions) -> u64 {
+        let (rows, cols) = self.matrix();
+        let full = rows.min(cols);
+        ranks
+            .iter()
+            .map(|&k| {
+                let k = k.min(full);
                 let dec = LowRank::cost_macs(rows, cols, k, decomp);
                 let k = k as u64;
                 match self.kind {
                     LinearKind::Conv(s) => {
-                        let n = self.batch as u64;
+                        // The low-rank conv runs on every sample the matrix covers.
+                        let per = if self.shared_basis {
+                            self.batch as u64
+                        } else {
+                            1
+                        };
                         let fold = k * (s.c * s.co * s.kk()) as u64;
-                        let conv = k * (s.co * s.kk() * s.ohw()) as u64;
-                        (n * (dec + fold + conv), full)
+                        let conv = per * k * (s.co * s.kk() * s.ohw()) as u64;
+                        dec + fold + conv
                     }
                     LinearKind::Dense { k: kin, m } => {
-                        let t = k * (kin * m) as u64 + k * (self.batch * m) as u64;
-                        (dec + t, full)
+                        dec + k * (kin * m) as u64 + k * (self.batch * m) as u64
                     }
                 }
-            }
+            })
+            .sum()
+    }
+
+    /// (trusted, untrusted) multiply-adds of one forward pass when every matrix keeps rank `k`.
+    pub fn split_macs(&self, k: usize, decomp: &DecompOptions) -> (u64, u64) {
+        let full = self.macs();
+        match self.placement {
+            Placement::Enclave(_) => (full, 0),
+            Placement::Split(_) => (self.trusted_macs(&vec![k; self.matrices()], decomp), full),
         }
     }
 }
@@ -226,7 +277,7 @@ impl Plan {
                 "asym runs graphs with one input and one output".into(),
             ));
         }
-        match opts.rank {
+        match &opts.rank {
             RankRule::Fixed(0) | RankRule::Schedule { start: 0, .. } => {
                 return Err(AsymError::Options(
                     "a rank of 0 would send a layer's raw input to the worker".into(),
@@ -235,7 +286,7 @@ impl Plan {
             RankRule::Energy {
                 threshold,
                 max_rank,
-            } if !(0.0..1.0).contains(&threshold) || max_rank == 0 => {
+            } if !(0.0..1.0).contains(threshold) || *max_rank == 0 => {
                 return Err(AsymError::Options(format!(
                     "energy threshold must be in [0, 1) and the rank cap positive (got {threshold}, {max_rank})"
                 )));
@@ -285,9 +336,20 @@ impl Plan {
                 node: i,
                 name: n.name.clone(),
                 batch: in_shape.first().copied().unwrap_or(1),
+                shared_basis: matches!(kind, LinearKind::Dense { .. })
+                    || opts.basis == Basis::Batch,
                 kind,
                 placement: Placement::Enclave(EnclaveReason::Baseline),
             });
+        }
+        if let RankRule::PerLayer(r) = &opts.rank
+            && r.len() != layers.len()
+        {
+            return Err(AsymError::Options(format!(
+                "{} per-layer ranks for a graph with {} linear layers",
+                r.len(),
+                layers.len()
+            )));
         }
         if split {
             let last = layers.len().saturating_sub(1);
@@ -295,29 +357,33 @@ impl Plan {
                 let (rows, cols) = l.matrix();
                 let full = rows.min(cols);
                 let grouped = matches!(graph.nodes.get(l.node).map(|n| &n.op), Some(Op::Conv(c)) if c.groups != 1);
-                let spec = match opts.rank {
-                    RankRule::Fixed(r) => RankSpec::Fixed(r),
+                let spec = match &opts.rank {
+                    RankRule::Fixed(r) => RankSpec::Fixed(*r),
+                    RankRule::PerLayer(r) => RankSpec::Fixed(r.get(j).copied().unwrap_or(0)),
                     RankRule::Schedule { start, cap } => RankSpec::Fixed(
                         start
                             .checked_shl(j.min(63) as u32)
-                            .filter(|&v| v >= start)
+                            .filter(|v| v >= start)
                             .unwrap_or(usize::MAX)
-                            .min(cap.max(start)),
+                            .min(*cap.max(start)),
                     ),
                     RankRule::Energy {
                         threshold,
                         max_rank,
                     } => RankSpec::Energy {
-                        threshold,
-                        max_rank,
+                        threshold: *threshold,
+                        max_rank: *max_rank,
                     },
                 };
                 let full_rank = match spec {
                     RankSpec::Fixed(r) => r >= full,
                     RankSpec::Energy { .. } => full <= 1,
                 };
+                let chosen_whole = matches!(spec, RankSpec::Fixed(0));
                 l.placement = if j == last {
                     Placement::Enclave(EnclaveReason::Head)
+                } else if chosen_whole {
+                    Placement::Enclave(EnclaveReason::Chosen)
                 } else if grouped {
                     Placement::Enclave(EnclaveReason::Grouped)
                 } else if full_rank {
@@ -328,7 +394,8 @@ impl Plan {
                         RankSpec::Fixed(r) => l.split_macs(r.min(full), &opts.decomp).0 >= l.macs(),
                         RankSpec::Energy { .. } => false,
                     };
-                    if opts.skip_unprofitable && unprofitable {
+                    let per_layer = matches!(opts.rank, RankRule::PerLayer(_));
+                    if opts.skip_unprofitable && unprofitable && !per_layer {
                         Placement::Enclave(EnclaveReason::NoGain)
                     } else {
                         Placement::Split(spec)

@@ -6,7 +6,7 @@
 //! options, and builds the same plan; residuals and results travel in the clear on the channel:
 //! the residual is what the scheme reveals by design (see the crate documentation).
 
-use crate::plan::{AsymOptions, Plan, RankRule};
+use crate::plan::{AsymOptions, Basis, Plan, RankRule};
 use crate::worker::{LocalWorker, WorkerGrads, WorkerLink};
 use crate::{AsymError, DecompOptions};
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,12 @@ use tessera_runtime::{ChannelOptions, RuntimeError, Transport};
 /// The split options on the wire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OptionsMsg {
-    /// 0 fixed, 1 schedule, 2 energy.
+    /// 0 fixed, 1 schedule, 2 energy, 3 per layer ([`OptionsMsg::ranks`]).
     pub rule: u8,
+    /// Per-layer ranks (rule 3).
+    pub ranks: Vec<u64>,
+    /// 0 per-sample basis, 1 batch basis.
+    pub basis: u8,
     /// Fixed rank, schedule start, or energy max rank.
     pub a: u64,
     /// Schedule cap.
@@ -40,22 +44,30 @@ pub struct OptionsMsg {
     pub oversample: u64,
     /// Subspace iterations.
     pub power_iters: u64,
+    /// Columns the subspace is estimated on (0 = all).
+    pub sample_cols: u64,
     /// Keep unprofitable layers whole.
     pub skip_unprofitable: bool,
 }
 
 impl From<&AsymOptions> for OptionsMsg {
     fn from(o: &AsymOptions) -> Self {
-        let (rule, a, b, threshold) = match o.rank {
-            RankRule::Fixed(r) => (0, r as u64, 0, 0.0),
-            RankRule::Schedule { start, cap } => (1, start as u64, cap as u64, 0.0),
+        let (rule, a, b, threshold) = match &o.rank {
+            RankRule::Fixed(r) => (0, *r as u64, 0, 0.0),
+            RankRule::Schedule { start, cap } => (1, *start as u64, *cap as u64, 0.0),
             RankRule::Energy {
                 threshold,
                 max_rank,
-            } => (2, max_rank as u64, 0, threshold),
+            } => (2, *max_rank as u64, 0, *threshold),
+            RankRule::PerLayer(_) => (3, 0, 0, 0.0),
         };
         Self {
             rule,
+            ranks: match &o.rank {
+                RankRule::PerLayer(r) => r.iter().map(|&v| v as u64).collect(),
+                _ => Vec::new(),
+            },
+            basis: u8::from(o.basis == Basis::Batch),
             a,
             b,
             threshold,
@@ -64,6 +76,7 @@ impl From<&AsymOptions> for OptionsMsg {
             seed: 0,
             oversample: o.decomp.oversample as u64,
             power_iters: o.decomp.power_iters as u64,
+            sample_cols: o.decomp.sample_cols as u64,
             skip_unprofitable: o.skip_unprofitable,
         }
     }
@@ -83,15 +96,28 @@ impl OptionsMsg {
                 threshold: self.threshold,
                 max_rank: us(self.a)?,
             },
+            3 => RankRule::PerLayer(
+                self.ranks
+                    .iter()
+                    .map(|&v| us(v))
+                    .collect::<Result<_, _>>()?,
+            ),
             r => return Err(AsymError::Options(format!("unknown rank rule {r}"))),
+        };
+        let basis = match self.basis {
+            0 => Basis::PerSample,
+            1 => Basis::Batch,
+            b => return Err(AsymError::Options(format!("unknown basis {b}"))),
         };
         Ok(AsymOptions {
             rank,
             noise_sigma: self.noise_sigma,
             seed: self.seed,
+            basis,
             decomp: DecompOptions {
                 oversample: us(self.oversample)?,
                 power_iters: us(self.power_iters)?,
+                sample_cols: us(self.sample_cols)?,
             },
             skip_unprofitable: self.skip_unprofitable,
         })

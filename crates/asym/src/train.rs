@@ -344,6 +344,33 @@ fn lowrank_weight_grad(
     gy: &[f32],
 ) -> Result<Vec<f32>, AsymError> {
     match l.kind {
+        LinearKind::Conv(s) if l.shared_basis => {
+            // One basis for the batch: U·(Σₙ wgrad(Vₙ, Gₙ)), the sum over the batch first.
+            let kk = s.kk();
+            if gy.len() != l.batch * s.co * s.ohw() || state.factors.len() != 1 {
+                return Err(AsymError::Shape(format!("gradient size at '{}'", l.name)));
+            }
+            let mut acc = vec![0f32; s.co * s.c * kk];
+            if let Some((k, u, v)) = state.factors.first()
+                && *k > 0
+            {
+                let k = *k;
+                let dwp = conv_weight_grad(v, gy, l.batch, &s.with_channels(k));
+                for o in 0..s.co {
+                    sgemm(
+                        s.c,
+                        k,
+                        kk,
+                        1.0,
+                        View::rows(u, k),
+                        View::rows(&dwp[o * k * kk..(o + 1) * k * kk], kk),
+                        0.0,
+                        &mut acc[o * s.c * kk..(o + 1) * s.c * kk],
+                    );
+                }
+            }
+            Ok(acc)
+        }
         LinearKind::Conv(s) => {
             let kk = s.kk();
             let npos = s.ohw();

@@ -24,6 +24,7 @@ proptest! {
         spec in spec(),
         oversample in 0usize..6,
         power_iters in 0usize..3,
+        sample_cols in 0usize..12,
         data in proptest::collection::vec(-100.0f32..100.0, 24 * 40),
         low in any::<bool>(),
     ) {
@@ -36,7 +37,7 @@ proptest! {
                 }
             }
         }
-        let opts = DecompOptions { oversample, power_iters };
+        let opts = DecompOptions { oversample, power_iters, sample_cols };
         let lr = decompose(&x, rows, cols, spec, &opts, seed).unwrap();
         let k = lr.rank;
         prop_assert!(k <= rows.min(cols));

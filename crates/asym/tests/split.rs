@@ -1,8 +1,8 @@
 //! The split equals the unsplit float model; training through it tracks unsplit training.
 
 use tessera_asym::{
-    AsymError, AsymOptions, DecompOptions, LocalWorker, Placement, Plan, RankRule, TrainOptions,
-    Trainer, WorkerGrads, WorkerLink, infer, rebatch,
+    AsymError, AsymOptions, Basis, DecompOptions, LocalWorker, Placement, Plan, RankRule,
+    TrainOptions, Trainer, WorkerGrads, WorkerLink, infer, rebatch,
 };
 use tessera_data::{load_pb, shared_data};
 use tessera_engine::run_f32;
@@ -53,11 +53,15 @@ fn rules() -> Vec<AsymOptions> {
         },
     ]
     .into_iter()
-    .map(|rank| AsymOptions {
-        rank,
-        // Split every layer that can be split, profitable or not: these tests check exactness.
-        skip_unprofitable: false,
-        ..AsymOptions::default()
+    .flat_map(|rank| {
+        [Basis::PerSample, Basis::Batch].map(|basis| AsymOptions {
+            rank: rank.clone(),
+            basis,
+            // Split every layer that can be split, profitable or not: these tests check
+            // exactness.
+            skip_unprofitable: false,
+            ..AsymOptions::default()
+        })
     })
     .collect()
 }
@@ -396,9 +400,14 @@ fn split_training_tracks_unsplit_training() {
             threshold: 0.2,
             max_rank: 8,
         },
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|r| [(r.clone(), Basis::PerSample), (r, Basis::Batch)])
+    {
+        let (rank, basis) = rank;
         let split = AsymOptions {
-            rank,
+            rank: rank.clone(),
+            basis,
             decomp: DecompOptions::default(),
             skip_unprofitable: false,
             ..AsymOptions::default()
@@ -438,7 +447,7 @@ fn split_training_tracks_unsplit_training() {
             let rb = b.step(&x, &labels, Some(&mut w)).unwrap();
             assert!(
                 (ra.loss - rb.loss).abs() <= 1e-4 * ra.loss.abs().max(1.0),
-                "{rank:?} step {step}: {} vs {}",
+                "{rank:?} {basis:?} step {step}: {} vs {}",
                 ra.loss,
                 rb.loss
             );
@@ -453,7 +462,7 @@ fn split_training_tracks_unsplit_training() {
             .fold(0f32, f32::max);
         assert!(
             diff <= 1e-4 * scale,
-            "{rank:?}: weights drift {diff} (scale {scale})"
+            "{rank:?} {basis:?}: weights drift {diff} (scale {scale})"
         );
         assert!(la.iter().all(|l| l.is_finite()));
     }
@@ -640,4 +649,99 @@ fn rank_profile_measures_the_rank_each_threshold_needs() {
         tessera_asym::rank_profile(&g, &[rand_input(&[1, 3, 32, 32], 6, 1.0)], &[1.5], &opts)
             .is_err()
     );
+}
+
+/// Global rank selection: a share target is met on the calibration estimate with the least
+/// largest energy (a looser target never leaves more energy), an energy target is met per
+/// layer, the selected plan still equals the float model, the run's trusted share is the one
+/// the selection promised, and a target below what the network allows is refused with the
+/// least share it does allow.
+#[test]
+fn rank_selection_meets_share_and_energy_targets() {
+    let g = rebatch(&builders::vgg16(32, 10, 2).unwrap(), 4).unwrap();
+    let calib: Vec<Tensor> = (0..2)
+        .map(|i| rand_input(&[4, 3, 32, 32], 40 + i, 1.0))
+        .collect();
+    for basis in [Basis::PerSample, Basis::Batch] {
+        let opts = AsymOptions {
+            basis,
+            ..AsymOptions::default()
+        };
+        let sp = tessera_asym::spectra(&g, &calib, &opts).unwrap();
+        assert!(sp.last().unwrap().curve.is_none(), "the head stays whole");
+        let mut last_energy = f64::INFINITY;
+        for share in [0.3, 0.5, 0.8] {
+            let sel =
+                tessera_asym::select(&g, &sp, tessera_asym::Target::TrustedShare(share), &opts)
+                    .unwrap();
+            assert!(
+                sel.trusted_share <= share + 1e-12,
+                "{basis:?} {share}: {}",
+                sel.trusted_share
+            );
+            assert!(
+                sel.max_energy <= last_energy + 1e-12,
+                "a looser share leaves less energy"
+            );
+            last_energy = sel.max_energy;
+            // The selected plan runs, equals the float model, and costs what was promised.
+            let run_opts = AsymOptions {
+                rank: sel.rule(),
+                ..opts.clone()
+            };
+            let x = rand_input(&[4, 3, 32, 32], 77, 1.0);
+            let (rel, got) = split_vs_float(&g, &x, &run_opts);
+            assert!(rel <= 1e-4, "{basis:?} {share}: {rel}");
+            let t: u64 = got.layers.iter().map(|l| l.trusted_macs).sum();
+            let all: u64 = got.layers.iter().map(|l| l.unsplit_macs).sum();
+            assert!(
+                (t as f64 / all as f64 - sel.trusted_share).abs() < 1e-9,
+                "{basis:?}: run {} vs selection {}",
+                t as f64 / all as f64,
+                sel.trusted_share
+            );
+            for (run, choice) in got.layers.iter().zip(&sel.layers) {
+                assert_eq!(run.placement == "split", choice.rank > 0, "{}", run.name);
+            }
+        }
+        let sel = tessera_asym::select(&g, &sp, tessera_asym::Target::Energy(0.05), &opts).unwrap();
+        assert!(sel.layers.iter().all(|l| l.energy <= 0.05));
+        let e = tessera_asym::select(&g, &sp, tessera_asym::Target::TrustedShare(0.0001), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the least this network allows"), "{e}");
+    }
+    assert!(tessera_asym::spectra(&g, &[], &AsymOptions::default()).is_err());
+}
+
+/// Under a batch basis the fold `W·U` is paid once per batch: the same layer at the same rank
+/// costs the enclave less than per sample, and the batch's residual energy is still measured.
+#[test]
+fn batch_basis_pays_the_fold_once() {
+    let g = rebatch(&builders::vgg16(32, 10, 2).unwrap(), 8).unwrap();
+    let x = rand_input(&[8, 3, 32, 32], 9, 1.0);
+    let run = |basis| {
+        let opts = AsymOptions {
+            rank: RankRule::Fixed(4),
+            basis,
+            skip_unprofitable: false,
+            ..AsymOptions::default()
+        };
+        split_vs_float(&g, &x, &opts)
+    };
+    let (ra, a) = run(Basis::PerSample);
+    let (rb, b) = run(Basis::Batch);
+    assert!(ra <= 1e-4 && rb <= 1e-4, "{ra} {rb}");
+    let late = |i: &tessera_asym::Inference| {
+        i.layers
+            .iter()
+            .find(|l| l.name == "conv10")
+            .map(|l| (l.trusted_macs, l.residual_energy, l.placement))
+            .unwrap()
+    };
+    let (ta, _, pa) = late(&a);
+    let (tb, eb, pb) = late(&b);
+    assert_eq!((pa, pb), ("split", "split"));
+    assert!(tb < ta, "batch basis {tb} vs per sample {ta}");
+    assert!(eb > 0.0 && eb < 1.0);
 }
