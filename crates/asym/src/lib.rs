@@ -20,8 +20,17 @@
 //! in the enclave. Because `U·V + R = X` holds up to float rounding, the output equals the unsplit
 //! model whatever the rank: the rank only moves work (and information) between the two sides.
 //! The decomposition is a randomized range finder with subspace iterations and an exact small
-//! eigen-solve ([`decompose`]); rank by schedule (start 2, doubling, cap 32), fixed, or by an
-//! energy threshold (`‖R‖²/‖X‖² ≤ τ`, per sample). Training ([`Trainer`]) follows the same
+//! eigen-solve ([`decompose`]), its subspace estimated on a sample of the columns of a wide
+//! matrix and its projection exact on all of them; rank by schedule (start 2, doubling, cap
+//! 32), fixed, by an energy threshold (`‖R‖²/‖X‖² ≤ τ`, exactly, per decomposed matrix), or per
+//! layer as [`select`] chooses for a global target (`--trusted-share S`: the least largest
+//! residual energy within a share of the multiply-adds; `--energy E`: the least trusted work
+//! with every layer's estimated energy ≤ E; a layer may be kept whole when that is cheaper).
+//!
+//! [`Basis::PerSample`] is AsymML's form above. Under [`Basis::Batch`] a conv input is
+//! decomposed as the batch matrix `C × N·H·W`: one `U` per layer per batch, the fold `W·U` paid
+//! once per batch instead of once per sample, which is what makes late, small-spatial layers
+//! worth splitting at batch > 1. Training ([`Trainer`]) follows the same
 //! split: the worker computes the input gradient and the residual's weight gradient, the enclave
 //! the low-rank weight gradient `Σ U·wgrad(V, G)` and the loss.
 //!
@@ -45,6 +54,13 @@
 //!   `R + N(0, σ²)` instead, the noise drawn in the enclave from the OS-seeded CSPRNG afresh for
 //!   every residual, so nothing the worker holds lets it regenerate and subtract the noise; the
 //!   output is then no longer exact.
+//! * **Batch basis:** the worker sees, for each sample, its activation minus its projection on
+//!   the *batch's* common top-`k` subspace. The energy threshold then bounds the residual
+//!   energy of the batch as a whole: a sample unlike the rest of its batch can leave more than
+//!   τ of its own energy to the worker (the per-sample form bounds each sample). The worker
+//!   also learns that the batch's samples share the kept subspace (it is the same for all of
+//!   them), not the subspace itself. Per-layer ranks chosen by [`select`] are fixed before the
+//!   pass, so the energy actually left varies with the input: each run reports it per layer.
 //! * **Inference, from the worker:** `L(R)`. An untrusted worker can return anything: the enclave
 //!   checks shapes and finiteness, but nothing here verifies the arithmetic (no Freivalds check as
 //!   in Slalom); a malicious worker can corrupt the output, not learn more.

@@ -449,6 +449,51 @@ impl Plan {
             .collect()
     }
 
+    /// An estimate of the enclave's memory for one pass at the given mean ranks per layer
+    /// (`ranks[id]`; ignored for layers kept whole), in bytes of `f32`: every layer's weights
+    /// and biases (the enclave folds the split layers' weights too), times three in training
+    /// (weights, gradients, momentum); the largest live input-plus-output of one node in
+    /// inference, every activation of the pass in training (the backward pass reads them);
+    /// and the low-rank factors `U` and `V` of the split layers. What the TEE cost model pages
+    /// against the EPC budget.
+    pub fn enclave_bytes(&self, ranks: &[f64], training: bool) -> u64 {
+        let g = &self.graph;
+        let numel = |v: usize| g.shape(v).iter().product::<usize>() as u64;
+        let mut weights = 0u64;
+        let (mut peak, mut all) = (0u64, 0u64);
+        for n in &g.nodes {
+            match &n.op {
+                Op::Conv(c) => {
+                    weights += (c.weight.len() + c.bias.as_ref().map_or(0, |b| b.len())) as u64
+                }
+                Op::Dense(d) => {
+                    weights += (d.weight.len() + d.bias.as_ref().map_or(0, |b| b.len())) as u64
+                }
+                Op::Constant(t) => weights += t.len() as u64,
+                _ => {}
+            }
+            let io = numel(n.output) + n.inputs.iter().map(|&v| numel(v)).sum::<u64>();
+            peak = peak.max(io);
+            all += numel(n.output);
+        }
+        let factors: u64 = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l.placement, Placement::Split(_)))
+            .map(|l| {
+                let k = ranks.get(l.id).copied().unwrap_or(0.0).ceil() as u64;
+                let (rows, cols) = l.matrix();
+                l.matrices() as u64 * k * (rows + cols) as u64
+            })
+            .sum();
+        let floats = if training {
+            3 * weights + all + factors
+        } else {
+            weights + peak + factors
+        };
+        floats * 4
+    }
+
     /// The layer a node computes, if it is linear.
     pub fn layer_of_node(&self, node: usize) -> Option<&LinearLayer> {
         self.layer_of_node

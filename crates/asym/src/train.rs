@@ -9,7 +9,7 @@ use crate::enclave::{LayerRun, LowRankState, forward};
 use crate::kernels::{
     ConvShape, conv_bias_grad, conv_input_grad, conv_weight_grad, dense_backward, maxpool_backward,
 };
-use crate::plan::{AsymOptions, LinearKind, LinearLayer, Placement, Plan};
+use crate::plan::{AsymOptions, LinearKind, LinearLayer, Placement, Plan, RankRule};
 use crate::worker::WorkerLink;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
@@ -121,6 +121,21 @@ impl Trainer {
     /// The network with its current weights.
     pub fn graph(&self) -> &Graph {
         &self.plan.graph
+    }
+
+    /// Re-plan a split trainer with another rank rule (e.g. a new [`crate::select`] choice
+    /// between epochs), keeping the weights and the momentum. The placements may change: the
+    /// caller must give the worker the new plan's [`Plan::worker_layers`] before the next step.
+    /// Errors on a trainer that does not split.
+    pub fn set_rank_rule(&mut self, rule: RankRule) -> Result<(), AsymError> {
+        let Some(split) = &mut self.opts.split else {
+            return Err(AsymError::Options(
+                "a trainer without a split has no ranks to set".into(),
+            ));
+        };
+        split.rank = rule;
+        self.plan = Plan::new(&self.plan.graph, split)?;
+        Ok(())
     }
 
     /// One SGD step on a batch `x` (the graph's input shape) with `labels`. A split trainer

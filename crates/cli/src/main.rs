@@ -3,6 +3,7 @@
 //! One module per command (or group of commands): a new command is one file, one variant of
 //! [`Cmd`] and one arm of the dispatch in `main`.
 
+mod asym_figures;
 mod attested_cmd;
 mod bench_cmd;
 mod build_cmd;

@@ -66,6 +66,20 @@ pub(crate) struct QuantArgs {
     /// server-garbler; `server --scheme 2pc` without it serves whichever a client asks for.
     #[arg(long, value_parser = ["server-garbler", "client-garbler"])]
     pub(crate) variant: Option<String>,
+    /// asym: keep at most this fraction of the network's multiply-adds in the enclave (e.g.
+    /// 0.09): per-layer ranks, and which layers stay whole, chosen on --calibrate's data (or 8
+    /// generated inputs) with the least residual energy; the choice is printed per layer.
+    /// Default: AsymML's rank schedule 2, 4, … 32.
+    #[arg(long, value_name = "S", conflicts_with = "energy")]
+    pub(crate) trusted_share: Option<f64>,
+    /// asym: the other way round — per-layer ranks whose estimated residual energy ‖R‖²/‖X‖²
+    /// is at most E (e.g. 0.1), at the least trusted work.
+    #[arg(long, value_name = "E")]
+    pub(crate) energy: Option<f64>,
+    /// asym: one low-rank basis per sample (AsymML's form) or per batch (the fold W·U paid once
+    /// per batch; the energy bound then holds for the batch, not each sample).
+    #[arg(long, default_value = "sample", value_parser = ["sample", "batch"])]
+    pub(crate) basis: String,
     /// Memory a model may need when it is loaded, in bytes (K, M, G suffixes: powers of 1024),
     /// per layer and in all. A model over it is refused at import, naming the layer. Default:
     /// 2 GiB per layer, 4 GiB in all.

@@ -69,11 +69,7 @@ pub(crate) fn make_scheme(
             eprintln!("tee: {}", t.describe());
             Ok(Box::new(t))
         }
-        "asym" => Ok(Box::new(Asym::new(
-            g,
-            sem,
-            &tessera_schemes::AsymOptions::default(),
-        )?)),
+        "asym" => Ok(Box::new(Asym::new(g, sem, &asym_options(g, quant)?)?)),
         "gc" => {
             let t = Gc::new(
                 g,
@@ -129,4 +125,45 @@ pub(crate) fn make_scheme(
             SCHEMES.join(", ")
         ))),
     }
+}
+
+/// The asym split a user asked for: the basis, and the ranks of --trusted-share / --energy
+/// chosen on --calibrate's data (or generated inputs), printed per layer.
+pub(crate) fn asym_options(g: &Graph, quant: &QuantArgs) -> Result<tessera_schemes::AsymOptions> {
+    let opts = tessera_schemes::AsymOptions {
+        basis: if quant.basis == "batch" {
+            tessera_asym::Basis::Batch
+        } else {
+            tessera_asym::Basis::PerSample
+        },
+        ..tessera_schemes::AsymOptions::default()
+    };
+    let target = match (quant.trusted_share, quant.energy) {
+        (Some(s), _) => tessera_asym::Target::TrustedShare(s),
+        (None, Some(e)) => tessera_asym::Target::Energy(e),
+        (None, None) => return Ok(opts),
+    };
+    let (xs, source) = match &quant.calibrate {
+        Some(spec) => {
+            let d = crate::parse_dataset(spec, &quant.calibration_data)?;
+            let xs: Vec<_> = (0..d.count.min(16)).filter_map(|i| d.image(i)).collect();
+            (xs, format!("{} images of {spec}", d.count.min(16)))
+        }
+        None => (
+            tessera_engine::qint::default_calibration_inputs(g, 0.0, quant.calibrate_range, 8, 1)?,
+            format!(
+                "8 generated inputs uniform in [0, {}] (pass --calibrate DATA for ranks that fit your data)",
+                quant.calibrate_range
+            ),
+        ),
+    };
+    let sel = crate::train_cmd::choose_ranks(g, &xs, &opts, target)?;
+    eprintln!(
+        "asym: {}",
+        crate::asym_figures::selection_text(&sel, &format!("estimated on {source}"))
+    );
+    Ok(tessera_schemes::AsymOptions {
+        rank: sel.rule(),
+        ..opts
+    })
 }

@@ -5,7 +5,9 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tessera_asym::{AsymOptions, LocalWorker, RankRule, TrainOptions, Trainer, rebatch};
+use tessera_asym::{
+    AsymOptions, Basis, LocalWorker, RankRule, Target, TrainOptions, Trainer, rebatch,
+};
 use tessera_data::{Dataset, load_mnist_dir, synth};
 use tessera_engine::{argmax, run_f32};
 use tessera_model::{Graph, GraphBuilder, Tensor};
@@ -18,13 +20,26 @@ pub struct TrainArgs {
     /// enclave).
     #[arg(long, default_value = "asym")]
     scheme: String,
-    /// mnist (from --data; the first 8,000 images train, the last 2,000 test) or glyphs
-    /// (generated: needs nothing outside the repository).
-    #[arg(long, default_value = "mnist")]
+    /// mnist (from --data; the first 8,000 images train, the last 2,000 test), digits (the UCI
+    /// 8×8 digits from --digits; 1,500 train, 297 test), mnist-rgb32 (MNIST as a CIFAR-shaped
+    /// 3×32×32 set: each digit centred and coloured), or glyphs (generated: needs nothing outside
+    /// the repository).
+    #[arg(long, default_value = "mnist", value_parser = ["mnist", "digits", "mnist-rgb32", "glyphs"])]
     dataset: String,
+    /// Network: cnn (conv 16 5×5, pool, conv 32 5×5, pool, dense 128, dense 10), vgg (conv 32,
+    /// 32, pool, 64, 64, pool, 128, global average pool, dense) or resnet (conv 32, a residual
+    /// block, pool, conv 64, a residual block, global average pool, dense).
+    #[arg(long, default_value = "cnn", value_parser = ["cnn", "vgg", "resnet"])]
+    arch: String,
+    /// vgg and resnet: multiply every channel count by this (2: 64 … 256 channels).
+    #[arg(long, default_value_t = 1)]
+    width: usize,
     /// MNIST directory.
     #[arg(long, default_value = "../shared/data/mnist-t10k")]
     data: PathBuf,
+    /// The digits file (scikit-learn's digits.csv, optionally gzip'd).
+    #[arg(long, default_value = "../shared/data/sklearn-datasets/digits.csv.gz")]
+    digits: PathBuf,
     /// Passes over the training images.
     #[arg(long, default_value_t = 2)]
     epochs: usize,
@@ -40,12 +55,37 @@ pub struct TrainArgs {
     /// Fixed rank of every split layer (default: AsymML's schedule 2, 4, … up to 32).
     #[arg(long)]
     rank: Option<usize>,
-    /// Instead of a rank: the largest residual energy ‖R‖²/‖X‖² allowed per layer (e.g. 0.1).
-    #[arg(long)]
-    energy: Option<f32>,
+    /// Rank selection by a global target: per-layer ranks (and which layers stay whole) that
+    /// keep at most this fraction of the multiply-adds in the enclave with the least residual
+    /// energy, chosen again at the start of every epoch on two training batches (e.g. 0.09).
+    #[arg(long, value_name = "S")]
+    trusted_share: Option<f64>,
+    /// Rank selection the other way round: per-layer ranks with an estimated residual energy
+    /// ‖R‖²/‖X‖² ≤ E each, at the least trusted work (e.g. 0.1); chosen like --trusted-share.
+    #[arg(long, value_name = "E")]
+    energy: Option<f64>,
+    /// Instead of a calibrated choice: pick the rank for every decomposed matrix as it comes,
+    /// the smallest with ‖R‖²/‖X‖² ≤ E exactly (at most 32).
+    #[arg(long, value_name = "E")]
+    adaptive_energy: Option<f32>,
+    /// One low-rank basis per sample (AsymML's form) or per batch (the fold W·U paid once per
+    /// batch; see ARCHITECTURE.md for what the worker then sees).
+    #[arg(long, default_value = "sample", value_parser = ["sample", "batch"])]
+    basis: String,
     /// Gaussian noise σ added to every residual (the DP variant).
     #[arg(long, default_value_t = 0.0)]
     noise: f32,
+    /// After training, the held-out accuracy through the split with residual noise of each of
+    /// these σ (comma-separated, e.g. 0.05,0.1,0.2).
+    #[arg(long, value_delimiter = ',', value_name = "SIGMAS")]
+    noise_eval: Vec<f32>,
+    /// After training, measure batch 1 and the training batch, inference and a training step,
+    /// split and unsplit, and model the speed-up over tee with a GPU worker.
+    #[arg(long)]
+    figures: bool,
+    /// --figures: how much faster than these cores the modeled GPU worker is.
+    #[arg(long, default_value_t = 50.0, value_name = "G")]
+    gpu_speedup: f64,
     /// Stop after this many training images per epoch (quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -60,26 +100,88 @@ pub struct TrainArgs {
     json: bool,
 }
 
-fn cnn(batch: usize, side: usize) -> std::result::Result<Graph, tessera_model::ModelError> {
-    let mut b = GraphBuilder::new("cnn", 7);
-    let mut x = b.input("input", vec![batch, 1, side, side])?;
-    x = b.conv(x, 16, 5, 1, 2)?;
-    x = b.relu(x)?;
-    x = b.max_pool(x, 2, 2)?;
-    x = b.conv(x, 32, 5, 1, 2)?;
-    x = b.relu(x)?;
-    x = b.max_pool(x, 2, 2)?;
-    x = b.flatten(x)?;
-    x = b.dense(x, 128)?;
-    x = b.relu(x)?;
+/// The network `arch` for `batch` images of `ch × side × side` and 10 classes.
+pub(crate) fn network(
+    arch: &str,
+    width: usize,
+    batch: usize,
+    ch: usize,
+    side: usize,
+) -> std::result::Result<Graph, tessera_model::ModelError> {
+    let w = width.max(1);
+    let mut b = GraphBuilder::new(arch, 7);
+    let mut x = b.input("input", vec![batch, ch, side, side])?;
+    match arch {
+        "vgg" => {
+            for (c, pool) in [
+                (32, false),
+                (32, true),
+                (64, false),
+                (64, true),
+                (128, false),
+            ] {
+                x = b.conv(x, c * w, 3, 1, 1)?;
+                x = b.relu(x)?;
+                if pool {
+                    x = b.max_pool(x, 2, 2)?;
+                }
+            }
+            x = b.global_avg_pool(x)?;
+            x = b.flatten(x)?;
+        }
+        "resnet" => {
+            for (i, c) in [32 * w, 64 * w].into_iter().enumerate() {
+                x = b.conv(x, c, 3, 1, 1)?;
+                x = b.relu(x)?;
+                let y = b.conv(x, c, 3, 1, 1)?;
+                let y = b.relu(y)?;
+                let z = b.conv(y, c, 3, 1, 1)?;
+                let s = b.add(z, x)?;
+                x = b.relu(s)?;
+                if i == 0 {
+                    x = b.max_pool(x, 2, 2)?;
+                }
+            }
+            x = b.global_avg_pool(x)?;
+            x = b.flatten(x)?;
+        }
+        _ => {
+            x = b.conv(x, 16, 5, 1, 2)?;
+            x = b.relu(x)?;
+            x = b.max_pool(x, 2, 2)?;
+            x = b.conv(x, 32, 5, 1, 2)?;
+            x = b.relu(x)?;
+            x = b.max_pool(x, 2, 2)?;
+            x = b.flatten(x)?;
+            x = b.dense(x, 128)?;
+            x = b.relu(x)?;
+        }
+    }
     let y = b.dense(x, 10)?;
     b.finish(vec![y])
+}
+
+/// The data set and how many of its images train (the rest are held out).
+pub(crate) fn training_data(a: &TrainArgs) -> Result<(Dataset, usize)> {
+    Ok(match a.dataset.as_str() {
+        "mnist" => (load_mnist_dir(&a.data)?, 8000usize),
+        "mnist-rgb32" => (
+            load_mnist_dir(&a.data)?
+                .tinted_rgb32(0x7e55)
+                .map_err(usage)?,
+            8000,
+        ),
+        "digits" => (tessera_data::load_digits(&a.digits)?, 1500),
+        _ => (synth::glyphs(6000, 21), 5000),
+    })
 }
 
 #[derive(Serialize)]
 struct Report {
     scheme: String,
     dataset: String,
+    arch: String,
+    basis: String,
     train_images: usize,
     test_images: usize,
     epochs: usize,
@@ -91,19 +193,25 @@ struct Report {
     modeled_sgx_step_ms: Option<f64>,
     trusted_share_forward: f64,
     mean_residual_energy: Option<f64>,
+    /// The last rank selection (--trusted-share / --energy), per layer.
+    selection: Option<tessera_asym::Selection>,
+    /// Held-out accuracy through the split with residual noise σ, per σ of --noise-eval.
+    noise_accuracy: Vec<(f32, f64)>,
+    /// --figures.
+    figures: Option<crate::asym_figures::Figures>,
     /// Ranks per layer for ‖R‖²/‖X‖² ≤ 0.1, 0.05, 0.01 on held-out images, trained network.
     rank_profile_trained: tessera_asym::RankProfile,
     /// The same for the architecture with random (He) weights.
     rank_profile_random_weights: tessera_asym::RankProfile,
 }
 
-fn usage(e: impl std::fmt::Display) -> CliError {
+pub(crate) fn usage(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-/// Images `idx` of `d` as one batch `[n, 1, rows, cols]` scaled to [0, 1], and their labels.
+/// Images `idx` of `d` as one batch `[n, C, rows, cols]` scaled to [0, 1], and their labels.
 pub(crate) fn batch_of(d: &Dataset, idx: &[usize]) -> Result<(Tensor, Vec<usize>)> {
-    let n = d.rows * d.cols;
+    let n = d.channels * d.rows * d.cols;
     let mut x = Vec::with_capacity(idx.len() * n);
     for &i in idx {
         let px = d
@@ -117,38 +225,78 @@ pub(crate) fn batch_of(d: &Dataset, idx: &[usize]) -> Result<(Tensor, Vec<usize>
         .map(|&i| d.labels.get(i).map(|&l| usize::from(l)))
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| usage("the data set has no labels"))?;
-    Ok((Tensor::new(vec![idx.len(), 1, d.rows, d.cols], x)?, labels))
+    Ok((
+        Tensor::new(vec![idx.len(), d.channels, d.rows, d.cols], x)?,
+        labels,
+    ))
+}
+
+/// How the split chooses its ranks.
+enum Ranks {
+    Rule(RankRule),
+    Select(Target),
+}
+
+fn rank_choice(a: &TrainArgs) -> Result<Ranks> {
+    let given = [
+        a.rank.is_some(),
+        a.trusted_share.is_some(),
+        a.energy.is_some(),
+        a.adaptive_energy.is_some(),
+    ];
+    if given.iter().filter(|&&g| g).count() > 1 {
+        return Err(usage(
+            "give one of --rank, --trusted-share, --energy and --adaptive-energy",
+        ));
+    }
+    Ok(
+        match (a.rank, a.trusted_share, a.energy, a.adaptive_energy) {
+            (Some(r), ..) => Ranks::Rule(RankRule::Fixed(r)),
+            (_, Some(s), ..) => Ranks::Select(Target::TrustedShare(s)),
+            (_, _, Some(e), _) => Ranks::Select(Target::Energy(e)),
+            (.., Some(e)) => Ranks::Rule(RankRule::Energy {
+                threshold: e,
+                max_rank: 32,
+            }),
+            _ => Ranks::Rule(RankRule::Schedule { start: 2, cap: 32 }),
+        },
+    )
+}
+
+/// Choose ranks for `target` on `calib` (batches shaped as `g`'s input).
+pub(crate) fn choose_ranks(
+    g: &Graph,
+    calib: &[Tensor],
+    opts: &AsymOptions,
+    target: Target,
+) -> Result<tessera_asym::Selection> {
+    let sp = tessera_asym::spectra(g, calib, opts).map_err(usage)?;
+    tessera_asym::select(g, &sp, target, opts).map_err(usage)
 }
 
 /// Train and report.
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let (data, train_n) = match a.dataset.as_str() {
-        "mnist" => (load_mnist_dir(&a.data)?, 8000usize),
-        "glyphs" => (synth::glyphs(6000, 21), 5000usize),
-        other => {
-            return Err(usage(format!(
-                "unknown data set '{other}': use mnist or glyphs"
-            )));
-        }
-    };
-    if data.rows != data.cols || data.channels != 1 || data.count <= train_n {
+    let (data, train_n) = training_data(a)?;
+    if data.rows != data.cols || data.count <= train_n {
         return Err(usage(
-            "training needs square one-channel images and more than the training split",
+            "training needs square images and more than the training split",
         ));
     }
     let batch = a.batch.max(1);
+    let ranks = rank_choice(a)?;
     let split_opts = match a.scheme.as_str() {
         "asym" => Some(AsymOptions {
-            rank: match (a.rank, a.energy) {
-                (Some(_), Some(_)) => return Err(usage("give --rank or --energy, not both")),
-                (Some(r), None) => RankRule::Fixed(r),
-                (None, Some(e)) => RankRule::Energy {
-                    threshold: e,
-                    max_rank: 32,
-                },
-                (None, None) => RankRule::Schedule { start: 2, cap: 32 },
+            rank: match &ranks {
+                Ranks::Rule(r) => r.clone(),
+                // Replaced by the first epoch's selection before any step.
+                Ranks::Select(_) => RankRule::Schedule { start: 2, cap: 32 },
             },
             noise_sigma: a.noise,
+            basis: if a.basis == "batch" {
+                Basis::Batch
+            } else {
+                Basis::PerSample
+            },
             ..AsymOptions::default()
         }),
         "tee" => None,
@@ -158,7 +306,21 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             )));
         }
     };
-    let g = cnn(batch, data.rows)?;
+    let selecting = match (&ranks, &split_opts) {
+        (Ranks::Select(t), Some(_)) => Some(*t),
+        (Ranks::Select(_), None) => {
+            return Err(usage(
+                "--trusted-share and --energy choose the split's ranks: --scheme asym",
+            ));
+        }
+        _ => None,
+    };
+    if selecting.is_some() && a.worker.is_some() {
+        return Err(usage(
+            "--trusted-share and --energy re-plan the split every epoch, which a worker process set up once cannot follow: use worker threads (no --worker) or a fixed --rank",
+        ));
+    }
+    let g = network(&a.arch, a.width, batch, data.channels, data.rows)?;
     let footprint = Footprint::of(&g);
     let mut t = Trainer::new(
         &g,
@@ -189,12 +351,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         _ => None,
     };
     let per_epoch = a.limit.unwrap_or(train_n).min(train_n) / batch * batch;
+    if per_epoch == 0 {
+        return Err(usage(format!(
+            "no full batch of {batch} in the {} training images",
+            a.limit.unwrap_or(train_n).min(train_n)
+        )));
+    }
     let pb = if a.json {
         indicatif::ProgressBar::hidden()
     } else {
         progress(
             (a.epochs * per_epoch / batch) as u64,
-            &format!("train {}", a.scheme),
+            &format!("train {} {}", a.scheme, a.arch),
         )
     };
     let t0 = Instant::now();
@@ -202,6 +370,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let mut worker_time = Duration::ZERO;
     let (mut trusted, mut unsplit) = (0u64, 0u64);
     let (mut energy, mut energy_n) = (0f64, 0usize);
+    let mut selection = None;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..a.epochs {
         let mut order: Vec<usize> = (0..train_n).collect();
@@ -210,6 +379,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             order.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        if let (Some(target), Some(o)) = (selecting, &split_opts) {
+            // Ranks for this epoch, from two of its batches through the current weights.
+            let calib = order
+                .chunks_exact(batch)
+                .take(2)
+                .map(|c| batch_of(&data, c).map(|b| b.0))
+                .collect::<Result<Vec<_>>>()?;
+            let sel = choose_ranks(t.graph(), &calib, o, target)?;
+            t.set_rank_rule(sel.rule()).map_err(usage)?;
+            worker = LocalWorker::new(t.plan().worker_layers());
+            selection = Some(sel);
         }
         for chunk in order[..per_epoch].chunks_exact(batch) {
             let (x, labels) = batch_of(&data, chunk)?;
@@ -250,18 +431,51 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         right += usize::from(labels.first() == Some(&argmax(o.data())));
     }
     let test_n = data.count - train_n;
+    let held_out: Vec<usize> = (train_n..data.count).collect();
+    let mut noise_accuracy = Vec::new();
+    for &sigma in &a.noise_eval {
+        let o = AsymOptions {
+            noise_sigma: sigma,
+            ..split_opts.clone().unwrap_or_default()
+        };
+        let acc =
+            crate::asym_figures::split_accuracy(t.graph(), &o, selecting, &data, &held_out, batch)?;
+        noise_accuracy.push((sigma, acc));
+    }
+    let figures = if a.figures {
+        let o = split_opts.clone().unwrap_or_default();
+        Some(crate::asym_figures::measure(
+            t.graph(),
+            &o,
+            selecting,
+            &data,
+            train_n,
+            batch,
+            a.gpu_speedup,
+            (a.lr, a.momentum),
+        )?)
+    } else {
+        None
+    };
     // How low-rank the trained network's activations are, against the same architecture with
     // random weights, on up to 32 held-out images.
     let samples: Vec<Tensor> = (train_n..data.count.min(train_n + 32))
         .map(|i| batch_of(&data, &[i]).map(|b| b.0))
         .collect::<Result<_>>()?;
     let thresholds = [0.1f32, 0.05, 0.01];
-    let profile_opts = split_opts.clone().unwrap_or_default();
+    let profile_opts = AsymOptions {
+        basis: Basis::PerSample,
+        ..split_opts.clone().unwrap_or_default()
+    };
     let trained_profile =
         tessera_asym::rank_profile(&eval, &samples, &thresholds, &profile_opts).map_err(usage)?;
-    let random_profile =
-        tessera_asym::rank_profile(&cnn(1, data.rows)?, &samples, &thresholds, &profile_opts)
-            .map_err(usage)?;
+    let random_profile = tessera_asym::rank_profile(
+        &network(&a.arch, a.width, 1, data.channels, data.rows)?,
+        &samples,
+        &thresholds,
+        &profile_opts,
+    )
+    .map_err(usage)?;
     let step_ms = tessera_schemes::median(&mut steps_ms);
     // Training keeps weights, gradients and momentum: three copies of the weights, and the
     // activations of the whole batch for the backward pass.
@@ -276,6 +490,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let report = Report {
         scheme: a.scheme.clone(),
         dataset: a.dataset.clone(),
+        arch: a.arch.clone(),
+        basis: a.basis.clone(),
         train_images: per_epoch,
         test_images: test_n,
         epochs: a.epochs,
@@ -287,6 +503,9 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         modeled_sgx_step_ms: modeled,
         trusted_share_forward: trusted as f64 / unsplit.max(1) as f64,
         mean_residual_energy: (energy_n > 0).then(|| energy / energy_n as f64),
+        selection,
+        noise_accuracy,
+        figures,
         rank_profile_trained: trained_profile,
         rank_profile_random_weights: random_profile,
     };
@@ -300,17 +519,37 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     if a.json {
         return print_json(&report);
     }
-    if a.dataset == "mnist" {
+    if a.dataset.starts_with("mnist") {
         println!(
             "note: the shared MNIST folder holds the 10,000 test images only; the first {train_n} train, the last {test_n} test"
         );
     }
     let mut tb = Table::new(&["", "value"]);
-    tb.row(vec!["scheme".into(), report.scheme.clone()]);
+    tb.row(vec![
+        "scheme, network".into(),
+        format!(
+            "{} ({} basis), {}{} on {}",
+            report.scheme,
+            a.basis,
+            a.arch,
+            if a.width > 1 {
+                format!(" ×{}", a.width)
+            } else {
+                String::new()
+            },
+            a.dataset
+        ),
+    ]);
     tb.row(vec![
         "held-out accuracy".into(),
         format!("{} ({right}/{test_n})", pct(right, test_n)),
     ]);
+    for (s, acc) in &report.noise_accuracy {
+        tb.row(vec![
+            format!("held-out accuracy through the split, noise σ = {s}"),
+            format!("{:.2}%", 100.0 * acc),
+        ]);
+    }
     tb.row(vec![
         "training time".into(),
         format!("{train_seconds:.1} s"),
@@ -331,6 +570,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         tb.row(vec!["mean residual energy".into(), format!("{e:.3}")]);
     }
     println!("{}", tb.render());
+    if let Some(sel) = &report.selection {
+        println!(
+            "{}",
+            crate::asym_figures::selection_text(
+                sel,
+                "the last epoch's, estimated on two of its training batches"
+            )
+        );
+    }
+    if let Some(f) = &report.figures {
+        crate::asym_figures::print(f);
+    }
     print_profiles(&report);
     Ok(())
 }

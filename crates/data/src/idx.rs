@@ -42,7 +42,7 @@ impl Dataset {
     }
 }
 
-fn payload(path: &Path) -> Result<Vec<u8>, DataError> {
+pub(crate) fn payload(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = read(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();

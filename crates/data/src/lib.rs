@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod digits;
 pub mod idx;
 pub mod npy;
 pub mod synth;
@@ -13,6 +14,7 @@ use tessera_model::Tensor;
 use tessera_model::import::{ConstTensor, parse_tensor};
 use tessera_model::proto::TensorProto;
 
+pub use digits::load_digits;
 pub use idx::{Dataset, load_idx_images, load_idx_labels, load_mnist_dir};
 
 /// Everything that can go wrong reading data.
