@@ -10,6 +10,7 @@
 //! eigen-solve of an `s × s` matrix, with `s = rank + oversampling` (a few dozen at most).
 
 use crate::AsymError;
+use rayon::prelude::*;
 use tessera_engine::gemm::{View, sgemm};
 
 /// How many components to keep for one matrix.
@@ -120,30 +121,42 @@ impl SplitMix {
     }
 }
 
-/// The columns the subspace is estimated on: every column, or (when `cols` is well above
-/// `opts.sample_cols` and the row count) one column drawn at random from each of that many
-/// equal strata.
+/// The columns the subspace is estimated on, gathered as a `rows × s` matrix from `x` given as
+/// `blocks` side-by-side blocks (`[blocks, rows, cols]`): `None` when that is every column of a
+/// single block (use `x` itself); every column when the matrix is narrow; otherwise one column
+/// drawn at random from each of `s` equal strata of the `blocks·cols` columns.
 fn sample_columns(
     x: &[f32],
+    blocks: usize,
     rows: usize,
     cols: usize,
     opts: &DecompOptions,
     seed: u64,
 ) -> Option<Vec<f32>> {
-    let want = sampled_count(rows, cols, opts)?;
-    let mut rng = SplitMix::new(seed ^ 0x5a5a_5a5a_a5a5_a5a5);
-    let picks: Vec<usize> = (0..want)
-        .map(|j| {
-            let lo = j * cols / want;
-            let hi = ((j + 1) * cols / want).max(lo + 1);
-            lo + (rng.next_u64() % (hi - lo) as u64) as usize
-        })
-        .collect();
-    let mut xs = vec![0f32; rows * want];
-    for i in 0..rows {
-        let row = &x[i * cols..(i + 1) * cols];
-        for (dst, &c) in xs[i * want..(i + 1) * want].iter_mut().zip(&picks) {
-            *dst = row.get(c).copied().unwrap_or(0.0);
+    let total = blocks * cols;
+    let picks: Vec<usize> = match sampled_count(rows, total, opts) {
+        Some(want) => {
+            let mut rng = SplitMix::new(seed ^ 0x5a5a_5a5a_a5a5_a5a5);
+            (0..want)
+                .map(|j| {
+                    let lo = j * total / want;
+                    let hi = ((j + 1) * total / want).max(lo + 1);
+                    lo + (rng.next_u64() % (hi - lo) as u64) as usize
+                })
+                .collect()
+        }
+        None if blocks <= 1 => return None,
+        None => (0..total).collect(),
+    };
+    let s = picks.len();
+    let mut xs = vec![0f32; rows * s];
+    for (j, &g) in picks.iter().enumerate() {
+        let (blk, p) = (g / cols.max(1), g % cols.max(1));
+        for i in 0..rows {
+            if let (Some(d), Some(&v)) = (xs.get_mut(i * s + j), x.get((blk * rows + i) * cols + p))
+            {
+                *d = v;
+            }
         }
     }
     Some(xs)
@@ -300,21 +313,40 @@ pub fn decompose(
     opts: &DecompOptions,
     seed: u64,
 ) -> Result<LowRank, AsymError> {
-    let n = rows
-        .checked_mul(cols)
-        .ok_or_else(|| AsymError::Shape(format!("matrix {rows}×{cols} is too large")))?;
+    decompose_blocks(x, 1, rows, cols, spec, opts, seed)
+}
+
+/// [`decompose`] of the matrix `[X₀ | X₁ | … ]` (`rows × blocks·cols`) whose blocks are laid out
+/// one after the other in `x` (`[blocks, rows, cols]`, e.g. a batch `[N, C, H·W]` decomposed
+/// with one basis for the batch). `V` comes back as `[blocks, k, cols]` and `R` as
+/// `[blocks, rows, cols]`, the layout of the input: nothing is transposed.
+pub fn decompose_blocks(
+    x: &[f32],
+    blocks: usize,
+    rows: usize,
+    cols: usize,
+    spec: RankSpec,
+    opts: &DecompOptions,
+    seed: u64,
+) -> Result<LowRank, AsymError> {
+    let n = blocks
+        .checked_mul(rows)
+        .and_then(|v| v.checked_mul(cols))
+        .ok_or_else(|| AsymError::Shape(format!("matrix {rows}×{blocks}·{cols} is too large")))?;
     if x.len() != n {
         return Err(AsymError::Shape(format!(
-            "decompose: {} values for a {rows}×{cols} matrix",
-            x.len()
+            "decompose: {} values for a {rows}×{} matrix",
+            x.len(),
+            blocks * cols
         )));
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    let total: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    if !total.is_finite() {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(AsymError::Input(format!(
             "element {i} of the layer input is not finite"
         )));
     }
-    let total: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     let (want, threshold) = match spec {
         RankSpec::Fixed(k) => (k, None),
         RankSpec::Energy {
@@ -322,11 +354,12 @@ pub fn decompose(
             max_rank,
         } => (max_rank.max(1), Some(f64::from(threshold))),
     };
-    let kmax = want.min(rows.min(cols));
+    let all_cols = blocks * cols;
+    let kmax = want.min(rows.min(all_cols));
     if total == 0.0 || kmax == 0 {
         return Ok(LowRank {
             rows,
-            cols,
+            cols: all_cols,
             rank: 0,
             u: Vec::new(),
             v: Vec::new(),
@@ -334,17 +367,14 @@ pub fn decompose(
             energy: if total == 0.0 { 0.0 } else { 1.0 },
         });
     }
-    let sampled = sample_columns(x, rows, cols, opts, seed);
+    let sampled = sample_columns(x, blocks, rows, cols, opts, seed);
     let (xs, scols) = match &sampled {
         Some(v) => (v.as_slice(), v.len() / rows.max(1)),
         None => (x, cols),
     };
+    // Only a whole single block gives the sketch's own projections on every column.
+    let exact_proj = sampled.is_none();
     let full = rows.min(scols);
-    let stotal: f64 = xs
-        .iter()
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .max(f64::MIN_POSITIVE);
     // The energy rule starts from a narrow sketch and widens it only when needed.
     let mut s = match threshold {
         None => kmax + opts.oversample,
@@ -355,68 +385,76 @@ pub fn decompose(
     loop {
         let c = components(xs, rows, scols, s, opts, seed.wrapping_add(attempt));
         let kcap = kmax.min(c.q);
-        // The rank the (sampled) spectrum suggests.
-        let mut k = match threshold {
-            None => kcap,
+        // V = Uᵀ·X for the first `m` components, `[blocks, m, cols]`.
+        let project = |m: usize| -> Vec<f32> {
+            if exact_proj {
+                return c.proj[..m * cols].to_vec();
+            }
+            let mut v = vec![0f32; blocks * m * cols];
+            v.par_chunks_mut((m * cols).max(1))
+                .zip(x.par_chunks((rows * cols).max(1)))
+                .for_each(|(vb, xb)| {
+                    sgemm(
+                        m,
+                        rows,
+                        cols,
+                        1.0,
+                        View::rows(&c.ut[..m * rows], rows),
+                        View::rows(xb, cols),
+                        0.0,
+                        vb,
+                    );
+                });
+            v
+        };
+        let (k, v) = match threshold {
+            None => (kcap, project(kcap)),
             Some(t) => {
+                // Every candidate's exact energy (U is orthonormal: ‖V‖² adds up per row),
+                // then the smallest rank that meets the threshold.
+                let vq = project(kcap);
+                let mut per = vec![0f64; kcap];
+                for vb in vq.chunks((kcap * cols).max(1)) {
+                    for (j, row) in vb.chunks(cols.max(1)).enumerate() {
+                        if let Some(e) = per.get_mut(j) {
+                            *e += row
+                                .iter()
+                                .map(|&a| f64::from(a) * f64::from(a))
+                                .sum::<f64>();
+                        }
+                    }
+                }
                 let mut kept = 0f64;
-                let mut k = kcap;
-                for (i, &l) in c.lambda.iter().enumerate().take(kcap) {
-                    kept += l.max(0.0);
-                    if (stotal - kept) / stotal <= t {
-                        k = i + 1;
+                let mut k = None;
+                for (j, e) in per.iter().enumerate() {
+                    kept += e;
+                    if (total - kept) / total <= t {
+                        k = Some(j + 1);
                         break;
                     }
                 }
-                k.max(1)
-            }
-        };
-        // V = Uᵀ·X on every column: from the sketch's own projections when it saw them all.
-        let project = |from: usize, to: usize| -> Vec<f32> {
-            let m = to - from;
-            if sampled.is_none() {
-                c.proj[from * cols..to * cols].to_vec()
-            } else {
-                let mut v = vec![0f32; m * cols];
-                sgemm(
-                    m,
-                    rows,
-                    cols,
-                    1.0,
-                    View::rows(&c.ut[from * rows..to * rows], rows),
-                    View::rows(x, cols),
-                    0.0,
-                    &mut v,
-                );
-                v
-            }
-        };
-        let mut v = project(0, k);
-        let sq = |v: &[f32]| v.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>();
-        let mut kept = sq(&v);
-        if let Some(t) = threshold {
-            while (total - kept) / total > t && k < kcap {
-                let more = project(k, k + 1);
-                kept += sq(&more);
-                v.extend_from_slice(&more);
-                k += 1;
-            }
-            if (total - kept) / total > t && k < kmax {
-                if s < full {
-                    s = (2 * s).min(full);
-                    attempt += 1;
-                    continue;
-                }
-                if sampled.is_some() {
-                    // The sample misses a direction the threshold needs: use every column.
-                    let all = DecompOptions {
-                        sample_cols: 0,
-                        ..*opts
-                    };
-                    return decompose(x, rows, cols, spec, &all, seed);
+                match k {
+                    Some(k) => (k, keep_rows(&vq, blocks, kcap, k, cols)),
+                    None if kcap < kmax && s < full => {
+                        s = (2 * s).min(full);
+                        attempt += 1;
+                        continue;
+                    }
+                    None if kcap < kmax
+                        && opts.sample_cols != 0
+                        && sampled_count(rows, all_cols, opts).is_some() =>
+                    {
+                        // The sample misses a direction the threshold needs: use every column.
+                        let all = DecompOptions {
+                            sample_cols: 0,
+                            ..*opts
+                        };
+                        return decompose_blocks(x, blocks, rows, cols, spec, &all, seed);
+                    }
+                    None => (kcap, vq),
                 }
             }
-        }
+        };
         let mut u = vec![0f32; rows * k];
         for j in 0..k {
             for i in 0..rows {
@@ -424,20 +462,28 @@ pub fn decompose(
             }
         }
         let mut residual = x.to_vec();
-        sgemm(
-            rows,
-            k,
-            cols,
-            -1.0,
-            View::rows(&u, k),
-            View::rows(&v, cols),
-            1.0,
-            &mut residual,
-        );
-        let rr: f64 = residual.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let rr: f64 = residual
+            .par_chunks_mut((rows * cols).max(1))
+            .zip(v.par_chunks((k * cols).max(1)))
+            .map(|(rb, vb)| {
+                if k > 0 {
+                    sgemm(
+                        rows,
+                        k,
+                        cols,
+                        -1.0,
+                        View::rows(&u, k),
+                        View::rows(vb, cols),
+                        1.0,
+                        rb,
+                    );
+                }
+                rb.iter().map(|&a| f64::from(a) * f64::from(a)).sum::<f64>()
+            })
+            .sum();
         return Ok(LowRank {
             rows,
-            cols,
+            cols: all_cols,
             rank: k,
             u,
             v,
@@ -447,21 +493,34 @@ pub fn decompose(
     }
 }
 
+/// The first `k` of `m` rows of every block of `v` (`[blocks, m, cols]` → `[blocks, k, cols]`).
+fn keep_rows(v: &[f32], blocks: usize, m: usize, k: usize, cols: usize) -> Vec<f32> {
+    if k == m {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(blocks * k * cols);
+    for vb in v.chunks((m * cols).max(1)) {
+        out.extend_from_slice(vb.get(..k * cols).unwrap_or(vb));
+    }
+    out
+}
+
 /// The residual energy `‖R‖²/‖X‖²` the best rank-`k` basis leaves, for `k = 0, 1, …` up to
 /// `max_k` (or the sketch's rank), estimated from the eigenvalues of a sketch of `x` (on sampled
 /// columns for a wide matrix, one extra subspace iteration): what [`crate::select`] chooses
 /// ranks from. Entry 0 is 1 (0 for a zero matrix).
 pub fn energy_curve(
     x: &[f32],
+    blocks: usize,
     rows: usize,
     cols: usize,
     max_k: usize,
     opts: &DecompOptions,
     seed: u64,
 ) -> Result<Vec<f64>, AsymError> {
-    if rows.checked_mul(cols) != Some(x.len()) {
+    if blocks.checked_mul(rows).and_then(|v| v.checked_mul(cols)) != Some(x.len()) {
         return Err(AsymError::Shape(format!(
-            "energy curve: {} values for a {rows}×{cols} matrix",
+            "energy curve: {} values for a {rows}×{blocks}·{cols} matrix",
             x.len()
         )));
     }
@@ -470,7 +529,7 @@ pub fn energy_curve(
             "element {i} of the layer input is not finite"
         )));
     }
-    let sampled = sample_columns(x, rows, cols, opts, seed);
+    let sampled = sample_columns(x, blocks, rows, cols, opts, seed);
     let (xs, scols) = match &sampled {
         Some(v) => (v.as_slice(), v.len() / rows.max(1)),
         None => (x, cols),
@@ -478,7 +537,7 @@ pub fn energy_curve(
     let full = rows.min(scols);
     let stotal: f64 = xs.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     if stotal == 0.0 || full == 0 {
-        return Ok(vec![0.0; max_k.min(rows.min(cols)) + 1]);
+        return Ok(vec![0.0; max_k.min(rows.min(blocks * cols)) + 1]);
     }
     let s = (max_k + opts.oversample).min(full);
     let tuned = DecompOptions {

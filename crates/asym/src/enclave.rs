@@ -3,7 +3,7 @@
 //! that stay in the enclave (the classifier head among them).
 
 use crate::AsymError;
-use crate::decompose::{LowRank, SplitMix, decompose};
+use crate::decompose::{LowRank, SplitMix, decompose_blocks};
 use crate::kernels::{ConvShape, conv_forward, dense_forward};
 use crate::plan::{LinearKind, LinearLayer, Placement, Plan};
 use crate::worker::WorkerLink;
@@ -147,26 +147,20 @@ pub fn enclave_split(
         )));
     }
     let opts = &plan.opts;
-    // A batch conv basis decomposes the batch as one `C × N·H·W` matrix.
-    let batch_conv = match l.kind {
-        LinearKind::Conv(s) if l.shared_basis => Some(s),
-        _ => None,
-    };
-    let gathered;
-    let xm: &[f32] = match batch_conv {
-        Some(s) => {
-            gathered = to_channel_major(x.data(), l.batch, s.c, s.hw());
-            &gathered
-        }
-        None => x.data(),
+    // A batch conv basis decomposes the batch as one `C × N·H·W` matrix, read in place as
+    // the N blocks `[C, H·W]` of the input (V and R come back per sample).
+    let (blocks, bcols) = match l.kind {
+        LinearKind::Conv(s) if l.shared_basis => (l.batch, s.hw()),
+        _ => (1, cols),
     };
     let parts: Vec<LowRank> = (0..mats)
         .into_par_iter()
         .map(|b| {
-            decompose(
-                &xm[b * per..(b + 1) * per],
+            decompose_blocks(
+                &x.data()[b * per..(b + 1) * per],
+                blocks,
                 rows,
-                cols,
+                bcols,
                 spec,
                 &opts.decomp,
                 seed_for(opts.seed, layer, b, step, 1),
@@ -177,25 +171,20 @@ pub fn enclave_split(
     let mut factors = Vec::with_capacity(mats);
     let mut energy = Vec::with_capacity(mats);
     for p in parts {
-        let (r, v) = match batch_conv {
-            Some(s) => (
-                to_channel_major(&p.residual, s.c, l.batch, s.hw()),
-                to_channel_major(&p.v, p.rank, l.batch, s.hw()),
-            ),
-            None => (p.residual, p.v),
-        };
         if opts.noise_sigma > 0.0 {
             // The noise is drawn here, from the OS-seeded CSPRNG, for every residual afresh:
             // nothing the worker holds (the options, the layer, the step) determines it, so the
             // worker cannot regenerate and subtract it.
             let mut rng = rand::rng();
             let s = f64::from(opts.noise_sigma);
-            residual.extend(r.iter().map(|&r| r + (s * gauss(&mut rng)) as f32));
+            residual.extend(p.residual.iter().map(|&r| r + (s * gauss(&mut rng)) as f32));
+        } else if mats == 1 {
+            residual = p.residual;
         } else {
-            residual.extend_from_slice(&r);
+            residual.extend_from_slice(&p.residual);
         }
         energy.push(p.energy);
-        factors.push((p.rank, p.u, v));
+        factors.push((p.rank, p.u, p.v));
     }
     let residual = Tensor::new(x.shape().to_vec(), residual)?;
     Ok((
@@ -207,23 +196,6 @@ pub fn enclave_split(
             out_shape: out_shape_of(plan, l),
         },
     ))
-}
-
-/// `[a, b, n]` → `[b, a, n]`: a batch `[N, C, H·W]` to the channel-major matrix `C × N·H·W`
-/// (`a = N, b = C`), and back (`a = C, b = N`).
-pub(crate) fn to_channel_major(x: &[f32], a: usize, b: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for i in 0..a {
-        for j in 0..b {
-            if let (Some(src), Some(dst)) = (
-                x.get((i * b + j) * n..(i * b + j + 1) * n),
-                out.get_mut((j * a + i) * n..(j * a + i + 1) * n),
-            ) {
-                dst.copy_from_slice(src);
-            }
-        }
-    }
-    out
 }
 
 /// The weight folded to `k` virtual input channels, `W·U` as `[co, k·kk]` (`w` is `co × c·kk`).

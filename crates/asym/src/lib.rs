@@ -96,7 +96,7 @@ pub mod service;
 pub mod train;
 pub mod worker;
 
-pub use decompose::{DecompOptions, LowRank, RankSpec, decompose};
+pub use decompose::{DecompOptions, LowRank, RankSpec, decompose, decompose_blocks};
 pub use enclave::{
     Inference, LayerRun, LowRankState, Pending, enclave_combine, enclave_split, infer,
 };

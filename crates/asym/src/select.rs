@@ -125,12 +125,7 @@ pub fn spectra(
                 .ok_or_else(|| AsymError::Protocol(format!("no input seen for '{}'", l.name)))?;
             let (rows, cols) = l.matrix();
             let per = rows * cols;
-            let data = match l.kind {
-                LinearKind::Conv(s) if l.shared_basis => {
-                    crate::enclave::to_channel_major(input.data(), l.batch, s.c, s.hw())
-                }
-                _ => input.data().to_vec(),
-            };
+            let data = input.data();
             if data.len() != per * l.matrices() {
                 return Err(AsymError::Shape(format!(
                     "'{}': {} input values, {} matrices of {rows}×{cols} expected",
@@ -139,12 +134,18 @@ pub fn spectra(
                     l.matrices()
                 )));
             }
+            // A batch conv basis reads the batch `[N, C, H·W]` as N side-by-side blocks.
+            let (blocks, bcols) = match l.kind {
+                LinearKind::Conv(s) if l.shared_basis => (l.batch, s.hw()),
+                _ => (1, cols),
+            };
             let kmax = rows.min(cols).saturating_sub(1).min(MAX_SELECTED_RANK);
             for (b, m) in data.chunks_exact(per.max(1)).enumerate() {
                 let c = energy_curve(
                     m,
+                    blocks,
                     rows,
-                    cols,
+                    bcols,
                     kmax,
                     &opts.decomp,
                     0x51ec_7000 ^ ((si as u64) << 20) ^ b as u64,

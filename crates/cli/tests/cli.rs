@@ -781,6 +781,119 @@ fn train_through_the_split_and_whole() {
     );
 }
 
+/// The trade-off as a user option: a VGG-style network trained with a trusted-share target
+/// under a batch basis reports the selection (within the target), the figures at batch 1 and
+/// the training batch, and the accuracy through the split with noise; an unreachable target and
+/// conflicting rank options are refused with the reason.
+#[test]
+fn train_with_a_trusted_share_target_reports_the_trade_off() {
+    let (ok, out, err) = tessera(&[
+        "train",
+        "--arch",
+        "vgg",
+        "--dataset",
+        "glyphs",
+        "--epochs",
+        "1",
+        "--limit",
+        "256",
+        "--batch",
+        "16",
+        "--trusted-share",
+        "0.3",
+        "--basis",
+        "batch",
+        "--figures",
+        "--noise-eval",
+        "0.1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sel = &v["selection"];
+    assert!(sel["trusted_share"].as_f64().unwrap() <= 0.3, "{sel}");
+    assert!(
+        sel["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["rank"].as_u64().unwrap() > 0)
+    );
+    let rows = v["figures"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "batch 1 and 16, inference and training");
+    for r in rows {
+        assert!(r["modeled_speedup"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["trusted_share_macs"].as_f64().unwrap() < 1.0, "{r}");
+    }
+    assert_eq!(v["noise_accuracy"].as_array().unwrap().len(), 1);
+    let (ok, _, err) = tessera(&[
+        "train",
+        "--arch",
+        "vgg",
+        "--dataset",
+        "glyphs",
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--trusted-share",
+        "0.0001",
+    ]);
+    assert!(
+        !ok && err.contains("the least this network allows"),
+        "{err}"
+    );
+    let (ok, _, err) = tessera(&[
+        "train",
+        "--dataset",
+        "glyphs",
+        "--rank",
+        "2",
+        "--energy",
+        "0.1",
+    ]);
+    assert!(!ok && err.contains("give one of"), "{err}");
+}
+
+/// `run --scheme asym --trusted-share` chooses per-layer ranks, prints them, and the inference
+/// still matches the float model (asym is exact up to float rounding).
+#[test]
+fn run_asym_with_a_trusted_share_target() {
+    let (Some(m), Some(d)) = (
+        tessera_data::shared_data("onnx-mnist-8"),
+        tessera_data::shared_data("mnist-t10k"),
+    ) else {
+        return;
+    };
+    let model = m.join("model.onnx");
+    let input = format!("{}:3", d.join("t10k-images-idx3-ubyte.gz").display());
+    let (ok, out, err) = tessera(&[
+        "run",
+        model.to_str().expect("utf8"),
+        "--input",
+        &input,
+        "--scheme",
+        "asym",
+        "--trusted-share",
+        "0.5",
+        "--calibrate",
+        "mnist:8",
+        "--calibration-data",
+        d.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("rank selection for trusted share ≤ 50.0%"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t = v["cost"]["trusted_macs"].as_f64().unwrap();
+    let all = v["cost"]["total_macs"].as_f64().unwrap();
+    assert!(t / all <= 0.5 + 1e-9, "{t} / {all}");
+    assert_eq!(v["class"], v["float_class"]);
+}
+
 /// A scheme that cannot run a model is refused before any work (here before the input file is
 /// even read), naming the node, what the scheme lacks, and the schemes that can run it.
 #[test]
