@@ -4,7 +4,7 @@
 
 use crate::AsymError;
 use crate::decompose::{LowRank, SplitMix, decompose_blocks};
-use crate::kernels::{ConvShape, conv_forward, dense_forward};
+use crate::kernels::{ConvShape, conv_accumulate, conv_forward, dense_forward};
 use crate::plan::{LinearKind, LinearLayer, Placement, Plan};
 use crate::worker::WorkerLink;
 use rayon::prelude::*;
@@ -249,7 +249,7 @@ fn conv_lowrank(s: &ConvShape, w: &[f32], k: usize, u: &[f32], v: &[f32], out: &
 pub fn enclave_combine(
     plan: &Plan,
     pending: Pending,
-    worker_out: &Tensor,
+    worker_out: Tensor,
 ) -> Result<(Tensor, LowRankState, LayerRun), AsymError> {
     let l = layer_of(plan, pending.layer)?;
     if worker_out.shape() != pending.out_shape.as_slice() {
@@ -271,7 +271,7 @@ pub fn enclave_combine(
         .nodes
         .get(l.node)
         .ok_or_else(|| AsymError::Protocol("layer without node".into()))?;
-    let mut y = worker_out.data().to_vec();
+    let (_, mut y) = worker_out.into_parts();
     let factors = &pending.state.factors;
     match (&node.op, l.kind) {
         (Op::Conv(c), LinearKind::Conv(s)) if l.shared_basis => {
@@ -280,11 +280,7 @@ pub fn enclave_combine(
                 && *k > 0
             {
                 let wf = fold_weight(&s, c.weight.data(), *k, u);
-                let mut low = vec![0f32; y.len()];
-                conv_forward(v, l.batch, &s.with_channels(*k), |_| &wf, None, &mut low);
-                for (a, b) in y.iter_mut().zip(&low) {
-                    *a += b;
-                }
+                conv_accumulate(v, l.batch, &s.with_channels(*k), &wf, &mut y);
             }
         }
         (Op::Conv(c), LinearKind::Conv(s)) => {
@@ -352,8 +348,23 @@ pub struct Forward {
     pub runs: Vec<LayerRun>,
     /// Time spent waiting on the worker (the enclave's idle time).
     pub worker_time: Duration,
+    /// Where the enclave's own time went.
+    pub enclave_time: EnclaveTime,
     /// Total time.
     pub total_time: Duration,
+}
+
+/// Where the enclave's time in a forward pass went.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EnclaveTime {
+    /// Decomposing the split layers' inputs (and adding noise).
+    pub split: Duration,
+    /// Folding, the low-rank products, and adding them to the worker's results.
+    pub combine: Duration,
+    /// Linear layers kept whole (the head among them).
+    pub whole: Duration,
+    /// Every other op: activations, pooling, residual additions, reshapes.
+    pub other: Duration,
 }
 
 /// Run the graph: everything in the enclave but the split layers' residual halves.
@@ -386,6 +397,7 @@ pub(crate) fn forward(
     let mut states: Vec<Option<LowRankState>> = vec![None; plan.layers.len()];
     let mut runs = Vec::new();
     let mut worker_time = Duration::ZERO;
+    let mut parts = EnclaveTime::default();
     for (k, n) in g.nodes.iter().enumerate() {
         let ins: Vec<&Tensor> = n
             .inputs
@@ -405,11 +417,15 @@ pub(crate) fn forward(
                 let x = ins
                     .first()
                     .ok_or_else(|| AsymError::Protocol("linear layer without input".into()))?;
+                let ts = Instant::now();
                 let (r, pending) = enclave_split(plan, l.id, x, step)?;
+                parts.split += ts.elapsed();
                 let tw = Instant::now();
                 let wo = w.linear(l.id, r, record)?;
                 worker_time += tw.elapsed();
-                let (y, st, run) = enclave_combine(plan, pending, &wo)?;
+                let tc = Instant::now();
+                let (y, st, run) = enclave_combine(plan, pending, wo)?;
+                parts.combine += tc.elapsed();
                 if record {
                     states[l.id] = Some(st);
                 }
@@ -417,7 +433,9 @@ pub(crate) fn forward(
                 y
             }
             Some(l) => {
+                let tl = Instant::now();
                 let y = eval_linear_local(&n.op, &ins, &out_shape, l)?;
+                parts.whole += tl.elapsed();
                 runs.push(LayerRun {
                     id: l.id,
                     name: l.name.clone(),
@@ -431,7 +449,12 @@ pub(crate) fn forward(
                 });
                 y
             }
-            None => eval_local(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?,
+            None => {
+                let to = Instant::now();
+                let y = eval_local(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+                parts.other += to.elapsed();
+                y
+            }
         };
         vals[n.output] = Some(y);
         if !record {
@@ -447,6 +470,7 @@ pub(crate) fn forward(
         states,
         runs,
         worker_time,
+        enclave_time: parts,
         total_time: t0.elapsed(),
     })
 }
@@ -522,6 +546,8 @@ pub struct Inference {
     pub layers: Vec<LayerRun>,
     /// Time spent in the worker calls.
     pub worker_time: Duration,
+    /// Where the enclave's own time went.
+    pub enclave_time: EnclaveTime,
     /// Total time.
     pub total_time: Duration,
 }
@@ -551,6 +577,7 @@ pub fn infer(
         outputs,
         layers: f.runs,
         worker_time: f.worker_time,
+        enclave_time: f.enclave_time,
         total_time: f.total_time,
     })
 }

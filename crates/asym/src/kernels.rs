@@ -82,6 +82,30 @@ pub fn conv_forward<'w>(
         });
 }
 
+/// `out[n] += W·im2col(x[n])` for every sample with one weight `w` (`co × c·kk`): the enclave
+/// adds its low-rank part onto the worker's output in place.
+pub fn conv_accumulate(x: &[f32], n: usize, s: &ConvShape, w: &[f32], out: &mut [f32]) {
+    let (xin, xo) = (s.c * s.hw(), s.co * s.ohw());
+    let kk = s.c * s.kk();
+    let npos = s.ohw();
+    out[..n * xo]
+        .par_chunks_mut(xo.max(1))
+        .enumerate()
+        .for_each_init(Vec::new, |col, (b, o)| {
+            let cols = columns(&x[b * xin..(b + 1) * xin], s, col);
+            sgemm(
+                s.co,
+                kk,
+                npos,
+                1.0,
+                View::rows(w, kk),
+                View::rows(cols, npos),
+                1.0,
+                o,
+            );
+        });
+}
+
 /// Scatter-add columns `[c·kh·kw, oh·ow]` back into an image `[c, h, w]` (the adjoint of im2col).
 pub fn col2im_add(col: &[f32], c: usize, g: &Geometry, dx: &mut [f32]) {
     let (kh, kw) = (g.k[0], g.k[1]);

@@ -98,7 +98,7 @@ pub mod worker;
 
 pub use decompose::{DecompOptions, LowRank, RankSpec, decompose, decompose_blocks};
 pub use enclave::{
-    Inference, LayerRun, LowRankState, Pending, enclave_combine, enclave_split, infer,
+    EnclaveTime, Inference, LayerRun, LowRankState, Pending, enclave_combine, enclave_split, infer,
 };
 pub use plan::{
     AsymOptions, Basis, EnclaveReason, LinearKind, LinearLayer, Placement, Plan, RankRule,

@@ -56,6 +56,9 @@ pub struct FigureRow {
     pub modeled_asym_ms: f64,
     /// Their ratio.
     pub modeled_speedup: f64,
+    /// Inference: the enclave's time split into decomposition, low-rank products, layers kept
+    /// whole and every other op (medians, ms).
+    pub enclave_parts_ms: Option<[f64; 4]>,
 }
 
 /// One layer at the training batch, inference.
@@ -206,6 +209,7 @@ pub(crate) fn measure(
         };
         // Inference.
         let (mut un, mut sp, mut wk) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pieces: [Vec<f64>; 4] = Default::default();
         let mut last = None;
         for r in 0..=REPS {
             let (x, _) = held(r)?;
@@ -215,9 +219,17 @@ pub(crate) fn measure(
                 un.push(ms(a.total_time));
                 sp.push(ms(s.total_time));
                 wk.push(ms(s.worker_time));
+                let e = s.enclave_time;
+                for (v, d) in pieces
+                    .iter_mut()
+                    .zip([e.split, e.combine, e.whole, e.other])
+                {
+                    v.push(ms(d));
+                }
             }
             last = Some(s);
         }
+        let parts = pieces.map(|mut v| median(&mut v));
         let last = last.ok_or_else(|| usage("nothing measured"))?;
         let split_layers = last
             .layers
@@ -249,36 +261,41 @@ pub(crate) fn measure(
                 })
                 .collect();
         }
-        let mut row =
-            |pass: &'static str, un: &mut [f64], sp: &mut [f64], wk: &mut [f64], training: bool| {
-                let (unsplit_ms, split_ms, worker_ms) = (median(un), median(sp), median(wk));
-                let enclave_ms = (split_ms - worker_ms).max(0.0);
-                let s = if training { SLOWDOWN.1 } else { SLOWDOWN.0 };
-                let eb = plan.enclave_bytes(&ranks, training);
-                let tb = whole.enclave_bytes(&[], training);
-                // One exit to send each residual and one to receive each result (twice more per
-                // split layer in training: the gradient and the update).
-                let io = split_layers * if training { 4 } else { 2 };
-                let modeled_tee_ms = modeled(tb, unsplit_ms * s, 0);
-                let modeled_asym_ms = modeled(eb, enclave_ms * s, io) + worker_ms / gpu;
-                rows.push(FigureRow {
-                    batch: b,
-                    pass,
-                    unsplit_ms,
-                    split_ms,
-                    enclave_ms,
-                    worker_ms,
-                    trusted_share_macs: tm as f64 / um.max(1) as f64,
-                    trusted_share_time: enclave_ms / unsplit_ms.max(1e-9),
-                    mean_energy,
-                    enclave_mb: eb as f64 / 1e6,
-                    tee_mb: tb as f64 / 1e6,
-                    modeled_tee_ms,
-                    modeled_asym_ms,
-                    modeled_speedup: modeled_tee_ms / modeled_asym_ms.max(1e-9),
-                });
-            };
-        row("inference", &mut un, &mut sp, &mut wk, false);
+        let mut row = |pass: &'static str,
+                       un: &mut [f64],
+                       sp: &mut [f64],
+                       wk: &mut [f64],
+                       training: bool,
+                       enclave_parts_ms: Option<[f64; 4]>| {
+            let (unsplit_ms, split_ms, worker_ms) = (median(un), median(sp), median(wk));
+            let enclave_ms = (split_ms - worker_ms).max(0.0);
+            let s = if training { SLOWDOWN.1 } else { SLOWDOWN.0 };
+            let eb = plan.enclave_bytes(&ranks, training);
+            let tb = whole.enclave_bytes(&[], training);
+            // One exit to send each residual and one to receive each result (twice more per
+            // split layer in training: the gradient and the update).
+            let io = split_layers * if training { 4 } else { 2 };
+            let modeled_tee_ms = modeled(tb, unsplit_ms * s, 0);
+            let modeled_asym_ms = modeled(eb, enclave_ms * s, io) + worker_ms / gpu;
+            rows.push(FigureRow {
+                batch: b,
+                pass,
+                unsplit_ms,
+                split_ms,
+                enclave_ms,
+                worker_ms,
+                trusted_share_macs: tm as f64 / um.max(1) as f64,
+                trusted_share_time: enclave_ms / unsplit_ms.max(1e-9),
+                mean_energy,
+                enclave_mb: eb as f64 / 1e6,
+                tee_mb: tb as f64 / 1e6,
+                modeled_tee_ms,
+                modeled_asym_ms,
+                modeled_speedup: modeled_tee_ms / modeled_asym_ms.max(1e-9),
+                enclave_parts_ms,
+            });
+        };
+        row("inference", &mut un, &mut sp, &mut wk, false, Some(parts));
         // A training step (on copies of the trained weights).
         let topts = |split: Option<AsymOptions>| TrainOptions {
             lr,
@@ -299,7 +316,7 @@ pub(crate) fn measure(
                 wk.push(ms(s.worker_time));
             }
         }
-        row("training step", &mut un, &mut sp, &mut wk, true);
+        row("training step", &mut un, &mut sp, &mut wk, true, None);
     }
     Ok(Figures {
         gpu_speedup: gpu,
@@ -378,6 +395,21 @@ pub(crate) fn print(f: &Figures) {
         f.slowdown.1,
         tb.render()
     );
+    let mut pt = Table::new(&[
+        "batch",
+        "decomposition ms",
+        "low-rank products ms",
+        "layers kept whole ms",
+        "other ops ms",
+    ]);
+    for r in &f.rows {
+        if let Some(p) = r.enclave_parts_ms {
+            let mut row = vec![r.batch.to_string()];
+            row.extend(p.iter().map(|v| format!("{v:.1}")));
+            pt.row(row);
+        }
+    }
+    println!("where the enclave's inference time goes:\n{}", pt.render());
     let mut lt = Table::new(&[
         "layer",
         "placement",
