@@ -15,7 +15,7 @@ use std::time::Duration;
 use tessera_attested::dataset::{load_breast_cancer, load_mnist, standardize};
 use tessera_attested::flow::split;
 use tessera_attested::host::train;
-use tessera_attested::{JobSpec, Output, PlainDataset, Stakeholder, TrainSpec};
+use tessera_attested::{JobSpec, Network, Output, PlainDataset, Stakeholder, TrainSpec};
 use tessera_runtime::cost::{Footprint, SGX1, model_request};
 
 fn shared(rel: &str) -> Option<std::path::PathBuf> {
@@ -116,7 +116,10 @@ fn main() {
         let all = load_mnist(&dir).unwrap_or_else(|e| panic!("{e}"));
         let (train_set, _) = split(all, 8_000, 1).unwrap_or_else(|e| panic!("{e}"));
         let spec = TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![64],
+            shift: 0,
             epochs: 3,
             batch: 64,
             lr: 0.05,
@@ -127,7 +130,10 @@ fn main() {
         run("MNIST t10k (8k train)", &train_set, spec, 5);
         // A wider network and more epochs, closer to a real job.
         let spec = TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![256, 128],
+            shift: 0,
             epochs: 3,
             batch: 64,
             lr: 0.05,
@@ -138,7 +144,10 @@ fn main() {
         run("MNIST t10k (8k train)", &train_set, spec, 3);
         // Larger batches give the parallel GEMM more rows per call.
         let spec = TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![256, 128],
+            shift: 0,
             epochs: 3,
             batch: 256,
             lr: 0.1,
@@ -149,7 +158,10 @@ fn main() {
         run("MNIST t10k (8k train)", &train_set, spec, 3);
         // A network whose training working set (≈ 100 MB) exceeds SGX1's 93 MB EPC.
         let spec = TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![2048, 2048],
+            shift: 0,
             epochs: 1,
             batch: 256,
             lr: 0.05,
@@ -164,7 +176,10 @@ fn main() {
         let (mut tr, mut te) = split(all, 455, 2).unwrap_or_else(|e| panic!("{e}"));
         standardize(&mut tr, &mut te);
         let spec = TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![16],
+            shift: 0,
             epochs: 40,
             batch: 16,
             lr: 0.01,

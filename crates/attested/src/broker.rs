@@ -77,6 +77,9 @@ use crate::policy::{AcceptedJob, JobSpec, Stakeholder, StakeholderPolicy, accept
 use crate::signed::{Action, BrokerId, Pinned, Signed};
 use crate::wrap::{KeyPair, wrap};
 
+/// Fractional bits of the integer semantics the inference enclave runs a trained model in.
+pub const INFERENCE_FRAC_BITS: u32 = 12;
+
 /// What the broker's measurement covers besides its binary and the pinned stakeholder keys.
 pub const BROKER_POLICY: &[u8] =
     b"tessera-attested broker v2; mode sim; signed stakeholder requests";
@@ -966,7 +969,14 @@ impl Broker {
             // The same simulated platform (key file) as the broker.
             state_dir: self.dir.clone(),
             model_onnx: onnx.to_vec(),
-            semantics: Default::default(),
+            // 12 fractional bits: at the default 8, a trained CNN's dense weights (|w| ≈ 0.03)
+            // are quantized in steps of 0.004 and the held-out accuracy drops measurably.
+            semantics: tessera_engine::semantics::Semantics::Pow2(
+                tessera_engine::quant::QuantConfig {
+                    frac_bits: INFERENCE_FRAC_BITS,
+                    max_bits: None,
+                },
+            ),
             profile: tessera_runtime::cost::SGX1,
             binary: Some(self.binary.clone()),
             channel: ChannelOptions::default(),

@@ -18,7 +18,7 @@ use crate::dataset::{
 };
 use crate::error::AttestedError;
 use crate::host::{dataset_path, model_path, run_host_job};
-use crate::policy::{JobSpec, Output, Stakeholder, StakeholderPolicy, TrainSpec};
+use crate::policy::{JobSpec, Network, Output, Stakeholder, StakeholderPolicy, TrainSpec};
 use crate::signed::{Pinned, StakeholderKey};
 use crate::swtpm::{HostImage, MeasuredHost, Swtpm};
 
@@ -83,7 +83,9 @@ pub struct Report {
     pub classes: usize,
     /// Features per row.
     pub features: usize,
-    /// Hidden widths and epochs.
+    /// The network trained (`mlp [64, 32]`, `cnn`, `vgg ×2`, …).
+    pub network: String,
+    /// Hidden widths (mlp).
     pub hidden: Vec<usize>,
     /// Epochs.
     pub epochs: usize,
@@ -124,7 +126,7 @@ impl Report {
             "{warning}\n\
              attested: {ds} — {note}\n\
              host attested (EK {ek}…, {ima} IMA entries checked against 3 allow-lists), keys released to its quote\n\
-             trained {hidden:?} × {epochs} epochs on {tr} rows in {ts:.2} s ({th} threads); loss {loss:.4}\n\
+             trained {network} × {epochs} epochs on {tr} rows in {ts:.2} s ({th} threads); loss {loss:.4}\n\
              model: {mb} B ONNX, {emb} B encrypted for the model owner (received: {got})\n\
              tee inference on {te} held-out rows: accuracy {acc:.2}% ({lat:.3} ms/prediction measured, {sgx:.3} ms modeled SGX)",
             warning = self.warning,
@@ -136,7 +138,7 @@ impl Report {
                 .map(|r| r.ek_name.get(..16).unwrap_or_default().to_string())
                 .unwrap_or_default(),
             ima = self.release.as_ref().map_or(0, |r| r.ima_entries),
-            hidden = self.hidden,
+            network = self.network,
             epochs = self.epochs,
             tr = self.train_rows,
             ts = self.train_seconds,
@@ -458,6 +460,7 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         test_rows: n,
         classes: data.train.classes,
         features: data.train.features_per_row(),
+        network: describe(&data.train_spec),
         hidden: data.train_spec.hidden.clone(),
         epochs: data.train_spec.epochs,
         losses: outcome.losses,
@@ -490,8 +493,8 @@ pub fn split(
     Ok((train, test))
 }
 
-/// The demo: the whole flow on the generated glyph images (3,000 to train, 500 held out),
-/// with swtpm started here, printing progress. Fails with a message naming the packages when
+/// The demo: the whole flow on the generated glyph images (3,000 to train, 500 held out), a
+/// CNN job (conv 16, pool, conv 32, pool, dense 128, dense 10, 4 epochs), with swtpm started here, printing progress. Fails with a message naming the packages when
 /// swtpm is missing.
 pub fn demo_flow(dir: &Path) -> Result<Report, AttestedError> {
     demo_flow_with(dir, true)
@@ -512,10 +515,13 @@ pub fn demo_flow_with(dir: &Path, progress: bool) -> Result<Report, AttestedErro
         train,
         test,
         train_spec: TrainSpec {
-            hidden: vec![128],
-            epochs: 12,
+            network: Network::Cnn,
+            width: 1,
+            hidden: Vec::new(),
+            shift: 0,
+            epochs: 4,
             batch: 32,
-            lr: 0.05,
+            lr: 0.02,
             momentum: 0.9,
             input_scale: 1.0 / 255.0,
             seed: 1,
@@ -530,4 +536,13 @@ pub fn demo_flow_with(dir: &Path, progress: bool) -> Result<Report, AttestedErro
             ..Default::default()
         },
     )
+}
+
+/// The network of a job in a few words.
+pub fn describe(t: &TrainSpec) -> String {
+    match t.network {
+        Network::Mlp => format!("mlp {:?}", t.hidden),
+        n if t.width > 1 => format!("{} ×{}", n.name(), t.width),
+        n => n.name().to_string(),
+    }
 }

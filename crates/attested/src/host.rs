@@ -60,21 +60,25 @@ pub fn train(
     let used = pool.current_num_threads();
     let mut losses = Vec::with_capacity(cfg.epochs);
     let t0 = Instant::now();
-    let graph = pool
-        .install(|| {
+    let graph = pool.install(|| {
+        let mut record = |e: usize, l: f32| {
+            losses.push(l);
+            progress(e, l);
+        };
+        if job.train.network.is_mlp() {
             train_mlp(
                 &data.features,
                 &data.labels,
                 &data.input_shape,
                 data.classes,
                 &cfg,
-                |e, l| {
-                    losses.push(l);
-                    progress(e, l);
-                },
+                record,
             )
-        })
-        .map_err(|e| AttestedError::Training(e.to_string()))?;
+            .map_err(|e| AttestedError::Training(e.to_string()))
+        } else {
+            crate::conv_job::train_conv(&job.train, data, &mut record)
+        }
+    })?;
     let took = t0.elapsed();
     let onnx = tessera_model::export::export_model(&graph)
         .map_err(|e| AttestedError::Training(format!("exporting the trained model: {e}")))?;

@@ -105,6 +105,7 @@
 
 pub mod broker;
 mod broker_client;
+mod conv_job;
 pub mod dataset;
 pub mod error;
 pub mod flow;
@@ -120,7 +121,7 @@ pub use error::AttestedError;
 pub use flow::{FlowData, FlowOptions, Report, demo_flow, demo_flow_with, run_flow};
 pub use host::{HostOutcome, run_host_job};
 pub use policy::{
-    AcceptedJob, JobSpec, Output, Stakeholder, StakeholderPolicy, TrainSpec, accept_job,
+    AcceptedJob, JobSpec, Network, Output, Stakeholder, StakeholderPolicy, TrainSpec, accept_job,
 };
 pub use signed::{Action, BrokerId, Pinned, Signed, StakeholderKey, revision_now};
 pub use swtpm::{HostImage, MeasuredHost, Swtpm, swtpm_installed};

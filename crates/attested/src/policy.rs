@@ -170,12 +170,62 @@ impl StakeholderPolicy {
     }
 }
 
-/// Training settings of a job (the fields of [`TrainConfig`]).
+/// The network a job trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Dense ReLU layers of `hidden` widths (the engine's MLP trainer).
+    #[default]
+    Mlp,
+    /// conv 16 5×5, pool, conv 32 5×5, pool, dense 128, dense (see
+    /// [`tessera_model::builders::trainable`]).
+    Cnn,
+    /// 3×3 convs 32, 32, pool, 64, 64, pool, 128, global average pool, dense.
+    Vgg,
+    /// conv 32, a residual block, pool, conv 64, a residual block, global average pool, dense.
+    Resnet,
+}
+
+impl Network {
+    /// Whether this is the dense network.
+    pub fn is_mlp(&self) -> bool {
+        *self == Network::Mlp
+    }
+
+    /// The name [`tessera_model::builders::trainable`] takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Network::Mlp => "mlp",
+            Network::Cnn => "cnn",
+            Network::Vgg => "vgg",
+            Network::Resnet => "resnet",
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Training settings of a job (the fields of [`TrainConfig`], and the network).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
-    /// Hidden layer widths.
+    /// The network: `mlp` (the default) or a convolutional `cnn`, `vgg` or `resnet` over the
+    /// dataset's `[1, C, H, W]` images, trained with the conv trainer tessera's `asym` and
+    /// `tee` training share.
+    #[serde(default)]
+    pub network: Network,
+    /// vgg and resnet: every channel count multiplied by this.
+    #[serde(default = "one")]
+    pub width: usize,
+    /// Hidden layer widths (mlp only; empty for a convolutional network).
+    #[serde(default)]
     pub hidden: Vec<usize>,
+    /// Convolutional networks: each training image moved by up to this many pixels in each
+    /// direction (zero fill), drawn afresh every time it is seen (data augmentation; 0: off).
+    #[serde(default)]
+    pub shift: usize,
     /// Passes over the data.
     pub epochs: usize,
     /// Mini-batch size.
@@ -209,6 +259,19 @@ impl TrainSpec {
         };
         if self.hidden.len() > 16 || self.hidden.iter().any(|&h| h == 0 || h > 65_536) {
             return Err(bad("hidden: at most 16 layers of 1 to 65536 units"));
+        }
+        if !self.network.is_mlp() && !self.hidden.is_empty() {
+            return Err(bad(
+                "hidden applies to the mlp network only: leave it out of a cnn, vgg or resnet job",
+            ));
+        }
+        if self.width == 0 || self.width > 16 || (self.width > 1 && self.network == Network::Cnn) {
+            return Err(bad("width must be 1 to 16, and 1 for the cnn network"));
+        }
+        if self.shift > 8 || (self.shift > 0 && self.network.is_mlp()) {
+            return Err(bad(
+                "shift must be 0 to 8 pixels, and 0 for the mlp network (it shifts images)",
+            ));
         }
         if self.epochs == 0 || self.epochs > 10_000 {
             return Err(bad("epochs must be 1 to 10000"));
@@ -542,7 +605,10 @@ mod tests {
             id: "j".into(),
             dataset: "d".into(),
             train: TrainSpec {
+                network: Network::Mlp,
+                width: 1,
                 hidden: vec![4],
+                shift: 0,
                 epochs: 1,
                 batch: 8,
                 lr: 0.1,
@@ -654,5 +720,38 @@ mod tests {
         assert!(j.validate().is_err());
         assert!(JobSpec::from_json(&job().to_json(), "t").is_ok());
         assert!(JobSpec::from_json(r#"{"id":"j","dataset":"d","extra":1}"#, "t").is_err());
+    }
+
+    /// A job file without the network fields (written before CNN jobs) is an MLP job; the
+    /// convolutional settings are refused where they do not apply.
+    #[test]
+    fn network_settings_checked() {
+        let old = r#"{"id":"j","dataset":"d","train":{"hidden":[4],"epochs":1,"batch":8,"lr":0.1},
+            "outputs":{"trained_model":"model_owner","predictions":"data_owner"}}"#;
+        match JobSpec::from_json(old, "t") {
+            Ok(j) => assert_eq!(
+                (j.train.network, j.train.width, j.train.shift),
+                (Network::Mlp, 1, 0)
+            ),
+            Err(e) => panic!("{e}"),
+        }
+        let expect = |j: JobSpec, words: &str| {
+            let e = j.validate().map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+        };
+        let mut j = job();
+        j.train.network = Network::Cnn;
+        expect(j.clone(), "hidden applies to the mlp network only");
+        j.train.hidden.clear();
+        assert!(j.validate().is_ok());
+        j.train.width = 2;
+        expect(j.clone(), "width must be 1 to 16");
+        j.train.network = Network::Vgg;
+        assert!(j.validate().is_ok());
+        j.train.shift = 9;
+        expect(j, "shift must be 0 to 8");
+        let mut j = job();
+        j.train.shift = 1;
+        expect(j, "shift must be 0 to 8");
     }
 }

@@ -24,8 +24,8 @@ use tessera_attested::flow::make_policy;
 use tessera_attested::signed::{Action, BrokerId, Pinned, Signed, StakeholderKey};
 use tessera_attested::wrap::{KeyPair, wrap};
 use tessera_attested::{
-    AttestedError, HostImage, JobSpec, MeasuredHost, Output, Stakeholder, StakeholderPolicy, Swtpm,
-    TrainSpec,
+    AttestedError, HostImage, JobSpec, MeasuredHost, Network, Output, Stakeholder,
+    StakeholderPolicy, Swtpm, TrainSpec,
 };
 use tessera_runtime::Role;
 use tessera_tpm::Challenge;
@@ -38,7 +38,10 @@ fn job() -> JobSpec {
         id: JOB.into(),
         dataset: DATASET.into(),
         train: TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![8],
+            shift: 0,
             epochs: 1,
             batch: 16,
             lr: 0.05,

@@ -10,8 +10,8 @@ use common::{Scratch, have_swtpm};
 use tessera_attested::dataset::{load_breast_cancer, load_mnist, standardize};
 use tessera_attested::flow::split;
 use tessera_attested::{
-    AttestedError, FlowData, FlowOptions, JobSpec, Output, PlainDataset, Report, Stakeholder,
-    StakeholderPolicy, TrainSpec, accept_job, run_flow,
+    AttestedError, FlowData, FlowOptions, JobSpec, Network, Output, PlainDataset, Report,
+    Stakeholder, StakeholderPolicy, TrainSpec, accept_job, run_flow,
 };
 
 fn opts() -> FlowOptions {
@@ -37,7 +37,10 @@ fn glyph_data() -> FlowData {
         train,
         test,
         train_spec: TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![32],
+            shift: 0,
             epochs: 2,
             batch: 32,
             lr: 0.05,
@@ -55,7 +58,7 @@ fn print(r: &Report) {
 }
 
 #[test]
-fn mnist_happy_path() {
+fn mnist_cnn_job_reaches_98_percent() {
     let Some(dir) = tessera_data::shared_data("mnist-t10k") else {
         return;
     };
@@ -71,10 +74,13 @@ fn mnist_happy_path() {
         train,
         test,
         train_spec: TrainSpec {
-            hidden: vec![64],
-            epochs: 3,
-            batch: 64,
-            lr: 0.05,
+            network: Network::Cnn,
+            width: 1,
+            hidden: Vec::new(),
+            shift: 2,
+            epochs: 6,
+            batch: 32,
+            lr: 0.02,
             momentum: 0.9,
             input_scale: 1.0 / 255.0,
             seed: 1,
@@ -90,9 +96,10 @@ fn mnist_happy_path() {
     assert!(r.model_owner_received_model);
     let rel = r.release.as_ref().expect("the broker recorded the release");
     assert_eq!(rel.ima_entries, 4, "boot_aggregate and three files");
+    assert_eq!(r.network, "cnn");
     assert!(
-        r.test_accuracy >= 0.90,
-        "MNIST held-out accuracy {:.4} below 0.90",
+        r.test_accuracy >= 0.98,
+        "MNIST CNN held-out accuracy {:.4} below 0.98",
         r.test_accuracy
     );
     assert_eq!(r.stakeholders.len(), 3);
@@ -116,7 +123,10 @@ fn breast_cancer_happy_path() {
         train,
         test,
         train_spec: TrainSpec {
+            network: Network::Mlp,
+            width: 1,
             hidden: vec![16],
+            shift: 0,
             epochs: 40,
             batch: 16,
             lr: 0.01,

@@ -349,7 +349,10 @@ pub enum StakeholderCmd {
         policy: PathBuf,
         #[command(flatten)]
         signing: Signing,
-        /// The job file.
+        /// The job file, JSON: `id`, `dataset`, `outputs`, and `train` with `network` (`mlp`,
+        /// the default, with `hidden` widths; or `cnn`, `vgg`, `resnet` over `[1, C, H, H]`
+        /// images, with `width` and `shift` pixels of augmentation), `epochs`, `batch`, `lr`,
+        /// `momentum`, `input_scale`, `seed`.
         file: PathBuf,
     },
     /// Model owner: decrypt the trained model from the store.

@@ -194,9 +194,9 @@ fn demo(a: &DemoArgs) -> Result<()> {
                 float_correct: None,
             });
             r.notes.push(format!(
-                "attested trained its own model ({:?} dense, {} epochs on {} generated glyph rows) \
+                "attested trained its own model ({}, {} epochs on {} generated glyph rows) \
                  on the attested host and predicted {} held-out rows in the enclave (means, float)",
-                x.hidden, x.epochs, x.train_rows, x.test_rows
+                x.network, x.epochs, x.train_rows, x.test_rows
             ));
         }
         Err(e) => r.skipped.push(crate::compare_cmd::Skipped {

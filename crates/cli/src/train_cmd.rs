@@ -10,7 +10,7 @@ use tessera_asym::{
 };
 use tessera_data::{Dataset, load_mnist_dir, synth};
 use tessera_engine::{argmax, run_f32};
-use tessera_model::{Graph, GraphBuilder, Tensor};
+use tessera_model::{Graph, Tensor, builders};
 use tessera_runtime::cost::{Footprint, SGX1, model_request};
 
 /// `tessera train`.
@@ -98,67 +98,6 @@ pub struct TrainArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// The network `arch` for `batch` images of `ch × side × side` and 10 classes.
-pub(crate) fn network(
-    arch: &str,
-    width: usize,
-    batch: usize,
-    ch: usize,
-    side: usize,
-) -> std::result::Result<Graph, tessera_model::ModelError> {
-    let w = width.max(1);
-    let mut b = GraphBuilder::new(arch, 7);
-    let mut x = b.input("input", vec![batch, ch, side, side])?;
-    match arch {
-        "vgg" => {
-            for (c, pool) in [
-                (32, false),
-                (32, true),
-                (64, false),
-                (64, true),
-                (128, false),
-            ] {
-                x = b.conv(x, c * w, 3, 1, 1)?;
-                x = b.relu(x)?;
-                if pool {
-                    x = b.max_pool(x, 2, 2)?;
-                }
-            }
-            x = b.global_avg_pool(x)?;
-            x = b.flatten(x)?;
-        }
-        "resnet" => {
-            for (i, c) in [32 * w, 64 * w].into_iter().enumerate() {
-                x = b.conv(x, c, 3, 1, 1)?;
-                x = b.relu(x)?;
-                let y = b.conv(x, c, 3, 1, 1)?;
-                let y = b.relu(y)?;
-                let z = b.conv(y, c, 3, 1, 1)?;
-                let s = b.add(z, x)?;
-                x = b.relu(s)?;
-                if i == 0 {
-                    x = b.max_pool(x, 2, 2)?;
-                }
-            }
-            x = b.global_avg_pool(x)?;
-            x = b.flatten(x)?;
-        }
-        _ => {
-            x = b.conv(x, 16, 5, 1, 2)?;
-            x = b.relu(x)?;
-            x = b.max_pool(x, 2, 2)?;
-            x = b.conv(x, 32, 5, 1, 2)?;
-            x = b.relu(x)?;
-            x = b.max_pool(x, 2, 2)?;
-            x = b.flatten(x)?;
-            x = b.dense(x, 128)?;
-            x = b.relu(x)?;
-        }
-    }
-    let y = b.dense(x, 10)?;
-    b.finish(vec![y])
 }
 
 /// The data set and how many of its images train (the rest are held out).
@@ -320,7 +259,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             "--trusted-share and --energy re-plan the split every epoch, which a worker process set up once cannot follow: use worker threads (no --worker) or a fixed --rank",
         ));
     }
-    let g = network(&a.arch, a.width, batch, data.channels, data.rows)?;
+    let g = builders::trainable(&a.arch, a.width, batch, data.channels, data.rows, 10)?;
     let footprint = Footprint::of(&g);
     let mut t = Trainer::new(
         &g,
@@ -470,7 +409,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let trained_profile =
         tessera_asym::rank_profile(&eval, &samples, &thresholds, &profile_opts).map_err(usage)?;
     let random_profile = tessera_asym::rank_profile(
-        &network(&a.arch, a.width, 1, data.channels, data.rows)?,
+        &builders::trainable(&a.arch, a.width, 1, data.channels, data.rows, 10)?,
         &samples,
         &thresholds,
         &profile_opts,
@@ -528,9 +467,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     tb.row(vec![
         "scheme, network".into(),
         format!(
-            "{} ({} basis), {}{} on {}",
+            "{}{}, {}{} on {}",
             report.scheme,
-            a.basis,
+            if report.scheme == "asym" {
+                format!(" ({} basis)", a.basis)
+            } else {
+                String::new()
+            },
             a.arch,
             if a.width > 1 {
                 format!(" ×{}", a.width)

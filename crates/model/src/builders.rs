@@ -504,3 +504,92 @@ pub fn shuffle_int8(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError>
     let y = b.push("qre", Op::Quantize(g4), vec![y], "")?;
     b.finish(vec![y])
 }
+
+/// The architectures [`trainable`] builds.
+pub const TRAINABLE: [&str; 3] = ["cnn", "vgg", "resnet"];
+
+/// A network to train (not a literature network): `arch` for `batch` images of
+/// `channels × side × side` and `classes` outputs, He-uniform weights from a fixed seed.
+///
+/// * `cnn`: conv 16 5×5, ReLU, max-pool 2, conv 32 5×5, ReLU, max-pool 2, dense 128, ReLU,
+///   dense `classes`;
+/// * `vgg`: 3×3 convs of 32, 32, pool, 64, 64, pool, 128 channels (each followed by ReLU),
+///   global average pool, dense `classes`;
+/// * `resnet`: conv 32, a residual block of two 3×3 convs, pool, conv 64, a residual block,
+///   global average pool, dense `classes`.
+///
+/// `width` (vgg, resnet) multiplies every channel count. `tessera train` and the attested host's
+/// CNN jobs train these.
+pub fn trainable(
+    arch: &str,
+    width: usize,
+    batch: usize,
+    channels: usize,
+    side: usize,
+    classes: usize,
+) -> Result<Graph, ModelError> {
+    if !TRAINABLE.contains(&arch) {
+        return Err(ModelError::Invalid(format!(
+            "no trainable network {arch:?}: choose one of {}",
+            TRAINABLE.join(", ")
+        )));
+    }
+    if batch == 0 || channels == 0 || side < 4 || classes < 2 {
+        return Err(ModelError::Invalid(format!(
+            "a {arch} needs a batch, channels, images of at least 4×4 and two classes \
+             (got batch {batch}, {channels}×{side}×{side}, {classes} classes)"
+        )));
+    }
+    let w = width.max(1);
+    let mut b = GraphBuilder::new(arch, 7);
+    let mut x = b.input("input", vec![batch, channels, side, side])?;
+    match arch {
+        "vgg" => {
+            for (c, pool) in [
+                (32, false),
+                (32, true),
+                (64, false),
+                (64, true),
+                (128, false),
+            ] {
+                x = b.conv(x, c * w, 3, 1, 1)?;
+                x = b.relu(x)?;
+                if pool {
+                    x = b.max_pool(x, 2, 2)?;
+                }
+            }
+            x = b.global_avg_pool(x)?;
+            x = b.flatten(x)?;
+        }
+        "resnet" => {
+            for (i, c) in [32 * w, 64 * w].into_iter().enumerate() {
+                x = b.conv(x, c, 3, 1, 1)?;
+                x = b.relu(x)?;
+                let y = b.conv(x, c, 3, 1, 1)?;
+                let y = b.relu(y)?;
+                let z = b.conv(y, c, 3, 1, 1)?;
+                let s = b.add(z, x)?;
+                x = b.relu(s)?;
+                if i == 0 {
+                    x = b.max_pool(x, 2, 2)?;
+                }
+            }
+            x = b.global_avg_pool(x)?;
+            x = b.flatten(x)?;
+        }
+        _ => {
+            // cnn
+            x = b.conv(x, 16, 5, 1, 2)?;
+            x = b.relu(x)?;
+            x = b.max_pool(x, 2, 2)?;
+            x = b.conv(x, 32, 5, 1, 2)?;
+            x = b.relu(x)?;
+            x = b.max_pool(x, 2, 2)?;
+            x = b.flatten(x)?;
+            x = b.dense(x, 128)?;
+            x = b.relu(x)?;
+        }
+    }
+    let y = b.dense(x, classes)?;
+    b.finish(vec![y])
+}
