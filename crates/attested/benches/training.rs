@@ -43,6 +43,7 @@ fn job(spec: TrainSpec) -> JobSpec {
         id: "bench".into(),
         dataset: "bench".into(),
         train: spec,
+        program: None,
         outputs: [
             (Output::TrainedModel, Stakeholder::ModelOwner),
             (Output::Predictions, Stakeholder::DataOwner),

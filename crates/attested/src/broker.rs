@@ -73,7 +73,9 @@ use tessera_tpm::{AgentIdentity, Challenge, PendingAttestation, Verifier, Verify
 
 use crate::dataset::{Key, decrypt_model, key_from};
 use crate::error::AttestedError;
-use crate::policy::{AcceptedJob, JobSpec, Stakeholder, StakeholderPolicy, accept_job, check_name};
+use crate::policy::{
+    AcceptedJob, JobSpec, ProgramSpec, Stakeholder, StakeholderPolicy, accept_job, check_name,
+};
 use crate::signed::{Action, BrokerId, Pinned, Signed};
 use crate::wrap::{KeyPair, wrap};
 
@@ -217,6 +219,9 @@ pub enum Reply {
     Challenge {
         /// Nonce and credential.
         challenge: Challenge,
+        /// The job the host attests for (a program job's files must be measured before the
+        /// quote).
+        job: JobSpec,
     },
     /// Keys released to an attested host.
     Keys {
@@ -849,6 +854,9 @@ impl Broker {
                 return Err(AttestedError::ChangedSinceChallenge { what: now.0 });
             }
         }
+        if let Some(program) = &job.program {
+            check_program_measured(program, &verdict.ima_files)?;
+        }
         let dk = st.key(KeyKind::Dataset, &job.dataset)?;
         let mk = st.key(KeyKind::Model, &job.id)?;
         let dataset_key = wrap(
@@ -916,8 +924,9 @@ impl Broker {
             }
             Request::AgentHello { job, identity } => {
                 self.challenge(&job, &identity).map(|(challenge, s)| {
+                    let job = s.accepted.job.clone();
                     *session = Some(s);
-                    Reply::Challenge { challenge }
+                    Reply::Challenge { challenge, job }
                 })
             }
             Request::AgentEvidence { evidence } => match session.take() {
@@ -1033,3 +1042,38 @@ pub fn serve_broker(
 }
 
 pub use crate::broker_client::{BrokerClient, stakeholder_names, verify_broker_evidence};
+
+/// Every file of a program job must be in the quoted IMA log, measured with SHA-256 and the
+/// job's digest; the last measurement of a path counts (a file changed after it was first
+/// measured is measured again).
+pub fn check_program_measured(
+    program: &ProgramSpec,
+    files: &[(Vec<u8>, tessera_tpm::FileDigest)],
+) -> Result<(), AttestedError> {
+    for (path, want) in program.digests() {
+        let last = files
+            .iter()
+            .rev()
+            .find(|(p, _)| p.as_slice() == path.as_bytes());
+        let reason = match last {
+            None => {
+                "is not in the quoted IMA log (it was not measured before the quote)".to_string()
+            }
+            Some((_, d)) if d.algorithm != "sha256" => format!(
+                "was measured with {}, not sha256: set the host's IMA hash to sha256",
+                d.algorithm
+            ),
+            Some((_, d)) if d.value != want => format!(
+                "was measured with SHA-256 {}, not the job's {}",
+                hex::encode(&d.value),
+                hex::encode(&want)
+            ),
+            Some(_) => continue,
+        };
+        return Err(AttestedError::ProgramNotMeasured {
+            path: path.to_string(),
+            reason,
+        });
+    }
+    Ok(())
+}

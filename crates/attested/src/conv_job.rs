@@ -14,6 +14,8 @@ use tessera_asym::{TrainOptions, Trainer, rebatch};
 use tessera_model::ir::{BinOp, Graph, Node, Op, ValueInfo};
 use tessera_model::{Tensor, builders};
 
+use zeroize::Zeroizing;
+
 use crate::dataset::PlainDataset;
 use crate::error::AttestedError;
 use crate::policy::TrainSpec;
@@ -68,7 +70,8 @@ pub fn train_conv(
     .map_err(fail)?;
     let mut order: Vec<usize> = (0..rows).collect();
     let mut state = cfg.seed ^ 0x5eed_c0de;
-    let mut x = Vec::with_capacity(cfg.batch * per);
+    // The batch buffer holds plaintext rows: zeroed when dropped, on every path.
+    let mut x = Zeroizing::new(Vec::with_capacity(cfg.batch * per));
     let mut labels = Vec::with_capacity(cfg.batch);
     for epoch in 0..cfg.epochs {
         shuffle(&mut order, &mut state);
@@ -95,10 +98,11 @@ pub fn train_conv(
                     .ok_or_else(|| fail(format!("row {i} has no label")))?;
                 labels.push(usize::from(*y));
             }
-            let batch = Tensor::new(vec![cfg.batch, c, side, side], std::mem::take(&mut x))
+            let batch = Tensor::new(vec![cfg.batch, c, side, side], std::mem::take(&mut *x))
                 .map_err(fail)?;
-            let report = trainer.step(&batch, &labels, None).map_err(fail)?;
-            x = batch.into_parts().1;
+            let report = trainer.step(&batch, &labels, None);
+            *x = batch.into_parts().1;
+            let report = report.map_err(fail)?;
             if !report.loss.is_finite() {
                 return Err(fail(format!(
                     "the loss diverged in epoch {} (lower the job's lr)",
@@ -110,7 +114,7 @@ pub fn train_conv(
         }
         epoch_done(epoch, (sum / steps.max(1) as f64) as f32);
     }
-    x.iter_mut().for_each(|v| *v = 0.0);
+    drop(x);
     let mut out = rebatch(trainer.graph(), 1).map_err(fail)?;
     prepend_input_scale(&mut out, cfg.input_scale)?;
     Ok(out)

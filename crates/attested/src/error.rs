@@ -120,6 +120,19 @@ pub enum AttestedError {
     /// The training host's attestation failed; the key was not released.
     #[error("host attestation rejected, no key released: {0}")]
     Attestation(#[from] tessera_tpm::VerifyError),
+    /// A program job's file is not in the quoted IMA log with the job's digest.
+    #[error(
+        "host attestation rejected, no key released: the job's program file {path} {reason}; the host must run exactly the files the job lists"
+    )]
+    ProgramNotMeasured {
+        /// The file.
+        path: String,
+        /// What the log shows instead.
+        reason: String,
+    },
+    /// The external training program failed.
+    #[error("the training program failed: {0}")]
+    Program(String),
     /// An IMA log entry that one stakeholder's allow-list does not accept; no key was released.
     #[error(
         "host attestation rejected, no key released: IMA allow-list check failed: entry {index} rejected by the {stakeholder}'s allow-list ({name}): {reason}"

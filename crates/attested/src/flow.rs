@@ -18,7 +18,9 @@ use crate::dataset::{
 };
 use crate::error::AttestedError;
 use crate::host::{dataset_path, model_path, run_host_job};
-use crate::policy::{JobSpec, Network, Output, Stakeholder, StakeholderPolicy, TrainSpec};
+use crate::policy::{
+    JobSpec, Network, Output, ProgramSpec, Stakeholder, StakeholderPolicy, TrainSpec,
+};
 use crate::signed::{Pinned, StakeholderKey};
 use crate::swtpm::{HostImage, MeasuredHost, Swtpm};
 
@@ -31,6 +33,9 @@ pub struct FlowData {
     pub test: PlainDataset,
     /// The model owner's training settings.
     pub train_spec: TrainSpec,
+    /// The model owner's own training program, run instead of tessera's trainer (the
+    /// stakeholders' allow-lists list its files with the job's digests).
+    pub program: Option<ProgramSpec>,
     /// How the data was split, for the report.
     pub note: String,
 }
@@ -54,6 +59,9 @@ pub struct FlowOptions {
     pub broker_binary: Option<Vec<u8>>,
     /// Print progress lines on stderr.
     pub progress: bool,
+    /// Files every allow-list permits beyond the host image and the job's program:
+    /// `(path, SHA-256)`.
+    pub also_allowed: Vec<(String, Vec<u8>)>,
 }
 
 /// What a run established.
@@ -126,7 +134,7 @@ impl Report {
             "{warning}\n\
              attested: {ds} — {note}\n\
              host attested (EK {ek}…, {ima} IMA entries checked against 3 allow-lists), keys released to its quote\n\
-             trained {network} × {epochs} epochs on {tr} rows in {ts:.2} s ({th} threads); loss {loss:.4}\n\
+             trained {network} × {epochs} epochs on {tr} rows in {ts:.2} s{th}{loss}\n\
              model: {mb} B ONNX, {emb} B encrypted for the model owner (received: {got})\n\
              tee inference on {te} held-out rows: accuracy {acc:.2}% ({lat:.3} ms/prediction measured, {sgx:.3} ms modeled SGX)",
             warning = self.warning,
@@ -142,8 +150,16 @@ impl Report {
             epochs = self.epochs,
             tr = self.train_rows,
             ts = self.train_seconds,
-            th = self.threads,
-            loss = self.losses.last().copied().unwrap_or(f32::NAN),
+            th = if self.threads > 0 {
+                format!(" ({} threads)", self.threads)
+            } else {
+                String::new()
+            },
+            loss = self
+                .losses
+                .last()
+                .map(|l| format!("; loss {l:.4}"))
+                .unwrap_or_default(),
             mb = self.model_onnx_bytes,
             emb = self.encrypted_model_bytes,
             got = self.model_owner_received_model,
@@ -280,7 +296,17 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
     );
 
     // The stakeholders' policies.
-    let allow = image.allow_list()?;
+    let mut allowed = image.clone();
+    if let Some(program) = &data.program {
+        allowed.files.extend(
+            program
+                .digests()
+                .into_iter()
+                .map(|(path, d)| (path.to_string(), d)),
+        );
+    }
+    allowed.files.extend(opts.also_allowed.iter().cloned());
+    let allow = allowed.allow_list()?;
     let ek = hex::encode(host.agent.ek_public().as_bytes());
     let mut policies = BTreeMap::new();
     for (who, name) in names {
@@ -353,6 +379,7 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         id: job_id.clone(),
         dataset: dataset.clone(),
         train: data.train_spec.clone(),
+        program: data.program.clone(),
         outputs: [
             (Output::TrainedModel, Stakeholder::ModelOwner),
             (Output::Predictions, Stakeholder::DataOwner),
@@ -372,16 +399,9 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
 
     // The host attests, trains, and stores the encrypted model.
     let mut hc = BrokerClient::connect(&addr, true)?;
-    let ima = host.ima();
-    let outcome = run_host_job(
-        &mut hc,
-        &mut host.agent,
-        &ima,
-        &job_id,
-        &store,
-        opts.threads,
-        |l| say(p, l),
-    )?;
+    let outcome = run_host_job(&mut hc, &mut host, &job_id, &store, opts.threads, |l| {
+        say(p, l)
+    })?;
     let release = broker.releases().into_iter().find(|r| r.job == job_id);
 
     // The model owner receives the trained model.
@@ -460,7 +480,10 @@ pub fn run_flow(dir: &Path, data: &FlowData, opts: &FlowOptions) -> Result<Repor
         test_rows: n,
         classes: data.train.classes,
         features: data.train.features_per_row(),
-        network: describe(&data.train_spec),
+        network: match &data.program {
+            Some(p) => format!("the model owner's program `{}`", p.command.join(" ")),
+            None => describe(&data.train_spec),
+        },
         hidden: data.train_spec.hidden.clone(),
         epochs: data.train_spec.epochs,
         losses: outcome.losses,
@@ -527,6 +550,7 @@ pub fn demo_flow_with(dir: &Path, progress: bool) -> Result<Report, AttestedErro
             seed: 1,
         },
         note: "generated glyph digits: 3,000 rows to train, 500 held out to test".into(),
+        program: None,
     };
     run_flow(
         dir,

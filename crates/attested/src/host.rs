@@ -85,13 +85,60 @@ pub fn train(
     Ok((onnx, losses, took, used))
 }
 
-/// Runs `job` on this host: attests through `agent` (IMA log from `ima`), obtains the keys,
-/// decrypts the dataset from `store` in memory, trains with `threads` threads (0: all), and
-/// writes the model, encrypted under the model key, to `store`.
+/// What the agent attests with: the TPM, the IMA log, and the measurement of the files a
+/// program job runs.
+pub trait Host {
+    /// The TPM agent.
+    fn agent(&mut self) -> &mut Agent;
+    /// The IMA log as it stands.
+    fn ima(&self) -> ImaSource;
+    /// Record that the host is about to run `path`, whose SHA-256 the agent computed, before it
+    /// quotes. On a host with IMA the kernel measured the file when the agent read it, so this
+    /// does nothing; a measured test host ([`crate::MeasuredHost`]) extends PCR 10 here.
+    fn measure_file(&mut self, path: &str, sha256: &[u8]) -> Result<(), AttestedError>;
+}
+
+/// A host whose kernel keeps the IMA log (or whose log is read from a file).
+pub struct KernelHost<'a> {
+    /// The TPM agent.
+    pub agent: &'a mut Agent,
+    /// Where the IMA log is read.
+    pub ima: ImaSource,
+}
+
+impl Host for KernelHost<'_> {
+    fn agent(&mut self) -> &mut Agent {
+        self.agent
+    }
+    fn ima(&self) -> ImaSource {
+        self.ima.clone()
+    }
+    fn measure_file(&mut self, _path: &str, _sha256: &[u8]) -> Result<(), AttestedError> {
+        Ok(())
+    }
+}
+
+/// Reads every file of a program job (on an IMA host, reading it measures it) and has `host`
+/// record it. The digests are the host's own: the broker compares them with the job's.
+fn measure_program(host: &mut dyn Host, job: &JobSpec) -> Result<(), AttestedError> {
+    let Some(program) = &job.program else {
+        return Ok(());
+    };
+    for path in program.files.keys() {
+        let bytes =
+            std::fs::read(path).map_err(|e| AttestedError::io("reading", Path::new(path), e))?;
+        host.measure_file(path, &tessera_tpm::HashAlg::Sha256.digest(&bytes))?;
+    }
+    Ok(())
+}
+
+/// Runs `job` on this host: attests through `host` (for a program job, after measuring the
+/// program's files), obtains the keys, decrypts the dataset from `store` in memory, trains with
+/// `threads` threads (0: all) or runs the job's program, and writes the model, encrypted under
+/// the model key, to `store`.
 pub fn run_host_job(
     broker: &mut BrokerClient,
-    agent: &mut Agent,
-    ima: &ImaSource,
+    host: &mut dyn Host,
     job_id: &str,
     store: &Path,
     threads: usize,
@@ -101,9 +148,21 @@ pub fn run_host_job(
     let host_key = KeyPair::generate()?;
     let challenge = match broker.call(&Request::AgentHello {
         job: job_id.into(),
-        identity: agent.identity(),
+        identity: host.agent().identity(),
     })? {
-        Reply::Challenge { challenge } => challenge,
+        Reply::Challenge { challenge, job } => {
+            if job.id != job_id {
+                return Err(AttestedError::Protocol(format!(
+                    "the broker challenged for job {:?}, not {job_id:?}",
+                    job.id
+                )));
+            }
+            if job.program.is_some() {
+                progress("measuring the job's program files");
+                measure_program(host, &job)?;
+            }
+            challenge
+        }
         Reply::Rejected { reason } => {
             return Err(AttestedError::Refused(format!(
                 "the broker refused the job: {reason}"
@@ -116,7 +175,10 @@ pub fn run_host_job(
         }
     };
     progress("attesting: quoting PCRs 0–10 with the IMA log");
-    let evidence = agent.respond(&challenge, &host_binding(job_id, host_key.public()), ima)?;
+    let ima = host.ima();
+    let evidence =
+        host.agent()
+            .respond(&challenge, &host_binding(job_id, host_key.public()), &ima)?;
     let (job, quote_hash, wd, wm) = match broker.call(&Request::AgentEvidence { evidence })? {
         Reply::Keys {
             job,
@@ -154,9 +216,19 @@ pub fn run_host_job(
     let enc = std::fs::read(&path).map_err(|e| AttestedError::io("reading", &path, e))?;
     let data = decrypt_dataset(&enc, &dk)?;
     drop(dk);
-    let (onnx, losses, train_time, used) = train(&job, &data, threads, |e, l| {
-        progress(&format!("epoch {}: loss {l:.4}", e + 1));
-    })?;
+    let (onnx, losses, train_time, used) = match &job.program {
+        Some(program) => {
+            progress(&format!("running {}", program.command.join(" ")));
+            let t0 = Instant::now();
+            let onnx = crate::program::run_program(&job, program, &data, &mut |l| {
+                progress(&format!("program: {l}"))
+            })?;
+            (onnx, Vec::new(), t0.elapsed(), 0)
+        }
+        None => train(&job, &data, threads, |e, l| {
+            progress(&format!("epoch {}: loss {l:.4}", e + 1));
+        })?,
+    };
     let rows = data.rows();
     drop(data);
     let sealed = encrypt_model(&mk, &job.id, &onnx)?;

@@ -28,8 +28,11 @@
 //!    ([`broker::host_binding`]). Only if the verifier accepts, every stakeholder still consents
 //!    and nothing changed since the challenge does the broker wrap the dataset and model keys
 //!    to that key, under a context that names the job and the quote hash.
-//! 4. The host decrypts the dataset in memory, trains ([`tessera_engine::train::train_mlp`], all
-//!    CPU cores), and stores the ONNX model encrypted under the model key. The model owner
+//! 4. The host decrypts the dataset in memory, trains — an MLP with
+//!    [`tessera_engine::train::train_mlp`], a `cnn`/`vgg`/`resnet` with the conv trainer
+//!    `asym` and `tee` share, all CPU cores; or, for a job that names a [`ProgramSpec`], the
+//!    model owner's own program, handed the data through in-memory files ([`program`]) — and
+//!    stores the ONNX model encrypted under the model key. The model owner
 //!    decrypts it with its key; the broker decrypts it inside the enclave and starts the `tee`
 //!    inference enclave, which the data owner queries over attested TLS for its predictions.
 //!
@@ -89,10 +92,20 @@
 //! - The encrypted dataset's chunks cannot be modified, reordered, dropped, added or moved
 //!   between datasets, nor its header (shape, labels, counts) changed, without the host's
 //!   decryption failing and naming the chunk; decrypted data lives only in zeroizing memory.
+//! - A program job's keys are released only if every file the job lists (the executable, the
+//!   scripts) appears in the quoted IMA log, last measured with SHA-256 and exactly the job's
+//!   digest ([`broker::check_program_measured`], [`AttestedError::ProgramNotMeasured`]), on top
+//!   of every measured file being on every allow-list: a host that runs a changed script is
+//!   refused by the allow-lists, and one that runs another allow-listed version than the job's
+//!   by the job check. The agent reads (on an IMA host: measures) the files before quoting.
+//!   The program sees the plaintext data, as any allowed host software does; the agent hands
+//!   it over in memory (memfd) and overwrites it with zeros when the program ends.
 //! - Secrets (keys, X25519 secrets, decrypted data) are zeroized when dropped; comparisons of
 //!   secret-dependent values are constant-time.
 //!
-//! Not covered: a host compromised after its quote (plaintext training data is exposed to
+//! Not covered: a file replaced between its measurement and its execution by software that is
+//! itself allowed (an allowed program that rewrites another's script); a program that is
+//! allowed and then leaks the data (the allow-lists vouch for what the program does); a host compromised after its quote (plaintext training data is exposed to
 //! software the kernel did not measure, e.g. a kernel exploit — attest again per release);
 //! GPU firmware; side channels of a real TEE; rollback of the broker's state directory across a
 //! restart (whoever controls the disk can put back an older signed file, e.g. the policy a
@@ -111,6 +124,7 @@ pub mod error;
 pub mod flow;
 pub mod host;
 pub mod policy;
+pub mod program;
 pub mod signed;
 pub mod swtpm;
 pub mod wrap;
@@ -119,9 +133,10 @@ pub use broker::{Broker, BrokerClient, BrokerConfig, KeyKind, Release, serve_bro
 pub use dataset::{PlainDataset, decrypt_dataset, decrypt_model, encrypt_dataset, encrypt_model};
 pub use error::AttestedError;
 pub use flow::{FlowData, FlowOptions, Report, demo_flow, demo_flow_with, run_flow};
-pub use host::{HostOutcome, run_host_job};
+pub use host::{Host, HostOutcome, KernelHost, run_host_job};
 pub use policy::{
-    AcceptedJob, JobSpec, Network, Output, Stakeholder, StakeholderPolicy, TrainSpec, accept_job,
+    AcceptedJob, JobSpec, Network, Output, ProgramSpec, Stakeholder, StakeholderPolicy, TrainSpec,
+    accept_job,
 };
 pub use signed::{Action, BrokerId, Pinned, Signed, StakeholderKey, revision_now};
 pub use swtpm::{HostImage, MeasuredHost, Swtpm, swtpm_installed};

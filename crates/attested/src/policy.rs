@@ -298,6 +298,89 @@ impl TrainSpec {
     }
 }
 
+/// Most files a program job may list.
+pub const MAX_PROGRAM_FILES: usize = 64;
+
+/// An external training program the model owner supplies: what the host runs instead of
+/// tessera's own trainers. Every listed file must appear in the IMA log the host's quote covers
+/// with exactly the listed SHA-256 (the broker checks it before releasing any key), and, as
+/// every measured file, in every stakeholder's allow-list. The interface the program sees is
+/// described in [`crate::program`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSpec {
+    /// The command: an absolute path to the executable, then its arguments (e.g.
+    /// `["/usr/bin/python3", "/opt/job/train.py"]`).
+    pub command: Vec<String>,
+    /// Every file the program consists of (the executable, scripts, modules it loads) by
+    /// absolute path, with its SHA-256 in hex.
+    pub files: BTreeMap<String, String>,
+    /// Seconds the program may run before it is killed (default one hour).
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+
+impl ProgramSpec {
+    /// Checks the command and the file list.
+    pub fn validate(&self, job: &str) -> Result<(), AttestedError> {
+        let bad = |r: String| AttestedError::PolicyFile {
+            origin: format!("job {job}, program"),
+            reason: r,
+        };
+        let Some(exe) = self.command.first() else {
+            return Err(bad(
+                "the command is empty: give the executable's path first".into(),
+            ));
+        };
+        if self.command.len() > 64
+            || self
+                .command
+                .iter()
+                .any(|a| a.len() > 4096 || a.contains('\0'))
+        {
+            return Err(bad(
+                "at most 64 arguments of at most 4096 bytes, without NUL".into(),
+            ));
+        }
+        if self.files.is_empty() || self.files.len() > MAX_PROGRAM_FILES {
+            return Err(bad(format!("list 1 to {MAX_PROGRAM_FILES} files")));
+        }
+        for (path, digest) in &self.files {
+            if !path.starts_with('/') || path.contains('\0') || path.split('/').any(|c| c == "..") {
+                return Err(bad(format!(
+                    "{path:?} is not an absolute path without '..'"
+                )));
+            }
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "the digest of {path} is not 64 hex digits (SHA-256)"
+                )));
+            }
+        }
+        if !self.files.contains_key(exe) {
+            return Err(bad(format!(
+                "the executable {exe} is not among the listed files: list it with its SHA-256"
+            )));
+        }
+        if self.timeout_s == 0 || self.timeout_s > 7 * 86_400 {
+            return Err(bad("timeout_s must be 1 s to 7 days".into()));
+        }
+        Ok(())
+    }
+
+    /// The listed digests as bytes, by path.
+    pub fn digests(&self) -> Vec<(&str, Vec<u8>)> {
+        self.files
+            .iter()
+            .map(|(p, d)| (p.as_str(), hex::decode(d).unwrap_or_default()))
+            .collect()
+    }
+}
+
 /// A training job as the model owner submits it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,6 +393,10 @@ pub struct JobSpec {
     pub train: TrainSpec,
     /// Who receives each output.
     pub outputs: BTreeMap<Output, Stakeholder>,
+    /// An external program to run instead of tessera's trainers (its `train` settings are
+    /// handed to it); absent: tessera trains the `train.network`.
+    #[serde(default)]
+    pub program: Option<ProgramSpec>,
 }
 
 /// Checks a name used in file names and key contexts.
@@ -348,6 +435,9 @@ impl JobSpec {
         check_name("job id", &self.id)?;
         check_name("dataset name", &self.dataset)?;
         self.train.config()?;
+        if let Some(p) = &self.program {
+            p.validate(&self.id)?;
+        }
         for o in [Output::TrainedModel, Output::Predictions] {
             if !self.outputs.contains_key(&o) {
                 return Err(AttestedError::PolicyFile {
@@ -616,6 +706,7 @@ mod tests {
                 input_scale: 1.0,
                 seed: 0,
             },
+            program: None,
             outputs: [
                 (Output::TrainedModel, Stakeholder::ModelOwner),
                 (Output::Predictions, Stakeholder::DataOwner),

@@ -234,3 +234,16 @@ impl MeasuredHost {
         ImaSource::Bytes(self.log.to_bytes())
     }
 }
+
+impl crate::host::Host for MeasuredHost {
+    fn agent(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+    fn ima(&self) -> ImaSource {
+        MeasuredHost::ima(self)
+    }
+    /// Stands in for the kernel: the file's `ima-ng` entry, extended into PCR 10.
+    fn measure_file(&mut self, path: &str, sha256: &[u8]) -> Result<(), AttestedError> {
+        self.run_file(path, sha256)
+    }
+}

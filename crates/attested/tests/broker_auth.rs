@@ -49,6 +49,7 @@ fn job() -> JobSpec {
             input_scale: 1.0,
             seed: 1,
         },
+        program: None,
         outputs: [
             (Output::TrainedModel, Stakeholder::ModelOwner),
             (Output::Predictions, Stakeholder::DataOwner),
@@ -208,7 +209,7 @@ impl Fixture {
             &mut session,
         )?;
         match reply {
-            Reply::Challenge { challenge } => Ok((challenge, session)),
+            Reply::Challenge { challenge, .. } => Ok((challenge, session)),
             other => panic!("expected a challenge, got {other:?}"),
         }
     }

@@ -49,6 +49,7 @@ fn glyph_data() -> FlowData {
             seed: 1,
         },
         note: "glyphs".into(),
+        program: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn mnist_cnn_job_reaches_98_percent() {
             seed: 1,
         },
         note: "MNIST t10k: 8,000 images to train, the other 2,000 held out to test".into(),
+        program: None,
     };
     let scratch = Scratch::new("mnist");
     let r = run_flow(&scratch.0, &data, &opts()).unwrap();
@@ -135,6 +137,7 @@ fn breast_cancer_happy_path() {
             seed: 1,
         },
         note: "breast cancer (Wisconsin diagnostic): 455 rows to train, 114 held out".into(),
+        program: None,
     };
     let scratch = Scratch::new("breast");
     let r = run_flow(&scratch.0, &data, &opts()).unwrap();
@@ -168,6 +171,7 @@ fn job_missing_a_stakeholders_consent_is_rejected() {
         id: "job-1".into(),
         dataset: "ds".into(),
         train: glyph_data().train_spec,
+        program: None,
         outputs: [
             (Output::TrainedModel, Stakeholder::ModelOwner),
             (Output::Predictions, Stakeholder::DataOwner),

@@ -218,7 +218,11 @@ pub fn run_agent(cmd: AgentCmd) -> Result<(), String> {
             let mut agent = Agent::connect(tcti.as_deref()).map_err(err)?;
             let ima = ima_log.map_or(ImaSource::Kernel, ImaSource::File);
             let mut client = BrokerClient::connect(&broker, true).map_err(err)?;
-            let out = run_host_job(&mut client, &mut agent, &ima, &job, &store, threads, |l| {
+            let mut host = tessera_attested::KernelHost {
+                agent: &mut agent,
+                ima,
+            };
+            let out = run_host_job(&mut client, &mut host, &job, &store, threads, |l| {
                 let _ = writeln!(std::io::stderr(), "agent: {l}");
             })
             .map_err(err)?;
@@ -352,7 +356,8 @@ pub enum StakeholderCmd {
         /// The job file, JSON: `id`, `dataset`, `outputs`, and `train` with `network` (`mlp`,
         /// the default, with `hidden` widths; or `cnn`, `vgg`, `resnet` over `[1, C, H, H]`
         /// images, with `width` and `shift` pixels of augmentation), `epochs`, `batch`, `lr`,
-        /// `momentum`, `input_scale`, `seed`.
+        /// `momentum`, `input_scale`, `seed`; optionally `program` (`command`, `files`: path →
+        /// SHA-256 hex, `timeout_s`) to run the model owner's own trainer instead.
         file: PathBuf,
     },
     /// Model owner: decrypt the trained model from the store.

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 use crate::credential::{CredentialBlob, CredentialError, make_credential};
 use crate::hash::HashAlg;
-use crate::ima::{IMA_PCR, ImaError, ImaLog};
+use crate::ima::{FileDigest, IMA_PCR, ImaError, ImaEvent, ImaLog};
 use crate::policy::{EntryDecision, EntryRejection, RuntimePolicy};
 use crate::tpm2::{Attest, PcrSelection, PcrValues, PublicArea, TpmError, TpmSignature};
 
@@ -299,6 +299,9 @@ pub struct Verdict {
     pub ima_entries: usize,
     /// Of those, how many were accepted only because their path is excluded by some allow-list.
     pub ima_excluded: usize,
+    /// The files those entries measured, in log order: path as logged and file digest (a
+    /// relying party checks that what a job runs was measured, and with which digest).
+    pub ima_files: Vec<(Vec<u8>, FileDigest)>,
     /// Entries after the quoted state (only non-zero with `allow_unquoted_tail`); not attested.
     pub ima_unquoted: usize,
     /// TPM clock at the quote (ms), reset and restart counts.
@@ -547,6 +550,15 @@ impl Verifier {
             quote_hash,
             ima_entries: covered,
             ima_excluded: excluded,
+            ima_files: log
+                .entries()
+                .iter()
+                .take(covered)
+                .filter_map(|e| match &e.event {
+                    ImaEvent::File { digest, path, .. } => Some((path.clone(), digest.clone())),
+                    _ => None,
+                })
+                .collect(),
             ima_unquoted: extra,
             clock: (attest.clock, attest.reset_count, attest.restart_count),
         })
