@@ -56,6 +56,26 @@ pub fn conv_forward<'w>(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    conv_gemm(x, n, s, weight_of, bias, false, out);
+}
+
+/// `out[n] += W·im2col(x[n])` for every sample with one weight `w` (`co × c·kk`): the enclave
+/// adds its low-rank part onto the worker's output in place.
+pub fn conv_accumulate(x: &[f32], n: usize, s: &ConvShape, w: &[f32], out: &mut [f32]) {
+    conv_gemm(x, n, s, |_| w, None, true, out);
+}
+
+/// The per-sample im2col + GEMM both of the above run: `out = W·cols (+ bias)`, or with
+/// `accumulate` `out += W·cols`.
+fn conv_gemm<'w>(
+    x: &[f32],
+    n: usize,
+    s: &ConvShape,
+    weight_of: impl Fn(usize) -> &'w [f32] + Sync,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+    out: &mut [f32],
+) {
     let (xin, xo) = (s.c * s.hw(), s.co * s.ohw());
     let kk = s.c * s.kk();
     let npos = s.ohw();
@@ -64,10 +84,12 @@ pub fn conv_forward<'w>(
         .enumerate()
         .for_each_init(Vec::new, |col, (b, o)| {
             let cols = columns(&x[b * xin..(b + 1) * xin], s, col);
-            if let Some(bias) = bias {
+            let mut beta = if accumulate { 1.0 } else { 0.0 };
+            if let (Some(bias), false) = (bias, accumulate) {
                 for (row, &bv) in o.chunks_mut(npos.max(1)).zip(bias) {
                     row.fill(bv);
                 }
+                beta = 1.0;
             }
             sgemm(
                 s.co,
@@ -76,31 +98,7 @@ pub fn conv_forward<'w>(
                 1.0,
                 View::rows(weight_of(b), kk),
                 View::rows(cols, npos),
-                if bias.is_some() { 1.0 } else { 0.0 },
-                o,
-            );
-        });
-}
-
-/// `out[n] += W·im2col(x[n])` for every sample with one weight `w` (`co × c·kk`): the enclave
-/// adds its low-rank part onto the worker's output in place.
-pub fn conv_accumulate(x: &[f32], n: usize, s: &ConvShape, w: &[f32], out: &mut [f32]) {
-    let (xin, xo) = (s.c * s.hw(), s.co * s.ohw());
-    let kk = s.c * s.kk();
-    let npos = s.ohw();
-    out[..n * xo]
-        .par_chunks_mut(xo.max(1))
-        .enumerate()
-        .for_each_init(Vec::new, |col, (b, o)| {
-            let cols = columns(&x[b * xin..(b + 1) * xin], s, col);
-            sgemm(
-                s.co,
-                kk,
-                npos,
-                1.0,
-                View::rows(w, kk),
-                View::rows(cols, npos),
-                1.0,
+                beta,
                 o,
             );
         });

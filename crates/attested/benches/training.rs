@@ -76,11 +76,11 @@ fn footprint(data: &PlainDataset, spec: &TrainSpec) -> Footprint {
     }
 }
 
-fn run(name: &str, data: &PlainDataset, spec: TrainSpec, reps: usize) {
+/// Median training time on the host (all cores) and in one thread (the enclave), interleaved;
+/// and the host's thread count.
+fn measure(spec: &TrainSpec, data: &PlainDataset, reps: usize) -> (Duration, Duration, usize) {
     let j = job(spec.clone());
-    let mut host = Vec::new();
-    let mut tee = Vec::new();
-    let mut threads = 0;
+    let (mut host, mut tee, mut threads) = (Vec::new(), Vec::new(), 0);
     for _ in 0..reps {
         let (_, _, t, n) = train(&j, data, 0, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
         threads = n;
@@ -88,7 +88,11 @@ fn run(name: &str, data: &PlainDataset, spec: TrainSpec, reps: usize) {
         let (_, _, t, _) = train(&j, data, 1, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
         tee.push(t);
     }
-    let (h, t) = (median(host), median(tee));
+    (median(host), median(tee), threads)
+}
+
+fn run(name: &str, data: &PlainDataset, spec: TrainSpec, reps: usize) {
+    let (h, t, threads) = measure(&spec, data, reps);
     let fp = footprint(data, &spec);
     // One "request" per epoch: a pass sweeps the whole working set.
     let per_epoch = model_request(&SGX1, &fp, Duration::ZERO, 0);
@@ -116,16 +120,8 @@ const GPU_SPEEDUP: f64 = 50.0;
 
 /// A convolutional job: attested (all cores) against tee (one thread), modeled per profile.
 fn run_conv(name: &str, data: &PlainDataset, spec: TrainSpec, reps: usize) {
-    let j = job(spec.clone());
-    let (mut host, mut tee, mut threads) = (Vec::new(), Vec::new(), 0);
-    for _ in 0..reps {
-        let (_, _, t, n) = train(&j, data, 0, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
-        threads = n;
-        host.push(t);
-        let (_, _, t, _) = train(&j, data, 1, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
-        tee.push(t);
-    }
-    let (h, t) = (median(host).as_secs_f64(), median(tee).as_secs_f64());
+    let (h, t, threads) = measure(&spec, data, reps);
+    let (h, t) = (h.as_secs_f64(), t.as_secs_f64());
     let [_, c, side, _] = <[usize; 4]>::try_from(data.input_shape.as_slice())
         .unwrap_or_else(|_| panic!("{name}: not images"));
     let g = tessera_model::builders::trainable(
