@@ -138,6 +138,17 @@ impl Trainer {
         Ok(())
     }
 
+    /// Change the learning rate for the steps that follow (a schedule), keeping the momentum.
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<(), AsymError> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(AsymError::Options(format!(
+                "learning rate {lr} must be positive and finite"
+            )));
+        }
+        self.opts.lr = lr;
+        Ok(())
+    }
+
     /// One SGD step on a batch `x` (the graph's input shape) with `labels`. A split trainer
     /// needs its worker (built from `self.plan().worker_layers()`).
     pub fn step(

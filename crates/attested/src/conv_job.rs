@@ -6,7 +6,8 @@
 //! The data set's rows are images `[1, C, H, W]` (H = W). Each epoch visits the rows in a
 //! fresh order drawn from the job's seed, in batches of the job's size; the rows that do not
 //! fill a last batch are left out of that epoch (a different few each epoch). With a `shift`,
-//! every training image is moved by a fresh random offset of up to that many pixels. The inputs are
+//! every training image is moved by a fresh random offset of up to that many pixels; with an
+//! `lr_final`, the learning rate falls linearly from `lr` in the first epoch to it in the last. The inputs are
 //! multiplied by the job's `input_scale` for training, and the trained model takes the raw
 //! features: it starts with a multiply by the scale, as the MLP trainer's models do.
 
@@ -74,6 +75,12 @@ pub fn train_conv(
     let mut x = Zeroizing::new(Vec::with_capacity(cfg.batch * per));
     let mut labels = Vec::with_capacity(cfg.batch);
     for epoch in 0..cfg.epochs {
+        if let Some(last) = spec.lr_final {
+            let t = epoch as f32 / (cfg.epochs.max(2) - 1) as f32;
+            trainer
+                .set_learning_rate(cfg.lr + (last - cfg.lr) * t)
+                .map_err(fail)?;
+        }
         shuffle(&mut order, &mut state);
         let (mut sum, mut steps) = (0f64, 0usize);
         for idx in order.chunks_exact(cfg.batch) {
@@ -224,6 +231,7 @@ mod tests {
             epochs: 1,
             batch,
             lr: 0.02,
+            lr_final: None,
             momentum: 0.9,
             input_scale: 0.5,
             seed: 3,

@@ -545,6 +545,7 @@ pub fn demo_flow_with(dir: &Path, progress: bool) -> Result<Report, AttestedErro
             epochs: 4,
             batch: 32,
             lr: 0.02,
+            lr_final: None,
             momentum: 0.9,
             input_scale: 1.0 / 255.0,
             seed: 1,

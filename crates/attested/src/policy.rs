@@ -232,6 +232,10 @@ pub struct TrainSpec {
     pub batch: usize,
     /// Learning rate.
     pub lr: f32,
+    /// Convolutional networks: the learning rate falls linearly, epoch by epoch, from `lr` to
+    /// this in the last epoch (absent: constant).
+    #[serde(default)]
+    pub lr_final: Option<f32>,
     /// Momentum.
     #[serde(default = "default_momentum")]
     pub momentum: f32,
@@ -267,6 +271,13 @@ impl TrainSpec {
         }
         if self.width == 0 || self.width > 16 || (self.width > 1 && self.network == Network::Cnn) {
             return Err(bad("width must be 1 to 16, and 1 for the cnn network"));
+        }
+        if let Some(f) = self.lr_final
+            && (!f.is_finite() || f <= 0.0 || self.network.is_mlp())
+        {
+            return Err(bad(
+                "lr_final must be positive and finite, and is for cnn, vgg and resnet jobs",
+            ));
         }
         if self.shift > 8 || (self.shift > 0 && self.network.is_mlp()) {
             return Err(bad(
@@ -702,6 +713,7 @@ mod tests {
                 epochs: 1,
                 batch: 8,
                 lr: 0.1,
+                lr_final: None,
                 momentum: 0.9,
                 input_scale: 1.0,
                 seed: 0,
@@ -844,5 +856,16 @@ mod tests {
         let mut j = job();
         j.train.shift = 1;
         expect(j, "shift must be 0 to 8");
+        let mut j = job();
+        j.train.lr_final = Some(0.001);
+        expect(
+            j.clone(),
+            "lr_final must be positive and finite, and is for cnn",
+        );
+        j.train.network = Network::Cnn;
+        j.train.hidden.clear();
+        assert!(j.validate().is_ok());
+        j.train.lr_final = Some(f32::NAN);
+        expect(j, "lr_final must be positive");
     }
 }

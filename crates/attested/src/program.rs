@@ -361,6 +361,7 @@ mod tests {
                 epochs: 1,
                 batch: 1,
                 lr: 0.1,
+                lr_final: None,
                 momentum: 0.0,
                 input_scale: 1.0,
                 seed: 0,

@@ -45,6 +45,7 @@ fn job() -> JobSpec {
             epochs: 1,
             batch: 16,
             lr: 0.05,
+            lr_final: None,
             momentum: 0.9,
             input_scale: 1.0,
             seed: 1,

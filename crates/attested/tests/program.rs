@@ -90,6 +90,7 @@ fn data(program: ProgramSpec) -> Option<FlowData> {
             epochs: 30,
             batch: 1,
             lr: 0.01,
+            lr_final: None,
             momentum: 0.0,
             input_scale: 1.0,
             seed: 1,

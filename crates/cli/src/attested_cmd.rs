@@ -355,8 +355,8 @@ pub enum StakeholderCmd {
         signing: Signing,
         /// The job file, JSON: `id`, `dataset`, `outputs`, and `train` with `network` (`mlp`,
         /// the default, with `hidden` widths; or `cnn`, `vgg`, `resnet` over `[1, C, H, H]`
-        /// images, with `width` and `shift` pixels of augmentation), `epochs`, `batch`, `lr`,
-        /// `momentum`, `input_scale`, `seed`; optionally `program` (`command`, `files`: path →
+        /// images, with `width`, `shift` pixels of augmentation and `lr_final` for a linearly
+        /// falling learning rate), `epochs`, `batch`, `lr`, `momentum`, `input_scale`, `seed`; optionally `program` (`command`, `files`: path →
         /// SHA-256 hex, `timeout_s`) to run the model owner's own trainer instead.
         file: PathBuf,
     },
