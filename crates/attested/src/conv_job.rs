@@ -7,9 +7,10 @@
 //! fresh order drawn from the job's seed, in batches of the job's size; the rows that do not
 //! fill a last batch are left out of that epoch (a different few each epoch). With a `shift`,
 //! every training image is moved by a fresh random offset of up to that many pixels; with an
-//! `lr_final`, the learning rate falls linearly from `lr` in the first epoch to it in the last. The inputs are
-//! multiplied by the job's `input_scale` for training, and the trained model takes the raw
-//! features: it starts with a multiply by the scale, as the MLP trainer's models do.
+//! `lr_final`, the learning rate falls linearly from `lr` in the first epoch to it in the
+//! last. The inputs are multiplied by the job's `input_scale` for training, and the trained
+//! model takes the raw features: it starts with a multiply by the scale, as the MLP trainer's
+//! models do.
 
 use tessera_asym::{TrainOptions, Trainer, rebatch};
 use tessera_model::ir::{BinOp, Graph, Node, Op, ValueInfo};

@@ -517,8 +517,8 @@ pub fn split(
 }
 
 /// The demo: the whole flow on the generated glyph images (3,000 to train, 500 held out), a
-/// CNN job (conv 16, pool, conv 32, pool, dense 128, dense 10, 4 epochs), with swtpm started here, printing progress. Fails with a message naming the packages when
-/// swtpm is missing.
+/// CNN job (conv 16, pool, conv 32, pool, dense 128, dense 10, 4 epochs), with swtpm started
+/// here, printing progress. Fails with a message naming the packages when swtpm is missing.
 pub fn demo_flow(dir: &Path) -> Result<Report, AttestedError> {
     demo_flow_with(dir, true)
 }

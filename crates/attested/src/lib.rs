@@ -105,7 +105,11 @@
 //!
 //! Not covered: a file replaced between its measurement and its execution by software that is
 //! itself allowed (an allowed program that rewrites another's script); a program that is
-//! allowed and then leaks the data (the allow-lists vouch for what the program does); a host compromised after its quote (plaintext training data is exposed to
+//! allowed and then leaks the data (the allow-lists vouch for what the program does); code a
+//! program loads that its job does not list (every path on its command line must be listed; a
+//! module it imports that the job does not list is read after the quote, so no check at the
+//! release covers it: list every module); a host
+//! compromised after its quote (plaintext training data is exposed to
 //! software the kernel did not measure, e.g. a kernel exploit — attest again per release);
 //! GPU firmware; side channels of a real TEE; rollback of the broker's state directory across a
 //! restart (whoever controls the disk can put back an older signed file, e.g. the policy a

@@ -269,8 +269,11 @@ impl TrainSpec {
                 "hidden applies to the mlp network only: leave it out of a cnn, vgg or resnet job",
             ));
         }
-        if self.width == 0 || self.width > 16 || (self.width > 1 && self.network == Network::Cnn) {
-            return Err(bad("width must be 1 to 16, and 1 for the cnn network"));
+        let widens = matches!(self.network, Network::Vgg | Network::Resnet);
+        if self.width == 0 || self.width > 16 || (self.width > 1 && !widens) {
+            return Err(bad(
+                "width must be 1 to 16, and 1 for the mlp and cnn networks (it widens vgg and resnet)",
+            ));
         }
         if let Some(f) = self.lr_final
             && (!f.is_finite() || f <= 0.0 || self.network.is_mlp())
@@ -375,6 +378,18 @@ impl ProgramSpec {
         if !self.files.contains_key(exe) {
             return Err(bad(format!(
                 "the executable {exe} is not among the listed files: list it with its SHA-256"
+            )));
+        }
+        // A script named on the command line is code the program runs: it must be measured too.
+        if let Some(arg) = self
+            .command
+            .iter()
+            .skip(1)
+            .find(|a| a.starts_with('/') && !self.files.contains_key(a.as_str()))
+        {
+            return Err(bad(format!(
+                "the argument {arg} is a path that is not among the listed files: list it with \
+                 its SHA-256 (data reaches the program through its environment, not paths)"
             )));
         }
         if self.timeout_s == 0 || self.timeout_s > 7 * 86_400 {
@@ -848,7 +863,10 @@ mod tests {
         j.train.hidden.clear();
         assert!(j.validate().is_ok());
         j.train.width = 2;
-        expect(j.clone(), "width must be 1 to 16");
+        expect(
+            j.clone(),
+            "width must be 1 to 16, and 1 for the mlp and cnn",
+        );
         j.train.network = Network::Vgg;
         assert!(j.validate().is_ok());
         j.train.shift = 9;
@@ -867,5 +885,61 @@ mod tests {
         assert!(j.validate().is_ok());
         j.train.lr_final = Some(f32::NAN);
         expect(j, "lr_final must be positive");
+    }
+
+    /// A program job lists every file it runs with a SHA-256; anything else is refused with
+    /// what to list or change.
+    #[test]
+    fn program_settings_checked() {
+        let digest = "ab".repeat(32);
+        let good = ProgramSpec {
+            command: vec![
+                "/usr/bin/python3".into(),
+                "/opt/job/train.py".into(),
+                "-q".into(),
+            ],
+            files: [
+                ("/usr/bin/python3".to_string(), digest.clone()),
+                ("/opt/job/train.py".to_string(), digest.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            timeout_s: 60,
+        };
+        assert!(good.validate("j").is_ok());
+        let refused = |p: ProgramSpec, words: &str| {
+            let e = p.validate("j").map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+        };
+        let mut p = good.clone();
+        p.command.clear();
+        refused(p, "the command is empty");
+        let mut p = good.clone();
+        p.command[0] = "/usr/bin/python3.11".into();
+        refused(
+            p,
+            "the executable /usr/bin/python3.11 is not among the listed files",
+        );
+        let mut p = good.clone();
+        p.command.push("/opt/job/helper.py".into());
+        refused(
+            p,
+            "the argument /opt/job/helper.py is a path that is not among the listed",
+        );
+        let mut p = good.clone();
+        p.files.insert("opt/rel.py".into(), digest.clone());
+        refused(p, "is not an absolute path");
+        let mut p = good.clone();
+        p.files.insert("/opt/../etc/x".into(), digest.clone());
+        refused(p, "is not an absolute path without '..'");
+        let mut p = good.clone();
+        p.files.insert("/opt/job/train.py".into(), "xyz".into());
+        refused(p, "is not 64 hex digits");
+        let mut p = good.clone();
+        p.timeout_s = 0;
+        refused(p, "timeout_s must be 1 s to 7 days");
+        let mut j = job();
+        j.program = Some(good);
+        assert!(JobSpec::from_json(&j.to_json(), "t").is_ok());
     }
 }

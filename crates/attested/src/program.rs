@@ -19,6 +19,9 @@
 //! The three paths are `/proc/self/fd/N` of anonymous in-memory files (memfd) the program
 //! inherits: the data set is never written to the host's disk by the agent, and the agent
 //! overwrites all three with zeros and closes them when the program ends, however it ends.
+//! They are created without close-on-exec so that the program inherits them; a process the
+//! agent's other threads started meanwhile would inherit them too, so an agent runs one job
+//! at a time and starts nothing else while it runs.
 //! The working directory is `/`. Each line the program prints on stdout is reported as
 //! progress; the end of its stderr is quoted when it fails. A program that exits non-zero, runs
 //! past the job's `timeout_s` (it is killed), or writes no model fails the job.
@@ -164,16 +167,20 @@ pub fn run_program(
         .spawn()
         .map_err(|e| fail(format!("starting {exe}: {e}")))?;
     let (tx, rx) = mpsc::channel::<String>();
-    let out_reader = child.stdout.take().map(|o| {
+    // The readers are not joined: a process the program left behind may hold its pipes open,
+    // and the agent must not wait on it. Once the program has ended they get a short grace to
+    // deliver what it wrote.
+    if let Some(o) = child.stdout.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(o).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     break;
                 }
             }
-        })
-    });
-    let err_reader = child.stderr.take().map(|mut e| {
+        });
+    }
+    let (etx, erx) = mpsc::channel::<String>();
+    if let Some(mut e) = child.stderr.take() {
         std::thread::spawn(move || {
             let mut tail = Vec::new();
             let mut buf = [0u8; 4096];
@@ -186,9 +193,9 @@ pub fn run_program(
                     tail.drain(..tail.len() - 4096);
                 }
             }
-            String::from_utf8_lossy(&tail).trim().to_string()
-        })
-    });
+            let _ = etx.send(String::from_utf8_lossy(&tail).trim().to_string());
+        });
+    }
     let t0 = Instant::now();
     let limit = Duration::from_secs(program.timeout_s);
     let status = loop {
@@ -209,13 +216,13 @@ pub fn run_program(
             Err(e) => break Err(fail(format!("waiting for {exe}: {e}"))),
         }
     };
-    if let Some(t) = out_reader {
-        let _ = t.join();
-    }
-    while let Ok(line) = rx.try_recv() {
+    let grace = Instant::now() + Duration::from_secs(2);
+    while let Ok(line) = rx.recv_timeout(grace.saturating_duration_since(Instant::now())) {
         progress(&line);
     }
-    let stderr = err_reader.and_then(|t| t.join().ok()).unwrap_or_default();
+    let stderr = erx
+        .recv_timeout(grace.saturating_duration_since(Instant::now()))
+        .unwrap_or_default();
     let status = status?;
     if !status.success() {
         let tail = stderr.lines().rev().take(8).collect::<Vec<_>>();

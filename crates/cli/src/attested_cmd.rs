@@ -356,8 +356,9 @@ pub enum StakeholderCmd {
         /// The job file, JSON: `id`, `dataset`, `outputs`, and `train` with `network` (`mlp`,
         /// the default, with `hidden` widths; or `cnn`, `vgg`, `resnet` over `[1, C, H, H]`
         /// images, with `width`, `shift` pixels of augmentation and `lr_final` for a linearly
-        /// falling learning rate), `epochs`, `batch`, `lr`, `momentum`, `input_scale`, `seed`; optionally `program` (`command`, `files`: path →
-        /// SHA-256 hex, `timeout_s`) to run the model owner's own trainer instead.
+        /// falling learning rate), `epochs`, `batch`, `lr`, `momentum`, `input_scale`, `seed`;
+        /// optionally `program` (`command`, `files`: path → SHA-256 hex, `timeout_s`) to run
+        /// the model owner's own trainer instead; every path in `command` must be listed.
         file: PathBuf,
     },
     /// Model owner: decrypt the trained model from the store.
