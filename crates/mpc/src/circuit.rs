@@ -167,137 +167,45 @@ impl Circuit {
 /// A circuit that passed [`Circuit::validate`] and can no longer change: garbling and
 /// evaluating it many times checks it once.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Checked(Circuit);
+pub struct Checked {
+    circuit: Circuit,
+    parts: Vec<Part>,
+}
 
 impl Checked {
-    /// Validate `c` once, then renumber its wires so that a wire's slot is reused once its
-    /// last reader has run ([`compact`]).
+    /// Validate `c` once, then lay it out: in [`crate::parts::PARTS`] independent parts when
+    /// it has at least [`crate::parts::MIN_ANDS_TO_SPLIT`] AND gates, else one, each part's
+    /// wires renumbered to reuse slots ([`compact`]).
     pub fn new(c: Circuit) -> Result<Self, MpcError> {
+        let parts = if c.and_count() >= crate::parts::MIN_ANDS_TO_SPLIT {
+            crate::parts::PARTS
+        } else {
+            1
+        };
+        Self::with_parts(c, parts)
+    }
+
+    /// Validate `c` and lay it out in up to `parts` parts whatever its size (both parties must
+    /// use the same number; [`Checked::new`] is what the schemes use).
+    pub fn with_parts(c: Circuit, parts: usize) -> Result<Self, MpcError> {
         c.validate()?;
-        Ok(Self(compact(c)))
+        let (circuit, parts) = crate::parts::layout(c, parts);
+        Ok(Self { circuit, parts })
+    }
+
+    /// Its parts, in gate order (see [`crate::parts`]).
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
     }
 }
 
-/// The same circuit with wires renumbered to reuse slots: a wire's slot is freed after the
-/// last gate that reads it (never for outputs) and given to the next gate output. Every gate
-/// reads its inputs before it writes its output, and a slot is only reused after its last
-/// read, so garbling, evaluating and plaintext evaluation compute the same values — with
-/// arrays as large as the widest cut of the circuit instead of all its wires, which keeps a
-/// large segment's labels in cache. Takes a validated circuit.
-pub fn compact(c: Circuit) -> Circuit {
-    const NEVER: usize = usize::MAX;
-    let mut last = vec![None::<usize>; c.wires];
-    for (k, g) in c.gates.iter().enumerate() {
-        match *g {
-            Gate::Xor { a, b, .. } | Gate::And { a, b, .. } => {
-                last[a as usize] = Some(k);
-                last[b as usize] = Some(k);
-            }
-            Gate::Inv { a, .. } => last[a as usize] = Some(k),
-            Gate::Const { .. } => {}
-        }
-    }
-    for &w in c.outputs.iter().flatten() {
-        last[w as usize] = Some(NEVER);
-    }
-    let mut slot = vec![0 as Wire; c.wires];
-    let mut free: Vec<Wire> = Vec::new();
-    let mut next: Wire = 0;
-    let mut take = |free: &mut Vec<Wire>| {
-        free.pop().unwrap_or_else(|| {
-            next += 1;
-            next - 1
-        })
-    };
-    let inputs: Vec<Vec<Wire>> = c
-        .inputs
-        .iter()
-        .map(|ws| {
-            ws.iter()
-                .map(|&w| {
-                    let s = take(&mut free);
-                    slot[w as usize] = s;
-                    s
-                })
-                .collect()
-        })
-        .collect();
-    // Inputs no gate reads and no output names are dead from the start.
-    for &w in c.inputs.iter().flatten() {
-        if last[w as usize].is_none() {
-            free.push(slot[w as usize]);
-        }
-    }
-    let mut gates = Vec::with_capacity(c.gates.len());
-    for (k, g) in c.gates.iter().enumerate() {
-        let mut release = |w: Wire, free: &mut Vec<Wire>| {
-            if last[w as usize] == Some(k) {
-                free.push(slot[w as usize]);
-                // A wire read twice by this gate is freed once.
-                last[w as usize] = None;
-            }
-        };
-        let g2 = match *g {
-            Gate::Xor { a, b, out } => {
-                let (sa, sb) = (slot[a as usize], slot[b as usize]);
-                release(a, &mut free);
-                release(b, &mut free);
-                let so = take(&mut free);
-                slot[out as usize] = so;
-                Gate::Xor {
-                    a: sa,
-                    b: sb,
-                    out: so,
-                }
-            }
-            Gate::And { a, b, out } => {
-                let (sa, sb) = (slot[a as usize], slot[b as usize]);
-                release(a, &mut free);
-                release(b, &mut free);
-                let so = take(&mut free);
-                slot[out as usize] = so;
-                Gate::And {
-                    a: sa,
-                    b: sb,
-                    out: so,
-                }
-            }
-            Gate::Inv { a, out } => {
-                let sa = slot[a as usize];
-                release(a, &mut free);
-                let so = take(&mut free);
-                slot[out as usize] = so;
-                Gate::Inv { a: sa, out: so }
-            }
-            Gate::Const { value, out } => {
-                let so = take(&mut free);
-                slot[out as usize] = so;
-                Gate::Const { value, out: so }
-            }
-        };
-        gates.push(g2);
-        // An output no one reads frees its slot at once.
-        if last[g.out() as usize].is_none() {
-            free.push(slot[g.out() as usize]);
-        }
-    }
-    let outputs = c
-        .outputs
-        .iter()
-        .map(|ws| ws.iter().map(|&w| slot[w as usize]).collect())
-        .collect();
-    Circuit {
-        wires: next as usize,
-        inputs,
-        outputs,
-        gates,
-    }
-}
+use crate::parts::Part;
+pub use crate::parts::compact;
 
 impl std::ops::Deref for Checked {
     type Target = Circuit;
     fn deref(&self) -> &Circuit {
-        &self.0
+        &self.circuit
     }
 }
 

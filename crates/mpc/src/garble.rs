@@ -416,31 +416,45 @@ fn evaluate_unchecked<S: TableSource>(
     for (&w, &l) in c.inputs.iter().flatten().zip(inputs) {
         labels[w as usize] = l;
     }
-    let mut j: u128 = 0;
-    for g in &c.gates {
-        match *g {
-            Gate::Xor { a, b, out } => {
-                labels[out as usize] = labels[a as usize] ^ labels[b as usize]
-            }
-            Gate::Inv { a, out } => labels[out as usize] = labels[a as usize],
-            Gate::Const { out, .. } => labels[out as usize] = source.constant()?,
-            Gate::And { a, b, out } => {
-                let (wa, wb) = (labels[a as usize], labels[b as usize]);
-                let (tg, te) = source.and_table()?;
-                let mut h = [Block::ZERO; 2];
-                hash.hash_n(&[wa, wb], &[2 * j, 2 * j + 1], &mut h);
-                labels[out as usize] =
-                    h[0] ^ tg.and_bit(wa.lsb()) ^ h[1] ^ (te ^ wa).and_bit(wb.lsb());
-                j += 1;
-            }
-        }
-    }
+    eval_gates(&c.gates, &mut labels, 0, 0, &hash, source)?;
     source.finish()?;
     Ok(c.outputs
         .iter()
         .flatten()
         .map(|&w| labels[w as usize])
         .collect())
+}
+
+/// Evaluate `gates`, whose wires are slots `base..base + labels.len()`, the first AND gate
+/// being AND number `first_and` of the circuit; tables come from `source`. The one evaluation
+/// loop, for the whole circuit ([`evaluate`]) and for each part of it
+/// ([`crate::parts::evaluate_parallel`]).
+pub(crate) fn eval_gates<S: TableSource>(
+    gates: &[Gate],
+    labels: &mut [Block],
+    base: u32,
+    first_and: u64,
+    hash: &Tccr,
+    source: &mut S,
+) -> Result<(), MpcError> {
+    let at = |w: u32| (w - base) as usize;
+    let mut j = u128::from(first_and);
+    for g in gates {
+        match *g {
+            Gate::Xor { a, b, out } => labels[at(out)] = labels[at(a)] ^ labels[at(b)],
+            Gate::Inv { a, out } => labels[at(out)] = labels[at(a)],
+            Gate::Const { out, .. } => labels[at(out)] = source.constant()?,
+            Gate::And { a, b, out } => {
+                let (wa, wb) = (labels[at(a)], labels[at(b)]);
+                let (tg, te) = source.and_table()?;
+                let mut h = [Block::ZERO; 2];
+                hash.hash_n(&[wa, wb], &[2 * j, 2 * j + 1], &mut h);
+                labels[at(out)] = h[0] ^ tg.and_bit(wa.lsb()) ^ h[1] ^ (te ^ wa).and_bit(wb.lsb());
+                j += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

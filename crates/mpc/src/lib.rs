@@ -8,6 +8,7 @@
 //!   [`bristol`]: the Bristol Fashion reader.
 //! * [`garble`]: free-XOR with half-gates (two ciphertexts per AND, XOR and NOT free); output
 //!   decoding by permute bits or by the garbler's check of returned labels.
+//! * [`parts`]: a large circuit laid out in independent parts, evaluated on several threads.
 //! * [`stream`]: the garbled material as a stream of checksummed chunks, so circuits larger than
 //!   memory garble and evaluate as streams.
 //!
@@ -31,6 +32,7 @@ pub mod circuit;
 pub mod garble;
 pub mod hash;
 pub mod ot;
+pub mod parts;
 pub mod stream;
 
 pub use block::Block;

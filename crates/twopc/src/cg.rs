@@ -27,10 +27,11 @@ use rand::{CryptoRng, Rng, RngCore};
 use serde::{Deserialize, Serialize};
 use tessera_mpc::block::Block;
 use tessera_mpc::circuit::from_bits;
-use tessera_mpc::garble::{OutputCheck, evaluate_checked, garble_with};
+use tessera_mpc::garble::{OutputCheck, garble_with};
 use tessera_mpc::ot::Channel;
 use tessera_mpc::ot::iknp::{CotReceiver, CotSender, derandomize_choices, derandomize_receive};
-use tessera_mpc::stream::{StreamReader, StreamWriter};
+use tessera_mpc::parts::{default_threads, evaluate_parallel};
+use tessera_mpc::stream::StreamWriter;
 use zeroize::Zeroize;
 
 /// OT session tag of this variant.
@@ -307,7 +308,7 @@ pub fn server_online<C: Channel>(
         let zs = bytes_blocks(&ch.recv()?, a.len(), "the client's OT answers")?;
         let mut labels = derandomize_receive(ts, &zs)?;
         labels.extend_from_slice(theirs);
-        let res = evaluate_checked(seg, &labels, &mut StreamReader::new(material.as_slice()))?;
+        let res = evaluate_parallel(seg, &labels, material, default_threads())?;
         if j == last {
             ch.send(blocks_bytes(&res))?;
         } else {

@@ -24,10 +24,11 @@ use rand::{CryptoRng, Rng, RngCore};
 use serde::{Deserialize, Serialize};
 use tessera_mpc::block::Block;
 use tessera_mpc::circuit::from_bits;
-use tessera_mpc::garble::{OutputCheck, evaluate_checked, garble_with};
+use tessera_mpc::garble::{OutputCheck, garble_with};
 use tessera_mpc::ot::Channel;
 use tessera_mpc::ot::iknp::{CotReceiver, CotSender};
-use tessera_mpc::stream::{StreamReader, StreamWriter};
+use tessera_mpc::parts::{default_threads, evaluate_parallel};
+use tessera_mpc::stream::StreamWriter;
 use zeroize::Zeroize;
 
 /// OT session tag of this variant.
@@ -326,7 +327,7 @@ pub fn client_online<C: Channel>(
             .ok_or_else(|| TwoPcError::Protocol("too few OT labels".into()))?;
         labels.extend_from_slice(mine);
         t_at += n_client;
-        let res = evaluate_checked(seg, &labels, &mut StreamReader::new(material.as_slice()))?;
+        let res = evaluate_parallel(seg, &labels, material, default_threads())?;
         if i == last {
             let d = ch.recv()?;
             if d.len() != res.len() || d.iter().any(|&b| b > 1) {
