@@ -69,3 +69,18 @@ start_s3() {
   export TESSERA_TEST_S3="s3://tessera-test/run"
   echo "tessera servers: S3 (s3s-fs) on 127.0.0.1:$port, pid ${SERVER_PIDS[-1]}"
 }
+
+# A NATS server with JetStream (Debian's nats-server) on loopback with a fresh store directory;
+# exports TESSERA_TEST_NATS for the tests.
+start_nats() {
+  local dir port
+  dir=$(mktemp -d)
+  SERVER_DIRS+=("$dir")
+  port=$(free_port)
+  nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir" >"$dir.log" 2>&1 &
+  SERVER_PIDS+=("$!")
+  SERVER_DIRS+=("$dir.log")
+  wait_port "$port"
+  export TESSERA_TEST_NATS="nats://127.0.0.1:$port"
+  echo "tessera servers: NATS JetStream on 127.0.0.1:$port, pid ${SERVER_PIDS[-1]}"
+}

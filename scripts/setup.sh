@@ -5,8 +5,9 @@ set -euo pipefail
 
 # Debian packages the build or the tests need: a C compiler and pkg-config for -sys crates, the TSS2
 # libraries for tss-esapi, a software TPM (swtpm) plus tpm2-tools for the attested scheme, and a
-# TrueType font for the text of the charts `compare`, `characterize` and `demo` draw.
-APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools fonts-dejavu-core)
+# TrueType font for the text of the charts `compare`, `characterize` and `demo` draw, and the NATS
+# server (JetStream) that scale-out dispatch and its tests use.
+APT_PACKAGES=(gcc pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools fonts-dejavu-core nats-server)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

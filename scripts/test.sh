@@ -13,6 +13,7 @@ source scripts/servers.sh
 log=$(mktemp)
 trap 'rm -f "$log"; stop_servers' EXIT
 start_s3
+start_nats
 set +e
 cargo test --locked --workspace --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
