@@ -86,14 +86,14 @@ pub const CALIBRATED_LABEL: &str = "calibrated, not sound";
 
 /// How k was chosen, and what range the enclave enforces on inputs.
 #[derive(Clone, Debug)]
-struct RangeChoice {
-    primes: usize,
+pub(crate) struct RangeChoice {
+    pub(crate) primes: usize,
     /// The smallest sound k, when one exists within the basis.
-    sound_primes: Option<usize>,
+    pub(crate) sound_primes: Option<usize>,
     /// Largest |quantized input| accepted.
-    input_limit: u64,
+    pub(crate) input_limit: u64,
     /// Set when k is below the sound bound: where the widths came from.
-    calibrated: Option<String>,
+    pub(crate) calibrated: Option<String>,
 }
 
 /// The k asked for (`--gc-primes`), or `bound` when none was; below `bound` is refused.
@@ -345,6 +345,39 @@ fn prepare(
     }
 }
 
+/// What the enclave derives from the model before it garbles: the integer model, k and the
+/// input limit, the circuit with its sign bases, and the public model the worker compiles.
+pub(crate) struct Compiled {
+    pub(crate) quant: ExactModel,
+    pub(crate) range: RangeChoice,
+    pub(crate) circuit: NetworkCircuit,
+    pub(crate) sign_bases: Vec<u8>,
+    pub(crate) public: Vec<u8>,
+}
+
+/// Compile `graph` for the enclave: choose k (see [`GcOptions`]) and, under v2, the sign bases.
+pub(crate) fn compile(graph: &Graph, opts: &GcOptions) -> Result<Compiled, GcError> {
+    let quant = ExactModel::new(graph, &opts.semantics)?;
+    let probe = NetworkCircuit::compile_exact(&quant, 2)?;
+    let range = choose_range(&probe, &quant, opts)?;
+    let circuit = probe.with_primes(range.primes)?;
+    // Under v2 every sign gadget runs over just enough primes for the values it resolves
+    // (sound for every input, like k); pow2 keeps every sign over all k.
+    let sign_bases = match &quant {
+        ExactModel::V2(_) => circuit.sign_bases(u128::from(range.input_limit))?,
+        ExactModel::Pow2(_) => Vec::new(),
+    };
+    let circuit = circuit.with_sign_bases(&sign_bases)?;
+    let public = export_model(&public_model(graph))?;
+    Ok(Compiled {
+        quant,
+        range,
+        circuit,
+        sign_bases,
+        public,
+    })
+}
+
 impl GcBackend {
     /// Compile `graph`, connect to the worker twice (offline: material; online: evaluation),
     /// and start keeping `opts.pool` garblings ready.
@@ -355,19 +388,14 @@ impl GcBackend {
         online: T,
         channel: tessera_runtime::ChannelOptions,
     ) -> Result<Self, GcError> {
-        let quant = ExactModel::new(graph, &opts.semantics)?;
-        let probe = NetworkCircuit::compile_exact(&quant, 2)?;
-        let range = choose_range(&probe, &quant, opts)?;
+        let Compiled {
+            quant,
+            range,
+            circuit,
+            sign_bases,
+            public,
+        } = compile(graph, opts)?;
         let primes = range.primes;
-        let circuit = probe.with_primes(primes)?;
-        // Under v2 every sign gadget runs over just enough primes for the values it resolves
-        // (sound for every input, like k); pow2 keeps every sign over all k.
-        let sign_bases = match &quant {
-            ExactModel::V2(_) => circuit.sign_bases(u128::from(range.input_limit))?,
-            ExactModel::Pow2(_) => Vec::new(),
-        };
-        let circuit = circuit.with_sign_bases(&sign_bases)?;
-        let public = export_model(&public_model(graph))?;
         let mut off = Channel::new(offline, channel)?;
         let mut on = Channel::new(online, channel)?;
         let namespace: u64 = rand::random();
@@ -613,7 +641,7 @@ impl GcBackend {
 
 /// Errors unless every value of `x` has |v| ≤ `limit`. The comparison is made on every value
 /// (no early exit), so its time does not depend on where an outlier sits.
-fn check_input_range(x: &Tensor<i64>, limit: u64) -> Result<(), GcError> {
+pub(crate) fn check_input_range(x: &Tensor<i64>, limit: u64) -> Result<(), GcError> {
     let widest = x.data().iter().fold(0u64, |m, v| m.max(v.unsigned_abs()));
     if widest > limit {
         return Err(GcError::InputOutOfRange { widest, limit });

@@ -60,6 +60,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod cluster;
 mod messages;
 mod worker;
 

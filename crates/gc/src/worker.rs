@@ -56,12 +56,12 @@ impl Session<'_> {
                 namespace,
             } => {
                 self.namespace = namespace;
-                let g = import_model(&model_onnx, &ImportOptions::default())?;
-                let m = ExactModel::new(&g, &semantics)?;
-                let c = NetworkCircuit::compile_exact(&m, primes as usize)?
-                    .with_sign_bases(&sign_bases)?
-                    .public();
-                self.circuit = Some(c);
+                self.circuit = Some(compile_public(
+                    &model_onnx,
+                    &semantics,
+                    primes,
+                    &sign_bases,
+                )?);
                 // Set up: the enclave may stay silent for long between garblings.
                 self.idle = true;
                 Ok(Some(FromWorker::Ready {
@@ -122,6 +122,21 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The public circuit a worker evaluates, compiled from what the enclave sent: the public model
+/// (ONNX), the integer semantics, k and the sign bases.
+pub(crate) fn compile_public(
+    model_onnx: &[u8],
+    semantics: &tessera_engine::Semantics,
+    primes: u32,
+    sign_bases: &[u8],
+) -> Result<NetworkCircuit, GcError> {
+    let g = import_model(model_onnx, &ImportOptions::default())?;
+    let m = ExactModel::new(&g, semantics)?;
+    Ok(NetworkCircuit::compile_exact(&m, primes as usize)?
+        .with_sign_bases(sign_bases)?
+        .public())
 }
 
 /// Serve one enclave connection until it closes.

@@ -50,8 +50,13 @@ fn js_err(op: impl Into<String>, e: impl std::fmt::Display) -> QueueError {
     }
 }
 
-/// A connection to a NATS server with JetStream.
+/// A connection to a NATS server with JetStream (cheap to clone: clones share it).
+#[derive(Clone)]
 pub struct Queue {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     rt: tokio::runtime::Runtime,
     js: jetstream::Context,
     url: String,
@@ -59,7 +64,7 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Queue({})", self.url)
+        write!(f, "Queue({})", self.inner.url)
     }
 }
 
@@ -102,15 +107,17 @@ impl Queue {
             })?;
         let js = jetstream::new(client);
         Ok(Self {
-            rt,
-            js,
-            url: url.into(),
+            inner: std::sync::Arc::new(Inner {
+                rt,
+                js,
+                url: url.into(),
+            }),
         })
     }
 
     /// The server's URL.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.inner.url
     }
 
     /// Open (creating if missing) the work-queue stream `stream` over `subject`, and its
@@ -121,10 +128,11 @@ impl Queue {
         subject: &str,
         consumer: &str,
         opts: &WorkOptions,
-    ) -> Result<WorkQueue<'_>, QueueError> {
+    ) -> Result<WorkQueue, QueueError> {
         let s = self
+            .inner
             .rt
-            .block_on(self.js.get_or_create_stream(stream::Config {
+            .block_on(self.inner.js.get_or_create_stream(stream::Config {
                 name: stream_name.into(),
                 subjects: vec![subject.into()],
                 retention: stream::RetentionPolicy::WorkQueue,
@@ -133,6 +141,7 @@ impl Queue {
             }))
             .map_err(|e| js_err(format!("creating stream {stream_name}"), e))?;
         let c = self
+            .inner
             .rt
             .block_on(s.get_or_create_consumer(
                 consumer,
@@ -147,16 +156,18 @@ impl Queue {
             ))
             .map_err(|e| js_err(format!("creating consumer {consumer} on {stream_name}"), e))?;
         Ok(WorkQueue {
-            q: self,
+            q: self.clone(),
             consumer: c,
         })
     }
 
     /// Publish `payload` on `subject`; returns once JetStream has stored it.
     pub fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), QueueError> {
-        self.rt
+        self.inner
+            .rt
             .block_on(async {
-                self.js
+                self.inner
+                    .js
                     .publish(subject.to_string(), Bytes::from(payload))
                     .await?
                     .await
@@ -167,24 +178,25 @@ impl Queue {
 
     /// Delete a stream (tests, and clearing a namespace's queues).
     pub fn delete_stream(&self, stream_name: &str) -> Result<(), QueueError> {
-        self.rt
-            .block_on(self.js.delete_stream(stream_name))
+        self.inner
+            .rt
+            .block_on(self.inner.js.delete_stream(stream_name))
             .map(|_| ())
             .map_err(|e| js_err(format!("deleting stream {stream_name}"), e))
     }
 }
 
 /// A durable pull consumer of a work-queue stream.
-pub struct WorkQueue<'q> {
-    q: &'q Queue,
+pub struct WorkQueue {
+    q: Queue,
     consumer: jetstream::consumer::PullConsumer,
 }
 
-impl WorkQueue<'_> {
+impl WorkQueue {
     /// The next message, waiting up to `wait` for one (at least 10 ms); `None` when none came.
-    pub fn next(&self, wait: Duration) -> Result<Option<Job<'_>>, QueueError> {
+    pub fn next(&self, wait: Duration) -> Result<Option<Job>, QueueError> {
         let wait = wait.max(Duration::from_millis(10));
-        let msg = self.q.rt.block_on(async {
+        let msg = self.q.inner.rt.block_on(async {
             let mut batch = self
                 .consumer
                 .batch()
@@ -199,18 +211,21 @@ impl WorkQueue<'_> {
                 None => Ok(None),
             }
         })?;
-        Ok(msg.map(|m| Job { q: self.q, msg: m }))
+        Ok(msg.map(|m| Job {
+            q: self.q.clone(),
+            msg: m,
+        }))
     }
 }
 
 /// One delivered message: acknowledge it when its work is done, or let it go (drop it without
 /// acknowledging) and it is delivered again after the stream's `ack_wait`.
-pub struct Job<'q> {
-    q: &'q Queue,
+pub struct Job {
+    q: Queue,
     msg: jetstream::Message,
 }
 
-impl Job<'_> {
+impl Job {
     /// The message's bytes.
     pub fn payload(&self) -> &[u8] {
         &self.msg.payload
@@ -224,6 +239,7 @@ impl Job<'_> {
     /// The work is done: the stream removes the message.
     pub fn ack(self) -> Result<(), QueueError> {
         self.q
+            .inner
             .rt
             .block_on(self.msg.double_ack())
             .map_err(|e| js_err("acknowledging work", e))
@@ -232,6 +248,7 @@ impl Job<'_> {
     /// The work is still going on: extend the acknowledgement deadline by another `ack_wait`.
     pub fn in_progress(&self) -> Result<(), QueueError> {
         self.q
+            .inner
             .rt
             .block_on(self.msg.ack_with(jetstream::AckKind::Progress))
             .map_err(|e| js_err("extending work", e))
@@ -240,6 +257,7 @@ impl Job<'_> {
     /// Give the work back at once for another consumer.
     pub fn nak(self) -> Result<(), QueueError> {
         self.q
+            .inner
             .rt
             .block_on(self.msg.ack_with(jetstream::AckKind::Nak(None)))
             .map_err(|e| js_err("returning work", e))

@@ -1,0 +1,244 @@
+//! The gc scheme scaled out over a real NATS JetStream server and a real S3 server (the test
+//! script starts both on loopback and sets TESSERA_TEST_NATS and TESSERA_TEST_S3): two workers
+//! share a hundred inferences bit-exact, a request whose worker dies is completed by the other,
+//! and damaged material is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tessera_engine::quant::{QuantConfig, QuantModel};
+use tessera_gc::GcOptions;
+use tessera_gc::cluster::{ClusterEnclave, ClusterOptions, WorkerReport, run_cluster_worker};
+use tessera_model::{Graph, Tensor, builders};
+use tessera_objstore::{Location, Objects};
+use tessera_queue::{Queue, WorkOptions};
+
+/// The servers, or None (with the reason printed) outside CI.
+fn servers(test: &str) -> Option<(String, Location)> {
+    match (
+        std::env::var("TESSERA_TEST_NATS"),
+        std::env::var("TESSERA_TEST_S3"),
+    ) {
+        (Ok(n), Ok(s)) => Some((
+            n,
+            format!("{}/{test}-{}", s.trim_end_matches('/'), std::process::id())
+                .parse()
+                .expect("location"),
+        )),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set but TESSERA_TEST_NATS or TESSERA_TEST_S3 is not: scripts/test.sh starts both servers"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipping {test}: TESSERA_TEST_NATS and TESSERA_TEST_S3 are not set (scripts/test.sh starts nats-server and an S3 server)"
+            );
+            None
+        }
+    }
+}
+
+fn options(test: &str, nats: String, store: Location, ack_wait: Duration) -> ClusterOptions {
+    ClusterOptions {
+        queue: nats,
+        name: format!("t{}_{test}", std::process::id()),
+        store,
+        ack_wait,
+        timeout: Duration::from_secs(120),
+    }
+}
+
+fn gc_opts() -> GcOptions {
+    GcOptions {
+        semantics: tessera_engine::Semantics::Pow2(QuantConfig {
+            frac_bits: 4,
+            max_bits: None,
+        }),
+        input_range: 1.0,
+        ..GcOptions::default()
+    }
+}
+
+fn input(seed: u64) -> Tensor {
+    let mut s = seed | 1;
+    let data = (0..784)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 1000) as f32 / 1000.0
+        })
+        .collect();
+    Tensor::new(vec![1, 1, 28, 28], data).expect("tensor")
+}
+
+fn reference(g: &Graph, x: &Tensor) -> Vec<i64> {
+    let QuantConfig {
+        frac_bits,
+        max_bits,
+    } = QuantConfig {
+        frac_bits: 4,
+        max_bits: None,
+    };
+    QuantModel::new(
+        g,
+        QuantConfig {
+            frac_bits,
+            max_bits,
+        },
+    )
+    .expect("model")
+    .run(std::slice::from_ref(x))
+    .expect("run")
+    .outputs
+    .remove(0)
+    .data()
+    .to_vec()
+}
+
+/// Workers on their own threads until `stop`.
+fn workers(
+    c: &ClusterOptions,
+    names: &[&str],
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<WorkerReport>> {
+    names
+        .iter()
+        .map(|n| {
+            let (c, stop, n) = (c.clone(), stop.clone(), n.to_string());
+            std::thread::spawn(move || run_cluster_worker(&c, &n, &stop, None).expect("worker"))
+        })
+        .collect()
+}
+
+#[test]
+fn two_workers_share_a_hundred_inferences_bit_exact() {
+    let Some((nats, store)) = servers("hundred") else {
+        return;
+    };
+    let c = options("hundred", nats, store, Duration::from_secs(30));
+    let g = builders::dash_a(1).expect("model");
+    let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
+    // Garbled ahead, as a deployment would.
+    e.garble(100).expect("garble");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ws = workers(&c, &["w1", "w2"], &stop);
+    let xs: Vec<Tensor> = (0..100).map(|i| input(i + 1)).collect();
+    let ys = e.infer_batch(&xs);
+    stop.store(true, Ordering::SeqCst);
+    let reports: Vec<WorkerReport> = ws.into_iter().map(|w| w.join().expect("join")).collect();
+    for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
+        assert_eq!(y.expect("answered").data(), reference(&g, x), "input {i}");
+    }
+    let r = e.report().clone();
+    assert_eq!(r.answered, 100);
+    assert_eq!(r.duplicates_refused, 0);
+    assert_eq!(
+        reports.iter().map(|w| w.evaluated).sum::<u64>(),
+        100,
+        "{reports:?}"
+    );
+    assert!(
+        r.by_worker.len() == 2 && r.by_worker.values().all(|&n| n > 0),
+        "both workers take a share: {:?}",
+        r.by_worker
+    );
+    // Used material is deleted: only the setup is left, and `close` removes it.
+    let s = Objects::open(&c.store).expect("store");
+    assert_eq!(s.list("").expect("list").len(), 1);
+    e.close().expect("close");
+    assert!(s.list("").expect("list").is_empty());
+}
+
+#[test]
+fn a_request_whose_worker_dies_is_completed_by_another() {
+    let Some((nats, store)) = servers("dies") else {
+        return;
+    };
+    let c = options("dies", nats, store, Duration::from_secs(1));
+    let g = builders::dash_a(1).expect("model");
+    let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
+    e.garble(3).expect("garble");
+    // A worker that takes one request and dies with it (never answers, never acknowledges).
+    let took = Arc::new(AtomicBool::new(false));
+    let dying = {
+        let (c, took) = (c.clone(), took.clone());
+        std::thread::spawn(move || {
+            let q = Queue::connect(&c.queue).expect("connect");
+            let wq = q
+                .work_queue(
+                    &format!("{}_GC_EVAL", c.name.to_ascii_uppercase()),
+                    &format!("{}.gc.eval", c.name.to_ascii_lowercase()),
+                    tessera_gc::cluster::WORKERS,
+                    &WorkOptions {
+                        ack_wait: c.ack_wait,
+                        max_deliver: 5,
+                    },
+                )
+                .expect("queue");
+            loop {
+                if let Some(job) = wq.next(Duration::from_millis(200)).expect("pull") {
+                    took.store(true, Ordering::SeqCst);
+                    drop(job);
+                    return;
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let starter = {
+        let (c, took, stop) = (c.clone(), took.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !took.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            run_cluster_worker(&c, "survivor", &stop, None).expect("worker")
+        })
+    };
+    let xs: Vec<Tensor> = (0..3).map(|i| input(i + 7)).collect();
+    let ys = e.infer_batch(&xs);
+    stop.store(true, Ordering::SeqCst);
+    dying.join().expect("join");
+    let report = starter.join().expect("join");
+    for (x, y) in xs.iter().zip(ys) {
+        assert_eq!(y.expect("answered").data(), reference(&g, x));
+    }
+    assert_eq!(e.report().answered, 3, "every inference answered once");
+    assert_eq!(report.evaluated, 3, "{report:?}");
+    assert_eq!(
+        report.redelivered, 1,
+        "the dead worker's request came back: {report:?}"
+    );
+    e.close().expect("close");
+}
+
+#[test]
+fn damaged_material_is_refused() {
+    let Some((nats, store)) = servers("damaged") else {
+        return;
+    };
+    let c = options("damaged", nats, store, Duration::from_secs(30));
+    let g = builders::dash_a(1).expect("model");
+    let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
+    e.garble(1).expect("garble");
+    let slot = e.ready_slots()[0];
+    let key = e.material_key(slot);
+    let s = Objects::open(&c.store).expect("store");
+    let mut m = s.get(&key).expect("material");
+    let mid = m.len() / 2;
+    m[mid] ^= 0x10;
+    s.put(&key, &m).expect("replace");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ws = workers(&c, &["w"], &stop);
+    let r = e.infer(&input(3));
+    stop.store(true, Ordering::SeqCst);
+    for w in ws {
+        w.join().expect("join");
+    }
+    let err = r
+        .expect_err("damaged material must not give a value")
+        .to_string();
+    assert!(err.contains("checksum"), "{err}");
+    e.close().expect("close");
+}
