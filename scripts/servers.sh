@@ -66,7 +66,7 @@ start_s3() {
   wait_port "$port"
   export AWS_ACCESS_KEY_ID="$key" AWS_SECRET_ACCESS_KEY="$secret" AWS_DEFAULT_REGION=us-east-1
   export AWS_ENDPOINT="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true
-  export TESSERA_TEST_S3="s3://tessera-test/run"
+  export TESSERA_TEST_S3="s3://tessera-test/run" TESSERA_S3S_BIN="$bin"
   echo "tessera servers: S3 (s3s-fs) on 127.0.0.1:$port, pid ${SERVER_PIDS[-1]}"
 }
 

@@ -242,3 +242,85 @@ fn damaged_material_is_refused() {
     assert!(err.contains("checksum"), "{err}");
     e.close().expect("close");
 }
+
+/// An S3 server process of this test's own, killed when dropped.
+struct OwnS3(std::process::Child);
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_s3(bin: &str, port: u16, root: &std::path::Path) -> OwnS3 {
+    let child = std::process::Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--access-key",
+            &std::env::var("AWS_ACCESS_KEY_ID").expect("key"),
+            "--secret-key",
+            &std::env::var("AWS_SECRET_ACCESS_KEY").expect("secret"),
+        ])
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the S3 server");
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the S3 server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    OwnS3(child)
+}
+
+#[test]
+fn the_store_restarting_between_garbling_and_evaluation_loses_nothing() {
+    let Some((nats, _)) = servers("restart") else {
+        return;
+    };
+    let Ok(bin) = std::env::var("TESSERA_S3S_BIN") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but TESSERA_S3S_BIN is not: scripts/test.sh exports the S3 server's path"
+        );
+        eprintln!("skipping: TESSERA_S3S_BIN is not set (scripts/test.sh exports it)");
+        return;
+    };
+    let root = std::env::temp_dir().join(format!("tessera-s3-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("tessera-restart")).expect("bucket");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let server = start_s3(&bin, port, &root);
+    let store: Location =
+        format!("s3://tessera-restart/run?endpoint=http://127.0.0.1:{port}&allow_http=true")
+            .parse()
+            .expect("location");
+    let c = options("restart", nats, store, Duration::from_secs(30));
+    let g = builders::dash_a(1).expect("model");
+    let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
+    e.garble(3).expect("garble");
+    // The store goes down and comes back on the same data before anything is evaluated.
+    drop(server);
+    let _server = start_s3(&bin, port, &root);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ws = workers(&c, &["w"], &stop);
+    let xs: Vec<Tensor> = (0..3).map(|i| input(i + 40)).collect();
+    let ys = e.infer_batch(&xs);
+    stop.store(true, Ordering::SeqCst);
+    for w in ws {
+        w.join().expect("join");
+    }
+    for (x, y) in xs.iter().zip(ys) {
+        assert_eq!(y.expect("answered").data(), reference(&g, x));
+    }
+    e.close().expect("close");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -90,12 +90,17 @@ pub enum StoreError {
 pub enum Location {
     /// A local directory (created if missing).
     Local(PathBuf),
-    /// An S3-compatible bucket and a key prefix (may be empty).
+    /// An S3-compatible bucket and a key prefix (may be empty), with settings that override
+    /// the AWS_* variables: `endpoint`, `region` and `allow_http`, given as a URL query
+    /// (`s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true`). Credentials come
+    /// from the variables only, never from the URL.
     S3 {
         /// The bucket.
         bucket: String,
         /// Prefix of every key.
         prefix: String,
+        /// Settings from the query, in order.
+        options: Vec<(String, String)>,
     },
 }
 
@@ -103,6 +108,20 @@ impl std::str::FromStr for Location {
     type Err = StoreError;
     fn from_str(s: &str) -> Result<Self, StoreError> {
         if let Some(rest) = s.strip_prefix("s3://") {
+            let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut options = Vec::new();
+            for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                if !["endpoint", "region", "allow_http"].contains(&k) || v.is_empty() {
+                    return Err(StoreError::Location(
+                        s.into(),
+                        format!(
+                            "unknown or empty setting '{k}' (endpoint, region and allow_http may be given; credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                        ),
+                    ));
+                }
+                options.push((k.to_string(), v.to_string()));
+            }
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let ok = !bucket.is_empty()
                 && bucket
@@ -122,6 +141,7 @@ impl std::str::FromStr for Location {
             return Ok(Location::S3 {
                 bucket: bucket.into(),
                 prefix,
+                options,
             });
         }
         if s.contains("://") && !s.starts_with("file://") {
@@ -142,8 +162,20 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
-            Location::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Location::S3 {
+                bucket,
+                prefix,
+                options,
+            } => {
+                write!(f, "s3://{bucket}")?;
+                if !prefix.is_empty() {
+                    write!(f, "/{prefix}")?;
+                }
+                for (i, (k, v)) in options.iter().enumerate() {
+                    write!(f, "{}{k}={v}", if i == 0 { '?' } else { '&' })?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -221,11 +253,20 @@ impl Objects {
                     name,
                 })
             }
-            Location::S3 { bucket, prefix } => {
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| backend("opening", "", &name, e))?;
+            Location::S3 {
+                bucket,
+                prefix,
+                options,
+            } => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (k, v) in options {
+                    b = match k.as_str() {
+                        "endpoint" => b.with_endpoint(v),
+                        "region" => b.with_region(v),
+                        _ => b.with_allow_http(v == "true"),
+                    };
+                }
+                let s3 = b.build().map_err(|e| backend("opening", "", &name, e))?;
                 Ok(Self {
                     inner: Arc::new(s3),
                     prefix: (!prefix.is_empty()).then(|| prefix.clone()),

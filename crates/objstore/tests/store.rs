@@ -133,14 +133,16 @@ fn locations_parse() {
         "s3://bucket-1/a/b/".parse::<Location>().expect("s3"),
         Location::S3 {
             bucket: "bucket-1".into(),
-            prefix: "a/b".into()
+            prefix: "a/b".into(),
+            options: vec![]
         }
     );
     assert_eq!(
         "s3://b".parse::<Location>().expect("s3"),
         Location::S3 {
             bucket: "b".into(),
-            prefix: String::new()
+            prefix: String::new(),
+            options: vec![]
         }
     );
     assert_eq!(
@@ -151,7 +153,18 @@ fn locations_parse() {
         "dir/x".parse::<Location>().expect("dir"),
         Location::Local("dir/x".into())
     );
-    for bad in ["s3://", "s3://Upper/x", "gs://b/x", "s3://b/../x", ""] {
+    let with = "s3://b/p?endpoint=http://127.0.0.1:9000&allow_http=true";
+    let loc = with.parse::<Location>().expect("settings");
+    assert_eq!(loc.to_string(), with);
+    for bad in [
+        "s3://",
+        "s3://Upper/x",
+        "gs://b/x",
+        "s3://b/../x",
+        "",
+        "s3://b/p?secret_access_key=x",
+        "s3://b/p?endpoint=",
+    ] {
         assert!(bad.parse::<Location>().is_err(), "{bad:?} accepted");
     }
 }
