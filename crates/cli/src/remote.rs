@@ -47,6 +47,20 @@ pub struct EnclaveArgs {
     /// gc: the worker's address (`tessera worker`).
     #[arg(long)]
     worker: Option<String>,
+    /// gc, scaled out: the NATS server (JetStream) through which any number of workers
+    /// (`tessera worker --queue`) take evaluation requests, instead of one --worker; needs
+    /// --store.
+    #[arg(long, value_name = "URL")]
+    queue: Option<String>,
+    /// gc with --queue: where garbled material goes, a directory every worker can read or
+    /// s3://bucket/prefix (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
+    /// `?endpoint=URL&allow_http=true` for a store other than AWS).
+    #[arg(long, value_name = "LOC")]
+    store: Option<String>,
+    /// gc with --queue: the deployment's name; enclaves and workers that share it share the
+    /// work.
+    #[arg(long, default_value = "tessera")]
+    deployment: String,
     /// lhe: the untrusted server's address (`tessera server`); the enclave connects to it and
     /// drives every request.
     #[arg(long)]
@@ -68,9 +82,17 @@ pub struct WorkerArgs {
     /// Address to listen on for enclaves.
     #[arg(long, default_value = "127.0.0.1:7200")]
     listen: String,
-    /// Where garbled material is stored (one file per garbling, deleted after use).
+    /// Where garbled material is stored (one file per garbling, deleted after use). With
+    /// --queue: the store the enclaves write to, a directory or s3://bucket/prefix.
     #[arg(long, default_value = "tessera-worker-store")]
-    store: PathBuf,
+    store: String,
+    /// gc, scaled out: take evaluation requests from this NATS server (JetStream) instead of
+    /// listening for one enclave; any number of workers share them.
+    #[arg(long, value_name = "URL")]
+    queue: Option<String>,
+    /// With --queue: the deployment's name (the enclaves' --deployment).
+    #[arg(long, default_value = "tessera")]
+    deployment: String,
     /// Compute device. Only cpu is served: the gc evaluator and the asym linear layers run on
     /// CPU threads. cuda is refused until the GPU evaluator is wired in (the GPU kernels
     /// themselves are checked by `tessera selftest --device cuda`).
@@ -268,9 +290,38 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
             );
             Backend(Some(b))
         }
+        "gc" if a.queue.is_some() => {
+            let store = a.store.as_deref().ok_or_else(|| {
+                usage("--queue needs --store LOC: where the workers read the garbled material")
+            })?;
+            let opts = tessera_gc::GcOptions {
+                semantics: semantics.clone(),
+                primes: a.quant.gc_primes,
+                input_range: a.input_range,
+                margin_bits: 0,
+                calibration: crate::calibrate::gc_calibration(&g, &a.quant)?,
+                pool: a.pool,
+                overlap: true,
+            };
+            let c = tessera_gc::cluster::ClusterOptions {
+                queue: a.queue.clone().unwrap_or_default(),
+                name: a.deployment.clone(),
+                store: store.parse().map_err(usage)?,
+                ack_wait: std::time::Duration::from_secs(60),
+                timeout: std::time::Duration::from_secs(600),
+            };
+            eprintln!(
+                "gc: compiling the circuit and garbling {} inferences ahead into {store}; requests go through {}",
+                a.pool.max(1),
+                c.queue
+            );
+            let b =
+                tessera_gc::cluster::ClusterBackend::start(&g, &opts, &c, a.pool).map_err(usage)?;
+            Backend(Some(Arc::new(b)))
+        }
         "gc" => {
             let addr = a.worker.as_deref().ok_or_else(|| {
-                usage("--scheme gc needs --worker ADDR (a running `tessera worker`)")
+                usage("--scheme gc needs --worker ADDR (a running `tessera worker`), or --queue URL --store LOC for workers behind a NATS server")
             })?;
             let connect = || {
                 TcpStream::connect(addr)
@@ -333,6 +384,31 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     }
     let dev = tessera_cuda::Device::open(kind).map_err(usage)?;
     println!("device: {}", dev.describe());
+    if let Some(queue) = &a.queue {
+        if a.scheme != "gc" {
+            return Err(usage("--queue serves --scheme gc only"));
+        }
+        let c = tessera_gc::cluster::ClusterOptions {
+            queue: queue.clone(),
+            name: a.deployment.clone(),
+            store: a.store.parse().map_err(usage)?,
+            ack_wait: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(600),
+        };
+        let name = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+            std::process::id()
+        );
+        println!(
+            "gc worker {name}: taking requests of deployment '{}' from {queue}, material from {}",
+            a.deployment, a.store
+        );
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let r = tessera_gc::cluster::run_cluster_worker(&c, &name, &stop, None).map_err(usage)?;
+        println!("{r:?}");
+        return Ok(());
+    }
     let listener = TcpListener::bind(&a.listen)
         .map_err(|e| usage(format!("cannot listen on {}: {e}", a.listen)))?;
     if a.scheme == "asym" {
@@ -352,7 +428,7 @@ pub fn worker(a: &WorkerArgs) -> Result<()> {
     let server = tessera_gc::serve_worker_tcp(
         listener,
         tessera_gc::WorkerOptions {
-            store: a.store.clone(),
+            store: PathBuf::from(&a.store),
             channel: ChannelOptions::default(),
         },
     )

@@ -45,6 +45,10 @@ use tessera_garble::network::{
 use tessera_model::{Graph, Tensor};
 use tessera_objstore::{Location, Objects, StoreError};
 use tessera_queue::{Queue, WorkOptions, WorkQueue};
+use tessera_runtime::RuntimeError;
+use tessera_runtime::cost::Footprint;
+use tessera_runtime::enclave::InferBackend;
+use tessera_runtime::protocol::OffloadCost;
 
 /// The durable consumer all workers share.
 pub const WORKERS: &str = "workers";
@@ -134,6 +138,18 @@ pub struct ClusterReport {
 struct Prepared {
     slot: u64,
     secrets: GarbleSecrets,
+    garble_ns: u64,
+    material: u64,
+}
+
+/// One inference's answer: the exact output and its cost, or why there is none.
+pub type Answer = Result<(Tensor<i64>, OffloadCost), GcError>;
+
+/// What the enclave remembers of a published request.
+struct Waiting {
+    index: usize,
+    key: tessera_garble::network::OutputKey,
+    cost: OffloadCost,
 }
 
 /// The enclave's side of a scaled-out gc deployment.
@@ -244,12 +260,19 @@ impl ClusterEnclave {
             self.next_slot += 1;
             let slot = self.next_slot;
             let key = material_key(self.namespace, slot);
+            let t0 = Instant::now();
             let mut w = self.store.writer(&key).map_err(store_err)?;
             let secrets =
                 garble_with_progress(&self.compiled.circuit, &Seed::from_os(), &mut w, |_, _| {})?;
-            self.report.material_bytes = w.finish().map_err(store_err)?;
+            let material = w.finish().map_err(store_err)?;
+            self.report.material_bytes = material;
             self.report.garbled += 1;
-            self.ready.push_back(Prepared { slot, secrets });
+            self.ready.push_back(Prepared {
+                slot,
+                secrets,
+                garble_ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
+                material,
+            });
         }
         Ok(())
     }
@@ -259,13 +282,28 @@ impl ClusterEnclave {
     /// integer outputs, in input order; an input out of range, a worker's error or a result
     /// that fails the output check is that input's error.
     pub fn infer_batch(&mut self, inputs: &[Tensor]) -> Vec<Result<Tensor<i64>, GcError>> {
-        let mut out: Vec<Option<Result<Tensor<i64>, GcError>>> =
-            (0..inputs.len()).map(|_| None).collect();
-        let mut waiting = HashMap::new();
+        self.infer_batch_with_costs(inputs)
+            .into_iter()
+            .map(|r| r.map(|(y, _)| y))
+            .collect()
+    }
+
+    /// [`Self::infer_batch`] with each inference's cost: request and result bytes through the
+    /// queue, one round, the material it stored, its garbling time and the worker's time.
+    pub fn infer_batch_with_costs(&mut self, inputs: &[Tensor]) -> Vec<Answer> {
+        let mut out: Vec<Option<Answer>> = (0..inputs.len()).map(|_| None).collect();
+        let mut waiting: HashMap<u64, Waiting> = HashMap::new();
         for (i, x) in inputs.iter().enumerate() {
             match self.request(x) {
-                Ok((slot, key)) => {
-                    waiting.insert(slot, (i, key));
+                Ok((slot, key, cost)) => {
+                    waiting.insert(
+                        slot,
+                        Waiting {
+                            index: i,
+                            key,
+                            cost,
+                        },
+                    );
                 }
                 Err(e) => out[i] = Some(Err(e)),
             }
@@ -281,12 +319,13 @@ impl ClusterEnclave {
                 Ok(None) => continue,
                 Err(e) => {
                     let msg = format!("work queue: {e}");
-                    for (_, (i, _)) in waiting.drain() {
-                        out[i] = Some(Err(GcError::Protocol(msg.clone())));
+                    for (_, w) in waiting.drain() {
+                        out[w.index] = Some(Err(GcError::Protocol(msg.clone())));
                     }
                     break;
                 }
             };
+            let result_bytes = job.payload().len() as u64;
             let parsed = postcard::from_bytes::<EvalResult>(job.payload()).ok();
             // A result is taken off the stream whatever it is: the enclave keeps the record.
             let _ = job.ack();
@@ -294,7 +333,12 @@ impl ClusterEnclave {
                 self.report.foreign_dropped += 1;
                 continue;
             };
-            let Some((i, key)) = waiting.remove(&r.slot) else {
+            let Some(Waiting {
+                index: i,
+                key,
+                mut cost,
+            }) = waiting.remove(&r.slot)
+            else {
                 if self.answered.contains(&r.slot) {
                     self.report.duplicates_refused += 1;
                 } else {
@@ -305,9 +349,12 @@ impl ClusterEnclave {
             self.answered.insert(r.slot);
             *self.report.by_worker.entry(r.worker.clone()).or_default() += 1;
             self.report.answered += 1;
+            cost.bytes_from_worker = result_bytes;
+            cost.worker_ns = r.eval_ns;
             let res = match r.outcome {
                 Ok(labels) => OutputLabels::from_bytes(&labels)
                     .and_then(|l| decode(&key, &l))
+                    .map(|y| (y, cost))
                     .map_err(GcError::from),
                 Err(e) => Err(GcError::Protocol(format!(
                     "worker {} could not evaluate garbling {}: {e}",
@@ -318,10 +365,10 @@ impl ClusterEnclave {
             let _ = self.store.delete(&material_key(self.namespace, r.slot));
             out[i] = Some(res);
         }
-        for (slot, (i, _)) in waiting {
+        for (slot, w) in waiting {
             // Never answered: refuse a late answer too.
             self.answered.insert(slot);
-            out[i] = Some(Err(GcError::Protocol(format!(
+            out[w.index] = Some(Err(GcError::Protocol(format!(
                 "no worker answered garbling {slot} within {:?} (are workers running on {}?)",
                 self.timeout,
                 self.queue.url()
@@ -344,13 +391,18 @@ impl ClusterEnclave {
     fn request(
         &mut self,
         x: &Tensor,
-    ) -> Result<(u64, tessera_garble::network::OutputKey), GcError> {
+    ) -> Result<(u64, tessera_garble::network::OutputKey, OffloadCost), GcError> {
         let q = self.compiled.quant.quantize_input(x)?;
         check_input_range(&q, self.compiled.range.input_limit)?;
         if self.ready.is_empty() {
             self.garble(1)?;
         }
-        let Prepared { slot, secrets } = self
+        let Prepared {
+            slot,
+            secrets,
+            garble_ns,
+            material,
+        } = self
             .ready
             .pop_front()
             .ok_or_else(|| GcError::Protocol("no garbling ready".into()))?;
@@ -362,10 +414,19 @@ impl ClusterEnclave {
         };
         let bytes = postcard::to_allocvec(&req)
             .map_err(|e| GcError::Protocol(format!("encoding a request: {e}")))?;
+        let cost = OffloadCost {
+            scheme: "gc".into(),
+            bytes_to_worker: bytes.len() as u64,
+            rounds: 1,
+            stored_bytes: material,
+            offline_ns: garble_ns,
+            enclave_bytes_kept: key.bytes_kept() as u64,
+            ..OffloadCost::default()
+        };
         self.queue
             .publish(&eval_subject(&self.name), bytes)
             .map_err(queue_err)?;
-        Ok((slot, key))
+        Ok((slot, key, cost))
     }
 
     /// Delete the enclave's setup, unused material and result stream.
@@ -377,6 +438,70 @@ impl ClusterEnclave {
         self.queue
             .delete_stream(&results_stream(&self.name, self.namespace))
             .map_err(queue_err)
+    }
+}
+
+/// A [`ClusterEnclave`] serving an enclave's clients: one inference at a time per enclave
+/// (requests of several enclaves share the workers), garbling ahead `pool` inferences after
+/// each answer.
+pub struct ClusterBackend {
+    inner: std::sync::Mutex<ClusterEnclave>,
+    pool: usize,
+    footprint: Footprint,
+}
+
+impl ClusterBackend {
+    /// Start the enclave side and garble `pool` inferences ahead.
+    pub fn start(
+        graph: &Graph,
+        opts: &GcOptions,
+        c: &ClusterOptions,
+        pool: usize,
+    ) -> Result<Self, GcError> {
+        let mut e = ClusterEnclave::start(graph, opts, c)?;
+        e.garble(pool.max(1))?;
+        let f = Footprint::of(graph);
+        let primes = e.primes() as u64;
+        Ok(Self {
+            inner: std::sync::Mutex::new(e),
+            pool: pool.max(1),
+            footprint: Footprint {
+                weight_bytes: f.weight_bytes,
+                activation_bytes: f.activation_bytes / 8 * 16 * primes,
+            },
+        })
+    }
+
+    /// The figures so far.
+    pub fn report(&self) -> ClusterReport {
+        self.inner
+            .lock()
+            .map(|e| e.report().clone())
+            .unwrap_or_default()
+    }
+}
+
+impl InferBackend for ClusterBackend {
+    fn scheme(&self) -> &'static str {
+        "gc"
+    }
+
+    fn infer(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), RuntimeError> {
+        let mut e = self.inner.lock().map_err(|_| {
+            RuntimeError::Backend("the gc cluster backend's lock is poisoned".into())
+        })?;
+        let r = e
+            .infer_batch_with_costs(std::slice::from_ref(input))
+            .pop()
+            .unwrap_or_else(|| Err(GcError::Protocol("no result".into())));
+        // Refill the pool for the next request.
+        let refill = self.pool.saturating_sub(e.ready.len());
+        e.garble(refill).map_err(RuntimeError::from)?;
+        r.map_err(RuntimeError::from)
+    }
+
+    fn footprint(&self) -> Footprint {
+        self.footprint
     }
 }
 
