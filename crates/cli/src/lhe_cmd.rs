@@ -33,7 +33,8 @@ pub struct ServerArgs {
     #[arg(long)]
     pub(crate) listen: Option<String>,
     /// Where the server keeps what it stores: lhe's uploaded encrypted models (one file per
-    /// set-up), 2pc's preprocessing made for clients that precompute.
+    /// set-up, a directory), 2pc's preprocessing made for clients that precompute (a directory
+    /// or s3://bucket/prefix, credentials from the AWS_* variables).
     #[arg(long, default_value = "tessera-server-store")]
     pub(crate) store: PathBuf,
     /// 2pc: the most bytes stored preprocessing may take in --store (K, M, G suffixes).

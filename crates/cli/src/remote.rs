@@ -130,8 +130,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "N")]
     pub(crate) precompute: Option<usize>,
     /// 2pc: where the client keeps stored preprocessing (used when it holds some for this
-    /// server's model and the variant).
-    #[arg(long, default_value = "tessera-2pc-client-store", value_name = "DIR")]
+    /// server's model and the variant): a directory or s3://bucket/prefix.
+    #[arg(long, default_value = "tessera-2pc-client-store", value_name = "LOC")]
     pub(crate) store: PathBuf,
     /// 2pc: the most bytes stored preprocessing may take in --store (K, M, G suffixes).
     #[arg(long, default_value = "16G", value_parser = crate::parse_bytes)]

@@ -60,6 +60,13 @@ fn identity(path: &Path) -> Result<Identity> {
     }
 }
 
+/// A preprocessing store at `loc`: a directory, or s3://bucket/prefix for a store the
+/// machines of a cluster share.
+fn open_store(loc: &Path, limit: u64) -> Result<Store> {
+    let loc: tessera_objstore::Location = loc.to_string_lossy().parse().map_err(usage)?;
+    Store::open_at(&loc, limit).map_err(usage)
+}
+
 /// Serve the model until killed.
 pub fn server(a: &ServerArgs) -> Result<()> {
     let spec = a
@@ -95,7 +102,7 @@ pub fn server(a: &ServerArgs) -> Result<()> {
             max_sessions: a.max_sessions.max(1),
             session: ServeConfig {
                 max_pending: 4,
-                store: Some(Store::open(&a.store, a.storage).map_err(usage)?),
+                store: Some(open_store(&a.store, a.storage)?),
                 only: a
                     .quant
                     .variant
@@ -134,7 +141,7 @@ pub fn client(a: &ClientArgs) -> Result<()> {
         ));
     }
     let mut c = connect(&a.connect, &cert, variant, ChannelOptions::default()).map_err(usage)?;
-    let store = Store::open(&a.store, a.storage).map_err(usage)?;
+    let store = open_store(&a.store, a.storage)?;
     let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
     if let Some(n) = a.precompute {
         let pb = if a.json {

@@ -1,16 +1,19 @@
 //! Preprocessing kept on disk between an offline and an online phase, on either side.
 //!
-//! Each preprocessing is one file `<time>-<id>.pre` in a directory: written to a temporary
-//! file, synced and renamed into place (an interrupted write leaves nothing), bounded in total
-//! by a byte limit, and **removed when it is taken**, before the online phase that uses it
-//! starts, so no preprocessing serves twice even across a crash. A file is an envelope: magic,
+//! Each preprocessing is one object `<time>-<id>.pre` in a store ([`tessera_objstore`]: a
+//! local directory, or an S3-compatible store for clusters): visible only once completely
+//! written (an interrupted write leaves nothing; synced on a directory), bounded in total by a
+//! byte limit, and **deleted when it is taken**, before the online phase that uses it starts,
+//! so no preprocessing serves twice even across a crash. A file is an envelope: magic,
 //! version, kind (which side, which variant), the digest of the public model it was made for,
 //! the payload's length, the payload, a CRC-32; a file that does not match the model, the side
 //! or the variant, or that is truncated or corrupt, is refused with an error naming it.
 
 use crate::protocol::TwoPcError;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+use tessera_objstore::{Location, Objects};
 
 const MAGIC: &[u8; 4] = b"T2PP";
 const VERSION: u8 = 2;
@@ -39,23 +42,28 @@ pub fn model_digest(model: &crate::public::PublicModel) -> Result<[u8; 32], TwoP
     Ok(Sha256::digest(&b).into())
 }
 
-fn io(path: &Path, what: &str, e: std::io::Error) -> TwoPcError {
-    TwoPcError::Store(format!("{what} {}: {e}", path.display()))
+fn st(e: tessera_objstore::StoreError) -> TwoPcError {
+    TwoPcError::Store(e.to_string())
 }
 
-/// A directory of stored preprocessings.
+/// Stored preprocessings: a local directory or an S3-compatible store ([`tessera_objstore`]).
 #[derive(Clone, Debug)]
 pub struct Store {
-    dir: PathBuf,
+    objects: Arc<Objects>,
     limit: u64,
 }
 
 impl Store {
-    /// Open (and create) `dir`, holding at most `limit` bytes.
+    /// Open (and create) the directory `dir`, holding at most `limit` bytes.
     pub fn open(dir: &Path, limit: u64) -> Result<Self, TwoPcError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, "creating", e))?;
+        Self::open_at(&Location::Local(dir.to_path_buf()), limit)
+    }
+
+    /// Open the store at `loc` (a directory or `s3://bucket/prefix`), holding at most `limit`
+    /// bytes.
+    pub fn open_at(loc: &Location, limit: u64) -> Result<Self, TwoPcError> {
         Ok(Self {
-            dir: dir.to_path_buf(),
+            objects: Arc::new(Objects::open(loc).map_err(st)?),
             limit,
         })
     }
@@ -66,18 +74,13 @@ impl Store {
     }
 
     fn entries(&self) -> Result<Vec<(String, u64)>, TwoPcError> {
-        let mut v = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, "reading", e))? {
-            let e = e.map_err(|e| io(&self.dir, "reading", e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".pre") {
-                let len = e
-                    .metadata()
-                    .map_err(|err| io(&e.path(), "reading", err))?
-                    .len();
-                v.push((name, len));
-            }
-        }
+        let mut v: Vec<(String, u64)> = self
+            .objects
+            .list("")
+            .map_err(st)?
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".pre") && !n.contains('/'))
+            .collect();
         v.sort();
         Ok(v)
     }
@@ -90,29 +93,32 @@ impl Store {
     /// Preprocessings stored of `kind` for the model with digest `model`, oldest first.
     pub fn ids(&self, kind: Kind, model: &[u8; 32]) -> Result<Vec<Id>, TwoPcError> {
         let mut out = Vec::new();
-        for (n, _) in self.entries()? {
+        for (n, len) in self.entries()? {
             let Some(id) = parse_id(&n) else { continue };
-            let mut head = [0u8; 38];
-            let ok = std::fs::File::open(self.dir.join(&n))
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-                .is_ok();
-            if ok && &head[..4] == MAGIC && head[5] == kind as u8 && &head[6..38] == model {
+            if len < 38 {
+                continue;
+            }
+            let Ok(head) = self.objects.get_range(&n, 0..38) else {
+                continue;
+            };
+            if &head[..4] == MAGIC && head[5] == kind as u8 && &head[6..38] == model {
                 out.push(id);
             }
         }
         Ok(out)
     }
 
-    fn path_of(&self, id: &Id) -> Result<Option<PathBuf>, TwoPcError> {
+    fn key_of(&self, id: &Id) -> Result<Option<String>, TwoPcError> {
         let h = hex(id);
         Ok(self
             .entries()?
             .into_iter()
             .find(|(n, _)| n.ends_with(&format!("-{h}.pre")))
-            .map(|(n, _)| self.dir.join(n)))
+            .map(|(n, _)| n))
     }
 
-    /// Store `payload` as preprocessing `id` of `kind` for the model with digest `model`.
+    /// Store `payload` as preprocessing `id` of `kind` for the model with digest `model`
+    /// (streamed in parts; visible only once complete, and synced on a local directory).
     pub fn put(
         &self,
         id: &Id,
@@ -120,65 +126,62 @@ impl Store {
         model: &[u8; 32],
         payload: &[u8],
     ) -> Result<u64, TwoPcError> {
-        if self.path_of(id)?.is_some() {
+        use std::io::Write;
+        if self.key_of(id)?.is_some() {
             return Err(TwoPcError::Store(format!(
                 "preprocessing {} exists already",
                 hex(id)
             )));
         }
-        let mut v = Vec::with_capacity(HEADER + payload.len() + 4);
-        v.extend_from_slice(MAGIC);
-        v.push(VERSION);
-        v.push(kind as u8);
-        v.extend_from_slice(model);
-        v.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        v.extend_from_slice(payload);
-        let crc = crc32fast::hash(&v);
-        v.extend_from_slice(&crc.to_le_bytes());
+        let mut head = Vec::with_capacity(HEADER);
+        head.extend_from_slice(MAGIC);
+        head.push(VERSION);
+        head.push(kind as u8);
+        head.extend_from_slice(model);
+        head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.update(payload);
+        let crc = crc.finalize().to_le_bytes();
+        let total = (head.len() + payload.len() + crc.len()) as u64;
         let used = self.used()?;
-        if used + v.len() as u64 > self.limit {
+        if used + total > self.limit {
             return Err(TwoPcError::Store(format!(
-                "storing {} more bytes would pass the limit of {} ({} used in {}); raise --storage or use some first",
-                v.len(),
+                "storing {total} more bytes would pass the limit of {} ({used} used in {}); raise --storage or use some first",
                 self.limit,
-                used,
-                self.dir.display()
+                self.objects.name()
             )));
         }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let path = self.dir.join(format!("{stamp:024}-{}.pre", hex(id)));
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&v)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(&path, "writing", e));
+        let key = format!("{stamp:024}-{}.pre", hex(id));
+        let mut w = self.objects.writer(&key).map_err(st)?;
+        let io = |e: std::io::Error| TwoPcError::Store(format!("writing {key}: {e}"));
+        w.write_all(&head).map_err(io)?;
+        for part in payload.chunks(8 << 20) {
+            w.write_all(part).map_err(io)?;
         }
-        Ok(v.len() as u64)
+        w.write_all(&crc).map_err(io)?;
+        w.finish().map_err(st)?;
+        Ok(total)
     }
 
-    /// Take preprocessing `id`: check it is of `kind` for `model`, remove the file, return the
+    /// Take preprocessing `id`: check it is of `kind` for `model`, delete it, return the
     /// payload.
     pub fn take(&self, id: &Id, kind: Kind, model: &[u8; 32]) -> Result<Vec<u8>, TwoPcError> {
-        let path = self.path_of(id)?.ok_or_else(|| {
+        let key = self.key_of(id)?.ok_or_else(|| {
             TwoPcError::Store(format!(
                 "no stored preprocessing {} in {} (used already, or never made here)",
                 hex(id),
-                self.dir.display()
+                self.objects.name()
             ))
         })?;
-        let bytes = std::fs::read(&path).map_err(|e| io(&path, "reading", e))?;
+        let bytes = self.objects.get(&key).map_err(st)?;
         let payload = open_envelope(&bytes, kind, model)
-            .map_err(|e| TwoPcError::Store(format!("{}: {e}", path.display())))?;
-        // One use: the file goes before the preprocessing is used.
-        std::fs::remove_file(&path).map_err(|e| io(&path, "removing", e))?;
+            .map_err(|e| TwoPcError::Store(format!("{key} in {}: {e}", self.objects.name())))?;
+        // One use: the object goes before the preprocessing is used.
+        self.objects.delete(&key).map_err(st)?;
         Ok(payload)
     }
 }
