@@ -5,6 +5,7 @@ use crate::messages::{FromWorker, ToWorker};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use tessera_objstore::{Location, ObjectWriter, Objects};
 use std::time::Instant;
 use tessera_engine::ExactModel;
 use tessera_garble::network::{InputLabels, NetworkCircuit, evaluate};
@@ -16,7 +17,9 @@ use tessera_runtime::enclave::{ServerHandle, serve_tcp};
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
-    /// Where garbled material is stored (one file per garbling, deleted after use).
+    /// Where garbled material is stored (one object per garbling in this directory, through
+    /// [`tessera_objstore`]: written in parts, synced and visible only once complete; deleted
+    /// after use).
     pub store: PathBuf,
     /// Channel limits.
     pub channel: ChannelOptions,
@@ -31,19 +34,16 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> GcError {
 
 struct Session<'a> {
     opts: &'a WorkerOptions,
+    objects: Objects,
     circuit: Option<NetworkCircuit>,
     namespace: u64,
     idle: bool,
-    writing: Option<(u64, std::io::BufWriter<std::fs::File>, PathBuf, u64)>,
+    writing: Option<(u64, ObjectWriter)>,
 }
 
 impl Session<'_> {
-    fn path(&self, slot: u64, part: bool) -> PathBuf {
-        self.opts.store.join(format!(
-            "{:016x}-{slot:016x}.{}",
-            self.namespace,
-            if part { "part" } else { "gc" }
-        ))
+    fn key(&self, slot: u64) -> String {
+        format!("{:016x}-{slot:016x}.gc", self.namespace)
     }
 
     fn handle(&mut self, msg: ToWorker) -> Result<Option<FromWorker>, GcError> {
@@ -77,29 +77,28 @@ impl Session<'_> {
                         "material of a new garbling before the previous one was complete".into(),
                     ));
                 }
+                let key = self.key(slot);
                 if self.writing.is_none() {
-                    std::fs::create_dir_all(&self.opts.store)
+                    let w = self
+                        .objects
+                        .writer(&key)
                         .map_err(|e| store_err(&self.opts.store, e))?;
-                    let p = self.path(slot, true);
-                    let f = std::fs::File::create(&p).map_err(|e| store_err(&p, e))?;
-                    self.writing = Some((slot, std::io::BufWriter::new(f), p, 0));
+                    self.writing = Some((slot, w));
                 }
-                let Some((_, w, p, n)) = self.writing.as_mut() else {
+                let Some((_, w)) = self.writing.as_mut() else {
                     return Err(GcError::Protocol("no garbling open".into()));
                 };
-                w.write_all(&data).map_err(|e| store_err(p, e))?;
-                *n += data.len() as u64;
+                w.write_all(&data)
+                    .map_err(|e| store_err(&self.opts.store, e))?;
                 if !last {
                     return Ok(None);
                 }
-                let Some((slot, w, p, n)) = self.writing.take() else {
+                let Some((slot, w)) = self.writing.take() else {
                     return Err(GcError::Protocol("no garbling open".into()));
                 };
-                let f = w.into_inner().map_err(|e| store_err(&p, e.error()))?;
-                f.sync_all().map_err(|e| store_err(&p, e))?;
-                let done = self.path(slot, false);
-                std::fs::rename(&p, &done).map_err(|e| store_err(&done, e))?;
-                Ok(Some(FromWorker::Stored { slot, bytes: n }))
+                // Complete, synced, and only now visible under its key.
+                let bytes = w.finish().map_err(|e| store_err(&self.opts.store, e))?;
+                Ok(Some(FromWorker::Stored { slot, bytes }))
             }
             ToWorker::Evaluate { slot, labels } => {
                 let circuit = self
@@ -107,13 +106,17 @@ impl Session<'_> {
                     .as_ref()
                     .ok_or_else(|| GcError::Protocol("evaluate before setup".into()))?;
                 let t0 = Instant::now();
-                let path = self.path(slot, false);
+                let key = self.key(slot);
                 let input = InputLabels::from_bytes(&labels)?;
-                // Streamed from disk: the material never has to fit in memory.
-                let f = std::fs::File::open(&path).map_err(|e| store_err(&path, e))?;
-                let out = evaluate(circuit, f, &input)?;
+                // Streamed from the store: the material never has to fit in memory.
+                let r = self
+                    .objects
+                    .reader(&key)
+                    .map_err(|e| store_err(&self.opts.store, e))?;
+                let out = evaluate(circuit, r, &input)?;
                 let bytes = out.to_bytes()?;
-                let _ = std::fs::remove_file(&path);
+                // Single use.
+                let _ = self.objects.delete(&key);
                 Ok(Some(FromWorker::Output {
                     slot,
                     labels: bytes,
@@ -142,8 +145,11 @@ pub(crate) fn compile_public(
 /// Serve one enclave connection until it closes.
 pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcError> {
     ch.handshake(Role::Worker, &[Role::Enclave])?;
+    let objects = Objects::open(&Location::Local(opts.store.clone()))
+        .map_err(|e| store_err(&opts.store, e))?;
     let mut s = Session {
         opts,
+        objects,
         circuit: None,
         namespace: 0,
         idle: false,
@@ -168,9 +174,8 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
             }
         }
     };
-    if let Some((_, _, p, _)) = s.writing.take() {
-        let _ = std::fs::remove_file(p);
-    }
+    // An unfinished garbling is aborted: nothing of it stays.
+    drop(s.writing.take());
     result
 }
 

@@ -204,12 +204,13 @@ fn check_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// An open store.
+/// An open store (cheap to clone: clones share the connection and the I/O runtime).
+#[derive(Clone)]
 pub struct Objects {
     inner: Arc<dyn ObjectStore>,
     prefix: Option<String>,
     local_root: Option<PathBuf>,
-    rt: tokio::runtime::Runtime,
+    rt: Arc<tokio::runtime::Runtime>,
     name: String,
 }
 
@@ -233,6 +234,7 @@ impl Objects {
                 path: loc.to_string(),
                 source: e,
             })?;
+        let rt = Arc::new(rt);
         let name = loc.to_string();
         match loc {
             Location::Local(dir) => {
@@ -314,14 +316,14 @@ impl Objects {
     }
 
     /// A streaming writer for a large object.
-    pub fn writer(&self, key: &str) -> Result<ObjectWriter<'_>, StoreError> {
+    pub fn writer(&self, key: &str) -> Result<ObjectWriter, StoreError> {
         let path = self.path(key)?;
         let up = self
             .rt
             .block_on(self.inner.put_multipart(&path))
             .map_err(|e| self.err("starting the upload of", key, e))?;
         Ok(ObjectWriter {
-            store: self,
+            store: self.clone(),
             key: key.into(),
             up: Some(WriteMultipart::new_with_chunk_size(up, PART_BYTES)),
             written: 0,
@@ -362,10 +364,10 @@ impl Objects {
     }
 
     /// A streaming reader for an object, from its start.
-    pub fn reader(&self, key: &str) -> Result<ObjectReader<'_>, StoreError> {
+    pub fn reader(&self, key: &str) -> Result<ObjectReader, StoreError> {
         let size = self.size(key)?;
         let mut r = ObjectReader {
-            store: self,
+            store: self.clone(),
             key: key.into(),
             path: self.path(key)?,
             size,
@@ -452,14 +454,14 @@ fn backend(op: &'static str, key: &str, store: &str, e: object_store::Error) -> 
 }
 
 /// Streams a large object into the store in parts; [`ObjectWriter::finish`] makes it visible.
-pub struct ObjectWriter<'s> {
-    store: &'s Objects,
+pub struct ObjectWriter {
+    store: Objects,
     key: String,
     up: Option<WriteMultipart>,
     written: u64,
 }
 
-impl ObjectWriter<'_> {
+impl ObjectWriter {
     /// Complete the upload (and sync it on the local filesystem); returns the bytes written.
     pub fn finish(mut self) -> Result<u64, StoreError> {
         let up = self
@@ -475,7 +477,7 @@ impl ObjectWriter<'_> {
     }
 }
 
-impl std::io::Write for ObjectWriter<'_> {
+impl std::io::Write for ObjectWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let up = self
             .up
@@ -497,7 +499,7 @@ impl std::io::Write for ObjectWriter<'_> {
     }
 }
 
-impl Drop for ObjectWriter<'_> {
+impl Drop for ObjectWriter {
     /// An unfinished upload is aborted: nothing becomes visible.
     fn drop(&mut self) {
         if let Some(up) = self.up.take() {
@@ -508,8 +510,8 @@ impl Drop for ObjectWriter<'_> {
 
 /// Reads an object in ranges of [`RANGE_BYTES`], the next [`READ_AHEAD`] ranges fetched while
 /// the current one is read.
-pub struct ObjectReader<'s> {
-    store: &'s Objects,
+pub struct ObjectReader {
+    store: Objects,
     key: String,
     path: ObjPath,
     size: u64,
@@ -518,7 +520,7 @@ pub struct ObjectReader<'s> {
     next: std::collections::VecDeque<(u64, JoinHandle<object_store::Result<Bytes>>)>,
 }
 
-impl ObjectReader<'_> {
+impl ObjectReader {
     /// The object's size.
     pub fn size(&self) -> u64 {
         self.size
@@ -538,7 +540,7 @@ impl ObjectReader<'_> {
     }
 }
 
-impl std::io::Read for ObjectReader<'_> {
+impl std::io::Read for ObjectReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if self.buf.is_empty() {
             let Some((want, h)) = self.next.pop_front() else {
