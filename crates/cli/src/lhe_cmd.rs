@@ -32,9 +32,10 @@ pub struct ServerArgs {
     /// Default: 127.0.0.1:7300 for lhe, 127.0.0.1:7400 for 2pc.
     #[arg(long)]
     pub(crate) listen: Option<String>,
-    /// Where the server keeps what it stores: lhe's uploaded encrypted models (one file per
-    /// set-up, a directory), 2pc's preprocessing made for clients that precompute (a directory
-    /// or s3://bucket/prefix, credentials from the AWS_* variables).
+    /// Where the server keeps what it stores — lhe's uploaded encrypted models (one object per
+    /// set-up), 2pc's preprocessing made for clients that precompute: a directory, or
+    /// s3://bucket/prefix (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
+    /// `?endpoint=URL&allow_http=true` for a store other than AWS).
     #[arg(long, default_value = "tessera-server-store")]
     pub(crate) store: PathBuf,
     /// 2pc: the most bytes stored preprocessing may take in --store (K, M, G suffixes).
@@ -106,11 +107,10 @@ pub fn server(a: &ServerArgs) -> Result<()> {
     let listen = a.listen.as_deref().unwrap_or("127.0.0.1:7300");
     let listener =
         TcpListener::bind(listen).map_err(|e| usage(format!("cannot listen on {listen}: {e}")))?;
-    let h = tessera_lhe::server::serve_server(
-        listener,
-        tessera_lhe::server::ServerOptions::new(a.store.clone()),
-    )
-    .map_err(usage)?;
+    let store: tessera_objstore::Location = a.store.to_string_lossy().parse().map_err(usage)?;
+    let h =
+        tessera_lhe::server::serve_server(listener, tessera_lhe::server::ServerOptions::new(store))
+            .map_err(usage)?;
     println!(
         "lhe server listening on {} (store {}); waiting for the enclave, uploads and requests",
         h.addr(),

@@ -13,13 +13,13 @@ use crate::{InputEncoding, LheError, PublicSetup};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tessera_he::linear::{EncryptedWeights, PreparedWeights, switch_down};
 use tessera_he::wire::{read_cts, read_params, write_cts};
 use tessera_he::{Ct, HeParams, LinearPlan};
+use tessera_objstore::{Location, ObjectWriter, Objects, StoreError};
 use tessera_runtime::RuntimeError;
 use tessera_runtime::channel::{Channel, ChannelOptions, IDLE_DEADLINE, Role};
 use tessera_runtime::enclave::{ServerHandle, serve_tcp};
@@ -27,8 +27,9 @@ use tessera_runtime::enclave::{ServerHandle, serve_tcp};
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Where uploaded models are stored (one file per set-up fingerprint).
-    pub store: PathBuf,
+    /// Where uploaded models are stored, one object per set-up fingerprint: a directory or an
+    /// S3-compatible store ([`tessera_objstore`]; an upload becomes visible only once complete).
+    pub store: Location,
     /// Channel limits.
     pub channel: ChannelOptions,
     /// How long a data owner's request may wait for the enclave.
@@ -36,10 +37,10 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
-    /// Defaults with this store.
-    pub fn new(store: PathBuf) -> Self {
+    /// Defaults with this store (a directory path, or a parsed [`Location`]).
+    pub fn new(store: impl Into<Location>) -> Self {
         Self {
-            store,
+            store: store.into(),
             channel: ChannelOptions::default(),
             request_timeout: Duration::from_secs(600),
         }
@@ -82,9 +83,9 @@ impl Shared {
     }
 }
 
-fn store_err(path: &Path, e: impl std::fmt::Display) -> LheError {
+fn store_err(path: &str, e: impl std::fmt::Display) -> LheError {
     LheError::Store {
-        path: path.display().to_string(),
+        path: path.to_string(),
         reason: e.to_string(),
     }
 }
@@ -95,14 +96,17 @@ fn hex(b: &[u8]) -> String {
 
 const STORE_MAGIC: &[u8; 8] = b"TSLHE\x01\0\0";
 
-fn model_path(store: &Path, fp: &[u8; 32]) -> PathBuf {
-    store.join(format!("{}.lhe", hex(fp)))
+fn model_key(fp: &[u8; 32]) -> String {
+    format!("{}.lhe", hex(fp))
 }
 
-/// Parse a stored model file (magic, fingerprint, layer count, length-prefixed ciphertext
-/// envelopes, CRC-32) and prepare it for `setup`.
-fn load_model(path: &Path, setup: &Setup) -> Result<(Vec<PreparedWeights>, u64), LheError> {
-    let bytes = std::fs::read(path).map_err(|e| store_err(path, e))?;
+/// Parse a stored model (magic, fingerprint, layer count, length-prefixed ciphertext envelopes,
+/// CRC-32) and prepare it for `setup`.
+fn load_model(
+    bytes: &[u8],
+    path: &str,
+    setup: &Setup,
+) -> Result<(Vec<PreparedWeights>, u64), LheError> {
     let bad = |why: &str| store_err(path, format!("not a valid stored model: {why}"));
     if bytes.len() < 8 + 32 + 4 + 4 {
         return Err(bad("too short"));
@@ -160,13 +164,13 @@ fn prepare_layer(
 
 /// Serve on `listener` until the handle is dropped or waited on.
 pub fn serve_server(listener: TcpListener, opts: ServerOptions) -> Result<ServerHandle, LheError> {
-    std::fs::create_dir_all(&opts.store).map_err(|e| store_err(&opts.store, e))?;
+    let objects = Objects::open(&opts.store).map_err(|e| store_err(&opts.store.to_string(), e))?;
     let shared = Arc::new(Shared::default());
     let handle = serve_tcp(listener, 256, move |stream| {
         let mut ch = Channel::new(stream, opts.channel)?;
         match ch.handshake(Role::Worker, &[Role::Enclave, Role::Client, Role::Owner])? {
-            Role::Enclave => enclave_link(&mut ch, &shared, &opts),
-            Role::Owner => owner(&mut ch, &shared, &opts),
+            Role::Enclave => enclave_link(&mut ch, &shared, &objects),
+            Role::Owner => owner(&mut ch, &shared, &objects),
             _ => data_owner(&mut ch, &shared, &opts),
         }
         .map_err(|e| {
@@ -178,7 +182,7 @@ pub fn serve_server(listener: TcpListener, opts: ServerOptions) -> Result<Server
     Ok(handle)
 }
 
-fn enclave_link(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Result<(), LheError> {
+fn enclave_link(ch: &mut Channel, shared: &Shared, objects: &Objects) -> Result<(), LheError> {
     ch.set_deadline(Some(IDLE_DEADLINE))?;
     let public = match ch.recv::<EnclaveToServer>()? {
         EnclaveToServer::Hello(s) => s,
@@ -200,12 +204,15 @@ fn enclave_link(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Resu
         params,
         plans,
     });
-    let path = model_path(&opts.store, &setup.fingerprint);
-    let stored = if path.exists() {
-        let (m, bytes) = load_model(&path, &setup)?;
-        Some((Arc::new(m), bytes))
-    } else {
-        None
+    let key = model_key(&setup.fingerprint);
+    let name = format!("{key} in {}", objects.name());
+    let stored = match objects.get(&key) {
+        Ok(bytes) => {
+            let (m, n) = load_model(&bytes, &name, &setup)?;
+            Some((Arc::new(m), n))
+        }
+        Err(StoreError::NotFound(..)) => None,
+        Err(e) => return Err(store_err(&name, e)),
     };
     {
         let mut st = shared.lock();
@@ -387,16 +394,7 @@ fn data_owner(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Result
     }
 }
 
-/// Removes an unfinished upload's temporary file.
-struct PartFile(PathBuf);
-
-impl Drop for PartFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn owner(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Result<(), LheError> {
+fn owner(ch: &mut Channel, shared: &Shared, objects: &Objects) -> Result<(), LheError> {
     let (fp, layers) = match ch.recv::<OwnerToServer>()? {
         OwnerToServer::Begin { setup, layers } => (setup, layers as usize),
         _ => {
@@ -420,19 +418,15 @@ fn owner(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Result<(), 
             setup.plans.len()
         )));
     }
-    let final_path = model_path(&opts.store, &fp);
-    let part = PartFile(opts.store.join(format!(
-        "{}.{}-{:016x}.part",
-        hex(&fp),
-        std::process::id(),
-        rand::random::<u64>()
-    )));
-    let file = std::fs::File::create(&part.0).map_err(|e| store_err(&part.0, e))?;
-    let mut out = std::io::BufWriter::new(file);
+    let key = model_key(&fp);
+    let name = format!("{key} in {}", objects.name());
+    // Visible under its key only once complete; an upload that fails midway is aborted when
+    // the writer is dropped, and nothing of it stays.
+    let mut out = objects.writer(&key).map_err(|e| store_err(&name, e))?;
     let mut crc = crc32fast::Hasher::new();
-    let mut put = |out: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| -> Result<(), LheError> {
+    let mut put = |out: &mut ObjectWriter, b: &[u8]| -> Result<(), LheError> {
         crc.update(b);
-        out.write_all(b).map_err(|e| store_err(&part.0, e))
+        out.write_all(b).map_err(|e| store_err(&name, e))
     };
     put(&mut out, STORE_MAGIC)?;
     put(&mut out, &fp)?;
@@ -464,17 +458,8 @@ fn owner(ch: &mut Channel, shared: &Shared, opts: &ServerOptions) -> Result<(), 
     }
     let sum = crc.finalize();
     out.write_all(&sum.to_le_bytes())
-        .map_err(|e| store_err(&part.0, e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| store_err(&part.0, e.error()))?;
-    file.sync_all().map_err(|e| store_err(&part.0, e))?;
-    let bytes = file.metadata().map_err(|e| store_err(&part.0, e))?.len();
-    drop(file);
-    std::fs::rename(&part.0, &final_path).map_err(|e| store_err(&final_path, e))?;
-    if let Ok(dir) = std::fs::File::open(&opts.store) {
-        let _ = dir.sync_all();
-    }
+        .map_err(|e| store_err(&name, e))?;
+    let bytes = out.finish().map_err(|e| store_err(&name, e))?;
     {
         let mut st = shared.lock();
         if st.setup.as_ref().is_some_and(|s| s.fingerprint == fp) {

@@ -161,6 +161,12 @@ impl std::str::FromStr for Location {
     }
 }
 
+impl From<PathBuf> for Location {
+    fn from(p: PathBuf) -> Self {
+        Location::Local(p)
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
