@@ -160,7 +160,12 @@ fn main() {
         }
         let material = e.report().material_bytes;
         println!(
-            "| queue + S3, {} | {workers} | {:.2} | {:.1} | {} through the queue + {} material written, {} read |",
+            "| queue + {}, {} | {workers} | {:.2} | {:.1} | {} through the queue + {} material written, {} read |",
+            if s3.starts_with("s3://") {
+                "S3"
+            } else {
+                "local directory"
+            },
             if sequential {
                 "one at a time"
             } else {

@@ -44,7 +44,7 @@ use tessera_garble::network::{
 };
 use tessera_model::{Graph, Tensor};
 use tessera_objstore::{Location, Objects, StoreError};
-use tessera_queue::{Queue, WorkOptions, WorkQueue};
+use tessera_queue::{Job, Queue, WorkOptions, WorkQueue};
 use tessera_runtime::RuntimeError;
 use tessera_runtime::cost::Footprint;
 use tessera_runtime::enclave::InferBackend;
@@ -543,84 +543,138 @@ pub struct WorkerReport {
     pub redelivered: u64,
 }
 
-/// A worker of the cluster: takes requests from the shared queue until `stop` is set (or
-/// `max_jobs` requests were handled), reads each garbling's material from the store as a
-/// stream, evaluates it and publishes the result, then acknowledges the request.
-pub fn run_cluster_worker(
-    c: &ClusterOptions,
-    name: &str,
-    stop: &AtomicBool,
-    max_jobs: Option<u64>,
-) -> Result<WorkerReport, GcError> {
-    check_name(&c.name)?;
-    let store = Objects::open(&c.store).map_err(store_err)?;
-    let queue = Queue::connect(&c.queue).map_err(queue_err)?;
-    let requests = queue
-        .work_queue(
-            &eval_stream(&c.name),
-            &eval_subject(&c.name),
-            WORKERS,
-            &WorkOptions {
-                ack_wait: c.ack_wait,
-                max_deliver: 5,
-            },
-        )
-        .map_err(queue_err)?;
-    let mut circuits: HashMap<u64, NetworkCircuit> = HashMap::new();
-    let mut report = WorkerReport::default();
-    while !stop.load(Ordering::SeqCst)
-        && max_jobs.is_none_or(|m| report.evaluated + report.failed < m)
-    {
-        let Some(job) = requests
-            .next(Duration::from_millis(500))
-            .map_err(queue_err)?
-        else {
-            continue;
-        };
+/// What a worker did with one delivered request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Evaluated (or found unevaluable) and answered on the enclave's result stream: acknowledge
+    /// the request now.
+    Answered,
+    /// The store was unreachable: give the request back for later (`nak`).
+    Returned,
+    /// Not a request: acknowledge it so it goes away.
+    Malformed,
+}
+
+/// One worker's connections and compiled circuits.
+pub struct ClusterWorker {
+    deployment: String,
+    name: String,
+    store: Objects,
+    queue: Queue,
+    requests: WorkQueue,
+    circuits: HashMap<u64, NetworkCircuit>,
+    report: WorkerReport,
+}
+
+impl ClusterWorker {
+    /// Connect to the store and the queue (creating the request stream if missing).
+    pub fn connect(c: &ClusterOptions, name: &str) -> Result<Self, GcError> {
+        check_name(&c.name)?;
+        let store = Objects::open(&c.store).map_err(store_err)?;
+        let queue = Queue::connect(&c.queue).map_err(queue_err)?;
+        let requests = queue
+            .work_queue(
+                &eval_stream(&c.name),
+                &eval_subject(&c.name),
+                WORKERS,
+                &WorkOptions {
+                    ack_wait: c.ack_wait,
+                    max_deliver: 5,
+                },
+            )
+            .map_err(queue_err)?;
+        Ok(Self {
+            deployment: c.name.clone(),
+            name: name.into(),
+            store,
+            queue,
+            requests,
+            circuits: HashMap::new(),
+            report: WorkerReport::default(),
+        })
+    }
+
+    /// The next request, waiting up to `wait`.
+    pub fn next_job(&self, wait: Duration) -> Result<Option<Job>, GcError> {
+        self.requests.next(wait).map_err(queue_err)
+    }
+
+    /// Handle one delivered request: read its garbling from the store as a stream, evaluate
+    /// it and publish the result (or the reason there is none) to its enclave. The caller
+    /// then acknowledges it ([`Handled::Answered`], [`Handled::Malformed`]) or gives it back
+    /// ([`Handled::Returned`]); a worker that dies in between leaves it to be redelivered.
+    pub fn answer(&mut self, job: &Job) -> Result<Handled, GcError> {
         let Ok(req) = postcard::from_bytes::<EvalRequest>(job.payload()) else {
-            report.malformed += 1;
-            let _ = job.ack();
-            continue;
+            self.report.malformed += 1;
+            return Ok(Handled::Malformed);
         };
         if job.delivered() > 1 {
-            report.redelivered += 1;
+            self.report.redelivered += 1;
         }
         let t0 = Instant::now();
-        let outcome = match evaluate_request(&store, &mut circuits, &req) {
+        let outcome = match evaluate_request(&self.store, &mut self.circuits, &req) {
             Ok(labels) => Ok(labels),
             Err(Transient(e)) => {
-                // The store is unreachable for now: give the request back for later.
                 eprintln!(
-                    "gc worker {name}: {e}; garbling {} goes back to the queue",
-                    req.slot
+                    "gc worker {}: {e}; garbling {} goes back to the queue",
+                    self.name, req.slot
                 );
-                report.returned += 1;
-                let _ = job.nak();
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
+                self.report.returned += 1;
+                return Ok(Handled::Returned);
             }
             Err(Permanent(e)) => Err(e),
         };
         if outcome.is_ok() {
-            report.evaluated += 1;
+            self.report.evaluated += 1;
         } else {
-            report.failed += 1;
+            self.report.failed += 1;
         }
         let result = EvalResult {
             namespace: req.namespace,
             slot: req.slot,
             outcome,
             eval_ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
-            worker: name.into(),
+            worker: self.name.clone(),
         };
         let bytes = postcard::to_allocvec(&result)
             .map_err(|e| GcError::Protocol(format!("encoding a result: {e}")))?;
-        queue
-            .publish(&results_subject(&c.name, req.namespace), bytes)
+        self.queue
+            .publish(&results_subject(&self.deployment, req.namespace), bytes)
             .map_err(queue_err)?;
-        job.ack().map_err(queue_err)?;
+        Ok(Handled::Answered)
     }
-    Ok(report)
+
+    /// The figures so far.
+    pub fn report(&self) -> &WorkerReport {
+        &self.report
+    }
+}
+
+/// A worker of the cluster: takes requests from the shared queue until `stop` is set (or
+/// `max_jobs` requests were answered), answers each ([`ClusterWorker::answer`]), then
+/// acknowledges it.
+pub fn run_cluster_worker(
+    c: &ClusterOptions,
+    name: &str,
+    stop: &AtomicBool,
+    max_jobs: Option<u64>,
+) -> Result<WorkerReport, GcError> {
+    let mut w = ClusterWorker::connect(c, name)?;
+    while !stop.load(Ordering::SeqCst)
+        && max_jobs.is_none_or(|m| w.report.evaluated + w.report.failed < m)
+    {
+        let Some(job) = w.next_job(Duration::from_millis(500))? else {
+            continue;
+        };
+        match w.answer(&job)? {
+            Handled::Answered | Handled::Malformed => job.ack().map_err(queue_err)?,
+            Handled::Returned => {
+                let _ = job.nak();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(w.report)
 }
 
 enum Failure {

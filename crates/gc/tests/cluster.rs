@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tessera_engine::quant::{QuantConfig, QuantModel};
 use tessera_gc::GcOptions;
-use tessera_gc::cluster::{ClusterEnclave, ClusterOptions, WorkerReport, run_cluster_worker};
+use tessera_gc::cluster::{
+    ClusterEnclave, ClusterOptions, ClusterWorker, Handled, WorkerReport, run_cluster_worker,
+};
 use tessera_model::{Graph, Tensor, builders};
 use tessera_objstore::{Location, Objects};
 use tessera_queue::{Queue, WorkOptions};
@@ -323,4 +325,52 @@ fn the_store_restarting_between_garbling_and_evaluation_loses_nothing() {
     }
     e.close().expect("close");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_second_answer_for_a_slot_is_refused() {
+    let Some((nats, store)) = servers("twice") else {
+        return;
+    };
+    let c = options("twice", nats, store, Duration::from_secs(1));
+    let g = builders::dash_a(1).expect("model");
+    let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
+    e.garble(1).expect("garble");
+    // A worker answers and dies before acknowledging: the request is delivered again after
+    // ack_wait and answered a second time by another worker.
+    let dies_after_answering = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            let mut w = ClusterWorker::connect(&c, "dies").expect("worker");
+            loop {
+                if let Some(job) = w.next_job(Duration::from_millis(200)).expect("pull") {
+                    assert_eq!(w.answer(&job).expect("answer"), Handled::Answered);
+                    drop(job);
+                    return;
+                }
+            }
+        })
+    };
+    let x = input(77);
+    let y = e.infer(&x).expect("the first answer is accepted");
+    assert_eq!(y.data(), reference(&g, &x));
+    dies_after_answering.join().expect("join");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ws = workers(&c, &["second"], &stop);
+    // The redelivered request is answered again; the enclave refuses that answer while it
+    // serves the next inference.
+    e.garble(1).expect("garble");
+    let x2 = input(78);
+    let t0 = std::time::Instant::now();
+    let mut y2 = e.infer(&x2).expect("answered");
+    while e.report().duplicates_refused == 0 && t0.elapsed() < Duration::from_secs(20) {
+        e.garble(1).expect("garble");
+        y2 = e.infer(&x2).expect("answered");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let reports: Vec<WorkerReport> = ws.into_iter().map(|w| w.join().expect("join")).collect();
+    assert_eq!(y2.data(), reference(&g, &x2));
+    assert_eq!(e.report().duplicates_refused, 1, "{:?}", e.report());
+    assert_eq!(reports[0].redelivered, 1, "{reports:?}");
+    e.close().expect("close");
 }
