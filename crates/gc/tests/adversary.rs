@@ -9,13 +9,15 @@
 //! exactly that error: [`GarbleError::InvalidOutputLabel`]. (With that check removed, each
 //! attack decodes to a value and its test fails.)
 
+mod tamper;
+
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use tamper::tamper_tables;
 use tessera_engine::quant::QuantConfig;
 use tessera_garble::network::{InputLabels, NetworkCircuit, OutputLabels, evaluate};
-use tessera_garble::store::{CHUNK_HEADER_LEN, HEADER_LEN};
 use tessera_garble::{GarbleError, LabelTensor};
 use tessera_gc::{FromWorker, GcBackend, GcError, GcOptions, ToWorker};
 use tessera_model::{Graph, ImportOptions, Tensor, builders, import_model};
@@ -59,13 +61,6 @@ struct Adversary {
 /// Material by (enclave namespace, slot).
 type Store = HashMap<(u64, u64), Arc<Vec<u8>>>;
 
-/// The CRC-32 that the documented layout puts after a chunk's header and payload.
-fn fix_chunk_crc(stream: &mut [u8], chunk_at: usize, payload_len: usize) {
-    let end = chunk_at + CHUNK_HEADER_LEN + payload_len;
-    let crc = crc32fast::hash(&stream[chunk_at..end]);
-    stream[end..end + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
 /// Rewrites the garbling id of any stream (material or labels) and fixes the header CRC.
 fn relabel(stream: &[u8], id: [u8; 16]) -> Vec<u8> {
     let mut s = stream.to_vec();
@@ -79,37 +74,6 @@ fn garbling_id(stream: &[u8]) -> [u8; 16] {
     let mut id = [0; 16];
     id.copy_from_slice(&stream[16..32]);
     id
-}
-
-/// Walks the chunks of a material stream: (offset, tag, payload length).
-fn chunks(stream: &[u8]) -> Vec<(usize, u8, usize)> {
-    let mut out = Vec::new();
-    let mut at = HEADER_LEN;
-    while at + CHUNK_HEADER_LEN <= stream.len() {
-        let tag = stream[at];
-        let len = u32::from_le_bytes(stream[at + 4..at + 8].try_into().unwrap()) as usize;
-        out.push((at, tag, len));
-        if tag == 0xFF {
-            break;
-        }
-        at += CHUNK_HEADER_LEN + len + 4;
-    }
-    out
-}
-
-/// Moves every row of the middle tables chunk by ±1 in Z_{q^n} (so the reader's range check on
-/// rows still passes) and fixes its CRC.
-fn tamper_tables(material: &mut [u8]) {
-    let tables: Vec<_> = chunks(material).into_iter().filter(|c| c.1 == 1).collect();
-    let (at, _, len) = tables[tables.len() / 2];
-    let rows_at = at + CHUNK_HEADER_LEN + 16;
-    let rows_end = at + CHUNK_HEADER_LEN + len;
-    for row in material[rows_at..rows_end].chunks_exact_mut(16) {
-        let v = u128::from_le_bytes(row.try_into().unwrap());
-        let w = if v == 0 { 1 } else { v - 1 };
-        row.copy_from_slice(&w.to_le_bytes());
-    }
-    fix_chunk_crc(material, at, len);
 }
 
 fn random_digits(out: &[u8]) -> Vec<u8> {

@@ -3,14 +3,17 @@
 //! share a hundred inferences bit-exact, a request whose worker dies is completed by the other,
 //! and damaged material is refused.
 
+mod tamper;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tessera_engine::quant::{QuantConfig, QuantModel};
-use tessera_gc::GcOptions;
+use tessera_garble::GarbleError;
 use tessera_gc::cluster::{
     ClusterEnclave, ClusterOptions, ClusterWorker, Handled, WorkerReport, run_cluster_worker,
 };
+use tessera_gc::{GcError, GcOptions};
 use tessera_model::{Graph, Tensor, builders};
 use tessera_objstore::{Location, Objects};
 use tessera_queue::{Queue, WorkOptions};
@@ -215,34 +218,56 @@ fn a_request_whose_worker_dies_is_completed_by_another() {
     e.close().expect("close");
 }
 
-#[test]
-fn damaged_material_is_refused() {
-    let Some((nats, store)) = servers("damaged") else {
-        return;
-    };
-    let c = options("damaged", nats, store, Duration::from_secs(30));
+/// Replace the stored material of the enclave's one ready garbling with `damage` of it, then
+/// infer once with one worker.
+fn infer_on_damaged(test: &str, damage: impl Fn(&mut Vec<u8>)) -> Option<Result<(), GcError>> {
+    let (nats, store) = servers(test)?;
+    let c = options(test, nats, store, Duration::from_secs(30));
     let g = builders::dash_a(1).expect("model");
     let mut e = ClusterEnclave::start(&g, &gc_opts(), &c).expect("enclave");
     e.garble(1).expect("garble");
-    let slot = e.ready_slots()[0];
-    let key = e.material_key(slot);
+    let key = e.material_key(e.ready_slots()[0]);
     let s = Objects::open(&c.store).expect("store");
     let mut m = s.get(&key).expect("material");
-    let mid = m.len() / 2;
-    m[mid] ^= 0x10;
+    damage(&mut m);
     s.put(&key, &m).expect("replace");
     let stop = Arc::new(AtomicBool::new(false));
     let ws = workers(&c, &["w"], &stop);
-    let r = e.infer(&input(3));
+    let r = e.infer(&input(3)).map(|_| ());
     stop.store(true, Ordering::SeqCst);
     for w in ws {
         w.join().expect("join");
     }
+    e.close().expect("close");
+    Some(r)
+}
+
+/// A store that rewrites tables and fixes the chunk's CRC (so the reader's checks pass) is
+/// stopped by the enclave's output check, and by nothing earlier.
+#[test]
+fn tampered_material_with_valid_checksums_fails_the_output_check() {
+    let Some(r) = infer_on_damaged("tampered", |m| tamper::tamper_tables(m)) else {
+        return;
+    };
+    match r {
+        Err(GcError::Garble(GarbleError::InvalidOutputLabel { .. })) => {}
+        other => panic!("expected the output check to refuse it, got {other:?}"),
+    }
+}
+
+/// A byte flipped in the stored material is refused by the chunk checksum.
+#[test]
+fn damaged_material_is_refused() {
+    let Some(r) = infer_on_damaged("damaged", |m| {
+        let mid = m.len() / 2;
+        m[mid] ^= 0x10;
+    }) else {
+        return;
+    };
     let err = r
         .expect_err("damaged material must not give a value")
         .to_string();
     assert!(err.contains("checksum"), "{err}");
-    e.close().expect("close");
 }
 
 /// An S3 server process of this test's own, killed when dropped.

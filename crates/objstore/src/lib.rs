@@ -343,7 +343,8 @@ impl Objects {
             .rt
             .block_on(async { self.inner.get(&path).await?.bytes().await })
             .map_err(|e| self.err("reading", key, e))?;
-        Ok(r.to_vec())
+        // Without a copy when the buffer is not shared (a whole object arrives in one).
+        Ok(Vec::from(r))
     }
 
     /// Bytes `range` of an object.
@@ -357,7 +358,7 @@ impl Objects {
         if r.len() as u64 != want {
             return Err(StoreError::Short(key.into(), r.len() as u64, want));
         }
-        Ok(r.to_vec())
+        Ok(Vec::from(r))
     }
 
     /// An object's size in bytes.

@@ -177,16 +177,20 @@ impl Store {
                 self.objects.name()
             ))
         })?;
-        let bytes = self.objects.get(&key).map_err(st)?;
-        let payload = open_envelope(&bytes, kind, model)
+        let mut payload = self.objects.get(&key).map_err(st)?;
+        check_envelope(&payload, kind, model)
             .map_err(|e| TwoPcError::Store(format!("{key} in {}: {e}", self.objects.name())))?;
+        // The payload in place (no second copy of a preprocessing that can be gigabytes).
+        payload.truncate(payload.len() - 4);
+        payload.drain(..HEADER);
         // One use: the object goes before the preprocessing is used.
         self.objects.delete(&key).map_err(st)?;
         Ok(payload)
     }
 }
 
-fn open_envelope(b: &[u8], kind: Kind, model: &[u8; 32]) -> Result<Vec<u8>, String> {
+/// Check an envelope (length, checksum, magic and version, kind, model, payload length).
+fn check_envelope(b: &[u8], kind: Kind, model: &[u8; 32]) -> Result<(), String> {
     if b.len() < HEADER + 4 {
         return Err(format!("{} bytes is shorter than a header", b.len()));
     }
@@ -215,7 +219,7 @@ fn open_envelope(b: &[u8], kind: Kind, model: &[u8; 32]) -> Result<Vec<u8>, Stri
             body.len() - HEADER
         ));
     }
-    Ok(body[HEADER..].to_vec())
+    Ok(())
 }
 
 fn hex(id: &Id) -> String {
