@@ -294,15 +294,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
             let store = a.store.as_deref().ok_or_else(|| {
                 usage("--queue needs --store LOC: where the workers read the garbled material")
             })?;
-            let opts = tessera_gc::GcOptions {
-                semantics: semantics.clone(),
-                primes: a.quant.gc_primes,
-                input_range: a.input_range,
-                margin_bits: 0,
-                calibration: crate::calibrate::gc_calibration(&g, &a.quant)?,
-                pool: a.pool,
-                overlap: true,
-            };
+            let opts = gc_options(a, &g, &semantics)?;
             let c = tessera_gc::cluster::ClusterOptions {
                 queue: a.queue.clone().unwrap_or_default(),
                 name: a.deployment.clone(),
@@ -327,15 +319,7 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
                 TcpStream::connect(addr)
                     .map_err(|e| usage(format!("cannot connect to the worker at {addr}: {e}")))
             };
-            let opts = tessera_gc::GcOptions {
-                semantics: semantics.clone(),
-                primes: a.quant.gc_primes,
-                input_range: a.input_range,
-                margin_bits: 0,
-                calibration: crate::calibrate::gc_calibration(&g, &a.quant)?,
-                pool: a.pool,
-                overlap: true,
-            };
+            let opts = gc_options(a, &g, &semantics)?;
             eprintln!(
                 "gc: compiling the circuit and garbling {} inferences ahead",
                 a.pool.max(1)
@@ -368,6 +352,23 @@ fn enclave_config(a: &EnclaveArgs) -> Result<EnclaveConfig> {
         channel: ChannelOptions::default(),
         backend,
         limits: a.quant.import_options().limits,
+    })
+}
+
+/// The enclave's gc options from its command line.
+fn gc_options(
+    a: &EnclaveArgs,
+    g: &tessera_model::Graph,
+    semantics: &tessera_engine::Semantics,
+) -> Result<tessera_gc::GcOptions> {
+    Ok(tessera_gc::GcOptions {
+        semantics: semantics.clone(),
+        primes: a.quant.gc_primes,
+        input_range: a.input_range,
+        margin_bits: 0,
+        calibration: crate::calibrate::gc_calibration(g, &a.quant)?,
+        pool: a.pool,
+        overlap: true,
     })
 }
 

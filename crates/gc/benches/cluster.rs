@@ -10,25 +10,13 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tessera_engine::qint::default_calibration_inputs;
 use tessera_engine::quant::QuantConfig;
 use tessera_gc::cluster::{ClusterEnclave, ClusterOptions, run_cluster_worker};
 use tessera_gc::{GcBackend, GcOptions, WorkerOptions, serve_worker_tcp};
 use tessera_model::{Tensor, builders};
 use tessera_runtime::ChannelOptions;
 use tessera_runtime::enclave::InferBackend;
-
-fn input(seed: u64) -> Tensor {
-    let mut s = seed | 1;
-    let data = (0..784)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 1000) as f32 / 1000.0
-        })
-        .collect();
-    Tensor::new(vec![1, 1, 28, 28], data).expect("tensor")
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -58,7 +46,7 @@ fn main() {
         pool: n,
         ..GcOptions::default()
     };
-    let xs: Vec<Tensor> = (0..n as u64).map(|i| input(i + 1)).collect();
+    let xs: Vec<Tensor> = default_calibration_inputs(&g, 0.0, 1.0, n, 1).expect("inputs");
     println!("model: Dash D (builder, seed 1), {n} inferences per row, garbling done ahead");
 
     // Embedded: one worker over TCP, the pool garbled ahead.

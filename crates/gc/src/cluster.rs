@@ -35,7 +35,8 @@ use crate::backend::{Compiled, GcOptions, check_input_range, compile};
 use crate::worker::compile_public;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_garble::Seed;
 use tessera_garble::network::{
@@ -152,15 +153,40 @@ struct Waiting {
     cost: OffloadCost,
 }
 
-/// The enclave's side of a scaled-out gc deployment.
-pub struct ClusterEnclave {
+/// What garbling needs — the circuit, the store, the namespace, the slot counter — shared with
+/// a background garbler.
+struct Garbler {
     compiled: Compiled,
     store: Objects,
+    namespace: u64,
+    next_slot: AtomicU64,
+}
+
+impl Garbler {
+    /// Garble one inference into the store (visible once complete).
+    fn garble_one(&self) -> Result<Prepared, GcError> {
+        let slot = self.next_slot.fetch_add(1, Ordering::SeqCst) + 1;
+        let key = material_key(self.namespace, slot);
+        let t0 = Instant::now();
+        let mut w = self.store.writer(&key).map_err(store_err)?;
+        let secrets =
+            garble_with_progress(&self.compiled.circuit, &Seed::from_os(), &mut w, |_, _| {})?;
+        let material = w.finish().map_err(store_err)?;
+        Ok(Prepared {
+            slot,
+            secrets,
+            garble_ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
+            material,
+        })
+    }
+}
+
+/// The enclave's side of a scaled-out gc deployment.
+pub struct ClusterEnclave {
+    g: Arc<Garbler>,
     queue: Queue,
     results: WorkQueue,
-    namespace: u64,
     name: String,
-    next_slot: u64,
     ready: VecDeque<Prepared>,
     answered: HashSet<u64>,
     timeout: Duration,
@@ -169,7 +195,7 @@ pub struct ClusterEnclave {
 
 impl std::fmt::Debug for ClusterEnclave {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClusterEnclave({:016x})", self.namespace)
+        write!(f, "ClusterEnclave({:016x})", self.g.namespace)
     }
 }
 
@@ -215,13 +241,15 @@ impl ClusterEnclave {
             .put(&setup_key(namespace), &bytes)
             .map_err(store_err)?;
         Ok(Self {
-            compiled,
-            store,
+            g: Arc::new(Garbler {
+                compiled,
+                store,
+                namespace,
+                next_slot: AtomicU64::new(0),
+            }),
             queue,
             results,
-            namespace,
             name: c.name.clone(),
-            next_slot: 0,
             ready: VecDeque::new(),
             answered: HashSet::new(),
             timeout: c.timeout,
@@ -231,12 +259,12 @@ impl ClusterEnclave {
 
     /// The enclave's namespace (its keys in the store, its result stream).
     pub fn namespace(&self) -> u64 {
-        self.namespace
+        self.g.namespace
     }
 
     /// CRT primes k.
     pub fn primes(&self) -> usize {
-        self.compiled.range.primes
+        self.g.compiled.range.primes
     }
 
     /// The figures so far.
@@ -246,7 +274,7 @@ impl ClusterEnclave {
 
     /// The store key of a ready garbling's material (tests damage it through this).
     pub fn material_key(&self, slot: u64) -> String {
-        material_key(self.namespace, slot)
+        material_key(self.g.namespace, slot)
     }
 
     /// Slots garbled and not yet used, oldest first.
@@ -257,24 +285,16 @@ impl ClusterEnclave {
     /// Garble `n` more inferences into the store, ahead of their requests.
     pub fn garble(&mut self, n: usize) -> Result<(), GcError> {
         for _ in 0..n {
-            self.next_slot += 1;
-            let slot = self.next_slot;
-            let key = material_key(self.namespace, slot);
-            let t0 = Instant::now();
-            let mut w = self.store.writer(&key).map_err(store_err)?;
-            let secrets =
-                garble_with_progress(&self.compiled.circuit, &Seed::from_os(), &mut w, |_, _| {})?;
-            let material = w.finish().map_err(store_err)?;
-            self.report.material_bytes = material;
-            self.report.garbled += 1;
-            self.ready.push_back(Prepared {
-                slot,
-                secrets,
-                garble_ns: t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64,
-                material,
-            });
+            let p = self.g.garble_one()?;
+            self.add_ready(p);
         }
         Ok(())
+    }
+
+    fn add_ready(&mut self, p: Prepared) {
+        self.report.material_bytes = p.material;
+        self.report.garbled += 1;
+        self.ready.push_back(p);
     }
 
     /// Infer a batch: one garbling per input (garbled now if none is ready), all requests
@@ -329,7 +349,7 @@ impl ClusterEnclave {
             let parsed = postcard::from_bytes::<EvalResult>(job.payload()).ok();
             // A result is taken off the stream whatever it is: the enclave keeps the record.
             let _ = job.ack();
-            let Some(r) = parsed.filter(|r| r.namespace == self.namespace) else {
+            let Some(r) = parsed.filter(|r| r.namespace == self.g.namespace) else {
                 self.report.foreign_dropped += 1;
                 continue;
             };
@@ -362,7 +382,7 @@ impl ClusterEnclave {
                 ))),
             };
             // Single use: the material goes whatever the outcome.
-            let _ = self.store.delete(&material_key(self.namespace, r.slot));
+            let _ = self.g.store.delete(&material_key(self.g.namespace, r.slot));
             out[i] = Some(res);
         }
         for (slot, w) in waiting {
@@ -392,8 +412,8 @@ impl ClusterEnclave {
         &mut self,
         x: &Tensor,
     ) -> Result<(u64, tessera_garble::network::OutputKey, OffloadCost), GcError> {
-        let q = self.compiled.quant.quantize_input(x)?;
-        check_input_range(&q, self.compiled.range.input_limit)?;
+        let q = self.g.compiled.quant.quantize_input(x)?;
+        check_input_range(&q, self.g.compiled.range.input_limit)?;
         if self.ready.is_empty() {
             self.garble(1)?;
         }
@@ -408,7 +428,7 @@ impl ClusterEnclave {
             .ok_or_else(|| GcError::Protocol("no garbling ready".into()))?;
         let (labels, key) = encode_input(secrets, &q)?;
         let req = EvalRequest {
-            namespace: self.namespace,
+            namespace: self.g.namespace,
             slot,
             labels: labels.to_bytes()?,
         };
@@ -432,39 +452,70 @@ impl ClusterEnclave {
     /// Delete the enclave's setup, unused material and result stream.
     pub fn close(self) -> Result<(), GcError> {
         for p in &self.ready {
-            let _ = self.store.delete(&material_key(self.namespace, p.slot));
+            let _ = self.g.store.delete(&material_key(self.g.namespace, p.slot));
         }
-        let _ = self.store.delete(&setup_key(self.namespace));
+        let _ = self.g.store.delete(&setup_key(self.g.namespace));
         self.queue
-            .delete_stream(&results_stream(&self.name, self.namespace))
+            .delete_stream(&results_stream(&self.name, self.g.namespace))
             .map_err(queue_err)
     }
 }
 
-/// A [`ClusterEnclave`] serving an enclave's clients: one inference at a time per enclave
-/// (requests of several enclaves share the workers), garbling ahead `pool` inferences after
-/// each answer.
+/// A [`ClusterEnclave`] serving an enclave's clients: inferences one at a time per enclave
+/// (the requests of several enclaves share the workers), while a background thread keeps
+/// `pool` garblings ready in the store (it holds the enclave's lock only to add one).
 pub struct ClusterBackend {
-    inner: std::sync::Mutex<ClusterEnclave>,
-    pool: usize,
+    inner: Arc<Mutex<ClusterEnclave>>,
+    stop: Arc<AtomicBool>,
+    refill: Mutex<Option<std::thread::JoinHandle<()>>>,
     footprint: Footprint,
 }
 
+fn lock(m: &Mutex<ClusterEnclave>) -> std::sync::MutexGuard<'_, ClusterEnclave> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl ClusterBackend {
-    /// Start the enclave side and garble `pool` inferences ahead.
+    /// Start the enclave side, garble `pool` inferences ahead, and keep that many ready.
     pub fn start(
         graph: &Graph,
         opts: &GcOptions,
         c: &ClusterOptions,
         pool: usize,
     ) -> Result<Self, GcError> {
+        let pool = pool.max(1);
         let mut e = ClusterEnclave::start(graph, opts, c)?;
-        e.garble(pool.max(1))?;
+        e.garble(pool)?;
         let f = Footprint::of(graph);
         let primes = e.primes() as u64;
+        let g = e.g.clone();
+        let inner = Arc::new(Mutex::new(e));
+        let stop = Arc::new(AtomicBool::new(false));
+        let refill = {
+            let (inner, stop) = (inner.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("tessera-gc-cluster-garbler".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if lock(&inner).ready.len() >= pool {
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        match g.garble_one() {
+                            Ok(p) => lock(&inner).add_ready(p),
+                            Err(e) => {
+                                eprintln!("gc cluster: garbling ahead failed: {e}; retrying");
+                                std::thread::sleep(Duration::from_secs(1));
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| GcError::Protocol(format!("starting the garbling thread: {e}")))?
+        };
         Ok(Self {
-            inner: std::sync::Mutex::new(e),
-            pool: pool.max(1),
+            inner,
+            stop,
+            refill: Mutex::new(Some(refill)),
             footprint: Footprint {
                 weight_bytes: f.weight_bytes,
                 activation_bytes: f.activation_bytes / 8 * 16 * primes,
@@ -474,10 +525,17 @@ impl ClusterBackend {
 
     /// The figures so far.
     pub fn report(&self) -> ClusterReport {
-        self.inner
-            .lock()
-            .map(|e| e.report().clone())
-            .unwrap_or_default()
+        lock(&self.inner).report().clone()
+    }
+}
+
+impl Drop for ClusterBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let h = self.refill.lock().ok().and_then(|mut r| r.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
     }
 }
 
@@ -487,17 +545,11 @@ impl InferBackend for ClusterBackend {
     }
 
     fn infer(&self, input: &Tensor) -> Result<(Tensor<i64>, OffloadCost), RuntimeError> {
-        let mut e = self.inner.lock().map_err(|_| {
-            RuntimeError::Backend("the gc cluster backend's lock is poisoned".into())
-        })?;
-        let r = e
+        lock(&self.inner)
             .infer_batch_with_costs(std::slice::from_ref(input))
             .pop()
-            .unwrap_or_else(|| Err(GcError::Protocol("no result".into())));
-        // Refill the pool for the next request.
-        let refill = self.pool.saturating_sub(e.ready.len());
-        e.garble(refill).map_err(RuntimeError::from)?;
-        r.map_err(RuntimeError::from)
+            .unwrap_or_else(|| Err(GcError::Protocol("no result".into())))
+            .map_err(RuntimeError::from)
     }
 
     fn footprint(&self) -> Footprint {

@@ -8,6 +8,7 @@ mod tamper;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tessera_engine::qint::default_calibration_inputs;
 use tessera_engine::quant::{QuantConfig, QuantModel};
 use tessera_garble::GarbleError;
 use tessera_gc::cluster::{
@@ -65,17 +66,12 @@ fn gc_opts() -> GcOptions {
     }
 }
 
+/// Input `seed`: uniform in [0, 1] (the input range k is chosen for), seeded.
 fn input(seed: u64) -> Tensor {
-    let mut s = seed | 1;
-    let data = (0..784)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 1000) as f32 / 1000.0
-        })
-        .collect();
-    Tensor::new(vec![1, 1, 28, 28], data).expect("tensor")
+    let g = builders::dash_a(1).expect("model");
+    default_calibration_inputs(&g, 0.0, 1.0, 1, seed)
+        .expect("input")
+        .remove(0)
 }
 
 fn reference(g: &Graph, x: &Tensor) -> Vec<i64> {
@@ -398,4 +394,40 @@ fn a_second_answer_for_a_slot_is_refused() {
     assert_eq!(e.report().duplicates_refused, 1, "{:?}", e.report());
     assert_eq!(reports[0].redelivered, 1, "{reports:?}");
     e.close().expect("close");
+}
+
+/// The enclave command's backend: garblings kept ready in the background, each answer with its
+/// cost (one round through the queue, the stored material, the garbling time).
+#[test]
+fn the_enclave_backend_keeps_a_pool_and_reports_costs() {
+    use tessera_runtime::enclave::InferBackend;
+    let Some((nats, store)) = servers("backend") else {
+        return;
+    };
+    let c = options("backend", nats, store, Duration::from_secs(30));
+    let g = builders::dash_a(1).expect("model");
+    let b = tessera_gc::cluster::ClusterBackend::start(&g, &gc_opts(), &c, 2).expect("backend");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ws = workers(&c, &["w"], &stop);
+    for i in 0..4 {
+        let x = input(i + 90);
+        let (y, cost) = b.infer(&x).expect("answered");
+        assert_eq!(y.data(), reference(&g, &x), "input {i}");
+        assert_eq!(cost.rounds, 1);
+        assert!(
+            cost.stored_bytes > 1_000_000 && cost.offline_ns > 0,
+            "{cost:?}"
+        );
+        assert!(
+            cost.bytes_to_worker > 0 && cost.bytes_from_worker > 0,
+            "{cost:?}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in ws {
+        w.join().expect("join");
+    }
+    let r = b.report();
+    assert_eq!(r.answered, 4);
+    assert!(r.garbled >= 4, "{r:?}");
 }
