@@ -203,6 +203,7 @@ impl ClusterEnclave {
     /// Compile `graph` (k and sign bases chosen as [`crate::GcBackend`] does), connect to the
     /// queue and the store, and write the setup every worker reads.
     pub fn start(graph: &Graph, opts: &GcOptions, c: &ClusterOptions) -> Result<Self, GcError> {
+        check_name(&c.name)?;
         let compiled = compile(graph, opts)?;
         let store = Objects::open(&c.store).map_err(store_err)?;
         let queue = Queue::connect(&c.queue).map_err(queue_err)?;
@@ -212,7 +213,6 @@ impl ClusterEnclave {
             max_deliver: 5,
         };
         // The request stream exists before any request is published (workers may start later).
-        check_name(&c.name)?;
         queue
             .work_queue(
                 &eval_stream(&c.name),

@@ -404,6 +404,16 @@ fn evaluate_unchecked<S: TableSource>(
     inputs: &[Block],
     source: &mut S,
 ) -> Result<Vec<Block>, MpcError> {
+    let mut labels = input_labels(c, inputs)?;
+    let hash = Tccr::new(source.begin()?);
+    eval_gates(&c.gates, &mut labels, 0, 0, &hash, source)?;
+    source.finish()?;
+    Ok(output_labels(c, &labels))
+}
+
+/// The evaluator's label array with the active input labels (input-group order) in place, after
+/// checking their count.
+pub(crate) fn input_labels(c: &Circuit, inputs: &[Block]) -> Result<Vec<Block>, MpcError> {
     if inputs.len() != c.input_bits() {
         return Err(MpcError::Input(format!(
             "{} input labels for {} input bits",
@@ -411,18 +421,20 @@ fn evaluate_unchecked<S: TableSource>(
             c.input_bits()
         )));
     }
-    let hash = Tccr::new(source.begin()?);
     let mut labels = vec![Block::ZERO; c.wires];
     for (&w, &l) in c.inputs.iter().flatten().zip(inputs) {
         labels[w as usize] = l;
     }
-    eval_gates(&c.gates, &mut labels, 0, 0, &hash, source)?;
-    source.finish()?;
-    Ok(c.outputs
+    Ok(labels)
+}
+
+/// The active output labels (output-group order) from an evaluated label array.
+pub(crate) fn output_labels(c: &Circuit, labels: &[Block]) -> Vec<Block> {
+    c.outputs
         .iter()
         .flatten()
         .map(|&w| labels[w as usize])
-        .collect())
+        .collect()
 }
 
 /// Evaluate `gates`, whose wires are slots `base..base + labels.len()`, the first AND gate

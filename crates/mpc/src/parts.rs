@@ -24,7 +24,7 @@
 use crate::MpcError;
 use crate::block::Block;
 use crate::circuit::{Checked, Circuit, Gate, Wire};
-use crate::garble::eval_gates;
+use crate::garble::{eval_gates, input_labels, output_labels};
 use crate::hash::Tccr;
 use crate::stream::SliceMaterial;
 use std::ops::Range;
@@ -338,13 +338,7 @@ pub fn evaluate_parallel(
     material: &[u8],
     threads: usize,
 ) -> Result<Vec<Block>, MpcError> {
-    if inputs.len() != c.input_bits() {
-        return Err(MpcError::Input(format!(
-            "{} input labels for {} input bits",
-            inputs.len(),
-            c.input_bits()
-        )));
-    }
+    let mut labels = input_labels(c, inputs)?;
     let m = SliceMaterial::open(material)?;
     let want = material_blocks(c);
     if m.blocks() != want {
@@ -354,10 +348,6 @@ pub fn evaluate_parallel(
         )));
     }
     let hash = Tccr::new(m.hash_key());
-    let mut labels = vec![Block::ZERO; c.wires];
-    for (&w, &l) in c.inputs.iter().flatten().zip(inputs) {
-        labels[w as usize] = l;
-    }
     // Cut the label array into the parts' slot ranges (contiguous, in order).
     let parts = c.parts();
     let mut slices: Vec<(&Part, &mut [Block])> = Vec::with_capacity(parts.len());
@@ -404,9 +394,5 @@ pub fn evaluate_parallel(
             })
         })?;
     }
-    Ok(c.outputs
-        .iter()
-        .flatten()
-        .map(|&w| labels[w as usize])
-        .collect())
+    Ok(output_labels(c, &labels))
 }

@@ -60,7 +60,10 @@ pub enum StoreError {
     )]
     NotFound(String, String),
     /// The store refused or failed an operation.
-    #[error("{op} '{key}' in {store}: {source}")]
+    #[error(
+        "{op} '{key}' in {store}: {source} (check that the store is reachable and, for s3://, \
+         that AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the endpoint are right)"
+    )]
     Backend {
         /// What was being done.
         op: &'static str,

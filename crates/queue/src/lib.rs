@@ -34,7 +34,9 @@ pub enum QueueError {
         reason: String,
     },
     /// JetStream refused or failed an operation.
-    #[error("NATS JetStream: {op}: {reason}")]
+    #[error(
+        "NATS JetStream: {op}: {reason} (is the server reachable and running with JetStream, -js?)"
+    )]
     JetStream {
         /// What was being done.
         op: String,
