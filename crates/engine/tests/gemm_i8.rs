@@ -1,5 +1,6 @@
 //! Every 8-bit GEMM kernel this machine has against the portable one and a naive i64 product,
-//! on random shapes (edges of the 4-row, 16-column and 256-column blocks included) and on the
+//! on random shapes (edges of the micro-tile rows, 16-column and 256-column blocks included), on
+//! layer shapes that take each parallel split and several cache slices of k, and on the
 //! extreme values.
 
 use proptest::prelude::*;
@@ -61,5 +62,22 @@ fn a_layer_sized_product() {
         let mut c = vec![0i32; m * n];
         gemm_u8i8(kern, m, n, k, &a, &b, &mut c);
         assert_eq!(c, want, "{kern:?}");
+    }
+}
+
+#[test]
+fn many_rows_few_columns_and_long_sums() {
+    // A late layer's shape: many output channels, few positions, k over several cache slices
+    // of the kernels (row-parallel, each slice accumulating into C), plus a row count that is
+    // not a whole micro-tile block.
+    for (m, k, n) in [(517, 2309, 49), (64, 1100, 9), (40, 777, 1000)] {
+        let a: Vec<i8> = (0..m * k).map(|i| ((i * 29 + 3) % 255) as i8).collect();
+        let b: Vec<u8> = (0..k * n).map(|i| ((i * 53 + 1) % 256) as u8).collect();
+        let want = naive(m, n, k, &a, &b);
+        for kern in Kernel::available() {
+            let mut c = vec![-1i32; m * n];
+            gemm_u8i8(kern, m, n, k, &a, &b, &mut c);
+            assert_eq!(c, want, "{kern:?} {m}×{k}·{k}×{n}");
+        }
     }
 }
