@@ -2,9 +2,10 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::window::{conv_geometry, depthwise_plane, im2col, pool_geometry, pool_planes};
+use crate::gemm_f32::{FKernel, gemm_bias};
+use crate::window::{Geometry, conv_geometry, depthwise_plane, im2col, pool_geometry, pool_planes};
 use rayon::prelude::*;
-use tessera_model::ir::{Conv, Graph, Op, Pool, ValueId};
+use tessera_model::ir::{BinOp, Conv, Graph, Op, Pool, ValueId};
 use tessera_model::tensor::{
     Tensor, broadcast_apply, broadcast_index_map, broadcast_shapes, concat, slice_axis, strides,
     transpose,
@@ -57,6 +58,40 @@ pub fn run_f32_observe(
         vals[id] = Some(t);
     }
     for (k, n) in g.nodes.iter().enumerate() {
+        // An element-wise op whose first input nobody reads later works in that input's
+        // buffer (no fresh pages, one pass instead of two).
+        if let Some(&i) = n.inputs.first()
+            && last.get(i) == Some(&k)
+            && !n.inputs[1..].contains(&i)
+            && in_place(&n.op)
+            && let Some(mut t) = vals.get_mut(i).and_then(Option::take)
+        {
+            let rest: Vec<&Tensor> = n.inputs[1..]
+                .iter()
+                .map(|&j| {
+                    vals[j].as_ref().ok_or_else(|| {
+                        EngineError::Internal(format!("value {j} missing at node '{}'", n.name))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let out_shape = g.shape(n.output).to_vec();
+            let y = match apply_in_place(&n.op, &mut t, &rest) {
+                true => t.reshape(out_shape)?,
+                false => {
+                    let mut ins = vec![&t];
+                    ins.extend(rest);
+                    eval_op(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?
+                }
+            };
+            observe(n.output, &y);
+            vals[n.output] = Some(y);
+            for &j in &n.inputs[1..] {
+                if last[j] == k {
+                    vals[j] = None;
+                }
+            }
+            continue;
+        }
         let ins: Vec<&Tensor> = n
             .inputs
             .iter()
@@ -84,6 +119,40 @@ pub fn run_f32_observe(
                 .ok_or_else(|| EngineError::Internal("output not computed".into()))
         })
         .collect()
+}
+
+/// Whether an op can overwrite its first input (element-wise, output shaped like it).
+fn in_place(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Relu
+            | Op::Reshape
+            | Op::Binary {
+                op: BinOp::Add,
+                constant: None,
+                ..
+            }
+    )
+}
+
+/// Applies an [`in_place`] op to `t` (with the other inputs `rest`); `false` when the shapes
+/// need the general evaluator (a broadcast that grows `t`).
+fn apply_in_place(op: &Op, t: &mut Tensor, rest: &[&Tensor]) -> bool {
+    const CHUNK: usize = 1 << 14;
+    match (op, rest) {
+        (Op::Reshape, []) => {}
+        (Op::Relu, []) => t
+            .data_mut()
+            .par_chunks_mut(CHUNK)
+            .for_each(|o| o.iter_mut().for_each(|v| *v = v.max(0.0))),
+        (Op::Binary { .. }, [b]) if b.shape() == t.shape() => t
+            .data_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(b.data().par_chunks(CHUNK))
+            .for_each(|(o, b)| o.iter_mut().zip(b).for_each(|(v, &w)| *v += w)),
+        _ => return false,
+    }
+    true
 }
 
 /// One node of the float engine: `op` on its inputs, yielding `out_shape`. The one float
@@ -294,12 +363,9 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
     let (n, ci) = (x.shape()[0], x.shape()[1]);
     let co = out_shape[1];
     let g = conv_geometry(c, x.shape(), out_shape);
-    let groups = c.groups;
-    let (cig, cog) = (ci / groups, co / groups);
-    let kk = cig * g.k[0] * g.k[1];
     let npos = g.oh * g.ow;
     let mut out = vec![0f32; n * co * npos];
-    if groups == ci && co == ci {
+    if c.groups == ci && co == ci {
         // Depthwise: a direct loop per plane (a one-row GEMM per channel costs more).
         let (kh, kw) = (g.k[0], g.k[1]);
         out.par_chunks_mut(npos.max(1))
@@ -314,7 +380,32 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
             });
         return Ok(Tensor::new(out_shape.to_vec(), out)?);
     }
-    let mut col = Vec::new();
+    COL.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let col = match guard.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        conv_gemm(x, c, &g, col, &mut out);
+    });
+    Ok(Tensor::new(out_shape.to_vec(), out)?)
+}
+
+thread_local! {
+    /// The unfolded input of the thread's last convolution (kept: no fresh pages per layer).
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every image and group of a (non-depthwise) convolution as one product each.
+fn conv_gemm(x: &Tensor, c: &Conv, g: &Geometry, col: &mut Vec<f32>, out: &mut [f32]) {
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let groups = c.groups;
+    let cig = ci / groups;
+    let co = out.len() / (n * g.oh * g.ow).max(1);
+    let cog = co / groups;
+    let kk = cig * g.k[0] * g.k[1];
+    let npos = g.oh * g.ow;
     for b in 0..n {
         for gr in 0..groups {
             let xin =
@@ -322,29 +413,15 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
             let colv: &[f32] = if g.is_pointwise() {
                 xin
             } else {
-                im2col(xin, cig, &g, &mut col);
-                &col
+                im2col(xin, cig, g, col);
+                col
             };
             let w = &c.weight.data()[gr * cog * kk..(gr + 1) * cog * kk];
             let o = &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
-            if let Some(bias) = &c.bias {
-                for (j, row) in o.chunks_mut(npos.max(1)).enumerate() {
-                    row.fill(bias.data()[gr * cog + j]);
-                }
-            }
-            sgemm(
-                cog,
-                kk,
-                npos,
-                1.0,
-                View::rows(w, kk),
-                View::rows(colv, npos),
-                if c.bias.is_some() { 1.0 } else { 0.0 },
-                o,
-            );
+            let bias = c.bias.as_ref().map(|v| &v.data()[gr * cog..(gr + 1) * cog]);
+            gemm_bias(FKernel::best(), cog, kk, npos, w, colv, bias, o);
         }
     }
-    Ok(Tensor::new(out_shape.to_vec(), out)?)
 }
 
 fn matmul_f32(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor, EngineError> {

@@ -13,6 +13,7 @@
 
 pub mod float;
 pub mod gemm;
+pub mod gemm_f32;
 pub mod gemm_i8;
 pub mod qint;
 pub mod quant;

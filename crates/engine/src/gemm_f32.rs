@@ -1,0 +1,388 @@
+//! The float engine's convolution product, `C (m×n) = A (m×k) · B (k×n) + bias`, with A a
+//! layer's weights (row-major, read in place) and B its unfolded input.
+//!
+//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators) and AVX2 + FMA
+//! (4 rows × 24 columns), chosen at run time ([`FKernel::best`]), and a portable path, the
+//! blocked `matrixmultiply` product of [`crate::gemm`]. Every kernel the machine has is tested
+//! against the portable one and an f64 product (`tests/gemm_f32.rs`); they differ from it only
+//! in the order of the f32 additions.
+//!
+//! Blocking: B is packed per block of [`NB`] columns into panels of 48 columns, each panel's
+//! rows contiguous, so a micro-tile's slice of B (128 rows of k at a time) stays in L1 while
+//! every row block of A passes over it; A needs no packing (each micro-tile streams its rows,
+//! the last block's missing rows re-read the last real row and are not stored), and the bias
+//! is the accumulators' starting value. Wide products split by column block, each task packing
+//! its own block; narrow ones pack B once and split by rows.
+
+use crate::gemm::{View, sgemm};
+use rayon::prelude::*;
+
+/// Which kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FKernel {
+    /// `matrixmultiply`'s blocked product (its own run-time SIMD choice).
+    Portable,
+    /// AVX2 with FMA.
+    Avx2Fma,
+    /// AVX-512 F.
+    Avx512,
+}
+
+impl FKernel {
+    /// The fastest kernel this CPU has.
+    pub fn best() -> Self {
+        *Self::available().last().unwrap_or(&FKernel::Portable)
+    }
+
+    /// Every kernel this CPU can run (the portable one first, the fastest last).
+    pub fn available() -> Vec<Self> {
+        let mut v = vec![FKernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(FKernel::Avx2Fma);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(FKernel::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// Columns per panel of packed B (the AVX-512 micro-tile's width, two AVX2 micro-tiles).
+const PW: usize = 48;
+/// Columns per block of B (whole panels; a parallel task when the columns are split).
+pub const NB: usize = 4 * PW;
+/// Rows of k per slice: one micro-tile's panel slice is `KC·PW·4` bytes = 24 KiB, within L1;
+/// the accumulators carry over between slices through C.
+const KC: usize = 128;
+
+/// `c (m×n, row-major) = a (m×k, row-major) · b (k×n, row-major) + bias[row]` (bias 0 where
+/// absent). Panics only on slices shorter than the dimensions say (callers size them).
+#[allow(clippy::too_many_arguments)] // the GEMM's operands and its kernel
+pub fn gemm_bias(
+    kernel: FKernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    assert!(bias.is_none_or(|v| v.len() >= m));
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let kern: Option<unsafe fn(&Tile)> = match kernel {
+            FKernel::Avx512 => Some(x86::avx512_tile),
+            FKernel::Avx2Fma => Some(x86::avx2_tile),
+            FKernel::Portable => None,
+        };
+        if let Some(kern) = kern
+            && k > 0
+        {
+            // SAFETY: `FKernel::Avx512`/`Avx2Fma` are only chosen (best/available) where the CPU
+            // has the features each kernel enables.
+            blocked(m, k, n, a, b, bias, c, |t| unsafe { kern(t) });
+            return;
+        }
+    }
+    let _ = kernel;
+    portable(m, k, n, a, b, bias, c);
+}
+
+/// `matrixmultiply` with the bias written first.
+fn portable(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
+    for (r, row) in c[..m * n].chunks_mut(n).enumerate() {
+        row.fill(bias.map_or(0.0, |v| v[r]));
+    }
+    sgemm(
+        m,
+        k,
+        n,
+        1.0,
+        View::rows(a, k),
+        View::rows(b, n),
+        1.0,
+        &mut c[..m * n],
+    );
+}
+
+/// Packs columns `j0..j0 + nb` of `b` (row-major k×n) as panels `[nb/PW][k][PW]`, zero-padded
+/// to whole panels.
+fn pack(b: &[f32], k: usize, n: usize, j0: usize, nb: usize, out: &mut Vec<f32>) {
+    let panels = nb.div_ceil(PW);
+    out.clear();
+    out.resize(panels * k * PW, 0.0);
+    for (pi, panel) in out.chunks_exact_mut(k * PW).enumerate() {
+        let c0 = j0 + pi * PW;
+        let w = PW.min(j0 + nb - c0);
+        for (p, dst) in panel.chunks_exact_mut(PW).enumerate() {
+            dst[..w].copy_from_slice(&b[p * n + c0..p * n + c0 + w]);
+        }
+    }
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: the tasks sharing it write disjoint parts of C (see `blocked`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+thread_local! {
+    /// The packed column block a column-parallel task builds (kept between calls).
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One kernel call: rows `0..rows` of A at `a` (row stride `lda`) over rows `p0..p1` of k of
+/// one packed column block `bp` (`nb` real columns, panels of `k` rows), into C at `c` (row
+/// stride `ldc`); the first slice (`p0 = 0`) starts from the bias (or 0), the others add to C.
+struct Tile<'a> {
+    a: &'a [f32],
+    lda: usize,
+    bp: &'a [f32],
+    k: usize,
+    p0: usize,
+    p1: usize,
+    nb: usize,
+    rows: usize,
+    bias: Option<&'a [f32]>,
+    c: *mut f32,
+    ldc: usize,
+}
+
+#[allow(clippy::too_many_arguments)] // the GEMM's operands and its kernel
+fn blocked(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+    kern: impl Fn(&Tile) + Sync,
+) {
+    let cp = SendPtr(c.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    let starts: Vec<usize> = (0..n).step_by(NB).collect();
+    let run = |bp: &[f32], j0: usize, r0: usize, rows: usize| {
+        let cp = &cp;
+        for p0 in (0..k).step_by(KC) {
+            kern(&Tile {
+                a: &a[r0 * k..],
+                lda: k,
+                bp,
+                k,
+                p0,
+                p1: (p0 + KC).min(k),
+                nb: NB.min(n - j0),
+                rows,
+                bias: bias.map(|v| &v[r0..]),
+                // Rows r0..r0 + rows < m and columns j0..j0 + nb ≤ n of C (m·n elements).
+                c: cp.0.wrapping_add(r0 * n + j0),
+                ldc: n,
+            });
+        }
+    };
+    let small = m * n * k < 1 << 18;
+    if !small && starts.len() >= 2 * threads {
+        starts.par_iter().for_each(|&j0| {
+            PANEL.with(|cell| {
+                let mut fresh = Vec::new();
+                let mut guard = cell.try_borrow_mut();
+                let bp = match guard.as_deref_mut() {
+                    Ok(v) => v,
+                    Err(_) => &mut fresh,
+                };
+                pack(b, k, n, j0, NB.min(n - j0), bp);
+                run(bp, j0, 0, m);
+            })
+        });
+        return;
+    }
+    let packed: Vec<Vec<f32>> = starts
+        .par_iter()
+        .map(|&j0| {
+            let mut bp = Vec::new();
+            pack(b, k, n, j0, NB.min(n - j0), &mut bp);
+            bp
+        })
+        .collect();
+    let rows_per = if small {
+        m
+    } else {
+        (m.div_ceil(8 * threads * 2) * 8).max(8)
+    };
+    (0..m.div_ceil(rows_per)).into_par_iter().for_each(|t| {
+        let r0 = t * rows_per;
+        let rows = rows_per.min(m - r0);
+        for (&j0, bp) in starts.iter().zip(&packed) {
+            run(bp, j0, r0, rows);
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PW, Tile};
+    use std::arch::x86_64::*;
+
+    /// AVX-512: every panel of the block, 8 rows × up to 48 columns at a time (more rows on a
+    /// narrow panel measured slower: the extra row pointers spill).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512_tile(t: &Tile) {
+        for (pi, panel) in t.bp.chunks_exact(t.k * PW).enumerate() {
+            let c0 = pi * PW;
+            if c0 >= t.nb {
+                break;
+            }
+            let live = (t.nb - c0).min(PW);
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                match live.div_ceil(16) {
+                    1 => avx512_micro::<8, 1>(t, panel, c0, live),
+                    2 => avx512_micro::<8, 2>(t, panel, c0, live),
+                    _ => avx512_micro::<8, 3>(t, panel, c0, live),
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_micro<const MR: usize, const NV: usize>(
+        t: &Tile,
+        panel: &[f32],
+        c0: usize,
+        live: usize,
+    ) {
+        let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+            let l = live.saturating_sub(16 * v).min(16);
+            if l == 16 { !0 } else { (1u16 << l) - 1 }
+        });
+        for r0 in (0..t.rows).step_by(MR) {
+            let live_rows = (t.rows - r0).min(MR);
+            // Rows past the last real one re-read it (their sums are not stored).
+            let arow: [*const f32; MR] = std::array::from_fn(|r| {
+                t.a.as_ptr().wrapping_add((r0 + r).min(t.rows - 1) * t.lda)
+            });
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            for (r, row) in acc.iter_mut().enumerate().take(live_rows) {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = if t.p0 == 0 {
+                        _mm512_set1_ps(t.bias.map_or(0.0, |b| b[r0 + r]))
+                    } else {
+                        // SAFETY: the masked lanes are columns c0 + 16·v + l < nb of row
+                        // r0 + r < rows of C.
+                        unsafe {
+                            _mm512_maskz_loadu_ps(masks[v], t.c.add((r0 + r) * t.ldc + c0 + 16 * v))
+                        }
+                    };
+                }
+            }
+            for p in t.p0..t.p1 {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    // SAFETY: p·PW + 16·(v + 1) ≤ k·PW = panel.len() (p < k, NV ≤ 3).
+                    *slot = unsafe { _mm512_loadu_ps(panel.as_ptr().add(p * PW + 16 * v)) };
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    // SAFETY: arow[r] is a real row of A (r0 + r clamped to rows − 1) and
+                    // p < k = lda, so the element is inside a.
+                    let a = _mm512_set1_ps(unsafe { *arow[r].add(p) });
+                    for (v, x) in row.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(bv[v], a, *x);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate().take(live_rows) {
+                for (v, x) in row.iter().enumerate() {
+                    // SAFETY: as the loads above.
+                    unsafe {
+                        _mm512_mask_storeu_ps(t.c.add((r0 + r) * t.ldc + c0 + 16 * v), masks[v], *x)
+                    };
+                }
+            }
+        }
+    }
+
+    /// AVX2 + FMA: every panel of the block, 4 rows × up to 24 columns at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_tile(t: &Tile) {
+        const MR: usize = 4;
+        for (pi, panel) in t.bp.chunks_exact(t.k * PW).enumerate() {
+            for half in 0..2 {
+                let c0 = pi * PW + 24 * half;
+                if c0 >= t.nb {
+                    break;
+                }
+                let live = (t.nb - c0).min(24);
+                let lanes = |v: usize| live.saturating_sub(8 * v).min(8);
+                for r0 in (0..t.rows).step_by(MR) {
+                    let live_rows = (t.rows - r0).min(MR);
+                    let arow: [*const f32; MR] = std::array::from_fn(|r| {
+                        t.a.as_ptr().wrapping_add((r0 + r).min(t.rows - 1) * t.lda)
+                    });
+                    let mut acc = [[_mm256_setzero_ps(); 3]; MR];
+                    for (r, row) in acc.iter_mut().enumerate().take(live_rows) {
+                        for (v, x) in row.iter_mut().enumerate() {
+                            *x = if t.p0 == 0 {
+                                _mm256_set1_ps(t.bias.map_or(0.0, |b| b[r0 + r]))
+                            } else {
+                                let mut l = [0f32; 8];
+                                let at = (r0 + r) * t.ldc + c0 + 8 * v;
+                                for (i, s) in l.iter_mut().enumerate().take(lanes(v)) {
+                                    // SAFETY: column c0 + 8·v + i < nb of row r0 + r < rows.
+                                    *s = unsafe { *t.c.add(at + i) };
+                                }
+                                // SAFETY: l holds 8 f32.
+                                unsafe { _mm256_loadu_ps(l.as_ptr()) }
+                            };
+                        }
+                    }
+                    for p in t.p0..t.p1 {
+                        let mut bv = [_mm256_setzero_ps(); 3];
+                        for (v, slot) in bv.iter_mut().enumerate() {
+                            // SAFETY: p·PW + 24·half + 8·(v + 1) ≤ (p + 1)·PW ≤ panel.len().
+                            *slot = unsafe {
+                                _mm256_loadu_ps(panel.as_ptr().add(p * PW + 24 * half + 8 * v))
+                            };
+                        }
+                        for (r, row) in acc.iter_mut().enumerate() {
+                            // SAFETY: a real row of A, p < k = lda.
+                            let a = _mm256_set1_ps(unsafe { *arow[r].add(p) });
+                            for (v, x) in row.iter_mut().enumerate() {
+                                *x = _mm256_fmadd_ps(bv[v], a, *x);
+                            }
+                        }
+                    }
+                    for (r, row) in acc.iter().enumerate().take(live_rows) {
+                        for (v, x) in row.iter().enumerate() {
+                            let mut l = [0f32; 8];
+                            // SAFETY: l holds 8 f32.
+                            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *x) };
+                            let at = (r0 + r) * t.ldc + c0 + 8 * v;
+                            for (i, &val) in l.iter().enumerate().take(lanes(v)) {
+                                // SAFETY: column c0 + 8·v + i < nb of row r0 + r < rows.
+                                unsafe { *t.c.add(at + i) = val };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Every float convolution kernel this machine has against an f64 product: random shapes
+//! (edges of the micro-tile rows, the 16- and 48-column panels and the column blocks
+//! included), layer shapes that take each parallel split and several slices of k, with and
+//! without a bias. The kernels differ from exact arithmetic only by f32 rounding.
+
+use proptest::prelude::*;
+use tessera_engine::gemm_f32::{FKernel, gemm_bias};
+
+fn reference(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for r in 0..m {
+        for j in 0..n {
+            let mut s = bias.map_or(0.0, |v| f64::from(v[r]));
+            for p in 0..k {
+                s += f64::from(a[r * k + p]) * f64::from(b[p * n + j]);
+            }
+            c[r * n + j] = s;
+        }
+    }
+    c
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn check(m: usize, k: usize, n: usize, seed: u64, with_bias: bool) -> Result<(), String> {
+    let a = values(m * k, seed);
+    let b = values(k * n, seed ^ 0x9e37);
+    let bias = values(m, seed ^ 0x51);
+    let bias = with_bias.then_some(bias.as_slice());
+    let want = reference(m, k, n, &a, &b, bias);
+    // |error| ≤ k·2^-23·Σ|a·b| for any order of f32 additions; Σ|a·b| ≤ k + 1 here.
+    let tol = (k as f64 + 1.0) * (k as f64 + 1.0) * 2f64.powi(-23) * 2.0 + 1e-6;
+    for kern in FKernel::available() {
+        let mut c = vec![f32::NAN; m * n];
+        gemm_bias(kern, m, k, n, &a, &b, bias, &mut c);
+        for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+            if (f64::from(got) - w).abs() > tol {
+                return Err(format!(
+                    "{kern:?} {m}×{k}·{k}×{n}: element {i} is {got}, want {w}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn kernels_on_this_machine() {
+    let ks = FKernel::available();
+    eprintln!(
+        "float GEMM kernels here: {ks:?} (best {:?})",
+        FKernel::best()
+    );
+    assert_eq!(ks.first(), Some(&FKernel::Portable));
+    assert!(ks.contains(&FKernel::best()));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_kernel_agrees(m in 1usize..=19, n in 1usize..=400, k in 0usize..=300, seed in any::<u64>(), bias in any::<bool>()) {
+        check(m, k, n, seed, bias).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn layer_shapes() {
+    // Column-parallel with several k slices, row-parallel with a ragged last row block, and
+    // one narrow product that runs as a single task.
+    for (m, k, n) in [(64, 576, 3136), (517, 1153, 49), (40, 300, 1000), (3, 5, 7)] {
+        check(m, k, n, (m * k * n) as u64, true).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
