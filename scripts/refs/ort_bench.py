@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Time onnxruntime (CPU, 2 intra-op threads) on tessera's built-in networks, for the ratios in
-BENCHMARKS.md: the median of N runs of one image, after one warm-up.
+BENCHMARKS.md: the median of N runs of one image, after one warm-up. `tessera bench
+--onnxruntime` runs this script itself (embedded in the binary) in the same run; by hand:
 
     for n in resnet18-32 vgg16-32 resnet50-224; do tessera build $n -o /tmp/ortb/$n.onnx; done
     python3 scripts/refs/ort_bench.py /tmp/ortb [N]

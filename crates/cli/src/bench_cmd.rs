@@ -51,6 +51,11 @@ pub(crate) struct BenchArgs {
     /// worst case for every input in range.
     #[arg(long)]
     gc_measured_margin: Option<u32>,
+    /// Also time onnxruntime (the Python wheel, CPU, 2 intra-op threads; `pip install
+    /// onnxruntime numpy`) on the same three networks in the same run, right after tessera,
+    /// and give each engine's ratio to it (the engine-speed targets are within 1.5×).
+    #[arg(long)]
+    onnxruntime: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -87,7 +92,7 @@ pub(crate) fn main(a: &BenchArgs) -> Result<()> {
     } else if !a.lhe.is_empty() {
         crate::lhe_cmd::bench_lhe(&a.lhe, &a.mnist8, a.reps, a.json)
     } else if a.gc.is_empty() {
-        bench(&a.mnist8, &a.int8, a.reps, a.json)
+        bench(&a.mnist8, &a.int8, a.reps, a.onnxruntime, a.json)
     } else {
         bench_gc(
             &a.gc,
@@ -110,6 +115,54 @@ pub(crate) struct BenchRow {
     gmacs: f64,
     /// gmacs over the raw GEMM ceiling of the same precision measured in the same run.
     ratio_to_gemm: f64,
+    /// The median over onnxruntime's on the same workload in the same run (`--onnxruntime`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vs_onnxruntime: Option<f64>,
+}
+
+/// The onnxruntime timing script (`scripts/refs/ort_bench.py`), run by `--onnxruntime`.
+const ORT_SCRIPT: &str = include_str!("../../../scripts/refs/ort_bench.py");
+
+fn io_at(path: &Path, source: std::io::Error) -> CliError {
+    CliError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Runs [`ORT_SCRIPT`] on the ONNX files in `dir`: per file stem, onnxruntime's version and
+/// median ms of `reps` runs.
+fn time_onnxruntime(dir: &Path, reps: usize) -> Result<Vec<(String, String, f64)>> {
+    let script = dir.join("ort_bench.py");
+    std::fs::write(&script, ORT_SCRIPT).map_err(|source| io_at(&script, source))?;
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .arg(reps.max(1).to_string())
+        .output()
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "--onnxruntime runs python3, which could not start ({e}); install Python 3 \
+                 and `pip install onnxruntime numpy`, or leave --onnxruntime out"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(CliError::Usage(format!(
+            "--onnxruntime: the timing script failed (is the onnxruntime wheel installed? \
+             `pip install onnxruntime numpy`): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Lines "NAME: onnxruntime VERSION float, median MS ms of N".
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(": onnxruntime ")?;
+            let (version, rest) = rest.split_once(' ')?;
+            let ms = rest.split_once("median ")?.1.split_once(" ms")?.0;
+            Some((name.to_string(), version.to_string(), ms.parse().ok()?))
+        })
+        .collect())
 }
 
 pub(crate) fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -308,7 +361,13 @@ pub(crate) fn bench_gc(
     Ok(())
 }
 
-pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Result<()> {
+pub(crate) fn bench(
+    mnist8: &Path,
+    int8: &Path,
+    reps: usize,
+    onnxruntime: bool,
+    json: bool,
+) -> Result<()> {
     use rayon::prelude::*;
     let mut rows = Vec::new();
     let batch = 256usize;
@@ -371,8 +430,14 @@ pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Resu
             per_second: items / ms * 1e3,
             gmacs,
             ratio_to_gemm: gmacs / ceil,
+            vs_onnxruntime: None,
         });
     };
+    // The networks onnxruntime times afterwards (`--onnxruntime`), written as ONNX here.
+    let ort_dir = std::env::temp_dir().join(format!("tessera-bench-ort-{}", std::process::id()));
+    if onnxruntime {
+        std::fs::create_dir_all(&ort_dir).map_err(|source| io_at(&ort_dir, source))?;
+    }
     row(format!("GEMM {n}³ f32 (ceiling)"), "float", ms32, 1.0, macs);
     row(
         format!("GEMM {n}³ f64 (ceiling)"),
@@ -441,6 +506,11 @@ pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Resu
                 .map_err(Into::into)
         })?;
         let mm = stats(&g).macs as f64;
+        if onnxruntime {
+            let bytes = tessera_model::export::export_model(&g)?;
+            let file = ort_dir.join(format!("{name}.onnx"));
+            std::fs::write(&file, bytes).map_err(|source| io_at(&file, source))?;
+        }
         row(format!("{name}, 1 image"), "float", ms, 1.0, mm);
         let ms = time_median(reps, || {
             qm.run(std::slice::from_ref(&x))
@@ -485,6 +555,30 @@ pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Resu
             int8.display()
         );
     }
+    if onnxruntime {
+        let timed = time_onnxruntime(&ort_dir, reps);
+        // The written models are large (ResNet-50: 100 MB): removed whatever happened.
+        let _ = std::fs::remove_dir_all(&ort_dir);
+        for (name, version, ms) in timed? {
+            let what = format!("{name}, 1 image");
+            for r in rows.iter_mut().filter(|r| r.what == what) {
+                r.vs_onnxruntime = Some(r.median_ms / ms);
+            }
+            let mm = rows
+                .iter()
+                .find(|r| r.what == what)
+                .map_or(0.0, |r| r.gmacs * r.median_ms * 1e6);
+            rows.push(BenchRow {
+                what,
+                engine: format!("onnxruntime {version} (2 threads)"),
+                median_ms: ms,
+                per_second: 1e3 / ms,
+                gmacs: mm / ms / 1e6,
+                ratio_to_gemm: mm / ms / 1e6 / ceil32,
+                vs_onnxruntime: Some(1.0),
+            });
+        }
+    }
     if json {
         return print_json(&rows);
     }
@@ -495,6 +589,7 @@ pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Resu
         "per second",
         "GMAC/s",
         "of GEMM ceiling",
+        "× onnxruntime",
     ]);
     for r in &rows {
         t.row(vec![
@@ -504,6 +599,8 @@ pub(crate) fn bench(mnist8: &Path, int8: &Path, reps: usize, json: bool) -> Resu
             format!("{:.1}", r.per_second),
             format!("{:.2}", r.gmacs),
             format!("{:.0}%", 100.0 * r.ratio_to_gemm),
+            r.vs_onnxruntime
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
         ]);
     }
     println!(

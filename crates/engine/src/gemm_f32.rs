@@ -1,9 +1,11 @@
 //! The float engine's convolution product, `C (m×n) = A (m×k) · B (k×n) + bias`, with A a
 //! layer's weights (row-major, read in place) and B its unfolded input.
 //!
-//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators) and AVX2 + FMA
-//! (4 rows × 24 columns), chosen at run time ([`FKernel::best`]), and a portable path, the
-//! blocked `matrixmultiply` product of [`crate::gemm`]. Every kernel the machine has is tested
+//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators), chosen at run
+//! time ([`FKernel::best`]) for products of the shapes it runs faster ([`WIDE`], [`NARROW`]),
+//! and a portable path, the blocked `matrixmultiply` product of [`crate::gemm`] (which picks
+//! its own SIMD; on machines without AVX-512 it is the only path: an AVX2 + FMA micro-kernel
+//! of this design measured at half its speed). Every kernel the machine has is tested
 //! against the portable one and an f64 product (`tests/gemm_f32.rs`); they differ from it only
 //! in the order of the f32 additions.
 //!
@@ -22,8 +24,6 @@ use rayon::prelude::*;
 pub enum FKernel {
     /// `matrixmultiply`'s blocked product (its own run-time SIMD choice).
     Portable,
-    /// AVX2 with FMA.
-    Avx2Fma,
     /// AVX-512 F.
     Avx512,
 }
@@ -39,11 +39,6 @@ impl FKernel {
         let mut v = vec![FKernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(FKernel::Avx2Fma);
-            }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 v.push(FKernel::Avx512);
             }
@@ -59,6 +54,13 @@ pub const NB: usize = 4 * PW;
 /// Rows of k per slice: one micro-tile's panel slice is `KC·PW·4` bytes = 24 KiB, within L1;
 /// the accumulators carry over between slices through C.
 const KC: usize = 128;
+
+/// Products at least this wide, or at most [`NARROW`], take the AVX-512 kernel; in between
+/// (one or two blocks of columns, each task a block of rows) `matrixmultiply` measured faster.
+/// A rule on the shape alone, so that a product's rounding never depends on the core count.
+const WIDE: usize = 4 * PW;
+/// See [`WIDE`].
+const NARROW: usize = 32;
 
 /// `c (m×n, row-major) = a (m×k, row-major) · b (k×n, row-major) + bias[row]` (bias 0 where
 /// absent). Panics only on slices shorter than the dimensions say (callers size them).
@@ -80,17 +82,10 @@ pub fn gemm_bias(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let kern: Option<unsafe fn(&Tile)> = match kernel {
-            FKernel::Avx512 => Some(x86::avx512_tile),
-            FKernel::Avx2Fma => Some(x86::avx2_tile),
-            FKernel::Portable => None,
-        };
-        if let Some(kern) = kern
-            && k > 0
-        {
-            // SAFETY: `FKernel::Avx512`/`Avx2Fma` are only chosen (best/available) where the CPU
-            // has the features each kernel enables.
-            blocked(m, k, n, a, b, bias, c, |t| unsafe { kern(t) });
+        if kernel == FKernel::Avx512 && k > 0 && (n >= WIDE || n <= NARROW) {
+            // SAFETY: `FKernel::Avx512` is only chosen (best/available) where the CPU has
+            // AVX-512 F.
+            blocked(m, k, n, a, b, bias, c, |t| unsafe { x86::avx512_tile(t) });
             return;
         }
     }
@@ -178,7 +173,14 @@ fn blocked(
 ) {
     let cp = SendPtr(c.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
-    let starts: Vec<usize> = (0..n).step_by(NB).collect();
+    // Column blocks: NB wide, or narrower (whole panels) so that every thread gets two.
+    let wide = n >= 2 * threads * PW;
+    let nb_cols = if wide {
+        (n / (2 * threads) / PW * PW).clamp(PW, NB)
+    } else {
+        NB
+    };
+    let starts: Vec<usize> = (0..n).step_by(nb_cols).collect();
     let run = |bp: &[f32], j0: usize, r0: usize, rows: usize| {
         let cp = &cp;
         for p0 in (0..k).step_by(KC) {
@@ -189,7 +191,7 @@ fn blocked(
                 k,
                 p0,
                 p1: (p0 + KC).min(k),
-                nb: NB.min(n - j0),
+                nb: nb_cols.min(n - j0),
                 rows,
                 bias: bias.map(|v| &v[r0..]),
                 // Rows r0..r0 + rows < m and columns j0..j0 + nb ≤ n of C (m·n elements).
@@ -199,7 +201,7 @@ fn blocked(
         }
     };
     let small = m * n * k < 1 << 18;
-    if !small && starts.len() >= 2 * threads {
+    if !small && wide {
         starts.par_iter().for_each(|&j0| {
             PANEL.with(|cell| {
                 let mut fresh = Vec::new();
@@ -208,7 +210,7 @@ fn blocked(
                     Ok(v) => v,
                     Err(_) => &mut fresh,
                 };
-                pack(b, k, n, j0, NB.min(n - j0), bp);
+                pack(b, k, n, j0, nb_cols.min(n - j0), bp);
                 run(bp, j0, 0, m);
             })
         });
@@ -218,7 +220,7 @@ fn blocked(
         .par_iter()
         .map(|&j0| {
             let mut bp = Vec::new();
-            pack(b, k, n, j0, NB.min(n - j0), &mut bp);
+            pack(b, k, n, j0, nb_cols.min(n - j0), &mut bp);
             bp
         })
         .collect();
@@ -314,73 +316,6 @@ mod x86 {
                     unsafe {
                         _mm512_mask_storeu_ps(t.c.add((r0 + r) * t.ldc + c0 + 16 * v), masks[v], *x)
                     };
-                }
-            }
-        }
-    }
-
-    /// AVX2 + FMA: every panel of the block, 4 rows × up to 24 columns at a time.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_tile(t: &Tile) {
-        const MR: usize = 4;
-        for (pi, panel) in t.bp.chunks_exact(t.k * PW).enumerate() {
-            for half in 0..2 {
-                let c0 = pi * PW + 24 * half;
-                if c0 >= t.nb {
-                    break;
-                }
-                let live = (t.nb - c0).min(24);
-                let lanes = |v: usize| live.saturating_sub(8 * v).min(8);
-                for r0 in (0..t.rows).step_by(MR) {
-                    let live_rows = (t.rows - r0).min(MR);
-                    let arow: [*const f32; MR] = std::array::from_fn(|r| {
-                        t.a.as_ptr().wrapping_add((r0 + r).min(t.rows - 1) * t.lda)
-                    });
-                    let mut acc = [[_mm256_setzero_ps(); 3]; MR];
-                    for (r, row) in acc.iter_mut().enumerate().take(live_rows) {
-                        for (v, x) in row.iter_mut().enumerate() {
-                            *x = if t.p0 == 0 {
-                                _mm256_set1_ps(t.bias.map_or(0.0, |b| b[r0 + r]))
-                            } else {
-                                let mut l = [0f32; 8];
-                                let at = (r0 + r) * t.ldc + c0 + 8 * v;
-                                for (i, s) in l.iter_mut().enumerate().take(lanes(v)) {
-                                    // SAFETY: column c0 + 8·v + i < nb of row r0 + r < rows.
-                                    *s = unsafe { *t.c.add(at + i) };
-                                }
-                                // SAFETY: l holds 8 f32.
-                                unsafe { _mm256_loadu_ps(l.as_ptr()) }
-                            };
-                        }
-                    }
-                    for p in t.p0..t.p1 {
-                        let mut bv = [_mm256_setzero_ps(); 3];
-                        for (v, slot) in bv.iter_mut().enumerate() {
-                            // SAFETY: p·PW + 24·half + 8·(v + 1) ≤ (p + 1)·PW ≤ panel.len().
-                            *slot = unsafe {
-                                _mm256_loadu_ps(panel.as_ptr().add(p * PW + 24 * half + 8 * v))
-                            };
-                        }
-                        for (r, row) in acc.iter_mut().enumerate() {
-                            // SAFETY: a real row of A, p < k = lda.
-                            let a = _mm256_set1_ps(unsafe { *arow[r].add(p) });
-                            for (v, x) in row.iter_mut().enumerate() {
-                                *x = _mm256_fmadd_ps(bv[v], a, *x);
-                            }
-                        }
-                    }
-                    for (r, row) in acc.iter().enumerate().take(live_rows) {
-                        for (v, x) in row.iter().enumerate() {
-                            let mut l = [0f32; 8];
-                            // SAFETY: l holds 8 f32.
-                            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), *x) };
-                            let at = (r0 + r) * t.ldc + c0 + 8 * v;
-                            for (i, &val) in l.iter().enumerate().take(lanes(v)) {
-                                // SAFETY: column c0 + 8·v + i < nb of row r0 + r < rows.
-                                unsafe { *t.c.add(at + i) = val };
-                            }
-                        }
-                    }
                 }
             }
         }
