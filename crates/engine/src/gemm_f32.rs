@@ -1,8 +1,9 @@
 //! The float engine's convolution product, `C (m×n) = A (m×k) · B (k×n) + bias`, with A a
 //! layer's weights (row-major, read in place) and B its unfolded input.
 //!
-//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators), chosen at run
-//! time ([`FKernel::best`]) for products of the shapes it runs faster ([`WIDE`], [`NARROW`]),
+//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators; and for 33–56
+//! columns, 4 × 6 dot products over k), chosen at run time ([`FKernel::best`]) for products of
+//! the shapes they run faster ([`WIDE`], [`NARROW`], [`DOT_MAX_N`]),
 //! and a portable path, the blocked `matrixmultiply` product of [`crate::gemm`] (which picks
 //! its own SIMD; on machines without AVX-512 it is the only path: an AVX2 + FMA micro-kernel
 //! of this design measured at half its speed). Every kernel the machine has is tested
@@ -55,9 +56,10 @@ pub const NB: usize = 4 * PW;
 /// the accumulators carry over between slices through C.
 const KC: usize = 128;
 
-/// Products at least this wide, or at most [`NARROW`], take the AVX-512 kernel; in between
-/// (one or two blocks of columns, each task a block of rows) `matrixmultiply` measured faster.
-/// A rule on the shape alone, so that a product's rounding never depends on the core count.
+/// Products at least this wide, or at most [`NARROW`], take the AVX-512 panel kernel; up to
+/// [`DOT_MAX_N`] the dot-product kernel ([`dots`]); in between (one or two blocks of columns,
+/// each task a block of rows) `matrixmultiply` measured faster. A rule on the shape alone, so
+/// that a product's rounding never depends on the core count.
 const WIDE: usize = 4 * PW;
 /// See [`WIDE`].
 const NARROW: usize = 32;
@@ -88,9 +90,73 @@ pub fn gemm_bias(
             blocked(m, k, n, a, b, bias, c, |t| unsafe { x86::avx512_tile(t) });
             return;
         }
+        if kernel == FKernel::Avx512 && k >= DOT_MIN_K && n <= DOT_MAX_N {
+            dots(m, k, n, a, b, bias, c);
+            return;
+        }
     }
     let _ = kernel;
     portable(m, k, n, a, b, bias, c);
+}
+
+/// Depth from which the in-between widths up to [`DOT_MAX_N`] take [`dots`] (shallower
+/// products are small).
+const DOT_MIN_K: usize = 64;
+/// The widest product [`dots`] takes: measured against matrixmultiply, it wins at 49 columns
+/// (56–64 against 35–46 GMAC/s on ResNet-50's 7×7 stage shapes), ties at 40 and 64, and loses
+/// at 100 (39 against 57).
+const DOT_MAX_N: usize = 56;
+/// Rows of k per slice of [`dots`]: a micro-tile's 4 rows of A (32 KiB) stay near L1, the
+/// slice of Bᵀ in L2, and the 24 horizontal reductions per slice stay rare (at 512 they cost
+/// a fifth of the time).
+const DOT_KS: usize = 2048;
+
+/// Products of 33–56 columns (few columns, many rows, deep sums — the late layers of a network
+/// at 224×224) as dot products over k: Bᵀ is packed once (n × k, each column contiguous,
+/// zero-padded to whole 16-lane groups), A read in place row by row, and a micro-tile of 4
+/// rows × 6 columns keeps 24 vector accumulators of 16 partial sums each over one slice of k,
+/// reduced into C after every slice. Rows split across cores in blocks of 4.
+#[cfg(target_arch = "x86_64")]
+fn dots(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
+    let kp = k.div_ceil(16) * 16;
+    let mut bt = vec![0f32; n * kp];
+    bt.par_chunks_mut(kp).enumerate().for_each(|(j, col)| {
+        for (p, v) in col.iter_mut().take(k).enumerate() {
+            *v = b[p * n + j];
+        }
+    });
+    c[..m * n]
+        .par_chunks_mut(4 * n)
+        .enumerate()
+        .for_each(|(blk, crows)| {
+            let r0 = 4 * blk;
+            let rows = crows.len() / n;
+            for (r, row) in crows.chunks_mut(n).enumerate() {
+                row.fill(bias.map_or(0.0, |v| v[r0 + r]));
+            }
+            let d = Dots {
+                a: &a[r0 * k..(r0 + rows) * k],
+                k,
+                rows,
+                bt: &bt,
+                kp,
+                n,
+            };
+            // SAFETY: `dots` runs only under `FKernel::Avx512`, chosen where the CPU has
+            // AVX-512 F.
+            unsafe { x86::dot_rows(&d, crows) }
+        });
+}
+
+/// One block of at most 4 rows for [`dots`]: `a` holds its rows (row stride `k`), `bt` is Bᵀ
+/// (`n` columns of `kp` ≥ k, zero beyond k).
+struct Dots<'a> {
+    a: &'a [f32],
+    k: usize,
+    rows: usize,
+    bt: &'a [f32],
+    kp: usize,
+    n: usize,
 }
 
 /// `matrixmultiply` with the bias written first.
@@ -240,7 +306,7 @@ fn blocked(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PW, Tile};
+    use super::{DOT_KS, Dots, PW, Tile};
     use std::arch::x86_64::*;
 
     /// AVX-512: every panel of the block, 8 rows × up to 48 columns at a time (more rows on a
@@ -319,5 +385,63 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// Adds `Σ_p a[r][p]·bt[j][p]` to `c[r][j]` for the block's rows and every column, one
+    /// slice of k at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_rows(d: &Dots, c: &mut [f32]) {
+        let mut j = 0;
+        while j < d.n {
+            // SAFETY: forwarded; j + NR ≤ n.
+            unsafe {
+                j += match d.n - j {
+                    1 => dot_micro::<1>(d, j, c),
+                    2 => dot_micro::<2>(d, j, c),
+                    3 => dot_micro::<3>(d, j, c),
+                    4 => dot_micro::<4>(d, j, c),
+                    5 => dot_micro::<5>(d, j, c),
+                    _ => dot_micro::<6>(d, j, c),
+                };
+            }
+        }
+    }
+
+    /// Columns `j..j + NR` of every row of the block; returns NR.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_micro<const NR: usize>(d: &Dots, j: usize, c: &mut [f32]) -> usize {
+        const MR: usize = 4;
+        // Rows past the block's last re-read it (their sums are not stored).
+        let arow: [&[f32]; MR] = std::array::from_fn(|r| {
+            let r = r.min(d.rows - 1);
+            &d.a[r * d.k..(r + 1) * d.k]
+        });
+        let bcol: [&[f32]; NR] = std::array::from_fn(|v| &d.bt[(j + v) * d.kp..(j + v + 1) * d.kp]);
+        for s0 in (0..d.k).step_by(DOT_KS) {
+            let s1 = (s0 + DOT_KS).min(d.k);
+            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+            let mut p = s0;
+            while p < s1 {
+                let live = (s1 - p).min(16);
+                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+                // SAFETY: the masked lanes p..p + live ≤ k are inside each row of A; the
+                // columns of Bᵀ hold kp ≥ p + 16 floats (p is a multiple of 16 below k).
+                let bv: [__m512; NR] =
+                    std::array::from_fn(|v| unsafe { _mm512_loadu_ps(bcol[v].as_ptr().add(p)) });
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = unsafe { _mm512_maskz_loadu_ps(mask, arow[r].as_ptr().add(p)) };
+                    for (v, x) in row.iter_mut().enumerate() {
+                        *x = _mm512_fmadd_ps(av, bv[v], *x);
+                    }
+                }
+                p += 16;
+            }
+            for (r, row) in acc.iter().enumerate().take(d.rows) {
+                for (v, x) in row.iter().enumerate() {
+                    c[r * d.n + j + v] += _mm512_reduce_add_ps(*x);
+                }
+            }
+        }
+        NR
     }
 }
