@@ -2,7 +2,7 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::gemm_f32::{FKernel, gemm_bias};
+use crate::gemm_f32::{FKernel, Unfold, gemm_bias, gemm_columns};
 use crate::window::{Geometry, conv_geometry, depthwise_plane, im2col, pool_geometry, pool_planes};
 use rayon::prelude::*;
 use tessera_model::ir::{BinOp, Conv, Graph, Op, Pool, ValueId};
@@ -410,16 +410,24 @@ fn conv_gemm(x: &Tensor, c: &Conv, g: &Geometry, col: &mut Vec<f32>, out: &mut [
         for gr in 0..groups {
             let xin =
                 &x.data()[(b * ci + gr * cig) * g.h * g.w..(b * ci + (gr + 1) * cig) * g.h * g.w];
+            let w = &c.weight.data()[gr * cog * kk..(gr + 1) * cog * kk];
+            let o = &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
+            let bias = c.bias.as_ref().map(|v| &v.data()[gr * cog..(gr + 1) * cog]);
+            let kernel = FKernel::best();
+            // The panel kernel packs straight from the image; the others need the unfolded
+            // matrix (or the image itself for a pointwise window).
+            if !g.is_pointwise()
+                && gemm_columns(kernel, cog, kk, npos, w, &Unfold { x: xin, g }, bias, o)
+            {
+                continue;
+            }
             let colv: &[f32] = if g.is_pointwise() {
                 xin
             } else {
                 im2col(xin, cig, g, col);
                 col
             };
-            let w = &c.weight.data()[gr * cog * kk..(gr + 1) * cog * kk];
-            let o = &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
-            let bias = c.bias.as_ref().map(|v| &v.data()[gr * cog..(gr + 1) * cog]);
-            gemm_bias(FKernel::best(), cog, kk, npos, w, colv, bias, o);
+            gemm_bias(kernel, cog, kk, npos, w, colv, bias, o);
         }
     }
 }

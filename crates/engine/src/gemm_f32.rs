@@ -10,6 +10,10 @@
 //! against the portable one and an f64 product (`tests/gemm_f32.rs`); they differ from it only
 //! in the order of the f32 additions.
 //!
+//! A convolution hands the panel kernel its input as an [`Unfold`]: the panels are packed
+//! straight from the image (runs of each output row copied per row of k), so the unfolded
+//! matrix is never written; the other paths take it from `window::im2col`.
+//!
 //! Blocking: B is packed per block of [`NB`] columns into panels of 48 columns, each panel's
 //! rows contiguous, so a micro-tile's slice of B (128 rows of k at a time) stays in L1 while
 //! every row block of A passes over it; A needs no packing (each micro-tile streams its rows,
@@ -18,6 +22,7 @@
 //! its own block; narrow ones pack B once and split by rows.
 
 use crate::gemm::{View, sgemm};
+use crate::window::Geometry;
 use rayon::prelude::*;
 
 /// Which kernel runs.
@@ -84,10 +89,7 @@ pub fn gemm_bias(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if kernel == FKernel::Avx512 && k > 0 && (n >= WIDE || n <= NARROW) {
-            // SAFETY: `FKernel::Avx512` is only chosen (best/available) where the CPU has
-            // AVX-512 F.
-            blocked(m, k, n, a, b, bias, c, |t| unsafe { x86::avx512_tile(t) });
+        if gemm_columns(kernel, m, k, n, a, &Matrix { b, n }, bias, c) {
             return;
         }
         if kernel == FKernel::Avx512 && k >= DOT_MIN_K && n <= DOT_MAX_N {
@@ -97,6 +99,45 @@ pub fn gemm_bias(
     }
     let _ = kernel;
     portable(m, k, n, a, b, bias, c);
+}
+
+/// Whether [`gemm_bias`] runs this kernel and shape on the panel kernel, which can take its
+/// columns from any [`Columns`] ([`gemm_columns`]).
+pub fn takes_panels(kernel: FKernel, k: usize, n: usize) -> bool {
+    cfg!(target_arch = "x86_64") && kernel == FKernel::Avx512 && k > 0 && (n >= WIDE || n <= NARROW)
+}
+
+/// [`gemm_bias`] with B's columns from `src` (for a convolution, its input unfolded on the
+/// fly, [`Unfold`]) where the shape [`takes_panels`]; `false`, with nothing written, where it
+/// does not (the caller unfolds the input and calls [`gemm_bias`]).
+#[allow(clippy::too_many_arguments)] // the GEMM's operands and its kernel
+pub fn gemm_columns(
+    kernel: FKernel,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    src: &dyn Columns,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) -> bool {
+    assert!(a.len() >= m * k && c.len() >= m * n);
+    assert!(bias.is_none_or(|v| v.len() >= m));
+    if !takes_panels(kernel, k, n) {
+        return false;
+    }
+    if m == 0 || n == 0 {
+        return true;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `FKernel::Avx512` is only chosen (best/available) where the CPU has
+        // AVX-512 F.
+        blocked(m, k, n, a, src, bias, c, |t| unsafe { x86::avx512_tile(t) });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Depth from which the in-between widths up to [`DOT_MAX_N`] take [`dots`] (shallower
@@ -184,18 +225,91 @@ fn portable(
     );
 }
 
-/// Packs columns `j0..j0 + nb` of `b` (row-major k×n) as panels `[nb/PW][k][PW]`, zero-padded
-/// to whole panels.
-fn pack(b: &[f32], k: usize, n: usize, j0: usize, nb: usize, out: &mut Vec<f32>) {
+/// Where the columns of B come from: a row-major matrix, or a convolution's input unfolded on
+/// the fly ([`Unfold`]), so that the panels are packed straight from the image.
+pub trait Columns: Sync {
+    /// Writes rows `0..k` of columns `j0..j0 + w` (`w ≤ 48`) into `dst`, `k` rows of 48
+    /// floats; the columns from `w` on are left as they are (zero).
+    fn panel(&self, j0: usize, w: usize, dst: &mut [f32]);
+}
+
+/// A row-major k × n matrix.
+struct Matrix<'a> {
+    b: &'a [f32],
+    n: usize,
+}
+
+impl Columns for Matrix<'_> {
+    fn panel(&self, j0: usize, w: usize, dst: &mut [f32]) {
+        for (p, row) in dst.chunks_exact_mut(PW).enumerate() {
+            row[..w].copy_from_slice(&self.b[p * self.n + j0..p * self.n + j0 + w]);
+        }
+    }
+}
+
+/// The input of a convolution (`cin` channels of one image) seen as its unfolded
+/// `[cin·kh·kw, oh·ow]` matrix, without writing that matrix.
+pub struct Unfold<'a> {
+    /// The image, `cin·h·w`.
+    pub x: &'a [f32],
+    /// The window.
+    pub g: &'a Geometry,
+}
+
+impl Columns for Unfold<'_> {
+    fn panel(&self, j0: usize, w: usize, dst: &mut [f32]) {
+        let g = self.g;
+        let (kh, kw) = (g.k[0], g.k[1]);
+        // The output rows the panel's columns cover, as runs (oy, ox_from, ox_to, dst column).
+        let mut runs = [(0usize, 0usize, 0usize, 0usize); PW];
+        let mut nr = 0;
+        let mut j = j0;
+        while j < j0 + w && nr < PW {
+            let (oy, ox) = (j / g.ow, j % g.ow);
+            let to = (ox + (j0 + w - j)).min(g.ow);
+            runs[nr] = (oy, ox, to, j - j0);
+            nr += 1;
+            j += to - ox;
+        }
+        let runs = &runs[..nr];
+        for (p, row) in dst.chunks_exact_mut(PW).enumerate() {
+            let (ci, ki, kj) = (p / (kh * kw), p / kw % kh, p % kw);
+            let xc = &self.x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+            let (lo, hi, first) = g.valid_columns(kj);
+            row[..w].fill(0.0);
+            for &(oy, from, to, at) in runs {
+                let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    continue;
+                }
+                let (a, b) = (from.max(lo), to.min(hi));
+                if a >= b {
+                    continue;
+                }
+                let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                let start = first + (a - lo) * g.s[1];
+                let out = &mut row[at + a - from..at + b - from];
+                if g.s[1] == 1 {
+                    out.copy_from_slice(&src[start..start + out.len()]);
+                } else {
+                    for (o, &v) in out.iter_mut().zip(src[start..].iter().step_by(g.s[1])) {
+                        *o = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs columns `j0..j0 + nb` of `src` (k rows) as panels `[nb/PW][k][PW]`, zero-padded to
+/// whole panels.
+fn pack(src: &dyn Columns, k: usize, j0: usize, nb: usize, out: &mut Vec<f32>) {
     let panels = nb.div_ceil(PW);
     out.clear();
     out.resize(panels * k * PW, 0.0);
     for (pi, panel) in out.chunks_exact_mut(k * PW).enumerate() {
         let c0 = j0 + pi * PW;
-        let w = PW.min(j0 + nb - c0);
-        for (p, dst) in panel.chunks_exact_mut(PW).enumerate() {
-            dst[..w].copy_from_slice(&b[p * n + c0..p * n + c0 + w]);
-        }
+        src.panel(c0, PW.min(j0 + nb - c0), panel);
     }
 }
 
@@ -232,7 +346,7 @@ fn blocked(
     k: usize,
     n: usize,
     a: &[f32],
-    b: &[f32],
+    src: &dyn Columns,
     bias: Option<&[f32]>,
     c: &mut [f32],
     kern: impl Fn(&Tile) + Sync,
@@ -276,7 +390,7 @@ fn blocked(
                     Ok(v) => v,
                     Err(_) => &mut fresh,
                 };
-                pack(b, k, n, j0, nb_cols.min(n - j0), bp);
+                pack(src, k, j0, nb_cols.min(n - j0), bp);
                 run(bp, j0, 0, m);
             })
         });
@@ -286,7 +400,7 @@ fn blocked(
         .par_iter()
         .map(|&j0| {
             let mut bp = Vec::new();
-            pack(b, k, n, j0, nb_cols.min(n - j0), &mut bp);
+            pack(src, k, j0, nb_cols.min(n - j0), &mut bp);
             bp
         })
         .collect();

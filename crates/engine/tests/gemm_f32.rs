@@ -105,3 +105,42 @@ fn layer_shapes() {
         check(m, k, n, (m * k * n) as u64, true).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Panels packed straight from the image equal panels packed from the unfolded matrix, bit
+    /// for bit, on random windows (strides, padding on each side, dilations).
+    #[test]
+    fn unfolding_on_the_fly_matches_im2col(
+        cin in 1usize..=3, h in 1usize..=19, w in 1usize..=23, kh in 1usize..=3, kw in 1usize..=3,
+        s in 1usize..=2, pads in proptest::array::uniform4(0usize..=2), d in 1usize..=2,
+        m in 1usize..=9, seed in any::<u64>(),
+    ) {
+        use tessera_engine::gemm_f32::{Unfold, gemm_columns};
+        use tessera_engine::window::{Geometry, im2col};
+        let (eh, ew) = ((kh - 1) * d + 1, (kw - 1) * d + 1);
+        prop_assume!(h + pads[0] + pads[2] >= eh && w + pads[1] + pads[3] >= ew);
+        let oh = (h + pads[0] + pads[2] - eh) / s + 1;
+        let ow = (w + pads[1] + pads[3] - ew) / s + 1;
+        let g = Geometry { h, w, k: [kh, kw], s: [s, s], p: pads, d: [d, d], oh, ow };
+        let x = values(cin * h * w, seed);
+        let k = cin * kh * kw;
+        let a = values(m * k, seed ^ 5);
+        let n = oh * ow;
+        let mut col = Vec::new();
+        im2col(&x, cin, &g, &mut col);
+        for kern in FKernel::available() {
+            let mut want = vec![0f32; m * n];
+            gemm_bias(kern, m, k, n, &a, &col, None, &mut want);
+            let mut got = vec![f32::NAN; m * n];
+            if gemm_columns(kern, m, k, n, &a, &Unfold { x: &x, g: &g }, None, &mut got) {
+                prop_assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{:?} {:?}", kern, g
+                );
+            }
+        }
+    }
+}
