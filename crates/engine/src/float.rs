@@ -380,15 +380,7 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
             });
         return Ok(Tensor::new(out_shape.to_vec(), out)?);
     }
-    COL.with(|cell| {
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let col = match guard.as_deref_mut() {
-            Ok(v) => v,
-            Err(_) => &mut fresh,
-        };
-        conv_gemm(x, c, &g, col, &mut out);
-    });
+    crate::with_scratch(&COL, |col| conv_gemm(x, c, &g, col, &mut out));
     Ok(Tensor::new(out_shape.to_vec(), out)?)
 }
 

@@ -389,13 +389,7 @@ fn blocked(
     let small = m * n * k < 1 << 18;
     if !small && wide {
         starts.par_iter().for_each(|&j0| {
-            PANEL.with(|cell| {
-                let mut fresh = Vec::new();
-                let mut guard = cell.try_borrow_mut();
-                let bp = match guard.as_deref_mut() {
-                    Ok(v) => v,
-                    Err(_) => &mut fresh,
-                };
+            crate::with_scratch(&PANEL, |bp| {
                 pack(src, k, j0, nb_cols.min(n - j0), bp);
                 run(bp, j0, 0, m);
             })

@@ -312,13 +312,7 @@ impl PackedA {
         let small = m * n * k < 1 << 20;
         if !small && starts.len() >= 2 * threads {
             starts.par_iter().for_each(|&j0| {
-                PANEL.with(|cell| {
-                    let mut fresh = Vec::new();
-                    let mut guard = cell.try_borrow_mut();
-                    let bp = match guard.as_deref_mut() {
-                        Ok(v) => v,
-                        Err(_) => &mut fresh,
-                    };
+                crate::with_scratch(&PANEL, |bp| {
                     pack(b, n, k, j0, NB.min(n - j0), bp);
                     run(bp, j0, 0, m);
                 })

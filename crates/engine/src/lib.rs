@@ -22,6 +22,19 @@ pub mod train;
 pub mod window;
 
 pub use float::{argmax, run_f32};
+
+/// Runs `f` on the calling thread's scratch buffer in `key` (kept between calls: no fresh pages
+/// per layer). A thread that waits inside a parallel loop may run another inference's layer
+/// (rayon steals work); that one finds the buffer taken and gets a fresh one.
+pub(crate) fn with_scratch<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut t) => f(&mut t),
+        Err(_) => f(&mut T::default()),
+    })
+}
 pub use quant::{QuantConfig, QuantModel};
 pub use semantics::{ExactModel, Semantics};
 

@@ -79,21 +79,12 @@ pub(super) fn linear_u8(
     }
     let n_out: usize = out_shape.iter().product();
     let mut y = vec![0i64; n_out];
-    // Scratch buffers kept by the thread between layers and runs (no fresh pages per layer).
-    // A thread that waits inside a parallel GEMM may run another inference's layer (rayon
-    // steals work): that one finds the buffers taken and uses fresh ones.
-    SCRATCH
-        .with(|cell| {
-            let mut fresh = Scratch::default();
-            let mut guard = cell.try_borrow_mut();
-            let Scratch { xu, col, sums } = match guard.as_deref_mut() {
-                Ok(s) => s,
-                Err(_) => &mut fresh,
-            };
-            layer_u8(op, l, w8, lo, x, out_shape, &mut y, xu, col, sums)
-        })?
-        .map(|()| y)
-        .into()
+    // Scratch buffers kept by the thread between layers and runs.
+    crate::with_scratch(&SCRATCH, |Scratch { xu, col, sums }| {
+        layer_u8(op, l, w8, lo, x, out_shape, &mut y, xu, col, sums)
+    })?
+    .map(|()| y)
+    .into()
 }
 
 /// Buffers one thread reuses across layers: the offset input, its im2col and the i32 sums.
