@@ -123,6 +123,15 @@ pub(crate) struct BenchRow {
 /// The onnxruntime timing script (`scripts/refs/ort_bench.py`), run by `--onnxruntime`.
 const ORT_SCRIPT: &str = include_str!("../../../scripts/refs/ort_bench.py");
 
+/// A directory removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn io_at(path: &Path, source: std::io::Error) -> CliError {
     CliError::Io {
         path: path.display().to_string(),
@@ -154,7 +163,7 @@ fn time_onnxruntime(dir: &Path, reps: usize) -> Result<Vec<(String, String, f64)
         )));
     }
     // Lines "NAME: onnxruntime VERSION float, median MS ms of N".
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let timed: Vec<(String, String, f64)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.split_once(": onnxruntime ")?;
@@ -162,7 +171,14 @@ fn time_onnxruntime(dir: &Path, reps: usize) -> Result<Vec<(String, String, f64)
             let ms = rest.split_once("median ")?.1.split_once(" ms")?.0;
             Some((name.to_string(), version.to_string(), ms.parse().ok()?))
         })
-        .collect())
+        .collect();
+    if timed.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--onnxruntime: the timing script printed no timing line; its output was: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        )));
+    }
+    Ok(timed)
 }
 
 pub(crate) fn time_median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -433,10 +449,13 @@ pub(crate) fn bench(
             vs_onnxruntime: None,
         });
     };
-    // The networks onnxruntime times afterwards (`--onnxruntime`), written as ONNX here.
-    let ort_dir = std::env::temp_dir().join(format!("tessera-bench-ort-{}", std::process::id()));
+    // The networks onnxruntime times afterwards (`--onnxruntime`), written as ONNX here; the
+    // guard removes them (ResNet-50 alone is 100 MB) on every way out, errors included.
+    let ort_dir =
+        TempDir(std::env::temp_dir().join(format!("tessera-bench-ort-{}", std::process::id())));
+    let ort_dir = &ort_dir.0;
     if onnxruntime {
-        std::fs::create_dir_all(&ort_dir).map_err(|source| io_at(&ort_dir, source))?;
+        std::fs::create_dir_all(ort_dir).map_err(|source| io_at(ort_dir, source))?;
     }
     row(format!("GEMM {n}³ f32 (ceiling)"), "float", ms32, 1.0, macs);
     row(
@@ -556,10 +575,7 @@ pub(crate) fn bench(
         );
     }
     if onnxruntime {
-        let timed = time_onnxruntime(&ort_dir, reps);
-        // The written models are large (ResNet-50: 100 MB): removed whatever happened.
-        let _ = std::fs::remove_dir_all(&ort_dir);
-        for (name, version, ms) in timed? {
+        for (name, version, ms) in time_onnxruntime(ort_dir, reps)? {
             let what = format!("{name}, 1 image");
             for r in rows.iter_mut().filter(|r| r.what == what) {
                 r.vs_onnxruntime = Some(r.median_ms / ms);
