@@ -187,13 +187,15 @@ const SEED: u64 = 7;
 /// on 4 generated inputs uniform in [0, 1] with the default parameters (w8a8, B = 3): the
 /// figures measured when this test was written, rounded up (BENCHMARKS.md has them). The
 /// calibration runs the float engine, whose f32 summation order follows the kernel the CPU
-/// has: DenseNet-121's error moved from 5.9% to 6.9% when the float convolution kernel
-/// changed, the others by at most 0.6 points.
+/// has, so a figure can move by a few tenths of a point between machines. DenseNet-121 went
+/// from 7.0% to 2.0% when chains of constant ops (its unfolded batch normalisations) began to
+/// requantize once and concatenated values to land on the concatenation's grid; VGG-19 (19
+/// layers of 8-bit activations, no normalisation) stays near 4% (BENCHMARKS.md explains).
 const V2_ERROR_PERCENT: &[(&str, f32)] = &[
     ("bvlc_alexnet", 2.0),
     ("inception_v1", 3.0),
     ("zfnet512", 3.0),
-    ("densenet121", 7.5),
+    ("densenet121", 2.5),
     ("inception_v2", 2.0),
     ("resnet50", 2.0),
     ("shufflenet", 2.0),

@@ -173,6 +173,7 @@ fn oracle(m: &IntModel, x: &Tensor<i64>) -> Vec<i128> {
                 },
                 IntOp::MulConst {
                     mult,
+                    add,
                     shift,
                     lo,
                     hi,
@@ -180,7 +181,10 @@ fn oracle(m: &IntModel, x: &Tensor<i64>) -> Vec<i128> {
             ) => (0..len)
                 .map(|i| {
                     let a = xv[bidx(i, &os, &xs)];
-                    clamp(ref_rq(a, mult[bidx(i, &os, c.shape())], *shift), *lo, *hi)
+                    let j = bidx(i, &os, c.shape());
+                    let m = i128::from(mult[j]);
+                    let k = add.get(j).map_or(0, |&v| i128::from(v));
+                    clamp(ref_rq(a * m + k, 1, *shift), *lo, *hi)
                 })
                 .collect(),
             (_, IntOp::Relu) => xv.iter().map(|&v| v.max(0)).collect(),
@@ -709,5 +713,103 @@ fn huge_biases_requantize_exactly() {
             // The saturation is what the bias drives every output to.
             assert!(got.data().iter().all(|&v| v == -100 || v == 155), "{got:?}");
         }
+    }
+}
+
+/// A run of element-wise ops with constants (the input normalisation Sub→Mul, an unfolded batch
+/// normalisation Mul→Add) lowers to one requantization at its last node, `x·m + a` to the last
+/// value's grid, and every earlier node of the run moves its input on unchanged.
+#[test]
+fn affine_chains_requantize_once() {
+    let g = residual_net(5, 6, 6);
+    let m = model(&g, QintConfig::default(), 5);
+    let kinds: Vec<&str> = g.nodes.iter().map(|n| n.op.kind()).collect();
+    let chains: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| {
+            kinds
+                .get(i..i + 2)
+                .is_some_and(|k| k == ["Sub", "Mul"] || k == ["Mul", "Add"])
+        })
+        .collect();
+    assert_eq!(
+        chains.len(),
+        2,
+        "the normalisation and the batch norm: {kinds:?}"
+    );
+    for i in chains {
+        assert!(matches!(m.op(i), Some(IntOp::Pass)), "node {i} passes");
+        let Some(IntOp::MulConst { mult, add, .. }) = m.op(i + 1) else {
+            panic!("node {} requantizes the chain", i + 1)
+        };
+        assert_eq!(add.len(), mult.len(), "one added constant per multiplier");
+        assert!(
+            add.iter().any(|&a| a != 0),
+            "the chain's constants are kept"
+        );
+    }
+}
+
+/// An added constant far past the output range saturates every output, exactly as the oracle
+/// says, and is stored clamped to `|m|·max|x| + 2^n·(max(|lo|, |hi|) + 1)`, so the pre-shift sum
+/// has a bound that no constant's value moves (the `gc` worker holds the constants zeroed).
+#[test]
+fn huge_added_constants_saturate_and_stay_bounded() {
+    use tessera_model::ir::BinOp;
+    let net = |add: [f32; 2]| {
+        let mut b = GraphBuilder::new("affine", 3);
+        let x = b.input("x", vec![1, 2, 3, 3]).expect("input");
+        let y = b.conv(x, 2, 1, 1, 0).expect("conv");
+        let c = |v: Vec<f32>| Tensor::new(vec![1, 2, 1, 1], v).expect("c");
+        let y = b
+            .constant_op(y, BinOp::Mul, c(vec![0.9, 1.1]))
+            .expect("mul");
+        let y = b.constant_op(y, BinOp::Add, c(add.to_vec())).expect("add");
+        let y = b.relu(y).expect("relu");
+        b.finish(vec![y]).expect("graph")
+    };
+    // Scales calibrated on the model with small constants: the huge ones then lie far outside
+    // the output grid, as a constant the calibration did not see would.
+    let small = net([0.1, -0.1]);
+    let cal = Calibration::from_inputs(
+        &small,
+        &default_calibration_inputs(&small, 0.0, 1.0, 2, 1).expect("inputs"),
+        "generated",
+    )
+    .expect("calibration");
+    for sign in [1f32, -1.0] {
+        let g = net([sign * 1e30, sign * 3e20]);
+        let m = IntModel::new(&g, QintConfig::default(), &cal).expect("lowers");
+        let conv = m.value(g.nodes[0].output).expect("conv value");
+        let Some(IntOp::MulConst {
+            mult,
+            add,
+            shift,
+            lo,
+            hi,
+        }) = m.op(2)
+        else {
+            panic!("the chain requantizes at its Add")
+        };
+        for (&mj, &aj) in mult.iter().zip(add) {
+            let xmax = i128::from(conv.lo.abs().max(conv.hi.abs()));
+            let cap = i128::from(mj.abs()) * xmax
+                + (1i128 << shift) * i128::from(lo.abs().max(hi.abs()) + 1);
+            assert!(i128::from(aj.abs()) <= cap, "{aj} within {cap}");
+            assert_eq!(aj.signum() as f32, sign, "the constant keeps its sign");
+        }
+        let x =
+            Tensor::new(vec![1, 2, 3, 3], (0..18).map(|i| i as f32 / 18.0).collect()).expect("x");
+        let q = m.quantize_input(&x).expect("q");
+        let got = m.run_int(&q).expect("runs");
+        let want = oracle(&m, &q);
+        assert_eq!(
+            got.data()
+                .iter()
+                .map(|&v| i128::from(v))
+                .collect::<Vec<_>>(),
+            want
+        );
+        let top = if sign > 0.0 { *hi } else { 0 };
+        assert!(got.data().iter().all(|&v| v == top), "saturated at {top}");
     }
 }

@@ -193,7 +193,9 @@ impl IntModel {
             }
         }
         // The fresh quantization of value v: its scale and saturating interval.
+        let into_concat = concat_grids(graph, &given);
         let fresh = |v: usize| -> Result<ValueQuant, EngineError> {
+            let v = into_concat.get(v).copied().flatten().unwrap_or(v);
             if let Some(q) = given.get(v).copied().flatten() {
                 let (lo, hi) = q.interval();
                 return Ok(ValueQuant {
@@ -228,6 +230,7 @@ impl IntModel {
             };
             Ok(ValueQuant { scale, lo, hi })
         };
+        let fused = fused_affines(graph, &given);
         let mut values: Vec<Option<ValueQuant>> = vec![None; nv];
         for &i in &graph.inputs {
             if let Some(v) = values.get_mut(i) {
@@ -235,7 +238,7 @@ impl IntModel {
             }
         }
         let mut ops = Vec::with_capacity(graph.nodes.len());
-        for n in &graph.nodes {
+        for (ni, n) in graph.nodes.iter().enumerate() {
             let name = n.name.as_str();
             let inq = |k: usize| -> Result<ValueQuant, EngineError> {
                 n.inputs
@@ -388,6 +391,25 @@ impl IntModel {
                     constant: Some(c),
                     constant_first,
                 } => match (op, constant_first) {
+                    _ if fused.get(ni).copied().flatten() == Some(Fused::Pass) => (IntOp::Pass, x),
+                    _ if let Some(Fused::Last(first)) = fused.get(ni).copied().flatten() => {
+                        let o = fresh(n.output)?;
+                        let (mm, aa) = affine_chain(graph, first, ni);
+                        let nums: Vec<f64> = mm.iter().map(|v| v * x.scale).collect();
+                        let (s, shift, mult) =
+                            fit_output(&nums, o.scale, cfg.aux_mult_bits, false, name)?;
+                        let add = fused_constant(&aa, &mult, shift, s, x, o);
+                        (
+                            IntOp::MulConst {
+                                mult,
+                                add,
+                                shift,
+                                lo: o.lo,
+                                hi: o.hi,
+                            },
+                            ValueQuant { scale: s, ..o },
+                        )
+                    }
                     (BinOp::Add | BinOp::Sub, _) => {
                         let sign = if *op == BinOp::Sub && !constant_first {
                             -1.0
@@ -429,6 +451,7 @@ impl IntModel {
                         (
                             IntOp::MulConst {
                                 mult,
+                                add: Vec::new(),
                                 shift,
                                 lo: o.lo,
                                 hi: o.hi,
@@ -615,6 +638,243 @@ fn lower_table(
         .collect();
     Ok((IntOp::Table { first: x.lo, table }, o))
 }
+
+/// For every value whose only reader is a Concat (and that is no graph output and has no given
+/// grid), the Concat's output, following chains of concatenations: such a value is quantized
+/// straight on the concatenation's grid, so that the Concat moves it unchanged instead of
+/// rounding it a second time.
+fn concat_grids(graph: &Graph, given: &[Option<QParam>]) -> Vec<Option<usize>> {
+    let readers = reader_counts(graph);
+    let mut into = vec![None; graph.values.len()];
+    for n in &graph.nodes {
+        if !matches!(n.op, Op::Concat { .. }) || given.get(n.output).copied().flatten().is_some() {
+            continue;
+        }
+        for &i in &n.inputs {
+            if readers.get(i).copied() == Some(1)
+                && !graph.outputs.contains(&i)
+                && given.get(i).copied().flatten().is_none()
+                && let Some(t) = into.get_mut(i)
+            {
+                *t = Some(n.output);
+            }
+        }
+    }
+    // Chains: a Concat's output read by another Concat takes that one's grid (acyclic, so
+    // at most as many steps as values).
+    for v in 0..into.len() {
+        let mut t = into.get(v).copied().flatten();
+        let mut steps = 0;
+        while let Some(u) = t
+            && let Some(next) = into.get(u).copied().flatten()
+            && steps < into.len()
+        {
+            t = Some(next);
+            steps += 1;
+        }
+        if let Some(slot) = into.get_mut(v) {
+            *slot = t;
+        }
+    }
+    into
+}
+
+/// How many node inputs read each value.
+fn reader_counts(graph: &Graph) -> Vec<usize> {
+    let mut readers = vec![0usize; graph.values.len()];
+    for n in &graph.nodes {
+        for &i in &n.inputs {
+            if let Some(r) = readers.get_mut(i) {
+                *r += 1;
+            }
+        }
+    }
+    readers
+}
+
+/// A node's part in a fused affine chain: consecutive Mul/Div/Add/Sub by constants (a batch
+/// normalisation, a scale layer, an input normalisation) requantized once, as `x·M + A`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fused {
+    /// Not the chain's last node: moves its input on unchanged (`Pass`).
+    Pass,
+    /// The chain's last node; the chain starts at this node index.
+    Last(usize),
+}
+
+/// Whether node `n` can join an affine chain: an element-wise op with a constant, other than
+/// a division of a constant by the activation.
+fn affine_link(n: &tessera_model::ir::Node) -> Option<(&Tensor, BinOp, bool)> {
+    match &n.op {
+        Op::Binary {
+            op,
+            constant: Some(c),
+            constant_first,
+        } if !(*op == BinOp::Div && *constant_first) => Some((c, *op, *constant_first)),
+        _ => None,
+    }
+}
+
+/// Finds the affine chains: runs of two or more [`affine_link`]s, at least one of them a Mul or
+/// Div, where each link's output is read by the next link alone, is no graph output and has no
+/// given grid, every output has the chain's shape and every constant has the last link's shape
+/// or one element. Depends on the graph's structure alone (never on a constant's value), so the
+/// `gc` worker, which holds the model with added constants zeroed, fuses the same chains.
+fn fused_affines(graph: &Graph, given: &[Option<QParam>]) -> Vec<Option<Fused>> {
+    let readers = reader_counts(graph);
+    let producer: std::collections::HashMap<usize, usize> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.output, i))
+        .collect();
+    // start[i]: where the chain through node i begins.
+    let mut start: Vec<Option<usize>> = vec![None; graph.nodes.len()];
+    let mut next: Vec<Option<usize>> = vec![None; graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if affine_link(n).is_none() {
+            continue;
+        }
+        let s = n
+            .inputs
+            .first()
+            .and_then(|&v| {
+                let &p = producer.get(&v)?;
+                let ok = readers.get(v).copied() == Some(1)
+                    && !graph.outputs.contains(&v)
+                    && given.get(v).copied().flatten().is_none()
+                    && graph.shape(v) == graph.shape(n.output)
+                    && affine_link(graph.nodes.get(p)?).is_some();
+                ok.then_some(p)
+            })
+            .and_then(|p| {
+                let st = start.get(p).copied().flatten()?;
+                if let Some(x) = next.get_mut(p) {
+                    *x = Some(i);
+                }
+                Some(st)
+            });
+        if let Some(x) = start.get_mut(i) {
+            *x = Some(s.unwrap_or(i));
+        }
+    }
+    let mut fused = vec![None; graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        let (Some(st), None) = (
+            start.get(i).copied().flatten(),
+            next.get(i).copied().flatten(),
+        ) else {
+            continue;
+        };
+        if st == i {
+            continue;
+        }
+        let Some((last_c, ..)) = affine_link(n) else {
+            continue;
+        };
+        // The links from st to i.
+        let mut links = vec![st];
+        while let Some(&l) = links.last()
+            && let Some(nx) = next.get(l).copied().flatten()
+        {
+            links.push(nx);
+        }
+        let fits = links.iter().all(|&l| {
+            graph
+                .nodes
+                .get(l)
+                .and_then(affine_link)
+                .is_some_and(|(c, ..)| c.shape() == last_c.shape() || c.len() == 1)
+        });
+        let scales = links.iter().any(|&l| {
+            graph
+                .nodes
+                .get(l)
+                .and_then(affine_link)
+                .is_some_and(|(_, op, _)| matches!(op, BinOp::Mul | BinOp::Div))
+        });
+        if !fits || !scales {
+            continue;
+        }
+        for &l in &links {
+            if let Some(f) = fused.get_mut(l) {
+                *f = Some(if l == i { Fused::Last(st) } else { Fused::Pass });
+            }
+        }
+    }
+    fused
+}
+
+/// The chain ending at node `last` (module docs, "affine chains"): the combined `x·M_j + A_j`
+/// per element `j` of the last link's constant, in f64.
+fn affine_chain(graph: &Graph, first: usize, last: usize) -> (Vec<f64>, Vec<f64>) {
+    let len = graph
+        .nodes
+        .get(last)
+        .and_then(affine_link)
+        .map_or(1, |(c, ..)| c.len());
+    let (mut m, mut a) = (vec![1f64; len], vec![0f64; len]);
+    for n in graph.nodes.get(first..=last).unwrap_or(&[]) {
+        let Some((c, op, constant_first)) = affine_link(n) else {
+            continue;
+        };
+        for (j, (mj, aj)) in m.iter_mut().zip(a.iter_mut()).enumerate() {
+            let cj = f64::from(
+                c.data()
+                    .get(if c.len() == 1 { 0 } else { j })
+                    .copied()
+                    .unwrap_or(0.0),
+            );
+            match (op, constant_first) {
+                (BinOp::Mul, _) => {
+                    *mj *= cj;
+                    *aj *= cj;
+                }
+                (BinOp::Div, _) => {
+                    *mj /= cj;
+                    *aj /= cj;
+                }
+                (BinOp::Add, _) => *aj += cj,
+                (BinOp::Sub, false) => *aj -= cj,
+                (BinOp::Sub, true) => {
+                    *mj = -*mj;
+                    *aj = cj - *aj;
+                }
+            }
+        }
+    }
+    (m, a)
+}
+
+/// An affine chain's added constants at the pre-shift scale `s_y / 2^n`: `round(A_j·2^n/s_y)`,
+/// each clamped to `±(|m_j|·max|x| + 2^n·(max(|lo|, |hi|) + 1))`, past which it saturates the
+/// output anyway, so that the pre-shift sum has a bound that depends on no constant's value.
+fn fused_constant(
+    a: &[f64],
+    mult: &[i64],
+    shift: u32,
+    s_y: f64,
+    x: ValueQuant,
+    o: ValueQuant,
+) -> Vec<i64> {
+    let scale = 2f64.powi(shift as i32) / s_y;
+    let xmax = x.lo.unsigned_abs().max(x.hi.unsigned_abs()) as f64;
+    let omax = o.lo.unsigned_abs().max(o.hi.unsigned_abs()) as f64 + 1.0;
+    mult.iter()
+        .zip(a)
+        .map(|(&m, &aj)| {
+            let v = (aj * scale).round();
+            let cap = (m.unsigned_abs() as f64).mul_add(xmax, 2f64.powi(shift as i32) * omax);
+            let cap = cap.min(AFFINE_CAP);
+            let v = if v.is_nan() { 0.0 } else { v.clamp(-cap, cap) };
+            v as i64
+        })
+        .collect()
+}
+
+/// The largest fused constant (2^62): far past any saturation of a realistic step, and with
+/// `x·m` still inside i128.
+const AFFINE_CAP: f64 = 4.611_686_018_427_388e18;
 
 /// A conv or dense layer to lower.
 struct Layer<'a> {

@@ -54,6 +54,19 @@
 //! * **Add / Sub of a constant** `c`: `y = x ± quantize(c, s_x)` (or `quantize(c, s_x) − x`), at the
 //!   input's scale, no saturation; its interval is unbounded until the next saturating op, so
 //!   that no interval depends on an added constant (the `gc` worker never learns them).
+//! * **Affine chains**: two or more consecutive element-wise ops with constants (Mul, Div by a
+//!   constant, Add, Sub), at least one of them a Mul or Div, where each output is read by the
+//!   next op alone, is no graph output and has no given grid, every output has the chain's
+//!   shape and every constant the last op's shape or one element — an unfolded batch
+//!   normalisation, a scale layer, an input normalisation. The chain is one real affine map
+//!   `x·M_j + A_j` (composed in f64, per element `j` of the last constant) and is requantized
+//!   once, at its last op, to that op's output grid:
+//!   `y = clamp(rq(x·m_j + a_j; 1, n), lo_y, hi_y)` with `m_j = round(M_j · s_x/s_y · 2^n)`
+//!   (element-wise multiplier bits) and `a_j = round(A_j · 2^n / s_y)`, clamped to
+//!   `±(|m_j|·max|x| + 2^n·(max(|lo_y|, |hi_y|) + 1))` (a larger `|a_j|` saturates every output
+//!   the same way, so the clamp changes no result and the pre-shift sum keeps a bound that no
+//!   constant's value moves). The earlier ops of the chain move their input on unchanged.
+//!   Which ops form a chain depends on the graph's structure alone.
 //! * **ReLU**: `max(x, 0)`. **Clip(min, max)**: `clamp(x, quantize(min, s_x), quantize(max, s_x))`
 //!   (ReLU6 is Clip(0, 6)). **MaxPool**: maximum over the in-range window positions. All three
 //!   keep the input's scale.
@@ -64,6 +77,9 @@
 //! * **Reshape / Flatten**: unchanged. **Transpose / Slice**: the integers moved, the input's
 //!   scale. **Softmax** (final layer only): left to the client, as in [`crate::quant`]; the
 //!   output is the logits at the output's scale.
+//! * **Values read by one Concat only** (no graph output, no given grid) take the Concat
+//!   output's scale and interval (following chains of concatenations), so they are rounded once,
+//!   where they are produced, and the Concat moves them unchanged.
 //! * **Concat**: each input requantized to the output's scale, `clamp(rq(x_i; m_i, n_i), lo, hi)`
 //!   with `m_i / 2^(n_i) ≈ s_i / s_y` (element-wise multiplier bits; `(1, 0)` where the scales
 //!   are equal), then concatenated. The output's scale is the given one (below), else the
@@ -288,10 +304,13 @@ pub enum IntOp {
         /// `c − x` instead of `x + c`.
         neg_x: bool,
     },
-    /// `clamp(rq(x·m[j], n), lo, hi)` (broadcast).
+    /// `clamp(rq(x·m[j] + a[j], n), lo, hi)` (broadcast; `a` empty: no added constant).
     MulConst {
         /// Multiplier per constant element.
         mult: Vec<i64>,
+        /// The fused added constant per constant element, at the pre-shift scale (empty, or as
+        /// long as `mult`).
+        add: Vec<i64>,
         /// Shift.
         shift: u32,
         /// Saturation bounds.
@@ -470,7 +489,9 @@ impl IntModel {
         for op in &mut m.ops {
             match op {
                 IntOp::Linear(l) => l.b.iter_mut().for_each(|v| *v = 0),
-                IntOp::AddConst { c, .. } => c.iter_mut().for_each(|v| *v = 0),
+                IntOp::AddConst { c, .. } | IntOp::MulConst { add: c, .. } => {
+                    c.iter_mut().for_each(|v| *v = 0)
+                }
                 _ => {}
             }
         }

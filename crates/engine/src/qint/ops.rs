@@ -54,13 +54,14 @@ pub(super) fn eval(
         },
         IntOp::MulConst {
             mult,
+            add,
             shift,
             lo,
             hi,
         } => match op {
             Op::Binary {
                 constant: Some(ct), ..
-            } => mul_const(x, ct.shape(), mult, *shift, [*lo, *hi], out_shape)?,
+            } => mul_const(x, ct.shape(), mult, add, *shift, [*lo, *hi], out_shape)?,
             _ => return Err(missing("mul-const")),
         },
         IntOp::Relu => par_map(x.data(), |v| v.max(0)),
@@ -215,13 +216,31 @@ fn mul_const(
     x: &Tensor<i64>,
     c_shape: &[usize],
     mult: &[i64],
+    add: &[i64],
     shift: u32,
     [lo, hi]: [i64; 2],
     out_shape: &[usize],
 ) -> Result<Vec<i64>, EngineError> {
-    broadcast_zip((x.data(), x.shape()), (mult, c_shape), out_shape, |v, m| {
-        rq_clamp(i128::from(v), m, shift, lo, hi)
-    })
+    if add.is_empty() {
+        return broadcast_zip((x.data(), x.shape()), (mult, c_shape), out_shape, |v, m| {
+            rq_clamp(i128::from(v), m, shift, lo, hi)
+        });
+    }
+    if add.len() != mult.len() {
+        return Err(EngineError::Internal(
+            "a fused constant per multiplier".into(),
+        ));
+    }
+    let pairs: Vec<(i64, i64)> = mult.iter().copied().zip(add.iter().copied()).collect();
+    broadcast_zip(
+        (x.data(), x.shape()),
+        (&pairs, c_shape),
+        out_shape,
+        |v, (m, a)| {
+            let v = i128::from(v) * i128::from(m) + i128::from(a);
+            rq_clamp(v, 1, shift, lo, hi)
+        },
+    )
 }
 
 /// Max pooling (the maximum over in-range positions) or average pooling (the window sum in

@@ -270,6 +270,7 @@ impl Compiler<'_> {
                 },
                 IntOp::MulConst {
                     mult,
+                    add,
                     shift,
                     lo,
                     hi,
@@ -277,15 +278,28 @@ impl Compiler<'_> {
             ) => {
                 let xb = self.broadcast(ni, x, &in_shape, &out_shape, name)?;
                 let map = map_u32(broadcast_index_map(c.shape(), &out_shape), name)?;
-                let y = self.push(
+                let mut y = self.push(
                     ni,
                     xb,
                     StepOp::MulPublic {
                         consts: mult.clone(),
-                        map,
+                        map: map.clone(),
                     },
                     out_len,
                 );
+                if !add.is_empty() {
+                    // A fused affine step: the added constant is garbled, before the shift.
+                    y = self.push(
+                        ni,
+                        y,
+                        StepOp::AddSecret {
+                            count: add.len(),
+                            consts: Some(add.clone()),
+                            map,
+                        },
+                        out_len,
+                    );
+                }
                 let y = self.requant(ni, y, vec![1], Vec::new(), *shift, out_len);
                 self.clamp_to(ni, y, open, *lo, *hi, out_len)
             }
