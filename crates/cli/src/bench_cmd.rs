@@ -43,9 +43,14 @@ pub(crate) struct BenchArgs {
     /// stored bytes on each side, per activation, with tee, lhe and gc on the same input.
     #[arg(long = "2pc", value_delimiter = ',')]
     two_pc: Vec<String>,
-    /// Fractional bits for --gc.
+    /// Fractional bits for --gc (pow2).
     #[arg(long, default_value_t = 4)]
     gc_frac_bits: u32,
+    /// Integer semantics for --gc: pow2 (one scale 2^f, --gc-frac-bits) or v2 (w8a8, the
+    /// default multiplier bits, calibrated on 16 generated inputs over the input range, as
+    /// `run` does without --calibrate).
+    #[arg(long, default_value = "pow2", value_parser = ["pow2", "v2"])]
+    gc_semantics: String,
     /// --gc, NOT SOUND (rows are labelled "calibrated, not sound"): choose k from the widths
     /// the benchmark input actually reaches plus this many bits of margin, instead of the
     /// worst case for every input in range.
@@ -99,6 +104,7 @@ pub(crate) fn main(a: &BenchArgs) -> Result<()> {
             &a.mnist8,
             a.reps,
             a.gc_frac_bits,
+            a.gc_semantics == "v2",
             a.gc_measured_margin,
             a.json,
         )
@@ -217,9 +223,17 @@ pub(crate) fn bench_gc(
     mnist8: &Path,
     reps: usize,
     f: u32,
+    v2: bool,
     measured_margin: Option<u32>,
     json: bool,
 ) -> Result<()> {
+    if v2 && measured_margin.is_some() {
+        return Err(CliError::Usage(
+            "--gc-measured-margin is a pow2 calibration; v2's k is sound from its saturated \
+             intervals, so leave it out with --gc-semantics v2"
+                .into(),
+        ));
+    }
     let threads = rayon::current_num_threads();
     let cfg = QuantConfig {
         frac_bits: f,
@@ -265,10 +279,21 @@ pub(crate) fn bench_gc(
             }),
             None => None,
         };
+        let semantics = if v2 {
+            let xs = tessera_engine::qint::default_calibration_inputs(&g, 0.0, range, 16, 1)?;
+            let source = format!("16 generated inputs uniform in [0, {range}]");
+            Semantics::V2 {
+                cfg: tessera_engine::qint::QintConfig::default(),
+                calibration: tessera_engine::qint::Calibration::from_inputs(&g, &xs, source)?,
+            }
+        } else {
+            Semantics::Pow2(cfg)
+        };
+        let reference = Some(tessera_engine::ExactModel::new(&g, &semantics)?.run(&x)?);
         let mut s = Gc::new(
             &g,
             GcOptions {
-                semantics: Semantics::Pow2(cfg),
+                semantics,
                 input_range: range,
                 calibration,
                 pool: 1,
@@ -276,11 +301,6 @@ pub(crate) fn bench_gc(
                 ..GcOptions::default()
             },
         )?;
-        let reference = QuantModel::new(&g, cfg)?
-            .run(std::slice::from_ref(&x))?
-            .outputs
-            .into_iter()
-            .next();
         let mut online = Vec::new();
         let mut last = None;
         let mut exact = true;
