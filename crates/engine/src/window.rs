@@ -152,27 +152,38 @@ pub fn pool_plane<T: Copy, A: Copy, O>(
     finish: impl Fn(A, usize, usize) -> O,
     out: &mut [O],
 ) {
+    // Per output column: the window columns inside the input (a range, as the window moves
+    // right by whole steps) and how many lie inside the padded input; the same per row. The
+    // window is then visited in the same order as a check per position would, without one.
+    let span = |o: usize, axis: usize, len: usize, pad_end: usize| {
+        let (k, s, d, p) = (g.k[axis], g.s[axis], g.d[axis], g.p[axis] as isize);
+        let pos = |t: usize| (o * s + t * d) as isize - p;
+        let mut inside = (0..k).filter(|&t| pos(t) >= 0 && (pos(t) as usize) < len);
+        let (lo, hi) = match (inside.next(), inside.next_back()) {
+            (Some(a), None) => (a, a + 1),
+            (Some(a), Some(b)) => (a, b + 1),
+            _ => (0, 0),
+        };
+        let padded = (0..k)
+            .filter(|&t| pos(t) >= -p && pos(t) < (len + pad_end) as isize)
+            .count();
+        (lo, hi, padded)
+    };
+    let cols: Vec<(usize, usize, usize)> = (0..g.ow).map(|ox| span(ox, 1, g.w, g.p[3])).collect();
     for oy in 0..g.oh {
-        for ox in 0..g.ow {
+        let (ky0, ky1, py) = span(oy, 0, g.h, g.p[2]);
+        for (ox, &(kx0, kx1, px)) in cols.iter().enumerate() {
             let mut acc = init;
-            let mut valid = 0usize;
-            let mut padded = 0usize;
-            for ki in 0..g.k[0] {
-                let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
-                let in_pad_y = iy >= -(g.p[0] as isize) && iy < (g.h + g.p[2]) as isize;
-                for kj in 0..g.k[1] {
-                    let ix = (ox * g.s[1] + kj * g.d[1]) as isize - g.p[1] as isize;
-                    let in_pad_x = ix >= -(g.p[1] as isize) && ix < (g.w + g.p[3]) as isize;
-                    if in_pad_y && in_pad_x {
-                        padded += 1;
-                    }
-                    if iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w {
-                        acc = step(acc, x[iy as usize * g.w + ix as usize]);
-                        valid += 1;
-                    }
+            for ki in ky0..ky1 {
+                let row = (oy * g.s[0] + ki * g.d[0]) - g.p[0];
+                let base = row * g.w;
+                for kj in kx0..kx1 {
+                    let ix = (ox * g.s[1] + kj * g.d[1]) - g.p[1];
+                    acc = step(acc, x[base + ix]);
                 }
             }
-            out[oy * g.ow + ox] = finish(acc, valid, padded);
+            let valid = (ky1 - ky0) * (kx1 - kx0);
+            out[oy * g.ow + ox] = finish(acc, valid, py * px);
         }
     }
 }
