@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_engine::gemm::{View, dgemm, sgemm};
 use tessera_engine::quant::{QuantConfig, QuantModel};
-use tessera_engine::{Semantics, run_f32};
+use tessera_engine::{FloatModel, Semantics};
 use tessera_model::stats::stats;
 use tessera_model::{Graph, ImportOptions, load_model};
 use tessera_schemes::{Gc, GcOptions, Scheme};
@@ -496,9 +496,10 @@ pub(crate) fn bench(
         let g = load_model(mnist8, &ImportOptions::default())?;
         let qm = QuantModel::new(&g, QuantConfig::default())?;
         let imgs: Vec<_> = synth_images(&g, batch);
+        let fm = FloatModel::new(&g)?;
         let ms = time_median(reps, || {
             imgs.par_iter()
-                .try_for_each(|x| run_f32(&g, std::slice::from_ref(x)).map(|_| ()))?;
+                .try_for_each(|x| fm.run(std::slice::from_ref(x)).map(|_| ()))?;
             Ok(())
         })?;
         let m8 = stats(&g).macs as f64;
@@ -539,8 +540,10 @@ pub(crate) fn bench(
             tessera_engine::qint::QintConfig::default(),
             &calibration,
         )?;
+        // Prepared once, as onnxruntime prepares its session (packed weights).
+        let fm = FloatModel::new(&g)?;
         let ms = time_median(reps, || {
-            run_f32(&g, std::slice::from_ref(&x))
+            fm.run(std::slice::from_ref(&x))
                 .map(|_| ())
                 .map_err(Into::into)
         })?;
@@ -574,8 +577,9 @@ pub(crate) fn bench(
             .map(|v| v / 255.0);
         let mm = stats(&g).macs as f64;
         let name = g.name.clone();
+        let fm = FloatModel::new(&g)?;
         let ms = time_median(reps, || {
-            run_f32(&g, std::slice::from_ref(&x))
+            fm.run(std::slice::from_ref(&x))
                 .map(|_| ())
                 .map_err(Into::into)
         })?;

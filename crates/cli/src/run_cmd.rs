@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tessera_data::{Dataset, load_input, load_mnist_dir, synth};
 use tessera_engine::quant::{NodeWidth, merge_widths};
-use tessera_engine::{ExactModel, Semantics, argmax, run_f32};
+use tessera_engine::{ExactModel, FloatModel, Semantics, argmax, run_f32};
 use tessera_model::Graph;
 use tessera_schemes::{Summary, summarize};
 
@@ -216,6 +216,7 @@ pub(crate) fn evaluate(
 ) -> Result<EvalReport> {
     use rayon::prelude::*;
     let qm = ExactModel::new(g, sem)?;
+    let fm = FloatModel::new(g)?;
     let pb = if show {
         progress(d.count as u64, "reference")
     } else {
@@ -228,7 +229,7 @@ pub(crate) fn evaluate(
                 .image(i)
                 .ok_or_else(|| CliError::Usage(format!("image {i} missing")))?;
             let f = argmax(
-                run_f32(g, std::slice::from_ref(&x))?
+                fm.run(std::slice::from_ref(&x))?
                     .first()
                     .map(|t| t.data())
                     .unwrap_or(&[]),

@@ -2,7 +2,7 @@
 
 use crate::EngineError;
 use crate::gemm::{View, sgemm};
-use crate::gemm_f32::{FKernel, Unfold, gemm_bias, gemm_columns};
+use crate::gemm_f32::{FKernel, PackedA, Unfold, gemm_bias, gemm_columns, gemm_packed, packs};
 use crate::window::{Geometry, conv_geometry, depthwise_plane, im2col, pool_geometry, pool_planes};
 use rayon::prelude::*;
 use tessera_model::ir::{BinOp, Conv, Graph, Op, Pool, ValueId};
@@ -49,6 +49,77 @@ pub fn run_f32_observe(
     observe: &mut dyn FnMut(ValueId, &Tensor),
 ) -> Result<Vec<Tensor>, EngineError> {
     g.validate()?;
+    run_with(g, &[], inputs, observe)
+}
+
+/// A graph prepared for repeated float runs: the weights of every convolution and dense layer
+/// whose product is narrow ([`packs`]: at most 64 output positions or samples, on AVX-512) are
+/// packed once
+/// ([`PackedA`]), as an inference library packs them at session creation, so that each run
+/// streams them sequentially instead of reading 8 rows at a time in place. Results equal
+/// [`run_f32`]'s bit for bit (the same chain of fused multiply-adds per output); on a machine
+/// without AVX-512 nothing is packed. Costs one more copy of those layers' weights.
+pub struct FloatModel<'g> {
+    graph: &'g Graph,
+    /// Per node: its packed weights, where it has some.
+    packed: Vec<Option<PackedA>>,
+}
+
+impl<'g> FloatModel<'g> {
+    /// Validates `graph` and packs the weights of its narrow convolutions.
+    pub fn new(graph: &'g Graph) -> Result<Self, EngineError> {
+        graph.validate()?;
+        let kernel = FKernel::best();
+        let packed = graph
+            .nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::Conv(c) if c.groups == 1 => {
+                    let co = c.weight.shape().first().copied().unwrap_or(0);
+                    let npos: usize = graph.shape(n.output).iter().skip(2).product();
+                    (co > 0 && packs(kernel, npos))
+                        .then(|| PackedA::new(c.weight.data(), co, c.weight.len() / co))
+                }
+                Op::Dense(d) => {
+                    let m = d.weight.shape().first().copied().unwrap_or(0);
+                    let batch = graph.shape(n.output).first().copied().unwrap_or(0);
+                    (m > 0 && packs(kernel, batch))
+                        .then(|| PackedA::new(d.weight.data(), m, d.weight.len() / m))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(Self { graph, packed })
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &'g Graph {
+        self.graph
+    }
+
+    /// [`run_f32`] on the prepared graph.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        run_with(self.graph, &self.packed, inputs, &mut |_, _| {})
+    }
+
+    /// [`run_f32_observe`] on the prepared graph.
+    pub fn run_observe(
+        &self,
+        inputs: &[Tensor],
+        observe: &mut dyn FnMut(ValueId, &Tensor),
+    ) -> Result<Vec<Tensor>, EngineError> {
+        run_with(self.graph, &self.packed, inputs, observe)
+    }
+}
+
+/// The float engine over a validated graph, with packed weights per node where `packed` has
+/// them (empty: none).
+fn run_with(
+    g: &Graph,
+    packed: &[Option<PackedA>],
+    inputs: &[Tensor],
+    observe: &mut dyn FnMut(ValueId, &Tensor),
+) -> Result<Vec<Tensor>, EngineError> {
     check_inputs(g, inputs)?;
     let last = g.last_uses();
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
@@ -87,7 +158,7 @@ pub fn run_f32_observe(
             vals[n.output] = Some(y);
             for &j in &n.inputs[1..] {
                 if last[j] == k {
-                    vals[j] = None;
+                    recycle(vals[j].take());
                 }
             }
             continue;
@@ -102,12 +173,13 @@ pub fn run_f32_observe(
             })
             .collect::<Result<_, _>>()?;
         let out_shape = g.shape(n.output).to_vec();
-        let y = eval_op(&n.op, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
+        let pa = packed.get(k).and_then(Option::as_ref);
+        let y = eval_node(&n.op, pa, &ins, &out_shape).map_err(|e| e.at(&n.name))?;
         observe(n.output, &y);
         vals[n.output] = Some(y);
         for &i in &n.inputs {
             if last[i] == k {
-                vals[i] = None;
+                recycle(vals[i].take());
             }
         }
     }
@@ -158,13 +230,26 @@ fn apply_in_place(op: &Op, t: &mut Tensor, rest: &[&Tensor]) -> bool {
 /// One node of the float engine: `op` on its inputs, yielding `out_shape`. The one float
 /// evaluator of every op, shared by every float path (the float engine, asym's enclave).
 pub fn eval_op(op: &Op, ins: &[&Tensor], out_shape: &[usize]) -> Result<Tensor, EngineError> {
+    eval_node(op, None, ins, out_shape)
+}
+
+/// [`eval_op`] with the node's packed weights, if it has some ([`FloatModel`]).
+fn eval_node(
+    op: &Op,
+    packed: Option<&PackedA>,
+    ins: &[&Tensor],
+    out_shape: &[usize],
+) -> Result<Tensor, EngineError> {
     Ok(match op {
         Op::Constant(t) => t.clone(),
-        Op::Conv(c) => conv_f32(ins[0], c, out_shape)?,
+        Op::Conv(c) => conv_f32(ins[0], c, packed, out_shape)?,
         Op::Dense(d) => {
             let x = ins[0];
             let (n, k) = (x.shape()[0], x.shape()[1]);
             let m = d.weight.shape()[0];
+            if let Some(y) = dense_narrow(x, d, packed, out_shape)? {
+                return Ok(y);
+            }
             let mut out = vec![0f32; n * m];
             if let Some(b) = &d.bias {
                 for row in out.chunks_mut(m.max(1)) {
@@ -359,12 +444,17 @@ pub fn lrn(
     Ok(Tensor::new(s.to_vec(), out)?)
 }
 
-fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineError> {
+fn conv_f32(
+    x: &Tensor,
+    c: &Conv,
+    packed: Option<&PackedA>,
+    out_shape: &[usize],
+) -> Result<Tensor, EngineError> {
     let (n, ci) = (x.shape()[0], x.shape()[1]);
     let co = out_shape[1];
     let g = conv_geometry(c, x.shape(), out_shape);
     let npos = g.oh * g.ow;
-    let mut out = vec![0f32; n * co * npos];
+    let mut out = spare_buffer(n * co * npos);
     if c.groups == ci && co == ci {
         // Depthwise: a direct loop per plane (a one-row GEMM per channel costs more).
         let (kh, kw) = (g.k[0], g.k[1]);
@@ -380,8 +470,61 @@ fn conv_f32(x: &Tensor, c: &Conv, out_shape: &[usize]) -> Result<Tensor, EngineE
             });
         return Ok(Tensor::new(out_shape.to_vec(), out)?);
     }
-    crate::with_scratch(&COL, |col| conv_gemm(x, c, &g, col, &mut out));
+    crate::with_scratch(&COL, |col| conv_gemm(x, c, packed, &g, col, &mut out));
     Ok(Tensor::new(out_shape.to_vec(), out)?)
+}
+
+thread_local! {
+    /// Buffers of values the thread's float runs no longer need, for the next convolution's
+    /// output: reused pages instead of fresh ones (whose faults and clearing cost a run of
+    /// ResNet-50 about 5% of its time).
+    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread at most.
+const SPARE_KEEP: usize = 6;
+/// Buffers smaller than this (in floats) are not worth keeping.
+const SPARE_MIN: usize = 1 << 14;
+
+/// A zeroed buffer of `len` floats, reusing the thread's smallest spare that holds it.
+fn spare_buffer(len: usize) -> Vec<f32> {
+    let reused = SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        let best = s
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)?;
+        Some(s.swap_remove(best))
+    });
+    match reused {
+        Some(mut v) => {
+            v.clear();
+            v.resize(len, 0.0);
+            v
+        }
+        None => vec![0f32; len],
+    }
+}
+
+/// Keeps a dead value's buffer for [`spare_buffer`] (the largest few).
+fn recycle(t: Option<Tensor>) {
+    let Some(t) = t else { return };
+    let (_, v) = t.into_parts();
+    if v.capacity() < SPARE_MIN {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.push(v);
+        if s.len() > SPARE_KEEP {
+            // Drop the smallest.
+            if let Some((i, _)) = s.iter().enumerate().min_by_key(|(_, v)| v.capacity()) {
+                s.swap_remove(i);
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -390,7 +533,14 @@ thread_local! {
 }
 
 /// Every image and group of a (non-depthwise) convolution as one product each.
-fn conv_gemm(x: &Tensor, c: &Conv, g: &Geometry, col: &mut Vec<f32>, out: &mut [f32]) {
+fn conv_gemm(
+    x: &Tensor,
+    c: &Conv,
+    packed: Option<&PackedA>,
+    g: &Geometry,
+    col: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let (n, ci) = (x.shape()[0], x.shape()[1]);
     let groups = c.groups;
     let cig = ci / groups;
@@ -406,6 +556,20 @@ fn conv_gemm(x: &Tensor, c: &Conv, g: &Geometry, col: &mut Vec<f32>, out: &mut [
             let o = &mut out[(b * co + gr * cog) * npos..(b * co + (gr + 1) * cog) * npos];
             let bias = c.bias.as_ref().map(|v| &v.data()[gr * cog..(gr + 1) * cog]);
             let kernel = FKernel::best();
+            // Packed weights (one group only): the unfolded input is small (≤ 64 columns).
+            if let Some(pa) = packed.filter(|p| groups == 1 && p.rows() == cog && p.depth() == kk)
+                && packs(kernel, npos)
+            {
+                let colv: &[f32] = if g.is_pointwise() {
+                    xin
+                } else {
+                    im2col(xin, cig, g, col);
+                    col
+                };
+                if gemm_packed(kernel, pa, npos, colv, bias, o) {
+                    continue;
+                }
+            }
             // The panel kernel packs straight from the image; the others need the unfolded
             // matrix (or the image itself for a pointwise window).
             if !g.is_pointwise()
@@ -422,6 +586,42 @@ fn conv_gemm(x: &Tensor, c: &Conv, g: &Geometry, col: &mut Vec<f32>, out: &mut [
             gemm_bias(kernel, cog, kk, npos, w, colv, bias, o);
         }
     }
+}
+
+/// A dense layer over a batch of at most [`crate::gemm_f32::packs`]'s width on AVX-512, as the
+/// product `W · xᵀ` (one column per sample) on packed weights or the panel kernel (the same
+/// sums), transposed back; `None` for any other (the general product runs).
+fn dense_narrow(
+    x: &Tensor,
+    d: &tessera_model::ir::Dense,
+    packed: Option<&PackedA>,
+    out_shape: &[usize],
+) -> Result<Option<Tensor>, EngineError> {
+    let kernel = FKernel::best();
+    let (n, k) = (x.shape()[0], x.shape()[1]);
+    let m = d.weight.shape()[0];
+    if !packs(kernel, n) {
+        return Ok(None);
+    }
+    let xt: Vec<f32> = if n == 1 {
+        x.data().to_vec()
+    } else {
+        (0..k * n).map(|i| x.data()[(i % n) * k + i / n]).collect()
+    };
+    let bias = d.bias.as_ref().map(|b| b.data());
+    let mut ct = vec![0f32; m * n];
+    let done = packed
+        .filter(|p| p.rows() == m && p.depth() == k)
+        .is_some_and(|pa| gemm_packed(kernel, pa, n, &xt, bias, &mut ct));
+    if !done {
+        gemm_bias(kernel, m, k, n, d.weight.data(), &xt, bias, &mut ct);
+    }
+    let out = if n == 1 {
+        ct
+    } else {
+        (0..n * m).map(|i| ct[(i % m) * n + i / m]).collect()
+    };
+    Ok(Some(Tensor::new(out_shape.to_vec(), out)?))
 }
 
 fn matmul_f32(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor, EngineError> {

@@ -1,10 +1,10 @@
 //! The float engine's convolution product, `C (m×n) = A (m×k) · B (k×n) + bias`, with A a
 //! layer's weights (row-major, read in place) and B its unfolded input.
 //!
-//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators; and for 33–56
-//! columns, 4 × 6 dot products over k), chosen at run time ([`FKernel::best`]) for products of
-//! the shapes they run faster ([`WIDE`], [`NARROW`], [`DOT_MAX_N`]),
-//! and a portable path, the blocked `matrixmultiply` product of [`crate::gemm`] (which picks
+//! Kernels: AVX-512 F (8 rows × 48 columns per micro-tile, 24 accumulators; and for a prepared
+//! model's narrow products, weights packed once in blocks of 16 rows, [`PackedA`]), chosen at
+//! run time ([`FKernel::best`]) for products of the shapes they run faster ([`WIDE`],
+//! [`NARROW`]), and a portable path, the blocked `matrixmultiply` product of [`crate::gemm`] (which picks
 //! its own SIMD; on machines without AVX-512 it is the only path: an AVX2 + FMA micro-kernel
 //! of this design measured at half its speed). Every kernel the machine has is tested
 //! against the portable one and an f64 product (`tests/gemm_f32.rs`); they differ from it only
@@ -61,13 +61,15 @@ pub const NB: usize = 4 * PW;
 /// the accumulators carry over between slices through C.
 const KC: usize = 128;
 
-/// Products at least this wide, or at most [`NARROW`], take the AVX-512 panel kernel; up to
-/// [`DOT_MAX_N`] the dot-product kernel ([`dots`]); in between (one or two blocks of columns,
-/// each task a block of rows) `matrixmultiply` measured faster. A rule on the shape alone, so
-/// that a product's rounding never depends on the core count.
+/// Products at least this wide, or at most [`NARROW`], take the AVX-512 panel kernel (or, with
+/// packed weights, [`gemm_packed`]: the same sums); in between (two to four panels, each task a
+/// block of rows) `matrixmultiply` measured faster. A rule on the shape alone, so that a
+/// product's rounding never depends on the core count. Up to 64 columns (ResNet-50's 7×7 stage,
+/// the CIFAR networks' 8×8 stage) the panel kernel ran 69–80 GMAC/s against 56–64 for a
+/// dot-product kernel and about 40 for `matrixmultiply`, and packed weights 93–106.
 const WIDE: usize = 4 * PW;
 /// See [`WIDE`].
-const NARROW: usize = 32;
+const NARROW: usize = 64;
 
 /// `c (m×n, row-major) = a (m×k, row-major) · b (k×n, row-major) + bias[row]` (bias 0 where
 /// absent). Panics only on slices shorter than the dimensions say (callers size them).
@@ -92,10 +94,6 @@ pub fn gemm_bias(
         if gemm_columns(kernel, m, k, n, a, &Matrix { b, n }, bias, c) {
             return;
         }
-        if kernel == FKernel::Avx512 && k >= DOT_MIN_K && n <= DOT_MAX_N {
-            dots(m, k, n, a, b, bias, c);
-            return;
-        }
     }
     let _ = kernel;
     portable(m, k, n, a, b, bias, c);
@@ -105,6 +103,97 @@ pub fn gemm_bias(
 /// columns from any [`Columns`] ([`gemm_columns`]).
 pub fn takes_panels(kernel: FKernel, k: usize, n: usize) -> bool {
     cfg!(target_arch = "x86_64") && kernel == FKernel::Avx512 && k > 0 && (n >= WIDE || n <= NARROW)
+}
+
+/// Rows of A per block of [`PackedA`] (one AVX-512 vector: row `r` of the block is lane `r`).
+const PR: usize = 16;
+
+/// A layer's weights packed once for narrow products ([`packs`]): blocks of [`PR`] rows, each
+/// block's `k` columns contiguous with the block's rows side by side (`[m/16][k][16]`, rows
+/// past `m` zero), so a block of the product streams its weights as one sequential read of a
+/// cache line per step of k. Built when a float model is prepared
+/// ([`crate::float::FloatModel`]), used by [`gemm_packed`].
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs the row-major `m × k` matrix `a` (`a.len() ≥ m·k`).
+    pub fn new(a: &[f32], m: usize, k: usize) -> Self {
+        let mut data = vec![0f32; m.div_ceil(PR) * k * PR];
+        data.par_chunks_mut((k * PR).max(1))
+            .enumerate()
+            .for_each(|(blk, d)| {
+                for r in 0..PR.min(m - blk * PR) {
+                    let row = &a[(blk * PR + r) * k..(blk * PR + r + 1) * k];
+                    for (p, &v) in row.iter().enumerate() {
+                        d[p * PR + r] = v;
+                    }
+                }
+            });
+        Self { m, k, data }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth.
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+}
+
+/// Whether a product of `n` columns takes [`gemm_packed`] when its weights are packed: the
+/// narrow products (`1 ≤ n ≤ ` [`NARROW`]) on AVX-512. Each output is the same chain of
+/// fused multiply-adds over k, in the same order, from the bias, as on the panel kernel that
+/// runs these shapes unpacked, so a prepared model's results equal an unprepared one's bit for
+/// bit.
+pub fn packs(kernel: FKernel, n: usize) -> bool {
+    cfg!(target_arch = "x86_64") && kernel == FKernel::Avx512 && (1..=NARROW).contains(&n)
+}
+
+/// `c (m×n) = A (packed) · b (k×n, row-major) + bias[row]` for a shape [`packs`] accepts;
+/// `false`, with nothing written, for any other (the caller runs [`gemm_bias`]). Splits by
+/// blocks of 16 rows across the cores.
+pub fn gemm_packed(
+    kernel: FKernel,
+    a: &PackedA,
+    n: usize,
+    b: &[f32],
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) -> bool {
+    let (m, k) = (a.m, a.k);
+    assert!(b.len() >= k * n && c.len() >= m * n);
+    assert!(bias.is_none_or(|v| v.len() >= m));
+    if !packs(kernel, n) || k == 0 {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        c[..m * n]
+            .par_chunks_mut(PR * n)
+            .zip(a.data.par_chunks(k * PR))
+            .enumerate()
+            .for_each(|(blk, (cb, ab))| {
+                let rows = cb.len() / n;
+                let mut bv = [0f32; PR];
+                if let Some(v) = bias {
+                    bv[..rows].copy_from_slice(&v[blk * PR..blk * PR + rows]);
+                }
+                // SAFETY: `packs` admits `FKernel::Avx512` only, chosen where the CPU has
+                // AVX-512 F; the slices have the sizes the kernel reads.
+                unsafe { x86::packed_block(ab, k, b, n, &bv, cb, rows) }
+            });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// [`gemm_bias`] with B's columns from `src` (for a convolution, its input unfolded on the
@@ -138,66 +227,6 @@ pub fn gemm_columns(
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// Depth from which the in-between widths up to [`DOT_MAX_N`] take [`dots`] (shallower
-/// products are small).
-const DOT_MIN_K: usize = 64;
-/// The widest product [`dots`] takes: measured against matrixmultiply, it wins at 49 columns
-/// (56–64 against 35–46 GMAC/s on ResNet-50's 7×7 stage shapes), ties at 40 and 64, and loses
-/// at 100 (39 against 57).
-const DOT_MAX_N: usize = 56;
-/// Rows of k per slice of [`dots`]: a micro-tile's 4 rows of A (32 KiB) stay near L1, the
-/// slice of Bᵀ in L2, and the 24 horizontal reductions per slice stay rare (at 512 they cost
-/// a fifth of the time).
-const DOT_KS: usize = 2048;
-
-/// Products of 33–56 columns (few columns, many rows, deep sums — the late layers of a network
-/// at 224×224) as dot products over k: Bᵀ is packed once (n × k, each column contiguous,
-/// zero-padded to whole 16-lane groups), A read in place row by row, and a micro-tile of 4
-/// rows × 6 columns keeps 24 vector accumulators of 16 partial sums each over one slice of k,
-/// reduced into C after every slice. Rows split across cores in blocks of 4.
-#[cfg(target_arch = "x86_64")]
-fn dots(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
-    let kp = k.div_ceil(16) * 16;
-    let mut bt = vec![0f32; n * kp];
-    bt.par_chunks_mut(kp).enumerate().for_each(|(j, col)| {
-        for (p, v) in col.iter_mut().take(k).enumerate() {
-            *v = b[p * n + j];
-        }
-    });
-    c[..m * n]
-        .par_chunks_mut(4 * n)
-        .enumerate()
-        .for_each(|(blk, crows)| {
-            let r0 = 4 * blk;
-            let rows = crows.len() / n;
-            for (r, row) in crows.chunks_mut(n).enumerate() {
-                row.fill(bias.map_or(0.0, |v| v[r0 + r]));
-            }
-            let d = Dots {
-                a: &a[r0 * k..(r0 + rows) * k],
-                k,
-                rows,
-                bt: &bt,
-                kp,
-                n,
-            };
-            // SAFETY: `dots` runs only under `FKernel::Avx512`, chosen where the CPU has
-            // AVX-512 F.
-            unsafe { x86::dot_rows(&d, crows) }
-        });
-}
-
-/// One block of at most 4 rows for [`dots`]: `a` holds its rows (row stride `k`), `bt` is Bᵀ
-/// (`n` columns of `kp` ≥ k, zero beyond k).
-struct Dots<'a> {
-    a: &'a [f32],
-    k: usize,
-    rows: usize,
-    bt: &'a [f32],
-    kp: usize,
-    n: usize,
 }
 
 /// `matrixmultiply` with the bias written first.
@@ -361,11 +390,12 @@ fn blocked(
         NB
     };
     let starts: Vec<usize> = (0..n).step_by(nb_cols).collect();
-    // A narrow product's panel (k rows of one 16-column vector) stays in L2 whole, so it runs
+    // A narrow product's panel (k rows of at most 48 columns) stays in L2 whole, so it runs
     // as one slice: each micro-tile then reads its 8 rows of A straight through, with the
     // kernel's prefetch running ahead of them. Such layers (ResNet-18's 512×4608·4608×16)
     // are bound by reading their weights from memory once: 29–31 GMAC/s from cold weights,
-    // against 73 with the weights in cache; slicing and prefetch together moved them 5%.
+    // against 73 with the weights in cache; slicing and prefetch together moved them 5%. A
+    // prepared model packs such weights ([`PackedA`]) and streams them at 20–28 GB/s instead.
     let kc = if n <= NARROW { k } else { KC };
     let run = |bp: &[f32], j0: usize, r0: usize, rows: usize| {
         let cp = &cp;
@@ -420,7 +450,7 @@ fn blocked(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{DOT_KS, Dots, PW, Tile};
+    use super::{PW, Tile};
     use std::arch::x86_64::*;
 
     /// AVX-512: every panel of the block, 8 rows × up to 48 columns at a time (more rows on a
@@ -507,61 +537,80 @@ mod x86 {
         }
     }
 
-    /// Adds `Σ_p a[r][p]·bt[j][p]` to `c[r][j]` for the block's rows and every column, one
-    /// slice of k at a time.
+    /// One block of [`super::PackedA`] (`ab`: k steps of 16 rows) times `b` (k × n, n ≤ 64),
+    /// from the bias `bv`, into the block's `rows` rows of C (`cb`, row stride n): per group of
+    /// up to 16 columns, one accumulator per column holds the 16 rows.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_rows(d: &Dots, c: &mut [f32]) {
+    pub(super) unsafe fn packed_block(
+        ab: &[f32],
+        k: usize,
+        b: &[f32],
+        n: usize,
+        bv: &[f32; 16],
+        cb: &mut [f32],
+        rows: usize,
+    ) {
         let mut j = 0;
-        while j < d.n {
-            // SAFETY: forwarded; j + NR ≤ n.
+        while j < n {
+            // SAFETY: forwarded; j + NJ ≤ n.
             unsafe {
-                j += match d.n - j {
-                    1 => dot_micro::<1>(d, j, c),
-                    2 => dot_micro::<2>(d, j, c),
-                    3 => dot_micro::<3>(d, j, c),
-                    4 => dot_micro::<4>(d, j, c),
-                    5 => dot_micro::<5>(d, j, c),
-                    _ => dot_micro::<6>(d, j, c),
+                j += match n - j {
+                    1 => packed_cols::<1>(ab, k, b, n, j, bv, cb, rows),
+                    2 => packed_cols::<2>(ab, k, b, n, j, bv, cb, rows),
+                    3 => packed_cols::<3>(ab, k, b, n, j, bv, cb, rows),
+                    4 => packed_cols::<4>(ab, k, b, n, j, bv, cb, rows),
+                    5 => packed_cols::<5>(ab, k, b, n, j, bv, cb, rows),
+                    6 => packed_cols::<6>(ab, k, b, n, j, bv, cb, rows),
+                    7 => packed_cols::<7>(ab, k, b, n, j, bv, cb, rows),
+                    8 => packed_cols::<8>(ab, k, b, n, j, bv, cb, rows),
+                    9 => packed_cols::<9>(ab, k, b, n, j, bv, cb, rows),
+                    10 => packed_cols::<10>(ab, k, b, n, j, bv, cb, rows),
+                    11 => packed_cols::<11>(ab, k, b, n, j, bv, cb, rows),
+                    12 => packed_cols::<12>(ab, k, b, n, j, bv, cb, rows),
+                    13 => packed_cols::<13>(ab, k, b, n, j, bv, cb, rows),
+                    14 => packed_cols::<14>(ab, k, b, n, j, bv, cb, rows),
+                    15 => packed_cols::<15>(ab, k, b, n, j, bv, cb, rows),
+                    _ => packed_cols::<16>(ab, k, b, n, j, bv, cb, rows),
                 };
             }
         }
     }
 
-    /// Columns `j..j + NR` of every row of the block; returns NR.
     #[target_feature(enable = "avx512f")]
-    unsafe fn dot_micro<const NR: usize>(d: &Dots, j: usize, c: &mut [f32]) -> usize {
-        const MR: usize = 4;
-        // Rows past the block's last re-read it (their sums are not stored).
-        let arow: [&[f32]; MR] = std::array::from_fn(|r| {
-            let r = r.min(d.rows - 1);
-            &d.a[r * d.k..(r + 1) * d.k]
-        });
-        let bcol: [&[f32]; NR] = std::array::from_fn(|v| &d.bt[(j + v) * d.kp..(j + v + 1) * d.kp]);
-        for s0 in (0..d.k).step_by(DOT_KS) {
-            let s1 = (s0 + DOT_KS).min(d.k);
-            let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-            let mut p = s0;
-            while p < s1 {
-                let live = (s1 - p).min(16);
-                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-                // SAFETY: the masked lanes p..p + live ≤ k are inside each row of A; the
-                // columns of Bᵀ hold kp ≥ p + 16 floats (p is a multiple of 16 below k).
-                let bv: [__m512; NR] =
-                    std::array::from_fn(|v| unsafe { _mm512_loadu_ps(bcol[v].as_ptr().add(p)) });
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let av = unsafe { _mm512_maskz_loadu_ps(mask, arow[r].as_ptr().add(p)) };
-                    for (v, x) in row.iter_mut().enumerate() {
-                        *x = _mm512_fmadd_ps(av, bv[v], *x);
-                    }
-                }
-                p += 16;
-            }
-            for (r, row) in acc.iter().enumerate().take(d.rows) {
-                for (v, x) in row.iter().enumerate() {
-                    c[r * d.n + j + v] += _mm512_reduce_add_ps(*x);
-                }
+    #[allow(clippy::too_many_arguments)] // the block, B, the column group and C
+    unsafe fn packed_cols<const NJ: usize>(
+        ab: &[f32],
+        k: usize,
+        b: &[f32],
+        n: usize,
+        j: usize,
+        bv: &[f32; 16],
+        cb: &mut [f32],
+        rows: usize,
+    ) -> usize {
+        debug_assert!(ab.len() >= 16 * k && b.len() >= k * n && j + NJ <= n);
+        // SAFETY: bv holds 16 floats.
+        let init = unsafe { _mm512_loadu_ps(bv.as_ptr()) };
+        let mut acc = [init; NJ];
+        let (pa, pb) = (ab.as_ptr(), b.as_ptr());
+        for p in 0..k {
+            // A hint only: a line past the block is never touched.
+            _mm_prefetch::<_MM_HINT_T0>(pa.wrapping_add(16 * (p + 32)).cast());
+            // SAFETY: 16·p + 16 ≤ 16·k ≤ ab.len(); p·n + j + v < k·n ≤ b.len().
+            let a = unsafe { _mm512_loadu_ps(pa.add(16 * p)) };
+            for (v, x) in acc.iter_mut().enumerate() {
+                let bs = _mm512_set1_ps(unsafe { *pb.add(p * n + j + v) });
+                *x = _mm512_fmadd_ps(bs, a, *x);
             }
         }
-        NR
+        for (v, x) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 16];
+            // SAFETY: lanes holds 16 floats.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *x) };
+            for (r, &l) in lanes.iter().enumerate().take(rows) {
+                cb[r * n + j + v] = l;
+            }
+        }
+        NJ
     }
 }

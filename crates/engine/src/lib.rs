@@ -21,7 +21,7 @@ pub mod semantics;
 pub mod train;
 pub mod window;
 
-pub use float::{argmax, run_f32};
+pub use float::{FloatModel, argmax, run_f32};
 
 /// Runs `f` on the calling thread's scratch buffer in `key` (kept between calls: no fresh pages
 /// per layer). A thread that waits inside a parallel loop may run another inference's layer

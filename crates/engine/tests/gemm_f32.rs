@@ -91,9 +91,8 @@ proptest! {
 #[test]
 fn layer_shapes() {
     // Column-parallel with several k slices, row-parallel with a ragged last row block, and
-    // one narrow product that runs as a single task.
-    // Then the dot-product widths: several slices of k with a ragged row block, and a depth
-    // that is not a whole 16-lane group.
+    // one narrow product that runs as a single task; then narrow products of 49 and 33
+    // columns (two panels, one slice of k) with a ragged row block.
     for (m, k, n) in [
         (64, 576, 3136),
         (517, 1153, 100),
@@ -142,5 +141,64 @@ proptest! {
                 );
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Weights packed once give the narrow products exactly what the panel kernel gives
+    /// unpacked (the same chain of fused multiply-adds per output), bit for bit: ragged blocks
+    /// of 16 rows, every column group width up to 64, with and without a bias.
+    #[test]
+    fn packed_weights_give_the_same_bits(m in 1usize..=40, n in 1usize..=64, k in 1usize..=300, seed in any::<u64>(), with_bias in any::<bool>()) {
+        use tessera_engine::gemm_f32::{PackedA, gemm_packed, packs};
+        let a = values(m * k, seed);
+        let b = values(k * n, seed ^ 0x9e37);
+        let bias = values(m, seed ^ 0x51);
+        let bias = with_bias.then_some(bias.as_slice());
+        let pa = PackedA::new(&a, m, k);
+        for kern in FKernel::available() {
+            let mut got = vec![f32::NAN; m * n];
+            if !gemm_packed(kern, &pa, n, &b, bias, &mut got) {
+                prop_assert!(!packs(kern, n), "{:?} refused a shape it packs", kern);
+                continue;
+            }
+            let mut want = vec![f32::NAN; m * n];
+            gemm_bias(kern, m, k, n, &a, &b, bias, &mut want);
+            prop_assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// A prepared float model (narrow convolutions on packed weights) computes every value of a
+/// network bit for bit as the unprepared engine does.
+#[test]
+fn prepared_models_give_the_same_bits() {
+    use tessera_engine::{FloatModel, float::run_f32_observe};
+    use tessera_model::Tensor;
+    for name in ["resnet18-32", "vgg16-32"] {
+        let g = (tessera_model::builders::find(name)
+            .expect("a builder")
+            .build)(3)
+        .expect("builds");
+        let shape = g.shape(g.inputs[0]).to_vec();
+        let len: usize = shape.iter().product();
+        let x = Tensor::new(shape, values(len, 11)).expect("input");
+        let mut want = Vec::new();
+        run_f32_observe(&g, std::slice::from_ref(&x), &mut |_, t| {
+            want.push(t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        })
+        .expect("runs");
+        let fm = FloatModel::new(&g).expect("prepares");
+        let mut got = Vec::new();
+        fm.run_observe(std::slice::from_ref(&x), &mut |_, t| {
+            got.push(t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        })
+        .expect("runs");
+        assert!(got == want, "{name}: a value differs");
     }
 }

@@ -2,7 +2,7 @@
 //! per-tensor scales.
 
 use crate::EngineError;
-use crate::float::run_f32_observe;
+use crate::float::FloatModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,9 @@ impl Calibration {
         }
         let mut ranges: Vec<Option<[f32; 2]>> = vec![None; graph.values.len()];
         let mut bad: Option<usize> = None;
+        let model = FloatModel::new(graph)?;
         for x in inputs {
-            run_f32_observe(graph, std::slice::from_ref(x), &mut |v, t| {
+            model.run_observe(std::slice::from_ref(x), &mut |v, t| {
                 let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
                 for &e in t.data() {
                     if !e.is_finite() {
