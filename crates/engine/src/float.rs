@@ -158,7 +158,7 @@ fn run_with(
             vals[n.output] = Some(y);
             for &j in &n.inputs[1..] {
                 if last[j] == k {
-                    recycle(vals[j].take());
+                    vals[j] = None;
                 }
             }
             continue;
@@ -179,7 +179,7 @@ fn run_with(
         vals[n.output] = Some(y);
         for &i in &n.inputs {
             if last[i] == k {
-                recycle(vals[i].take());
+                vals[i] = None;
             }
         }
     }
@@ -454,7 +454,7 @@ fn conv_f32(
     let co = out_shape[1];
     let g = conv_geometry(c, x.shape(), out_shape);
     let npos = g.oh * g.ow;
-    let mut out = spare_buffer(n * co * npos);
+    let mut out = vec![0f32; n * co * npos];
     if c.groups == ci && co == ci {
         // Depthwise: a direct loop per plane (a one-row GEMM per channel costs more).
         let (kh, kw) = (g.k[0], g.k[1]);
@@ -472,59 +472,6 @@ fn conv_f32(
     }
     crate::with_scratch(&COL, |col| conv_gemm(x, c, packed, &g, col, &mut out));
     Ok(Tensor::new(out_shape.to_vec(), out)?)
-}
-
-thread_local! {
-    /// Buffers of values the thread's float runs no longer need, for the next convolution's
-    /// output: reused pages instead of fresh ones (whose faults and clearing cost a run of
-    /// ResNet-50 about 5% of its time).
-    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Buffers kept per thread at most.
-const SPARE_KEEP: usize = 6;
-/// Buffers smaller than this (in floats) are not worth keeping.
-const SPARE_MIN: usize = 1 << 14;
-
-/// A zeroed buffer of `len` floats, reusing the thread's smallest spare that holds it.
-fn spare_buffer(len: usize) -> Vec<f32> {
-    let reused = SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        let best = s
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i)?;
-        Some(s.swap_remove(best))
-    });
-    match reused {
-        Some(mut v) => {
-            v.clear();
-            v.resize(len, 0.0);
-            v
-        }
-        None => vec![0f32; len],
-    }
-}
-
-/// Keeps a dead value's buffer for [`spare_buffer`] (the largest few).
-fn recycle(t: Option<Tensor>) {
-    let Some(t) = t else { return };
-    let (_, v) = t.into_parts();
-    if v.capacity() < SPARE_MIN {
-        return;
-    }
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        s.push(v);
-        if s.len() > SPARE_KEEP {
-            // Drop the smallest.
-            if let Some((i, _)) = s.iter().enumerate().min_by_key(|(_, v)| v.capacity()) {
-                s.swap_remove(i);
-            }
-        }
-    });
 }
 
 thread_local! {
