@@ -371,12 +371,7 @@ pub(super) fn requantize_rows<T: Copy + Into<i64> + Sync>(
                 && reach < limit
                 && reach.saturating_mul(u128::from(m.unsigned_abs())) + half < limit;
             match i64::try_from(corr) {
-                Ok(k) if small => {
-                    let h = half as i64;
-                    for (o, &v) in d.iter_mut().zip(s) {
-                        *o = (((v.into() + k) * m + h) >> n).clamp(lo, hi);
-                    }
-                }
+                Ok(k) if small => rq_small(d, s, [k, m, half as i64], n, [lo, hi]),
                 _ => {
                     for (o, &v) in d.iter_mut().zip(s) {
                         *o = rq_clamp(i128::from(v.into()) + corr, m, n, lo, hi)?;
@@ -385,6 +380,56 @@ pub(super) fn requantize_rows<T: Copy + Into<i64> + Sync>(
             }
             Ok(())
         })
+}
+
+/// `d[i] = clamp(((s[i] + k)·m + h) >> n, lo, hi)` where every intermediate provably fits i64
+/// ([`requantize_rows`]' check). The same loop is compiled a second time for AVX-512 (F, DQ,
+/// VL: 64-bit lane multiplies), picked at run time; integer arithmetic, so both give the same
+/// values.
+fn rq_small<T: Copy + Into<i64>>(
+    d: &mut [i64],
+    s: &[T],
+    [k, m, h]: [i64; 3],
+    n: u32,
+    [lo, hi]: [i64; 2],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { rq_small_avx512(d, s, [k, m, h], n, [lo, hi]) };
+            return;
+        }
+    }
+    rq_small_loop(d, s, [k, m, h], n, [lo, hi]);
+}
+
+#[inline(always)]
+fn rq_small_loop<T: Copy + Into<i64>>(
+    d: &mut [i64],
+    s: &[T],
+    [k, m, h]: [i64; 3],
+    n: u32,
+    [lo, hi]: [i64; 2],
+) {
+    for (o, &v) in d.iter_mut().zip(s) {
+        *o = (((v.into() + k) * m + h) >> n).clamp(lo, hi);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+fn rq_small_avx512<T: Copy + Into<i64>>(
+    d: &mut [i64],
+    s: &[T],
+    kmh: [i64; 3],
+    n: u32,
+    bounds: [i64; 2],
+) {
+    rq_small_loop(d, s, kmh, n, bounds);
 }
 
 /// LRN on integers (the module docs' rule; the float engine's channel window).
@@ -474,4 +519,47 @@ pub(super) fn outside(y: &[i64], q: &ValueQuant) -> Option<i64> {
     }
     y.par_chunks(PAR_CHUNK)
         .find_map_first(|c| c.iter().copied().find(|&v| v < q.lo || v > q.hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rq_small, rq_small_loop};
+
+    /// The requantization loop the CPU runs (AVX-512 where it has it) against the portable
+    /// loop and the rule itself, on sums of both signs, ties, and values past both bounds.
+    #[test]
+    fn requantization_paths_agree() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let sums: Vec<i32> = (0..4099)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                match i % 7 {
+                    0 => 0,
+                    1 => -(1 << 20),
+                    2 => 1 << 20,
+                    _ => (s % (1 << 22)) as i32 - (1 << 21),
+                }
+            })
+            .collect();
+        for (k, m, n, lo, hi) in [
+            (0, 1, 0, -128, 127),
+            (37, 5, 3, 0, 255),
+            (-1000, -7, 9, -127, 127),
+            (5, 3, 1, i64::MIN, i64::MAX),
+        ] {
+            let h = if n == 0 { 0 } else { 1i64 << (n - 1) };
+            let mut got = vec![0i64; sums.len()];
+            rq_small(&mut got, &sums, [k, m, h], n, [lo, hi]);
+            let mut portable = vec![0i64; sums.len()];
+            rq_small_loop(&mut portable, &sums, [k, m, h], n, [lo, hi]);
+            assert_eq!(got, portable);
+            for (&v, &g) in sums.iter().zip(&got) {
+                let want = ((i128::from(v) + i128::from(k)) * i128::from(m) + i128::from(h))
+                    .div_euclid(1i128 << n);
+                assert_eq!(i128::from(g), want.clamp(i128::from(lo), i128::from(hi)));
+            }
+        }
+    }
 }
