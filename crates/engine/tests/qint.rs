@@ -362,6 +362,20 @@ fn extreme_input(m: &IntModel, seed: u64, period: usize) -> Tensor<i64> {
     Tensor::new(shape, data).expect("x")
 }
 
+/// Runs `m` on `x`, asserts the oracle's result, and returns the engine's.
+fn assert_oracle(m: &IntModel, x: &Tensor<i64>) -> Tensor<i64> {
+    let got = m.run_int(x).expect("runs");
+    let want = oracle(m, x);
+    assert_eq!(
+        got.data()
+            .iter()
+            .map(|&v| i128::from(v))
+            .collect::<Vec<_>>(),
+        want
+    );
+    got
+}
+
 fn model(g: &Graph, cfg: QintConfig, seed: u64) -> IntModel {
     let inputs = default_calibration_inputs(g, 0.0, 1.0, 8, seed).expect("inputs");
     let cal = Calibration::from_inputs(g, &inputs, "generated").expect("calibration");
@@ -701,15 +715,7 @@ fn huge_biases_requantize_exactly() {
         assert!(l.b.iter().all(|v| v.unsigned_abs() > 1 << 59), "{:?}", l.b);
         for seed in 0..4 {
             let x = extreme_input(&m, seed, 3);
-            let got = m.run_int(&x).expect("runs");
-            let want = oracle(&m, &x);
-            assert_eq!(
-                got.data()
-                    .iter()
-                    .map(|&v| i128::from(v))
-                    .collect::<Vec<_>>(),
-                want
-            );
+            let got = assert_oracle(&m, &x);
             // The saturation is what the bias drives every output to.
             assert!(got.data().iter().all(|&v| v == -100 || v == 155), "{got:?}");
         }
@@ -800,15 +806,7 @@ fn huge_added_constants_saturate_and_stay_bounded() {
         let x =
             Tensor::new(vec![1, 2, 3, 3], (0..18).map(|i| i as f32 / 18.0).collect()).expect("x");
         let q = m.quantize_input(&x).expect("q");
-        let got = m.run_int(&q).expect("runs");
-        let want = oracle(&m, &q);
-        assert_eq!(
-            got.data()
-                .iter()
-                .map(|&v| i128::from(v))
-                .collect::<Vec<_>>(),
-            want
-        );
+        let got = assert_oracle(&m, &q);
         let top = if sign > 0.0 { *hi } else { 0 };
         assert!(got.data().iter().all(|&v| v == top), "saturated at {top}");
     }
