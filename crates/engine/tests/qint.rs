@@ -338,11 +338,11 @@ fn oracle(m: &IntModel, x: &Tensor<i64>) -> Vec<i128> {
     vals[g.outputs[0]].clone().expect("output").1
 }
 
-/// A small residual CNN with every op of v2 (`builders::mix`): input normalisation (Sub, Mul
-/// by constants), a grouped conv, a depthwise conv with ReLU6 (Clip), a residual Add, a padded
-/// 3×3 average pool (divisors 4, 6 and 9), a max pool, global average pooling and a dense head.
+/// A small residual CNN with every op of v2 (`builders::mix_bn`): input normalisation (Sub, Mul
+/// by constants), a grouped conv, a depthwise conv with ReLU6 (Clip), a residual Add, a batch
+/// normalisation (Mul, Add by constants), a padded 3×3 average pool (divisors 4, 6 and 9), a max pool, global average pooling and a dense head.
 fn residual_net(seed: u64, c: usize, hw: usize) -> Graph {
-    tessera_model::builders::mix(hw, c, seed).expect("builds")
+    tessera_model::builders::mix_bn(hw, c, seed).expect("builds")
 }
 
 /// An input anywhere in the model's input interval, the extremes every `period` elements.

@@ -75,7 +75,7 @@ proptest! {
         aux_mult_bits in 1u32..=14,
         act_bits in 3u32..=8,
     ) {
-        let g = ok(builders::mix(hw, 3 * c, seed));
+        let g = ok(builders::mix_bn(hw, 3 * c, seed));
         let cfg = QintConfig { act_bits, mult_bits, aux_mult_bits, ..QintConfig::default() };
         let m = model(&g, cfg, &ok(default_calibration_inputs(&g, 0.0, 1.0, 4, seed)));
         let circuit = sound_circuit(&m);
@@ -121,7 +121,7 @@ fn an_int8_shuffle_unit_is_exact_garbled() {
 
 #[test]
 fn a_residual_net_is_exact_garbled() {
-    let g = ok(builders::mix(8, 6, 21));
+    let g = ok(builders::mix_bn(8, 6, 21));
     let m = model(
         &g,
         QintConfig::default(),
@@ -141,7 +141,7 @@ fn a_residual_net_is_exact_garbled() {
 /// not loose by a whole prime, and k is what keeps the circuit exact.
 #[test]
 fn the_sound_k_is_needed() {
-    let g = ok(builders::mix(6, 6, 4));
+    let g = ok(builders::mix_bn(6, 6, 4));
     let m = model(
         &g,
         QintConfig::default(),
@@ -161,7 +161,7 @@ fn the_sound_k_is_needed() {
 /// bases are what keeps them exact: with every sign over just 2 primes the circuit goes wrong.
 #[test]
 fn sign_bases_are_narrow_and_needed() {
-    let g = ok(builders::mix(6, 6, 4));
+    let g = ok(builders::mix_bn(6, 6, 4));
     let m = model(
         &g,
         QintConfig::default(),

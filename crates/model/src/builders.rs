@@ -347,14 +347,25 @@ pub fn vgg16(hw: usize, classes: usize, seed: u64) -> Result<Graph, ModelError> 
 /// A small residual CNN that uses every op of the integer semantics, for exactness tests of the
 /// schemes: per-channel input normalisation (Sub, Mul by constants), a grouped 3×3 conv + ReLU,
 /// a MobileNet-style block (depthwise 3×3 conv, ReLU6, pointwise 1×1 conv) added back to its
-/// input (residual Add), a batch normalisation (per-channel Mul and Add by constants) + ReLU,
-/// a padded 3×3 average pool (divisors 4, 6 and 9), a 2×2 max pool,
+/// input (residual Add) + ReLU, a padded 3×3 average pool (divisors 4, 6 and 9), a 2×2 max pool,
 /// global average pooling and a dense head with 10 classes. Input `[1, 3, hw, hw]`; `c` must be a
 /// multiple of 3.
 pub fn mix(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
+    mix_with(hw, c, seed, false)
+}
+
+/// [`mix`] with a batch normalisation after its residual Add, as pre-activation networks
+/// (DenseNet) put it: a per-channel Mul, then Add, by constants, which no conv can absorb — the
+/// affine chain of the integer semantics v2. The 2pc scheme does not run such a step.
+pub fn mix_bn(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
+    mix_with(hw, c, seed, true)
+}
+
+fn mix_with(hw: usize, c: usize, seed: u64, batch_norm: bool) -> Result<Graph, ModelError> {
     use crate::ir::BinOp;
     use crate::tensor::Tensor;
-    let mut b = GraphBuilder::new(&format!("mix-{hw}"), seed);
+    let name = if batch_norm { "mix-bn" } else { "mix" };
+    let mut b = GraphBuilder::new(&format!("{name}-{hw}"), seed);
     let x = b.input("input", vec![1, 3, hw, hw])?;
     let x = b.constant_op(
         x,
@@ -371,25 +382,25 @@ pub fn mix(hw: usize, c: usize, seed: u64) -> Result<Graph, ModelError> {
     let z = b.conv_grouped(y, c, 3, 1, 1, c)?;
     let z = b.clip(z, 0.0, 6.0)?;
     let z = b.conv(z, c, 1, 1, 0)?;
-    let r = b.add(y, z)?;
-    // A batch normalisation after the residual Add, as pre-activation networks (DenseNet) put
-    // it: per-channel Mul, then Add by constants, which no conv can absorb.
-    let r = b.constant_op(
-        r,
-        BinOp::Mul,
-        Tensor::new(
-            vec![1, c, 1, 1],
-            (0..c).map(|i| 0.7 + 0.1 * (i % 5) as f32).collect(),
-        )?,
-    )?;
-    let r = b.constant_op(
-        r,
-        BinOp::Add,
-        Tensor::new(
-            vec![1, c, 1, 1],
-            (0..c).map(|i| 0.05 * (i % 3) as f32 - 0.05).collect(),
-        )?,
-    )?;
+    let mut r = b.add(y, z)?;
+    if batch_norm {
+        r = b.constant_op(
+            r,
+            BinOp::Mul,
+            Tensor::new(
+                vec![1, c, 1, 1],
+                (0..c).map(|i| 0.7 + 0.1 * (i % 5) as f32).collect(),
+            )?,
+        )?;
+        r = b.constant_op(
+            r,
+            BinOp::Add,
+            Tensor::new(
+                vec![1, c, 1, 1],
+                (0..c).map(|i| 0.05 * (i % 3) as f32 - 0.05).collect(),
+            )?,
+        )?;
+    }
     let r = b.relu(r)?;
     let r = b.avg_pool(r, 3, 1, 1)?;
     let r = b.max_pool(r, 2, 2)?;

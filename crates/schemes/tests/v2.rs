@@ -71,7 +71,7 @@ fn assert_all_agree(
 
 #[test]
 fn plain_tee_and_gc_agree_bit_for_bit_under_v2() {
-    let g = builders::mix(8, 6, 3).expect("builds");
+    let g = builders::mix_bn(8, 6, 3).expect("builds");
     let cal_inputs = default_calibration_inputs(&g, 0.0, 1.0, 8, 1).expect("inputs");
     let calibration = Calibration::from_inputs(&g, &cal_inputs, "generated").expect("calibrates");
     let cfg = QintConfig {

@@ -103,7 +103,10 @@ pub struct Cut {
 }
 
 fn unsupported(node: &str, what: &str) -> MpcError {
-    MpcError::Circuit(format!("2pc cannot run node '{node}' ({what}) yet"))
+    MpcError::Circuit(format!(
+        "2pc cannot run node '{node}' ({what}) yet; plain and tee run every op of the integer \
+         semantics v2 (run this model with --scheme plain or tee)"
+    ))
 }
 
 /// Where a graph value lives.

@@ -179,3 +179,19 @@ fn mnist8_is_exact_under_2pc() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// A step 2pc has no circuit for (an affine chain: a batch normalisation after a residual add)
+/// is refused before any work, with the node, the op and the schemes that run it named.
+#[test]
+fn an_affine_chain_is_refused_by_name() {
+    let g = builders::mix_bn(6, 3, 1).expect("mix-bn");
+    let xs = default_calibration_inputs(&g, 0.0, 1.0, 2, 1).expect("inputs");
+    let Err(e) = TwoPc::new(lower(&g, &xs)) else {
+        panic!("2pc took an affine chain")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("cannot run node") && e.contains("affine chain") && e.contains("plain and tee"),
+        "{e}"
+    );
+}

@@ -414,6 +414,7 @@ impl IntOp {
             IntOp::Linear(_) => "linear",
             IntOp::AddAct { .. } => "add",
             IntOp::AddConst { .. } => "add-const",
+            IntOp::MulConst { add, .. } if !add.is_empty() => "affine chain (Mul/Add by constants)",
             IntOp::MulConst { .. } => "mul-const",
             IntOp::Relu => "relu",
             IntOp::Clip { .. } => "clip",
