@@ -54,8 +54,7 @@ pub fn run_f32_observe(
 
 /// A graph prepared for repeated float runs: the weights of every convolution and dense layer
 /// whose product is narrow ([`packs`]: at most 64 output positions or samples, on AVX-512) are
-/// packed once
-/// ([`PackedA`]), as an inference library packs them at session creation, so that each run
+/// packed once ([`PackedA`]), as an inference library packs them at session creation, so that each run
 /// streams them sequentially instead of reading 8 rows at a time in place. Results equal
 /// [`run_f32`]'s bit for bit (the same chain of fused multiply-adds per output); on a machine
 /// without AVX-512 nothing is packed. Costs one more copy of those layers' weights.
@@ -66,7 +65,7 @@ pub struct FloatModel<'g> {
 }
 
 impl<'g> FloatModel<'g> {
-    /// Validates `graph` and packs the weights of its narrow convolutions.
+    /// Validates `graph` and packs the weights of its narrow convolutions and dense layers.
     pub fn new(graph: &'g Graph) -> Result<Self, EngineError> {
         graph.validate()?;
         let kernel = FKernel::best();
