@@ -582,17 +582,41 @@ impl<R: Read> StreamReader<R> {
                 max: u64::from(self.max_chunk),
             });
         }
-        // Read through `take` so that the buffer grows only as bytes actually arrive.
-        let mut payload = Vec::with_capacity((len as usize).min(1 << 16));
-        (&mut self.inner)
-            .take(u64::from(len))
-            .read_to_end(&mut payload)
-            .map_err(io_error)?;
-        if payload.len() != len as usize {
-            return Err(GarbleError::StreamTruncated(format!(
-                "the stream ends inside chunk {seq}"
-            )));
-        }
+        let inside = format!("chunk {seq}");
+        // Garbled rows (nearly all of the material) are read straight into the row array the
+        // evaluator uses: one copy out of the reader, no growing buffer, no second pass. A
+        // zeroed array is mapped lazily, so a length claimed but never sent costs no memory.
+        let direct = (head[0] == TAG_TABLES)
+            .then(|| (len as usize).checked_sub(TABLES_FIXED))
+            .flatten()
+            .filter(|r| r % BLOCK == 0);
+        let (mut payload, mut rows) = match direct {
+            Some(row_bytes) => {
+                let mut fixed = vec![0u8; TABLES_FIXED];
+                read_exact(&mut self.inner, &mut fixed, &inside)?;
+                let mut rows = vec![0u128; row_bytes / BLOCK];
+                read_exact(
+                    &mut self.inner,
+                    bytemuck::cast_slice_mut(&mut rows),
+                    &inside,
+                )?;
+                (fixed, Some(rows))
+            }
+            None => {
+                // Read through `take` so that the buffer grows only as bytes actually arrive.
+                let mut payload = Vec::with_capacity((len as usize).min(1 << 16));
+                (&mut self.inner)
+                    .take(u64::from(len))
+                    .read_to_end(&mut payload)
+                    .map_err(io_error)?;
+                if payload.len() != len as usize {
+                    return Err(GarbleError::StreamTruncated(format!(
+                        "the stream ends inside {inside}"
+                    )));
+                }
+                (payload, None)
+            }
+        };
         let mut crc = [0u8; 4];
         read_exact(
             &mut self.inner,
@@ -602,8 +626,12 @@ impl<R: Read> StreamReader<R> {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&head);
         hasher.update(&payload);
+        if let Some(r) = &rows {
+            hasher.update(bytemuck::cast_slice(r));
+        }
         if hasher.finalize() != u32::from_le_bytes(crc) {
             payload.zeroize();
+            rows.zeroize();
             return Err(corrupt(format!("chunk {seq}'s checksum does not match")));
         }
         if head[1..4] != [0, 0, 0] {
@@ -617,7 +645,7 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         let chunk = match head[0] {
-            TAG_TABLES => self.parse_tables(seq, &payload).map(Chunk::Tables),
+            TAG_TABLES => self.parse_tables(seq, &payload, rows).map(Chunk::Tables),
             TAG_LABELS => {
                 let r = self.parse_labels(seq, &payload).map(Chunk::Labels);
                 payload.zeroize();
@@ -632,14 +660,22 @@ impl<R: Read> StreamReader<R> {
         Ok(Some(chunk))
     }
 
-    fn parse_tables(&mut self, seq: u64, payload: &[u8]) -> Result<ProjectionBatch, GarbleError> {
+    /// The tables of a chunk from its payload, or from its fixed part and the rows already read
+    /// as blocks (`direct`, stored little-endian).
+    fn parse_tables(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        direct: Option<Vec<u128>>,
+    ) -> Result<ProjectionBatch, GarbleError> {
         if self.header.kind != MaterialKind::Evaluation {
             return Err(corrupt(format!(
                 "chunk {seq} holds garbled tables, but the header declares labels only"
             )));
         }
-        let (fixed, rows) = split(payload, TABLES_FIXED)
+        let (fixed, rest) = split(payload, TABLES_FIXED)
             .ok_or_else(|| corrupt(format!("chunk {seq} is too short for garbled tables")))?;
+        let row_bytes = direct.as_ref().map_or(rest.len(), |r| r.len() * BLOCK);
         let base = le_u64(&fixed[0..8]);
         let p = modulus(seq, fixed[8])?;
         let q = modulus(seq, fixed[9])?;
@@ -649,12 +685,11 @@ impl<R: Read> StreamReader<R> {
         let count = le_u32(&fixed[12..16]) as usize;
         let blocks = count
             .checked_mul(usize::from(p.q()) - 1)
-            .filter(|&b| b.checked_mul(BLOCK) == Some(rows.len()))
+            .filter(|&b| b.checked_mul(BLOCK) == Some(row_bytes))
             .ok_or_else(|| {
                 corrupt(format!(
-                    "chunk {seq} declares {count} gates mod {} but holds {} bytes of rows",
+                    "chunk {seq} declares {count} gates mod {} but holds {row_bytes} bytes of rows",
                     p.q(),
-                    rows.len()
                 ))
             })?;
         if base < self.next_gate {
@@ -666,13 +701,16 @@ impl<R: Read> StreamReader<R> {
         }
         let end = crate::batch::end_gate(base, count)
             .map_err(|_| corrupt(format!("chunk {seq}'s gate numbers overflow")))?;
-        // One allocation and a straight copy (the length is known); ProjectionBatch::new checks
-        // every row is a label mod q, in one branch-free pass.
-        let rows: Vec<u128> = rows
-            .chunks_exact(BLOCK)
-            .take(blocks)
-            .map(|b| u128::from_le_bytes(<[u8; BLOCK]>::try_from(b).unwrap_or_default()))
-            .collect();
+        // ProjectionBatch::new checks every row is a label mod q, in one branch-free pass.
+        let rows: Vec<u128> = match direct {
+            // A no-op on little-endian machines.
+            Some(r) => r.into_iter().map(u128::from_le).collect(),
+            None => rest
+                .chunks_exact(BLOCK)
+                .take(blocks)
+                .map(|b| u128::from_le_bytes(<[u8; BLOCK]>::try_from(b).unwrap_or_default()))
+                .collect(),
+        };
         let batch = ProjectionBatch::new(base, p, q, count, rows).map_err(|e| match e {
             GarbleError::BlockOutOfRange { q } => corrupt(format!(
                 "chunk {seq} holds a 16-byte row that is no label mod {q}"
