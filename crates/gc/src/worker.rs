@@ -39,6 +39,8 @@ struct Session<'a> {
     namespace: u64,
     idle: bool,
     writing: Option<(u64, ObjectWriter)>,
+    /// Material opened for evaluation, deleted once the answer is sent (single use).
+    spent: Option<String>,
 }
 
 impl Session<'_> {
@@ -113,10 +115,12 @@ impl Session<'_> {
                     .objects
                     .reader(&key)
                     .map_err(|e| store_err(&self.opts.store, e))?;
+                // Single use, whatever the outcome. Deleting gigabytes takes the file system
+                // hundreds of milliseconds, so it runs after the answer has been sent (and before
+                // the next request is read).
+                self.spent = Some(key);
                 let out = evaluate(circuit, r, &input)?;
                 let bytes = out.to_bytes()?;
-                // Single use.
-                let _ = self.objects.delete(&key);
                 Ok(Some(FromWorker::Output {
                     slot,
                     labels: bytes,
@@ -154,6 +158,7 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
         namespace: 0,
         idle: false,
         writing: None,
+        spent: None,
     };
     let result = loop {
         let msg = match ch.recv::<ToWorker>() {
@@ -165,13 +170,19 @@ pub fn serve_worker(ch: &mut Channel, opts: &WorkerOptions) -> Result<(), GcErro
         if std::mem::take(&mut s.idle) {
             ch.set_deadline(Some(tessera_runtime::channel::IDLE_DEADLINE))?;
         }
-        match r {
-            Ok(Some(reply)) => ch.send(&reply)?,
-            Ok(None) => {}
+        let answered = match r {
+            Ok(Some(reply)) => ch.send(&reply).map_err(GcError::from),
+            Ok(None) => Ok(()),
             Err(e) => {
                 ch.send_error(&e.to_string());
-                break Err(e);
+                Err(e)
             }
+        };
+        if let Some(key) = s.spent.take() {
+            let _ = s.objects.delete(&key);
+        }
+        if let Err(e) = answered {
+            break Err(e);
         }
     };
     // An unfinished garbling is aborted: nothing of it stays.

@@ -102,6 +102,55 @@ fn dash_a_bit_exact_and_one_round() {
     assert!(s.primes >= 2 && s.material_bytes > 0, "{s:?}");
 }
 
+/// Material is single use: the worker deletes what it evaluated once the answer is on its way
+/// (after the reply, so the deletion is not online time), before it reads the next request.
+#[test]
+fn evaluated_material_is_deleted_after_the_answer() {
+    let g = builders::dash_a(1).unwrap();
+    let store = temp_dir("spent");
+    let w = serve_worker_tcp(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        WorkerOptions {
+            store: store.clone(),
+            channel: ChannelOptions::default(),
+        },
+    )
+    .unwrap();
+    let opts = GcOptions {
+        pool: 1,
+        overlap: false,
+        ..small_opts()
+    };
+    let b = backend(&g, &w, &opts);
+    let objects = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".gc"))
+            .collect();
+        v.sort();
+        v
+    };
+    b.wait_ready(Duration::from_secs(60)).unwrap();
+    let before = objects();
+    assert_eq!(before.len(), 1, "one garbling stored: {before:?}");
+    b.infer(&input(3, &[1, 1, 28, 28], 1.0)).unwrap();
+    // The next request on the same connection waits for the deletion; so does this poll.
+    let t = std::time::Instant::now();
+    while objects().contains(&before[0]) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "evaluated material {} is still in the store",
+            before[0]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.wait_ready(Duration::from_secs(60)).unwrap();
+    let after = objects();
+    assert_eq!(after.len(), 1, "only the next garbling: {after:?}");
+    assert_ne!(after, before);
+}
+
 #[test]
 fn mnist8_bit_exact() {
     let Some(dir) = tessera_data::shared_data("onnx-mnist-8") else {
