@@ -95,6 +95,7 @@ pub struct ClusterOptions {
 /// What every worker compiles its public circuit from (written once per enclave namespace).
 #[derive(Serialize, Deserialize)]
 struct Setup {
+    #[serde(with = "serde_bytes")]
     model_onnx: Vec<u8>,
     semantics: tessera_engine::Semantics,
     primes: u32,
@@ -106,6 +107,7 @@ struct Setup {
 struct EvalRequest {
     namespace: u64,
     slot: u64,
+    #[serde(with = "serde_bytes")]
     labels: Vec<u8>,
 }
 
