@@ -1,5 +1,6 @@
 //! Messages of the lhe scheme. Ciphertexts travel as `tessera_he::wire` envelopes (versioned,
-//! length-checked, fingerprinted with the parameters).
+//! length-checked, fingerprinted with the parameters). Byte fields are serialized as bytes
+//! (`serde_bytes`: postcard's wire format for a sequence of u8, read and written in one copy).
 
 use crate::PublicSetup;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ pub enum EnclaveToServer {
         /// Index of the linear layer.
         layer: u32,
         /// Input ciphertexts in the layer's layout, or `None`.
+        #[serde(with = "serde_bytes")]
         input: Option<Vec<u8>>,
     },
     /// Send me the data owner's raw input ciphertexts (input encoding `Raw`).
@@ -31,6 +33,7 @@ pub enum EnclaveToServer {
         /// The request.
         request: u64,
         /// AES-256-GCM under the session's result key.
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// The request failed; tell its data owner why.
@@ -64,6 +67,7 @@ pub enum ServerToEnclave {
         /// The layer.
         layer: u32,
         /// Output ciphertexts (degree 2).
+        #[serde(with = "serde_bytes")]
         outs: Vec<u8>,
         /// Server compute time, ns.
         server_ns: u64,
@@ -73,6 +77,7 @@ pub enum ServerToEnclave {
         /// The request.
         request: u64,
         /// The ciphertexts.
+        #[serde(with = "serde_bytes")]
         cts: Vec<u8>,
     },
 }
@@ -87,6 +92,7 @@ pub enum ClientToServer {
         /// The request's number (increasing per session).
         request: u64,
         /// Input ciphertexts (first layer's layout or raw chunks).
+        #[serde(with = "serde_bytes")]
         input: Vec<u8>,
     },
 }
@@ -99,6 +105,7 @@ pub enum ServerToClient {
         /// The request.
         request: u64,
         /// AES-256-GCM under the session's result key.
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
 }
@@ -118,8 +125,10 @@ pub enum OwnerToServer {
         /// The layer.
         index: u32,
         /// Weight ciphertexts.
+        #[serde(with = "serde_bytes")]
         w: Vec<u8>,
         /// Bias ciphertexts.
+        #[serde(with = "serde_bytes")]
         b: Vec<u8>,
     },
     /// Every layer was sent: store the upload.
