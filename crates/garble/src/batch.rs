@@ -103,6 +103,11 @@ impl ProjectionBatch {
         self.count == 0
     }
 
+    /// The rows, given back (a stream reader reuses the array for the next chunk).
+    pub(crate) fn into_rows(self) -> Vec<u128> {
+        self.rows
+    }
+
     /// All rows, flat (see the module docs).
     pub fn as_blocks(&self) -> &[u128] {
         &self.rows
@@ -329,6 +334,14 @@ pub fn evaluate_projection_batch(
                     // 16-byte steps wherever the step runs on.
                     let l = a_step.get(k * np..).unwrap_or(&[]);
                     let row = u32::from(l.first().copied().unwrap_or(0));
+                    // The one row this gate opens, fetched into cache while the step hashes
+                    // (rows are read once, at random: otherwise a cache miss per gate).
+                    if let Some(ct) = (row as usize)
+                        .checked_sub(1)
+                        .and_then(|i| tab_step.get(k * (pq - 1) + i))
+                    {
+                        prefetch(ct);
+                    }
                     let gate = gate_number(base_gate, first + k)?;
                     *item = (block_of(p, l), Tweak { gate, row }.block(p, q));
                 }
@@ -371,6 +384,20 @@ pub fn evaluate_projection_batch(
         *cost += c;
     }
     Ok(out)
+}
+
+/// A hint to bring `x` into cache (nothing on other architectures).
+#[inline(always)]
+fn prefetch(x: &u128) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is only a hint: it never faults
+    // and changes no memory; the address comes from a live reference.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(x).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
 }
 
 /// The table rows and output zero-label of one gate from its p hashes `hk` (in order of x) and

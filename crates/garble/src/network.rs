@@ -1773,6 +1773,7 @@ impl<R: Read> Backend for StreamEval<R> {
             }
             if len == total {
                 let r = self.evaluator.projection_batch(&batch, a)?;
+                self.reader.recycle(batch.into_rows());
                 self.next_gate += len as u64;
                 return Ok(r);
             }
@@ -1782,6 +1783,7 @@ impl<R: Read> Backend for StreamEval<R> {
                 .ok_or(GarbleError::Internal("batch slice"))?;
             let slice = LabelTensor::from_digits(a.modulus(), &[len], part.to_vec())?;
             let r = self.evaluator.projection_batch(&batch, &slice)?;
+            self.reader.recycle(batch.into_rows());
             let o = match &mut out {
                 Some(o) => o,
                 None => out.insert(LabelTensor::zeros(q, &[total])?),

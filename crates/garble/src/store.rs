@@ -445,6 +445,9 @@ pub struct StreamReader<R: Read> {
     /// Set once the end marker was read, or after an error.
     done: bool,
     failed: bool,
+    /// A row array handed back by the evaluator ([`StreamReader::recycle`]), reused for the next
+    /// tables chunk: no fresh pages to fault in and zero, chunk after chunk.
+    spare: Vec<u128>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -497,7 +500,16 @@ impl<R: Read> StreamReader<R> {
             open: None,
             done: false,
             failed: false,
+            spare: Vec::new(),
         })
+    }
+
+    /// Hands back the rows of a batch this reader produced, once evaluated, for the next tables
+    /// chunk to be read into (tables are public: nothing to clear).
+    pub(crate) fn recycle(&mut self, rows: Vec<u128>) {
+        if rows.capacity() > self.spare.capacity() {
+            self.spare = rows;
+        }
     }
 
     /// The stream's header.
@@ -585,7 +597,8 @@ impl<R: Read> StreamReader<R> {
         let inside = format!("chunk {seq}");
         // Garbled rows (nearly all of the material) are read straight into the row array the
         // evaluator uses: one copy out of the reader, no growing buffer, no second pass. A
-        // zeroed array is mapped lazily, so a length claimed but never sent costs no memory.
+        // fresh zeroed array is mapped lazily, so a length claimed but never sent costs no
+        // memory; after the first chunk the array is the one the evaluator handed back.
         let direct = (head[0] == TAG_TABLES)
             .then(|| (len as usize).checked_sub(TABLES_FIXED))
             .flatten()
@@ -594,7 +607,9 @@ impl<R: Read> StreamReader<R> {
             Some(row_bytes) => {
                 let mut fixed = vec![0u8; TABLES_FIXED];
                 read_exact(&mut self.inner, &mut fixed, &inside)?;
-                let mut rows = vec![0u128; row_bytes / BLOCK];
+                // Every row is overwritten by the read: a recycled array only needs the length.
+                let mut rows = std::mem::take(&mut self.spare);
+                rows.resize(row_bytes / BLOCK, 0);
                 read_exact(
                     &mut self.inner,
                     bytemuck::cast_slice_mut(&mut rows),
