@@ -78,17 +78,11 @@ pub enum FromWorker {
 mod tests {
     use super::*;
 
-    /// The same message with its byte fields as plain sequences of u8 (the encoding before
-    /// `serde_bytes`).
+    /// The same messages with their byte fields as plain sequences of u8 (the encoding before
+    /// `serde_bytes`); only the position of `Setup` matters here.
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     enum Plain {
-        Setup {
-            model_onnx: Vec<u8>,
-            semantics: tessera_engine::Semantics,
-            primes: u32,
-            sign_bases: Vec<u8>,
-            namespace: u64,
-        },
+        Setup,
         Material {
             slot: u64,
             data: Vec<u8>,
