@@ -596,9 +596,9 @@ impl<R: Read> StreamReader<R> {
         }
         let inside = format!("chunk {seq}");
         // Garbled rows (nearly all of the material) are read straight into the row array the
-        // evaluator uses: one copy out of the reader, no growing buffer, no second pass. A
-        // fresh zeroed array is mapped lazily, so a length claimed but never sent costs no
-        // memory; after the first chunk the array is the one the evaluator handed back.
+        // evaluator uses: one copy out of the reader, no growing buffer, no second pass. After
+        // the first chunk the array is the one the evaluator handed back; a length claimed but
+        // never sent costs at most one array of `max_chunk` bytes, checked above.
         let direct = (head[0] == TAG_TABLES)
             .then(|| (len as usize).checked_sub(TABLES_FIXED))
             .flatten()
