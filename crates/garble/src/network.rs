@@ -1736,6 +1736,16 @@ impl<R: Read> Backend for StreamEval<R> {
         Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
     }
 
+    fn mul_const_add_assign(
+        &mut self,
+        a: &mut LabelTensor,
+        k: u64,
+        c: &LabelTensor,
+    ) -> Result<(), GarbleError> {
+        let k = i64::from(a.modulus().reduce(k));
+        a.mul_scalar_add_assign(k, c)
+    }
+
     fn add_const(&mut self, a: &LabelTensor, _k: u64) -> Result<LabelTensor, GarbleError> {
         Ok(a.clone())
     }

@@ -273,6 +273,24 @@ impl LabelTensor {
         out
     }
 
+    /// `self ← k · self + other` for a public constant k (reduced mod q; free), in one pass
+    /// over cache-sized pieces and without a copy.
+    pub fn mul_scalar_add_assign(&mut self, k: i64, other: &Self) -> Result<(), GarbleError> {
+        self.check_same(other)?;
+        let q = self.modulus.q();
+        let k = reduce_i64(k, q);
+        self.secret |= other.secret;
+        for (d, o) in self
+            .digits
+            .chunks_mut(1 << 14)
+            .zip(other.digits.chunks(1 << 14))
+        {
+            scale_digits(q, k, d);
+            add_digits(q, d, o);
+        }
+        Ok(())
+    }
+
     /// `k · self` for a public constant k (reduced mod q; free).
     pub fn mul_scalar(&self, k: i64) -> Self {
         let q = self.modulus.q();
@@ -960,6 +978,36 @@ mod tests {
             let y = LabelTensor::matmul_public(&w, 1, &x).expect("shapes");
             let expect = (n_in as u64 % q) as u8;
             assert!(y.as_digits().iter().all(|&d| d == expect), "q = {q}");
+        }
+    }
+
+    proptest! {
+        /// The in-place k·a + c equals mul_scalar then try_add, across the 16 KiB pieces it
+        /// works in, and refuses a mismatched operand.
+        #[test]
+        fn scale_add_in_place_equals_scale_then_add(
+            m in modulus(),
+            len in 1usize..800,
+            k in any::<i64>(),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let n = m.digits() * len;
+            let mut random = || -> LabelTensor {
+                let d = (0..n).map(|_| rng.random_range(0..m.q())).collect();
+                LabelTensor::from_digits(m, &[len], d).expect("digits below q")
+            };
+            let (a, c) = (random(), random());
+            let want = a.mul_scalar(k).try_add(&c).expect("same shape");
+            let mut got = a.clone();
+            got.mul_scalar_add_assign(k, &c).expect("same shape");
+            prop_assert_eq!(got.as_digits(), want.as_digits());
+            let short = LabelTensor::zeros(m, &[len + 1]).expect("shape");
+            let refused = matches!(
+                got.mul_scalar_add_assign(k, &short),
+                Err(GarbleError::ShapeMismatch { .. })
+            );
+            prop_assert!(refused, "a shorter operand was accepted");
         }
     }
 

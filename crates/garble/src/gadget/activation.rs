@@ -95,8 +95,7 @@ pub(super) fn mixed_radix_step<B: Backend>(
             .map(|a| ((rj - a % rj) % rj * inv % rj) as u16)
             .collect();
         let correction = b.project(&digit, mj, &phi)?;
-        let scaled = b.mul_const(w, inv)?;
-        *w = b.add(&scaled, &correction)?;
+        b.mul_const_add_assign(w, inv, &correction)?;
     }
     Ok(digit)
 }

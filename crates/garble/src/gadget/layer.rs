@@ -82,6 +82,16 @@ impl<S: BatchSink> Backend for LayerGarbleBackend<S> {
         Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
     }
 
+    fn mul_const_add_assign(
+        &mut self,
+        a: &mut LabelTensor,
+        k: u64,
+        c: &LabelTensor,
+    ) -> Result<(), GarbleError> {
+        let k = i64::from(a.modulus().reduce(k));
+        a.mul_scalar_add_assign(k, c)
+    }
+
     /// The zero-labels move by −k·Δ (the evaluator's labels stay).
     fn add_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
         let minus_k = -i64::from(a.modulus().reduce(k));
@@ -153,6 +163,16 @@ impl Backend for LayerEvalBackend {
 
     fn mul_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
         Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
+    }
+
+    fn mul_const_add_assign(
+        &mut self,
+        a: &mut LabelTensor,
+        k: u64,
+        c: &LabelTensor,
+    ) -> Result<(), GarbleError> {
+        let k = i64::from(a.modulus().reduce(k));
+        a.mul_scalar_add_assign(k, c)
     }
 
     fn add_const(&mut self, a: &LabelTensor, _k: u64) -> Result<LabelTensor, GarbleError> {

@@ -65,6 +65,19 @@ pub trait Backend {
     /// a + k for a public k (reduced mod the wire's prime). Free.
     fn add_const(&mut self, a: &Self::Wire, k: u64) -> Result<Self::Wire, GarbleError>;
 
+    /// a ← k·a + c for a public k (same modulus): [`Backend::mul_const`] then [`Backend::add`],
+    /// in place where a backend can do it in one pass. Free.
+    fn mul_const_add_assign(
+        &mut self,
+        a: &mut Self::Wire,
+        k: u64,
+        c: &Self::Wire,
+    ) -> Result<(), GarbleError> {
+        let scaled = self.mul_const(a, k)?;
+        *a = self.add(&scaled, c)?;
+        Ok(())
+    }
+
     /// The projection gate: φ(a) mod q, where `phi[x]` = φ(x) for x ∈ 0..p (p − 1 ciphertexts).
     fn project(
         &mut self,
