@@ -374,8 +374,30 @@ impl Objects {
     }
 
     /// A streaming reader for an object, from its start.
+    ///
+    /// On the local filesystem the reader reads the object's file directly (at most its size
+    /// as looked up here): one copy from the page cache into the caller's buffer, where the
+    /// ranged reads would copy twice and keep two more threads busy.
     pub fn reader(&self, key: &str) -> Result<ObjectReader, StoreError> {
         let size = self.size(key)?;
+        let local = match &self.local_root {
+            Some(root) => {
+                // The key was checked by `size` (no `.`, `..` or empty segments).
+                let file = root.join(key);
+                let f = std::fs::File::open(&file).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        StoreError::NotFound(key.into(), self.name.clone())
+                    }
+                    _ => StoreError::Io {
+                        what: "opening",
+                        path: file.display().to_string(),
+                        source: e,
+                    },
+                })?;
+                Some(std::io::Read::take(f, size))
+            }
+            None => None,
+        };
         let mut r = ObjectReader {
             store: self.clone(),
             key: key.into(),
@@ -384,8 +406,11 @@ impl Objects {
             fetched: 0,
             buf: Bytes::new(),
             next: std::collections::VecDeque::new(),
+            local,
         };
-        r.prefetch();
+        if r.local.is_none() {
+            r.prefetch();
+        }
         Ok(r)
     }
 
@@ -528,6 +553,8 @@ pub struct ObjectReader {
     fetched: u64,
     buf: Bytes,
     next: std::collections::VecDeque<(u64, JoinHandle<object_store::Result<Bytes>>)>,
+    /// A local store's file, read directly (see [`Objects::reader`]).
+    local: Option<std::io::Take<std::fs::File>>,
 }
 
 impl ObjectReader {
@@ -552,6 +579,9 @@ impl ObjectReader {
 
 impl std::io::Read for ObjectReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(f) = &mut self.local {
+            return std::io::Read::read(f, out);
+        }
         if self.buf.is_empty() {
             let Some((want, h)) = self.next.pop_front() else {
                 return Ok(0);
