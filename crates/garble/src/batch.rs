@@ -56,6 +56,20 @@ impl ProjectionBatch {
         count: usize,
         rows: Vec<u128>,
     ) -> Result<Self, GarbleError> {
+        let in_range = rows.iter().fold(true, |ok, &r| ok & output.holds_block(r));
+        Self::with_rows_checked(base_gate, input, output, count, rows, in_range)
+    }
+
+    /// [`Self::new`] for rows whose range check already ran (as a stream reader reads them):
+    /// `in_range` is its answer, and false is the same error.
+    pub(crate) fn with_rows_checked(
+        base_gate: u64,
+        input: Modulus,
+        output: Modulus,
+        count: usize,
+        rows: Vec<u128>,
+        in_range: bool,
+    ) -> Result<Self, GarbleError> {
         let expected = count
             .checked_mul(usize::from(input.q()) - 1)
             .ok_or(GarbleError::Internal("table size overflows usize"))?;
@@ -65,7 +79,7 @@ impl ProjectionBatch {
                 got: rows.len(),
             });
         }
-        if !rows.iter().fold(true, |ok, &r| ok & output.holds_block(r)) {
+        if !in_range {
             return Err(GarbleError::BlockOutOfRange { q: output.q() });
         }
         end_gate(base_gate, count)?;

@@ -96,6 +96,11 @@ pub const CHUNK_HEADER_LEN: usize = 16;
 pub const DEFAULT_MAX_CHUNK: u32 = 16 << 20;
 /// The smallest payload limit a writer accepts.
 pub const MIN_MAX_CHUNK: u32 = 64;
+/// Row arrays a reader keeps for reuse.
+const SPARE_ARRAYS: usize = 4;
+/// Rows read, checksummed and range-checked as one piece (4 MiB: the later passes find the
+/// piece in cache; at least the evaluator's read buffer, which a read that large bypasses).
+const PIECE_ROWS: usize = 1 << 18;
 /// The largest tensor rank a labels chunk holds.
 pub const MAX_RANK: usize = 16;
 
@@ -445,9 +450,10 @@ pub struct StreamReader<R: Read> {
     /// Set once the end marker was read, or after an error.
     done: bool,
     failed: bool,
-    /// A row array handed back by the evaluator ([`StreamReader::recycle`]), reused for the next
-    /// tables chunk: no fresh pages to fault in and zero, chunk after chunk.
-    spare: Vec<u128>,
+    /// Row arrays handed back by the evaluator ([`StreamReader::recycle`]; at most
+    /// [`SPARE_ARRAYS`]), reused for the next tables chunks: no fresh pages to fault in and
+    /// zero, chunk after chunk.
+    spare: Vec<Vec<u128>>,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -507,8 +513,8 @@ impl<R: Read> StreamReader<R> {
     /// Hands back the rows of a batch this reader produced, once evaluated, for the next tables
     /// chunk to be read into (tables are public: nothing to clear).
     pub(crate) fn recycle(&mut self, rows: Vec<u128>) {
-        if rows.capacity() > self.spare.capacity() {
-            self.spare = rows;
+        if self.spare.len() < SPARE_ARRAYS {
+            self.spare.push(rows);
         }
     }
 
@@ -603,18 +609,33 @@ impl<R: Read> StreamReader<R> {
             .then(|| (len as usize).checked_sub(TABLES_FIXED))
             .flatten()
             .filter(|r| r % BLOCK == 0);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&head);
+        // For direct rows: whether every row is a label mod the chunk's output modulus, checked
+        // piece by piece while the piece is still in cache (None: not checked here).
+        let mut rows_in_range = None;
         let (mut payload, mut rows) = match direct {
             Some(row_bytes) => {
                 let mut fixed = vec![0u8; TABLES_FIXED];
                 read_exact(&mut self.inner, &mut fixed, &inside)?;
+                hasher.update(&fixed);
+                // The output modulus as the fixed part names it (parse_tables checks it again and
+                // reports a bad one).
+                let out = fixed.get(9).and_then(|&q| Modulus::new(u64::from(q)).ok());
                 // Every row is overwritten by the read: a recycled array only needs the length.
-                let mut rows = std::mem::take(&mut self.spare);
+                let mut rows = self.spare.pop().unwrap_or_default();
                 rows.resize(row_bytes / BLOCK, 0);
-                read_exact(
-                    &mut self.inner,
-                    bytemuck::cast_slice_mut(&mut rows),
-                    &inside,
-                )?;
+                let mut ok = true;
+                for piece in rows.chunks_mut(PIECE_ROWS) {
+                    read_exact(&mut self.inner, bytemuck::cast_slice_mut(piece), &inside)?;
+                    hasher.update(bytemuck::cast_slice(piece));
+                    if let Some(m) = out {
+                        ok &= piece
+                            .iter()
+                            .fold(true, |all, &r| all & m.holds_block(u128::from_le(r)));
+                    }
+                }
+                rows_in_range = out.map(|_| ok);
                 (fixed, Some(rows))
             }
             None => {
@@ -629,6 +650,7 @@ impl<R: Read> StreamReader<R> {
                         "the stream ends inside {inside}"
                     )));
                 }
+                hasher.update(&payload);
                 (payload, None)
             }
         };
@@ -638,12 +660,6 @@ impl<R: Read> StreamReader<R> {
             &mut crc,
             &format!("the checksum of chunk {seq}"),
         )?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&head);
-        hasher.update(&payload);
-        if let Some(r) = &rows {
-            hasher.update(bytemuck::cast_slice(r));
-        }
         if hasher.finalize() != u32::from_le_bytes(crc) {
             payload.zeroize();
             rows.zeroize();
@@ -660,7 +676,9 @@ impl<R: Read> StreamReader<R> {
             )));
         }
         let chunk = match head[0] {
-            TAG_TABLES => self.parse_tables(seq, &payload, rows).map(Chunk::Tables),
+            TAG_TABLES => self
+                .parse_tables(seq, &payload, rows, rows_in_range)
+                .map(Chunk::Tables),
             TAG_LABELS => {
                 let r = self.parse_labels(seq, &payload).map(Chunk::Labels);
                 payload.zeroize();
@@ -676,12 +694,14 @@ impl<R: Read> StreamReader<R> {
     }
 
     /// The tables of a chunk from its payload, or from its fixed part and the rows already read
-    /// as blocks (`direct`, stored little-endian).
+    /// as blocks (`direct`, stored little-endian). `in_range`: whether the rows were already
+    /// checked to be labels mod the output modulus while they were read, and the answer.
     fn parse_tables(
         &mut self,
         seq: u64,
         payload: &[u8],
         direct: Option<Vec<u128>>,
+        in_range: Option<bool>,
     ) -> Result<ProjectionBatch, GarbleError> {
         if self.header.kind != MaterialKind::Evaluation {
             return Err(corrupt(format!(
@@ -726,7 +746,11 @@ impl<R: Read> StreamReader<R> {
                 .map(|b| u128::from_le_bytes(<[u8; BLOCK]>::try_from(b).unwrap_or_default()))
                 .collect(),
         };
-        let batch = ProjectionBatch::new(base, p, q, count, rows).map_err(|e| match e {
+        let batch = match in_range {
+            Some(ok) => ProjectionBatch::with_rows_checked(base, p, q, count, rows, ok),
+            None => ProjectionBatch::new(base, p, q, count, rows),
+        };
+        let batch = batch.map_err(|e| match e {
             GarbleError::BlockOutOfRange { q } => corrupt(format!(
                 "chunk {seq} holds a 16-byte row that is no label mod {q}"
             )),

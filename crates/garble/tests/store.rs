@@ -384,10 +384,15 @@ fn a_stream_without_its_end_marker_reads_as_truncated() {
 /// A stream header followed by raw chunks, each with a correct checksum: semantic checks behind
 /// the CRC.
 fn raw_stream(kind: u8, chunks: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+    raw_stream_max(kind, 1024, chunks)
+}
+
+/// [`raw_stream`] with the header declaring chunks of up to `max` bytes.
+fn raw_stream_max(kind: u8, max: u32, chunks: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&[kind, 0]);
-    out.extend_from_slice(&1024u32.to_le_bytes());
+    out.extend_from_slice(&max.to_le_bytes());
     out.extend_from_slice(&[0; 16]);
     out.extend_from_slice(&0u64.to_le_bytes());
     let crc = crc32(&out);
@@ -457,6 +462,22 @@ fn checksummed_but_inconsistent_chunks_are_errors() {
         raw_stream(1, &[(1, 0, tables_payload(0, 3, 3, 1, &[5, u128::MAX]))]),
         "no label",
     );
+    // The same far into a chunk of several MiB, which the reader checks piece by piece as the
+    // rows arrive: the bad row is in a later piece than the first.
+    let mut rows = vec![5u128; (1 << 19) + 2];
+    if let Some(last) = rows.last_mut() {
+        *last = u128::MAX;
+    }
+    let gates = (rows.len() / 2) as u32;
+    let big = raw_stream_max(
+        1,
+        16 << 20,
+        &[(1, 0, tables_payload(0, 3, 3, gates, &rows))],
+    );
+    match read_all(&big, 16 << 20) {
+        Err(GarbleError::StreamCorrupt(msg)) => assert!(msg.contains("no label"), "{msg}"),
+        other => panic!("expected a row out of range: {other:?}"),
+    }
     // A count that disagrees with the rows held.
     corrupt_with(
         raw_stream(1, &[(1, 0, tables_payload(0, 3, 3, 2, &[5, 7]))]),
