@@ -81,6 +81,7 @@
 //!   [`GarbleSecrets`] by value and returns only an [`OutputKey`] (the output digests, no seed,
 //!   no Δ): a second encoding under the same garbling does not compile.
 
+mod prefetch;
 mod qint;
 mod tables;
 
@@ -111,7 +112,7 @@ use crate::output::OutputDecoder;
 use crate::store::{Chunk, MaterialKind, StreamHeader, StreamReader, StreamWriter};
 #[cfg(test)]
 use crate::tensor::reduce16;
-use crate::tensor::{LabelTensor, dot_rows};
+use crate::tensor::{LabelTensor, dot_rows, scale_digits};
 
 /// An index meaning "outside the input" (a padded position) in a gather table.
 const NONE: u32 = u32::MAX;
@@ -943,8 +944,10 @@ impl NetworkCircuit {
                     .iter()
                     .map(|w| {
                         b.linear(w, s.len, &|q, n, d| {
-                            let wq: Vec<u32> =
-                                weights.iter().map(|&v| u32::from(reduce(v, q))).collect();
+                            let wq: Vec<u32> = weights
+                                .par_iter()
+                                .map(|&v| u32::from(reduce(v, q)))
+                                .collect();
                             linear_kernel(
                                 q,
                                 n,
@@ -1327,29 +1330,105 @@ fn linear_kernel(
         .zip(out.chunks_exact_mut(rows * width))
     {
         match gather {
-            Some(idx) => {
-                let col = gather_digits(n, img, idx)?;
-                gemm_rows(q, w, kk, &col, width, o);
-            }
+            Some(idx) => conv_rows(q, w, kk, idx, npos, n, img, o)?,
             None => gemm_rows(q, w, kk, img, width, o),
         }
     }
     Ok(out)
 }
 
-/// out[i] = c[map[i]] · x[i] over `n`-digit labels.
-fn mul_kernel(q: u8, n: usize, c: &[u16], map: &[u32], x: &[u8]) -> Result<Vec<u8>, GarbleError> {
-    let qq = u16::from(q);
-    let mut out = x.to_vec();
-    for (dst, &mi) in out.chunks_exact_mut(n).zip(map) {
-        let k = *c
-            .get(mi as usize)
-            .ok_or(GarbleError::Internal("constant index"))?;
-        for d in dst {
-            // d, k < q ≤ 251: the product is below 2^16.
-            *d = ((u16::from(*d) * k) % qq) as u8;
-        }
+/// Bytes of the gathered columns [`conv_rows`] keeps at a time (about an L2 cache).
+const PANEL_BYTES: usize = 1 << 19;
+
+/// A conv's `out[r, pos] = Σ_j w[r·kk + j] · img[idx[j·npos + pos]]` over `n`-digit labels, one
+/// panel of positions at a time: the panel's `kk` gathered rows stay in cache while every output
+/// row reads them, where gathering the whole `[kk, npos]` im2col first would write and read
+/// back kk times the layer's input. The panel is wiped after use (on the garbler's side it
+/// holds zero-labels).
+#[allow(clippy::too_many_arguments)]
+fn conv_rows(
+    q: u8,
+    w: &[u16],
+    kk: usize,
+    idx: &[u32],
+    npos: usize,
+    n: usize,
+    img: &[u8],
+    out: &mut [u8],
+) -> Result<(), GarbleError> {
+    let width = npos * n;
+    if idx.len() != kk * npos || out.len() != w.len() / kk.max(1) * width || n == 0 {
+        return Err(GarbleError::Internal("conv layer sizes"));
     }
+    // Positions per panel: a whole number of labels, at most one accumulator block wide.
+    let per_panel = (PANEL_BYTES / (kk.max(1) * n)).clamp(1, (BLOCK / n).max(1));
+    let mut panel = vec![0u8; kk * per_panel * n];
+    let q16 = u16::from(q);
+    let mut result = Ok(());
+    for p0 in (0..npos).step_by(per_panel) {
+        let np = per_panel.min(npos - p0);
+        let bw = np * n;
+        let cols = panel
+            .get_mut(..kk * bw)
+            .ok_or(GarbleError::Internal("conv panel"))?;
+        result = cols
+            .par_chunks_mut(bw)
+            .zip(idx.par_chunks(npos))
+            .try_for_each(|(dst, ix)| {
+                let ix = ix
+                    .get(p0..p0 + np)
+                    .ok_or(GarbleError::Internal("gather table"))?;
+                for (d, &i) in dst.chunks_exact_mut(n).zip(ix) {
+                    if i == NONE {
+                        d.fill(0);
+                    } else {
+                        let s = (i as usize) * n;
+                        let from = img
+                            .get(s..s + n)
+                            .ok_or(GarbleError::Internal("gather index out of range"))?;
+                        d.copy_from_slice(from);
+                    }
+                }
+                Ok(())
+            });
+        if result.is_err() {
+            break;
+        }
+        let cols = &*cols;
+        out.par_chunks_mut(width)
+            .zip(w.par_chunks(kk))
+            .for_each(|(o, wr)| {
+                if let Some(ob) = o.get_mut(p0 * n..p0 * n + bw) {
+                    let mut acc = [0u16; BLOCK];
+                    let acc = &mut acc[..bw];
+                    // Weights are below q (checked by the caller), as dot_rows needs.
+                    dot_rows(q16, wr.iter().copied().zip(cols.chunks_exact(bw)), acc, ob);
+                }
+            });
+    }
+    crate::tensor::wipe(&mut panel);
+    result
+}
+
+/// out[i] = c[map[i]] · x[i] over `n`-digit labels (every c below q), in pieces on every core.
+fn mul_kernel(q: u8, n: usize, c: &[u16], map: &[u32], x: &[u8]) -> Result<Vec<u8>, GarbleError> {
+    if map.len().checked_mul(n) != Some(x.len())
+        || map.iter().any(|&mi| mi as usize >= c.len())
+        || c.iter().any(|&k| k >= u16::from(q))
+    {
+        return Err(GarbleError::Internal("constant multiplication sizes"));
+    }
+    let mut out = x.to_vec();
+    let per = (1 << 14) / n.max(1) + 1;
+    out.par_chunks_mut(per * n)
+        .zip(map.par_chunks(per))
+        .for_each(|(o, m)| {
+            for (dst, &mi) in o.chunks_exact_mut(n).zip(m) {
+                // In range and below q: both checked above.
+                let k = c.get(mi as usize).copied().unwrap_or(0) as u8;
+                scale_digits(q, k, dst);
+            }
+        });
     Ok(out)
 }
 
@@ -1627,21 +1706,8 @@ fn label_linear(
     kernel: &Kernel<'_>,
 ) -> Result<LabelTensor, GarbleError> {
     let m = x.modulus();
-    let mut d = kernel(m.q(), m.digits(), x.as_digits())?;
-    let mut out = LabelTensor::zeros(m, &[out_len])?;
-    if x.is_secret() {
-        out = out.into_secret();
-    }
-    let r = if d.len() == out_len * m.digits() {
-        out.digits_mut().copy_from_slice(&d);
-        Ok(out)
-    } else {
-        Err(GarbleError::Internal("linear kernel length"))
-    };
-    if x.is_secret() {
-        crate::tensor::wipe(&mut d);
-    }
-    r
+    let d = kernel(m.q(), m.digits(), x.as_digits())?;
+    LabelTensor::from_kernel(m, &[out_len], d, x.is_secret())
 }
 
 /// The garbler over a stream: each projection batch is written and dropped at once.
@@ -1697,13 +1763,13 @@ impl<W: Write> NetBackend for StreamGarbler<W> {
 
 /// The evaluator over a stream: reads each projection batch (possibly in several chunks) when
 /// the circuit reaches it, checking its moduli, size and gate numbers.
-struct StreamEval<R: Read> {
+struct StreamEval<'f> {
     evaluator: Evaluator,
-    reader: StreamReader<R>,
+    reader: &'f mut prefetch::Feed,
     next_gate: u64,
 }
 
-impl<R: Read> StreamEval<R> {
+impl StreamEval<'_> {
     fn next_tables(&mut self) -> Result<crate::ProjectionBatch, GarbleError> {
         match self.reader.next_chunk()? {
             Some(Chunk::Tables(b)) => Ok(b),
@@ -1717,7 +1783,7 @@ impl<R: Read> StreamEval<R> {
     }
 }
 
-impl<R: Read> Backend for StreamEval<R> {
+impl Backend for StreamEval<'_> {
     type Wire = LabelTensor;
 
     fn modulus_of(&self, w: &LabelTensor) -> Modulus {
@@ -1812,7 +1878,7 @@ impl<R: Read> Backend for StreamEval<R> {
     }
 }
 
-impl<R: Read> NetBackend for StreamEval<R> {
+impl NetBackend for StreamEval<'_> {
     fn linear(
         &mut self,
         x: &LabelTensor,
@@ -2261,7 +2327,7 @@ pub fn encode_input(
 /// or left-over tables.
 pub fn evaluate(
     circuit: &NetworkCircuit,
-    reader: impl Read,
+    reader: impl Read + Send,
     input: &InputLabels,
 ) -> Result<OutputLabels, GarbleError> {
     let reader = StreamReader::new(BufReader::with_capacity(1 << 20, reader))?;
@@ -2274,20 +2340,21 @@ pub fn evaluate(
     input
         .0
         .check(header.garbling_id, circuit.primes, circuit.input_len())?;
-    let mut b = StreamEval {
-        evaluator: Evaluator::new(header.garbling_id),
-        reader,
-        next_gate: header.first_gate,
-    };
-    let out = circuit.run(&mut b, input.0.tensors.clone(), |_, _| {})?;
-    match b.reader.next_chunk()? {
-        None => {}
-        Some(_) => {
-            return Err(GarbleError::StreamCorrupt(
+    // The material is read and checked by a second thread, ahead of the evaluation.
+    let out = prefetch::with_feed(reader, |feed| {
+        let mut b = StreamEval {
+            evaluator: Evaluator::new(header.garbling_id),
+            reader: feed,
+            next_gate: header.first_gate,
+        };
+        let out = circuit.run(&mut b, input.0.tensors.clone(), |_, _| {})?;
+        match b.reader.next_chunk()? {
+            None => Ok(out),
+            Some(_) => Err(GarbleError::StreamCorrupt(
                 "garbled material continues after the circuit's last gate".into(),
-            ));
+            )),
         }
-    }
+    })?;
     Ok(OutputLabels(LabelSet {
         garbling_id: header.garbling_id,
         tensors: out,

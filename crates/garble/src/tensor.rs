@@ -119,6 +119,33 @@ impl LabelTensor {
         Ok(t)
     }
 
+    /// A tensor that takes over `digits` computed by this crate's own kernels (already reduced
+    /// mod q; only their count is checked), secret when `secret`. On a wrong count the digits
+    /// are wiped and an error returned.
+    pub(crate) fn from_kernel(
+        modulus: Modulus,
+        shape: &[usize],
+        mut digits: Vec<u8>,
+        secret: bool,
+    ) -> Result<Self, GarbleError> {
+        let expected = shape_len(shape)?
+            .checked_mul(modulus.digits())
+            .ok_or(GarbleError::Internal("tensor size overflows usize"))?;
+        if digits.len() != expected {
+            if secret {
+                wipe(&mut digits);
+            }
+            return Err(GarbleError::Internal("linear kernel length"));
+        }
+        debug_assert!(digits.iter().all(|&d| d < modulus.q()));
+        Ok(Self {
+            modulus,
+            shape: shape.to_vec(),
+            digits,
+            secret,
+        })
+    }
+
     /// A tensor from its flat digits (label-major). Checked: `len × n` digits, each below q; safe
     /// on data from a peer or a file.
     pub fn from_digits(
@@ -253,7 +280,8 @@ impl LabelTensor {
         self.check_same(other)?;
         let mut out = self.clone();
         out.secret |= other.secret;
-        add_digits(self.modulus.q(), &mut out.digits, &other.digits);
+        let q = self.modulus.q();
+        in_pieces2(&mut out.digits, &other.digits, |a, b| add_digits(q, a, b));
         Ok(out)
     }
 
@@ -262,14 +290,16 @@ impl LabelTensor {
         self.check_same(other)?;
         let mut out = self.clone();
         out.secret |= other.secret;
-        sub_digits(self.modulus.q(), &mut out.digits, &other.digits);
+        let q = self.modulus.q();
+        in_pieces2(&mut out.digits, &other.digits, |a, b| sub_digits(q, a, b));
         Ok(out)
     }
 
     /// `−self` (free).
     pub fn neg(&self) -> Self {
         let mut out = self.clone();
-        neg_digits(self.modulus.q(), &mut out.digits);
+        let q = self.modulus.q();
+        in_pieces(&mut out.digits, |a| neg_digits(q, a));
         out
     }
 
@@ -280,14 +310,10 @@ impl LabelTensor {
         let q = self.modulus.q();
         let k = reduce_i64(k, q);
         self.secret |= other.secret;
-        for (d, o) in self
-            .digits
-            .chunks_mut(1 << 14)
-            .zip(other.digits.chunks(1 << 14))
-        {
+        in_pieces2(&mut self.digits, &other.digits, |d, o| {
             scale_digits(q, k, d);
             add_digits(q, d, o);
-        }
+        });
         Ok(())
     }
 
@@ -296,7 +322,7 @@ impl LabelTensor {
         let q = self.modulus.q();
         let k = reduce_i64(k, q);
         let mut out = self.clone();
-        scale_digits(q, k, &mut out.digits);
+        in_pieces(&mut out.digits, |a| scale_digits(q, k, a));
         out
     }
 
@@ -415,6 +441,31 @@ pub(crate) fn check_digits(modulus: Modulus, digits: &[u8]) -> Result<(), Garble
 }
 
 /// k mod q in [0, q).
+/// Digits per piece of the digit-wise loops ([`in_pieces`]): cache-sized, and large enough
+/// that handing a piece to another core costs far less than the piece.
+const PIECE: usize = 1 << 14;
+
+/// `f` over `a` in [`PIECE`]-digit pieces, on every core when there are several pieces.
+pub(crate) fn in_pieces(a: &mut [u8], f: impl Fn(&mut [u8]) + Sync) {
+    if a.len() <= PIECE {
+        f(a);
+    } else {
+        a.par_chunks_mut(PIECE).for_each(&f);
+    }
+}
+
+/// `f` over matching [`PIECE`]-digit pieces of `a` and `b`, on every core when there are
+/// several.
+pub(crate) fn in_pieces2(a: &mut [u8], b: &[u8], f: impl Fn(&mut [u8], &[u8]) + Sync) {
+    if a.len() <= PIECE {
+        f(a, b);
+    } else {
+        a.par_chunks_mut(PIECE)
+            .zip(b.par_chunks(PIECE))
+            .for_each(|(x, y)| f(x, y));
+    }
+}
+
 pub(crate) fn reduce_i64(k: i64, q: u8) -> u8 {
     // The Euclidean remainder is in [0, q), q ≤ 251.
     k.rem_euclid(i64::from(q)) as u8
