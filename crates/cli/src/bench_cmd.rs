@@ -208,6 +208,8 @@ pub(crate) struct GcBenchRow {
     garble_ms: f64,
     garbled_bytes: u64,
     online_ms: f64,
+    /// Of the online time, the worker's evaluation (median).
+    worker_eval_ms: f64,
     online_bytes_up: u64,
     online_bytes_down: u64,
     /// (inputs + outputs) × k × 16 B, DESIGN §2.1's estimate of online bytes.
@@ -302,6 +304,7 @@ pub(crate) fn bench_gc(
             },
         )?;
         let mut online = Vec::new();
+        let mut worker = Vec::new();
         let mut last = None;
         let mut exact = true;
         for _ in 0..reps.max(1) {
@@ -309,6 +312,7 @@ pub(crate) fn bench_gc(
             let r = s.infer(&x)?;
             exact &= reference.data() == r.exact.data();
             online.push(r.cost.latency.as_secs_f64() * 1e3);
+            worker.push(r.cost.untrusted_ns as f64 / 1e6);
             last = Some(r.cost);
         }
         let st = s.stats();
@@ -326,6 +330,7 @@ pub(crate) fn bench_gc(
             garble_ms: st.garble_ms,
             garbled_bytes: st.material_bytes,
             online_ms: tessera_schemes::median(&mut online),
+            worker_eval_ms: tessera_schemes::median(&mut worker),
             online_bytes_up: c.bytes_up,
             online_bytes_down: c.bytes_down,
             online_bytes_formula: (inputs + outputs) * st.primes as u64 * 16,
@@ -335,13 +340,14 @@ pub(crate) fn bench_gc(
             threads,
         };
         eprintln!(
-            "gc bench: {}: k = {} ({}), garble {:.0} ms, {} B garbled, online {:.0} ms, {} B up / {} B down, {} round(s), bit-exact {}",
+            "gc bench: {}: k = {} ({}), garble {:.0} ms, {} B garbled, online {:.0} ms (worker evaluation {:.0} ms), {} B up / {} B down, {} round(s), bit-exact {}",
             row.network,
             row.primes,
             row.range,
             row.garble_ms,
             row.garbled_bytes,
             row.online_ms,
+            row.worker_eval_ms,
             row.online_bytes_up,
             row.online_bytes_down,
             row.rounds,
@@ -359,6 +365,7 @@ pub(crate) fn bench_gc(
         "garble ms",
         "garbled B",
         "online ms",
+        "worker eval ms",
         "online B up/down",
         "vs formula",
         "enclave keeps",
@@ -373,6 +380,7 @@ pub(crate) fn bench_gc(
             format!("{:.0}", r.garble_ms),
             human(r.garbled_bytes),
             format!("{:.0}", r.online_ms),
+            format!("{:.0}", r.worker_eval_ms),
             format!(
                 "{} / {}",
                 human(r.online_bytes_up),
