@@ -14,7 +14,8 @@
 //! Large objects stream both ways in bounded memory: a writer uploads parts of
 //! [`PART_BYTES`] (S3 multipart upload; at most two parts in flight), a reader fetches ranges of
 //! [`RANGE_BYTES`] with the next [`READ_AHEAD`] in flight while the current one is consumed (one
-//! range at a time halved the throughput from a loopback S3 server). An object is visible only
+//! range at a time halved the throughput from a loopback S3 server); from a local directory it
+//! reads the object's file directly. An object is visible only
 //! once complete: a writer dropped before [`ObjectWriter::finish`] aborts its upload and leaves
 //! nothing behind.
 //!
