@@ -386,14 +386,32 @@ fn blocked(
 ) {
     let cp = SendPtr(c.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
-    // Column blocks: NB wide, or narrower (whole panels) so that every thread gets two.
+    // Column blocks of whole panels, at most NB wide. A wide product gets a multiple of
+    // `threads` blocks (at least two per thread) with the panels spread evenly over them, so
+    // that the halves the threads take hold the same number of panels (a panel costs the same
+    // whether all its 48 columns are live or not): 1,024 columns (22 panels) on 2 threads run
+    // as 3+4+4 | 3+4+4 panels, where blocks of 4 gave 4+4+4 | 4+4+2.
     let wide = n >= 2 * threads * PW;
-    let nb_cols = if wide {
-        (n / (2 * threads) / PW * PW).clamp(PW, NB)
+    let panels = n.div_ceil(PW);
+    let blocks = if wide {
+        panels
+            .div_ceil(NB / PW)
+            .max(2 * threads)
+            .div_ceil(threads)
+            .saturating_mul(threads)
+            .min(panels)
     } else {
-        NB
-    };
-    let starts: Vec<usize> = (0..n).step_by(nb_cols).collect();
+        panels.div_ceil(NB / PW)
+    }
+    .max(1);
+    // (first column, width) of each block.
+    let starts: Vec<(usize, usize)> = (0..blocks)
+        .map(|b| {
+            let (p0, p1) = (b * panels / blocks, (b + 1) * panels / blocks);
+            (p0 * PW, (p1 * PW).min(n).saturating_sub(p0 * PW))
+        })
+        .filter(|&(_, w)| w > 0)
+        .collect();
     // A narrow product's panel (k rows of at most 48 columns) stays in L2 whole, so it runs
     // as one slice: each micro-tile then reads its 8 rows of A straight through, with the
     // kernel's prefetch running ahead of them. Such layers (ResNet-18's 512×4608·4608×16)
@@ -401,7 +419,7 @@ fn blocked(
     // against 73 with the weights in cache; slicing and prefetch together moved them 5%. A
     // prepared model packs such weights ([`PackedA`]) and streams them at 20–28 GB/s instead.
     let kc = if n <= NARROW { k } else { KC };
-    let run = |bp: &[f32], j0: usize, r0: usize, rows: usize| {
+    let run = |bp: &[f32], (j0, nb): (usize, usize), r0: usize, rows: usize| {
         let cp = &cp;
         for p0 in (0..k).step_by(kc) {
             kern(&Tile {
@@ -411,7 +429,7 @@ fn blocked(
                 k,
                 p0,
                 p1: (p0 + kc).min(k),
-                nb: nb_cols.min(n - j0),
+                nb,
                 rows,
                 bias: bias.map(|v| &v[r0..]),
                 // Rows r0..r0 + rows < m and columns j0..j0 + nb ≤ n of C (m·n elements).
@@ -422,19 +440,19 @@ fn blocked(
     };
     let small = m * n * k < 1 << 18;
     if !small && wide {
-        starts.par_iter().for_each(|&j0| {
+        starts.par_iter().for_each(|&(j0, nb)| {
             crate::with_scratch(&PANEL, |bp| {
-                pack(src, k, j0, nb_cols.min(n - j0), bp);
-                run(bp, j0, 0, m);
+                pack(src, k, j0, nb, bp);
+                run(bp, (j0, nb), 0, m);
             })
         });
         return;
     }
     let packed: Vec<Vec<f32>> = starts
         .par_iter()
-        .map(|&j0| {
+        .map(|&(j0, nb)| {
             let mut bp = Vec::new();
-            pack(src, k, j0, nb_cols.min(n - j0), &mut bp);
+            pack(src, k, j0, nb, &mut bp);
             bp
         })
         .collect();
@@ -446,8 +464,8 @@ fn blocked(
     (0..m.div_ceil(rows_per)).into_par_iter().for_each(|t| {
         let r0 = t * rows_per;
         let rows = rows_per.min(m - r0);
-        for (&j0, bp) in starts.iter().zip(&packed) {
-            run(bp, j0, r0, rows);
+        for (&block, bp) in starts.iter().zip(&packed) {
+            run(bp, block, r0, rows);
         }
     });
 }
