@@ -38,7 +38,7 @@ pub fn check_inputs<T>(g: &Graph, inputs: &[Tensor<T>]) -> Result<(), EngineErro
 
 /// Run the graph in f32 and return its outputs.
 pub fn run_f32(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-    run_f32_observe(g, inputs, &mut |_, _| {})
+    crate::on_pool(|| run_f32_observe(g, inputs, &mut |_, _| {}))
 }
 
 /// [`run_f32`], showing every value (inputs first, then each node's output) to `observe` as it
@@ -98,7 +98,7 @@ impl<'g> FloatModel<'g> {
 
     /// [`run_f32`] on the prepared graph.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
-        run_with(self.graph, &self.packed, inputs, &mut |_, _| {})
+        crate::on_pool(|| run_with(self.graph, &self.packed, inputs, &mut |_, _| {}))
     }
 
     /// [`run_f32_observe`] on the prepared graph.

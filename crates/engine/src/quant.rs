@@ -390,7 +390,7 @@ impl QuantModel {
     /// Quantize float inputs and run.
     pub fn run(&self, inputs: &[Tensor]) -> Result<IntRun, EngineError> {
         let q = self.quantize_inputs(inputs)?;
-        self.run_int(&q)
+        crate::on_pool(|| self.run_int(&q))
     }
 
     fn check_width(&self, node: &str, m: u128) -> Result<(), EngineError> {

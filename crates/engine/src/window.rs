@@ -72,7 +72,8 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
 ) {
     let (kh, kw) = (g.k[0], g.k[1]);
     let n = g.oh * g.ow;
-    out.clear();
+    // Only the length is set here (a reused buffer keeps its stale values): the tasks below
+    // write every element, the padding included, so no sequential pass zeroes the buffer first.
     out.resize(cin * kh * kw * n, pad);
     if n == 0 || kh * kw == 0 {
         return;
@@ -88,11 +89,15 @@ pub fn im2col_fill<T: Copy + Default + Send + Sync>(
                 let (ox_lo, ox_hi, first) = g.valid_columns(kj);
                 for oy in 0..g.oh {
                     let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                    let row = &mut dst[oy * g.ow..(oy + 1) * g.ow];
                     if iy < 0 || iy >= g.h as isize || ox_lo >= ox_hi {
+                        row.fill(pad);
                         continue;
                     }
+                    row[..ox_lo].fill(pad);
+                    row[ox_hi..].fill(pad);
                     let src = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    let drow = &mut dst[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
+                    let drow = &mut row[ox_lo..ox_hi];
                     if g.s[1] == 1 {
                         drow.copy_from_slice(&src[first..first + drow.len()]);
                     } else {
@@ -238,5 +243,56 @@ pub fn conv_geometry(c: &Conv, in_shape: &[usize], out_shape: &[usize]) -> Geome
         d: c.dilations,
         oh: out_shape[2],
         ow: out_shape[3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The unfolded matrix by its definition: row (c, ki, kj), column (oy, ox) holds
+    /// x[c, oy·s + ki·d − p_top, ox·s + kj·d − p_left], or `pad` outside the image.
+    fn unfold(x: &[i32], cin: usize, g: &Geometry, pad: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        for c in 0..cin {
+            for ki in 0..g.k[0] {
+                for kj in 0..g.k[1] {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let iy = (oy * g.s[0] + ki * g.d[0]) as isize - g.p[0] as isize;
+                            let ix = (ox * g.s[1] + kj * g.d[1]) as isize - g.p[1] as isize;
+                            let inside =
+                                (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix);
+                            out.push(if inside {
+                                x[c * g.h * g.w + iy as usize * g.w + ix as usize]
+                            } else {
+                                pad
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// Every element is written, padding included: a reused buffer full of stale values
+        /// (longer or shorter than needed) gives the same matrix as the definition.
+        #[test]
+        fn im2col_writes_every_element_of_a_reused_buffer(
+            cin in 1usize..4, h in 1usize..9, w in 1usize..9, k in 1usize..4, s in 1usize..3,
+            d in 1usize..3, p in 0usize..3, stale in 0usize..400,
+        ) {
+            let span = (k - 1) * d + 1;
+            prop_assume!(h + 2 * p >= span && w + 2 * p >= span);
+            let (oh, ow) = ((h + 2 * p - span) / s + 1, (w + 2 * p - span) / s + 1);
+            let g = Geometry { h, w, k: [k, k], s: [s, s], p: [p; 4], d: [d, d], oh, ow };
+            let x: Vec<i32> = (0..cin * h * w).map(|i| i as i32 + 1).collect();
+            let mut out = vec![-7; stale];
+            im2col_fill(&x, cin, &g, &mut out, -1);
+            prop_assert_eq!(out, unfold(&x, cin, &g, -1));
+        }
     }
 }

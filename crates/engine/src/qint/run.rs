@@ -79,7 +79,7 @@ impl IntModel {
 
     /// Runs on an already-quantized input, which must lie in the input's interval.
     pub fn run_int(&self, x: &Tensor<i64>) -> Result<Tensor<i64>, EngineError> {
-        self.run_split(x, &mut |_, _, _| Ok(None))
+        crate::on_pool(|| self.run_split(x, &mut |_, _, _| Ok(None)))
     }
 
     /// [`IntModel::run_int`] with the accumulators of conv and dense layers supplied by
