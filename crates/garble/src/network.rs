@@ -1368,9 +1368,10 @@ fn conv_rows(
     for p0 in (0..npos).step_by(per_panel) {
         let np = per_panel.min(npos - p0);
         let bw = np * n;
-        let cols = panel
-            .get_mut(..kk * bw)
-            .ok_or(GarbleError::Internal("conv panel"))?;
+        let Some(cols) = panel.get_mut(..kk * bw) else {
+            result = Err(GarbleError::Internal("conv panel"));
+            break;
+        };
         result = cols
             .par_chunks_mut(bw)
             .zip(idx.par_chunks(npos))
