@@ -1258,19 +1258,25 @@ fn gather_digits(n: usize, src: &[u8], idx: &[u32]) -> Result<Vec<u8>, GarbleErr
     let mut out = vec![0u8; idx.len() * n];
     out.par_chunks_mut(n * 1024)
         .zip(idx.par_chunks(1024))
-        .try_for_each(|(o, ix)| {
-            for (dst, &i) in o.chunks_exact_mut(n).zip(ix) {
-                if i != NONE {
-                    let s = (i as usize) * n;
-                    let from = src
-                        .get(s..s + n)
-                        .ok_or(GarbleError::Internal("gather index out of range"))?;
-                    dst.copy_from_slice(from);
-                }
-            }
-            Ok(())
-        })?;
+        .try_for_each(|(o, ix)| gather_into(n, src, ix, o))?;
     Ok(out)
+}
+
+/// Writes the `n`-digit labels of `src` that `idx` names into `dst`, one after the other
+/// (NONE → all-zero digits).
+fn gather_into(n: usize, src: &[u8], idx: &[u32], dst: &mut [u8]) -> Result<(), GarbleError> {
+    for (d, &i) in dst.chunks_exact_mut(n).zip(idx) {
+        if i == NONE {
+            d.fill(0);
+        } else {
+            let s = (i as usize) * n;
+            let from = src
+                .get(s..s + n)
+                .ok_or(GarbleError::Internal("gather index out of range"))?;
+            d.copy_from_slice(from);
+        }
+    }
+    Ok(())
 }
 
 /// Width of one block of the linear kernel's output row, in digits.
@@ -1379,18 +1385,7 @@ fn conv_rows(
                 let ix = ix
                     .get(p0..p0 + np)
                     .ok_or(GarbleError::Internal("gather table"))?;
-                for (d, &i) in dst.chunks_exact_mut(n).zip(ix) {
-                    if i == NONE {
-                        d.fill(0);
-                    } else {
-                        let s = (i as usize) * n;
-                        let from = img
-                            .get(s..s + n)
-                            .ok_or(GarbleError::Internal("gather index out of range"))?;
-                        d.copy_from_slice(from);
-                    }
-                }
-                Ok(())
+                gather_into(n, img, ix, dst)
             });
         if result.is_err() {
             break;
