@@ -48,6 +48,14 @@ pub struct LheBackend {
     footprint: Footprint,
 }
 
+/// The first session id from 64 random bits: random, and in [2^62, 2^63), where every id takes
+/// the same nine bytes as a postcard varint — so a session's messages (and the bytes the cost
+/// report counts) have one size in every run; a uniformly random id was a byte shorter one run
+/// in 128. Counting up from there never leaves the interval.
+fn first_session(random: u64) -> u64 {
+    (random >> 2) | (1 << 62)
+}
+
 impl LheBackend {
     /// Lower the model, choose the parameters, generate the key pair.
     pub fn new(graph: &Graph, semantics: &Semantics) -> Result<Arc<Self>, LheError> {
@@ -68,7 +76,7 @@ impl LheBackend {
             setup,
             commitment,
             sessions: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(u64::from_le_bytes(start) >> 1),
+            next_session: AtomicU64::new(first_session(u64::from_le_bytes(start))),
         }))
     }
 
@@ -445,5 +453,23 @@ impl InferBackend for LheBackend {
             .map(Zeroizing::new)
             .map(|b| b.to_vec())
             .map_err(|e| RuntimeError::Backend(format!("encoding the session: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_session;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the random start, the first session id and the ids counted up from it all
+        /// encode to the same number of bytes on the wire.
+        #[test]
+        fn session_ids_have_one_wire_size(random: u64, later in 0u64..1 << 40) {
+            let size = |v: u64| postcard::to_allocvec(&v).map(|b| b.len()).ok();
+            let first = first_session(random);
+            prop_assert_eq!(size(first), Some(9));
+            prop_assert_eq!(size(first + later), Some(9));
+        }
     }
 }
