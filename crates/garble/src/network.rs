@@ -1780,33 +1780,7 @@ impl StreamEval<'_> {
 }
 
 impl Backend for StreamEval<'_> {
-    type Wire = LabelTensor;
-
-    fn modulus_of(&self, w: &LabelTensor) -> Modulus {
-        w.modulus()
-    }
-
-    fn add(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_add(b)
-    }
-
-    fn sub(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_sub(b)
-    }
-
-    fn mul_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
-        Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
-    }
-
-    fn mul_const_add_assign(
-        &mut self,
-        a: &mut LabelTensor,
-        k: u64,
-        c: &LabelTensor,
-    ) -> Result<(), GarbleError> {
-        let k = i64::from(a.modulus().reduce(k));
-        a.mul_scalar_add_assign(k, c)
-    }
+    crate::gadget::label_tensor_free_ops!();
 
     fn add_const(&mut self, a: &LabelTensor, _k: u64) -> Result<LabelTensor, GarbleError> {
         Ok(a.clone())

@@ -64,33 +64,7 @@ impl<S> LayerGarbleBackend<S> {
 }
 
 impl<S: BatchSink> Backend for LayerGarbleBackend<S> {
-    type Wire = LabelTensor;
-
-    fn modulus_of(&self, w: &LabelTensor) -> Modulus {
-        w.modulus()
-    }
-
-    fn add(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_add(b)
-    }
-
-    fn sub(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_sub(b)
-    }
-
-    fn mul_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
-        Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
-    }
-
-    fn mul_const_add_assign(
-        &mut self,
-        a: &mut LabelTensor,
-        k: u64,
-        c: &LabelTensor,
-    ) -> Result<(), GarbleError> {
-        let k = i64::from(a.modulus().reduce(k));
-        a.mul_scalar_add_assign(k, c)
-    }
+    crate::gadget::label_tensor_free_ops!();
 
     /// The zero-labels move by −k·Δ (the evaluator's labels stay).
     fn add_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
@@ -147,33 +121,7 @@ impl LayerEvalBackend {
 }
 
 impl Backend for LayerEvalBackend {
-    type Wire = LabelTensor;
-
-    fn modulus_of(&self, w: &LabelTensor) -> Modulus {
-        w.modulus()
-    }
-
-    fn add(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_add(b)
-    }
-
-    fn sub(&mut self, a: &LabelTensor, b: &LabelTensor) -> Result<LabelTensor, GarbleError> {
-        a.try_sub(b)
-    }
-
-    fn mul_const(&mut self, a: &LabelTensor, k: u64) -> Result<LabelTensor, GarbleError> {
-        Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
-    }
-
-    fn mul_const_add_assign(
-        &mut self,
-        a: &mut LabelTensor,
-        k: u64,
-        c: &LabelTensor,
-    ) -> Result<(), GarbleError> {
-        let k = i64::from(a.modulus().reduce(k));
-        a.mul_scalar_add_assign(k, c)
-    }
+    crate::gadget::label_tensor_free_ops!();
 
     fn add_const(&mut self, a: &LabelTensor, _k: u64) -> Result<LabelTensor, GarbleError> {
         Ok(a.clone())

@@ -26,6 +26,54 @@
 //! [`rescale`] (the same rescale with one base extension and a column sum, far fewer
 //! ciphertexts).
 
+/// The free operations every backend over [`crate::LabelTensor`] wires shares, garbler and
+/// evaluator alike (labels add, subtract and scale digit by digit): expands inside its
+/// `impl Backend` to `Wire`, `modulus_of`, `add`, `sub`, `mul_const` and
+/// `mul_const_add_assign`.
+macro_rules! label_tensor_free_ops {
+    () => {
+        type Wire = $crate::tensor::LabelTensor;
+
+        fn modulus_of(&self, w: &$crate::tensor::LabelTensor) -> $crate::modulus::Modulus {
+            w.modulus()
+        }
+
+        fn add(
+            &mut self,
+            a: &$crate::tensor::LabelTensor,
+            b: &$crate::tensor::LabelTensor,
+        ) -> Result<$crate::tensor::LabelTensor, $crate::GarbleError> {
+            a.try_add(b)
+        }
+
+        fn sub(
+            &mut self,
+            a: &$crate::tensor::LabelTensor,
+            b: &$crate::tensor::LabelTensor,
+        ) -> Result<$crate::tensor::LabelTensor, $crate::GarbleError> {
+            a.try_sub(b)
+        }
+
+        fn mul_const(
+            &mut self,
+            a: &$crate::tensor::LabelTensor,
+            k: u64,
+        ) -> Result<$crate::tensor::LabelTensor, $crate::GarbleError> {
+            Ok(a.mul_scalar(i64::from(a.modulus().reduce(k))))
+        }
+
+        fn mul_const_add_assign(
+            &mut self,
+            a: &mut $crate::tensor::LabelTensor,
+            k: u64,
+            c: &$crate::tensor::LabelTensor,
+        ) -> Result<(), $crate::GarbleError> {
+            a.mul_scalar_add_assign(i64::from(a.modulus().reduce(k)), c)
+        }
+    };
+}
+pub(crate) use label_tensor_free_ops;
+
 pub mod activation;
 pub mod layer;
 pub mod rescale;
